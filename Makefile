@@ -1,0 +1,56 @@
+# Purchase Crowd: `make run` and `make test` are all a fresh clone needs.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export CROWD_DATA_DIR ?= $(CURDIR)/data
+export DO_NOT_TRACK := true
+export MLFLOW_DISABLE_TELEMETRY := true
+export SCARF_ANALYTICS := false
+
+.PHONY: setup run test airflow mlflow bench clean lock
+
+setup: $(STAMP)
+
+# Re-installs only when the lock or the package metadata change.
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+# Regenerate the lock from requirements.in in a scratch venv (needs the package registry).
+lock:
+	rm -rf /tmp/crowd-lock-venv && $(PYTHON) -m venv /tmp/crowd-lock-venv
+	/tmp/crowd-lock-venv/bin/pip install --quiet -r requirements.in
+	{ echo "# Fully resolved versions of requirements.in, made with \`make lock\` (pip freeze of a fresh venv)."; \
+	  echo "# \`make setup\` installs exactly these; torch is the local CPU build (see DESIGN.md)."; \
+	  /tmp/crowd-lock-venv/bin/pip freeze --all; } > requirements.lock
+
+run: setup
+	$(BIN)/crowd generate --preset default --skip-if-present
+
+test: setup
+	$(BIN)/python -m pytest
+
+airflow: setup
+	@mkdir -p $(CROWD_DATA_DIR)/airflow
+	@echo "Airflow on http://127.0.0.1:8080 (admin password: $(CROWD_DATA_DIR)/airflow/simple_auth_manager_passwords.json.generated); Ctrl-C stops it"
+	AIRFLOW_HOME=$(CROWD_DATA_DIR)/airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
+	AIRFLOW__CORE__LOAD_EXAMPLES=False AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=8080 \
+	bash -c 'set -m; $(BIN)/airflow standalone & pid=$$!; \
+	  trap "kill -TERM -- -$$pid 2>/dev/null; wait $$pid" INT TERM; wait $$pid'
+
+mlflow: setup
+	@mkdir -p $(CROWD_DATA_DIR)/mlflow/artifacts
+	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 \
+	  --backend-store-uri sqlite:///$(CROWD_DATA_DIR)/mlflow/mlflow.db \
+	  --default-artifact-root $(CROWD_DATA_DIR)/mlflow/artifacts
+
+bench: setup
+	$(BIN)/python bench/generate.py
+
+clean:
+	rm -rf $(VENV) $(CROWD_DATA_DIR) .pytest_cache dbt_project/target dbt_project/logs
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

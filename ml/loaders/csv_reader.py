@@ -1,0 +1,371 @@
+"""Streaming, validating reader for delimited logs.
+
+Files are read in blocks (pyarrow's streaming CSV reader), every column as text,
+and validated with vectorised checks. A row that fails a check becomes a reject
+with its file, physical line number, reason and raw text; a row with the wrong
+number of fields is caught by the parser and rejected the same way. A file that
+is not of the declared format fails at once (FormatError) instead of producing a
+table of rejects: missing header columns, a wrong field count on the first line,
+or a first block where most values of a column are not of the expected kind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from ml.loaders.formats import Column, FileFormat, LogFormat
+
+REJECTS_SCHEMA = pa.schema(
+    [("source_file", pa.string()), ("line", pa.int64()), ("reason", pa.string()), ("raw", pa.string())]
+)
+_BLOCK_BYTES = 8 << 20
+_FORMAT_CHECK_MIN_VALUES = 5
+_UTC8 = 8 * 3600
+
+
+class FormatError(ValueError):
+    """The file is not of the declared format; the message names the file, the column and what was expected."""
+
+
+@dataclass
+class FileReport:
+    path: str
+    read: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def check(self) -> None:
+        if self.read != self.accepted + self.rejected:
+            raise RuntimeError(
+                f"{self.path}: counts do not reconcile: read {self.read} != "
+                f"accepted {self.accepted} + rejected {self.rejected}"
+            )
+
+
+@dataclass(frozen=True)
+class Layout:
+    delimiter: str
+    header: bool
+    names: list[str]  # the file's column names, in file order
+
+
+def _first_line(path: Path) -> str:
+    with open(path, "rb") as f:
+        raw = f.readline(1 << 20)
+    text = raw.decode("utf-8", errors="replace").lstrip("\ufeff").rstrip("\r\n")
+    return text
+
+
+def sniff(path: Path, ff: FileFormat) -> Layout:
+    """Delimiter and header from the first line, checked against the declared columns."""
+    if not path.exists():
+        raise FormatError(f"{path}: no such file")
+    if path.stat().st_size == 0 or not _first_line(path).strip():
+        raise FormatError(f"{path}: the file is empty; expected columns {', '.join(ff.names)}")
+    line = _first_line(path)
+    delim = next((d for d in ff.delimiters if d in line), None)
+    if delim is None:
+        if len(ff.columns) > 1:
+            shown = " or ".join(repr(d) for d in ff.delimiters)
+            raise FormatError(
+                f"{path}: line 1 has no {shown} separator; expected columns {', '.join(ff.names)}"
+            )
+        delim = ff.delimiters[0]
+    fields = [f.strip().strip('"') for f in line.split(delim)]
+    header = ff.header if ff.header is not None else fields[0].lower() == ff.columns[0].name
+    if header:
+        present = {f.lower() for f in fields}
+        missing = [c.name for c in ff.columns if c.kind != "skip" and c.name not in present]
+        if missing:
+            raise FormatError(
+                f"{path}: column {missing[0]!r} is missing from the header {fields}; "
+                f"expected columns {', '.join(ff.names)}"
+            )
+        return Layout(delim, True, [f.lower() for f in fields])
+    if len(fields) != len(ff.columns):
+        raise FormatError(
+            f"{path}: line 1 has {len(fields)} fields, expected {len(ff.columns)} "
+            f"({', '.join(ff.names)}) separated by {delim!r}"
+        )
+    return Layout(delim, False, ff.names)
+
+
+# ---- column parsers: each returns (values, failure mask, failure message) ---------------------
+
+
+def _text(col: pa.ChunkedArray | pa.Array) -> pa.Array:
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    return pc.utf8_trim(arr, characters=' "\t\r')
+
+
+def _empty(s: pa.Array) -> np.ndarray:
+    return pc.fill_null(pc.equal(s, ""), True).to_numpy(zero_copy_only=False)
+
+
+def parse_ids(s: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """Integer ids; tolerate a letter prefix (u123) and a float look (123.0). Returns values, empty, bad."""
+    stripped = pc.replace_substring_regex(s, r"^[A-Za-z]+|\.0+$", "")
+    good = pc.fill_null(pc.match_substring_regex(stripped, r"^\d{1,18}$"), False)
+    values = pc.cast(pc.if_else(good, stripped, None), pa.int64())
+    empty = _empty(s)
+    bad = ~good.to_numpy(zero_copy_only=False) & ~empty
+    return values, empty, bad
+
+
+def _negative(s: pa.Array) -> np.ndarray:
+    return pc.fill_null(pc.match_substring_regex(s, r"^-\d"), False).to_numpy(zero_copy_only=False)
+
+
+def parse_time(s: pa.Array, rule: str, year: int | None) -> tuple[pa.Array, np.ndarray]:
+    """Timestamps (us, naive) and the mask of values that could not be read."""
+    if rule == "unix_seconds_utc8":
+        good = pc.fill_null(pc.match_substring_regex(s, r"^\d{1,11}$"), False)
+        sec = pc.cast(pc.if_else(good, s, None), pa.int64())
+        ts = pc.cast(pc.multiply(pc.add(sec, _UTC8), 1_000_000), pa.timestamp("us"))
+    elif rule == "mmdd":
+        if year is None:
+            raise ValueError("this format stores dates as mmdd: give the year (--year)")
+        short = pc.fill_null(pc.match_substring_regex(s, r"^\d{3,4}$"), False)
+        padded = pc.utf8_lpad(pc.if_else(short, s, None), width=4, padding="0")
+        ts = pc.strptime(pc.binary_join_element_wise(str(year), padded, ""), format="%Y%m%d", unit="us",
+                         error_is_null=True)
+    else:
+        ts = pc.strptime(s, format=rule, unit="us", error_is_null=True)
+    return ts, pc.is_null(ts).to_numpy(zero_copy_only=False)
+
+
+def parse_category_path(s: pa.Array) -> tuple[pa.Array, pa.Array, np.ndarray, np.ndarray]:
+    """"parent-leaf" (or just "leaf") into leaf and parent ids."""
+    parts = pc.split_pattern(s, "-", max_splits=1)
+    n = pc.fill_null(pc.list_value_length(parts), 0)
+    leaf_txt = pc.list_element(parts, pc.subtract(pc.max_element_wise(n, 1), 1)) if len(s) else s
+    parent_txt = pc.if_else(pc.equal(n, 2), pc.list_element(parts, 0), None) if len(s) else s
+    leaf, empty, bad_leaf = parse_ids(pc.fill_null(leaf_txt, ""))
+    parent, _, bad_parent = parse_ids(pc.fill_null(parent_txt, ""))
+    return leaf, parent, empty, bad_leaf | bad_parent
+
+
+# ---- the reader --------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    accepted: pa.Table
+    rejects: pa.Table
+
+
+class _Reasons:
+    """The first failing check of each row, with the offending value."""
+
+    def __init__(self, n: int):
+        self.reason = np.full(n, None, dtype=object)
+        self.kind = np.full(n, None, dtype=object)  # the reason without the value, for the summary
+
+    def add(self, mask: np.ndarray, column: str, message: str, values: pa.Array) -> None:
+        mask = mask & np.equal(self.reason, None)
+        idx = np.flatnonzero(mask)
+        if len(idx):
+            shown = values.take(pa.array(idx)).to_pylist()
+            self.reason[idx] = [f"{column}: {message} {v!r}" for v in shown]
+            self.kind[idx] = f"{column}: {message}"
+
+
+def _check_shape(path: Path, first: bool, column: Column, bad: np.ndarray, empty: np.ndarray,
+                 values: pa.Array, expected: str) -> None:
+    """On the first block, a column that is mostly not of its kind means a wrong format, not bad rows."""
+    if not first:
+        return
+    filled = ~empty
+    n = int(filled.sum())
+    if n >= _FORMAT_CHECK_MIN_VALUES and bad[filled].mean() > 0.5:
+        example = values.take(pa.array(np.flatnonzero(bad)[:1])).to_pylist()[0]
+        raise FormatError(
+            f"{path}: column {column.name!r} does not look like {expected}: "
+            f"{bad[filled].mean():.0%} of the first {n} values fail (e.g. {example!r})"
+        )
+
+
+def read_file(
+    path: Path,
+    fmt: LogFormat,
+    ff: FileFormat,
+    *,
+    year: int | None = None,
+    ts_range: tuple[dt.date | None, dt.date | None] = (None, None),
+    report: FileReport,
+    block_bytes: int = _BLOCK_BYTES,
+) -> Iterator[Batch]:
+    """Yield validated batches of one file; `report` is filled as it goes and reconciled at the end."""
+    layout = sniff(path, ff)
+    invalid_lines: list[int] = []   # physical lines the parser rejected, in order
+    invalid_rows: list[tuple[int, str, str]] = []
+    first_data_line = 2 if layout.header else 1
+
+    def on_invalid(row: pacsv.InvalidRow) -> str:
+        # the parser counts physical lines from 1, header included
+        line = int(row.number) if row.number is not None else -1
+        text = row.text or ""
+        reason = "blank line" if not text.strip() else f"expected {row.expected_columns} fields, found {row.actual_columns}"
+        invalid_rows.append((line, reason, text))
+        invalid_lines.append(line)
+        return "skip"
+
+    read_opts = pacsv.ReadOptions(
+        column_names=layout.names,
+        skip_rows=1 if layout.header else 0,
+        block_size=block_bytes,
+        use_threads=False,
+    )
+    parse_opts = pacsv.ParseOptions(
+        delimiter=layout.delimiter, quote_char='"', ignore_empty_lines=False, invalid_row_handler=on_invalid
+    )
+    convert = pacsv.ConvertOptions(
+        column_types={n: pa.string() for n in layout.names}, strings_can_be_null=False, quoted_strings_can_be_null=False
+    )
+    by_name = {c.name: c for c in ff.columns}
+    targets_order = [c for c in ff.columns if c.kind != "skip"]
+    rows_seen = 0
+    flushed_invalid = 0
+    first = True
+    try:
+        reader = pacsv.open_csv(path, read_options=read_opts, parse_options=parse_opts, convert_options=convert)
+    except pa.ArrowInvalid as e:
+        raise FormatError(f"{path}: cannot be read as {fmt.name}: {e}") from None
+    while True:
+        try:
+            rb = reader.read_next_batch()
+        except StopIteration:
+            break
+        except pa.ArrowInvalid as e:
+            raise FormatError(f"{path}: cannot be read as {fmt.name}: {e}") from None
+        n = rb.num_rows
+        # physical line of each row: skip the lines the parser took out (binary search on their positions)
+        inv = np.asarray(invalid_lines, dtype=np.int64)
+        k = np.arange(rows_seen, rows_seen + n, dtype=np.int64)
+        before = inv - first_data_line - np.arange(len(inv))
+        lines = first_data_line + k + np.searchsorted(before, k, side="right")
+        rows_seen += n
+
+        reasons = _Reasons(n)
+        # the parser reads an empty line as a row of empty fields
+        blank = np.logical_and.reduce([_empty(_text(rb.column(c))) for c in layout.names])
+        if blank.any():
+            reasons.add(blank, "line", "blank", pa.array([""] * n))
+        out: dict[str, pa.Array] = {}
+        for col in targets_order:
+            if col.name not in layout.names:
+                continue
+            s = _text(rb.column(col.name))
+            if col.kind == "id":
+                values, empty, bad = parse_ids(s)
+                if not col.nullable:
+                    reasons.add(empty, col.name, "missing", s)
+                neg = _negative(s)
+                reasons.add(neg, col.name, "negative id", s)
+                reasons.add(bad & ~neg, col.name, "not an id", s)
+                _check_shape(path, first, col, bad, empty, s, "integer ids")
+                out[col.target] = values
+            elif col.kind == "action":
+                keys = pa.array(list(fmt.actions), pa.string())
+                idx = pc.index_in(s, value_set=keys)
+                unknown = pc.is_null(idx).to_numpy(zero_copy_only=False)
+                reasons.add(unknown, col.name, f"unknown action (expected one of {list(fmt.actions)})", s)
+                _check_shape(path, first, col, unknown, _empty(s), s, f"action codes {list(fmt.actions)}")
+                out[col.target] = pa.array(list(fmt.actions.values()), pa.string()).take(idx)
+            elif col.kind == "time":
+                ts, bad = parse_time(s, fmt.time_rule, year)
+                empty = _empty(s)
+                reasons.add(empty, col.name, "missing time", s)
+                reasons.add(bad, col.name, f"unparseable time (expected {fmt.time_rule})", s)
+                _check_shape(path, first, col, bad, empty, s, f"times as {fmt.time_rule}")
+                lo, hi = ts_range
+                if lo is not None or hi is not None:
+                    tsn = ts.cast(pa.int64()).to_numpy(zero_copy_only=False)
+                    out_of = np.zeros(n, bool)
+                    if lo is not None:
+                        out_of |= tsn < np.datetime64(lo, "us").astype(np.int64)
+                    if hi is not None:
+                        out_of |= tsn >= np.datetime64(hi, "us").astype(np.int64)
+                    reasons.add(out_of & ~bad, col.name, f"outside [{lo}, {hi})", s)
+                out[col.target] = ts
+            elif col.kind == "category_path":
+                leaf, parent, empty, bad = parse_category_path(s)
+                reasons.add(empty, col.name, "missing", s)
+                reasons.add(bad, col.name, "not a category path (parent-leaf)", s)
+                _check_shape(path, first, col, bad, empty, s, "category paths parent-leaf")
+                out["category_id"] = leaf
+                out["parent_category_id"] = parent
+            else:
+                raise ValueError(f"unknown column kind {col.kind!r} for {col.name}")
+        first = False
+
+        ok = np.equal(reasons.reason, None)
+        keep = pa.array(ok)
+        accepted = pa.table({k: v.filter(keep) for k, v in out.items()})
+        bad_idx = np.flatnonzero(~ok)
+        raw = pc.binary_join_element_wise(*[rb.column(c) for c in layout.names], layout.delimiter) \
+            if len(bad_idx) else pa.array([], pa.string())
+        rejects_parts = [
+            pa.table(
+                {
+                    "source_file": pa.array([str(path)] * len(bad_idx), pa.string()),
+                    "line": pa.array(lines[bad_idx], pa.int64()),
+                    "reason": pa.array(reasons.reason[bad_idx].tolist(), pa.string()),
+                    "raw": raw.take(pa.array(bad_idx)) if len(bad_idx) else raw,
+                },
+                schema=REJECTS_SCHEMA,
+            )
+        ]
+        fresh = invalid_rows[flushed_invalid:]
+        flushed_invalid = len(invalid_rows)
+        if fresh:
+            rejects_parts.append(
+                pa.table(
+                    {
+                        "source_file": [str(path)] * len(fresh),
+                        "line": [r[0] for r in fresh],
+                        "reason": [r[1] for r in fresh],
+                        "raw": [r[2] for r in fresh],
+                    },
+                    schema=REJECTS_SCHEMA,
+                )
+            )
+        rejects = pa.concat_tables(rejects_parts)
+        report.read += n + len(fresh)
+        report.accepted += accepted.num_rows
+        report.rejected += rejects.num_rows
+        kinds = [*reasons.kind[bad_idx].tolist(), *(r[1] for r in fresh)]
+        for key, count in zip(*np.unique(np.asarray(kinds, dtype=str), return_counts=True)):
+            report.reasons[str(key)] = report.reasons.get(str(key), 0) + int(count)
+        yield Batch(accepted, rejects)
+
+    tail = invalid_rows[flushed_invalid:]
+    if tail:
+        report.read += len(tail)
+        report.rejected += len(tail)
+        for _, reason, _ in tail:
+            report.reasons[reason] = report.reasons.get(reason, 0) + 1
+        yield Batch(
+            pa.table({}),
+            pa.table(
+                {
+                    "source_file": [str(path)] * len(tail),
+                    "line": [r[0] for r in tail],
+                    "reason": [r[1] for r in tail],
+                    "raw": [r[2] for r in tail],
+                },
+                schema=REJECTS_SCHEMA,
+            ),
+        )
+    if report.read == 0:
+        raise FormatError(f"{path}: no data rows after the header; expected columns {', '.join(ff.names)}")
+    report.check()

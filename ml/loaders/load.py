@@ -1,0 +1,201 @@
+"""`crowd load`: convert a real log into the canonical tables, with rejects and reconciliation.
+
+Output (a dataset directory, the same layout the generator writes):
+    events/part-NNNNN.parquet   user_id, item_id, action, ts (one part per input file)
+    items.parquet               item_id, category_id, parent_category_id, brand_id, shop_id
+    rejects.parquet             source_file, line, reason, raw
+    manifest.json               per-file read / accepted / rejected, reasons, duplicates, time range
+
+Item attributes come from the item table when the format has one, and from the
+log's own columns otherwise (the most frequent value per item when rows disagree;
+the disagreements are counted).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ml.loaders.csv_reader import REJECTS_SCHEMA, FileReport, FormatError, read_file
+from ml.loaders.formats import FORMATS, FileFormat, LogFormat
+from ml.synth.generate import EVENTS_SCHEMA
+
+log = logging.getLogger(__name__)
+
+ITEMS_SCHEMA = pa.schema(
+    [
+        ("item_id", pa.int64()),
+        ("category_id", pa.int64()),
+        ("parent_category_id", pa.int64()),
+        ("brand_id", pa.int64()),
+        ("shop_id", pa.int64()),
+    ]
+)
+_ITEM_ATTRS = ("category_id", "parent_category_id", "brand_id", "shop_id")
+
+
+def _with_item_columns(table: pa.Table) -> pa.Table:
+    cols = {}
+    for f in ITEMS_SCHEMA:
+        cols[f.name] = table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+    return pa.table(cols, schema=ITEMS_SCHEMA)
+
+
+def _item_votes(table: pa.Table) -> pa.Table | None:
+    """(item, attributes) combinations of a batch with their counts: small, whatever the log size."""
+    if not any(a in table.column_names for a in _ITEM_ATTRS) or table.num_rows == 0:
+        return None
+    items = _with_item_columns(table).append_column("votes", pa.array(np.ones(table.num_rows, np.int64)))
+    agg = items.group_by(list(ITEMS_SCHEMA.names), use_threads=False).aggregate([("votes", "sum")])
+    return agg.rename_columns(["votes" if c == "votes_sum" else c for c in agg.column_names])
+
+
+def _resolve_items(con: duckdb.DuckDBPyConnection, votes: pa.Table, source: str) -> tuple[pa.Table, int]:
+    """One row per item: the attribute combination seen most often (ties: smallest values)."""
+    con.register(source, votes)
+    conflicts = con.execute(
+        f"select count(*) from (select item_id from {source} group by item_id having count(*) > 1)"
+    ).fetchall()[0][0]
+    table = con.sql(
+        f"""
+        select item_id, category_id, parent_category_id, brand_id, shop_id
+        from (
+            select *, row_number() over (
+                partition by item_id
+                order by votes desc, category_id nulls last, brand_id nulls last, shop_id nulls last
+            ) as rn
+            from (select item_id, category_id, parent_category_id, brand_id, shop_id, sum(votes) as votes
+                  from {source} group by all)
+        ) where rn = 1 order by item_id
+        """
+    ).to_arrow_table()
+    con.unregister(source)
+    return _with_item_columns(table), int(conflicts)
+
+
+def load(
+    format_name: str,
+    paths: list[Path],
+    out: Path,
+    *,
+    items_paths: list[Path] | None = None,
+    year: int | None = None,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+) -> dict:
+    """Read the files of one format into a canonical dataset directory. Returns the manifest."""
+    if format_name not in FORMATS:
+        raise FormatError(f"unknown format {format_name!r}: expected one of {sorted(FORMATS)}")
+    fmt: LogFormat = FORMATS[format_name]
+    if fmt.needs_year and year is None:
+        raise ValueError(f"{format_name} stores dates as mmdd without a year: give --year")
+    if items_paths and fmt.items is None:
+        raise ValueError(f"{format_name} has no separate item table: its item attributes are in the log")
+    if not paths:
+        raise ValueError("no input files")
+    t0 = time.perf_counter()
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "events").mkdir(parents=True)
+    reports: list[FileReport] = []
+    log_votes: list[pa.Table] = []
+    file_votes: list[pa.Table] = []
+
+    with pq.ParquetWriter(tmp / "rejects.parquet", REJECTS_SCHEMA, compression="zstd") as rejects_out:
+
+        def read_all(files: list[Path], ff: FileFormat, on_batch) -> None:
+            for path in files:
+                report = FileReport(str(path))
+                for batch in read_file(path, fmt, ff, year=year, ts_range=(start, end), report=report):
+                    if batch.rejects.num_rows:
+                        rejects_out.write_table(batch.rejects)
+                    if batch.accepted.num_rows:
+                        on_batch(batch.accepted, path)
+                reports.append(report)
+                log.info("%s: read %d = accepted %d + rejected %d", path, report.read, report.accepted,
+                         report.rejected)
+
+        writers: dict[Path, pq.ParquetWriter] = {}
+
+        def on_events(table: pa.Table, path: Path) -> None:
+            if path not in writers:
+                writers[path] = pq.ParquetWriter(
+                    tmp / "events" / f"part-{len(writers):05d}.parquet", EVENTS_SCHEMA, compression="zstd"
+                )
+            writers[path].write_table(pa.table({n: table.column(n) for n in EVENTS_SCHEMA.names},
+                                               schema=EVENTS_SCHEMA))
+            votes = _item_votes(table)
+            if votes is not None:
+                log_votes.append(votes)
+
+        try:
+            read_all(list(paths), fmt.events, on_events)
+        finally:
+            for w in writers.values():
+                w.close()
+        if items_paths:
+            read_all(list(items_paths), fmt.items, lambda table, _: file_votes.append(_item_votes(table)))
+
+    con = duckdb.connect()
+    empty_votes = _with_item_columns(pa.table({"item_id": pa.array([], pa.int64())})).append_column(
+        "votes", pa.array([], pa.int64())
+    )
+    log_items, log_conflicts = _resolve_items(con, pa.concat_tables([empty_votes, *log_votes]), "log_votes")
+    file_items, file_conflicts = _resolve_items(con, pa.concat_tables([empty_votes, *file_votes]), "file_votes")
+    con.register("log_items", log_items)
+    con.register("file_items", file_items)
+    # the declared item table wins; the log fills in items it does not list
+    items = con.sql(
+        "select * from file_items union all "
+        "select * from log_items where item_id not in (select item_id from file_items) order by item_id"
+    ).to_arrow_table()
+    items = _with_item_columns(items)
+    pq.write_table(items, tmp / "items.parquet")
+    con.register("items", items)
+
+    events = f"read_parquet('{tmp / 'events' / '*.parquet'}')"
+    if writers:
+        n_events, ts_min, ts_max = con.execute(f"select count(*), min(ts), max(ts) from {events}").fetchall()[0]
+        # identical rows are kept (they can be real repeats, e.g. within Tianchi's hour), only counted
+        dups = n_events - con.execute(f"select count(*) from (select distinct * from {events})").fetchall()[0][0]
+        missing = con.execute(
+            f"select count(distinct item_id) from {events} where item_id not in (select item_id from items)"
+        ).fetchall()[0][0]
+        actions = dict(con.execute(f"select action, count(*) from {events} group by 1").fetchall())
+    else:
+        n_events, ts_min, ts_max, dups, missing, actions = 0, None, None, 0, 0, {}
+
+    totals = {k: sum(getattr(r, k) for r in reports) for k in ("read", "accepted", "rejected")}
+    manifest = {
+        "source": fmt.name,
+        "description": fmt.description,
+        "notes": list(fmt.notes),
+        "year": year,
+        "range": [str(start) if start else None, str(end) if end else None],
+        "files": [asdict(r) for r in reports],
+        **totals,
+        "reconciled": all(r.read == r.accepted + r.rejected for r in reports),
+        "events": int(n_events),
+        "actions": {k: int(v) for k, v in sorted(actions.items())},
+        "exact_duplicates": int(dups),
+        "items": items.num_rows,
+        "item_conflicts": log_conflicts + file_conflicts,
+        "event_items_without_metadata": int(missing),
+        "first_ts": str(ts_min) if ts_min else None,
+        "last_ts": str(ts_max) if ts_max else None,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return manifest

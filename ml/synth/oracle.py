@@ -1,0 +1,115 @@
+"""The ceiling: P(buy in [ds, ds + label_days)) from the generator's hidden state at ds.
+
+What it conditions on: every user's latent taste (and its drift), consideration set,
+activity rate, current intent, earlier carts, and the delayed intent already
+scheduled (repeat purchases and brand transitions from earlier buys). What it
+integrates over by Monte Carlo: the future sessions, needs, brand choices and
+funnel steps inside the label window.
+
+Buys are not realised inside the rollouts. That is exact rather than an
+approximation, by construction of the simulation: a buy changes the state only
+through (a) the satiation of the pair that bought, which cannot matter for "did
+this pair buy at least once", and (b) delayed intent for repeat and related
+brands, which lands at least min(repeat cycle, transition lag) days later; the
+defaults keep both at or beyond the label window (checked when the oracle is
+asked for). No buy changes any other pair's path inside the window. On paths
+where the pair has not bought yet, P(no buy) is the product over its sessions of
+(1 - p_buy), so averaging that product over rollouts is an unbiased estimate of
+P(no buy in the window), with far less noise than counting sampled buys.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ml.synth.simulate import BuyHazards, Simulator, State
+
+_BLOCK_ROWS = 200_000  # rollout rows simulated at once: bounds the oracle's memory
+
+
+def check_oracle_is_exact(sim: Simulator, label_days: int) -> None:
+    p = sim.p
+    shortest = min(p.transition_lag_days[0], p.repeat_cycle_days[0] * 0.8)
+    if shortest < label_days:
+        raise ValueError(
+            f"the oracle assumes delayed intent lands after the label window ({label_days} days), "
+            f"but the shortest lag is {shortest:g} days: raise transition_lag_days / repeat_cycle_days"
+        )
+
+
+def oracle_at(
+    sim: Simulator, state: State, t0: int, label_days: int, rollouts: int, rng: np.random.Generator
+) -> pd.DataFrame:
+    """Rows: every (user, considered brand) at day t0 and any brand reached in the rollouts.
+
+    Columns: user (index in the chunk), brand (index), p_buy, p_buy_se (Monte Carlo standard
+    error), affinity and intent at t0 (the hidden state, for signal tests; NaN off the slots).
+    """
+    if t0 + label_days > sim.days:
+        raise ValueError(f"oracle day {t0} + {label_days} label days runs past the end of the log ({sim.days} days)")
+    snap = state.copy()
+    sim.materialise_all(snap, t0)
+    n_u, n_k = snap.slot_brand.shape
+    n_b = sim.w.n_brands
+
+    used = np.isfinite(snap.static)
+    su, sk = np.nonzero(used)
+    slot_key = su.astype(np.int64) * n_b + snap.slot_brand[su, sk]
+    slot_aff = snap.aff0[su, sk] + snap.slope[su, sk] * np.float32(t0)
+    slot_int = snap.intent[su, sk]
+
+    keys, sum_exp, sum_sq, n_rec = [], [], [], []
+    block_users = max(1, _BLOCK_ROWS // rollouts)
+    for first in range(0, n_u, block_users):
+        users = np.arange(first, min(n_u, first + block_users))
+        roll = snap.take(users).repeat(rollouts)
+        hz: list[BuyHazards] = []
+        for d in range(label_days):
+            out = sim.step_day(roll, t0 + d, rng, emit=False)
+            if out is not None:
+                hz.append(out)
+        if not hz:
+            continue
+        row = np.concatenate([h.row for h in hz]).astype(np.int64)
+        brand = np.concatenate([h.brand for h in hz]).astype(np.int64)
+        lnb = np.concatenate([h.log_no_buy for h in hz])
+        # sum log P(no buy) per (rollout row, brand), then average the products over rollouts
+        k1, inv = np.unique(row * n_b + brand, return_inverse=True)
+        s = np.bincount(inv, weights=lnb)
+        user_global = first + (k1 // n_b) // rollouts
+        k2_all = user_global * n_b + k1 % n_b
+        k2, inv2 = np.unique(k2_all, return_inverse=True)
+        no_buy = np.exp(s)
+        keys.append(k2)
+        sum_exp.append(np.bincount(inv2, weights=no_buy))
+        sum_sq.append(np.bincount(inv2, weights=(1 - no_buy) ** 2))
+        n_rec.append(np.bincount(inv2))
+
+    hk = np.concatenate(keys) if keys else np.zeros(0, np.int64)
+    all_keys = np.union1d(slot_key, hk)
+    r = float(rollouts)
+    p_buy = np.zeros(len(all_keys))
+    se = np.zeros(len(all_keys))
+    if len(hk):
+        pos = np.searchsorted(all_keys, hk)
+        e, q, n = np.concatenate(sum_exp), np.concatenate(sum_sq), np.concatenate(n_rec)
+        mean = 1.0 - (e + (r - n)) / r
+        var = np.maximum(q / r - mean**2, 0.0) * r / max(r - 1.0, 1.0)
+        p_buy[pos] = mean
+        se[pos] = np.sqrt(var / r)
+    affinity = np.full(len(all_keys), np.nan, np.float32)
+    intent = np.full(len(all_keys), np.nan, np.float32)
+    pos = np.searchsorted(all_keys, slot_key)
+    affinity[pos] = slot_aff
+    intent[pos] = slot_int
+    return pd.DataFrame(
+        {
+            "user": (all_keys // n_b).astype(np.int64),
+            "brand": (all_keys % n_b).astype(np.int64),
+            "p_buy": p_buy.astype(np.float32),
+            "p_buy_se": se.astype(np.float32),
+            "affinity": affinity,
+            "intent": intent,
+        }
+    )

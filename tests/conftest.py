@@ -1,0 +1,53 @@
+"""Shared fixtures: one tiny generated dataset (with its oracle) for the whole session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from ml.config import Schedule
+from ml.synth.generate import generate
+from ml.synth.params import PRESETS, GeneratorConfig
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_data_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Nothing a test writes may land in the developer's data/ directory."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CROWD_DATA_DIR", str(tmp_path_factory.mktemp("data")))
+    mp.setenv("DO_NOT_TRACK", "true")
+    mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> GeneratorConfig:
+    return GeneratorConfig(sizes=PRESETS["tiny"], seed=11, oracle_dates=tuple(Schedule().all_dates), workers=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory, tiny_config: GeneratorConfig) -> Path:
+    out = tmp_path_factory.mktemp("gen") / "synthetic"
+    generate(tiny_config, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_db(tiny_dataset: Path) -> duckdb.DuckDBPyConnection:
+    """Views over the tiny dataset: events (with brand), items, oracle, truth tables."""
+    con = duckdb.connect()
+    d = tiny_dataset
+    con.execute(f"create view items as select * from read_parquet('{d}/items.parquet')")
+    con.execute(
+        f"create view events as select e.*, i.brand_id, i.category_id "
+        f"from read_parquet('{d}/events/*.parquet') e join items i using (item_id)"
+    )
+    con.execute(f"create view oracle as select * from read_parquet('{d}/oracle/*.parquet')")
+    con.execute(f"create view brands_truth as select * from read_parquet('{d}/truth/brands.parquet')")
+    con.execute(f"create view users_truth as select * from read_parquet('{d}/truth/users/*.parquet')")
+    return con
