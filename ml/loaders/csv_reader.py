@@ -145,13 +145,11 @@ def parse_time(s: pa.Array, rule: str, year: int | None) -> tuple[pa.Array, np.n
 
 def parse_category_path(s: pa.Array) -> tuple[pa.Array, pa.Array, np.ndarray, np.ndarray]:
     """"parent-leaf" (or just "leaf") into leaf and parent ids."""
-    parts = pc.split_pattern(s, "-", max_splits=1)
-    n = pc.fill_null(pc.list_value_length(parts), 0)
-    leaf_txt = pc.list_element(parts, pc.subtract(pc.max_element_wise(n, 1), 1)) if len(s) else s
-    parent_txt = pc.if_else(pc.equal(n, 2), pc.list_element(parts, 0), None) if len(s) else s
-    leaf, empty, bad_leaf = parse_ids(pc.fill_null(leaf_txt, ""))
-    parent, _, bad_parent = parse_ids(pc.fill_null(parent_txt, ""))
-    return leaf, parent, empty, bad_leaf | bad_parent
+    parts = pc.extract_regex(s, r"^(?:(?P<parent>[^-]*)-)?(?P<leaf>[^-]*)$")
+    shaped = pc.is_valid(parts).to_numpy(zero_copy_only=False)
+    leaf, empty, bad_leaf = parse_ids(pc.fill_null(pc.struct_field(parts, "leaf"), ""))
+    parent, _, bad_parent = parse_ids(pc.fill_null(pc.struct_field(parts, "parent"), ""))
+    return leaf, parent, empty & shaped, bad_leaf | bad_parent | ~shaped
 
 
 # ---- the reader --------------------------------------------------------------------------------

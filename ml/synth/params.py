@@ -39,7 +39,7 @@ class Sizes:
 PRESETS: dict[str, Sizes] = {
     "tiny": Sizes(users=800, items=1_500, brands=60),
     "default": Sizes(users=20_000, items=20_000, brands=400),
-    "large": Sizes(users=500_000, items=400_000, brands=4_000),
+    "large": Sizes(users=330_000, items=400_000, brands=4_000),
 }
 
 

@@ -1,0 +1,204 @@
+"""Loaders on real public samples, on corrupted copies of them, and on files of the wrong format."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from ml.cli import main
+from ml.loaders.csv_reader import FileReport, FormatError, read_file
+from ml.loaders.formats import FORMATS
+from ml.loaders.load import load
+
+REAL = Path(__file__).parent / "fixtures" / "real"
+TIANCHI_LOG = REAL / "tianchi_mobile_user_sample.csv"
+TIANCHI_ITEMS = REAL / "tianchi_mobile_item_sample.csv"
+TMALL_REPEAT = REAL / "tmall_user_log_sample.csv"
+
+
+def _events(out: Path) -> pd.DataFrame:
+    return pq.read_table(out / "events").to_pandas()
+
+
+def test_tianchi_sample_loads_every_row_with_its_quirks(tmp_path):
+    raw = pd.read_csv(TIANCHI_LOG, dtype=str)
+    m = load("tianchi-mobile", [TIANCHI_LOG], tmp_path / "t", items_paths=[TIANCHI_ITEMS])
+    ev = _events(tmp_path / "t")
+    assert m["read"] == len(raw) + len(pd.read_csv(TIANCHI_ITEMS))
+    assert m["rejected"] == 0 and m["reconciled"]
+    assert len(ev) == len(raw)
+    codes = {"1": "click", "2": "collect", "3": "cart", "4": "buy"}
+    assert ev.action.value_counts().to_dict() == raw.behavior_type.map(codes).value_counts().to_dict()
+    # hour resolution: every timestamp is on the hour
+    assert (ev.ts.dt.minute == 0).all() and (ev.ts.dt.second == 0).all()
+    assert str(ev.ts.min()) == raw.time.min() + ":00:00"
+    # identical events (same user, item, action, hour) are kept and counted, not silently dropped
+    assert m["exact_duplicates"] == int(raw[["user_id", "item_id", "behavior_type", "time"]].duplicated().sum()) > 0
+    items = pq.read_table(tmp_path / "t" / "items.parquet").to_pandas()
+    assert items.item_id.is_unique
+    assert set(ev.item_id) <= set(items.item_id)
+    assert items.brand_id.isna().all()
+
+
+def test_tmall_repeat_sample_needs_a_year_and_reads_float_brand_ids(tmp_path):
+    with pytest.raises(ValueError, match="--year"):
+        load("tmall-repeat", [TMALL_REPEAT], tmp_path / "x")
+    raw = pd.read_csv(TMALL_REPEAT, dtype=str)
+    m = load("tmall-repeat", [TMALL_REPEAT], tmp_path / "r", year=2014)
+    assert m["accepted"] == len(raw) and m["rejected"] == 0
+    ev = _events(tmp_path / "r")
+    codes = {"0": "click", "1": "cart", "2": "buy", "3": "collect"}
+    assert ev.action.value_counts().to_dict() == raw.action_type.map(codes).value_counts().to_dict()
+    first = raw.iloc[0]
+    row = ev[(ev.user_id == int(first.user_id)) & (ev.item_id == int(first.item_id))].iloc[0]
+    assert row.ts == pd.Timestamp(f"2014-{first.time_stamp[:2]}-{first.time_stamp[2:]}")
+    items = pq.read_table(tmp_path / "r" / "items.parquet").to_pandas().set_index("item_id")
+    assert items.loc[int(first.item_id), "brand_id"] == int(float(first.brand_id))
+    assert items.loc[int(first.item_id), "shop_id"] == int(first.seller_id)
+    assert items.brand_id.isna().sum() == raw.drop_duplicates("item_id").brand_id.isna().sum() or m["item_conflicts"] > 0
+
+
+def _corrupt_tianchi(path: Path) -> dict[int, str]:
+    """A copy of the Tianchi sample with one defect per chosen line; returns line -> expected reason start."""
+    lines = TIANCHI_LOG.read_bytes().split(b"\r\n")
+    if lines[-1] == b"":
+        lines = lines[:-1]
+    fields = lambda i: lines[i].split(b",")  # noqa: E731
+
+    def put(line_no: int, new: bytes) -> None:
+        lines[line_no - 1] = new
+
+    f = fields(5); f[2] = b"9"; put(6, b",".join(f))
+    f = fields(10); f[0] = b"-5"; put(11, b",".join(f))
+    f = fields(20); f[5] = b"2014-13-40 99"; put(21, b",".join(f))
+    f = fields(30); f[0] = b""; put(31, b",".join(f))
+    f = fields(35); f[1] = b"12x4"; put(36, b",".join(f))
+    put(41, lines[40] + b",extra")
+    put(51, b"")
+    put(61, b"garbage")
+    path.write_bytes(b"\r\n".join(lines) + b"\r\n")
+    return {
+        6: "behavior_type: unknown action",
+        11: "user_id: negative id",
+        21: "time: unparseable time",
+        31: "user_id: missing",
+        36: "item_id: not an id",
+        41: "expected 6 fields, found 7",
+        51: "line: blank",
+        61: "expected 6 fields, found 1",
+    }
+
+
+@pytest.mark.parametrize("block_bytes", [1 << 20, 4096])
+def test_corrupted_rows_are_rejected_with_file_line_and_reason(tmp_path, block_bytes):
+    bad = tmp_path / "bad.csv"
+    expected = _corrupt_tianchi(bad)
+    report = FileReport(str(bad))
+    batches = list(read_file(bad, FORMATS["tianchi-mobile"], FORMATS["tianchi-mobile"].events,
+                             report=report, block_bytes=block_bytes))
+    rejects = pd.concat([b.rejects.to_pandas() for b in batches], ignore_index=True)
+    got = {int(r.line): r.reason for r in rejects.itertuples()}
+    assert set(got) == set(expected)
+    for line, reason in expected.items():
+        assert got[line].startswith(reason), (line, got[line])
+    assert (rejects.source_file == str(bad)).all()
+    raw_lines = bad.read_bytes().decode().split("\r\n")
+    for r in rejects.itertuples():
+        if r.reason != "line: blank ''":
+            assert r.raw.split(",")[:2] == raw_lines[r.line - 1].split(",")[:2]
+    accepted = sum(b.accepted.num_rows for b in batches)
+    assert report.read == accepted + report.rejected == 1999
+    assert report.rejected == len(expected)
+
+
+def test_load_keeps_rejects_and_reconciles_counts(tmp_path):
+    bad = tmp_path / "bad.csv"
+    expected = _corrupt_tianchi(bad)
+    m = load("tianchi-mobile", [bad], tmp_path / "out")
+    rejects = pq.read_table(tmp_path / "out" / "rejects.parquet").to_pandas()
+    assert len(rejects) == m["rejected"] == len(expected)
+    assert m["read"] == m["accepted"] + m["rejected"] and m["reconciled"]
+    assert len(_events(tmp_path / "out")) == m["accepted"]
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["rejected"] == len(expected)
+
+
+def test_rows_outside_the_declared_range_are_rejected(tmp_path):
+    m = load("tianchi-mobile", [TIANCHI_LOG], tmp_path / "o", start=dt.date(2014, 12, 1), end=dt.date(2014, 12, 10))
+    ev = _events(tmp_path / "o")
+    assert ev.ts.min() >= pd.Timestamp("2014-12-01") and ev.ts.max() < pd.Timestamp("2014-12-10")
+    assert m["rejected"] > 0 and m["accepted"] + m["rejected"] == m["read"]
+    assert all("outside" in k for k in m["files"][0]["reasons"])
+
+
+def test_taobao_unix_seconds_are_read_as_china_time(tmp_path):
+    f = tmp_path / "UserBehavior.csv"
+    f.write_text("1,2268318,2520377,pv,1511544070\n1,2333346,2520771,buy,1511561733\n2,5,6,fav,1511572885\n")
+    load("taobao-userbehavior", [f], tmp_path / "tb")
+    ev = _events(tmp_path / "tb").sort_values("ts")
+    # 1511544070 is 2017-11-24 17:21:10 UTC, i.e. 2017-11-25 01:21:10 in China
+    assert ev.ts.iloc[0] == pd.Timestamp("2017-11-25 01:21:10")
+    assert list(ev.action) == ["click", "buy", "collect"]
+    items = pq.read_table(tmp_path / "tb" / "items.parquet").to_pandas()
+    assert dict(zip(items.item_id, items.category_id))[2268318] == 2520377
+
+
+def test_tmall_rec_reads_x01_separators_prefixed_ids_and_category_paths(tmp_path):
+    log = tmp_path / "user_log.txt"
+    log.write_bytes(
+        "i100\x01u9774184\x01click\x012013-05-01 10:11:12\n"
+        "100\x01u9774184\x01alipay\x012013-05-01 10:20:00\n"
+        "200\x01u42\x01refund\x012013-05-02 00:00:00\n".encode()
+    )
+    items = tmp_path / "product.txt"
+    items.write_bytes(
+        "100\x01a title, with a comma\x01http://x/1.jpg\x0150025004-50011740\x01b89366\x01s86799\n"
+        "200\x01t\x01u\x0150011740\x01\x01s1\n".encode()
+    )
+    m = load("tmall", [log], tmp_path / "tm", items_paths=[items])
+    ev = _events(tmp_path / "tm")
+    assert list(ev.user_id) == [9774184, 9774184] and list(ev.action) == ["click", "buy"]
+    assert m["rejected"] == 1 and "unknown action" in next(iter(m["files"][0]["reasons"]))
+    it = pq.read_table(tmp_path / "tm" / "items.parquet").to_pandas().set_index("item_id")
+    assert it.loc[100].tolist() == [50011740, 50025004, 89366, 86799]
+    assert it.loc[200, "category_id"] == 50011740 and pd.isna(it.loc[200, "brand_id"])
+
+
+@pytest.mark.parametrize(
+    "fmt, content, message",
+    [
+        ("taobao-userbehavior", None, "column 'category_id' is missing"),            # the Tianchi file
+        ("tianchi-mobile", "1,2,3,pv,1511544070\n", "has 5 fields, expected 6"),
+        ("taobao-userbehavior", "", "empty"),
+        ("taobao-userbehavior", "".join(f"{i},2,3,pv,2017-11-25 10:00\n" for i in range(20)), "column 'timestamp'"),
+        ("tianchi-mobile", "user_id;item_id;behavior_type\n1;2;3\n", "separator"),
+    ],
+)
+def test_a_file_of_another_format_fails_at_once_naming_file_and_column(tmp_path, fmt, content, message):
+    if content is None:
+        path = TIANCHI_LOG
+    else:
+        path = tmp_path / "input.csv"
+        path.write_text(content)
+    with pytest.raises(FormatError, match=message) as err:
+        load(fmt, [path], tmp_path / "out")
+    assert str(path) in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_load_prints_the_reconciliation(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    _corrupt_tianchi(bad)
+    assert main(["load", "--format", "tianchi-mobile", str(bad), "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "read 1,999 = accepted 1,991 + rejected 8" in out
+    assert "reconciled" in out
+
+
+def test_cli_reports_a_wrong_format_as_an_error_not_a_traceback(tmp_path, capsys):
+    assert main(["load", "--format", "taobao-userbehavior", str(TIANCHI_LOG), "--out", str(tmp_path / "o")]) == 2
+    assert "error:" in capsys.readouterr().err
