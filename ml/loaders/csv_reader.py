@@ -192,6 +192,25 @@ def _check_shape(path: Path, first: bool, column: Column, bad: np.ndarray, empty
         )
 
 
+def _parser_rejects(path: Path, rows: list[tuple[int, str, str]]) -> pa.Table:
+    """Rows the CSV parser itself refused (wrong field count, blank line), as rejects."""
+    return pa.table(
+        {
+            "source_file": [str(path)] * len(rows),
+            "line": [r[0] for r in rows],
+            "reason": [r[1] for r in rows],
+            "raw": [r[2] for r in rows],
+        },
+        schema=REJECTS_SCHEMA,
+    )
+
+
+def _count_rejects(report: FileReport, kinds: list[str]) -> None:
+    report.rejected += len(kinds)
+    for key, count in zip(*np.unique(np.asarray(kinds, dtype=str), return_counts=True)):
+        report.reasons[str(key)] = report.reasons.get(str(key), 0) + int(count)
+
+
 def read_file(
     path: Path,
     fmt: LogFormat,
@@ -325,45 +344,18 @@ def read_file(
         ]
         fresh = invalid_rows[flushed_invalid:]
         flushed_invalid = len(invalid_rows)
-        if fresh:
-            rejects_parts.append(
-                pa.table(
-                    {
-                        "source_file": [str(path)] * len(fresh),
-                        "line": [r[0] for r in fresh],
-                        "reason": [r[1] for r in fresh],
-                        "raw": [r[2] for r in fresh],
-                    },
-                    schema=REJECTS_SCHEMA,
-                )
-            )
-        rejects = pa.concat_tables(rejects_parts)
+        rejects = pa.concat_tables([*rejects_parts, _parser_rejects(path, fresh)])
         report.read += n + len(fresh)
         report.accepted += accepted.num_rows
-        report.rejected += rejects.num_rows
-        kinds = [*reasons.kind[bad_idx].tolist(), *(r[1] for r in fresh)]
-        for key, count in zip(*np.unique(np.asarray(kinds, dtype=str), return_counts=True)):
-            report.reasons[str(key)] = report.reasons.get(str(key), 0) + int(count)
+        _count_rejects(report, [*reasons.kind[bad_idx].tolist(), *(r[1] for r in fresh)])
         yield Batch(accepted, rejects)
 
+    # rows the parser rejected after the last batch
     tail = invalid_rows[flushed_invalid:]
     if tail:
         report.read += len(tail)
-        report.rejected += len(tail)
-        for _, reason, _ in tail:
-            report.reasons[reason] = report.reasons.get(reason, 0) + 1
-        yield Batch(
-            pa.table({}),
-            pa.table(
-                {
-                    "source_file": [str(path)] * len(tail),
-                    "line": [r[0] for r in tail],
-                    "reason": [r[1] for r in tail],
-                    "raw": [r[2] for r in tail],
-                },
-                schema=REJECTS_SCHEMA,
-            ),
-        )
+        _count_rejects(report, [r[1] for r in tail])
+        yield Batch(pa.table({}), _parser_rejects(path, tail))
     if report.read == 0:
         raise FormatError(f"{path}: no data rows after the header; expected columns {', '.join(ff.names)}")
     report.check()

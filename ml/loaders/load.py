@@ -144,7 +144,12 @@ def load(
             for w in writers.values():
                 w.close()
         if items_paths:
-            read_all(list(items_paths), fmt.items, lambda table, _: file_votes.append(_item_votes(table)))
+            def on_items(table: pa.Table, _: Path) -> None:
+                votes = _item_votes(table)
+                if votes is not None:
+                    file_votes.append(votes)
+
+            read_all(list(items_paths), fmt.items, on_items)
 
     con = duckdb.connect()
     empty_votes = _with_item_columns(pa.table({"item_id": pa.array([], pa.int64())})).append_column(

@@ -27,6 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
@@ -129,8 +130,6 @@ def simulate_chunk(cfg: GeneratorConfig, world: World, chunk: int, first: int, c
     )
     pq.write_table(truth, out / "truth" / "users" / f"part-{chunk:05d}.parquet")
     if oracle_parts:
-        import pandas as pd
-
         o = pd.concat(oracle_parts, ignore_index=True)
         o["user_id"] = users.ids[o.pop("user").to_numpy()]
         o["brand_id"] = world.brand_ids[o.pop("brand").to_numpy()]
