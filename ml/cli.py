@@ -22,7 +22,7 @@ def _date(value: str) -> dt.date:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from dataclasses import replace
+    from dataclasses import asdict, replace
 
     from ml.synth.generate import generate
     from ml.synth.params import PRESETS, GeneratorConfig
@@ -45,8 +45,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     out = args.out or Paths.default().dataset(args.name)
     if args.skip_if_present and (out / "manifest.json").exists():
         old = json.loads((out / "manifest.json").read_text())
-        if old.get("seed") == cfg.seed and old.get("sizes", {}).get("users") == sizes.users \
-                and old.get("sizes", {}).get("brands") == sizes.brands and old.get("sizes", {}).get("items") == sizes.items:
+        wanted = {k: str(v) if isinstance(v, dt.date) else v for k, v in asdict(sizes).items()}
+        if old.get("seed") == cfg.seed and old.get("sizes") == wanted:
             print(f"{out} already holds this dataset ({old['events']:,} events): nothing to do")
             return 0
     manifest = generate(cfg, out, progress=not args.quiet)

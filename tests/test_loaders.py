@@ -202,3 +202,12 @@ def test_cli_load_prints_the_reconciliation(tmp_path, capsys):
 def test_cli_reports_a_wrong_format_as_an_error_not_a_traceback(tmp_path, capsys):
     assert main(["load", "--format", "taobao-userbehavior", str(TIANCHI_LOG), "--out", str(tmp_path / "o")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_item_votes_are_compacted_without_changing_the_items(tmp_path, monkeypatch):
+    load("tmall-repeat", [TMALL_REPEAT], tmp_path / "a", year=2014)
+    monkeypatch.setattr("ml.loaders.load._VOTES_COMPACT_ROWS", 10)
+    load("tmall-repeat", [TMALL_REPEAT], tmp_path / "b", year=2014)
+    a = pq.read_table(tmp_path / "a" / "items.parquet")
+    b = pq.read_table(tmp_path / "b" / "items.parquet")
+    assert a.equals(b) and a.num_rows > 0

@@ -42,6 +42,7 @@ ITEMS_SCHEMA = pa.schema(
     ]
 )
 _ITEM_ATTRS = ("category_id", "parent_category_id", "brand_id", "shop_id")
+_VOTES_COMPACT_ROWS = 4_000_000
 
 
 def _with_item_columns(table: pa.Table) -> pa.Table:
@@ -58,6 +59,17 @@ def _item_votes(table: pa.Table) -> pa.Table | None:
     items = _with_item_columns(table).append_column("votes", pa.array(np.ones(table.num_rows, np.int64)))
     agg = items.group_by(list(ITEMS_SCHEMA.names), use_threads=False).aggregate([("votes", "sum")])
     return agg.rename_columns(["votes" if c == "votes_sum" else c for c in agg.column_names])
+
+
+def _add_votes(votes: list[pa.Table], new: pa.Table | None) -> None:
+    """Append a batch's votes; re-aggregate when they pile up, so memory follows distinct items, not batches."""
+    if new is None:
+        return
+    votes.append(new)
+    if sum(v.num_rows for v in votes) > _VOTES_COMPACT_ROWS:
+        merged = pa.concat_tables(votes).group_by(list(ITEMS_SCHEMA.names), use_threads=False).aggregate(
+            [("votes", "sum")])
+        votes[:] = [merged.rename_columns(["votes" if c == "votes_sum" else c for c in merged.column_names])]
 
 
 def _resolve_items(con: duckdb.DuckDBPyConnection, votes: pa.Table, source: str) -> tuple[pa.Table, int]:
@@ -134,9 +146,7 @@ def load(
                 )
             writers[path].write_table(pa.table({n: table.column(n) for n in EVENTS_SCHEMA.names},
                                                schema=EVENTS_SCHEMA))
-            votes = _item_votes(table)
-            if votes is not None:
-                log_votes.append(votes)
+            _add_votes(log_votes, _item_votes(table))
 
         try:
             read_all(list(paths), fmt.events, on_events)
@@ -144,12 +154,7 @@ def load(
             for w in writers.values():
                 w.close()
         if items_paths:
-            def on_items(table: pa.Table, _: Path) -> None:
-                votes = _item_votes(table)
-                if votes is not None:
-                    file_votes.append(votes)
-
-            read_all(list(items_paths), fmt.items, on_items)
+            read_all(list(items_paths), fmt.items, lambda table, _: _add_votes(file_votes, _item_votes(table)))
 
     con = duckdb.connect()
     empty_votes = _with_item_columns(pa.table({"item_id": pa.array([], pa.int64())})).append_column(
