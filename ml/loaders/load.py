@@ -57,7 +57,12 @@ def _item_votes(table: pa.Table) -> pa.Table | None:
     if not any(a in table.column_names for a in _ITEM_ATTRS) or table.num_rows == 0:
         return None
     items = _with_item_columns(table).append_column("votes", pa.array(np.ones(table.num_rows, np.int64)))
-    agg = items.group_by(list(ITEMS_SCHEMA.names), use_threads=False).aggregate([("votes", "sum")])
+    return _sum_votes(items)
+
+
+def _sum_votes(votes: pa.Table) -> pa.Table:
+    """One row per distinct (item, attributes) with the summed votes."""
+    agg = votes.group_by(list(ITEMS_SCHEMA.names), use_threads=False).aggregate([("votes", "sum")])
     return agg.rename_columns(["votes" if c == "votes_sum" else c for c in agg.column_names])
 
 
@@ -67,9 +72,7 @@ def _add_votes(votes: list[pa.Table], new: pa.Table | None) -> None:
         return
     votes.append(new)
     if sum(v.num_rows for v in votes) > _VOTES_COMPACT_ROWS:
-        merged = pa.concat_tables(votes).group_by(list(ITEMS_SCHEMA.names), use_threads=False).aggregate(
-            [("votes", "sum")])
-        votes[:] = [merged.rename_columns(["votes" if c == "votes_sum" else c for c in merged.column_names])]
+        votes[:] = [_sum_votes(pa.concat_tables(votes))]
 
 
 def _resolve_items(con: duckdb.DuckDBPyConnection, votes: pa.Table, source: str) -> tuple[pa.Table, int]:
