@@ -75,6 +75,38 @@ def _cmd_load(args: argparse.Namespace) -> int:
     return 0 if m["reconciled"] else 1
 
 
+def _warehouse_settings(args: argparse.Namespace) -> dict:
+    from ml.config import WarehouseSettings, dbt_vars
+
+    schedule = Schedule(target=args.target)
+    return dbt_vars(schedule, WarehouseSettings(), ds=args.ds)
+
+
+def _cmd_warehouse(args: argparse.Namespace) -> int:
+    from ml.warehouse.build import run_dbt
+    from ml.warehouse.export import export_dates
+
+    paths = Paths.default()
+    dataset = args.dataset_dir or paths.dataset(args.dataset)
+    report = run_dbt("run" if args.skip_tests else "build", dataset_dir=dataset, warehouse=paths.warehouse,
+                     dbt_vars=_warehouse_settings(args), select=args.select or ())
+    print(f"dbt {report.command}: {report.n_models} models, {report.n_tests} tests passed in {report.seconds:.1f}s "
+          f"into {paths.warehouse}")
+    if not args.no_export:
+        for e in export_dates(paths.warehouse, paths.exports, args.ds):
+            print(f"exported {e.path}: " + ", ".join(f"{k} {v:,}" for k, v in e.rows.items()))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ml.warehouse.export import export_dates
+
+    paths = Paths.default()
+    for e in export_dates(paths.warehouse, paths.exports, args.ds):
+        print(f"exported {e.path}: " + ", ".join(f"{k} {v:,}" for k, v in e.rows.items()))
+    return 0
+
+
 def _cmd_paths(args: argparse.Namespace) -> int:
     p = Paths.default()
     print(json.dumps({"data": str(p.root), "warehouse": str(p.warehouse), "exports": str(p.exports),
@@ -123,6 +155,23 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--out", type=Path, help="output directory (default DATA/raw/NAME)")
     ld.set_defaults(func=_cmd_load)
 
+    w = sub.add_parser("warehouse", help="build the dbt warehouse (ODS, DIM, DW, ADS, samples) and export "
+                       "each ds as parquet for the trainers")
+    w.add_argument("--ds", type=_date, nargs="+", help="sample dates to build (default: the whole weekly "
+                   "schedule and the evaluation date)")
+    w.add_argument("--target", choices=["brand", "category"], default="brand",
+                   help="the entity to rank users for (category for data with no brand)")
+    w.add_argument("--dataset", default="synthetic", help="dataset name under DATA/raw/ (default synthetic)")
+    w.add_argument("--dataset-dir", type=Path, help="dataset directory (default DATA/raw/DATASET)")
+    w.add_argument("--select", nargs="+", help="dbt node selection (default: everything)")
+    w.add_argument("--skip-tests", action="store_true", help="dbt run instead of dbt build")
+    w.add_argument("--no-export", action="store_true", help="build only; do not write exports/ds=...")
+    w.set_defaults(func=_cmd_warehouse)
+
+    ex = sub.add_parser("export", help="write exports/ds=YYYY-MM-DD/*.parquet from the built warehouse")
+    ex.add_argument("--ds", type=_date, nargs="+", help="dates to export (default: every built date)")
+    ex.set_defaults(func=_cmd_export)
+
     pa = sub.add_parser("paths", help="print where the project keeps its state")
     pa.set_defaults(func=_cmd_paths)
     return parser
@@ -137,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # includes FormatError: a clear message, no traceback
         print(f"crowd {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # WarehouseError and other failures of a real component, named
+        print(f"crowd {args.command}: failed: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -101,6 +101,54 @@ class Schedule:
 
 
 @dataclass(frozen=True)
+class WarehouseSettings:
+    """What the dbt project builds, beyond the schedule: mirrored by the vars in dbt_project.yml."""
+
+    feature_windows: tuple[int, ...] = (1, 3, 7, 30, 90)
+    sequence_length: int = 50
+    negatives_per_target: int = 10
+    n_evaluated_targets: int = 50
+    evaluated_targets: tuple[int, ...] = ()
+    lstm_top_categories: int = 20
+
+    def __post_init__(self) -> None:
+        for name in ("sequence_length", "n_evaluated_targets", "lstm_top_categories"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name}: expected a positive whole number, got {value!r}")
+        if not isinstance(self.negatives_per_target, int) or self.negatives_per_target < 0:
+            raise ValueError(f"negatives_per_target: expected a whole number >= 0, got {self.negatives_per_target!r}")
+        if not self.feature_windows or any(not isinstance(w, int) or w <= 0 for w in self.feature_windows):
+            raise ValueError(f"feature_windows: expected positive whole numbers of days, got {self.feature_windows!r}")
+
+
+def dbt_vars(schedule: Schedule, settings: WarehouseSettings, ds: list[dt.date] | None = None) -> dict:
+    """The dbt vars for a run: the Python settings are the source of truth, dbt's defaults mirror them."""
+    w = schedule.windows
+    if max(settings.feature_windows) > w.history_days:
+        raise ValueError(
+            f"feature_windows: {max(settings.feature_windows)} days is longer than history_days ({w.history_days})"
+        )
+    return {
+        "ds": [d.isoformat() for d in ds] if ds else None,
+        "first_sample_date": schedule.first_sample.isoformat(),
+        "last_sample_date": schedule.last_sample.isoformat(),
+        "sample_step_days": w.step_days,
+        "evaluation_date": schedule.evaluation.isoformat(),
+        "history_days": w.history_days,
+        "sequence_days": w.sequence_days,
+        "label_days": w.label_days,
+        "feature_windows": list(settings.feature_windows),
+        "sequence_length": settings.sequence_length,
+        "target": schedule.target,
+        "negatives_per_target": settings.negatives_per_target,
+        "n_evaluated_targets": settings.n_evaluated_targets,
+        "evaluated_targets": list(settings.evaluated_targets),
+        "lstm_top_categories": settings.lstm_top_categories,
+    }
+
+
+@dataclass(frozen=True)
 class Paths:
     """Every path the project writes, under one root."""
 

@@ -1,10 +1,12 @@
 -- Canonical events, typed and deduplicated. Dedup rule: rows identical in (user, item, action, ts)
 -- become one row whose n_raw counts them, so nothing is lost (Tianchi's hour-resolution repeats).
+-- Features count these distinct rows; n_raw keeps the raw multiplicity for reconciliation.
 select
-    cast(user_id as bigint) as user_id,
-    cast(item_id as bigint) as item_id,
-    cast(action as varchar) as action,
-    cast(ts as timestamp) as ts,
+    user_id,
+    item_id,
+    action,
+    ts,
     count(*) as n_raw
-from {{ source('raw', 'events') }}
-group by 1, 2, 3, 4
+from {{ ref('ods_events_checked') }}
+where reject_reason is null
+group by user_id, item_id, action, ts

@@ -1,0 +1,101 @@
+{#-
+  The project's settings, read from vars and validated once per model at parse time, so that a bad value
+  stops the run before anything is written, with a message that names the var.
+-#}
+
+{% macro crowd_fail(name, message) %}
+    {{ exceptions.raise_compiler_error("var '" ~ name ~ "': " ~ message) }}
+{% endmacro %}
+
+{% macro crowd_parse_date(name, value) %}
+    {%- set text = (value ~ '') | trim -%}
+    {%- if not modules.re.match('^[0-9]{4}-[0-9]{2}-[0-9]{2}$', text) -%}
+        {{ crowd_fail(name, "expected a date as YYYY-MM-DD, got '" ~ text ~ "'") }}
+    {%- endif -%}
+    {%- set y, m, d = text[0:4] | int, text[5:7] | int, text[8:10] | int -%}
+    {%- if m < 1 or m > 12 -%}{{ crowd_fail(name, "month " ~ m ~ " does not exist in '" ~ text ~ "'") }}{%- endif -%}
+    {%- set next_month = modules.datetime.date(y + (m // 12), (m % 12) + 1, 1) -%}
+    {%- set month_days = (next_month - modules.datetime.timedelta(days=1)).day -%}
+    {%- if d < 1 or d > month_days -%}{{ crowd_fail(name, "day " ~ d ~ " does not exist in '" ~ text ~ "'") }}{%- endif -%}
+    {{ return(modules.datetime.date(y, m, d)) }}
+{% endmacro %}
+
+{% macro crowd_positive_int(name) %}
+    {%- set value = var(name) -%}
+    {%- if value is not number or (value | int) != value or value < 1 -%}
+        {{ crowd_fail(name, "expected a positive whole number, got '" ~ value ~ "'") }}
+    {%- endif -%}
+    {{ return(value | int) }}
+{% endmacro %}
+
+{% macro crowd_config() %}
+    {%- set history = crowd_positive_int('history_days') -%}
+    {%- set sequence = crowd_positive_int('sequence_days') -%}
+    {%- set label = crowd_positive_int('label_days') -%}
+    {%- set step = crowd_positive_int('sample_step_days') -%}
+    {%- if sequence > history -%}{{ crowd_fail('sequence_days', "cannot exceed history_days (" ~ history ~ ")") }}{%- endif -%}
+    {%- if history < 30 -%}{{ crowd_fail('history_days', "must cover at least one 30-day month of the LSTM series") }}{%- endif -%}
+    {%- set windows = var('feature_windows') -%}
+    {%- if windows is string or windows is not iterable or windows | length == 0 -%}
+        {{ crowd_fail('feature_windows', "expected a list of day counts, got '" ~ windows ~ "'") }}
+    {%- endif -%}
+    {%- for w in windows -%}
+        {%- if w is not number or (w | int) != w or w < 1 or w > history -%}
+            {{ crowd_fail('feature_windows', "each window must be a whole number of days in 1.." ~ history ~ ", got '" ~ w ~ "'") }}
+        {%- endif -%}
+    {%- endfor -%}
+    {%- set target = var('target') -%}
+    {%- if target not in ['brand', 'category'] -%}
+        {{ crowd_fail('target', "expected 'brand' or 'category', got '" ~ target ~ "'") }}
+    {%- endif -%}
+    {%- set first = crowd_parse_date('first_sample_date', var('first_sample_date')) -%}
+    {%- set last = crowd_parse_date('last_sample_date', var('last_sample_date')) -%}
+    {%- set evaluation = crowd_parse_date('evaluation_date', var('evaluation_date')) -%}
+    {%- if last < first -%}{{ crowd_fail('last_sample_date', "is before first_sample_date " ~ first) }}{%- endif -%}
+    {%- if evaluation <= last -%}{{ crowd_fail('evaluation_date', "must come after last_sample_date " ~ last) }}{%- endif -%}
+    {%- set schedule = [] -%}
+    {%- for i in range(((last - first).days // step) + 1) -%}
+        {%- do schedule.append((first + modules.datetime.timedelta(days=step * i)).isoformat()) -%}
+    {%- endfor -%}
+    {%- set ds = var('ds') -%}
+    {%- if ds is none or (ds is string and ds | trim == '') -%}
+        {%- set run_dates = schedule + [evaluation.isoformat()] -%}
+    {%- else -%}
+        {%- set raw = (ds | string).split(',') if (ds is string or ds is not iterable) else ds -%}
+        {%- set run_dates = [] -%}
+        {%- for value in raw -%}
+            {%- set parsed = crowd_parse_date('ds', value).isoformat() -%}
+            {%- if parsed not in run_dates -%}{%- do run_dates.append(parsed) -%}{%- endif -%}
+        {%- endfor -%}
+    {%- endif -%}
+    {%- set evaluated = var('evaluated_targets') or [] -%}
+    {%- for t in evaluated -%}
+        {%- if t is not number or (t | int) != t -%}
+            {{ crowd_fail('evaluated_targets', "expected a list of target ids, got '" ~ t ~ "'") }}
+        {%- endif -%}
+    {%- endfor -%}
+    {{ return({
+        'history_days': history, 'sequence_days': sequence, 'label_days': label,
+        'windows': windows | map('int') | list | sort, 'target': target,
+        'first_sample_date': first.isoformat(), 'evaluation_date': evaluation.isoformat(),
+        'run_dates': run_dates | sort, 'sequence_length': crowd_positive_int('sequence_length'),
+        'negatives_per_target': var('negatives_per_target') | int,
+        'n_evaluated_targets': crowd_positive_int('n_evaluated_targets'),
+        'evaluated_targets': evaluated | map('int') | list,
+        'lstm_top_categories': crowd_positive_int('lstm_top_categories'),
+        'actions': ['click', 'collect', 'cart', 'buy'],
+    }) }}
+{% endmacro %}
+
+{#- The sample dates of this run as a one-column relation `ds` (portable SQL). -#}
+{% macro crowd_run_dates_sql(dates=none) %}
+    {%- set dates = dates if dates is not none else crowd_config()['run_dates'] -%}
+    {%- for d in dates %}
+    select cast('{{ d }}' as date) as ds{% if not loop.last %} union all{% endif %}
+    {%- endfor %}
+{% endmacro %}
+
+{#- Keep only the rows of this run's dates when reading another per-ds model. -#}
+{% macro crowd_in_run_dates(column='ds') %}
+    {{ column }} in ({%- for d in crowd_config()['run_dates'] -%}cast('{{ d }}' as date){% if not loop.last %}, {% endif %}{%- endfor -%})
+{% endmacro %}

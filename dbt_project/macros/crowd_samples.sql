@@ -1,0 +1,56 @@
+{#- Shared by samples and samples_evaluation: labels, and the feature join onto (ds, user, target) pairs. -#}
+
+{#- Labels per (ds, user, target) from events in [ds, ds + label_days). Pairs with no row have label 0. -#}
+{% macro crowd_label_rows(dates_sql) %}
+    {%- set c = crowd_config() -%}
+    select
+        d.ds,
+        h.user_id,
+        h.target_id,
+        max(case when h.n_buy > 0 then 1 else 0 end) as label_buy,
+        max(case when h.n_collect + h.n_cart > 0 then 1 else 0 end) as label_collect_cart
+    from {{ ref('dw_user_target_daily') }} as h
+    inner join ({{ dates_sql }}) as d
+        on h.day >= d.ds
+        and h.day < cast({{ dbt.dateadd('day', c['label_days'], 'd.ds') }} as date)
+    where h.target_id is not null
+    group by d.ds, h.user_id, h.target_id
+{% endmacro %}
+
+{#-
+  pairs: a relation (ds, user_id, target_id, is_candidate). The result has one row per pair: keys, the
+  target's category, the labels, then the u_, b_ and ub_ features. A pair with no history together (a
+  sampled negative) has zero counts and ratios and null recencies.
+-#}
+{% macro crowd_sample_rows(pairs, dates_sql) %}
+    {%- set int = dbt.type_int() -%}
+    with labels as (
+        {{ crowd_label_rows(dates_sql) }}
+    )
+
+    select
+        p.ds,
+        p.user_id,
+        p.target_id,
+        t.category_id as target_category_id,
+        p.is_candidate,
+        cast(coalesce(l.label_buy, 0) as {{ int }}) as label_buy,
+        cast(coalesce(l.label_collect_cart, 0) as {{ int }}) as label_collect_cart,
+        {%- for col in crowd_feature_columns('u') %}
+        u.{{ col['name'] }},
+        {%- endfor %}
+        {%- for col in crowd_feature_columns('b') %}
+        b.{{ col['name'] }},
+        {%- endfor %}
+        {%- for col in crowd_feature_columns('ub') %}
+        {% if col['kind'] == 'recency' %}ub.{{ col['name'] }}{% else %}coalesce(ub.{{ col['name'] }}, 0) as {{ col['name'] }}{% endif %}{% if not loop.last %},{% endif %}
+        {%- endfor %}
+    from {{ pairs }} as p
+    inner join {{ ref('dim_targets') }} as t on p.target_id = t.target_id
+    inner join {{ ref('ads_user_features') }} as u on p.ds = u.ds and p.user_id = u.user_id
+    inner join {{ ref('ads_target_features') }} as b on p.ds = b.ds and p.target_id = b.target_id
+    left join {{ ref('ads_user_target_features') }} as ub
+        on p.ds = ub.ds and p.user_id = ub.user_id and p.target_id = ub.target_id
+    left join labels as l
+        on p.ds = l.ds and p.user_id = l.user_id and p.target_id = l.target_id
+{% endmacro %}

@@ -1,0 +1,6 @@
+-- The training samples of each ds: candidates, labels (buy, and collect-or-cart for the auxiliary task)
+-- in [ds, ds + label_days), and the user, target and user x target features as of ds.
+{{ crowd_sample_rows(
+    '(select * from ' ~ ref('samples_candidates') ~ ' where ' ~ crowd_in_run_dates() ~ ')',
+    crowd_run_dates_sql()
+) }}

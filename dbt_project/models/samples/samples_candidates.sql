@@ -1,0 +1,61 @@
+{%- set c = crowd_config() -%}
+{%- set n_neg = c['negatives_per_target'] -%}
+-- The training pairs of each ds: every (user, target) active together in the history window
+-- (is_candidate), plus up to negatives_per_target users per active target drawn from the window's active
+-- users who never touched that target (is_candidate false). The draw hashes (target, ds, draw number),
+-- so a rebuild draws the same users.
+with history as (
+    {{ crowd_history_rows('h.target_id is not null') }}
+),
+
+active_pairs as (
+    select distinct ds, user_id, target_id from history
+)
+
+{%- if n_neg > 0 %},
+
+active_users as (
+    select
+        ds,
+        user_id,
+        row_number() over (partition by ds order by user_id) - 1 as user_number,
+        count(*) over (partition by ds) as n_users
+    from (select distinct ds, user_id from history) as users
+),
+
+draws as (
+    select t.ds, t.target_id, k.draw, n.n_users
+    from (select distinct ds, target_id from active_pairs) as t
+    inner join (select distinct ds, n_users from active_users) as n on t.ds = n.ds
+    cross join (
+        {%- for k in range(1, 2 * n_neg + 1) %}
+        select {{ k }} as draw{% if not loop.last %} union all{% endif %}
+        {%- endfor %}
+    ) as k
+),
+
+drawn as (
+    select dr.ds, dr.target_id, u.user_id, min(dr.draw) as first_draw
+    from draws as dr
+    inner join active_users as u
+        on dr.ds = u.ds
+        and u.user_number = {{ crowd_bucket(['dr.target_id', 'dr.ds', 'dr.draw'], 'dr.n_users') }}
+    left join active_pairs as p
+        on dr.ds = p.ds and dr.target_id = p.target_id and u.user_id = p.user_id
+    where p.user_id is null
+    group by dr.ds, dr.target_id, u.user_id
+),
+
+negatives as (
+    select
+        ds, target_id, user_id,
+        row_number() over (partition by ds, target_id order by first_draw) as negative_number
+    from drawn
+)
+{%- endif %}
+
+select ds, user_id, target_id, true as is_candidate from active_pairs
+{%- if n_neg > 0 %}
+union all
+select ds, user_id, target_id, false as is_candidate from negatives where negative_number <= {{ n_neg }}
+{%- endif %}

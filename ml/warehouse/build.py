@@ -1,0 +1,111 @@
+"""Run the dbt project in-process and fail loudly.
+
+dbt is invoked through dbtRunner rather than a subprocess so that the result of every node is inspected:
+a failing model or data test raises WarehouseError naming it (peers that `subprocess.run(["dbt", ...])`
+without a check swallow exactly these failures).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ml.config import repo_root
+
+log = logging.getLogger(__name__)
+
+DBT_PROJECT_DIR = repo_root() / "dbt_project"
+_FAILED = {"error", "fail", "runtime error"}
+
+
+class WarehouseError(RuntimeError):
+    """dbt could not build the warehouse: a bad var, a failing model, or a failing data test."""
+
+
+@dataclass
+class DbtReport:
+    command: str
+    seconds: float
+    statuses: dict[str, str] = field(default_factory=dict)  # node unique_id -> status
+
+    @property
+    def n_models(self) -> int:
+        return sum(1 for k in self.statuses if k.startswith("model."))
+
+    @property
+    def n_tests(self) -> int:
+        return sum(1 for k in self.statuses if k.startswith(("test.", "unit_test.")))
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """The profile and sources read these at parse time; restore the caller's environment afterwards."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run_dbt(
+    command: str,
+    *,
+    dataset_dir: Path,
+    warehouse: Path,
+    dbt_vars: dict | None = None,
+    select: Sequence[str] = (),
+    project_dir: Path = DBT_PROJECT_DIR,
+    quiet: bool = False,
+    extra_args: Sequence[str] = (),
+) -> DbtReport:
+    """Run `dbt <command>` (build, run, test, ...) over one dataset into one warehouse file."""
+    from dbt.cli.main import dbtRunner
+
+    warehouse = Path(warehouse).resolve()
+    dataset_dir = Path(dataset_dir).resolve()
+    if not (dataset_dir / "items.parquet").exists():
+        raise WarehouseError(f"{dataset_dir} holds no dataset (no items.parquet): run `crowd generate` or `crowd load`")
+    warehouse.parent.mkdir(parents=True, exist_ok=True)  # dbt-duckdb does not create it
+    work = warehouse.parent / "dbt"
+    args = [
+        command,
+        "--project-dir", str(project_dir),
+        "--profiles-dir", str(project_dir),
+        "--target-path", str(work / "target"),
+        "--log-path", str(work / "logs"),
+        "--vars", json.dumps({k: v for k, v in (dbt_vars or {}).items() if v is not None}),
+    ]
+    if select:
+        args += ["--select", *select]
+    if quiet:
+        args.append("--quiet")
+    args += list(extra_args)
+    env = {"CROWD_DATASET_DIR": str(dataset_dir), "CROWD_WAREHOUSE": str(warehouse)}
+    start = time.perf_counter()
+    with _environment(env):
+        result = dbtRunner().invoke(args)
+    report = DbtReport(command, time.perf_counter() - start)
+    failures: list[str] = []
+    for r in result.result or []:
+        node = getattr(r, "node", None)
+        if node is None:
+            continue
+        report.statuses[node.unique_id] = str(r.status)
+        if str(r.status) in _FAILED:
+            failures.append(f"{node.unique_id} ({r.status}): {(r.message or '').strip()}")
+    if not result.success:
+        reason = "; ".join(failures) if failures else str(result.exception or "dbt reported a failure")
+        raise WarehouseError(f"dbt {command} failed: {reason}")
+    log.info("dbt %s: %d models, %d tests in %.1fs", command, report.n_models, report.n_tests, report.seconds)
+    return report

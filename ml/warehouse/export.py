@@ -1,0 +1,94 @@
+"""Per-ds parquet exports: what the trainers read, so that training never opens the DuckDB file while dbt
+writes it. One directory per date, swapped in whole so a reader never sees half an export."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+log = logging.getLogger(__name__)
+
+# file name -> (warehouse table, sort keys)
+EXPORTS: dict[str, tuple[str, str]] = {
+    "samples": ("samples.samples", "user_id, target_id"),
+    "evaluation": ("samples.samples_evaluation", "target_id, user_id"),
+    "sequences": ("ads.ads_user_sequences", "user_id"),
+    "category_series": ("ads.ads_user_category_series", "user_id, timescale, step, slot"),
+}
+KEY_COLUMNS = ("ds", "user_id", "target_id", "target_category_id", "is_candidate")
+LABEL_COLUMNS = ("label_buy", "label_collect_cart")
+
+
+@dataclass(frozen=True)
+class Export:
+    ds: dt.date
+    path: Path
+    rows: dict[str, int]
+
+
+def export_dir(root: Path, ds: dt.date) -> Path:
+    return Path(root) / f"ds={ds.isoformat()}"
+
+
+def built_dates(warehouse: Path) -> list[dt.date]:
+    with duckdb.connect(str(warehouse)) as con:
+        rows = con.execute("select distinct ds from samples.samples order by ds").fetchall()
+    return [r[0] for r in rows]
+
+
+def export_dates(warehouse: Path, out_root: Path, dates: list[dt.date] | None = None) -> list[Export]:
+    """Write exports/ds=YYYY-MM-DD/{samples,evaluation,sequences,category_series}.parquet + schema.json."""
+    out_root = Path(out_root)
+    out_root.mkdir(parents=True, exist_ok=True)
+    dates = dates if dates is not None else built_dates(warehouse)
+    done = []
+    # dbt-duckdb may hold this file open in the same process: connect with the default configuration
+    with duckdb.connect(str(warehouse)) as con:
+        for ds in dates:
+            done.append(_export_one(con, ds, out_root))
+    return done
+
+
+def _export_one(con: duckdb.DuckDBPyConnection, ds: dt.date, out_root: Path) -> Export:
+    final = export_dir(out_root, ds)
+    partial = out_root / f".{final.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    rows: dict[str, int] = {}
+    literal = f"cast('{ds.isoformat()}' as date)"
+    for name, (table, keys) in EXPORTS.items():
+        n = con.execute(f"select count(*) from {table} where ds = {literal}").fetchall()[0][0]
+        if n == 0 and name == "evaluation":
+            continue  # only the evaluation date has an evaluation set
+        if n == 0 and name == "samples":
+            raise ValueError(f"the warehouse has no samples for ds {ds}: build it first (crowd warehouse build --ds {ds})")
+        con.execute(
+            f"copy (select * from {table} where ds = {literal} order by {keys}) "
+            f"to '{partial / (name + '.parquet')}' (format parquet, compression zstd)"
+        )
+        rows[name] = n
+    columns = [r[0] for r in con.execute("describe samples.samples").fetchall()]
+    schema = {
+        "ds": ds.isoformat(),
+        "rows": rows,
+        "keys": [c for c in columns if c in KEY_COLUMNS],
+        "labels": list(LABEL_COLUMNS),
+        "dense": [c for c in columns if c not in KEY_COLUMNS and c not in LABEL_COLUMNS],
+        "sequences": ["hist_target_id", "hist_category_id", "hist_action", "hist_age_days"],
+    }
+    (partial / "schema.json").write_text(json.dumps(schema, indent=2))
+    old = out_root / f".{final.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(partial, final)
+    shutil.rmtree(old, ignore_errors=True)
+    log.info("exported ds %s: %s", ds, ", ".join(f"{k} {v:,}" for k, v in rows.items()))
+    return Export(ds, final, rows)

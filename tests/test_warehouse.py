@@ -1,0 +1,253 @@
+"""The dbt warehouse, built for real on DuckDB over the tiny generated dataset."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from ml.config import Schedule, WarehouseSettings, dbt_vars
+from ml.warehouse.build import DBT_PROJECT_DIR, WarehouseError, run_dbt
+from ml.warehouse.export import export_dates
+from ml.warehouse.reference import assert_frames_match, load_events, reference_features
+
+SCHEDULE = Schedule()
+PIT_DS = dt.date(2013, 8, 5)
+PER_DS_TABLES = ["ads.ads_user_features", "ads.ads_target_features", "ads.ads_user_target_features",
+                 "ads.ads_user_sequences", "ads.ads_user_category_series", "samples.samples_candidates",
+                 "samples.samples", "samples.samples_evaluation"]
+
+
+def _vars(dates: list[dt.date] | None = None, **changes) -> dict:
+    return {**dbt_vars(SCHEDULE, WarehouseSettings(), ds=dates), **changes}
+
+
+def _query(warehouse: Path, sql: str) -> pd.DataFrame:
+    # dbt-duckdb keeps its connection open in this process: open the file with the same (default) config
+    with duckdb.connect(str(warehouse)) as con:
+        return con.execute(sql).df()
+
+
+@pytest.fixture(scope="module")
+def built(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory):
+    warehouse = tmp_path_factory.mktemp("wh") / "crowd.duckdb"
+    report = run_dbt("build", dataset_dir=tiny_dataset, warehouse=warehouse, dbt_vars=_vars(), quiet=True)
+    return warehouse, report
+
+
+@pytest.fixture(scope="module")
+def reference_events(tiny_dataset: Path) -> pd.DataFrame:
+    return load_events(tiny_dataset)
+
+
+def test_build_runs_every_layer_and_its_tests(built):
+    warehouse, report = built
+    layers = {uid.split(".")[2] for uid in report.statuses if uid.startswith("model.")}
+    assert report.n_models >= 20 and report.n_tests >= 80
+    assert {"ods_events", "dim_targets", "dw_buy_events", "ads_user_sequences", "samples_evaluation"} <= layers
+    assert set(report.statuses.values()) <= {"success", "pass"}
+    assert any(uid.startswith("unit_test.") for uid in report.statuses)
+    dates = _query(warehouse, "select distinct ds from samples.samples order by ds")["ds"].dt.date.tolist()
+    assert dates == SCHEDULE.all_dates
+
+
+def test_ods_folds_identical_events_without_losing_any(built, tiny_dataset):
+    warehouse, _ = built
+    raw = duckdb.sql(f"select count(*) from read_parquet('{tiny_dataset}/events/*.parquet')").fetchall()[0][0]
+    ods = _query(warehouse, "select count(*) as n_rows, sum(n_raw) as n_raw from ods.ods_events").iloc[0]
+    assert ods.n_raw == raw and ods.n_rows < raw  # the generator's same-second repeats were folded
+    distinct = _query(warehouse, "select count(*) as n from (select distinct user_id, item_id, action, ts "
+                                 "from ods.ods_events)")["n"][0]
+    assert distinct == ods.n_rows
+
+
+def test_bad_rows_are_rejected_with_a_reason_and_counts_reconcile(tiny_dataset, tmp_path):
+    data = tmp_path / "dirty"
+    shutil.copytree(tiny_dataset, data)
+    bad_events = pa.table({
+        "user_id": pa.array([None, 5, 5, 5], pa.int64()),
+        "item_id": pa.array([1, None, 999_999_999, 1], pa.int64()),
+        "action": ["click", "click", "click", "view"],
+        "ts": pa.array([dt.datetime(2013, 5, 1)] * 4, pa.timestamp("us")),
+    })
+    first_item = pq.read_table(tiny_dataset / "items.parquet").slice(0, 1)
+    bad_events = bad_events.set_column(1, "item_id", pa.array([first_item["item_id"][0].as_py(), None, 999_999_999,
+                                                                first_item["item_id"][0].as_py()], pa.int64()))
+    pq.write_table(bad_events, data / "events" / "part-bad.parquet")
+    pq.write_table(pa.concat_tables([pq.read_table(data / "items.parquet"), first_item]), data / "items.parquet")
+    warehouse = tmp_path / "wh" / "crowd.duckdb"
+    run_dbt("build", dataset_dir=data, warehouse=warehouse, dbt_vars=_vars(), select=["path:models/ods"],
+            extra_args=["--indirect-selection", "cautious"], quiet=True)
+    reasons = _query(warehouse, "select reject_reason, count(*) as n from ods.ods_event_rejects group by 1")
+    assert dict(zip(reasons.reject_reason, reasons.n)) == {
+        "missing user_id": 1, "missing item_id": 1, "item not in the item table": 1, "unknown action": 1}
+    items = _query(warehouse, "select reject_reason, count(*) as n from ods.ods_item_rejects group by 1")
+    assert dict(zip(items.reject_reason, items.n)) == {"duplicate item_id": 1}
+
+
+def test_features_match_the_pandas_reference_value_for_value(built, reference_events):
+    warehouse, _ = built
+    for ds in (SCHEDULE.first_sample, PIT_DS, SCHEDULE.evaluation):
+        ref = reference_features(reference_events, ds)
+        lit = f"cast('{ds}' as date)"
+        for table, name, keys in [("ads_user_features", "user", ["user_id"]),
+                                  ("ads_target_features", "target", ["target_id"]),
+                                  ("ads_user_target_features", "user_target", ["user_id", "target_id"]),
+                                  ("ads_user_sequences", "sequences", ["user_id"])]:
+            got = _query(warehouse, f"select * exclude (ds) from ads.{table} where ds = {lit}")
+            assert len(got) > 0
+            assert_frames_match(got, ref[name], keys)
+        samples = _query(warehouse, f"select user_id, target_id, label_buy, label_collect_cart from samples.samples "
+                                    f"where ds = {lit}")
+        merged = samples.merge(ref["labels"], on=["user_id", "target_id"], how="left", suffixes=("", "_ref"))
+        merged = merged.fillna(0)
+        assert merged.label_buy.sum() > 0
+        assert (merged.label_buy == merged.label_buy_ref).all()
+        assert (merged.label_collect_cart == merged.label_collect_cart_ref).all()
+
+
+def test_samples_hold_every_active_pair_plus_sampled_negatives(built):
+    warehouse, _ = built
+    s = _query(warehouse, f"select * from samples.samples where ds = cast('{PIT_DS}' as date)")
+    active = _query(warehouse, f"select user_id, target_id from ads.ads_user_target_features "
+                               f"where ds = cast('{PIT_DS}' as date)")
+    assert len(s[s.is_candidate]) == len(active)
+    negatives = s[~s.is_candidate]
+    per_target = negatives.groupby("target_id").size()
+    assert per_target.max() <= WarehouseSettings().negatives_per_target
+    assert per_target.mean() > 0.8 * WarehouseSettings().negatives_per_target
+    assert (negatives.ub_click_90d == 0).all() and negatives.ub_recency_any.isna().all()
+    assert negatives.label_buy.sum() <= s.label_buy.sum()
+
+
+def test_evaluation_set_is_every_active_user_times_every_evaluated_target(built):
+    warehouse, _ = built
+    ev = _query(warehouse, "select * from samples.samples_evaluation")
+    assert set(ev.ds.dt.date) == {SCHEDULE.evaluation}
+    users = _query(warehouse, f"select count(*) as n from ads.ads_user_features "
+                              f"where ds = cast('{SCHEDULE.evaluation}' as date)")["n"][0]
+    n_targets = WarehouseSettings().n_evaluated_targets
+    assert len(ev) == users * n_targets == len(ev.drop_duplicates(["user_id", "target_id"]))
+    assert 0 < ev.label_buy.sum() and ev.is_candidate.mean() < 0.5
+
+
+def _snapshot(warehouse: Path, ds: dt.date, drop: tuple[str, ...] = ()) -> dict[str, pd.DataFrame]:
+    out = {}
+    for table in PER_DS_TABLES:
+        if table == "samples.samples_evaluation":
+            continue
+        frame = _query(warehouse, f"select * from {table} where ds = cast('{ds}' as date)")
+        frame = frame.drop(columns=[c for c in drop if c in frame.columns])
+        keys = [c for c in ("user_id", "target_id", "timescale", "step", "slot") if c in frame.columns]
+        out[table] = frame.sort_values(keys).reset_index(drop=True)
+    return out
+
+
+def test_features_at_ds_ignore_every_event_on_or_after_ds(built, tiny_dataset, tmp_path):
+    """Delete, change and add events at or after ds: every feature (and the candidates) at ds stay identical."""
+    warehouse, _ = built
+    data = tmp_path / "future_changed"
+    shutil.copytree(tiny_dataset, data)
+    events = pq.read_table(data / "events").to_pandas()
+    cut = pd.Timestamp(PIT_DS)
+    future = events.ts >= cut
+    assert future.sum() > 1000
+    changed = events[future].sample(frac=0.5, random_state=1)  # half the future deleted...
+    changed["action"] = "buy"  # ...the rest all turned into buys...
+    extra = events[~future].sample(n=500, random_state=2).assign(ts=cut)  # ...plus new events at ds exactly
+    mutated = pd.concat([events[~future], changed, extra], ignore_index=True)
+    shutil.rmtree(data / "events")
+    (data / "events").mkdir()
+    pq.write_table(pa.Table.from_pandas(mutated, preserve_index=False).cast(pq.read_schema(
+        next((tiny_dataset / "events").glob("*.parquet")))), data / "events" / "part-0.parquet")
+    other = tmp_path / "wh" / "crowd.duckdb"
+    run_dbt("run", dataset_dir=data, warehouse=other, dbt_vars=_vars([PIT_DS]), quiet=True)
+    labels = ("label_buy", "label_collect_cart")
+    before, after = _snapshot(warehouse, PIT_DS, labels), _snapshot(other, PIT_DS, labels)
+    for table in before:
+        assert len(before[table]) > 0, table
+        pd.testing.assert_frame_equal(before[table], after[table], obj=table)
+    # and the labels did see the change
+    assert _query(other, f"select sum(label_buy) as n from samples.samples where ds = cast('{PIT_DS}' as date)")["n"][0] \
+        > _query(warehouse, f"select sum(label_buy) as n from samples.samples where ds = cast('{PIT_DS}' as date)")["n"][0]
+
+
+def test_rebuilding_a_date_replaces_it_and_never_duplicates(built, tiny_dataset):
+    warehouse, _ = built
+    counts = {t: _query(warehouse, f"select count(*) as n from {t}")["n"][0] for t in PER_DS_TABLES}
+    before = _snapshot(warehouse, PIT_DS)
+    run_dbt("run", dataset_dir=tiny_dataset, warehouse=warehouse, dbt_vars=_vars([PIT_DS]), quiet=True)
+    assert {t: _query(warehouse, f"select count(*) as n from {t}")["n"][0] for t in PER_DS_TABLES} == counts
+    after = _snapshot(warehouse, PIT_DS)
+    for table in before:
+        pd.testing.assert_frame_equal(before[table], after[table], obj=table)
+
+
+def test_exports_one_directory_per_date_with_the_evaluation_set_beside_it(built, tmp_path):
+    warehouse, _ = built
+    exports = export_dates(warehouse, tmp_path / "exports")
+    assert [e.ds for e in exports] == SCHEDULE.all_dates
+    for e in exports:
+        names = sorted(p.name for p in e.path.iterdir())
+        expected = ["category_series.parquet", "samples.parquet", "schema.json", "sequences.parquet"]
+        if e.ds == SCHEDULE.evaluation:
+            expected = sorted([*expected, "evaluation.parquet"])
+        assert names == expected
+        assert pq.read_metadata(e.path / "samples.parquet").num_rows == e.rows["samples"]
+    schema = json.loads((exports[0].path / "schema.json").read_text())
+    assert "ub_buy_90d" in schema["dense"] and "label_buy" in schema["labels"]
+    assert not set(schema["dense"]) & {"user_id", "target_id", "label_buy"}
+    again = export_dates(warehouse, tmp_path / "exports", [PIT_DS])  # a re-export replaces, leaves no debris
+    assert again[0].rows == next(e for e in exports if e.ds == PIT_DS).rows
+    assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == [f"ds={d}" for d in SCHEDULE.all_dates]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"ds": ["2013-13-01"]}, "var 'ds': month 13 does not exist"),
+    ({"ds": "2013-07-xx"}, "var 'ds': expected a date as YYYY-MM-DD"),
+    ({"target": "shop"}, "var 'target': expected 'brand' or 'category'"),
+    ({"feature_windows": [7, 120]}, "var 'feature_windows'"),
+])
+def test_a_bad_var_fails_with_a_clear_message_before_any_work(tiny_dataset, tmp_path, changes, message):
+    warehouse = tmp_path / "wh" / "crowd.duckdb"
+    with pytest.raises(WarehouseError, match=message):
+        run_dbt("build", dataset_dir=tiny_dataset, warehouse=warehouse, dbt_vars=_vars(**changes), quiet=True)
+    assert not warehouse.exists()
+
+
+@pytest.mark.parametrize("kind", ["singular data test", "unit test"])
+def test_a_failing_dbt_test_fails_the_build(tiny_dataset, tmp_path, kind):
+    project = tmp_path / "project"
+    shutil.copytree(DBT_PROJECT_DIR, project, ignore=shutil.ignore_patterns("target", "logs", ".user.yml"))
+    if kind == "singular data test":
+        (project / "tests" / "always_fails.sql").write_text("select target_id from {{ ref('dim_targets') }}\n")
+        select, failing = ["+dim_targets", "always_fails"], "always_fails"
+    else:
+        yml = project / "models" / "ads" / "ads.yml"
+        yml.write_text(yml.read_text().replace("ub_click_90d: 16", "ub_click_90d: 17"))
+        select, failing = ["+ads_user_target_features"], "ub_features_count_each_window"
+    with pytest.raises(WarehouseError, match=failing):
+        run_dbt("build", dataset_dir=tiny_dataset, warehouse=tmp_path / "wh" / "crowd.duckdb",
+                dbt_vars=_vars([PIT_DS]), select=select, project_dir=project, quiet=True)
+
+
+def test_category_target_ranks_categories(tiny_dataset, tmp_path):
+    warehouse = tmp_path / "wh" / "crowd.duckdb"
+    run_dbt("run", dataset_dir=tiny_dataset, warehouse=warehouse, dbt_vars=_vars([PIT_DS], target="category"),
+            select=["+samples"], quiet=True)
+    s = _query(warehouse, "select distinct target_id, target_category_id from samples.samples")
+    categories = set(pq.read_table(tiny_dataset / "items.parquet")["category_id"].to_pylist())
+    assert set(s.target_id) <= categories and (s.target_id == s.target_category_id).all()
+
+
+def test_dbt_var_defaults_mirror_the_python_settings():
+    project = yaml.safe_load((DBT_PROJECT_DIR / "dbt_project.yml").read_text())
+    assert project["vars"] == dbt_vars(Schedule(), WarehouseSettings())
