@@ -30,6 +30,7 @@ lock:
 
 run: setup
 	$(BIN)/crowd generate --preset default --skip-if-present
+	$(BIN)/crowd warehouse
 
 test: setup
 	$(BIN)/python -m pytest
@@ -50,6 +51,7 @@ mlflow: setup
 
 bench: setup
 	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/warehouse.py
 
 clean:
 	rm -rf $(VENV) $(CROWD_DATA_DIR) .pytest_cache dbt_project/target dbt_project/logs
