@@ -107,6 +107,109 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_config(args: argparse.Namespace):  # noqa: ANN202
+    from ml.train.trainer import TrainConfig
+
+    changes = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "loss", "device", "seed")
+               if getattr(args, k, None) is not None}
+    return TrainConfig(**changes)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ml.train.pipeline import train_and_evaluate
+
+    for model in args.model:
+        o = train_and_evaluate(model, train_cfg=_train_config(args), negative_rate=args.negative_rate,
+                               dataset_dir=args.dataset_dir, track=not args.no_track)
+        _print_outcome(o)
+    return 0
+
+
+def _print_outcome(o) -> None:  # noqa: ANN001
+    keys = ("auc", "gauc", "logloss", "recall_at_100", "ndcg_at_100")
+    print(f"{o.model:<16} " + "  ".join(f"{k} {o.summary[k]:.4f}" for k in keys)
+          + (f"   | oracle auc {o.oracle['auc']:.4f} recall_at_100 {o.oracle['recall_at_100']:.4f}" if o.oracle else "")
+          + (f"   run {o.run_id}" if o.run_id else "") + ("  (new champion)" if o.champion else ""))
+
+
+def _load_bundle(name: str | None):  # noqa: ANN202
+    """A local bundle (DATA/models/NAME), or the registry's champion when no name is given."""
+    from ml.train.bundle import Bundle
+
+    if name:
+        return Bundle.load(Paths.default().models / name)
+    import mlflow
+
+    from ml.tracking import CHAMPION, REGISTERED_MODEL, configure
+
+    configure(Paths.default())
+    client = mlflow.tracking.MlflowClient()
+    try:
+        version = client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION)
+    except mlflow.exceptions.MlflowException:
+        raise ValueError("no champion model yet: train one with `crowd train --model ...`") from None
+    local = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="bundle")
+    return Bundle.load(Path(local))
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ml.evaluate.metrics import evaluate_scores
+    from ml.features.dataset import read_exports
+    from ml.train.pipeline import oracle_scores
+
+    bundle = _load_bundle(args.model)
+    schedule, paths = Schedule(), Paths.default()
+    raw = read_exports(paths.exports, [schedule.evaluation], part="evaluation", with_series=bundle.name == "lstm")
+    ev = raw.samples
+    y, t, u = ev["label_buy"].to_numpy(), ev["target_id"].to_numpy(), ev["user_id"].to_numpy()
+    summary, table = evaluate_scores(y, bundle.score(raw), t, u)
+    print(f"{bundle.name} on {schedule.evaluation} ({len(ev):,} rows, {table.shape[0]} targets):")
+    p_oracle = oracle_scores(args.dataset_dir or paths.dataset("synthetic"), ev, schedule.evaluation)
+    oracle = evaluate_scores(y, p_oracle, t, u)[0] if p_oracle is not None else {}
+    for k, v in summary.items():
+        print(f"  {k:<18} {v:.4f}" + (f"   oracle {oracle[k]:.4f}" if k in oracle else ""))
+    if args.per_target:
+        table.to_csv(args.per_target)
+        print(f"per-target metrics written to {args.per_target}")
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from ml.features.dataset import read_exports
+    from ml.train.bundle import crowd_table
+
+    bundle = _load_bundle(args.model)
+    schedule, paths = Schedule(), Paths.default()
+    ds = args.ds or schedule.evaluation
+    raw = read_exports(paths.exports, [ds], part="evaluation", with_series=bundle.name == "lstm")
+    if args.brand:
+        known = set(raw.samples["target_id"].unique().tolist())
+        unknown = [b for b in args.brand if b not in known]
+        if unknown:
+            raise ValueError(f"brand(s) {unknown} are not among the evaluated targets of {ds}")
+        raw.samples = raw.samples[raw.samples["target_id"].isin(args.brand)].reset_index(drop=True)
+    crowd = crowd_table(raw.samples, bundle.score(raw), args.top)
+    out = args.out or paths.crowds / f"ds={ds}" / f"{bundle.name}.parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    crowd.rename(columns={"target_id": "brand_id" if schedule.target == "brand" else "category_id"}).to_parquet(out)
+    print(f"{bundle.name}: top {args.top} users for {crowd['target_id'].nunique()} targets "
+          f"({len(crowd):,} rows) written to {out}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from ml.report import latest_runs, markdown, write_readme
+
+    table = latest_runs()
+    print(markdown(table))
+    if args.readme:
+        note = (f"Evaluation date {Schedule().evaluation}: every active user x the evaluated brands; "
+                f"written by `crowd report --readme` from the MLflow store.")
+        write_readme(args.readme, table, note)
+        print(f"comparison written into {args.readme}")
+    return 0
+
+
 def _cmd_paths(args: argparse.Namespace) -> int:
     p = Paths.default()
     print(json.dumps({"data": str(p.root), "warehouse": str(p.warehouse), "exports": str(p.exports),
@@ -171,6 +274,41 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="write exports/ds=YYYY-MM-DD/*.parquet from the built warehouse")
     ex.add_argument("--ds", type=_date, nargs="+", help="dates to export (default: every built date)")
     ex.set_defaults(func=_cmd_export)
+
+    from ml.train.pipeline import ALL_MODELS
+
+    tr = sub.add_parser("train", help="train models on the exports, evaluate them, record them in MLflow")
+    tr.add_argument("--model", nargs="+", required=True, choices=ALL_MODELS, metavar="MODEL",
+                    help=f"one or more of: {', '.join(ALL_MODELS)}")
+    tr.add_argument("--epochs", type=int)
+    tr.add_argument("--batch-size", type=int)
+    tr.add_argument("--lr", type=float)
+    tr.add_argument("--loss", choices=["bce", "focal"])
+    tr.add_argument("--device", help="auto (cuda when present), cpu, cuda, cuda:1 ...")
+    tr.add_argument("--seed", type=int)
+    tr.add_argument("--negative-rate", type=float, default=0.2,
+                    help="share of training negatives kept (scores are corrected for it; default 0.2)")
+    tr.add_argument("--dataset-dir", type=Path, help="the dataset, for the oracle (default DATA/raw/synthetic)")
+    tr.add_argument("--no-track", action="store_true", help="do not record the run in MLflow")
+    tr.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("evaluate", help="score the evaluation set with a model and print every metric")
+    ev.add_argument("--model", help="a trained model under DATA/models (default: the MLflow champion)")
+    ev.add_argument("--dataset-dir", type=Path, help="the dataset, for the oracle (default DATA/raw/synthetic)")
+    ev.add_argument("--per-target", type=Path, help="also write the per-target metrics to this CSV")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    sc = sub.add_parser("score", help="write the crowds: the top N users per brand (brand, rank, user, score)")
+    sc.add_argument("--model", help="a trained model under DATA/models (default: the MLflow champion)")
+    sc.add_argument("--brand", type=int, nargs="+", help="only these brands (default: every evaluated one)")
+    sc.add_argument("--top", type=int, default=1000, help="users per brand (default 1000)")
+    sc.add_argument("--ds", type=_date, help="the date whose evaluation export is scored (default: evaluation date)")
+    sc.add_argument("--out", type=Path, help="output parquet (default DATA/crowds/ds=DS/MODEL.parquet)")
+    sc.set_defaults(func=_cmd_score)
+
+    rp = sub.add_parser("report", help="the model comparison (latest run of each model, and the oracle)")
+    rp.add_argument("--readme", type=Path, help="also write it into this README between its comparison markers")
+    rp.set_defaults(func=_cmd_report)
 
     pa = sub.add_parser("paths", help="print where the project keeps its state")
     pa.set_defaults(func=_cmd_paths)

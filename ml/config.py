@@ -175,6 +175,10 @@ class Paths:
         return self.root / "models"
 
     @property
+    def crowds(self) -> Path:
+        return self.root / "crowds"
+
+    @property
     def mlflow_db(self) -> Path:
         return self.root / "mlflow" / "mlflow.db"
 

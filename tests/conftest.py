@@ -51,3 +51,26 @@ def tiny_db(tiny_dataset: Path) -> duckdb.DuckDBPyConnection:
     con.execute(f"create view brands_truth as select * from read_parquet('{d}/truth/brands.parquet')")
     con.execute(f"create view users_truth as select * from read_parquet('{d}/truth/users/*.parquet')")
     return con
+
+
+@pytest.fixture(scope="session")
+def tiny_warehouse(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A real dbt build of every layer and date over the tiny dataset: (warehouse path, dbt report)."""
+    from ml.config import WarehouseSettings, dbt_vars
+    from ml.warehouse.build import run_dbt
+
+    warehouse = tmp_path_factory.mktemp("wh") / "crowd.duckdb"
+    report = run_dbt("build", dataset_dir=tiny_dataset, warehouse=warehouse,
+                     dbt_vars=dbt_vars(Schedule(), WarehouseSettings()), quiet=True)
+    return warehouse, report
+
+
+@pytest.fixture(scope="session")
+def tiny_exports(tiny_warehouse) -> Path:
+    """The tiny warehouse exported where the trainers look by default (the session's data directory)."""
+    from ml.config import Paths
+    from ml.warehouse.export import export_dates
+
+    paths = Paths.default()
+    export_dates(tiny_warehouse[0], paths.exports)
+    return paths.exports

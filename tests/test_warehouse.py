@@ -37,10 +37,8 @@ def _query(warehouse: Path, sql: str) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def built(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory):
-    warehouse = tmp_path_factory.mktemp("wh") / "crowd.duckdb"
-    report = run_dbt("build", dataset_dir=tiny_dataset, warehouse=warehouse, dbt_vars=_vars(), quiet=True)
-    return warehouse, report
+def built(tiny_warehouse):
+    return tiny_warehouse
 
 
 @pytest.fixture(scope="module")

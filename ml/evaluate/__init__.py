@@ -1,0 +1,1 @@
+"""Metrics (metrics.py) and plots (plots.py) of a scored evaluation set."""

@@ -1,0 +1,164 @@
+"""Exports -> encoded numpy columns -> tensors per batch.
+
+Columns keep their own types (int64 ids, float32 dense) and tensors are built per batch: never one float
+matrix of everything, where ids above 2^24 would lose precision and memory would explode. Behaviour
+sequences are stored once per (ds, user) as ragged arrays and padded per batch, to the batch's longest,
+in `CrowdData.batch` (the collate step), with a mask.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from ml.config import Schedule, WarehouseSettings
+from ml.features.feature_map import FeatureMap
+from ml.warehouse.export import export_dir
+
+LABELS = ("label_buy", "label_collect_cart")
+SEQUENCES = ("hist_target_id", "hist_category_id", "hist_action", "hist_age_days")
+
+
+@dataclass
+class RawExports:
+    """What the exports hold for some dates, before encoding."""
+
+    samples: pd.DataFrame
+    dense: list[str]
+    keys: np.ndarray  # distinct (ds, user) keys of the samples, sorted
+    sequences: dict[str, np.ndarray]  # per key: flat values of each sequence column
+    offsets: np.ndarray  # per key: start of its sequence in the flat values (len = keys + 1)
+    series: dict[str, np.ndarray]  # timescale -> uint8 [keys, steps, slots]
+
+
+def _key(ds: np.ndarray, user: np.ndarray) -> np.ndarray:
+    """One int64 per (ds, user): days since epoch in the high bits, the user id (< 2^32) in the low ones."""
+    days = np.asarray(ds, dtype="datetime64[D]").astype(np.int64)
+    return (days << 32) | np.asarray(user, dtype=np.int64)
+
+
+def series_shape(schedule: Schedule | None = None, settings: WarehouseSettings | None = None) -> dict:
+    schedule, settings = schedule or Schedule(), settings or WarehouseSettings()
+    slots = settings.lstm_top_categories + 1
+    return {"month": (schedule.windows.history_days // 30, slots), "day": (schedule.windows.sequence_days, slots)}
+
+
+def read_exports(root: Path, dates: list[dt.date], part: str = "samples", with_series: bool = True) -> RawExports:
+    """Read samples (or the evaluation set) of some dates with the sequences and series of their users."""
+    frames, seq_tables, series_tables, dense = [], [], [], None
+    for ds in dates:
+        d = export_dir(root, ds)
+        if not (d / f"{part}.parquet").exists():
+            raise ValueError(f"no {part} export for ds {ds} under {root}: run `crowd warehouse --ds {ds}` first")
+        schema = json.loads((d / "schema.json").read_text())
+        dense = dense or schema["dense"]
+        frames.append(pd.read_parquet(d / f"{part}.parquet"))
+        seq_tables.append(pq.read_table(d / "sequences.parquet"))
+        if with_series:
+            series_tables.append(pq.read_table(d / "category_series.parquet"))
+    samples = pd.concat(frames, ignore_index=True)
+    keys = np.unique(_key(samples["ds"].to_numpy(), samples["user_id"].to_numpy()))
+
+    # sequences: map each exported row onto its key, then lay the lists out flat in key order
+    lengths = np.zeros(len(keys), dtype=np.int64)
+    flat: dict[str, list[np.ndarray]] = {c: [] for c in SEQUENCES}
+    owners: list[np.ndarray] = []
+    for t in seq_tables:
+        k = _key(t["ds"].to_numpy(), t["user_id"].to_numpy())
+        pos = np.searchsorted(keys, k)
+        ok = (pos < len(keys)) & (keys[np.minimum(pos, len(keys) - 1)] == k)
+        lens = pc.list_value_length(t["hist_target_id"]).to_numpy(zero_copy_only=False).astype(np.int64)
+        lengths[pos[ok]] = lens[ok]
+        owners.append(np.repeat(np.where(ok, pos, -1), lens))
+        for c in SEQUENCES:
+            flat[c].append(pc.list_flatten(t[c]).to_numpy().astype(np.int64))
+    owner = np.concatenate(owners) if owners else np.zeros(0, np.int64)
+    order = np.argsort(owner, kind="stable")  # group by key, keeping each list's order (most recent first)
+    keep = order[owner[order] >= 0]
+    sequences = {c: np.concatenate(flat[c])[keep] if flat[c] else np.zeros(0, np.int64) for c in SEQUENCES}
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+
+    series: dict[str, np.ndarray] = {}
+    if with_series:
+        shape = series_shape()
+        cells = pd.concat([t.to_pandas() for t in series_tables], ignore_index=True)
+        k = _key(cells["ds"].to_numpy(), cells["user_id"].to_numpy())
+        pos = np.searchsorted(keys, k)
+        ok = (pos < len(keys)) & (keys[np.minimum(pos, len(keys) - 1)] == k)
+        for timescale, (steps, slots) in shape.items():
+            arr = np.zeros((len(keys), steps, slots), dtype=np.uint8)
+            m = ok & (cells["timescale"].to_numpy() == timescale)
+            arr[pos[m], cells["step"].to_numpy()[m], cells["slot"].to_numpy()[m]] = np.minimum(cells["n"].to_numpy()[m], 255)
+            series[timescale] = arr
+    return RawExports(samples, dense or [], keys, sequences, offsets, series)
+
+
+class CrowdData:
+    """Encoded columns of one split and the collate step that turns a batch of row indices into tensors."""
+
+    def __init__(self, raw: RawExports, fmap: FeatureMap):
+        s = raw.samples
+        self.fmap = fmap
+        self.ids = fmap.encode_ids(s)
+        self.dense = fmap.encode_dense(s)
+        self.labels = np.stack([s[c].to_numpy(dtype=np.float32) for c in LABELS], axis=1)
+        self.user_id = s["user_id"].to_numpy(dtype=np.int64)
+        self.target_id = s["target_id"].to_numpy(dtype=np.int64)
+        self.ds = s["ds"].to_numpy()
+        self.row = np.searchsorted(raw.keys, _key(s["ds"].to_numpy(), s["user_id"].to_numpy()))
+        self.offsets = raw.offsets
+        seq = raw.sequences
+        self.hist_target = fmap.vocabularies["target"].encode(seq["hist_target_id"])
+        self.hist_category = fmap.vocabularies["category"].encode(seq["hist_category_id"])
+        self.hist_action = np.clip(seq["hist_action"], 0, 4)
+        self.hist_age = np.clip(seq["hist_age_days"], 1, fmap.max_age)
+        self.series = raw.series
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(self, idx: np.ndarray, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """The collate step: gather rows, pad the sequences to the batch's longest, build the mask."""
+        rows = self.row[idx]
+        start, lens = self.offsets[rows], self.offsets[rows + 1] - self.offsets[rows]
+        width = max(int(lens.max(initial=0)), 1)
+        pos = np.arange(width)
+        mask = pos[None, :] < lens[:, None]
+        flat = np.where(mask, start[:, None] + pos[None, :], 0)
+        out = {
+            "ids": self.ids[idx],
+            "dense": self.dense[idx],
+            "labels": self.labels[idx],
+            "mask": mask,
+            "hist_target": np.where(mask, self.hist_target[flat] if len(self.hist_target) else 0, 0),
+            "hist_category": np.where(mask, self.hist_category[flat] if len(self.hist_category) else 0, 0),
+            "hist_action": np.where(mask, self.hist_action[flat] if len(self.hist_action) else 0, 0),
+            "hist_age": np.where(mask, self.hist_age[flat] if len(self.hist_age) else 0, 0),
+        }
+        for timescale, arr in self.series.items():
+            out[timescale] = np.log1p(arr[rows].astype(np.float32))
+        return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device, non_blocking=True) for k, v in out.items()}
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                device: torch.device | str = "cpu") -> Iterator[dict[str, torch.Tensor]]:
+        order = np.random.default_rng(seed).permutation(len(self)) if shuffle else np.arange(len(self))
+        for i in range(0, len(order), batch_size):
+            yield self.batch(order[i:i + batch_size], device)
+
+
+def fit_feature_map(raw: RawExports) -> FeatureMap:
+    schedule, settings = Schedule(), WarehouseSettings()
+    return FeatureMap.fit(
+        raw.samples, raw.sequences["hist_target_id"], raw.sequences["hist_category_id"], dense=raw.dense,
+        sequence_length=settings.sequence_length, max_age=schedule.windows.sequence_days,
+        series_shape=series_shape(schedule, settings),
+    )

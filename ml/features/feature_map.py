@@ -1,0 +1,102 @@
+"""The fitted feature map, persisted with every model.
+
+Evaluation and scoring reuse the map fitted on the training dates, so an id never seen in training maps to
+the OOV index instead of failing, and dense features are scaled with the training statistics. Index 0 is
+padding, 1 is OOV, known ids start at 2.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+PAD, OOV = 0, 1
+DENSE_CLIP = 5.0  # standardised dense values are clipped to +-5: a heavy tail must not saturate FM terms
+# id fields of a sample -> the vocabulary they share with the behaviour sequences
+ID_FIELDS: dict[str, str] = {"user_id": "user", "target_id": "target", "target_category_id": "category"}
+N_ACTIONS = 5  # 0 padding, 1 click, 2 collect, 3 cart, 4 buy
+
+
+@dataclass
+class Vocabulary:
+    values: np.ndarray  # sorted distinct raw ids (int64)
+
+    @classmethod
+    def fit(cls, *columns: np.ndarray) -> "Vocabulary":
+        return cls(np.unique(np.concatenate([np.asarray(c, dtype=np.int64) for c in columns])))
+
+    @property
+    def size(self) -> int:
+        return len(self.values) + 2
+
+    def encode(self, raw: np.ndarray) -> np.ndarray:
+        raw = np.asarray(raw, dtype=np.int64)
+        if len(self.values) == 0:
+            return np.full(raw.shape, OOV, dtype=np.int64)
+        pos = np.searchsorted(self.values, raw)
+        hit = self.values[np.minimum(pos, len(self.values) - 1)] == raw
+        return np.where(hit, pos + 2, OOV).astype(np.int64)
+
+
+@dataclass
+class FeatureMap:
+    vocabularies: dict[str, Vocabulary]
+    dense: list[str]
+    fill: np.ndarray  # per dense column: the value of a missing entry (a recency with no event)
+    mean: np.ndarray
+    std: np.ndarray
+    sequence_length: int
+    max_age: int
+    series_shape: dict[str, tuple[int, int]] = field(default_factory=dict)  # timescale -> (steps, slots)
+
+    @classmethod
+    def fit(cls, samples: pd.DataFrame, hist_target: np.ndarray, hist_category: np.ndarray, *, dense: list[str],
+            sequence_length: int, max_age: int, series_shape: dict[str, tuple[int, int]]) -> "FeatureMap":
+        vocabularies = {
+            "user": Vocabulary.fit(samples["user_id"].to_numpy()),
+            "target": Vocabulary.fit(samples["target_id"].to_numpy(), hist_target[hist_target >= 0]),
+            "category": Vocabulary.fit(samples["target_category_id"].to_numpy(), hist_category),
+        }
+        raw = samples[dense].to_numpy(dtype=np.float64, na_value=np.nan)
+        # a missing value is a recency with no event in the window: "longer ago than anything seen"
+        fill = np.nan_to_num(np.nanmax(raw, axis=0), nan=0.0) + 1.0
+        x = np.log1p(np.maximum(np.where(np.isnan(raw), fill, raw), 0.0))
+        mean, std = x.mean(axis=0), x.std(axis=0)
+        return cls(vocabularies, list(dense), fill, mean, np.where(std > 1e-9, std, 1.0), sequence_length,
+                   max_age, dict(series_shape))
+
+    def encode_ids(self, samples: pd.DataFrame) -> np.ndarray:
+        return np.stack([self.vocabularies[v].encode(samples[c].to_numpy()) for c, v in ID_FIELDS.items()], axis=1)
+
+    def encode_dense(self, samples: pd.DataFrame) -> np.ndarray:
+        missing = [c for c in self.dense if c not in samples.columns]
+        if missing:
+            raise ValueError(f"the samples lack dense features the model was trained with: {missing[:5]}")
+        raw = samples[self.dense].to_numpy(dtype=np.float64, na_value=np.nan)
+        x = np.log1p(np.maximum(np.where(np.isnan(raw), self.fill, raw), 0.0))
+        return np.clip((x - self.mean) / self.std, -DENSE_CLIP, DENSE_CLIP).astype(np.float32)
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {name: v.size for name, v in self.vocabularies.items()}
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps({
+            "vocabularies": {k: v.values.tolist() for k, v in self.vocabularies.items()},
+            "dense": self.dense, "fill": self.fill.tolist(), "mean": self.mean.tolist(), "std": self.std.tolist(),
+            "sequence_length": self.sequence_length, "max_age": self.max_age,
+            "series_shape": {k: list(v) for k, v in self.series_shape.items()},
+        }))
+
+    @classmethod
+    def load(cls, path: Path) -> "FeatureMap":
+        d = json.loads(Path(path).read_text())
+        return cls(
+            {k: Vocabulary(np.asarray(v, dtype=np.int64)) for k, v in d["vocabularies"].items()},
+            d["dense"], np.asarray(d["fill"]), np.asarray(d["mean"]), np.asarray(d["std"]),
+            d["sequence_length"], d["max_age"], {k: tuple(v) for k, v in d["series_shape"].items()},
+        )

@@ -1,0 +1,1 @@
+"""Deep models (zoo.py) over shared layers (layers.py)."""

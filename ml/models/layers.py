@@ -1,0 +1,115 @@
+"""Building blocks shared by the models: embeddings, MLP, FM, DIN's local activation unit, SE, experts."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ml.features.feature_map import ID_FIELDS, N_ACTIONS, PAD
+
+
+class Embeddings(nn.Module):
+    """One table per vocabulary, shared by the sample's id fields and the behaviour sequences."""
+
+    def __init__(self, sizes: dict[str, int], dim: int, max_age: int):
+        super().__init__()
+        self.tables = nn.ModuleDict({name: nn.Embedding(n, dim, padding_idx=PAD) for name, n in sizes.items()})
+        self.action = nn.Embedding(N_ACTIONS, dim, padding_idx=PAD)
+        self.age = nn.Embedding(max_age + 1, dim, padding_idx=PAD)
+        self.dim = dim
+        for t in [*self.tables.values(), self.action, self.age]:
+            nn.init.normal_(t.weight, std=0.05)
+            with torch.no_grad():
+                t.weight[PAD].zero_()
+
+    def fields(self, ids: torch.Tensor, with_user: bool = True) -> torch.Tensor:
+        """[B, n_id_fields, dim]: user (unless with_user is false), target, target category."""
+        return torch.stack([self.tables[v](ids[:, i]) for i, v in enumerate(ID_FIELDS.values())
+                            if with_user or v != "user"], dim=1)
+
+    def candidate(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, 2 dim]: the candidate target and its category, the query of the attention."""
+        return torch.cat([self.tables["target"](ids[:, 1]), self.tables["category"](ids[:, 2])], dim=-1)
+
+    def behaviours(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys [B, L, 2 dim] (target and category of each behaviour) and context [B, L, 2 dim] (action, age)."""
+        keys = torch.cat([self.tables["target"](batch["hist_target"]), self.tables["category"](batch["hist_category"])], -1)
+        context = torch.cat([self.action(batch["hist_action"]), self.age(batch["hist_age"])], dim=-1)
+        return keys, context
+
+
+class DenseFields(nn.Module):
+    """Each dense feature as a field embedding (value x learned vector), so FM and SE can treat it as a field."""
+
+    def __init__(self, n_dense: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_dense, dim) * 0.01)
+
+    def forward(self, dense: torch.Tensor) -> torch.Tensor:
+        return dense.unsqueeze(-1) * self.weight  # [B, D, dim]
+
+
+def mlp(sizes: list[int], dropout: float = 0.0, batch_norm: bool = False, activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers.append(nn.Linear(a, b))
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(b))
+        layers.append(activation())
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+def fm_second_order(fields: torch.Tensor) -> torch.Tensor:
+    """sum_{i<j} <v_i, v_j> over fields [B, F, dim] -> [B]."""
+    square_of_sum = fields.sum(dim=1).pow(2)
+    sum_of_square = fields.pow(2).sum(dim=1)
+    return 0.5 * (square_of_sum - sum_of_square).sum(dim=-1)
+
+
+class LocalActivation(nn.Module):
+    """DIN's attention: a small MLP scores each behaviour against the candidate; padding scores exactly zero.
+
+    Scores are not normalised over the sequence (as in the DIN paper, so intensity of interest is kept), and
+    the mask multiplies them, so appending padding never changes the pooled interest.
+    """
+
+    def __init__(self, dim: int, hidden: tuple[int, ...] = (64, 32)):
+        super().__init__()
+        self.net = nn.Sequential(mlp([4 * dim, *hidden], activation=nn.PReLU), nn.Linear(hidden[-1], 1))
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q = query.unsqueeze(1).expand_as(keys)
+        scores = self.net(torch.cat([q, keys, q - keys, q * keys], dim=-1)).squeeze(-1)
+        scores = scores * mask.to(scores.dtype)
+        return (scores.unsqueeze(-1) * keys).sum(dim=1), scores
+
+
+class SqueezeExcitation(nn.Module):
+    """Re-weights the feature fields from a squeeze of each field; the weights are kept for the importance plot."""
+
+    def __init__(self, n_fields: int, reduction: int = 4):
+        super().__init__()
+        hidden = max(1, n_fields // reduction)
+        self.net = nn.Sequential(nn.Linear(n_fields, hidden), nn.ReLU(), nn.Linear(hidden, n_fields), nn.Sigmoid())
+
+    def forward(self, fields: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = self.net(fields.mean(dim=-1))  # [B, F]
+        return fields * weights.unsqueeze(-1), weights
+
+
+class Experts(nn.Module):
+    """n expert MLPs applied to one input: [B, n, out]."""
+
+    def __init__(self, n: int, d_in: int, hidden: list[int], dropout: float):
+        super().__init__()
+        self.experts = nn.ModuleList([mlp([d_in, *hidden], dropout) for _ in range(n)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([e(x) for e in self.experts], dim=1)
+
+
+def gate(weights_logits: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+    """Softmax gate over experts [B, n, out] -> [B, out]."""
+    return (torch.softmax(weights_logits, dim=-1).unsqueeze(-1) * experts).sum(dim=1)

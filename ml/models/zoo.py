@@ -1,0 +1,213 @@
+"""The model zoo: plain nn.Modules over a dict of tensors, each returning {"buy": P(buy)} (and, for the
+multi-task model, the auxiliary probabilities). One trainer serves them all (ml/train/trainer.py)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from ml.features.feature_map import ID_FIELDS, FeatureMap
+from ml.models.layers import (DenseFields, Embeddings, Experts, LocalActivation, SqueezeExcitation, fm_second_order,
+                              gate, mlp)
+
+
+@dataclass
+class ModelConfig:
+    """Hyper-parameters of every model (each uses the ones it needs); logged to MLflow as params."""
+
+    embed_dim: int = 16
+    # a per-user embedding memorises each training user's base rate and overfits weekly samples; the user
+    # is described by their features and behaviour sequence instead, unless this is set
+    user_embedding: bool = False
+    hidden: list[int] = field(default_factory=lambda: [256, 128])
+    dropout: float = 0.2
+    attention_hidden: list[int] = field(default_factory=lambda: [64, 32])
+    n_experts: int = 4
+    expert_hidden: list[int] = field(default_factory=lambda: [128, 64])
+    ple_layers: int = 2
+    ple_specific_experts: int = 2
+    ple_shared_experts: int = 2
+    lstm_hidden: int = 32
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CrowdModel(nn.Module):
+    """Shared plumbing: the embeddings and the sizes they come from."""
+
+    tasks: tuple[str, ...] = ("buy",)
+
+    def __init__(self, fmap: FeatureMap, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.n_dense = len(fmap.dense)
+        self.emb = Embeddings(fmap.sizes, cfg.embed_dim, fmap.max_age)
+        self.n_id = len(ID_FIELDS) - (0 if cfg.user_embedding else 1)
+
+    def id_fields(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.emb.fields(ids, with_user=self.cfg.user_embedding)
+
+
+class DNN(CrowdModel):
+    """Embeddings of the ids and the dense features, concatenated, through an MLP with ReLU."""
+
+    def __init__(self, fmap: FeatureMap, cfg: ModelConfig):
+        super().__init__(fmap, cfg)
+        d_in = self.n_id * cfg.embed_dim + self.n_dense
+        self.net = nn.Sequential(mlp([d_in, *cfg.hidden], cfg.dropout), nn.Linear(cfg.hidden[-1], 1))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x = torch.cat([self.id_fields(batch["ids"]).flatten(1), batch["dense"]], dim=-1)
+        return {"buy": torch.sigmoid(self.net(x).squeeze(-1))}
+
+
+class DeepFM(CrowdModel):
+    """Linear part + FM second-order part + DNN (batch norm, dropout), summed before the sigmoid. Dense
+    features enter the FM as fields (value x vector)."""
+
+    def __init__(self, fmap: FeatureMap, cfg: ModelConfig):
+        super().__init__(fmap, cfg)
+        self.linear_ids = nn.ModuleDict({v: nn.Embedding(n, 1, padding_idx=0) for v, n in fmap.sizes.items()})
+        for t in self.linear_ids.values():
+            nn.init.zeros_(t.weight)
+        self.linear_dense = nn.Linear(self.n_dense, 1)
+        self.dense_fields = DenseFields(self.n_dense, cfg.embed_dim)
+        d_in = (self.n_id + self.n_dense) * cfg.embed_dim
+        self.deep = nn.Sequential(mlp([d_in, *cfg.hidden], cfg.dropout, batch_norm=True), nn.Linear(cfg.hidden[-1], 1))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        ids = batch["ids"]
+        linear = self.linear_dense(batch["dense"]).squeeze(-1)
+        for i, v in enumerate(ID_FIELDS.values()):
+            if v != "user" or self.cfg.user_embedding:
+                linear = linear + self.linear_ids[v](ids[:, i]).squeeze(-1)
+        fields = torch.cat([self.id_fields(ids), self.dense_fields(batch["dense"])], dim=1)
+        logit = linear + fm_second_order(fields) + self.deep(fields.flatten(1)).squeeze(-1)
+        return {"buy": torch.sigmoid(logit)}
+
+
+class DIN(CrowdModel):
+    """Deep Interest Network: the candidate target (and its category) attends over the behaviour sequence
+    through a local activation unit, with the padding mask applied."""
+
+    def __init__(self, fmap: FeatureMap, cfg: ModelConfig):
+        super().__init__(fmap, cfg)
+        e = cfg.embed_dim
+        self.context = nn.Linear(2 * e, 2 * e)  # action and age, added to each behaviour's key
+        self.attention = LocalActivation(2 * e, tuple(cfg.attention_hidden))
+        self.d_repr = self.n_id * e + 2 * e + self.n_dense
+        self.head = nn.Sequential(mlp([self.d_repr, *cfg.hidden], cfg.dropout, activation=nn.PReLU),
+                                  nn.Linear(cfg.hidden[-1], 1))
+
+    def interest(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        keys, context = self.emb.behaviours(batch)
+        keys = keys + self.context(context)
+        pooled, _ = self.attention(self.emb.candidate(batch["ids"]), keys, batch["mask"])
+        return pooled
+
+    def representation(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([self.id_fields(batch["ids"]).flatten(1), self.interest(batch), batch["dense"]], dim=-1)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"buy": torch.sigmoid(self.head(self.representation(batch)).squeeze(-1))}
+
+
+class MoE(DIN):
+    """Experts and a softmax gate on top of the DIN representation."""
+
+    def __init__(self, fmap: FeatureMap, cfg: ModelConfig):
+        super().__init__(fmap, cfg)
+        self.experts = Experts(cfg.n_experts, self.d_repr, cfg.expert_hidden, cfg.dropout)
+        self.gate = nn.Linear(self.d_repr, cfg.n_experts)
+        self.head = nn.Sequential(mlp([cfg.expert_hidden[-1], 32]), nn.Linear(32, 1))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x = self.representation(batch)
+        return {"buy": torch.sigmoid(self.head(gate(self.gate(x), self.experts(x))).squeeze(-1))}
+
+
+class PLE(DIN):
+    """Multi-task: SE re-weighting of the fields, DIN interest, progressive layers of task-specific and
+    shared experts with gates, FM-based towers; ESMM-style outputs
+        y1 = P(collect or cart), y2 = P(buy | neither), y3 = P(buy | collect or cart),
+        P(buy) = y1 y3 + (1 - y1) y2, trained on BCE(buy) + BCE(collect or cart)."""
+
+    tasks = ("buy", "collect_cart")
+
+    def __init__(self, fmap: FeatureMap, cfg: ModelConfig):
+        super().__init__(fmap, cfg)
+        e = cfg.embed_dim
+        self.dense_fields = DenseFields(self.n_dense, e)
+        self.n_fields = self.n_id + self.n_dense
+        self.se = SqueezeExcitation(self.n_fields)
+        d_in = self.n_fields * e + 2 * e
+        width = cfg.expert_hidden[-1]
+        self.layers = nn.ModuleList()
+        for i in range(cfg.ple_layers):
+            d = d_in if i == 0 else width
+            last = i == cfg.ple_layers - 1
+            self.layers.append(nn.ModuleDict({
+                "cc": Experts(cfg.ple_specific_experts, d, cfg.expert_hidden, cfg.dropout),
+                "buy": Experts(cfg.ple_specific_experts, d, cfg.expert_hidden, cfg.dropout),
+                "shared": Experts(cfg.ple_shared_experts, d, cfg.expert_hidden, cfg.dropout),
+                "gate_cc": nn.Linear(d, cfg.ple_specific_experts + cfg.ple_shared_experts),
+                "gate_buy": nn.Linear(d, cfg.ple_specific_experts + cfg.ple_shared_experts),
+                **({} if last else {"gate_shared": nn.Linear(d, 2 * cfg.ple_specific_experts + cfg.ple_shared_experts)}),
+            }))
+        self.towers = nn.ModuleDict({t: nn.Sequential(mlp([width, 32]), nn.Linear(32, 1)) for t in ("y1", "y2", "y3")})
+        self.fm_scale = nn.ParameterDict({t: nn.Parameter(torch.zeros(1)) for t in ("y1", "y2", "y3")})
+        self.head = None  # PLE has towers instead of DIN's head
+        self.last_se_weights: torch.Tensor | None = None
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        fields = torch.cat([self.id_fields(batch["ids"]), self.dense_fields(batch["dense"])], dim=1)
+        fields, weights = self.se(fields)
+        self.last_se_weights = weights.detach()
+        x = torch.cat([fields.flatten(1), self.interest(batch)], dim=-1)
+        h_cc = h_buy = h_shared = x
+        for layer in self.layers:
+            e_cc, e_buy, e_sh = layer["cc"](h_cc), layer["buy"](h_buy), layer["shared"](h_shared)
+            new_cc = gate(layer["gate_cc"](h_cc), torch.cat([e_cc, e_sh], dim=1))
+            new_buy = gate(layer["gate_buy"](h_buy), torch.cat([e_buy, e_sh], dim=1))
+            if "gate_shared" in layer:
+                h_shared = gate(layer["gate_shared"](h_shared), torch.cat([e_cc, e_buy, e_sh], dim=1))
+            h_cc, h_buy = new_cc, new_buy
+        fm = fm_second_order(fields)
+        logit = {t: self.towers[t](h).squeeze(-1) + self.fm_scale[t] * fm
+                 for t, h in (("y1", h_cc), ("y2", h_buy), ("y3", h_buy))}
+        y1, y2, y3 = (torch.sigmoid(logit[t]) for t in ("y1", "y2", "y3"))
+        return {"buy": y1 * y3 + (1 - y1) * y2, "collect_cart": y1}
+
+
+class TwoTimescaleLSTM(CrowdModel):
+    """The user-profile tag model: one LSTM over monthly buy counts by category, one over daily click
+    counts by category, fused with the candidate's embeddings by a dense layer."""
+
+    def __init__(self, fmap: FeatureMap, cfg: ModelConfig):
+        super().__init__(fmap, cfg)
+        slots = fmap.series_shape["month"][1]
+        self.monthly = nn.LSTM(slots, cfg.lstm_hidden, batch_first=True)
+        self.daily = nn.LSTM(slots, cfg.lstm_hidden, batch_first=True)
+        d_in = 2 * cfg.lstm_hidden + 2 * cfg.embed_dim
+        self.fuse = nn.Sequential(mlp([d_in, *cfg.hidden], cfg.dropout), nn.Linear(cfg.hidden[-1], 1))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        _, (h_month, _) = self.monthly(batch["month"])
+        _, (h_day, _) = self.daily(batch["day"])
+        x = torch.cat([h_month[-1], h_day[-1], self.emb.candidate(batch["ids"])], dim=-1)
+        return {"buy": torch.sigmoid(self.fuse(x).squeeze(-1))}
+
+
+MODELS: dict[str, type[CrowdModel]] = {
+    "dnn": DNN, "deepfm": DeepFM, "din": DIN, "moe": MoE, "ple": PLE, "lstm": TwoTimescaleLSTM,
+}
+NEEDS_SERIES = {"lstm"}
+
+
+def build_model(name: str, fmap: FeatureMap, cfg: ModelConfig | None = None) -> CrowdModel:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}: expected one of {sorted(MODELS)} (or lgbm)")
+    return MODELS[name](fmap, cfg or ModelConfig())

@@ -1,0 +1,232 @@
+"""Train one model on the weekly exports, evaluate it on the evaluation date, record it in MLflow.
+
+Dates: every sample date but the last trains, the last validates (early stopping), and the evaluation
+date's set (every active user x every evaluated target) is where AUC, GAUC and recall@N are measured.
+Negatives of the training dates are down-sampled (negative_rate) for speed; scores are corrected back
+(bundle.correct_for_sampling), so logloss and calibration refer to the true rate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ml.config import Paths, Schedule
+from ml.evaluate.metrics import DEFAULT_NS, evaluate_scores
+from ml.evaluate.plots import evaluation_plots, importance_plot, training_curves
+from ml.features.dataset import CrowdData, RawExports, fit_feature_map, read_exports
+from ml.models.zoo import MODELS, NEEDS_SERIES, ModelConfig, build_model
+from ml.train.bundle import Bundle, correct_for_sampling, save_deep_bundle, save_gbdt_bundle
+from ml.train.gbdt import MODES, GbdtConfig, train_gbdt
+from ml.train.trainer import TrainConfig, Trainer, predict, seed_everything
+
+log = logging.getLogger(__name__)
+LGBM_MODELS = tuple(f"lgbm_{m}" for m in MODES)
+ALL_MODELS = (*LGBM_MODELS, *MODELS)
+
+
+@dataclass
+class Outcome:
+    model: str
+    summary: dict[str, float]
+    per_target: pd.DataFrame
+    bundle: Path
+    run_id: str | None = None
+    champion: bool = False
+    oracle: dict[str, float] = field(default_factory=dict)
+    train_seconds: float = 0.0
+
+
+def _subsample(raw: RawExports, rate: float, seed: int) -> RawExports:
+    if rate >= 1.0:
+        return raw
+    s = raw.samples
+    keep = (s["label_buy"].to_numpy() > 0) | (np.random.default_rng(seed).random(len(s)) < rate)
+    return RawExports(s[keep].reset_index(drop=True), raw.dense, raw.keys, raw.sequences, raw.offsets, raw.series)
+
+
+def oracle_scores(dataset_dir: Path, frame: pd.DataFrame, ds: dt.date) -> np.ndarray | None:
+    """The generator's P(buy) for the evaluation rows (0 for a pair it never considers); None without one."""
+    files = list((Path(dataset_dir) / "oracle").glob("*.parquet"))
+    if not files:
+        return None
+    oracle = pd.read_parquet(Path(dataset_dir) / "oracle", filters=[("ds", "==", pd.Timestamp(ds))],
+                             columns=["user_id", "brand_id", "p_buy"])
+    if oracle.empty:
+        return None
+    merged = frame[["user_id", "target_id"]].merge(
+        oracle.rename(columns={"brand_id": "target_id"}), on=["user_id", "target_id"], how="left")
+    return merged["p_buy"].fillna(0.0).to_numpy()
+
+
+def _fingerprint(*parts: object) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def train_and_evaluate(
+    model: str,
+    *,
+    paths: Paths | None = None,
+    schedule: Schedule | None = None,
+    train_cfg: TrainConfig | None = None,
+    model_cfg: ModelConfig | None = None,
+    gbdt_cfg: GbdtConfig | None = None,
+    negative_rate: float = 0.2,
+    ns: tuple[int, ...] = DEFAULT_NS,
+    dataset_dir: Path | None = None,
+    track: bool = True,
+) -> Outcome:
+    if model not in ALL_MODELS:
+        raise ValueError(f"unknown model {model!r}: expected one of {', '.join(ALL_MODELS)}")
+    if not 0 < negative_rate <= 1:
+        raise ValueError(f"negative_rate: expected a share in (0, 1], got {negative_rate}")
+    paths, schedule = paths or Paths.default(), schedule or Schedule()
+    train_cfg, model_cfg = train_cfg or TrainConfig(), model_cfg or ModelConfig()
+    train_dates, valid_date = schedule.sample_dates[:-1], schedule.sample_dates[-1]
+    series = model in NEEDS_SERIES
+    train_raw = _subsample(read_exports(paths.exports, train_dates, with_series=series), negative_rate, train_cfg.seed)
+    valid_raw = read_exports(paths.exports, [valid_date], with_series=series)
+    eval_raw = read_exports(paths.exports, [schedule.evaluation], part="evaluation", with_series=series)
+    ev = eval_raw.samples
+    rows = {"train": len(train_raw.samples), "valid": len(valid_raw.samples), "evaluation": len(ev)}
+    log.info("%s: %s rows (negatives of training kept at rate %.2f)", model, rows, negative_rate)
+    extra = {"negative_rate": negative_rate, "dense": train_raw.dense, "train_dates": [str(d) for d in train_dates],
+             "valid_date": str(valid_date), "evaluation_date": str(schedule.evaluation)}
+    bundle_dir = paths.models / model
+    history: list[dict] = []
+    epoch_metrics: list[dict] = []
+    extra_plots: list[Path] = []
+    plots_dir = Path(tempfile.mkdtemp(prefix=f"crowd-{model}-"))
+
+    if model.startswith("lgbm_"):
+        cfg = gbdt_cfg or GbdtConfig(mode=model.removeprefix("lgbm_"))
+        targets = _evaluated_targets(ev, train_raw.samples)
+        result = train_gbdt(cfg, train_raw.samples, valid_raw.samples, ev, train_raw.dense, targets)
+        scores = correct_for_sampling(result.scores, negative_rate)
+        params = {"model": model, **{f"gbdt_{k}": v for k, v in cfg.__dict__.items()},
+                  "train_seconds": round(result.seconds, 1)}
+        shutil.rmtree(bundle_dir, ignore_errors=True)
+        save_gbdt_bundle(bundle_dir, model, result, extra)
+        if result.importance is not None and len(result.importance):
+            extra_plots.append(importance_plot(list(result.importance.index), result.importance.to_numpy(),
+                                               plots_dir / "feature_importance.png", f"{model}: total gain"))
+        train_seconds = result.seconds
+    else:
+        seed_everything(train_cfg.seed)
+        fmap = fit_feature_map(train_raw)
+        net = build_model(model, fmap, model_cfg)
+        key = _fingerprint(model, train_cfg.to_dict(), model_cfg.to_dict(), negative_rate, rows, train_raw.dense)
+        trainer = Trainer(net, train_cfg, paths.models / "checkpoints" / f"{model}-{key}", on_epoch=epoch_metrics.append)
+        fit = trainer.fit(CrowdData(train_raw, fmap), CrowdData(valid_raw, fmap))
+        history, train_seconds = fit.history, fit.seconds
+        ev_data = CrowdData(eval_raw, fmap)
+        scores = correct_for_sampling(predict(trainer.model, ev_data), negative_rate)
+        params = {"model": model, **{f"train_{k}": v for k, v in train_cfg.to_dict().items()},
+                  **{f"model_{k}": v for k, v in model_cfg.to_dict().items()}, "best_epoch": fit.best_epoch,
+                  "train_samples_per_second": round(fit.samples_per_second), "train_seconds": round(fit.seconds, 1)}
+        shutil.rmtree(bundle_dir, ignore_errors=True)
+        save_deep_bundle(bundle_dir, model, trainer.model, fmap, model_cfg, extra)
+        if history:
+            extra_plots.append(training_curves(history, plots_dir))
+        if model == "ple":
+            extra_plots.append(_se_importance(trainer.model, ev_data, fmap, plots_dir))
+
+    y, target, user = ev["label_buy"].to_numpy(), ev["target_id"].to_numpy(), ev["user_id"].to_numpy()
+    summary, per_target = evaluate_scores(y, scores, target, user, ns)
+    oracle = {}
+    reference = {}
+    dataset_dir = dataset_dir or paths.dataset("synthetic")
+    p_oracle = oracle_scores(dataset_dir, ev, schedule.evaluation) if schedule.target == "brand" else None
+    if p_oracle is not None:
+        oracle, _ = evaluate_scores(y, p_oracle, target, user, ns)
+        reference["oracle"] = p_oracle
+    plot_paths = [*evaluation_plots(y, scores, target, user, plots_dir, model, reference), *extra_plots]
+    outcome = Outcome(model, summary, per_target, bundle_dir, oracle=oracle, train_seconds=train_seconds)
+    log.info("%s on %s: %s", model, schedule.evaluation, ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
+    if track:
+        _record(outcome, params | {f"rows_{k}": v for k, v in rows.items()} | {"negative_rate": negative_rate},
+                epoch_metrics, plot_paths, paths)
+    shutil.rmtree(plots_dir, ignore_errors=True)
+    return outcome
+
+
+def _evaluated_targets(ev: pd.DataFrame, train: pd.DataFrame) -> list[int]:
+    """The evaluated targets, most training buyers first (so few_mixed groups targets of similar size)."""
+    buyers = train[train["label_buy"] > 0].groupby("target_id").size()
+    targets = pd.Series(0, index=np.unique(ev["target_id"].to_numpy())).add(buyers, fill_value=0)
+    return targets.sort_values(ascending=False, kind="stable").index.astype("int64").tolist()
+
+
+def _se_importance(model, data: CrowdData, fmap, out: Path) -> Path:  # noqa: ANN001
+    """Mean SE weight per field over the evaluation set: PLE's own view of which fields matter."""
+    import torch
+
+    sums, n = None, 0
+    model.eval()
+    with torch.no_grad():
+        for b in data.batches(8192, device=next(model.parameters()).device):
+            model(b)
+            w = model.last_se_weights.sum(dim=0).cpu().numpy()
+            sums, n = (w if sums is None else sums + w), n + len(b["labels"])
+    names = [*(["user_id"] if model.cfg.user_embedding else []), "target_id", "target_category_id", *fmap.dense]
+    return importance_plot(names, sums / n, out / "se_field_importance.png", "PLE: mean SE weight per field")
+
+
+def _record(outcome: Outcome, params: dict, epochs: list[dict], plots: list[Path], paths: Paths) -> None:
+    import mlflow
+
+    from ml.tracking import CHAMPION_METRIC, REGISTERED_MODEL, configure, promote_if_better
+
+    configure(paths)
+    with mlflow.start_run(run_name=outcome.model) as run:
+        mlflow.log_params({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in params.items()})
+        for row in epochs:
+            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+        mlflow.log_metrics({f"eval_{k}": v for k, v in outcome.summary.items() if np.isfinite(v)})
+        mlflow.log_metrics({f"oracle_{k}": v for k, v in outcome.oracle.items() if np.isfinite(v)})
+        table = outcome.per_target.reset_index()
+        mlflow.log_table(table, artifact_file="per_target_metrics.json")
+        for p in plots:
+            mlflow.log_artifact(str(p), artifact_path="plots")
+        mlflow.log_artifacts(str(outcome.bundle), artifact_path="bundle")
+        info = _log_flavour(outcome, REGISTERED_MODEL)
+        outcome.run_id = run.info.run_id
+        if info is not None and info.registered_model_version is not None:
+            outcome.champion = promote_if_better(str(info.registered_model_version),
+                                                 outcome.summary[CHAMPION_METRIC.removeprefix("eval_")])
+            mlflow.set_tag("registered_version", info.registered_model_version)
+        mlflow.set_tag("champion_at_training", str(outcome.champion).lower())
+
+
+def _log_flavour(outcome: Outcome, registered: str):  # noqa: ANN202
+    """The model in its MLflow flavour (PyTorch, or LightGBM for the single all-mixed booster), registered.
+    The per-target and few-mixed baselines are many boosters: they are logged as the bundle only."""
+    import mlflow
+
+    bundle = Bundle.load(outcome.bundle)
+    if outcome.model == "lgbm_all_mixed":
+        import lightgbm as lgb
+
+        booster = lgb.Booster(model_file=str(outcome.bundle / "lgbm" / "all.txt"))
+        return mlflow.lightgbm.log_model(booster, name="model", registered_model_name=registered,
+                                         pip_requirements=["lightgbm==4.7.0"])
+    if outcome.model.startswith("lgbm_"):
+        return None
+    import torch
+
+    from ml.features.feature_map import FeatureMap
+
+    fmap = FeatureMap.load(outcome.bundle / "feature_map.json")
+    net = build_model(bundle.name, fmap, ModelConfig(**bundle.config["model_config"]))
+    net.load_state_dict(torch.load(outcome.bundle / "weights.pt", map_location="cpu"))
+    return mlflow.pytorch.log_model(net, name="model", registered_model_name=registered, serialization_format="pickle",
+                                    pip_requirements=["torch==2.13.0"])

@@ -1,0 +1,200 @@
+"""One trainer for every deep model: Adam with weight decay, gradient clipping, learning-rate reduction
+on a plateau of validation AUC, early stopping with patience, the best checkpoint kept, a checkpoint per
+epoch to resume from, fixed seeds, a progress bar and TensorBoard scalars.
+
+A resumed run reproduces the uninterrupted one: each epoch's shuffle is seeded by (seed, epoch) and the
+checkpoint carries the torch RNG state (dropout) along with the model, optimiser and scheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ml.evaluate.metrics import auc, logloss
+from ml.features.dataset import CrowdData
+from ml.models.zoo import CrowdModel
+
+log = logging.getLogger(__name__)
+EPS = 1e-7
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 8
+    batch_size: int = 1024
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    clip_norm: float = 5.0
+    patience: int = 2  # epochs without a better validation AUC before stopping
+    lr_patience: int = 0  # epochs without improvement before the learning rate is reduced
+    lr_factor: float = 0.5
+    loss: str = "bce"  # or "focal"
+    focal_gamma: float = 2.0
+    focal_alpha: float = 0.25
+    aux_weight: float = 1.0  # weight of the collect-or-cart loss of multi-task models
+    seed: int = 42
+    device: str = "auto"  # auto: cuda when present, else cpu
+    progress: bool = True
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("bce", "focal"):
+            raise ValueError(f"loss: expected 'bce' or 'focal', got {self.loss!r}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected a positive number, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_auc: float
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    samples_per_second: float = 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def binary_loss(p: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    p = p.clamp(EPS, 1 - EPS)
+    if cfg.loss == "bce":
+        return F.binary_cross_entropy(p, y)
+    pt = torch.where(y > 0.5, p, 1 - p)
+    alpha = torch.where(y > 0.5, torch.full_like(p, cfg.focal_alpha), torch.full_like(p, 1 - cfg.focal_alpha))
+    return (-alpha * (1 - pt).pow(cfg.focal_gamma) * pt.log()).mean()
+
+
+def model_loss(out: dict[str, torch.Tensor], labels: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    loss = binary_loss(out["buy"], labels[:, 0], cfg)
+    if "collect_cart" in out:
+        loss = loss + cfg.aux_weight * binary_loss(out["collect_cart"], labels[:, 1], cfg)
+    return loss
+
+
+@torch.no_grad()
+def predict(model: CrowdModel, data: CrowdData, batch_size: int = 8192, device: torch.device | None = None) -> np.ndarray:
+    device = device or next(model.parameters()).device
+    model.eval()
+    parts = [model(b)["buy"].float().cpu().numpy() for b in data.batches(batch_size, device=device)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+class Trainer:
+    def __init__(self, model: CrowdModel, cfg: TrainConfig, workdir: Path,
+                 on_epoch: Callable[[dict], None] | None = None):
+        self.cfg, self.workdir, self.on_epoch = cfg, Path(workdir), on_epoch
+        self.device = resolve_device(cfg.device)
+        self.model = model.to(self.device)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def last_path(self) -> Path:
+        return self.workdir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.workdir / "best.pt"
+
+    def _save_last(self, state: dict) -> None:
+        tmp = self.last_path.with_suffix(".partial")
+        torch.save(state, tmp)
+        tmp.replace(self.last_path)
+
+    def fit(self, train: CrowdData, valid: CrowdData, stop_after: int | None = None) -> TrainResult:
+        """Train until early stopping or cfg.epochs; resume from workdir/last.pt when it exists.
+        stop_after simulates an interruption after that many epochs (tests)."""
+        cfg = self.cfg
+        start_epoch, best_auc, best_epoch, bad, history = 0, -1.0, -1, 0, []
+        if self.last_path.exists():
+            state = torch.load(self.last_path, map_location=self.device, weights_only=False)
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["torch_rng"])
+            start_epoch, best_auc, best_epoch = state["epoch"] + 1, state["best_auc"], state["best_epoch"]
+            bad, history = state["bad_epochs"], state["history"]
+            log.info("resuming from %s at epoch %d (best AUC %.4f at epoch %d)", self.last_path, start_epoch,
+                     best_auc, best_epoch)
+        writer = None
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(self.workdir / "tensorboard"))
+        t_start, n_seen = time.perf_counter(), 0
+        done = bad >= cfg.patience or start_epoch >= cfg.epochs
+        epoch = start_epoch
+        while not done:
+            self.model.train()
+            losses = []
+            n_batches = (len(train) + cfg.batch_size - 1) // cfg.batch_size
+            batches = train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch, device=self.device)
+            for batch in tqdm(batches, total=n_batches, desc=f"epoch {epoch}", disable=not cfg.progress, leave=False):
+                out = self.model(batch)
+                loss = model_loss(out, batch["labels"], cfg)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
+                self.optimizer.step()
+                losses.append(loss.item())
+                n_seen += len(batch["labels"])
+            p = predict(self.model, valid, device=self.device)
+            y = valid.labels[:, 0]
+            row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "valid_auc": auc(y, p),
+                   "valid_logloss": logloss(y, p), "lr": self.optimizer.param_groups[0]["lr"]}
+            history.append(row)
+            self.scheduler.step(row["valid_auc"])
+            if row["valid_auc"] > best_auc:
+                best_auc, best_epoch, bad = row["valid_auc"], epoch, 0
+                torch.save(self.model.state_dict(), self.best_path)
+            else:
+                bad += 1
+            log.info("epoch %d: loss %.4f, valid AUC %.4f, logloss %.4f", epoch, row["train_loss"],
+                     row["valid_auc"], row["valid_logloss"])
+            if writer:
+                for k, v in row.items():
+                    if k != "epoch":
+                        writer.add_scalar(k, v, epoch)
+            if self.on_epoch:
+                self.on_epoch(row)
+            self._save_last({
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "epoch": epoch,
+                "best_auc": best_auc, "best_epoch": best_epoch, "bad_epochs": bad, "history": history,
+            })
+            epoch += 1
+            done = bad >= cfg.patience or epoch >= cfg.epochs
+            if stop_after is not None and epoch - start_epoch >= stop_after and not done:
+                raise KeyboardInterrupt(f"stopped after epoch {epoch - 1} (simulated interruption)")
+        if writer:
+            writer.close()
+        if self.best_path.exists():
+            self.model.load_state_dict(torch.load(self.best_path, map_location=self.device))
+        seconds = time.perf_counter() - t_start
+        return TrainResult(best_epoch, best_auc, history, seconds, n_seen / seconds if seconds else 0.0)

@@ -1,0 +1,74 @@
+"""Metrics: hand-computed cases, scikit-learn agreement, and independence from row order."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, ndcg_score, roc_auc_score
+
+from ml.evaluate.metrics import evaluate_scores, group_auc, ranking_metrics
+
+
+def test_ranking_metrics_on_a_hand_computed_case():
+    y = np.array([1, 0, 1, 0])
+    p = np.array([0.9, 0.8, 0.7, 0.6])
+    m = ranking_metrics(y, p, np.zeros(4), ns=(2, 4)).per_group.iloc[0]
+    assert m["recall_at_2"] == 0.5 and m["precision_at_2"] == 0.5
+    assert m["ndcg_at_2"] == pytest.approx(1 / (1 + 1 / math.log2(3)))
+    assert m["map_at_2"] == pytest.approx(0.5)  # one buyer at rank 1 (precision 1), divided by min(2, 2)
+    assert m["recall_at_4"] == 1.0 and m["precision_at_4"] == 0.5
+    assert m["map_at_4"] == pytest.approx((1 + 2 / 3) / 2)
+    assert m["ndcg_at_4"] == pytest.approx((1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3)))
+
+
+def test_groups_are_ranked_separately_and_groups_without_buyers_are_left_out_of_the_mean():
+    y = np.array([0, 1, 0, 0, 1, 0])
+    p = np.array([0.9, 0.1, 0.5, 0.5, 0.4, 0.3])
+    g = np.array(["a", "a", "b", "b", "c", "c"])
+    m = ranking_metrics(y, p, g, ns=(1,))
+    assert m.per_group.loc["a", "recall_at_1"] == 0 and m.per_group.loc["c", "recall_at_1"] == 1
+    assert np.isnan(m.per_group.loc["b", "recall_at_1"])
+    assert m.mean["recall_at_1"] == 0.5  # (0 + 1) / 2: b has no buyer
+
+
+def test_ranking_metrics_agree_with_scikit_learn(rng=np.random.default_rng(3)):
+    n, groups = 3000, 7
+    g = rng.integers(0, groups, n)
+    p = rng.random(n)  # continuous: no ties
+    y = (rng.random(n) < 0.05 + 0.3 * p).astype(int)
+    m = ranking_metrics(y, p, g, ns=(10, 50, n)).per_group
+    for k in range(groups):
+        part = g == k
+        assert m.loc[k, "ndcg_at_10"] == pytest.approx(ndcg_score([y[part]], [p[part]], k=10))
+        assert m.loc[k, "ndcg_at_50"] == pytest.approx(ndcg_score([y[part]], [p[part]], k=50))
+        # with N beyond the group, MAP@N is average precision
+        assert m.loc[k, f"map_at_{n}"] == pytest.approx(average_precision_score(y[part], p[part]))
+        top10 = np.argsort(-p[part])[:10]
+        assert m.loc[k, "recall_at_10"] == pytest.approx(y[part][top10].sum() / y[part].sum())
+    weighted, unweighted, per = group_auc(y, p, g)
+    aucs = np.array([roc_auc_score(y[g == k], p[g == k]) for k in range(groups)])
+    assert per.to_numpy() == pytest.approx(aucs)
+    assert unweighted == pytest.approx(aucs.mean())
+    assert weighted == pytest.approx(np.average(aucs, weights=[y[g == k].sum() for k in range(groups)]))
+
+
+def test_results_do_not_depend_on_row_order_even_with_tied_scores():
+    rng = np.random.default_rng(5)
+    n = 500
+    y, g, user = (rng.random(n) < 0.1).astype(int), rng.integers(0, 3, n), rng.permutation(n)
+    p = rng.integers(0, 5, n) / 5  # many ties
+    first, _ = evaluate_scores(y, p, g, user, ns=(5, 20))
+    order = rng.permutation(n)
+    second, _ = evaluate_scores(y[order], p[order], g[order], user[order], ns=(5, 20))
+    assert first == pytest.approx(second)
+
+
+def test_gauc_skips_groups_with_one_class():
+    y = np.array([1, 0, 1, 1, 0, 0])
+    p = np.array([0.9, 0.1, 0.2, 0.3, 0.4, 0.5])
+    g = np.array([0, 0, 1, 1, 2, 2])
+    weighted, unweighted, per = group_auc(y, p, g)
+    assert per.loc[0] == 1.0 and np.isnan(per.loc[1]) and np.isnan(per.loc[2])
+    assert weighted == unweighted == 1.0

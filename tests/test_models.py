@@ -1,0 +1,134 @@
+"""The deep models and their trainer on the tiny exports: shapes, masks, OOV, learning, resuming."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ml.config import Schedule
+from ml.features.dataset import CrowdData, fit_feature_map, read_exports
+from ml.features.feature_map import OOV, FeatureMap
+from ml.models.zoo import MODELS, ModelConfig, build_model
+from ml.train.trainer import TrainConfig, Trainer, model_loss, predict, seed_everything
+
+SMALL = ModelConfig(embed_dim=8, hidden=[32, 16], attention_hidden=[16], expert_hidden=[16], n_experts=2,
+                    ple_specific_experts=1, ple_shared_experts=1, lstm_hidden=8)
+
+
+@pytest.fixture(scope="module")
+def raw(tiny_exports):
+    return read_exports(tiny_exports, Schedule().sample_dates[:2])
+
+
+@pytest.fixture(scope="module")
+def fmap(raw) -> FeatureMap:
+    return fit_feature_map(raw)
+
+
+@pytest.fixture(scope="module")
+def data(raw, fmap) -> CrowdData:
+    return CrowdData(raw, fmap)
+
+
+def _first_batch(data: CrowdData, n: int = 256) -> dict[str, torch.Tensor]:
+    # rows with long histories first, so that the padding tests have something to pad
+    lengths = data.offsets[data.row + 1] - data.offsets[data.row]
+    return data.batch(np.argsort(-lengths, kind="stable")[:n])
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_runs_forward_and_backward(name, fmap, data):
+    torch.manual_seed(0)
+    model = build_model(name, fmap, SMALL)
+    batch = _first_batch(data)
+    out = model(batch)
+    assert out["buy"].shape == (256,) and ((out["buy"] > 0) & (out["buy"] < 1)).all()
+    loss = model_loss(out, batch["labels"], TrainConfig())
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert torch.isfinite(loss) and sum(g is not None and bool(g.abs().sum() > 0) for g in grads) > len(grads) // 2
+    if name == "ple":
+        assert set(out) == {"buy", "collect_cart"}
+        assert model.last_se_weights.shape == (256, 2 + len(fmap.dense))
+
+
+def test_the_collate_pads_to_the_longest_sequence_of_the_batch_with_a_mask(data):
+    batch = _first_batch(data, 64)
+    lengths = batch["mask"].sum(dim=1)
+    assert batch["mask"].shape[1] == int(lengths.max()) <= data.fmap.sequence_length
+    assert (batch["hist_target"][~batch["mask"]] == 0).all() and (batch["hist_target"][batch["mask"]] > 0).all()
+    assert batch["ids"].dtype == torch.int64 and batch["dense"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", ["din", "moe", "ple"])
+def test_extra_padding_never_changes_the_output(name, fmap, data):
+    torch.manual_seed(0)
+    model = build_model(name, fmap, SMALL).eval()
+    batch = _first_batch(data, 64)
+    padded = dict(batch)
+    extra = 17
+    for k in ("hist_target", "hist_category", "hist_action", "hist_age"):
+        padded[k] = torch.cat([batch[k], torch.zeros(64, extra, dtype=batch[k].dtype)], dim=1)
+    padded["mask"] = torch.cat([batch["mask"], torch.zeros(64, extra, dtype=torch.bool)], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch)["buy"], model(padded)["buy"], rtol=0, atol=1e-6)
+        # and the attention does depend on the behaviours themselves
+        shuffled = dict(batch, hist_target=torch.where(batch["mask"], torch.full_like(batch["hist_target"], OOV),
+                                                       batch["hist_target"]))
+        assert not torch.allclose(model(batch)["buy"], model(shuffled)["buy"])
+
+
+def test_ids_never_seen_in_training_map_to_oov_at_scoring(raw, fmap, data):
+    unseen = raw.samples.head(50).copy()
+    unseen["user_id"] = unseen["user_id"] + 10**12
+    unseen["target_id"] = 987_654_321
+    ids = fmap.encode_ids(unseen)
+    assert (ids[:, 0] == OOV).all() and (ids[:, 1] == OOV).all() and (ids[:, 2] > OOV).all()
+    model = build_model("din", fmap, SMALL).eval()
+    batch = data.batch(np.arange(50))
+    batch["ids"] = torch.from_numpy(ids)
+    with torch.no_grad():
+        assert torch.isfinite(model(batch)["buy"]).all()
+
+
+def test_feature_map_round_trips_through_json(fmap, tmp_path, raw):
+    fmap.save(tmp_path / "fm.json")
+    again = FeatureMap.load(tmp_path / "fm.json")
+    np.testing.assert_array_equal(again.encode_ids(raw.samples), fmap.encode_ids(raw.samples))
+    np.testing.assert_allclose(again.encode_dense(raw.samples), fmap.encode_dense(raw.samples))
+
+
+def test_loss_decreases_on_a_learnable_toy(fmap, data, tmp_path):
+    """Labels made from one dense feature: a few epochs must learn them well."""
+    seed_everything(0)
+    toy = CrowdData.__new__(CrowdData)
+    toy.__dict__.update(data.__dict__)
+    toy.labels = data.labels.copy()
+    toy.labels[:, 0] = (data.dense[:, fmap.dense.index("ub_click_30d")] > 0.5).astype(np.float32)
+    model = build_model("dnn", fmap, SMALL)
+    trainer = Trainer(model, TrainConfig(epochs=3, batch_size=512, lr=3e-3, patience=5, progress=False,
+                                         tensorboard=False), tmp_path)
+    result = trainer.fit(toy, toy)
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < 0.5 * losses[0]
+    assert result.best_auc > 0.97
+
+
+def test_a_resumed_run_reproduces_the_uninterrupted_one(fmap, data, tmp_path):
+    cfg = TrainConfig(epochs=3, batch_size=1024, patience=5, progress=False, tensorboard=False)
+
+    def fresh():
+        seed_everything(1)
+        return build_model("din", fmap, SMALL)
+
+    whole_trainer = Trainer(fresh(), cfg, tmp_path / "whole")
+    whole = whole_trainer.fit(data, data)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(fresh(), cfg, tmp_path / "resumed").fit(data, data, stop_after=1)
+    torch.manual_seed(999)  # the resumed process starts with another RNG state: the checkpoint restores it
+    resumed_trainer = Trainer(build_model("din", fmap, SMALL), cfg, tmp_path / "resumed")
+    resumed = resumed_trainer.fit(data, data)
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2]
+    assert [h["valid_auc"] for h in resumed.history] == [h["valid_auc"] for h in whole.history]
+    np.testing.assert_array_equal(predict(resumed_trainer.model, data), predict(whole_trainer.model, data))
