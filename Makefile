@@ -31,6 +31,9 @@ lock:
 run: setup
 	$(BIN)/crowd generate --preset default --skip-if-present
 	$(BIN)/crowd warehouse
+	$(BIN)/crowd train --model all --epochs 4
+	$(BIN)/crowd score --top 1000
+	$(BIN)/crowd report
 
 test: setup
 	$(BIN)/python -m pytest
@@ -50,8 +53,12 @@ mlflow: setup
 	  --default-artifact-root $(CROWD_DATA_DIR)/mlflow/artifacts
 
 bench: setup
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps torch-rechub==0.9.0
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/warehouse.py
+	$(BIN)/crowd generate --preset default --skip-if-present --quiet
+	$(BIN)/crowd warehouse --skip-tests
+	$(BIN)/python bench/train.py
 
 clean:
 	rm -rf $(VENV) $(CROWD_DATA_DIR) .pytest_cache dbt_project/target dbt_project/logs

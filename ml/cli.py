@@ -118,7 +118,10 @@ def _train_config(args: argparse.Namespace):  # noqa: ANN202
 def _cmd_train(args: argparse.Namespace) -> int:
     from ml.train.pipeline import train_and_evaluate
 
-    for model in args.model:
+    from ml.train.pipeline import ALL_MODELS
+
+    models = list(ALL_MODELS) if "all" in args.model else args.model
+    for model in models:
         o = train_and_evaluate(model, train_cfg=_train_config(args), negative_rate=args.negative_rate,
                                dataset_dir=args.dataset_dir, track=not args.no_track)
         _print_outcome(o)
@@ -278,8 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     from ml.train.pipeline import ALL_MODELS
 
     tr = sub.add_parser("train", help="train models on the exports, evaluate them, record them in MLflow")
-    tr.add_argument("--model", nargs="+", required=True, choices=ALL_MODELS, metavar="MODEL",
-                    help=f"one or more of: {', '.join(ALL_MODELS)}")
+    tr.add_argument("--model", nargs="+", required=True, choices=[*ALL_MODELS, "all"], metavar="MODEL",
+                    help=f"one or more of: {', '.join(ALL_MODELS)}, or all")
     tr.add_argument("--epochs", type=int)
     tr.add_argument("--batch-size", type=int)
     tr.add_argument("--lr", type=float)

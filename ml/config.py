@@ -106,7 +106,7 @@ class WarehouseSettings:
 
     feature_windows: tuple[int, ...] = (1, 3, 7, 30, 90)
     sequence_length: int = 50
-    negatives_per_target: int = 10
+    negatives_per_target: int = 100
     n_evaluated_targets: int = 50
     evaluated_targets: tuple[int, ...] = ()
     lstm_top_categories: int = 20
