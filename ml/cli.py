@@ -206,8 +206,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
     table = latest_runs()
     print(markdown(table))
     if args.readme:
+        models = table[~table["model"].str.startswith("oracle")]
+        best = models.loc[models["auc"].idxmax()]
         note = (f"Evaluation date {Schedule().evaluation}: every active user x the evaluated brands; "
-                f"written by `crowd report --readme` from the MLflow store.")
+                f"written by `crowd report --readme` from the MLflow store. Best AUC: {best['model']} "
+                f"({best['auc']:.4f})")
+        if table["model"].str.startswith("oracle").any():
+            oracle_auc = float(table.loc[table["model"].str.startswith("oracle"), "auc"].iloc[0])
+            note += f", {oracle_auc - best['auc']:.4f} below the oracle's {oracle_auc:.4f}"
+        note += "."
         write_readme(args.readme, table, note)
         print(f"comparison written into {args.readme}")
     return 0

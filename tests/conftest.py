@@ -18,7 +18,12 @@ FIXTURES = Path(__file__).parent / "fixtures"
 def _isolated_data_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Nothing a test writes may land in the developer's data/ directory."""
     mp = pytest.MonkeyPatch()
-    mp.setenv("CROWD_DATA_DIR", str(tmp_path_factory.mktemp("data")))
+    data = tmp_path_factory.mktemp("data")
+    mp.setenv("CROWD_DATA_DIR", str(data))
+    # Airflow reads its home when first imported: point it at this session's data directory before that
+    mp.setenv("AIRFLOW_HOME", str(data / "airflow"))
+    mp.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    mp.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(Path(__file__).resolve().parents[1] / "dags"))
     mp.setenv("DO_NOT_TRACK", "true")
     mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     yield

@@ -95,3 +95,12 @@ def test_deep_models_train_on_the_device_they_are_given(outcomes):
     bundle = outcomes["din"].bundle
     assert (bundle / "weights.pt").exists() and (bundle / "feature_map.json").exists()
     assert np.isfinite(outcomes["din"].summary["logloss"])
+
+
+def test_lgbm_baselines_train_one_model_per_evaluated_target_or_group(outcomes, tiny_exports):
+    from ml.train.bundle import Bundle
+
+    ev = pd.read_parquet(tiny_exports / f"ds={Schedule().evaluation}" / "evaluation.parquet")
+    bundle = Bundle.load(outcomes["lgbm_per_target"].bundle)
+    boosters = list((bundle.path / "lgbm").glob("*.txt"))
+    assert 0 < len(boosters) <= ev["target_id"].nunique()

@@ -161,9 +161,9 @@ def train_and_evaluate(
 
 def _evaluated_targets(ev: pd.DataFrame, train: pd.DataFrame) -> list[int]:
     """The evaluated targets, most training buyers first (so few_mixed groups targets of similar size)."""
-    buyers = train[train["label_buy"] > 0].groupby("target_id").size()
-    targets = pd.Series(0, index=np.unique(ev["target_id"].to_numpy())).add(buyers, fill_value=0)
-    return targets.sort_values(ascending=False, kind="stable").index.astype("int64").tolist()
+    evaluated = np.unique(ev["target_id"].to_numpy())
+    buyers = train[train["label_buy"] > 0].groupby("target_id").size().reindex(evaluated, fill_value=0)
+    return buyers.sort_values(ascending=False, kind="stable").index.astype("int64").tolist()
 
 
 def _se_importance(model, data: CrowdData, fmap, out: Path) -> Path:  # noqa: ANN001
