@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -19,17 +20,23 @@ CHAMPION_METRIC = "eval_auc"  # higher is better
 
 
 def tracking_uri(paths: Paths) -> str:
-    return f"sqlite:///{paths.mlflow_db}"
+    """$MLFLOW_TRACKING_URI when set (a tracking server, as in docker-compose.yaml), else the local SQLite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.mlflow_db}"
 
 
 def configure(paths: Paths) -> str:
     """Point MLflow at the project's store and return the experiment id (creating both when needed)."""
-    paths.mlflow_db.parent.mkdir(parents=True, exist_ok=True)
-    paths.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(tracking_uri(paths))
+    uri = tracking_uri(paths)
+    local = uri.startswith("sqlite:")
+    if local:
+        paths.mlflow_db.parent.mkdir(parents=True, exist_ok=True)
+        paths.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(EXPERIMENT)
     if experiment is None:
-        experiment_id = mlflow.create_experiment(EXPERIMENT, artifact_location=paths.mlflow_artifacts.resolve().as_uri())
+        # a local store needs an absolute artifact location; a server decides its own (--artifacts-destination)
+        location = paths.mlflow_artifacts.resolve().as_uri() if local else None
+        experiment_id = mlflow.create_experiment(EXPERIMENT, artifact_location=location)
     else:
         experiment_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)

@@ -81,3 +81,23 @@ def test_unknown_models_fail_before_any_training():
 
     with pytest.raises(ValueError, match="unknown"):
         check_training_params({"models": ["din", "xgb"], "epochs": 1, "top_n": 10, "negative_rate": 0.2})
+
+
+def test_compose_file_names_the_services_and_takes_every_secret_from_the_env_file():
+    import re
+
+    import yaml
+
+    root = DAGS.parent
+    compose = yaml.safe_load((root / "docker-compose.yaml").read_text())
+    services = set(compose["services"])
+    assert {"postgres", "redis", "airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+            "airflow-triggerer", "airflow-worker", "mlflow"} <= services
+    for name in services - {"postgres", "redis"}:
+        assert "/data" in " ".join(compose["services"][name].get("volumes", [])), name
+    text = (root / "docker-compose.yaml").read_text()
+    used = set(re.findall(r"\$\{([A-Z_]+)", text))
+    documented = set(re.findall(r"^([A-Z_]+)=", (root / ".env.example").read_text(), flags=re.M))
+    assert used <= documented, used - documented
+    assert not re.search(r"(PASSWORD|SECRET|FERNET)[A-Z_]*:\s*[^$\s{]", text)  # no literal secret
+    assert ".env" in (root / ".gitignore").read_text().split()
