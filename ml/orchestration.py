@@ -114,7 +114,9 @@ def build_weekly_dag():  # noqa: ANN201
         description="dbt ODS -> DIM -> DW -> ADS -> samples for one weekly sample date, then its parquet export",
         schedule=CronDataIntervalTimetable("0 0 * * 1", timezone="UTC"),
         start_date=dt.datetime.combine(schedule.first_sample, dt.time(), dt.timezone.utc),
-        end_date=dt.datetime.combine(schedule.evaluation, dt.time(), dt.timezone.utc),
+        # a manual run's logical date is the end of its interval: the evaluation week's manual run is dated a
+        # week after the evaluation date; later weeks have no labels and are skipped by check_params
+        end_date=dt.datetime.combine(schedule.evaluation + dt.timedelta(days=7), dt.time(), dt.timezone.utc),
         catchup=False,
         max_active_runs=1,
         render_template_as_native_obj=True,
@@ -130,9 +132,12 @@ def build_weekly_dag():  # noqa: ANN201
         tags=["purchase-crowd", "warehouse"],
     ) as dag:
 
-        @task
-        def check_params(params: dict | None = None) -> dict:
-            return check_weekly_params(params or {})
+        @task.short_circuit
+        def check_params(data_interval_start=None, params: dict | None = None) -> bool:  # noqa: ANN001
+            """Fail on a bad parameter before any work; skip the run for a week after the evaluation date."""
+            checked = check_weekly_params(params or {})
+            Paths.default().warehouse.parent.mkdir(parents=True, exist_ok=True)  # dbt-duckdb will not create it
+            return data_interval_start.date() <= parse_date(checked["evaluation_date"])
 
         run_vars = {
             "ds": "{{ data_interval_start | ds }}", "target": "{{ params.target }}",
@@ -148,7 +153,9 @@ def build_weekly_dag():  # noqa: ANN201
             # dbt runs in-process (dbtRunner), both to list the project and to run each node
             execution_config=ExecutionConfig(invocation_mode=InvocationMode.DBT_RUNNER),
             render_config=RenderConfig(load_method=LoadMode.DBT_LS, test_behavior=TestBehavior.AFTER_EACH,
-                                       invocation_mode=InvocationMode.DBT_RUNNER),
+                                       invocation_mode=InvocationMode.DBT_RUNNER,
+                                       # singular tests reading several models run once all of them are built
+                                       should_detach_multiple_parents_tests=True),
             operator_args={"vars": run_vars, "pool": DUCKDB_POOL, "install_deps": False},
             default_args={**default_args(), "pool": DUCKDB_POOL},
         )

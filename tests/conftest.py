@@ -24,6 +24,7 @@ def _isolated_data_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
     mp.setenv("AIRFLOW_HOME", str(data / "airflow"))
     mp.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     mp.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(Path(__file__).resolve().parents[1] / "dags"))
+    mp.setenv("AIRFLOW__COSMOS__ENABLE_TELEMETRY", "False")
     mp.setenv("DO_NOT_TRACK", "true")
     mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     yield
@@ -79,3 +80,16 @@ def tiny_exports(tiny_warehouse) -> Path:
     paths = Paths.default()
     export_dates(tiny_warehouse[0], paths.exports)
     return paths.exports
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """A real, migrated Airflow metadata DB in the session's AIRFLOW_HOME, with the DuckDB pool."""
+    import os
+    import subprocess
+    import sys
+
+    airflow = str(Path(sys.executable).parent / "airflow")
+    subprocess.run([airflow, "db", "migrate"], check=True, capture_output=True, env=os.environ.copy())
+    subprocess.run([airflow, "pools", "set", "crowd_duckdb", "1", "DuckDB takes one writer"], check=True,
+                   capture_output=True, env=os.environ.copy())

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,10 +10,8 @@ DAGS = Path(__file__).resolve().parents[1] / "dags"
 
 
 @pytest.fixture(scope="module")
-def dagbag():
+def dagbag(airflow_db):
     # a real, migrated metadata DB (Cosmos caches the parsed dbt project in an Airflow Variable)
-    subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True,
-                   capture_output=True, env=os.environ.copy())
     from airflow.dag_processing.dagbag import DagBag
 
     return DagBag(dag_folder=str(DAGS))
@@ -32,7 +27,7 @@ def test_weekly_dag_is_monday_to_monday_from_the_first_sample_date(dagbag):
 
     dag = dagbag.get_dag("crowd_weekly")
     assert isinstance(dag.timetable, CronDataIntervalTimetable)
-    assert dag.start_date.date().isoformat() == "2013-07-01" and dag.end_date.date().isoformat() == "2013-09-23"
+    assert dag.start_date.date().isoformat() == "2013-07-01" and dag.end_date.date().isoformat() == "2013-09-30"
     assert not dag.catchup and dag.max_active_runs == 1
 
 
@@ -48,8 +43,8 @@ def test_weekly_dag_runs_each_dbt_model_then_its_tests_in_the_duckdb_pool_then_e
     check = dag.get_task("check_params")
     assert "warehouse.ods_items_checked_run" in check.downstream_task_ids or any(
         t.startswith("warehouse.") for t in check.downstream_task_ids)
-    export = dag.get_task("export")
-    assert "warehouse.samples.test" in export.upstream_task_ids
+    before_export = dag.get_task("export").get_flat_relative_ids(upstream=True)
+    assert {t for t in dag.task_ids if t.startswith("warehouse.")} <= before_export  # every dbt task first
     assert dag.get_task("publish_evaluation_ready").outlets  # the training DAG's trigger
 
 

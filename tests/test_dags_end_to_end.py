@@ -1,0 +1,95 @@
+"""The real DAGs run in-process with dag.test() on the tiny dataset: the evaluation week through Cosmos and
+dbt, then the training DAG, with a real metadata DB, DuckDB file and MLflow store."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+
+from ml.config import Paths, Schedule
+
+DAGS = Path(__file__).resolve().parents[1] / "dags"
+UTC = dt.timezone.utc
+
+
+@pytest.fixture(scope="module")
+def dags(airflow_db, tiny_dataset, tiny_exports):
+    """The tiny dataset where the DAGs look for it; the sample dates' exports already there (tiny_exports)."""
+    target = Paths.default().dataset("synthetic")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        os.symlink(tiny_dataset, target)
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS))
+    assert bag.import_errors == {}
+    return bag
+
+
+@pytest.fixture(scope="module")
+def evaluation_week(dags):
+    """A run's data interval ends at its run time: the week starting on the evaluation date runs a week later."""
+    ds = Schedule().evaluation
+    run = dags.get_dag("crowd_weekly").test(logical_date=dt.datetime.combine(ds + dt.timedelta(days=7), dt.time(), UTC))
+    return ds, run
+
+
+def _states(run) -> dict[str, str]:
+    return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+
+
+def test_the_weekly_dag_builds_and_exports_its_week_and_announces_the_evaluation_set(evaluation_week):
+    ds, run = evaluation_week
+    assert str(run.state) == "success"
+    states = _states(run)
+    assert states["warehouse.samples_evaluation.run"] == "success"
+    assert states["warehouse.samples.test"] == "success"
+    assert states["publish_evaluation_ready"] == "success"
+    paths = Paths.default()
+    with duckdb.connect(str(paths.warehouse)) as con:
+        dates = [r[0] for r in con.execute("select distinct ds from samples.samples_evaluation").fetchall()]
+    assert dates == [ds]
+    export = paths.exports / f"ds={ds}"
+    assert {"samples.parquet", "evaluation.parquet", "sequences.parquet"} <= {p.name for p in export.iterdir()}
+
+
+def test_a_week_that_is_not_the_evaluation_week_does_not_trigger_training(dags):
+    ds = Schedule().sample_dates[-1]
+    run = dags.get_dag("crowd_weekly").test(logical_date=dt.datetime.combine(ds + dt.timedelta(days=7), dt.time(), UTC))
+    states = _states(run)
+    assert str(run.state) == "success" and states["export"] == "success"
+    assert states["publish_evaluation_ready"] == "skipped"
+
+
+def test_the_training_dag_trains_promotes_a_champion_and_exports_the_crowds(dags, evaluation_week):
+    run = dags.get_dag("crowd_training").test(run_conf={"models": ["lgbm_all_mixed", "dnn"], "epochs": 1,
+                                                        "top_n": 20})
+    assert str(run.state) == "success"
+    paths = Paths.default()
+    crowd = pd.read_parquet(paths.crowds / f"ds={Schedule().evaluation}" / "crowds.parquet")
+    assert (crowd.groupby("target_id").size() == 20).all()
+    with duckdb.connect(str(paths.warehouse)) as con:
+        n = con.execute("select count(*) from crowds.crowd_list").fetchall()[0][0]
+    assert n == len(crowd)
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from ml.tracking import CHAMPION, REGISTERED_MODEL, configure
+
+    configure(paths)
+    assert MlflowClient().get_model_version_by_alias(REGISTERED_MODEL, CHAMPION) is not None
+    names = set(mlflow.search_runs(experiment_names=["purchase-crowd"])["tags.mlflow.runName"])
+    assert {"lgbm_all_mixed", "dnn"} <= names
+
+
+def test_a_bad_parameter_fails_before_any_work(dags):
+    with pytest.raises(Exception, match="shop|enum|not one of"):
+        dags.get_dag("crowd_weekly").test(
+            logical_date=dt.datetime(2013, 7, 8, tzinfo=UTC), run_conf={"target": "shop"})
+    with pytest.raises(Exception, match="xgb|enum|not one of"):
+        dags.get_dag("crowd_training").test(run_conf={"models": ["xgb"]})
