@@ -22,7 +22,11 @@ EVALUATION_READY_URI = "crowd://exports/evaluation"
 
 
 def default_args() -> dict:
-    return {"owner": "purchase-crowd", "retries": 2, "retry_delay": dt.timedelta(seconds=20),
+    """Retries with exponential back-off on every task ($CROWD_TASK_RETRIES, default 2)."""
+    import os
+
+    return {"owner": "purchase-crowd", "retries": int(os.environ.get("CROWD_TASK_RETRIES", "2")),
+            "retry_delay": dt.timedelta(seconds=20),
             "retry_exponential_backoff": True, "max_retry_delay": dt.timedelta(minutes=10)}
 
 
@@ -106,6 +110,11 @@ def build_weekly_dag():  # noqa: ANN201
 
     from ml.warehouse.build import DBT_PROJECT_DIR
 
+    import os
+    from pathlib import Path
+
+    # $CROWD_DBT_PROJECT_DIR points the DAG at another copy of the dbt project (a fork, or a test's)
+    project_dir = Path(os.environ.get("CROWD_DBT_PROJECT_DIR", DBT_PROJECT_DIR))
     schedule, settings, paths = Schedule(), WarehouseSettings(), Paths.default()
     evaluation_ready = Asset(EVALUATION_READY_URI)
     env = {"CROWD_DATASET_DIR": str(paths.dataset("synthetic")), "CROWD_WAREHOUSE": str(paths.warehouse)}
@@ -147,9 +156,9 @@ def build_weekly_dag():  # noqa: ANN201
         }
         warehouse = DbtTaskGroup(
             group_id="warehouse",
-            project_config=ProjectConfig(DBT_PROJECT_DIR, env_vars=env),
+            project_config=ProjectConfig(project_dir, env_vars=env),
             profile_config=ProfileConfig(profile_name="purchase_crowd", target_name="duckdb",
-                                         profiles_yml_filepath=DBT_PROJECT_DIR / "profiles.yml"),
+                                         profiles_yml_filepath=project_dir / "profiles.yml"),
             # dbt runs in-process (dbtRunner), both to list the project and to run each node
             execution_config=ExecutionConfig(invocation_mode=InvocationMode.DBT_RUNNER),
             render_config=RenderConfig(load_method=LoadMode.DBT_LS, test_behavior=TestBehavior.AFTER_EACH,

@@ -93,3 +93,25 @@ def test_a_bad_parameter_fails_before_any_work(dags):
             logical_date=dt.datetime(2013, 7, 8, tzinfo=UTC), run_conf={"target": "shop"})
     with pytest.raises(Exception, match="xgb|enum|not one of"):
         dags.get_dag("crowd_training").test(run_conf={"models": ["xgb"]})
+
+
+def test_a_failing_dbt_test_fails_the_dag_run(dags, tmp_path, monkeypatch):
+    import shutil
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    from ml.warehouse.build import DBT_PROJECT_DIR
+
+    project = tmp_path / "dbt_project"
+    shutil.copytree(DBT_PROJECT_DIR, project, ignore=shutil.ignore_patterns("target", "logs", ".user.yml"))
+    (project / "tests" / "always_fails.sql").write_text("select target_id from {{ ref('dim_targets') }}\n")
+    monkeypatch.setenv("CROWD_DBT_PROJECT_DIR", str(project))
+    monkeypatch.setenv("CROWD_TASK_RETRIES", "0")
+    dag = DagBag(dag_folder=str(DAGS)).get_dag("crowd_weekly")
+    ds = Schedule().sample_dates[0]
+    run = dag.test(logical_date=dt.datetime.combine(ds + dt.timedelta(days=7), dt.time(), UTC))
+    states = _states(run)
+    assert str(run.state) == "failed"
+    failed = [t for t, s in states.items() if s == "failed"]
+    assert failed == ["warehouse.dim_targets.test"]  # Cosmos runs a model's singular tests in its test task
+    assert states["export"] in ("upstream_failed", "skipped")
