@@ -135,34 +135,14 @@ def _print_outcome(o) -> None:  # noqa: ANN001
           + (f"   run {o.run_id}" if o.run_id else "") + ("  (new champion)" if o.champion else ""))
 
 
-def _load_bundle(name: str | None):  # noqa: ANN202
-    """A local bundle (DATA/models/NAME), or the registry's champion when no name is given."""
-    from ml.train.bundle import Bundle
-
-    if name:
-        return Bundle.load(Paths.default().models / name)
-    import mlflow
-
-    from ml.tracking import CHAMPION, REGISTERED_MODEL, configure
-
-    configure(Paths.default())
-    client = mlflow.tracking.MlflowClient()
-    try:
-        version = client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION)
-    except mlflow.exceptions.MlflowException:
-        raise ValueError("no champion model yet: train one with `crowd train --model ...`") from None
-    local = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="bundle")
-    return Bundle.load(Path(local))
-
-
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ml.evaluate.metrics import evaluate_scores
-    from ml.features.dataset import read_exports
+    from ml.train.bundle import load_bundle
     from ml.train.pipeline import oracle_scores
 
-    bundle = _load_bundle(args.model)
+    bundle = load_bundle(args.model)
     schedule, paths = Schedule(), Paths.default()
-    raw = read_exports(paths.exports, [schedule.evaluation], part="evaluation", with_series=bundle.name == "lstm")
+    raw = bundle.read_population(paths.exports, schedule.evaluation)
     ev = raw.samples
     y, t, u = ev["label_buy"].to_numpy(), ev["target_id"].to_numpy(), ev["user_id"].to_numpy()
     summary, table = evaluate_scores(y, bundle.score(raw), t, u)
@@ -178,13 +158,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from ml.features.dataset import read_exports
-    from ml.train.bundle import crowd_table
+    from ml.train.bundle import crowd_table, load_bundle
 
-    bundle = _load_bundle(args.model)
+    bundle = load_bundle(args.model)
     schedule, paths = Schedule(), Paths.default()
     ds = args.ds or schedule.evaluation
-    raw = read_exports(paths.exports, [ds], part="evaluation", with_series=bundle.name == "lstm")
+    raw = bundle.read_population(paths.exports, ds)
     if args.brand:
         known = set(raw.samples["target_id"].unique().tolist())
         unknown = [b for b in args.brand if b not in known]

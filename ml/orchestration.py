@@ -68,13 +68,11 @@ def export_crowds(top_n: int, paths: Paths | None = None) -> dict:
     """Score the evaluation population with the champion; write the crowds as parquet and as a warehouse table."""
     import duckdb
 
-    from ml.cli import _load_bundle
-    from ml.features.dataset import read_exports
-    from ml.train.bundle import crowd_table
+    from ml.train.bundle import crowd_table, load_bundle
 
     paths, schedule = paths or Paths.default(), Schedule()
-    bundle = _load_bundle(None)
-    raw = read_exports(paths.exports, [schedule.evaluation], part="evaluation", with_series=bundle.name == "lstm")
+    bundle = load_bundle(None, paths)
+    raw = bundle.read_population(paths.exports, schedule.evaluation)
     crowd = crowd_table(raw.samples, bundle.score(raw), top_n)
     crowd.insert(0, "ds", schedule.evaluation)
     crowd["model"] = bundle.name

@@ -10,6 +10,7 @@ The same directory is logged to MLflow with the run, so the champion can be scor
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ml.features.dataset import CrowdData, RawExports
+from ml.config import Paths
+from ml.features.dataset import CrowdData, RawExports, read_exports
 from ml.features.feature_map import FeatureMap, Vocabulary
-from ml.models.zoo import ModelConfig, build_model
+from ml.models.zoo import NEEDS_SERIES, ModelConfig, build_model
 from ml.train.gbdt import GbdtResult, predict_gbdt
 from ml.train.trainer import predict, resolve_device
 
@@ -49,6 +51,10 @@ class Bundle:
             raise ValueError(f"{path} is not a model bundle (no config.json): train one with `crowd train`")
         return cls(path, json.loads((path / "config.json").read_text()))
 
+    def read_population(self, exports: Path, ds: dt.date) -> RawExports:
+        """The evaluation export of ds (every active user x every evaluated target), as this model reads it."""
+        return read_exports(exports, [ds], part="evaluation", with_series=self.name in NEEDS_SERIES)
+
     def score(self, raw: RawExports, device: str = "auto") -> np.ndarray:
         """P(buy) for every row of raw.samples, corrected for the negative sampling of training."""
         rate = self.config.get("negative_rate", 1.0)
@@ -67,6 +73,23 @@ class Bundle:
         return GbdtResult(np.zeros(0), boosters=boosters,
                           vocabularies={c: Vocabulary(np.asarray(v, np.int64)) for c, v in meta["vocabularies"].items()},
                           group_targets=meta["group_targets"], prior=meta["prior"], group_priors=meta["group_priors"])
+
+
+def load_bundle(name: str | None, paths: Paths | None = None) -> Bundle:
+    """A local bundle (DATA/models/NAME), or the registry's champion when no name is given."""
+    paths = paths or Paths.default()
+    if name:
+        return Bundle.load(paths.models / name)
+    import mlflow
+
+    from ml.tracking import CHAMPION, REGISTERED_MODEL, configure
+
+    configure(paths)
+    try:
+        version = mlflow.tracking.MlflowClient().get_model_version_by_alias(REGISTERED_MODEL, CHAMPION)
+    except mlflow.exceptions.MlflowException:
+        raise ValueError("no champion model yet: train one with `crowd train --model ...`") from None
+    return Bundle.load(Path(mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="bundle")))
 
 
 def save_deep_bundle(path: Path, name: str, model: torch.nn.Module, fmap: FeatureMap, model_cfg: ModelConfig,
