@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from ml.config import Paths, Schedule, parse_date
@@ -199,6 +200,28 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run_dags(args: argparse.Namespace) -> int:
+    from ml.local_airflow import run_pipeline
+    from ml.report import latest_runs, markdown
+    from ml.train.pipeline import ALL_MODELS
+
+    conf = None if args.no_training else {
+        "models": list(ALL_MODELS) if "all" in args.model else args.model, "epochs": args.epochs,
+        "negative_rate": args.negative_rate, "top_n": args.top}
+    start = time.perf_counter()
+    runs = run_pipeline(conf, weeks=args.ds, quiet=args.quiet)
+    p = Paths.default()
+    print(f"{len(runs)} DAG runs succeeded in {time.perf_counter() - start:.0f} s "
+          f"(task logs: {p.airflow_home / 'local_run.log'})")
+    if conf is not None:
+        print(markdown(latest_runs(p)))
+        crowds = p.crowds / f"ds={Schedule().evaluation}" / "crowds.parquet"
+        print(f"crowds:  {crowds}  (and the warehouse table crowds.crowd_list in {p.warehouse})")
+        print(f"MLflow:  sqlite:///{p.mlflow_db}  (make mlflow shows it)")
+        print(f"Airflow: {p.airflow_home}  (make airflow shows the runs)")
+    return 0
+
+
 def _cmd_paths(args: argparse.Namespace) -> int:
     p = Paths.default()
     print(json.dumps({"data": str(p.root), "warehouse": str(p.warehouse), "exports": str(p.exports),
@@ -298,6 +321,19 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="the model comparison (latest run of each model, and the oracle)")
     rp.add_argument("--readme", type=Path, help="also write it into this README between its comparison markers")
     rp.set_defaults(func=_cmd_report)
+
+    rd = sub.add_parser("run-dags", help="the whole pipeline through the real Airflow DAGs in this process "
+                        "(dag.test): every week of crowd_weekly, then crowd_training; what `make run` does")
+    rd.add_argument("--ds", type=_date, nargs="+", help="sample dates to run crowd_weekly for (default: every "
+                    "weekly sample date and the evaluation date)")
+    rd.add_argument("--model", nargs="+", default=["all"], choices=[*ALL_MODELS, "all"], metavar="MODEL",
+                    help="models crowd_training trains (default all)")
+    rd.add_argument("--epochs", type=int, default=4)
+    rd.add_argument("--negative-rate", type=float, default=0.2)
+    rd.add_argument("--top", type=int, default=1000, help="users per brand in the crowds (default 1000)")
+    rd.add_argument("--no-training", action="store_true", help="only the weekly runs")
+    rd.add_argument("--quiet", action="store_true", help="no progress bar")
+    rd.set_defaults(func=_cmd_run_dags)
 
     pa = sub.add_parser("paths", help="print where the project keeps its state")
     pa.set_defaults(func=_cmd_paths)

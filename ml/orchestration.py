@@ -12,6 +12,7 @@ crowd_training triggered by that asset (so a backfill over the whole schedule en
 from __future__ import annotations
 
 import datetime as dt
+import gc
 
 from ml.config import Paths, Schedule, WarehouseSettings, dbt_vars, parse_date
 
@@ -85,6 +86,15 @@ def export_crowds(top_n: int, paths: Paths | None = None) -> dict:
         con.execute("delete from crowds.crowd_list where ds = ?", [schedule.evaluation])
         con.execute("insert into crowds.crowd_list by name select * from crowd")
     return {"path": str(out), "rows": len(crowd), "model": bundle.name}
+
+
+def freeze_surviving_objects(project_dir: str, **_: object) -> None:
+    """A Cosmos callback after every dbt task. Cosmos runs a full gc.collect() after each in-process dbt
+    invocation (to release dbt's adapter semaphores); in a process as large as Airflow's that costs 0.3-0.6 s,
+    more than most models take to build. Freezing what survived keeps the next collection to what the next
+    task creates: a week went from 66 s to 30 s in `make run`. Harmless in a worker's short-lived task process;
+    the local runner (ml.local_airflow) unfreezes and collects between DAG runs."""
+    gc.freeze()
 
 
 def _dbt_on_path() -> None:
@@ -163,7 +173,8 @@ def build_weekly_dag():  # noqa: ANN201
                                        invocation_mode=InvocationMode.DBT_RUNNER,
                                        # singular tests reading several models run once all of them are built
                                        should_detach_multiple_parents_tests=True),
-            operator_args={"vars": run_vars, "pool": DUCKDB_POOL, "install_deps": False},
+            operator_args={"vars": run_vars, "pool": DUCKDB_POOL, "install_deps": False,
+                           "callback": "ml.orchestration.freeze_surviving_objects"},
             default_args={**default_args(), "pool": DUCKDB_POOL},
         )
 

@@ -85,11 +85,7 @@ def tiny_exports(tiny_warehouse) -> Path:
 @pytest.fixture(scope="session")
 def airflow_db() -> None:
     """A real, migrated Airflow metadata DB in the session's AIRFLOW_HOME, with the DuckDB pool."""
-    import os
-    import subprocess
-    import sys
+    from ml.config import Paths
+    from ml.local_airflow import prepare_metadata_db
 
-    airflow = str(Path(sys.executable).parent / "airflow")
-    subprocess.run([airflow, "db", "migrate"], check=True, capture_output=True, env=os.environ.copy())
-    subprocess.run([airflow, "pools", "set", "crowd_duckdb", "1", "DuckDB takes one writer"], check=True,
-                   capture_output=True, env=os.environ.copy())
+    prepare_metadata_db(Paths.default())

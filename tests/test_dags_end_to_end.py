@@ -28,7 +28,11 @@ def dags(airflow_db, tiny_dataset, tiny_exports):
 
     bag = DagBag(dag_folder=str(DAGS))
     assert bag.import_errors == {}
-    return bag
+    yield bag
+    import gc
+
+    gc.unfreeze()  # what the dbt tasks froze (ml.orchestration.freeze_surviving_objects) is collectable again
+    gc.collect()
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +119,21 @@ def test_a_failing_dbt_test_fails_the_dag_run(dags, tmp_path, monkeypatch):
     failed = [t for t, s in states.items() if s == "failed"]
     assert failed == ["warehouse.dim_targets.test"]  # Cosmos runs a model's singular tests in its test task
     assert states["export"] in ("upstream_failed", "skipped")
+
+
+def test_run_dags_drives_the_weekly_and_training_dags_and_ends_with_the_comparison(dags, capsys):
+    """`crowd run-dags` is what `make run` calls: the real DAGs through dag.test(), then the table and paths."""
+    from ml.cli import main
+
+    ds = Schedule().evaluation
+    assert main(["run-dags", "--ds", str(ds), "--model", "lgbm_all_mixed", "--epochs", "1", "--top", "10",
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "2 DAG runs succeeded" in out
+    assert "| lgbm_all_mixed |" in out and "| oracle (ceiling) |" in out
+    paths = Paths.default()
+    assert f"crowds:  {paths.crowds / f'ds={ds}' / 'crowds.parquet'}" in out and str(paths.mlflow_db) in out
+    crowd = pd.read_parquet(paths.crowds / f"ds={ds}" / "crowds.parquet")
+    assert (crowd.groupby("target_id").size() == 10).all()
+    log = (paths.airflow_home / "local_run.log").read_text()
+    assert "samples.samples_evaluation" in log and "samples.samples_evaluation" not in out  # dbt's console

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
@@ -42,7 +43,12 @@ class RawExports:
 
 def _key(ds: np.ndarray, user: np.ndarray) -> np.ndarray:
     """One int64 per (ds, user): days since epoch in the high bits, the user id (< 2^32) in the low ones."""
-    days = np.asarray(ds, dtype="datetime64[D]").astype(np.int64)
+    ds = np.asarray(ds)
+    if ds.dtype == object:  # datetime.date objects (parquet date32 read by pandas): convert each distinct one once
+        codes, distinct = pd.factorize(ds)
+        days = np.asarray(list(distinct), dtype="datetime64[D]").astype(np.int64)[codes]
+    else:
+        days = ds.astype("datetime64[D]").astype(np.int64)
     return (days << 32) | np.asarray(user, dtype=np.int64)
 
 
@@ -61,11 +67,12 @@ def read_exports(root: Path, dates: list[dt.date], part: str = "samples", with_s
             raise ValueError(f"no {part} export for ds {ds} under {root}: run `crowd warehouse --ds {ds}` first")
         schema = json.loads((d / "schema.json").read_text())
         dense = dense or schema["dense"]
-        frames.append(pd.read_parquet(d / f"{part}.parquet"))
+        frames.append(pq.read_table(d / f"{part}.parquet"))
         seq_tables.append(pq.read_table(d / "sequences.parquet"))
         if with_series:
             series_tables.append(pq.read_table(d / "category_series.parquet"))
-    samples = pd.concat(frames, ignore_index=True)
+    # one conversion of the concatenated Arrow tables: a pandas concat of wide frames would copy every block again
+    samples = pa.concat_tables(frames, promote_options="permissive").to_pandas()
     keys = np.unique(_key(samples["ds"].to_numpy(), samples["user_id"].to_numpy()))
 
     # sequences: map each exported row onto its key, then lay the lists out flat in key order

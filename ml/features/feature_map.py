@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 PAD, OOV = 0, 1
+ENCODE_BLOCK_ROWS = 65_536
 DENSE_CLIP = 5.0  # standardised dense values are clipped to +-5: a heavy tail must not saturate FM terms
 # id fields of a sample -> the vocabulary they share with the behaviour sequences
 ID_FIELDS: dict[str, str] = {"user_id": "user", "target_id": "target", "target_category_id": "category"}
@@ -76,9 +77,19 @@ class FeatureMap:
         missing = [c for c in self.dense if c not in samples.columns]
         if missing:
             raise ValueError(f"the samples lack dense features the model was trained with: {missing[:5]}")
-        raw = samples[self.dense].to_numpy(dtype=np.float64, na_value=np.nan)
-        x = np.log1p(np.maximum(np.where(np.isnan(raw), self.fill, raw), 0.0))
-        return np.clip((x - self.mean) / self.std, -DENSE_CLIP, DENSE_CLIP).astype(np.float32)
+        out = np.empty((len(samples), len(self.dense)), dtype=np.float32)
+        fill, mean, std = (a.astype(np.float32) for a in (self.fill, self.mean, self.std))
+        # in row blocks, so that the temporaries stay small and the passes run over cached memory
+        for start in range(0, len(samples), ENCODE_BLOCK_ROWS):
+            block = samples.iloc[start:start + ENCODE_BLOCK_ROWS][self.dense]
+            x = block.to_numpy(dtype=np.float32, na_value=np.nan)
+            np.copyto(x, fill, where=np.isnan(x))
+            np.maximum(x, 0.0, out=x)
+            np.log1p(x, out=x)
+            x -= mean
+            x /= std
+            np.clip(x, -DENSE_CLIP, DENSE_CLIP, out=out[start:start + len(x)])
+        return out
 
     @property
     def sizes(self) -> dict[str, int]:

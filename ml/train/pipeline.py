@@ -126,7 +126,8 @@ def train_and_evaluate(
         net = build_model(model, fmap, model_cfg)
         key = _fingerprint(model, train_cfg.to_dict(), model_cfg.to_dict(), negative_rate, rows, train_raw.dense)
         trainer = Trainer(net, train_cfg, paths.models / "checkpoints" / f"{model}-{key}", on_epoch=epoch_metrics.append)
-        fit = trainer.fit(CrowdData(train_raw, fmap), CrowdData(valid_raw, fmap))
+        valid_data = CrowdData(valid_raw, fmap)
+        fit = trainer.fit(CrowdData(train_raw, fmap), valid_data)
         history, train_seconds = fit.history, fit.seconds
         ev_data = CrowdData(eval_raw, fmap)
         scores = correct_for_sampling(predict(trainer.model, ev_data), negative_rate)
@@ -138,7 +139,8 @@ def train_and_evaluate(
         if history:
             extra_plots.append(training_curves(history, plots_dir))
         if model == "ple":
-            extra_plots.append(_se_importance(trainer.model, ev_data, fmap, plots_dir))
+            # on the validation week: held-out rows, a quarter of the evaluation set's forward passes
+            extra_plots.append(_se_importance(trainer.model, valid_data, fmap, plots_dir))
 
     y, target, user = ev["label_buy"].to_numpy(), ev["target_id"].to_numpy(), ev["user_id"].to_numpy()
     summary, per_target = evaluate_scores(y, scores, target, user, ns)
@@ -167,7 +169,7 @@ def _evaluated_targets(ev: pd.DataFrame, train: pd.DataFrame) -> list[int]:
 
 
 def _se_importance(model, data: CrowdData, fmap, out: Path) -> Path:  # noqa: ANN001
-    """Mean SE weight per field over the evaluation set: PLE's own view of which fields matter."""
+    """Mean SE weight per field over held-out rows: PLE's own view of which fields matter."""
     import torch
 
     sums, n = None, 0

@@ -1,0 +1,144 @@
+"""The whole pipeline through the real DAGs, in this process: what `make run` does.
+
+A migrated metadata DB (SQLite under DATA/airflow) and the DuckDB pool, then `dag.test()` of crowd_weekly
+for every weekly sample date and the evaluation date, then of crowd_training. The same DAG objects, Cosmos
+tasks, dbt runs, retries and MLflow store as under a scheduler; only the executor differs (tasks run one
+after another here). The runs are in the metadata DB afterwards, so `make airflow` shows them.
+
+Airflow and dbt log every task at length; that goes to DATA/airflow/local_run.log and the terminal shows a
+progress bar with one line per DAG run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import gc
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ml.config import Paths, Schedule
+
+log = logging.getLogger(__name__)
+DAGS_FOLDER = Path(__file__).resolve().parents[1] / "dags"
+
+
+def airflow_environment(paths: Paths) -> dict[str, str]:
+    """The settings of a local Airflow over the project's DAGs; set before airflow is first imported."""
+    return {
+        "AIRFLOW_HOME": str(paths.airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
+        "CROWD_DATA_DIR": str(paths.root),
+        "DO_NOT_TRACK": "true",
+        "SCARF_ANALYTICS": "false",
+    }
+
+
+def prepare_metadata_db(paths: Paths) -> None:
+    """`airflow db migrate` and the one-slot DuckDB pool, through the CLI as an operator would run them."""
+    from ml.orchestration import DUCKDB_POOL
+
+    paths.airflow_home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **airflow_environment(paths)}
+    airflow = str(Path(sys.executable).parent / "airflow")
+    for cmd in ([airflow, "db", "migrate"],
+                [airflow, "pools", "set", DUCKDB_POOL, "1", "DuckDB takes one writer: dbt tasks and warehouse writes"]):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd[1:])} failed:\n{done.stderr[-3000:]}")
+
+
+@dataclass
+class DagRunResult:
+    dag_id: str
+    label: str
+    state: str
+    seconds: float
+    failed_tasks: list[str]
+
+
+@contextlib.contextmanager
+def _output_to(log_file: Path) -> Iterator[object]:
+    """Send everything written to stdout and stderr (Airflow's task logs, dbt's console) to log_file, at the
+    file-descriptor level and at sys.stdout/sys.stderr; yield a stream on the real terminal for progress."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush(), sys.stderr.flush()
+    saved_out, saved_err = os.dup(1), os.dup(2)
+    terminal = os.fdopen(os.dup(2), "w", buffering=1)
+    with open(log_file, "a", buffering=1) as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        os.dup2(sink.fileno(), 1), os.dup2(sink.fileno(), 2)
+        try:
+            yield terminal
+        finally:
+            sys.stdout.flush(), sys.stderr.flush()
+            os.dup2(saved_out, 1), os.dup2(saved_err, 2)
+            os.close(saved_out), os.close(saved_err)
+            terminal.close()
+
+
+def _result(run, dag_id: str, label: str, seconds: float) -> DagRunResult:  # noqa: ANN001
+    failed = sorted(ti.task_id for ti in run.get_task_instances() if str(ti.state) in ("failed", "upstream_failed"))
+    return DagRunResult(dag_id, label, str(run.state), seconds, failed)
+
+
+def run_pipeline(training_conf: dict | None = None, paths: Paths | None = None,
+                 weeks: list[dt.date] | None = None, quiet: bool = False) -> list[DagRunResult]:
+    """crowd_weekly for each week (default: every sample date and the evaluation date), then crowd_training
+    with training_conf (its Params; None skips training). Stops at the first failed run, naming its tasks."""
+    from tqdm.auto import tqdm
+
+    paths = paths or Paths.default()
+    os.environ.update(airflow_environment(paths))
+    prepare_metadata_db(paths)
+    weeks = list(Schedule().all_dates if weeks is None else weeks)
+    log_file = paths.airflow_home / "local_run.log"
+    results: list[DagRunResult] = []
+    with _output_to(log_file) as terminal:
+        from airflow.dag_processing.dagbag import DagBag
+
+        from ml.orchestration import TRAINING_DAG_ID, WEEKLY_DAG_ID
+
+        bag = DagBag(dag_folder=str(DAGS_FOLDER))
+        if bag.import_errors:
+            raise RuntimeError(f"the DAGs do not import: {bag.import_errors}")
+        runs = [(WEEKLY_DAG_ID, f"week of {ds}", {"logical_date": _week_run_date(ds)}) for ds in weeks]
+        if training_conf is not None:
+            runs.append((TRAINING_DAG_ID, "training", {"run_conf": training_conf}))
+        bar = tqdm(runs, desc="DAG runs", unit="run", file=terminal, disable=quiet)
+        try:
+            for dag_id, label, kwargs in bar:
+                bar.set_postfix_str(f"{dag_id}, {label}")
+                _collect_garbage()
+                start = time.perf_counter()
+                run = bag.get_dag(dag_id).test(**kwargs)
+                result = _result(run, dag_id, label, time.perf_counter() - start)
+                results.append(result)
+                bar.write(f"{dag_id:<15} {label:<20} {result.state:<8} {result.seconds:6.1f} s", file=terminal)
+                if result.state != "success":
+                    raise RuntimeError(f"{dag_id} ({label}) ended {result.state}; failed tasks: "
+                                       f"{', '.join(result.failed_tasks) or 'none'}; task logs in {log_file}")
+        finally:
+            gc.unfreeze()
+            gc.collect()
+    return results
+
+
+def _week_run_date(ds: dt.date) -> dt.datetime:
+    """A run covers the week ending at its logical date (CronDataIntervalTimetable): ds's week runs at ds + 7."""
+    return dt.datetime.combine(ds + dt.timedelta(days=7), dt.time(), dt.timezone.utc)
+
+
+def _collect_garbage() -> None:
+    """Between DAG runs: what the dbt tasks froze (ml.orchestration.freeze_surviving_objects) is released and
+    collected once, so that a long series of runs in one process does not keep its garbage."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
