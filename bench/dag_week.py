@@ -6,7 +6,8 @@ dbt task (one run and one test per model) in one process, on the default dataset
 
 Cosmos runs a full gc.collect() after every in-process dbt invocation; the DAG's callback
 (ml.orchestration.freeze_surviving_objects) freezes what survived so the next collection stays small. The
-"without" rows replace that callback by a no-op, everything else equal. Each variant runs in its own
+"without" rows replace that callback by a no-op (and collect without freezing between runs), everything
+else equal. Each variant runs in its own
 process over a scratch data directory that links the dataset, so the numbers do not depend on what ran before.
 """
 
@@ -30,10 +31,14 @@ def one_variant(freeze: bool, ds: dt.date, runs: int) -> list[float]:
     from ml.config import Paths
     from ml.local_airflow import run_pipeline
 
-    if not freeze:
+    if not freeze:  # Cosmos alone: no freeze after the dbt tasks, none between runs either
+        import gc
+
+        import ml.local_airflow
         import ml.orchestration
 
         ml.orchestration.freeze_surviving_objects = lambda *args, **kwargs: None
+        ml.local_airflow._collect_garbage = gc.collect
     results = run_pipeline(None, Paths.default(), weeks=[ds] * runs, quiet=True)
     return [round(r.seconds, 1) for r in results]
 
