@@ -42,14 +42,7 @@ test: setup
 	$(BIN)/python -m pytest
 
 airflow: setup
-	@mkdir -p $(CROWD_DATA_DIR)/airflow
-	@echo "Airflow on http://127.0.0.1:8080 (admin password: $(CROWD_DATA_DIR)/airflow/simple_auth_manager_passwords.json.generated); Ctrl-C stops it"
-	export AIRFLOW_HOME=$(CROWD_DATA_DIR)/airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
-	  AIRFLOW__CORE__LOAD_EXAMPLES=False AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=8080 PATH=$(CURDIR)/$(BIN):$$PATH; \
-	$(BIN)/airflow db migrate >/dev/null && \
-	$(BIN)/airflow pools set crowd_duckdb 1 "DuckDB takes one writer: dbt tasks and warehouse writes" >/dev/null && \
-	bash -c 'set -m; $(BIN)/airflow standalone & pid=$$!; \
-	  trap "kill -TERM -- -$$pid 2>/dev/null; wait $$pid" INT TERM; wait $$pid'
+	$(BIN)/crowd airflow --host 127.0.0.1 --port 8080
 
 mlflow: setup
 	@mkdir -p $(CROWD_DATA_DIR)/mlflow/artifacts

@@ -222,6 +222,12 @@ def _cmd_run_dags(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_airflow(args: argparse.Namespace) -> int:
+    from ml.local_airflow import standalone
+
+    return standalone(host=args.host, port=args.port)
+
+
 def _cmd_paths(args: argparse.Namespace) -> int:
     p = Paths.default()
     print(json.dumps({"data": str(p.root), "warehouse": str(p.warehouse), "exports": str(p.exports),
@@ -334,6 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--no-training", action="store_true", help="only the weekly runs")
     rd.add_argument("--quiet", action="store_true", help="no progress bar")
     rd.set_defaults(func=_cmd_run_dags)
+
+    af = sub.add_parser("airflow", help="airflow standalone over the project's DAGs and metadata DB, in its "
+                        "own process group (Ctrl-C stops all of it); what `make airflow` does")
+    af.add_argument("--host", default="127.0.0.1")
+    af.add_argument("--port", type=int, default=8080)
+    af.set_defaults(func=_cmd_airflow)
 
     pa = sub.add_parser("paths", help="print where the project keeps its state")
     pa.set_defaults(func=_cmd_paths)

@@ -16,6 +16,7 @@ import datetime as dt
 import gc
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -142,3 +143,51 @@ def _collect_garbage() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
+
+
+def standalone(paths: Paths | None = None, host: str = "127.0.0.1", port: int = 8080,
+               stop_timeout: float = 30.0) -> int:
+    """`airflow standalone` over the project's DAGs (what `make airflow` does), in its own process group.
+
+    Standalone starts the api-server, scheduler, dag-processor and triggerer as children; a Ctrl-C that
+    reached only some of them would leave the others holding the port and the SQLite DB. So the group is
+    kept out of the terminal's signals and stopped as a whole: SIGTERM, then SIGKILL after stop_timeout."""
+    paths = paths or Paths.default()
+    prepare_metadata_db(paths)
+    bin_dir = Path(sys.executable).parent  # Cosmos needs `dbt` on PATH when the DAG file is parsed
+    env = {**os.environ, **airflow_environment(paths), "AIRFLOW__API__HOST": host, "AIRFLOW__API__PORT": str(port),
+           # task processes report to the api-server's execution API, which defaults to localhost:8080
+           "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{host}:{port}/execution/",
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.Popen([str(bin_dir / "airflow"), "standalone"], env=env, start_new_session=True)
+    log.info("Airflow on http://%s:%d (pid %d; admin password in %s); Ctrl-C stops it", host, port, proc.pid,
+             paths.airflow_home / "simple_auth_manager_passwords.json.generated")
+
+    def _stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        log.info("stopping Airflow (process group %d)", proc.pid)
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _stop_group(proc, stop_timeout)
+
+
+def _stop_group(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM to the whole group, SIGKILL to what is left after timeout; returns once the group is gone."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc.poll()  # reap the leader so that the group can empty
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
+        log.warning("Airflow's process group %d outlived %s; killing it", proc.pid, sig.name)
