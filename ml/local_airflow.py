@@ -1,9 +1,10 @@
-"""The whole pipeline through the real DAGs, in this process: what `make run` does.
+"""A task's whole pipeline through its real DAGs, in this process: what `make run` does.
 
-A migrated metadata DB (SQLite under DATA/airflow) and the DuckDB pool, then `dag.test()` of crowd_weekly
-for every weekly sample date and the evaluation date, then of crowd_training. The same DAG objects, Cosmos
-tasks, dbt runs, retries and MLflow store as under a scheduler; only the executor differs (tasks run one
-after another here). The runs are in the metadata DB afterwards, so `make airflow` shows them.
+A migrated metadata DB (SQLite under DATA/airflow) and the DuckDB pool, then `dag.test()` of the task's
+periods DAG for every labelled date (logical date = ds, as a backfill dates them), then of its training DAG
+(models, champion, forward crowds). The same DAG objects, Cosmos tasks, dbt runs, retries and MLflow store as
+under a scheduler; only the executor differs (tasks run one after another here). The runs are in the metadata
+DB afterwards, so `make airflow` shows them, and a UI backfill over the same dates finds them.
 
 Airflow and dbt log every task at length; that goes to DATA/airflow/local_run.log and the terminal shows a
 progress bar with one line per DAG run.
@@ -24,7 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ml.config import Paths, Schedule
+from ml.config import Paths
+from ml.task import Task, TaskPaths
 
 log = logging.getLogger(__name__)
 DAGS_FOLDER = Path(__file__).resolve().parents[1] / "dags"
@@ -64,6 +66,7 @@ class DagRunResult:
     state: str
     seconds: float
     failed_tasks: list[str]
+    skipped_plan: bool = False
 
 
 @contextlib.contextmanager
@@ -86,33 +89,44 @@ def _output_to(log_file: Path) -> Iterator[object]:
 
 
 def _result(run, dag_id: str, label: str, seconds: float) -> DagRunResult:  # noqa: ANN001
-    failed = sorted(ti.task_id for ti in run.get_task_instances() if str(ti.state) in ("failed", "upstream_failed"))
-    return DagRunResult(dag_id, label, str(run.state), seconds, failed)
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    failed = sorted(t for t, s in states.items() if s in ("failed", "upstream_failed"))
+    return DagRunResult(dag_id, label, str(run.state), seconds, failed, states.get("export") == "skipped")
 
 
-def run_pipeline(training_conf: dict | None = None, paths: Paths | None = None,
-                 weeks: list[dt.date] | None = None, quiet: bool = False) -> list[DagRunResult]:
-    """crowd_weekly for each week (default: every sample date and the evaluation date), then crowd_training
-    with training_conf (its Params; None skips training). Stops at the first failed run, naming its tasks."""
+def run_pipeline(task: Task, overrides: dict | None = None, dates: list[dt.date] | None = None,
+                 training: bool = True, quiet: bool = False) -> list[DagRunResult]:
+    """The task's periods DAG for each date (default: every labelled date), then its training DAG, each run with
+    `overrides` as its free-form Param. Stops at the first failed run, naming its tasks; a run that would do
+    nothing (a date that is neither labelled nor forward, or a log that ends too early) fails before it starts."""
     from tqdm.auto import tqdm
 
-    paths = paths or Paths.default()
-    os.environ.update(airflow_environment(paths))
-    prepare_metadata_db(paths)
-    weeks = list(Schedule().all_dates if weeks is None else weeks)
-    log_file = paths.airflow_home / "local_run.log"
+    from ml.crowds import last_log_day
+    from ml.orchestration import periods_dag_id, plan_period, training_dag_id
+
+    paths = TaskPaths.of(task)
+    shared = paths.shared
+    dates = list(task.labelled_dates if dates is None else dates)
+    last_day = last_log_day(paths.dataset_dir)
+    for ds in dates:
+        mode = plan_period(task, ds, last_day)
+        if mode.startswith("skip"):
+            raise ValueError(f"--ds {ds}: nothing to build ({mode.removeprefix('skip: ')})")
+    os.environ.update(airflow_environment(shared))
+    prepare_metadata_db(shared)
+    log_file = shared.airflow_home / "local_run.log"
+    conf = {"overrides": dict(overrides or {})}
     results: list[DagRunResult] = []
     with _output_to(log_file) as terminal:
         from airflow.dag_processing.dagbag import DagBag
 
-        from ml.orchestration import TRAINING_DAG_ID, WEEKLY_DAG_ID
-
         bag = DagBag(dag_folder=str(DAGS_FOLDER))
         if bag.import_errors:
             raise RuntimeError(f"the DAGs do not import: {bag.import_errors}")
-        runs = [(WEEKLY_DAG_ID, f"week of {ds}", {"logical_date": _week_run_date(ds)}) for ds in weeks]
-        if training_conf is not None:
-            runs.append((TRAINING_DAG_ID, "training", {"run_conf": training_conf}))
+        runs = [(periods_dag_id(task.name), f"period {ds}", {"logical_date": _midnight(ds), "run_conf": conf})
+                for ds in dates]
+        if training:
+            runs.append((training_dag_id(task.name), "training", {"run_conf": conf}))
         bar = tqdm(runs, desc="DAG runs", unit="run", file=terminal, disable=quiet)
         try:
             for dag_id, label, kwargs in bar:
@@ -122,19 +136,21 @@ def run_pipeline(training_conf: dict | None = None, paths: Paths | None = None,
                 run = bag.get_dag(dag_id).test(**kwargs)
                 result = _result(run, dag_id, label, time.perf_counter() - start)
                 results.append(result)
-                bar.write(f"{dag_id:<15} {label:<20} {result.state:<8} {result.seconds:6.1f} s", file=terminal)
+                bar.write(f"{dag_id:<32} {label:<18} {result.state:<8} {result.seconds:6.1f} s", file=terminal)
                 if result.state != "success":
                     raise RuntimeError(f"{dag_id} ({label}) ended {result.state}; failed tasks: "
                                        f"{', '.join(result.failed_tasks) or 'none'}; task logs in {log_file}")
+                if result.skipped_plan:
+                    raise RuntimeError(f"{dag_id} ({label}) did nothing: its plan skipped the run; see {log_file}")
         finally:
             gc.unfreeze()
             gc.collect()
     return results
 
 
-def _week_run_date(ds: dt.date) -> dt.datetime:
-    """A run covers the week ending at its logical date (CronDataIntervalTimetable): ds's week runs at ds + 7."""
-    return dt.datetime.combine(ds + dt.timedelta(days=7), dt.time(), dt.timezone.utc)
+def _midnight(ds: dt.date) -> dt.datetime:
+    """A period's run is dated at its ds (DeltaTriggerTimetable): the same logical date as a backfill gives it."""
+    return dt.datetime.combine(ds, dt.time(), dt.timezone.utc)
 
 
 def _collect_garbage() -> None:

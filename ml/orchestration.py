@@ -1,91 +1,136 @@
-"""The Airflow DAGs of the pipeline, built here so that the files in dags/ stay wiring only.
+"""The Airflow DAGs of a task, built here so that dags/crowd.py stays wiring only (one pair per tasks/*.yaml).
 
-crowd_weekly   one run per week (Monday to Monday, CronDataIntervalTimetable): the dbt layers for that week's
-               sample date ds = data_interval_start, as Cosmos tasks (one per model, its tests after it) in a
-               pool of one slot because DuckDB takes one writer; then the week's parquet export. The run of
-               the evaluation week also publishes the EVALUATION_READY asset.
-crowd_training triggered by that asset (so a backfill over the whole schedule ends by training): every
-               model in parallel from the parquet exports, each resuming from its checkpoint on retry;
-               then the champion's crowds exported as parquet and as a warehouse table.
+<task>.periods   one run per period of the task's cadence (DeltaTriggerTimetable every step_days from the
+                 first sample date). Its logical date is the period's date ds, for every kind of run (scheduled,
+                 backfill, manual, dag.test): features use the events before ds, so the run can build as soon
+                 as ds begins. `plan` decides what ds is: a labelled date of the task (samples; the backtest
+                 date also builds the evaluation set and announces it with an asset event that carries the
+                 run's overrides), a forward date after the backtest (features only, then crowds by the
+                 champion), or neither (skipped, saying why). Then the dbt project as Cosmos tasks (one per
+                 model, its tests after it) in a pool of one slot because DuckDB takes one writer, and the
+                 date's parquet export.
+<task>.training  scheduled on that asset (so a backfill over the task's dates ends by training), or
+                 triggered by hand: every model of the task in parallel from the exports, each resuming from its
+                 checkpoint on retry; then the forward crowds as of the day after the log's last day.
+
+Params are the task's values (with descriptions); a changed Param, or the free-form `overrides` Param
+(dotted paths such as windows.label_days), changes that field for the run, and the run's effective task is
+what every step uses: dbt vars, training, scoring, and the MLflow run's params.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import gc
+import logging
+import os
+from pathlib import Path
 
-from ml.config import Paths, Schedule, WarehouseSettings, dbt_vars, parse_date
+from ml.task import ALL_MODELS, Task, TaskPaths, load_task
 
+log = logging.getLogger(__name__)
 DUCKDB_POOL = "crowd_duckdb"
-WEEKLY_DAG_ID = "crowd_weekly"
-TRAINING_DAG_ID = "crowd_training"
-EVALUATION_READY_URI = "crowd://exports/evaluation"
+
+
+def periods_dag_id(task: str) -> str:
+    return f"{task}.periods"
+
+
+def training_dag_id(task: str) -> str:
+    return f"{task}.training"
+
+
+def backtest_asset_uri(task: Task) -> str:
+    return f"crowd://{task.name}/{task.dataset}/backtest"
 
 
 def default_args() -> dict:
     """Retries with exponential back-off on every task ($CROWD_TASK_RETRIES, default 2)."""
-    import os
-
     return {"owner": "purchase-crowd", "retries": int(os.environ.get("CROWD_TASK_RETRIES", "2")),
             "retry_delay": dt.timedelta(seconds=20),
             "retry_exponential_backoff": True, "max_retry_delay": dt.timedelta(minutes=10)}
 
 
-def check_weekly_params(params: dict) -> dict:
-    """Fail before any work, naming the parameter: the same checks as ml.config and the dbt vars."""
-    from ml.config import Windows
-
-    windows = Windows(history_days=int(params["history_days"]), sequence_days=int(params["sequence_days"]),
-                      label_days=int(params["label_days"]))
-    schedule = Schedule(evaluation=parse_date(params["evaluation_date"], "evaluation_date"),
-                        target=str(params["target"]), windows=windows)
-    settings = WarehouseSettings(negatives_per_target=int(params["negatives_per_target"]))
-    return dbt_vars(schedule, settings)
-
-
-def check_training_params(params: dict) -> list[str]:
-    from ml.train.pipeline import ALL_MODELS
-
-    models = list(params["models"])
-    unknown = [m for m in models if m not in ALL_MODELS]
-    if unknown or not models:
-        raise ValueError(f"models: unknown {unknown or 'empty list'}; expected some of {', '.join(ALL_MODELS)}")
-    if int(params["epochs"]) < 1 or int(params["top_n"]) < 1:
-        raise ValueError("epochs and top_n must be positive")
-    if not 0 < float(params["negative_rate"]) <= 1:
-        raise ValueError(f"negative_rate: expected a share in (0, 1], got {params['negative_rate']}")
-    return models
+# ---- Params: the task's values, changeable for one run ---------------------------------------------------
+PERIOD_PARAMS: dict[str, tuple[str, str]] = {  # Param -> (task field, description)
+    "dataset": ("dataset", "dataset under DATA/raw/ (made by crowd load or crowd generate)"),
+    "target": ("target", "the entity whose crowds are ranked: brand or category"),
+    "history_days": ("windows.history_days", "features use events in [ds - history_days, ds)"),
+    "sequence_days": ("windows.sequence_days", "behaviour sequences cover the last sequence_days"),
+    "label_days": ("windows.label_days", "the label: a buy in [ds, ds + label_days)"),
+    "negatives_per_target": ("warehouse.negatives_per_target", "sampled users with no history, per target and date"),
+    "top_targets": ("evaluate.top_targets", "targets of the backtest (most recent buyers)"),
+}
+TRAINING_PARAMS: dict[str, tuple[str, str]] = {
+    "models": ("models", "the models to train"),
+    "epochs": ("training.epochs", "epochs of every deep model (a model's own budget in the task file wins)"),
+    "negative_rate": ("training.negative_rate", "share of training negatives kept (scores are corrected)"),
+    "crowd_size": ("crowds.size", "users per target in the published crowds"),
+}
+OVERRIDES_HELP = "any other setting for this run, as dotted paths: {\"windows.step_days\": 1}"
 
 
-def export_week(ds: str, paths: Paths | None = None) -> dict:
-    from ml.warehouse.export import export_dates
+def _field(task: Task, path: str) -> object:
+    if path == "models":
+        return task.model_names()
+    node: object = task
+    for part in path.split("."):
+        node = getattr(node, part)
+    return node
 
-    paths = paths or Paths.default()
-    e = export_dates(paths.warehouse, paths.exports, [parse_date(ds, "ds")])[0]
-    return {"ds": str(e.ds), "path": str(e.path), "rows": e.rows}
+
+def dag_params(task: Task, spec: dict[str, tuple[str, str]]) -> dict:
+    from airflow.sdk import Param
+
+    params = {}
+    for name, (path, description) in spec.items():
+        value = _field(task, path)
+        if name == "models":
+            params[name] = Param(value, type="array", items={"type": "string", "enum": list(ALL_MODELS)},
+                                 description=description)
+        elif name == "target":
+            params[name] = Param(value, enum=["brand", "category"], description=description)
+        elif isinstance(value, bool) or isinstance(value, str):
+            params[name] = Param(value, type="string", description=description)
+        elif isinstance(value, int):
+            params[name] = Param(value, type="integer", minimum=0 if name == "negatives_per_target" else 1,
+                                 description=description)
+        else:
+            params[name] = Param(value, type="number", exclusiveMinimum=0, maximum=1, description=description)
+    params["overrides"] = Param({}, type="object", description=OVERRIDES_HELP)
+    return params
 
 
-def export_crowds(top_n: int, paths: Paths | None = None) -> dict:
-    """Score the evaluation population with the champion; write the crowds as parquet and as a warehouse table."""
-    import duckdb
+def effective_task(name: str, params: dict | None, spec: dict[str, tuple[str, str]],
+                   inherited: dict | None = None) -> tuple[Task, dict]:
+    """The run's task: the file, then overrides inherited from the run that triggered this one, then the
+    Params that differ from the file's values, then the free-form `overrides` Param. Returns it with the
+    overrides that made it (what the next DAG inherits and MLflow records)."""
+    base = load_task(name)
+    params = dict(params or {})
+    changes: dict = dict(inherited or {})
+    for key, (path, _) in spec.items():
+        if key in params and params[key] != _field(base, path):
+            changes[path] = params[key]
+    changes.update(params.get("overrides") or {})
+    return base.override(changes, source=f"tasks/{name}.yaml (this run's Params)"), changes
 
-    from ml.train.bundle import crowd_table, load_bundle
 
-    paths, schedule = paths or Paths.default(), Schedule()
-    bundle = load_bundle(None, paths)
-    raw = bundle.read_population(paths.exports, schedule.evaluation)
-    crowd = crowd_table(raw.samples, bundle.score(raw), top_n)
-    crowd.insert(0, "ds", schedule.evaluation)
-    crowd["model"] = bundle.name
-    out = paths.crowds / f"ds={schedule.evaluation}" / "crowds.parquet"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    crowd.to_parquet(out)
-    with duckdb.connect(str(paths.warehouse)) as con:
-        con.execute("create schema if not exists crowds")
-        con.execute("create table if not exists crowds.crowd_list as select * from crowd where false")
-        con.execute("delete from crowds.crowd_list where ds = ?", [schedule.evaluation])
-        con.execute("insert into crowds.crowd_list by name select * from crowd")
-    return {"path": str(out), "rows": len(crowd), "model": bundle.name}
+def plan_period(task: Task, ds: dt.date, last_day: dt.date) -> str:
+    """What a period run does at ds: 'labelled', 'forward', or a reason to skip."""
+    if ds in task.labelled_dates:
+        return "labelled"
+    if ds > task.backtest:
+        if ds > last_day + dt.timedelta(days=1):
+            return f"skip: the log ends on {last_day}, so {ds} has no complete day before it to build features from"
+        return "forward"
+    return (f"skip: {ds} is neither a labelled date of task {task.name} (samples every {task.windows.step_days} "
+            f"day(s) {task.samples.first}..{task.samples.last}, validation, backtest {task.backtest}) nor after "
+            f"its backtest")
+
+
+def dbt_environment(paths: TaskPaths) -> dict[str, str]:
+    return {"CROWD_DATASET_DIR": str(paths.dataset_dir), "CROWD_WAREHOUSE": str(paths.warehouse)}
 
 
 def freeze_surviving_objects(project_dir: str, **_: object) -> None:
@@ -100,140 +145,186 @@ def freeze_surviving_objects(project_dir: str, **_: object) -> None:
 def _dbt_on_path() -> None:
     """Cosmos checks that a `dbt` executable is on PATH even when it runs dbt in-process (dbtRunner); the one
     installed beside this interpreter (the project's venv) is the right one."""
-    import os
     import shutil
     import sys
-    from pathlib import Path
 
     if shutil.which("dbt") is None:
         os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
-def build_weekly_dag():  # noqa: ANN201
+def _midnight(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(), dt.timezone.utc)
+
+
+def build_periods_dag(task: Task):  # noqa: ANN201
     _dbt_on_path()  # before cosmos is imported: it resolves the executable at import
-    from airflow.sdk import DAG, Asset, Param, task
-    from airflow.timetables.interval import CronDataIntervalTimetable
+    from airflow.sdk import DAG, Asset, task as af_task
+    from airflow.timetables.trigger import DeltaTriggerTimetable
     from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
     from cosmos.constants import InvocationMode, LoadMode, TestBehavior
 
-    from ml.warehouse.build import DBT_PROJECT_DIR
-
-    import os
-    from pathlib import Path
+    from ml.config import Paths
+    from ml.warehouse.build import DBT_PROJECT_DIR, ensure_manifest
 
     # $CROWD_DBT_PROJECT_DIR points the DAG at another copy of the dbt project (a fork, or a test's)
     project_dir = Path(os.environ.get("CROWD_DBT_PROJECT_DIR", DBT_PROJECT_DIR))
-    schedule, settings, paths = Schedule(), WarehouseSettings(), Paths.default()
-    evaluation_ready = Asset(EVALUATION_READY_URI)
-    env = {"CROWD_DATASET_DIR": str(paths.dataset("synthetic")), "CROWD_WAREHOUSE": str(paths.warehouse)}
+    manifest = ensure_manifest(Paths.default().root / "dbt" / "manifests", project_dir)
+    backtest_ready = Asset(backtest_asset_uri(task))
+    step = dt.timedelta(days=task.windows.step_days)
     with DAG(
-        dag_id=WEEKLY_DAG_ID,
-        description="dbt ODS -> DIM -> DW -> ADS -> samples for one weekly sample date, then its parquet export",
-        schedule=CronDataIntervalTimetable("0 0 * * 1", timezone="UTC"),
-        start_date=dt.datetime.combine(schedule.first_sample, dt.time(), dt.timezone.utc),
-        # a manual run's logical date is the end of its interval: the evaluation week's manual run is dated a
-        # week after the evaluation date; later weeks have no labels and are skipped by check_params
-        end_date=dt.datetime.combine(schedule.evaluation + dt.timedelta(days=7), dt.time(), dt.timezone.utc),
+        dag_id=periods_dag_id(task.name),
+        description=f"{task.description or task.name}: one run per period (ds = its logical date): dbt "
+                    f"ODS -> DIM -> DW -> ADS -> samples for ds, its export, then backtest-ready or forward crowds",
+        schedule=DeltaTriggerTimetable(step, interval=step),
+        start_date=_midnight(task.samples.first),
         catchup=False,
         max_active_runs=1,
         render_template_as_native_obj=True,
         default_args=default_args(),
-        params={
-            "target": Param(schedule.target, enum=["brand", "category"]),
-            "history_days": Param(schedule.windows.history_days, type="integer", minimum=1),
-            "sequence_days": Param(schedule.windows.sequence_days, type="integer", minimum=1),
-            "label_days": Param(schedule.windows.label_days, type="integer", minimum=1),
-            "negatives_per_target": Param(settings.negatives_per_target, type="integer", minimum=0),
-            "evaluation_date": Param(schedule.evaluation.isoformat(), type="string", format="date"),
-        },
-        tags=["purchase-crowd", "warehouse"],
+        params=dag_params(task, PERIOD_PARAMS),
+        tags=["purchase-crowd", task.name, "warehouse"],
+        doc_md=__doc__,
     ) as dag:
 
-        @task.short_circuit
-        def check_params(data_interval_start=None, params: dict | None = None) -> bool:  # noqa: ANN001
-            """Fail on a bad parameter before any work; skip the run for a week after the evaluation date."""
-            checked = check_weekly_params(params or {})
-            Paths.default().warehouse.parent.mkdir(parents=True, exist_ok=True)  # dbt-duckdb will not create it
-            return data_interval_start.date() <= parse_date(checked["evaluation_date"])
+        @af_task.short_circuit
+        def plan(logical_date=None, params: dict | None = None) -> dict | bool:  # noqa: ANN001
+            """Fail on a bad Param before any work; skip (saying why) a date that is neither labelled nor forward."""
+            from ml.crowds import last_log_day
 
-        run_vars = {
-            "ds": "{{ data_interval_start | ds }}", "target": "{{ params.target }}",
-            "history_days": "{{ params.history_days }}", "sequence_days": "{{ params.sequence_days }}",
-            "label_days": "{{ params.label_days }}", "negatives_per_target": "{{ params.negatives_per_target }}",
-            "evaluation_date": "{{ params.evaluation_date }}",
-        }
+            run_task, overrides = effective_task(task.name, params, PERIOD_PARAMS)
+            paths = TaskPaths.of(run_task)
+            ds = logical_date.date()
+            mode = plan_period(run_task, ds, last_log_day(paths.dataset_dir))
+            if mode.startswith("skip"):
+                log.warning("%s %s", ds, mode)
+                return False
+            paths.warehouse.parent.mkdir(parents=True, exist_ok=True)  # dbt-duckdb will not create it
+            forward = ds if mode == "forward" else None
+            return {"ds": ds.isoformat(), "mode": mode, "overrides": overrides, "env": dbt_environment(paths),
+                    "dbt_vars": run_task.dbt_vars(ds=[ds], forward=forward)}
+
         warehouse = DbtTaskGroup(
             group_id="warehouse",
-            project_config=ProjectConfig(project_dir, env_vars=env),
+            project_config=ProjectConfig(project_dir, manifest_path=manifest),
             profile_config=ProfileConfig(profile_name="purchase_crowd", target_name="duckdb",
                                          profiles_yml_filepath=project_dir / "profiles.yml"),
-            # dbt runs in-process (dbtRunner), both to list the project and to run each node
             execution_config=ExecutionConfig(invocation_mode=InvocationMode.DBT_RUNNER),
-            render_config=RenderConfig(load_method=LoadMode.DBT_LS, test_behavior=TestBehavior.AFTER_EACH,
-                                       invocation_mode=InvocationMode.DBT_RUNNER,
+            # the graph comes from the cached manifest: parsing the DAG file runs no dbt command
+            render_config=RenderConfig(load_method=LoadMode.DBT_MANIFEST, test_behavior=TestBehavior.AFTER_EACH,
                                        # singular tests reading several models run once all of them are built
                                        should_detach_multiple_parents_tests=True),
-            operator_args={"vars": run_vars, "pool": DUCKDB_POOL, "install_deps": False,
+            operator_args={"vars": "{{ ti.xcom_pull(task_ids='plan')['dbt_vars'] }}",
+                           "env": "{{ ti.xcom_pull(task_ids='plan')['env'] }}",
+                           "pool": DUCKDB_POOL, "install_deps": False,
                            "callback": "ml.orchestration.freeze_surviving_objects"},
             default_args={**default_args(), "pool": DUCKDB_POOL},
         )
 
-        @task(pool=DUCKDB_POOL)
-        def export(data_interval_start=None) -> dict:  # noqa: ANN001
-            return export_week(data_interval_start.date().isoformat())
+        @af_task(pool=DUCKDB_POOL)
+        def export(planned: dict | None = None, params: dict | None = None) -> dict:
+            from ml.warehouse.export import export_dates
 
-        @task.short_circuit(ignore_downstream_trigger_rules=False)
-        def is_evaluation_week(data_interval_start=None, params: dict | None = None) -> bool:  # noqa: ANN001
-            return data_interval_start.date() == parse_date((params or {})["evaluation_date"])
+            run_task, _ = effective_task(task.name, params, PERIOD_PARAMS)
+            paths = TaskPaths.of(run_task)
+            e = export_dates(paths.warehouse, paths.exports, [dt.date.fromisoformat(planned["ds"])],
+                             fingerprint=run_task.warehouse_fingerprint())[0]
+            return {"ds": str(e.ds), "path": str(e.path), "rows": e.rows, "mode": planned["mode"]}
 
-        @task(outlets=[evaluation_ready])
-        def publish_evaluation_ready() -> None:
-            """An asset event: the training DAG is scheduled on it."""
+        @af_task.branch
+        def next_step(exported: dict | None = None, params: dict | None = None) -> list[str]:
+            run_task, _ = effective_task(task.name, params, PERIOD_PARAMS)
+            if exported["mode"] == "forward":
+                return ["forward_crowds"]
+            return ["publish_backtest_ready"] if exported["ds"] == run_task.backtest.isoformat() else []
 
-        check_params() >> warehouse >> export() >> is_evaluation_week() >> publish_evaluation_ready()
+        @af_task(outlets=[backtest_ready])
+        def publish_backtest_ready(planned: dict | None = None, outlet_events=None) -> None:  # noqa: ANN001
+            """An asset event carrying the run's overrides: the training DAG is scheduled on it and trains on
+            exports built with exactly these settings."""
+            outlet_events[backtest_ready].extra = {"overrides": planned["overrides"], "ds": planned["ds"]}
+
+        @af_task(pool=DUCKDB_POOL)
+        def forward_crowds(planned: dict | None = None, params: dict | None = None) -> dict:
+            """The coming period's crowds at ds, by the task's champion (none yet: nothing to score, said so)."""
+            from ml.crowds import score_forward
+
+            run_task, _ = effective_task(task.name, params, PERIOD_PARAMS)
+            try:
+                r = score_forward(run_task, TaskPaths.of(run_task), dt.date.fromisoformat(planned["ds"]))
+            except ValueError as e:
+                if "no champion" not in str(e):
+                    raise
+                log.warning("%s", e)
+                return {"skipped": str(e)}
+            return {"path": str(r.path), "rows": r.rows, "model": r.model}
+
+        p = plan()
+        exported = export(p)
+        p >> warehouse >> exported
+        branch = next_step(exported)
+        branch >> [publish_backtest_ready(p), forward_crowds(p)]
     return dag
 
 
-def build_training_dag():  # noqa: ANN201
-    from airflow.sdk import DAG, Asset, Param, task
-
-    from ml.train.pipeline import ALL_MODELS
+def build_training_dag(task: Task):  # noqa: ANN201
+    from airflow.sdk import DAG, Asset, task as af_task
 
     with DAG(
-        dag_id=TRAINING_DAG_ID,
-        description="train every model on the weekly exports, evaluate, move the champion, export the crowds",
-        schedule=[Asset(EVALUATION_READY_URI)],
-        start_date=dt.datetime(2013, 7, 1, tzinfo=dt.timezone.utc),
+        dag_id=training_dag_id(task.name),
+        description=f"{task.description or task.name}: train every model on the exports, backtest, move the "
+                    f"champion, publish the forward crowds",
+        schedule=[Asset(backtest_asset_uri(task))],
+        start_date=_midnight(task.samples.first),
         catchup=False,
         max_active_runs=1,
+        is_paused_upon_creation=False,  # a backfill of the periods DAG ends by training, with no click
         default_args=default_args(),
-        params={
-            "models": Param(list(ALL_MODELS), type="array", items={"type": "string", "enum": list(ALL_MODELS)}),
-            "epochs": Param(4, type="integer", minimum=1),
-            "negative_rate": Param(0.2, type="number", exclusiveMinimum=0, maximum=1),
-            "top_n": Param(1000, type="integer", minimum=1),
-        },
-        tags=["purchase-crowd", "training"],
+        params=dag_params(task, TRAINING_PARAMS),
+        tags=["purchase-crowd", task.name, "training"],
+        doc_md=__doc__,
     ) as dag:
 
-        @task
-        def models_to_train(params: dict | None = None) -> list[str]:
-            return check_training_params(params or {})
+        @af_task
+        def plan(params: dict | None = None, triggering_asset_events=None) -> dict:  # noqa: ANN001
+            """The run's task: the overrides of the backfill run that announced the backtest, then this run's Params."""
+            inherited: dict = {}
+            for events in (triggering_asset_events or {}).values():
+                for event in events:
+                    inherited.update((event.extra or {}).get("overrides") or {})
+            run_task, overrides = effective_task(task.name, params, TRAINING_PARAMS, inherited)
+            return {"overrides": overrides, "models": run_task.model_names()}
 
-        @task(max_active_tis_per_dag=2)
-        def train(model: str, params: dict | None = None) -> dict:
+        @af_task
+        def models_of(planned: dict) -> list[str]:
+            return planned["models"]
+
+        @af_task(max_active_tis_per_dag=2)
+        def train(model: str, planned: dict) -> dict:
             """Retries resume from the model's last epoch checkpoint (same data and settings, same key)."""
-            from ml.train.pipeline import train_and_evaluate
-            from ml.train.trainer import TrainConfig
+            from ml.train.pipeline import train_and_evaluate, train_config
 
-            p = params or {}
-            o = train_and_evaluate(model, train_cfg=TrainConfig(epochs=int(p["epochs"]), progress=False),
-                                   negative_rate=float(p["negative_rate"]))
+            run_task = load_task(task.name, planned["overrides"])
+            cfg = train_config(run_task, model, progress=False)
+            o = train_and_evaluate(model, run_task, TaskPaths.of(run_task), train_cfg=cfg)
             return {"model": model, "run_id": o.run_id, "champion": o.champion, **o.summary}
 
-        @task(pool=DUCKDB_POOL)
-        def crowds(results: list[dict], params: dict | None = None) -> dict:
-            return export_crowds(int((params or {})["top_n"]))
+        @af_task(pool=DUCKDB_POOL)
+        def crowds(results: list[dict], planned: dict) -> dict:
+            """The forward crowds as of the day after the log's last day (or the task's crowds.as_of)."""
+            from ml.crowds import build_forward, forward_date, score_forward
 
-        crowds(train.expand(model=models_to_train()))
+            run_task = load_task(task.name, planned["overrides"])
+            paths = TaskPaths.of(run_task)
+            as_of = forward_date(run_task, paths)
+            build_forward(run_task, paths, as_of)
+            r = score_forward(run_task, paths, as_of)
+            return {"path": str(r.path), "rows": r.rows, "model": r.model, "feature_date": str(as_of)}
+
+        planned = plan()
+        results = train.partial(planned=planned).expand(model=models_of(planned))
+        crowds(results, planned)
     return dag
+
+
+def build_task_dags(task: Task) -> list:
+    return [build_periods_dag(task), build_training_dag(task)]

@@ -9,34 +9,36 @@ from pathlib import Path
 
 import pandas as pd
 
-from ml.config import Paths
+from ml.task import TaskPaths
 
 START, END = "<!-- comparison:start -->", "<!-- comparison:end -->"
 COLUMNS = ("auc", "gauc", "logloss", "recall_at_50", "recall_at_100", "ndcg_at_100", "precision_at_100")
 
 
-def latest_runs(paths: Paths | None = None) -> pd.DataFrame:
-    """One row per model (its latest finished run) plus an `oracle` row, with the COLUMNS metrics."""
+def latest_runs(paths: TaskPaths) -> pd.DataFrame:
+    """One row per model (its latest finished run of the task) plus an `oracle` row, with the COLUMNS metrics."""
     import mlflow
 
-    from ml.tracking import EXPERIMENT, configure
+    from ml.tracking import configure
 
-    configure(paths or Paths.default())
-    runs = mlflow.search_runs(experiment_names=[EXPERIMENT], filter_string="attributes.status = 'FINISHED'",
+    configure(paths)
+    runs = mlflow.search_runs(experiment_names=[paths.experiment], filter_string="attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"])
     if runs.empty:
-        raise ValueError("no finished runs in the MLflow store: train models first (crowd train --model ...)")
+        raise ValueError(f"no finished runs of task {paths.task} on {paths.dataset} in the MLflow store: "
+                         f"train models first (crowd train --task {paths.task})")
     runs = runs.drop_duplicates("tags.mlflow.runName")
     rows = []
     for _, r in runs.iterrows():
         row = {"model": r["tags.mlflow.runName"], "run_id": r["run_id"],
                "train_s": r.get("params.train_seconds")}
-        row.update({c: r.get(f"metrics.eval_{c}") for c in COLUMNS})
+        row.update({c: r.get(f"metrics.eval_{c}", float("nan")) for c in COLUMNS})
         rows.append(row)
     oracle_cols = [f"metrics.oracle_{c}" for c in COLUMNS]
     if set(oracle_cols) <= set(runs.columns) and runs[oracle_cols[0]].notna().any():
         o = runs[runs[oracle_cols[0]].notna()].iloc[0]
-        rows.append({"model": "oracle (ceiling)", "run_id": "", **{c: o[f"metrics.oracle_{c}"] for c in COLUMNS}})
+        rows.append({"model": "oracle (ceiling)", "run_id": "",
+                     **{c: o.get(f"metrics.oracle_{c}", float("nan")) for c in COLUMNS}})
     table = pd.DataFrame(rows)
     order = {m: i for i, m in enumerate(["lgbm_per_target", "lgbm_few_mixed", "lgbm_all_mixed", "dnn", "deepfm",
                                          "din", "moe", "ple", "lstm", "oracle (ceiling)"])}
@@ -46,8 +48,8 @@ def latest_runs(paths: Paths | None = None) -> pd.DataFrame:
 def markdown(table: pd.DataFrame) -> str:
     header = "| model | " + " | ".join(COLUMNS) + " |"
     lines = [header, "|" + "---|" * (len(COLUMNS) + 1)]
-    best = {c: (table[c].iloc[:-1].min() if c == "logloss" else table[c].iloc[:-1].max())
-            for c in COLUMNS} if len(table) > 1 else {}
+    models = table[~table["model"].str.startswith("oracle")]
+    best = {c: (models[c].min() if c == "logloss" else models[c].max()) for c in COLUMNS} if len(models) > 1 else {}
     for _, r in table.iterrows():
         cells = []
         for c in COLUMNS:

@@ -7,9 +7,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from ml.config import Schedule
+from ml.config import Paths
 from ml.synth.generate import generate
 from ml.synth.params import PRESETS, GeneratorConfig
+from ml.task import DEFAULT_TASK, Task, TaskPaths, load_task
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -32,13 +33,26 @@ def _isolated_data_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 @pytest.fixture(scope="session")
-def tiny_config() -> GeneratorConfig:
-    return GeneratorConfig(sizes=PRESETS["tiny"], seed=11, oracle_dates=tuple(Schedule().all_dates), workers=1)
+def task() -> Task:
+    """The default task (tmall-2013), as the CLI and the DAGs read it."""
+    return load_task(DEFAULT_TASK)
 
 
 @pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory: pytest.TempPathFactory, tiny_config: GeneratorConfig) -> Path:
-    out = tmp_path_factory.mktemp("gen") / "synthetic"
+def task_paths(task: Task) -> TaskPaths:
+    return TaskPaths.of(task)
+
+
+@pytest.fixture(scope="session")
+def tiny_config(task: Task) -> GeneratorConfig:
+    return GeneratorConfig(sizes=PRESETS["tiny"].sizes, seed=11, oracle_dates=tuple(task.labelled_dates),
+                           oracle_label_days=task.windows.label_days, workers=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tiny_config: GeneratorConfig, task: Task) -> Path:
+    """The tiny dataset, where the default task looks for its dataset (the session's data directory)."""
+    out = Paths.default().dataset(task.dataset)
     generate(tiny_config, out, progress=False)
     return out
 
@@ -60,32 +74,28 @@ def tiny_db(tiny_dataset: Path) -> duckdb.DuckDBPyConnection:
 
 
 @pytest.fixture(scope="session")
-def tiny_warehouse(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory):
-    """A real dbt build of every layer and date over the tiny dataset: (warehouse path, dbt report)."""
-    from ml.config import WarehouseSettings, dbt_vars
+def tiny_warehouse(tiny_dataset: Path, task: Task, task_paths: TaskPaths):
+    """A real dbt build of every layer and labelled date of the default task over the tiny dataset, in the
+    task's warehouse: (warehouse path, dbt report)."""
     from ml.warehouse.build import run_dbt
 
-    warehouse = tmp_path_factory.mktemp("wh") / "crowd.duckdb"
-    report = run_dbt("build", dataset_dir=tiny_dataset, warehouse=warehouse,
-                     dbt_vars=dbt_vars(Schedule(), WarehouseSettings()), quiet=True)
-    return warehouse, report
+    report = run_dbt("build", dataset_dir=tiny_dataset, warehouse=task_paths.warehouse, dbt_vars=task.dbt_vars(),
+                     quiet=True)
+    return task_paths.warehouse, report
 
 
 @pytest.fixture(scope="session")
-def tiny_exports(tiny_warehouse) -> Path:
-    """The tiny warehouse exported where the trainers look by default (the session's data directory)."""
-    from ml.config import Paths
+def tiny_exports(tiny_warehouse, task: Task, task_paths: TaskPaths) -> Path:
+    """The tiny warehouse exported where the default task's trainers look."""
     from ml.warehouse.export import export_dates
 
-    paths = Paths.default()
-    export_dates(tiny_warehouse[0], paths.exports)
-    return paths.exports
+    export_dates(tiny_warehouse[0], task_paths.exports, task.labelled_dates, fingerprint=task.warehouse_fingerprint())
+    return task_paths.exports
 
 
 @pytest.fixture(scope="session")
 def airflow_db() -> None:
     """A real, migrated Airflow metadata DB in the session's AIRFLOW_HOME, with the DuckDB pool."""
-    from ml.config import Paths
     from ml.local_airflow import prepare_metadata_db
 
     prepare_metadata_db(Paths.default())

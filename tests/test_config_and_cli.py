@@ -2,41 +2,25 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 
 import pytest
 
 from ml.cli import build_parser, main
-from ml.config import Paths, Schedule, Windows, data_dir, parse_date
+from ml.config import Paths, data_dir, parse_date
+from ml.task import TaskPaths, load_task
 
 
 def test_data_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("CROWD_DATA_DIR", str(tmp_path / "elsewhere"))
     assert data_dir() == (tmp_path / "elsewhere").resolve()
-    assert Paths.default().warehouse.is_relative_to(tmp_path)
+    assert Paths.default().mlflow_db.is_relative_to(tmp_path)
+    assert TaskPaths.of(load_task()).warehouse.is_relative_to(tmp_path)
 
 
-def test_default_schedule_is_the_original_projects():
-    s = Schedule()
-    assert s.sample_dates[0] == dt.date(2013, 7, 1) and s.sample_dates[-1] == dt.date(2013, 9, 16)
-    assert len(s.sample_dates) == 12
-    assert s.all_dates[-1] == dt.date(2013, 9, 23)
-
-
-@pytest.mark.parametrize(
-    "make, message",
-    [
-        (lambda: parse_date("2013-13-01", "first_sample"), "first_sample: expected a date"),
-        (lambda: Schedule(target="shop"), "target: expected one of"),
-        (lambda: Windows(label_days=0), "label_days"),
-        (lambda: Windows(history_days=20, sequence_days=30), "sequence_days"),
-        (lambda: Schedule(evaluation=dt.date(2013, 9, 1)), "evaluation"),
-    ],
-)
-def test_bad_settings_fail_with_the_setting_named(make, message):
-    with pytest.raises(ValueError, match=message):
-        make()
+def test_a_bad_date_fails_with_the_setting_named():
+    with pytest.raises(ValueError, match="first_sample: expected a date"):
+        parse_date("2013-13-01", "first_sample")
 
 
 def test_help_lists_the_subcommands():

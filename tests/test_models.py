@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from ml.config import Schedule
 from ml.features.dataset import CrowdData, fit_feature_map, read_exports
 from ml.features.feature_map import OOV, FeatureMap
 from ml.models.zoo import MODELS, ModelConfig, build_model
@@ -17,13 +16,13 @@ SMALL = ModelConfig(embed_dim=8, hidden=[32, 16], attention_hidden=[16], expert_
 
 
 @pytest.fixture(scope="module")
-def raw(tiny_exports):
-    return read_exports(tiny_exports, Schedule().sample_dates[:2])
+def raw(tiny_exports, task):
+    return read_exports(tiny_exports, task.sample_dates[:2], series_shape=task.series_shape())
 
 
 @pytest.fixture(scope="module")
-def fmap(raw) -> FeatureMap:
-    return fit_feature_map(raw)
+def fmap(raw, task) -> FeatureMap:
+    return fit_feature_map(raw, task)
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from ml.config import Schedule, WarehouseSettings, dbt_vars
+from ml.task import DEFAULT_TASK, load_task
 from ml.warehouse.build import DBT_PROJECT_DIR, WarehouseError, run_dbt
 from ml.warehouse.export import export_dates
 from ml.warehouse.reference import assert_frames_match, load_events, reference_features
 
-SCHEDULE = Schedule()
+TASK = load_task(DEFAULT_TASK)
 PIT_DS = dt.date(2013, 8, 5)
 PER_DS_TABLES = ["ads.ads_user_features", "ads.ads_target_features", "ads.ads_user_target_features",
                  "ads.ads_user_sequences", "ads.ads_user_category_series", "samples.samples_candidates",
@@ -27,7 +27,7 @@ PER_DS_TABLES = ["ads.ads_user_features", "ads.ads_target_features", "ads.ads_us
 
 
 def _vars(dates: list[dt.date] | None = None, **changes) -> dict:
-    return {**dbt_vars(SCHEDULE, WarehouseSettings(), ds=dates), **changes}
+    return {**TASK.dbt_vars(ds=dates), **changes}
 
 
 def _query(warehouse: Path, sql: str) -> pd.DataFrame:
@@ -54,7 +54,7 @@ def test_build_runs_every_layer_and_its_tests(built):
     assert set(report.statuses.values()) <= {"success", "pass"}
     assert any(uid.startswith("unit_test.") for uid in report.statuses)
     dates = _query(warehouse, "select distinct ds from samples.samples order by ds")["ds"].dt.date.tolist()
-    assert dates == SCHEDULE.all_dates
+    assert dates == TASK.labelled_dates
 
 
 def test_ods_folds_identical_events_without_losing_any(built, tiny_dataset):
@@ -93,7 +93,7 @@ def test_bad_rows_are_rejected_with_a_reason_and_counts_reconcile(tiny_dataset, 
 
 def test_features_match_the_pandas_reference_value_for_value(built, reference_events):
     warehouse, _ = built
-    for ds in (SCHEDULE.first_sample, PIT_DS, SCHEDULE.evaluation):
+    for ds in (TASK.samples.first, PIT_DS, TASK.backtest):
         ref = reference_features(reference_events, ds)
         lit = f"cast('{ds}' as date)"
         for table, name, keys in [("ads_user_features", "user", ["user_id"]),
@@ -120,8 +120,8 @@ def test_samples_hold_every_active_pair_plus_sampled_negatives(built):
     assert len(s[s.is_candidate]) == len(active)
     negatives = s[~s.is_candidate]
     per_target = negatives.groupby("target_id").size()
-    assert per_target.max() <= WarehouseSettings().negatives_per_target
-    assert per_target.mean() > 0.8 * WarehouseSettings().negatives_per_target
+    assert per_target.max() <= TASK.warehouse.negatives_per_target
+    assert per_target.mean() > 0.8 * TASK.warehouse.negatives_per_target
     assert (negatives.ub_click_90d == 0).all() and negatives.ub_recency_any.isna().all()
     assert negatives.label_buy.sum() <= s.label_buy.sum()
 
@@ -129,10 +129,10 @@ def test_samples_hold_every_active_pair_plus_sampled_negatives(built):
 def test_evaluation_set_is_every_active_user_times_every_evaluated_target(built):
     warehouse, _ = built
     ev = _query(warehouse, "select * from samples.samples_evaluation")
-    assert set(ev.ds.dt.date) == {SCHEDULE.evaluation}
+    assert set(ev.ds.dt.date) == {TASK.backtest}
     users = _query(warehouse, f"select count(*) as n from ads.ads_user_features "
-                              f"where ds = cast('{SCHEDULE.evaluation}' as date)")["n"][0]
-    n_targets = WarehouseSettings().n_evaluated_targets
+                              f"where ds = cast('{TASK.backtest}' as date)")["n"][0]
+    n_targets = TASK.evaluate.top_targets
     assert len(ev) == users * n_targets == len(ev.drop_duplicates(["user_id", "target_id"]))
     assert 0 < ev.label_buy.sum() and ev.is_candidate.mean() < 0.5
 
@@ -192,11 +192,11 @@ def test_rebuilding_a_date_replaces_it_and_never_duplicates(built, tiny_dataset)
 def test_exports_one_directory_per_date_with_the_evaluation_set_beside_it(built, tmp_path):
     warehouse, _ = built
     exports = export_dates(warehouse, tmp_path / "exports")
-    assert [e.ds for e in exports] == SCHEDULE.all_dates
+    assert [e.ds for e in exports] == TASK.labelled_dates
     for e in exports:
         names = sorted(p.name for p in e.path.iterdir())
         expected = ["category_series.parquet", "samples.parquet", "schema.json", "sequences.parquet"]
-        if e.ds == SCHEDULE.evaluation:
+        if e.ds == TASK.backtest:
             expected = sorted([*expected, "evaluation.parquet"])
         assert names == expected
         assert pq.read_metadata(e.path / "samples.parquet").num_rows == e.rows["samples"]
@@ -205,7 +205,7 @@ def test_exports_one_directory_per_date_with_the_evaluation_set_beside_it(built,
     assert not set(schema["dense"]) & {"user_id", "target_id", "label_buy"}
     again = export_dates(warehouse, tmp_path / "exports", [PIT_DS])  # a re-export replaces, leaves no debris
     assert again[0].rows == next(e for e in exports if e.ds == PIT_DS).rows
-    assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == [f"ds={d}" for d in SCHEDULE.all_dates]
+    assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == [f"ds={d}" for d in TASK.labelled_dates]
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -246,6 +246,7 @@ def test_category_target_ranks_categories(tiny_dataset, tmp_path):
     assert set(s.target_id) <= categories and (s.target_id == s.target_category_id).all()
 
 
-def test_dbt_var_defaults_mirror_the_python_settings():
+def test_dbt_var_defaults_mirror_the_default_task():
     project = yaml.safe_load((DBT_PROJECT_DIR / "dbt_project.yml").read_text())
-    assert project["vars"] == dbt_vars(Schedule(), WarehouseSettings())
+    expected = {**TASK.dbt_vars(), "ds": None}  # dbt's null ds is the task's labelled dates
+    assert project["vars"] == expected

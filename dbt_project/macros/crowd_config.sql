@@ -34,7 +34,6 @@
     {%- set label = crowd_positive_int('label_days') -%}
     {%- set step = crowd_positive_int('sample_step_days') -%}
     {%- if sequence > history -%}{{ crowd_fail('sequence_days', "cannot exceed history_days (" ~ history ~ ")") }}{%- endif -%}
-    {%- if history < 30 -%}{{ crowd_fail('history_days', "must cover at least one 30-day month of the LSTM series") }}{%- endif -%}
     {%- set windows = var('feature_windows') -%}
     {%- if windows is string or windows is not iterable or windows | length == 0 -%}
         {{ crowd_fail('feature_windows', "expected a list of day counts, got '" ~ windows ~ "'") }}
@@ -57,9 +56,14 @@
     {%- for i in range(((last - first).days // step) + 1) -%}
         {%- do schedule.append((first + modules.datetime.timedelta(days=step * i)).isoformat()) -%}
     {%- endfor -%}
+    {%- for value in (var('validation_dates') or []) -%}
+        {%- do schedule.append(crowd_parse_date('validation_dates', value).isoformat()) -%}
+    {%- endfor -%}
+    {%- set forward = var('forward_date') -%}
+    {%- set forward = crowd_parse_date('forward_date', forward).isoformat() if (forward is not none and (forward | string | trim) != '') else none -%}
     {%- set ds = var('ds') -%}
     {%- if ds is none or (ds is string and ds | trim == '') -%}
-        {%- set run_dates = schedule + [evaluation.isoformat()] -%}
+        {%- set run_dates = schedule + [evaluation.isoformat()] + ([forward] if forward else []) -%}
     {%- else -%}
         {%- set raw = (ds | string).split(',') if (ds is string or ds is not iterable) else ds -%}
         {%- set run_dates = [] -%}
@@ -67,6 +71,11 @@
             {%- set parsed = crowd_parse_date('ds', value).isoformat() -%}
             {%- if parsed not in run_dates -%}{%- do run_dates.append(parsed) -%}{%- endif -%}
         {%- endfor -%}
+    {%- endif -%}
+    {%- if forward and forward not in run_dates -%}{%- do run_dates.append(forward) -%}{%- endif -%}
+    {%- set population = var('crowd_population') -%}
+    {%- if population not in ['touched', 'evaluated'] -%}
+        {{ crowd_fail('crowd_population', "expected 'touched' or 'evaluated', got '" ~ population ~ "'") }}
     {%- endif -%}
     {%- set evaluated = var('evaluated_targets') or [] -%}
     {%- for t in evaluated -%}
@@ -78,7 +87,11 @@
         'history_days': history, 'sequence_days': sequence, 'label_days': label,
         'windows': windows | map('int') | list | sort, 'target': target,
         'first_sample_date': first.isoformat(), 'evaluation_date': evaluation.isoformat(),
-        'run_dates': run_dates | sort, 'sequence_length': crowd_positive_int('sequence_length'),
+        'run_dates': run_dates | sort, 'forward_date': forward,
+        'labelled_dates': run_dates | reject('equalto', forward) | sort,
+        'series_period_days': [30, history] | min,
+        'crowd_population': population, 'crowd_active_days': crowd_positive_int('crowd_active_days'),
+        'sequence_length': crowd_positive_int('sequence_length'),
         'negatives_per_target': var('negatives_per_target') | int,
         'n_evaluated_targets': crowd_positive_int('n_evaluated_targets'),
         'evaluated_targets': evaluated | map('int') | list,
@@ -87,15 +100,21 @@
     }) }}
 {% endmacro %}
 
-{#- The sample dates of this run as a one-column relation `ds` (portable SQL). -#}
+{#- The sample dates of this run (or `dates`) as a one-column relation `ds` (portable SQL; empty if none). -#}
 {% macro crowd_run_dates_sql(dates=none) %}
     {%- set dates = dates if dates is not none else crowd_config()['run_dates'] -%}
+    {%- if dates | length == 0 %}
+    select cast(null as date) as ds where 1 = 0
+    {%- endif %}
     {%- for d in dates %}
     select cast('{{ d }}' as date) as ds{% if not loop.last %} union all{% endif %}
     {%- endfor %}
 {% endmacro %}
 
-{#- Keep only the rows of this run's dates when reading another per-ds model. -#}
-{% macro crowd_in_run_dates(column='ds') %}
-    {{ column }} in ({%- for d in crowd_config()['run_dates'] -%}cast('{{ d }}' as date){% if not loop.last %}, {% endif %}{%- endfor -%})
+{#- Keep only the rows of this run's dates (or `dates`) when reading another per-ds model. -#}
+{% macro crowd_in_run_dates(column='ds', dates=none) %}
+    {%- set dates = dates if dates is not none else crowd_config()['run_dates'] -%}
+    {%- if dates | length == 0 -%}1 = 0{%- else -%}
+    {{ column }} in ({%- for d in dates -%}cast('{{ d }}' as date){% if not loop.last %}, {% endif %}{%- endfor -%})
+    {%- endif -%}
 {% endmacro %}

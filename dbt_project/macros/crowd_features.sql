@@ -82,7 +82,7 @@
 {% endmacro %}
 
 {#- The history rows (one per key and day) of this run's dates, from dw_user_target_daily. -#}
-{% macro crowd_history_rows(where='1 = 1') %}
+{% macro crowd_history_rows(where='1 = 1', dates_sql=none) %}
     {%- set c = crowd_config() -%}
     select
         d.ds,
@@ -92,7 +92,7 @@
         {{ crowd_age_days('h.day', 'd.ds') }} as age,
         h.n_click, h.n_collect, h.n_cart, h.n_buy
     from {{ ref('dw_user_target_daily') }} as h
-    inner join ({{ crowd_run_dates_sql() }}) as d
+    inner join ({{ dates_sql if dates_sql is not none else crowd_run_dates_sql() }}) as d
         on h.day >= cast({{ dbt.dateadd('day', -c['history_days'], 'd.ds') }} as date)
         and h.day < d.ds
     where {{ where }}

@@ -22,11 +22,13 @@
   target's category, the labels, then the u_, b_ and ub_ features. A pair with no history together (a
   sampled negative) has zero counts and ratios and null recencies.
 -#}
-{% macro crowd_sample_rows(pairs, dates_sql) %}
+{% macro crowd_sample_rows(pairs, dates_sql, with_labels=true) %}
     {%- set int = dbt.type_int() -%}
+    {%- if with_labels %}
     with labels as (
         {{ crowd_label_rows(dates_sql) }}
     )
+    {%- endif %}
 
     select
         p.ds,
@@ -34,8 +36,10 @@
         p.target_id,
         t.category_id as target_category_id,
         p.is_candidate,
+        {%- if with_labels %}
         cast(coalesce(l.label_buy, 0) as {{ int }}) as label_buy,
         cast(coalesce(l.label_collect_cart, 0) as {{ int }}) as label_collect_cart,
+        {%- endif %}
         {%- for col in crowd_feature_columns('u') %}
         u.{{ col['name'] }},
         {%- endfor %}
@@ -51,6 +55,43 @@
     inner join {{ ref('ads_target_features') }} as b on p.ds = b.ds and p.target_id = b.target_id
     left join {{ ref('ads_user_target_features') }} as ub
         on p.ds = ub.ds and p.user_id = ub.user_id and p.target_id = ub.target_id
+    {%- if with_labels %}
     left join labels as l
         on p.ds = l.ds and p.user_id = l.user_id and p.target_id = l.target_id
+    {%- endif %}
+{% endmacro %}
+
+{#-
+  The targets a population covers as of a date: var evaluated_targets when given, else the
+  n_evaluated_targets targets with most distinct buyers in the history window before that date
+  (point-in-time: nothing on or after the date decides which targets are chosen).
+-#}
+{% macro crowd_top_targets(as_of) %}
+    {%- set c = crowd_config() -%}
+    {%- set day = "cast('" ~ as_of ~ "' as date)" -%}
+    with buyers as (
+        select t.target_id, count(distinct b.user_id) as n_buyers
+        from {{ ref('dim_targets') }} as t
+        left join {{ ref('dw_buy_events') }} as b
+            on b.target_id = t.target_id
+            and b.ts >= {{ dbt.dateadd('day', -c['history_days'], day) }}
+            and b.ts < {{ day }}
+        group by t.target_id
+    ),
+
+    ranked as (
+        select
+            target_id,
+            cast(n_buyers as {{ dbt.type_int() }}) as n_buyers,
+            cast(row_number() over (order by n_buyers desc, target_id) as {{ dbt.type_int() }}) as buyer_rank
+        from buyers
+    )
+
+    select target_id, n_buyers, buyer_rank
+    from ranked
+    {% if c['evaluated_targets'] %}
+    where target_id in ({{ c['evaluated_targets'] | join(', ') }})
+    {% else %}
+    where buyer_rank <= {{ c['n_evaluated_targets'] }}
+    {% endif %}
 {% endmacro %}

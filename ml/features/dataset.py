@@ -21,8 +21,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from ml.config import Schedule, WarehouseSettings
 from ml.features.feature_map import FeatureMap
+from ml.task import Task
 from ml.warehouse.export import export_dir
 
 LABELS = ("label_buy", "label_collect_cart")
@@ -52,20 +52,22 @@ def _key(ds: np.ndarray, user: np.ndarray) -> np.ndarray:
     return (days << 32) | np.asarray(user, dtype=np.int64)
 
 
-def series_shape(schedule: Schedule | None = None, settings: WarehouseSettings | None = None) -> dict:
-    schedule, settings = schedule or Schedule(), settings or WarehouseSettings()
-    slots = settings.lstm_top_categories + 1
-    return {"month": (schedule.windows.history_days // 30, slots), "day": (schedule.windows.sequence_days, slots)}
-
-
-def read_exports(root: Path, dates: list[dt.date], part: str = "samples", with_series: bool = True) -> RawExports:
-    """Read samples (or the evaluation set) of some dates with the sequences and series of their users."""
+def read_exports(root: Path, dates: list[dt.date], part: str = "samples",
+                 series_shape: dict[str, tuple[int, int]] | None = None, fingerprint: str | None = None) -> RawExports:
+    """Read samples (or the evaluation or forward set) of some dates with the sequences of their users, and
+    their LSTM series when series_shape (Task.series_shape(): steps and slots per timescale) is given.
+    With a fingerprint (Task.warehouse_fingerprint()), exports built with other settings are refused."""
+    with_series = series_shape is not None
     frames, seq_tables, series_tables, dense = [], [], [], None
     for ds in dates:
         d = export_dir(root, ds)
         if not (d / f"{part}.parquet").exists():
             raise ValueError(f"no {part} export for ds {ds} under {root}: run `crowd warehouse --ds {ds}` first")
         schema = json.loads((d / "schema.json").read_text())
+        if fingerprint is not None and schema.get("fingerprint") != fingerprint:
+            raise ValueError(f"the export of ds {ds} under {root} was built with other warehouse settings than "
+                             f"this run's (fingerprint {schema.get('fingerprint') or 'none'} != {fingerprint}): "
+                             f"rebuild it with the same task and overrides (crowd warehouse --task ... --ds {ds})")
         dense = dense or schema["dense"]
         frames.append(pq.read_table(d / f"{part}.parquet"))
         seq_tables.append(pq.read_table(d / "sequences.parquet"))
@@ -96,7 +98,7 @@ def read_exports(root: Path, dates: list[dt.date], part: str = "samples", with_s
 
     series: dict[str, np.ndarray] = {}
     if with_series:
-        shape = series_shape()
+        shape = series_shape
         cells = pd.concat([t.to_pandas() for t in series_tables], ignore_index=True)
         k = _key(cells["ds"].to_numpy(), cells["user_id"].to_numpy())
         pos = np.searchsorted(keys, k)
@@ -117,7 +119,9 @@ class CrowdData:
         self.fmap = fmap
         self.ids = fmap.encode_ids(s)
         self.dense = fmap.encode_dense(s)
-        self.labels = np.stack([s[c].to_numpy(dtype=np.float32) for c in LABELS], axis=1)
+        # the forward set has no labels yet: zeros keep one batch layout for training and scoring
+        self.labels = np.stack([s[c].to_numpy(dtype=np.float32) if c in s else np.zeros(len(s), np.float32)
+                                for c in LABELS], axis=1)
         self.user_id = s["user_id"].to_numpy(dtype=np.int64)
         self.target_id = s["target_id"].to_numpy(dtype=np.int64)
         self.ds = s["ds"].to_numpy()
@@ -162,10 +166,9 @@ class CrowdData:
             yield self.batch(order[i:i + batch_size], device)
 
 
-def fit_feature_map(raw: RawExports) -> FeatureMap:
-    schedule, settings = Schedule(), WarehouseSettings()
+def fit_feature_map(raw: RawExports, task: Task) -> FeatureMap:
     return FeatureMap.fit(
         raw.samples, raw.sequences["hist_target_id"], raw.sequences["hist_category_id"], dense=raw.dense,
-        sequence_length=settings.sequence_length, max_age=schedule.windows.sequence_days,
-        series_shape=series_shape(schedule, settings),
+        sequence_length=task.warehouse.sequence_length, max_age=task.windows.sequence_days,
+        series_shape=task.series_shape(),
     )

@@ -151,15 +151,17 @@ def _run_chunk(cfg: GeneratorConfig, chunk: int, first: int, count: int, out: Pa
     return simulate_chunk(cfg, _WORKER["world"], chunk, first, count, out)
 
 
-def items_table(world: World) -> pa.Table:
+def items_table(world: World, item_brands: bool = True) -> pa.Table:
+    """The item table; without item_brands, brand and shop are null as in logs that carry none (Taobao)."""
     leaf = world.item_leaf
+    n = len(world.item_ids)
     return pa.table(
         {
             "item_id": world.item_ids,
             "category_id": world.leaf_ids[leaf],
             "parent_category_id": world.parent_ids[world.leaf_parent[leaf]],
-            "brand_id": world.brand_ids[world.item_brand],
-            "shop_id": world.item_shop_ids,
+            "brand_id": world.brand_ids[world.item_brand] if item_brands else pa.nulls(n, pa.int64()),
+            "shop_id": world.item_shop_ids if item_brands else pa.nulls(n, pa.int64()),
         }
     )
 
@@ -185,7 +187,7 @@ def generate(cfg: GeneratorConfig, out: Path, progress: bool = True) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     for sub in ("events", "oracle", "truth/users"):
         (tmp / sub).mkdir(parents=True)
-    pq.write_table(items_table(world), tmp / "items.parquet")
+    pq.write_table(items_table(world, cfg.item_brands), tmp / "items.parquet")
     pq.write_table(brands_truth_table(world), tmp / "truth" / "brands.parquet")
 
     chunks = plan_chunks(cfg)
@@ -212,6 +214,7 @@ def generate(cfg: GeneratorConfig, out: Path, progress: bool = True) -> dict:
     manifest = {
         "source": "synthetic",
         "seed": cfg.seed,
+        "item_brands": cfg.item_brands,
         "sizes": {k: str(v) if isinstance(v, dt.date) else v for k, v in asdict(cfg.sizes).items()},
         "intensities": asdict(cfg.intensities),
         "oracle": {

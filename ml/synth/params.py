@@ -35,11 +35,20 @@ class Sizes:
         return (self.end - self.start).days
 
 
-# tiny: tests (seconds); default: what `make run` uses; large: benchmarks (about 100M events).
-PRESETS: dict[str, Sizes] = {
-    "tiny": Sizes(users=800, items=1_500, brands=60),
-    "default": Sizes(users=20_000, items=20_000, brands=400),
-    "large": Sizes(users=330_000, items=400_000, brands=4_000),
+@dataclass(frozen=True)
+class Preset:
+    sizes: Sizes
+    item_brands: bool = True  # False: the item table has no brand or shop, like the Taobao log
+
+
+# tiny: tests (seconds); default: the tmall-2013 task (`make run`); large: benchmarks (about 100M events);
+# taobao: the taobao-2017-category task's look-alike (9 days of 2017-11-25 .. 12-03, no brands, ~100k events).
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(Sizes(users=800, items=1_500, brands=60)),
+    "default": Preset(Sizes(users=20_000, items=20_000, brands=400)),
+    "large": Preset(Sizes(users=330_000, items=400_000, brands=4_000)),
+    "taobao": Preset(Sizes(users=6_000, items=8_000, brands=1_000, start=dt.date(2017, 11, 25),
+                           end=dt.date(2017, 12, 4)), item_brands=False),
 }
 
 
@@ -109,6 +118,7 @@ class GeneratorConfig:
     oracle_dates: tuple[dt.date, ...] = ()
     oracle_label_days: int = 7
     oracle_rollouts: int = 32
+    item_brands: bool = True
     chunk_users: int = 0             # 0: chosen from the sizes so a chunk holds a few million events
     workers: int = 0                 # 0: one per core
 

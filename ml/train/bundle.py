@@ -17,13 +17,12 @@ from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
-import pandas as pd
 import torch
 
-from ml.config import Paths
 from ml.features.dataset import CrowdData, RawExports, read_exports
 from ml.features.feature_map import FeatureMap, Vocabulary
 from ml.models.zoo import NEEDS_SERIES, ModelConfig, build_model
+from ml.task import GBDT_MODELS, TaskPaths
 from ml.train.gbdt import GbdtResult, predict_gbdt
 from ml.train.trainer import predict, resolve_device
 
@@ -51,19 +50,22 @@ class Bundle:
             raise ValueError(f"{path} is not a model bundle (no config.json): train one with `crowd train`")
         return cls(path, json.loads((path / "config.json").read_text()))
 
-    def read_population(self, exports: Path, ds: dt.date) -> RawExports:
-        """The evaluation export of ds (every active user x every evaluated target), as this model reads it."""
-        return read_exports(exports, [ds], part="evaluation", with_series=self.name in NEEDS_SERIES)
+    def read_population(self, exports: Path, ds: dt.date, part: str = "evaluation") -> RawExports:
+        """A population export of ds (evaluation: the backtest's; forward: the crowds'), as this model reads it;
+        refused when it was built with other warehouse settings than the model was trained on."""
+        shape = {k: tuple(v) for k, v in self.config["series_shape"].items()} if self.name in NEEDS_SERIES else None
+        return read_exports(exports, [ds], part=part, series_shape=shape,
+                            fingerprint=self.config.get("warehouse_fingerprint"))
 
     def score(self, raw: RawExports, device: str = "auto") -> np.ndarray:
         """P(buy) for every row of raw.samples, corrected for the negative sampling of training."""
         rate = self.config.get("negative_rate", 1.0)
-        if self.name.startswith("lgbm"):
+        if self.name in GBDT_MODELS:
             return correct_for_sampling(predict_gbdt(self._gbdt(), raw.samples, self.config["dense"]), rate)
         fmap = FeatureMap.load(self.path / "feature_map.json")
         model = build_model(self.name, fmap, ModelConfig(**self.config["model_config"]))
         dev = resolve_device(device)
-        model.load_state_dict(torch.load(self.path / "weights.pt", map_location=dev))
+        model.load_state_dict(torch.load(self.path / "weights.pt", map_location=dev, weights_only=True))
         return correct_for_sampling(predict(model.to(dev), CrowdData(raw, fmap), device=dev), rate)
 
     def _gbdt(self) -> GbdtResult:
@@ -75,21 +77,24 @@ class Bundle:
                           group_targets=meta["group_targets"], prior=meta["prior"], group_priors=meta["group_priors"])
 
 
-def load_bundle(name: str | None, paths: Paths | None = None) -> Bundle:
-    """A local bundle (DATA/models/NAME), or the registry's champion when no name is given."""
-    paths = paths or Paths.default()
+def load_bundle(name: str | None, paths: TaskPaths) -> Bundle:
+    """A local bundle of the task (its models/NAME), or the task's registered champion when no name is given;
+    the bundle's config then also carries `version` and `run_id`."""
     if name:
         return Bundle.load(paths.models / name)
     import mlflow
 
-    from ml.tracking import CHAMPION, REGISTERED_MODEL, configure
+    from ml.tracking import CHAMPION, configure
 
     configure(paths)
     try:
-        version = mlflow.tracking.MlflowClient().get_model_version_by_alias(REGISTERED_MODEL, CHAMPION)
+        version = mlflow.tracking.MlflowClient().get_model_version_by_alias(paths.registered_model, CHAMPION)
     except mlflow.exceptions.MlflowException:
-        raise ValueError("no champion model yet: train one with `crowd train --model ...`") from None
-    return Bundle.load(Path(mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="bundle")))
+        raise ValueError(f"task {paths.task} on {paths.dataset} has no champion model yet: train one with "
+                         f"`crowd train --task {paths.task}`") from None
+    bundle = Bundle.load(Path(mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="bundle")))
+    bundle.config.update(version=str(version.version), run_id=version.run_id)
+    return bundle
 
 
 def save_deep_bundle(path: Path, name: str, model: torch.nn.Module, fmap: FeatureMap, model_cfg: ModelConfig,
@@ -112,12 +117,3 @@ def save_gbdt_bundle(path: Path, name: str, result: GbdtResult, extra: dict) -> 
     }))
     (path / "config.json").write_text(json.dumps({"model": name, **extra}, indent=2))
     return path
-
-
-def crowd_table(frame: pd.DataFrame, scores: np.ndarray, top: int) -> pd.DataFrame:
-    """The top-N users per target: target_id, rank (1 = most likely), user_id, score."""
-    df = pd.DataFrame({"target_id": frame["target_id"].to_numpy(), "user_id": frame["user_id"].to_numpy(),
-                       "score": scores})
-    df = df.sort_values(["target_id", "score", "user_id"], ascending=[True, False, True], kind="stable")
-    df["rank"] = df.groupby("target_id").cumcount() + 1
-    return df[df["rank"] <= top][["target_id", "rank", "user_id", "score"]].reset_index(drop=True)

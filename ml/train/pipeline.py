@@ -1,7 +1,8 @@
-"""Train one model on the weekly exports, evaluate it on the evaluation date, record it in MLflow.
+"""Train one model of a task on its exports, backtest it, record it in MLflow.
 
-Dates: every sample date but the last trains, the last validates (early stopping), and the evaluation
-date's set (every active user x every evaluated target) is where AUC, GAUC and recall@N are measured.
+Dates come from the task: its sample dates train, its validation dates validate (early stopping, and the
+metric the champion is chosen on), and the backtest date's set (every active user x every evaluated target)
+is where AUC, GAUC and recall@N are reported.
 Negatives of the training dates are down-sampled (negative_rate) for speed; scores are corrected back
 (bundle.correct_for_sampling), so logloss and calibration refer to the true rate.
 """
@@ -20,18 +21,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ml.config import Paths, Schedule
-from ml.evaluate.metrics import DEFAULT_NS, evaluate_scores
+from ml.evaluate.metrics import evaluate_scores
 from ml.evaluate.plots import evaluation_plots, importance_plot, training_curves
 from ml.features.dataset import CrowdData, RawExports, fit_feature_map, read_exports
-from ml.models.zoo import MODELS, NEEDS_SERIES, ModelConfig, build_model
+from ml.models.zoo import NEEDS_SERIES, ModelConfig, build_model
+from ml.task import ALL_MODELS, GBDT_MODELS, Task, TaskPaths
 from ml.train.bundle import Bundle, correct_for_sampling, save_deep_bundle, save_gbdt_bundle
-from ml.train.gbdt import MODES, GbdtConfig, train_gbdt
+from ml.train.gbdt import GbdtConfig, train_gbdt
 from ml.train.trainer import TrainConfig, Trainer, predict, seed_everything
 
 log = logging.getLogger(__name__)
-LGBM_MODELS = tuple(f"lgbm_{m}" for m in MODES)
-ALL_MODELS = (*LGBM_MODELS, *MODELS)
 
 
 @dataclass
@@ -54,6 +53,12 @@ def _subsample(raw: RawExports, rate: float, seed: int) -> RawExports:
     return RawExports(s[keep].reset_index(drop=True), raw.dense, raw.keys, raw.sequences, raw.offsets, raw.series)
 
 
+def train_config(task: Task, model: str, **runtime: object) -> TrainConfig:
+    """The trainer's settings for one model of a task: the model's budget over the task's training block,
+    plus what only the caller knows (progress bars, device)."""
+    return TrainConfig(**task.budget(model), seed=task.training.seed, **runtime)
+
+
 def oracle_scores(dataset_dir: Path, frame: pd.DataFrame, ds: dt.date) -> np.ndarray | None:
     """The generator's P(buy) for the evaluation rows (0 for a pair it never considers); None without one."""
     files = list((Path(dataset_dir) / "oracle").glob("*.parquet"))
@@ -74,41 +79,42 @@ def _fingerprint(*parts: object) -> str:
 
 def train_and_evaluate(
     model: str,
+    task: Task,
+    paths: TaskPaths,
     *,
-    paths: Paths | None = None,
-    schedule: Schedule | None = None,
     train_cfg: TrainConfig | None = None,
     model_cfg: ModelConfig | None = None,
     gbdt_cfg: GbdtConfig | None = None,
-    negative_rate: float = 0.2,
-    ns: tuple[int, ...] = DEFAULT_NS,
-    dataset_dir: Path | None = None,
     track: bool = True,
 ) -> Outcome:
+    """train_cfg defaults to train_config(task, model); model_cfg and gbdt_cfg are the models' own
+    hyper-parameters (their dataclass defaults)."""
     if model not in ALL_MODELS:
         raise ValueError(f"unknown model {model!r}: expected one of {', '.join(ALL_MODELS)}")
-    if not 0 < negative_rate <= 1:
-        raise ValueError(f"negative_rate: expected a share in (0, 1], got {negative_rate}")
-    paths, schedule = paths or Paths.default(), schedule or Schedule()
-    train_cfg, model_cfg = train_cfg or TrainConfig(), model_cfg or ModelConfig()
-    train_dates, valid_date = schedule.sample_dates[:-1], schedule.sample_dates[-1]
-    series = model in NEEDS_SERIES
-    train_raw = _subsample(read_exports(paths.exports, train_dates, with_series=series), negative_rate, train_cfg.seed)
-    valid_raw = read_exports(paths.exports, [valid_date], with_series=series)
-    eval_raw = read_exports(paths.exports, [schedule.evaluation], part="evaluation", with_series=series)
+    negative_rate = task.training.negative_rate
+    train_cfg, model_cfg = train_cfg or train_config(task, model), model_cfg or ModelConfig()
+    train_dates, valid_dates, backtest = task.sample_dates, list(task.validation), task.backtest
+    shape = task.series_shape() if model in NEEDS_SERIES else None
+    fp = task.warehouse_fingerprint()
+    train_raw = _subsample(read_exports(paths.exports, train_dates, series_shape=shape, fingerprint=fp),
+                           negative_rate, train_cfg.seed)
+    valid_raw = read_exports(paths.exports, valid_dates, series_shape=shape, fingerprint=fp)
+    eval_raw = read_exports(paths.exports, [backtest], part="evaluation", series_shape=shape, fingerprint=fp)
     ev = eval_raw.samples
     rows = {"train": len(train_raw.samples), "valid": len(valid_raw.samples), "evaluation": len(ev)}
-    log.info("%s: %s rows (negatives of training kept at rate %.2f)", model, rows, negative_rate)
-    extra = {"negative_rate": negative_rate, "dense": train_raw.dense, "train_dates": [str(d) for d in train_dates],
-             "valid_date": str(valid_date), "evaluation_date": str(schedule.evaluation)}
+    log.info("%s/%s: %s rows (negatives of training kept at rate %.2f)", task.name, model, rows, negative_rate)
+    extra = {"task": task.name, "dataset": task.dataset, "target": task.target, "negative_rate": negative_rate,
+             "dense": train_raw.dense, "series_shape": task.series_shape(), "warehouse_fingerprint": fp,
+             "train_dates": [str(d) for d in train_dates], "valid_dates": [str(d) for d in valid_dates],
+             "evaluation_date": str(backtest)}
     bundle_dir = paths.models / model
     history: list[dict] = []
     epoch_metrics: list[dict] = []
     extra_plots: list[Path] = []
     plots_dir = Path(tempfile.mkdtemp(prefix=f"crowd-{model}-"))
 
-    if model.startswith("lgbm_"):
-        cfg = gbdt_cfg or GbdtConfig(mode=model.removeprefix("lgbm_"))
+    if model in GBDT_MODELS:
+        cfg = gbdt_cfg or GbdtConfig(mode=model.removeprefix("lgbm_"), seed=task.training.seed)
         targets = _evaluated_targets(ev, train_raw.samples)
         result = train_gbdt(cfg, train_raw.samples, valid_raw.samples, ev, train_raw.dense, targets)
         scores = correct_for_sampling(result.scores, negative_rate)
@@ -122,9 +128,10 @@ def train_and_evaluate(
         train_seconds = result.seconds
     else:
         seed_everything(train_cfg.seed)
-        fmap = fit_feature_map(train_raw)
+        fmap = fit_feature_map(train_raw, task)
         net = build_model(model, fmap, model_cfg)
-        key = _fingerprint(model, train_cfg.to_dict(), model_cfg.to_dict(), negative_rate, rows, train_raw.dense)
+        key = _fingerprint(task.name, model, train_cfg.to_dict(), model_cfg.to_dict(), negative_rate, rows,
+                           train_raw.dense, fp)
         trainer = Trainer(net, train_cfg, paths.models / "checkpoints" / f"{model}-{key}", on_epoch=epoch_metrics.append)
         valid_data = CrowdData(valid_raw, fmap)
         fit = trainer.fit(CrowdData(train_raw, fmap), valid_data)
@@ -143,19 +150,20 @@ def train_and_evaluate(
             extra_plots.append(_se_importance(trainer.model, valid_data, fmap, plots_dir))
 
     y, target, user = ev["label_buy"].to_numpy(), ev["target_id"].to_numpy(), ev["user_id"].to_numpy()
+    ns = task.evaluate.n
     summary, per_target = evaluate_scores(y, scores, target, user, ns)
     oracle = {}
     reference = {}
-    dataset_dir = dataset_dir or paths.dataset("synthetic")
-    p_oracle = oracle_scores(dataset_dir, ev, schedule.evaluation) if schedule.target == "brand" else None
+    p_oracle = oracle_scores(paths.dataset_dir, ev, backtest) if task.target == "brand" else None
     if p_oracle is not None:
         oracle, _ = evaluate_scores(y, p_oracle, target, user, ns)
         reference["oracle"] = p_oracle
     plot_paths = [*evaluation_plots(y, scores, target, user, plots_dir, model, reference), *extra_plots]
     outcome = Outcome(model, summary, per_target, bundle_dir, oracle=oracle, train_seconds=train_seconds)
-    log.info("%s on %s: %s", model, schedule.evaluation, ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
+    log.info("%s on %s: %s", model, backtest, ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
     if track:
-        _record(outcome, params | {f"rows_{k}": v for k, v in rows.items()} | {"negative_rate": negative_rate},
+        task_params = {f"task.{k}": v for k, v in task.flat().items()}
+        _record(outcome, params | {f"rows_{k}": v for k, v in rows.items()} | task_params,
                 epoch_metrics, plot_paths, paths)
     shutil.rmtree(plots_dir, ignore_errors=True)
     return outcome
@@ -183,13 +191,13 @@ def _se_importance(model, data: CrowdData, fmap, out: Path) -> Path:  # noqa: AN
     return importance_plot(names, sums / n, out / "se_field_importance.png", "PLE: mean SE weight per field")
 
 
-def _record(outcome: Outcome, params: dict, epochs: list[dict], plots: list[Path], paths: Paths) -> None:
+def _record(outcome: Outcome, params: dict, epochs: list[dict], plots: list[Path], paths: TaskPaths) -> None:
     import mlflow
 
-    from ml.tracking import CHAMPION_METRIC, REGISTERED_MODEL, configure, promote_if_better
+    from ml.tracking import CHAMPION_METRIC, configure, promote_if_better
 
     configure(paths)
-    with mlflow.start_run(run_name=outcome.model) as run:
+    with mlflow.start_run(run_name=outcome.model, tags={"task": paths.task, "dataset": paths.dataset}) as run:
         mlflow.log_params({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in params.items()})
         for row in epochs:
             mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
@@ -200,10 +208,10 @@ def _record(outcome: Outcome, params: dict, epochs: list[dict], plots: list[Path
         for p in plots:
             mlflow.log_artifact(str(p), artifact_path="plots")
         mlflow.log_artifacts(str(outcome.bundle), artifact_path="bundle")
-        info = _log_flavour(outcome, REGISTERED_MODEL)
+        info = _log_flavour(outcome, paths.registered_model)
         outcome.run_id = run.info.run_id
         if info is not None and info.registered_model_version is not None:
-            outcome.champion = promote_if_better(str(info.registered_model_version),
+            outcome.champion = promote_if_better(paths, str(info.registered_model_version),
                                                  outcome.summary[CHAMPION_METRIC.removeprefix("eval_")])
             mlflow.set_tag("registered_version", info.registered_model_version)
         mlflow.set_tag("champion_at_training", str(outcome.champion).lower())
@@ -221,7 +229,7 @@ def _log_flavour(outcome: Outcome, registered: str):  # noqa: ANN202
         booster = lgb.Booster(model_file=str(outcome.bundle / "lgbm" / "all.txt"))
         return mlflow.lightgbm.log_model(booster, name="model", registered_model_name=registered,
                                          pip_requirements=["lightgbm==4.7.0"])
-    if outcome.model.startswith("lgbm_"):
+    if outcome.model in GBDT_MODELS:
         return None
     import torch
 
@@ -229,6 +237,6 @@ def _log_flavour(outcome: Outcome, registered: str):  # noqa: ANN202
 
     fmap = FeatureMap.load(outcome.bundle / "feature_map.json")
     net = build_model(bundle.name, fmap, ModelConfig(**bundle.config["model_config"]))
-    net.load_state_dict(torch.load(outcome.bundle / "weights.pt", map_location="cpu"))
+    net.load_state_dict(torch.load(outcome.bundle / "weights.pt", map_location="cpu", weights_only=True))
     return mlflow.pytorch.log_model(net, name="model", registered_model_name=registered, serialization_format="pickle",
                                     pip_requirements=["torch==2.13.0"])

@@ -109,3 +109,45 @@ def run_dbt(
         raise WarehouseError(f"dbt {command} failed: {reason}")
     log.info("dbt %s: %d models, %d tests in %.1fs", command, report.n_models, report.n_tests, report.seconds)
     return report
+
+
+def project_digest(project_dir: Path = DBT_PROJECT_DIR) -> str:
+    """A digest of the dbt project's sources (models, macros, tests, yml): the manifest's cache key."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for path in sorted(project_dir.rglob("*")):
+        rel = path.relative_to(project_dir)
+        if path.is_file() and rel.parts[0] not in ("target", "logs") and path.suffix in (".sql", ".yml", ".yaml", ".md"):
+            h.update(str(rel).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def ensure_manifest(cache_root: Path, project_dir: Path = DBT_PROJECT_DIR) -> Path:
+    """The dbt manifest of the project, parsed once per version of its sources (`dbt parse`) and cached under
+    cache_root: the DAG file reads it (Cosmos LoadMode.DBT_MANIFEST) instead of running `dbt ls` at every
+    parse, which took longer than Airflow's 30 s parse timeout."""
+    digest = project_digest(project_dir)
+    target = Path(cache_root) / digest
+    manifest = target / "manifest.json"
+    if manifest.exists():
+        return manifest
+    from dbt.cli.main import dbtRunner
+
+    partial = Path(cache_root) / f".{digest}.partial"
+    partial.mkdir(parents=True, exist_ok=True)
+    args = ["parse", "--project-dir", str(project_dir), "--profiles-dir", str(project_dir),
+            "--target-path", str(partial), "--log-path", str(partial / "logs"), "--quiet"]
+    with _environment({"CROWD_WAREHOUSE": str(partial / "parse.duckdb"), "CROWD_DATASET_DIR": str(partial)}):
+        result = dbtRunner().invoke(args)
+    if not result.success or not (partial / "manifest.json").exists():
+        raise WarehouseError(f"dbt parse of {project_dir} failed: {result.exception or 'see ' + str(partial / 'logs')}")
+    import os
+    import shutil
+
+    try:
+        os.replace(partial, target)
+    except OSError:  # another process published the same digest first
+        shutil.rmtree(partial, ignore_errors=True)
+    return manifest

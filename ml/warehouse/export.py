@@ -1,5 +1,9 @@
-"""Per-ds parquet exports: what the trainers read, so that training never opens the DuckDB file while dbt
-writes it. One directory per date, swapped in whole so a reader never sees half an export."""
+"""Per-ds parquet exports: what the trainers and the scorer read, so that they never open the DuckDB file
+while dbt writes it. One directory per date, swapped in whole so a reader never sees half an export.
+
+Each directory's schema.json records the task's warehouse fingerprint (ml.task.Task.warehouse_fingerprint):
+a training run refuses exports built with other settings instead of mixing them silently.
+"""
 
 from __future__ import annotations
 
@@ -19,9 +23,11 @@ log = logging.getLogger(__name__)
 EXPORTS: dict[str, tuple[str, str]] = {
     "samples": ("samples.samples", "user_id, target_id"),
     "evaluation": ("samples.samples_evaluation", "target_id, user_id"),
+    "forward": ("samples.samples_forward", "target_id, user_id"),
     "sequences": ("ads.ads_user_sequences", "user_id"),
     "category_series": ("ads.ads_user_category_series", "user_id, timescale, step, slot"),
 }
+POPULATIONS = ("samples", "evaluation", "forward")  # a date has at least one of these
 KEY_COLUMNS = ("ds", "user_id", "target_id", "target_category_id", "is_candidate")
 LABEL_COLUMNS = ("label_buy", "label_collect_cart")
 
@@ -39,12 +45,21 @@ def export_dir(root: Path, ds: dt.date) -> Path:
 
 def built_dates(warehouse: Path) -> list[dt.date]:
     with duckdb.connect(str(warehouse)) as con:
-        rows = con.execute("select distinct ds from samples.samples order by ds").fetchall()
+        rows = con.execute("select distinct ds from samples.samples union select distinct ds "
+                           "from samples.samples_forward order by ds").fetchall()
     return [r[0] for r in rows]
 
 
-def export_dates(warehouse: Path, out_root: Path, dates: list[dt.date] | None = None) -> list[Export]:
-    """Write exports/ds=YYYY-MM-DD/{samples,evaluation,sequences,category_series}.parquet + schema.json."""
+def read_schema(root: Path, ds: dt.date) -> dict:
+    path = export_dir(root, ds) / "schema.json"
+    if not path.exists():
+        raise ValueError(f"no export for ds {ds} under {root}: build it first (crowd warehouse --ds {ds})")
+    return json.loads(path.read_text())
+
+
+def export_dates(warehouse: Path, out_root: Path, dates: list[dt.date] | None = None,
+                 fingerprint: str = "") -> list[Export]:
+    """Write exports/ds=YYYY-MM-DD/{samples,evaluation,forward,sequences,category_series}.parquet + schema.json."""
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
     dates = dates if dates is not None else built_dates(warehouse)
@@ -52,32 +67,36 @@ def export_dates(warehouse: Path, out_root: Path, dates: list[dt.date] | None = 
     # dbt-duckdb may hold this file open in the same process: connect with the default configuration
     with duckdb.connect(str(warehouse)) as con:
         for ds in dates:
-            done.append(_export_one(con, ds, out_root))
+            done.append(_export_one(con, ds, out_root, fingerprint))
     return done
 
 
-def _export_one(con: duckdb.DuckDBPyConnection, ds: dt.date, out_root: Path) -> Export:
+def _sql_path(path: Path) -> str:
+    """A file path as a SQL string literal (COPY ... TO takes no bound parameter)."""
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def _export_one(con: duckdb.DuckDBPyConnection, ds: dt.date, out_root: Path, fingerprint: str) -> Export:
     final = export_dir(out_root, ds)
     partial = out_root / f".{final.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     rows: dict[str, int] = {}
-    literal = f"cast('{ds.isoformat()}' as date)"
     for name, (table, keys) in EXPORTS.items():
-        n = con.execute(f"select count(*) from {table} where ds = {literal}").fetchall()[0][0]
-        if n == 0 and name == "evaluation":
-            continue  # only the evaluation date has an evaluation set
-        if n == 0 and name == "samples":
-            raise ValueError(f"the warehouse has no samples for ds {ds}: build it first (crowd warehouse build --ds {ds})")
-        con.execute(
-            f"copy (select * from {table} where ds = {literal} order by {keys}) "
-            f"to '{partial / (name + '.parquet')}' (format parquet, compression zstd)"
-        )
+        n = con.execute(f"select count(*) from {table} where ds = ?", [ds]).fetchall()[0][0]
+        if n == 0 and name in POPULATIONS:
+            continue  # samples on labelled dates, the evaluation set on the backtest, forward on the forward date
+        con.execute(f"copy (select * from {table} where ds = $ds order by {keys}) "
+                    f"to {_sql_path(partial / (name + '.parquet'))} (format parquet, compression zstd)", {"ds": ds})
         rows[name] = n
-    columns = [r[0] for r in con.execute("describe samples.samples").fetchall()]
+    if not any(p in rows for p in POPULATIONS):
+        shutil.rmtree(partial, ignore_errors=True)
+        raise ValueError(f"the warehouse has no samples for ds {ds}: build it first (crowd warehouse --ds {ds})")
+    columns = [r[0] for r in con.execute("describe samples.samples_forward").fetchall()]
     schema = {
         "ds": ds.isoformat(),
         "rows": rows,
+        "fingerprint": fingerprint,
         "keys": [c for c in columns if c in KEY_COLUMNS],
         "labels": list(LABEL_COLUMNS),
         "dense": [c for c in columns if c not in KEY_COLUMNS and c not in LABEL_COLUMNS],
@@ -90,5 +109,5 @@ def _export_one(con: duckdb.DuckDBPyConnection, ds: dt.date, out_root: Path) -> 
         os.replace(final, old)
     os.replace(partial, final)
     shutil.rmtree(old, ignore_errors=True)
-    log.info("exported ds %s: %s", ds, ", ".join(f"{k} {v:,}" for k, v in rows.items()))
+    log.debug("exported ds %s: %s", ds, ", ".join(f"{k} {v:,}" for k, v in rows.items()))
     return Export(ds, final, rows)

@@ -5,7 +5,7 @@
 -- users who never touched that target (is_candidate false). The draw hashes (target, ds, draw number),
 -- so a rebuild draws the same users.
 with history as (
-    {{ crowd_history_rows('h.target_id is not null') }}
+    {{ crowd_history_rows('h.target_id is not null', crowd_run_dates_sql(c['labelled_dates'])) }}
 ),
 
 active_pairs as (

@@ -1,0 +1,51 @@
+{%- set c = crowd_config() -%}
+{%- set f = c['forward_date'] -%}
+-- The forward population, built when the run has a forward_date: the (user, target) pairs the task's
+-- champion scores to publish the coming period's crowds. Features as of forward_date (events strictly
+-- before it), no labels: the label window may run past the end of the log. Users are those active in the
+-- crowd_active_days before forward_date; crowd_population 'touched' pairs each with the targets they were
+-- active on in the history window, 'evaluated' with every top target as of forward_date.
+{%- if f %}
+{%- set as_of = "cast('" ~ f ~ "' as date)" %}
+{%- set dates = crowd_run_dates_sql([f]) %}
+
+with active_users as (
+    select distinct user_id
+    from {{ ref('dw_user_target_daily') }}
+    where day >= cast({{ dbt.dateadd('day', -c['crowd_active_days'], as_of) }} as date)
+        and day < {{ as_of }}
+),
+
+touched as (
+    select distinct h.ds, h.user_id, h.target_id
+    from ({{ crowd_history_rows('h.target_id is not null', dates) }}) as h
+    inner join active_users as a on h.user_id = a.user_id
+),
+
+{%- if c['crowd_population'] == 'touched' %}
+
+pairs as (
+    select ds, user_id, target_id, true as is_candidate from touched
+)
+{%- else %}
+
+top_targets as (
+    {{ crowd_top_targets(f) }}
+),
+
+pairs as (
+    select {{ as_of }} as ds, a.user_id, t.target_id, (p.user_id is not null) as is_candidate
+    from active_users as a
+    cross join top_targets as t
+    left join touched as p on p.user_id = a.user_id and p.target_id = t.target_id
+)
+{%- endif %}
+
+{{ crowd_sample_rows('pairs', dates, with_labels=false) }}
+{%- else %}
+-- (no forward date in this run: an empty relation with the same columns)
+select * from (
+{{ crowd_sample_rows('(select * from ' ~ ref('samples_candidates') ~ ' where 1 = 0)', crowd_run_dates_sql([]), with_labels=false) }}
+) as no_rows
+where 1 = 0
+{%- endif %}

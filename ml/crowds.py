@@ -1,0 +1,121 @@
+"""Forward crowds, the product: for each target, the users most likely to buy in the coming period.
+
+Features are built as of the forward date (by default the day after the log's last day, so every logged
+event counts), with no label: the period they predict has not happened yet. The task's champion scores the
+forward population (samples_forward: which pairs is the task's `crowds` setting), and the top users of each
+target are written as parquet and as the warehouse table crowds.forward_crowds, with the model version that
+made them and the window they predict. A backtest on a labelled date is a separate thing (crowd evaluate).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from ml.task import Task, TaskPaths
+
+log = logging.getLogger(__name__)
+CROWD_COLUMNS = ("task", "target", "target_id", "rank", "user_id", "score", "model", "model_version", "run_id",
+                 "feature_date", "window_start", "window_end")
+
+
+@dataclass(frozen=True)
+class CrowdsResult:
+    path: Path
+    rows: int
+    targets: int
+    model: str
+    feature_date: dt.date
+    window_end: dt.date  # exclusive
+
+
+def last_log_day(dataset_dir: Path) -> dt.date:
+    """The last day with an event in the dataset (read from the parquet statistics, no full scan)."""
+    events = Path(dataset_dir) / "events"
+    if not any(events.glob("*.parquet")):
+        raise ValueError(f"{dataset_dir} holds no events: run `crowd generate` or `crowd load` first")
+    with duckdb.connect() as con:
+        (last,) = con.execute("select max(ts) from read_parquet(?)", [str(events / "*.parquet")]).fetchone()
+    if last is None:
+        raise ValueError(f"{dataset_dir} holds no events")
+    return last.date()
+
+
+def forward_date(task: Task, paths: TaskPaths, as_of: dt.date | None = None) -> dt.date:
+    """The features' date: as_of, else the task's crowds.as_of, else the day after the log's last day."""
+    return as_of or task.crowds.as_of or last_log_day(paths.dataset_dir) + dt.timedelta(days=1)
+
+
+def build_forward(task: Task, paths: TaskPaths, as_of: dt.date, quiet: bool = True) -> dict[str, int]:
+    """dbt for the forward date only (the ancestors of samples_forward and their tests), then its export."""
+    from ml.warehouse.build import run_dbt
+    from ml.warehouse.export import export_dates
+
+    run_dbt("build", dataset_dir=paths.dataset_dir, warehouse=paths.warehouse,
+            dbt_vars=task.dbt_vars(ds=[as_of], forward=as_of), select=["+samples_forward"], quiet=quiet)
+    export = export_dates(paths.warehouse, paths.exports, [as_of], fingerprint=task.warehouse_fingerprint())[0]
+    if "forward" not in export.rows:
+        raise ValueError(f"no forward population at {as_of}: no user was active in the "
+                         f"{task.crowds.active_days} days before it")
+    return export.rows
+
+
+def top_users(frame: pd.DataFrame, scores: np.ndarray, size: int) -> pd.DataFrame:
+    """The top `size` users per target: target_id, rank (1 = most likely), user_id, score; ties by user id."""
+    df = pd.DataFrame({"target_id": frame["target_id"].to_numpy(), "user_id": frame["user_id"].to_numpy(),
+                       "score": np.asarray(scores, dtype=np.float64)})
+    df = df.sort_values(["target_id", "score", "user_id"], ascending=[True, False, True], kind="stable")
+    df["rank"] = df.groupby("target_id").cumcount() + 1
+    return df[df["rank"] <= size][["target_id", "rank", "user_id", "score"]].reset_index(drop=True)
+
+
+def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | None = None,
+                  size: int | None = None, out: Path | None = None) -> CrowdsResult:
+    """Score the forward population of as_of with the champion (or a local model) and publish the crowds."""
+    from ml.train.bundle import load_bundle
+
+    bundle = load_bundle(model, paths)
+    if bundle.config.get("task", task.name) != task.name:
+        raise ValueError(f"model {bundle.name} was trained for task {bundle.config['task']}, not {task.name}")
+    raw = bundle.read_population(paths.exports, as_of, part="forward")
+    size = size or task.crowds.size
+    crowd = top_users(raw.samples, bundle.score(raw), size)
+    end = as_of + dt.timedelta(days=task.windows.label_days)
+    crowd.insert(0, "task", task.name)
+    crowd.insert(1, "target", task.target)
+    crowd = crowd.assign(model=bundle.name, model_version=bundle.config.get("version", "local"),
+                         run_id=bundle.config.get("run_id", ""), feature_date=as_of, window_start=as_of,
+                         window_end=end)[list(CROWD_COLUMNS)]
+    target = out or paths.crowds / f"ds={as_of.isoformat()}" / "crowds.parquet"
+    _write_atomically(crowd, target)
+    if out is None:
+        _publish_table(crowd, paths.warehouse, task.name, as_of)
+    log.debug("%s: crowds of %d %s targets (top %d) for %s..%s by %s v%s -> %s", task.name, crowd["target_id"].nunique(),
+             task.target, size, as_of, end, bundle.name, crowd["model_version"].iloc[0] if len(crowd) else "-", target)
+    return CrowdsResult(target, len(crowd), int(crowd["target_id"].nunique()), bundle.name, as_of, end)
+
+
+def _write_atomically(frame: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    frame.to_parquet(partial, index=False)
+    os.replace(partial, path)
+
+
+def _publish_table(crowd: pd.DataFrame, warehouse: Path, task: str, as_of: dt.date) -> None:
+    """crowds.forward_crowds in the task's warehouse; a rerun of a date replaces that date, in one transaction."""
+    with duckdb.connect(str(warehouse)) as con:
+        con.register("crowd_frame", crowd)
+        con.execute("create schema if not exists crowds")
+        con.execute("create table if not exists crowds.forward_crowds as select * from crowd_frame where false")
+        con.execute("begin transaction")
+        con.execute("delete from crowds.forward_crowds where task = ? and feature_date = ?", [task, as_of])
+        con.execute("insert into crowds.forward_crowds by name select * from crowd_frame")
+        con.execute("commit")

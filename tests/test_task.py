@@ -1,0 +1,127 @@
+"""Task files: validated once into one typed object, failing with the file and the field named; one run's
+overrides; the per-task namespace; nothing below the edge builds settings of its own."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ml.cli import main
+from ml.task import ALL_MODELS, DEEP_MODELS, GBDT_MODELS, TASKS_DIR, TaskError, TaskPaths, available_tasks, load_task
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_shipped_tasks_load_and_keep_their_roles_apart():
+    assert {"tmall-2013", "taobao-2017-category"} <= set(available_tasks())
+    tmall = load_task("tmall-2013")
+    assert tmall.target == "brand" and tmall.windows.step_days == 7 and tmall.windows.history_days == 90
+    assert tmall.sample_dates[0] == dt.date(2013, 7, 1) and len(tmall.sample_dates) == 11
+    assert tmall.validation == (dt.date(2013, 9, 16),) and tmall.backtest == dt.date(2013, 9, 23)
+    assert tmall.model_names() == list(ALL_MODELS)
+    taobao = load_task("taobao-2017-category")
+    assert taobao.target == "category" and taobao.windows.label_days == 1 and taobao.windows.step_days == 1
+    assert taobao.backtest == dt.date(2017, 12, 2)  # the 9-day log's second-to-last day
+    assert max(taobao.warehouse.feature_windows) <= taobao.windows.history_days == 7
+    assert taobao.series_shape()["month"][0] == 1  # a history shorter than a month is one period
+
+
+def test_model_names_match_the_model_registries():
+    from ml.models.zoo import MODELS
+    from ml.train.gbdt import MODES
+
+    assert set(DEEP_MODELS) == set(MODELS)
+    assert GBDT_MODELS == tuple(f"lgbm_{m}" for m in MODES)
+
+
+def _write(tmp_path: Path, changes: dict, drop: tuple[str, ...] = ()) -> Path:
+    data = yaml.safe_load((TASKS_DIR / "tmall-2013.yaml").read_text())
+    for key in drop:
+        data.pop(key)
+    for key, value in changes.items():
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    path = tmp_path / "my-task.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("changes, drop, message", [
+    ({"windows.label_days": 0}, (), r"windows\.label_days: Input should be greater than or equal to 1"),
+    ({"windows.history_days": "ninety"}, (), r"windows\.history_days"),
+    ({"target": "shop"}, (), r"target: Input should be 'brand' or 'category'"),
+    ({"models": {"din": {}, "xgb": {}}}, (), r"models: .*unknown model\(s\) \['xgb'\]"),
+    ({"validation": ["2013-09-10"]}, (), r"validation: 2013-09-10 is inside the label window"),
+    ({"backtest": "2013-09-31"}, (), r"backtest: "),
+    ({"warehouse.feature_windows": [7, 120]}, (), r"warehouse.feature_windows: 120 days is longer than"),
+    ({"windoes": {}}, (), r"windoes: Extra inputs are not permitted"),
+    ({}, ("dataset",), r"dataset: Field required"),
+    ({"dataset": "../../etc"}, (), r"dataset: String should match pattern"),
+])
+def test_a_bad_task_file_fails_naming_the_file_and_the_field(tmp_path, changes, drop, message):
+    path = _write(tmp_path, changes, drop)
+    with pytest.raises(TaskError, match=rf"^{re.escape(str(path))}: {message}"):
+        load_task(path)
+
+
+def test_the_cli_reports_a_bad_task_in_one_line(tmp_path, capsys):
+    path = _write(tmp_path, {"windows.sequence_days": 400})
+    assert main(["paths", "--task", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(path) in err and "sequence_days" in err
+    assert main(["paths", "--task", "no-such-task"]) == 2
+    assert "known tasks: " in capsys.readouterr().err
+
+
+def test_an_override_changes_one_field_and_is_validated_again():
+    task = load_task("tmall-2013", {"label_days": 2, "models": ["din", "dnn"], "warehouse.sequence_length": 20})
+    assert task.windows.label_days == 2 and task.model_names() == ["dnn", "din"]
+    assert task.warehouse.sequence_length == 20
+    assert task.warehouse_fingerprint() != load_task("tmall-2013").warehouse_fingerprint()
+    with pytest.raises(TaskError, match=r"windows\.label_days: Input should be greater"):
+        load_task("tmall-2013", {"label_days": 0})
+    with pytest.raises(TaskError, match="labl_days: no such setting"):
+        load_task("tmall-2013", {"labl_days": 3})
+
+
+def test_two_tasks_and_two_datasets_have_separate_namespaces(tmp_path):
+    tmall, taobao = load_task("tmall-2013"), load_task("taobao-2017-category")
+    other = load_task("tmall-2013", {"dataset": "tmall-real"})
+    spaces = [TaskPaths(tmp_path, t.name, t.dataset) for t in (tmall, taobao, other)]
+    for attr in ("warehouse", "exports", "models", "crowds", "experiment", "registered_model"):
+        values = [getattr(p, attr) for p in spaces]
+        assert len(set(values)) == 3, attr
+    assert len({p.shared.mlflow_db for p in spaces}) == 1  # one MLflow store, one Airflow home
+
+
+def test_paths_prints_the_tasks_namespace(capsys):
+    import json
+
+    assert main(["paths", "--task", "taobao-2017-category"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert "tasks/taobao-2017-category/taobao-userbehavior" in printed["warehouse"]
+    assert printed["registered_model"] == "purchase-crowd.taobao-2017-category.taobao-userbehavior"
+
+
+def test_no_module_below_the_edge_builds_default_settings():
+    """Defaults live in ml/task.py; the task is read at the edges (the CLI, the DAG builders and their local
+    runner) and passed down. Below them nothing loads the default task or constructs settings objects."""
+    edges = {"ml/task.py", "ml/cli.py", "ml/orchestration.py", "dags/crowd.py"}
+    pattern = re.compile(r"DEFAULT_TASK|load_task\(\s*\)|\b(Task|Windows|Warehouse|Training|Crowds|Evaluate)\(|"
+                         r"\b(Schedule|WarehouseSettings)\b")
+    offenders = []
+    for path in [*ROOT.glob("ml/**/*.py"), *ROOT.glob("dags/*.py")]:
+        rel = str(path.relative_to(ROOT))
+        if rel in edges:
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if pattern.search(line):
+                offenders.append(f"{rel}:{n}: {line.strip()}")
+    assert offenders == []
