@@ -17,6 +17,7 @@ RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -r requir
 COPY pyproject.toml README.md ./
 COPY ml ./ml
 COPY dags ./dags
+COPY tasks ./tasks
 COPY dbt_project ./dbt_project
 RUN pip install --no-deps --no-build-isolation -e . \
     && useradd --create-home --uid 50000 crowd && mkdir -p /data /opt/airflow \

@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def one_variant(freeze: bool, ds: dt.date, runs: int) -> list[float]:
     """Runs in a child process (see main): the metadata DB, then `runs` dag.test() of the week."""
-    from ml.config import Paths
     from ml.local_airflow import run_pipeline
+    from ml.task import load_task
 
     if not freeze:  # Cosmos alone: no freeze after the dbt tasks, none between runs either
         import gc
@@ -39,7 +39,7 @@ def one_variant(freeze: bool, ds: dt.date, runs: int) -> list[float]:
 
         ml.orchestration.freeze_surviving_objects = lambda *args, **kwargs: None
         ml.local_airflow._collect_garbage = gc.collect
-    results = run_pipeline(None, Paths.default(), weeks=[ds] * runs, quiet=True)
+    results = run_pipeline(load_task("tmall-2013"), dates=[ds] * runs, training=False, quiet=True)
     return [round(r.seconds, 1) for r in results]
 
 
@@ -59,7 +59,7 @@ def main() -> None:
     dataset = Paths.default().dataset("synthetic")
     if not (dataset / "events").exists():
         sys.exit(f"no dataset at {dataset}: run `crowd generate --preset default` first")
-    print(f"crowd_weekly, week of {ds}, dag.test() in one process, default dataset ({dataset})")
+    print(f"tmall-2013.periods, period {ds}, dag.test() in one process, default dataset ({dataset})")
     print("| callback | run | seconds |\n|---|---|---|")
     for variant in ("freeze", "no-freeze"):
         with tempfile.TemporaryDirectory(prefix="crowd-bench-dag-") as scratch:

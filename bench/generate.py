@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from ml.config import Schedule
+from ml.task import load_task
 from ml.synth.generate import expected_events_per_user, generate
 from ml.synth.params import PRESETS, GeneratorConfig
 
@@ -73,12 +73,13 @@ def main() -> None:
     ap.add_argument("--skip-default", action="store_true", help="skip the default preset with its oracle")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="crowd-bench-"))
-    base = GeneratorConfig(sizes=PRESETS["large"], workers=args.workers)
+    base = GeneratorConfig(sizes=PRESETS["large"].sizes, workers=args.workers)
     users = int(args.events / expected_events_per_user(base))
     cfg = base.with_sizes(users=users)
     run(f"log only, ~{args.events / 1e6:.0f}M events", cfg, tmp / "log")
     if not args.skip_default:
-        dflt = dataclasses.replace(base, sizes=PRESETS["default"], oracle_dates=tuple(Schedule().all_dates))
+        dflt = dataclasses.replace(base, sizes=PRESETS["default"].sizes,
+                                   oracle_dates=tuple(load_task("tmall-2013").labelled_dates))
         run("default preset + oracle", dflt, tmp / "default")
     shutil.rmtree(tmp, ignore_errors=True)
 

@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from ml.config import Paths, Schedule
+from ml.task import TaskPaths, load_task
 from ml.evaluate.metrics import auc
 from ml.features.dataset import CrowdData, fit_feature_map, read_exports
 from ml.models.zoo import ModelConfig, build_model
@@ -33,11 +33,12 @@ from ml.train.trainer import model_loss, predict, seed_everything, TrainConfig
 
 
 def _data(n_dates: int):
-    schedule, paths = Schedule(), Paths.default()
-    dates = schedule.sample_dates[:-1][-n_dates:]
-    train_raw = _subsample(read_exports(paths.exports, dates, with_series=False), 0.2, 42)
-    valid_raw = read_exports(paths.exports, [schedule.sample_dates[-1]], with_series=False)
-    fmap = fit_feature_map(train_raw)
+    task = load_task("tmall-2013")
+    paths = TaskPaths.of(task)
+    dates = task.sample_dates[-n_dates:]
+    train_raw = _subsample(read_exports(paths.exports, dates), 0.2, 42)
+    valid_raw = read_exports(paths.exports, list(task.validation))
+    fmap = fit_feature_map(train_raw, task)
     return fmap, CrowdData(train_raw, fmap), CrowdData(valid_raw, fmap)
 
 

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ml.config import Schedule, WarehouseSettings, dbt_vars
+from ml.task import load_task
 from ml.synth.generate import expected_events_per_user, generate
 from ml.synth.params import PRESETS, GeneratorConfig
 
@@ -39,7 +39,7 @@ def step_dbt(dataset: Path, warehouse: Path, exports: Path) -> dict:
     from ml.warehouse.build import run_dbt
     from ml.warehouse.export import export_dates
 
-    dbt_v = dbt_vars(Schedule(), WarehouseSettings(), ds=[DS])
+    dbt_v = load_task("tmall-2013").dbt_vars(ds=[DS])
     t0 = time.perf_counter()
     run_dbt("build", dataset_dir=dataset, warehouse=warehouse, dbt_vars=dbt_v, quiet=True)
     t1 = time.perf_counter()
@@ -68,7 +68,7 @@ def _child(step: str, *args: Path) -> dict:
 
 
 def _dataset(events: float, root: Path) -> tuple[Path, int]:
-    base = GeneratorConfig(sizes=PRESETS["large"], oracle_dates=())
+    base = GeneratorConfig(sizes=PRESETS["large"].sizes, oracle_dates=())
     scale = events / 100e6
     cfg = base.with_sizes(items=max(5_000, int(400_000 * scale)), brands=max(100, int(4_000 * scale)))
     cfg = cfg.with_sizes(users=int(events / expected_events_per_user(cfg)))

@@ -123,7 +123,7 @@ def run_pipeline(task: Task, overrides: dict | None = None, dates: list[dt.date]
         bag = DagBag(dag_folder=str(DAGS_FOLDER))
         if bag.import_errors:
             raise RuntimeError(f"the DAGs do not import: {bag.import_errors}")
-        runs = [(periods_dag_id(task.name), f"period {ds}", {"logical_date": _midnight(ds), "run_conf": conf})
+        runs = [(periods_dag_id(task.name), f"period {ds}", {"logical_date": _midnight(ds), "run_after": _midnight(ds), "run_conf": conf})
                 for ds in dates]
         if training:
             runs.append((training_dag_id(task.name), "training", {"run_conf": conf}))

@@ -1,81 +1,111 @@
-"""The Airflow DAGs load from the DAGs folder with no import errors, with the expected tasks and order."""
+"""The Airflow DAGs: one pair per task file, loading from the DAGs folder fast and with no import errors, with
+the expected tasks, order, timetable and Params."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
+
+from ml.task import available_tasks, load_task
 
 DAGS = Path(__file__).resolve().parents[1] / "dags"
 
 
 @pytest.fixture(scope="module")
 def dagbag(airflow_db):
-    # a real, migrated metadata DB (Cosmos caches the parsed dbt project in an Airflow Variable)
     from airflow.dag_processing.dagbag import DagBag
 
     return DagBag(dag_folder=str(DAGS))
 
 
-def test_every_dag_loads_without_import_errors(dagbag):
+def test_every_task_file_has_its_pair_of_dags_and_none_fails_to_import(dagbag):
     assert dagbag.import_errors == {}
-    assert set(dagbag.dag_ids) == {"crowd_weekly", "crowd_training"}
+    expected = {f"{t}.{kind}" for t in available_tasks() for kind in ("periods", "training")}
+    assert set(dagbag.dag_ids) == expected
 
 
-def test_weekly_dag_is_monday_to_monday_from_the_first_sample_date(dagbag):
-    from airflow.timetables.interval import CronDataIntervalTimetable
+def test_the_dag_file_parses_in_under_two_seconds_from_the_cached_manifest(dagbag):
+    """The first parse caches the dbt manifest; later parses run no dbt command (Cosmos LoadMode.DBT_MANIFEST)."""
+    import subprocess
+    import sys
 
-    dag = dagbag.get_dag("crowd_weekly")
-    assert isinstance(dag.timetable, CronDataIntervalTimetable)
-    assert dag.start_date.date().isoformat() == "2013-07-01" and dag.end_date.date().isoformat() == "2013-09-30"
-    assert not dag.catchup and dag.max_active_runs == 1
+    code = ("import time; t = time.perf_counter(); from airflow.dag_processing.dagbag import DagBag; "
+            "t = time.perf_counter(); b = DagBag(dag_folder=%r); assert not b.import_errors, b.import_errors; "
+            "print(time.perf_counter() - t)") % str(DAGS)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seconds = float(done.stdout.strip().splitlines()[-1])
+    assert seconds < 2.0, f"parsing the DAG file took {seconds:.2f} s"
 
 
-def test_weekly_dag_runs_each_dbt_model_then_its_tests_in_the_duckdb_pool_then_exports(dagbag):
-    dag = dagbag.get_dag("crowd_weekly")
-    ids = set(dag.task_ids)
+@pytest.mark.parametrize("name", ["tmall-2013", "taobao-2017-category"])
+def test_the_periods_dag_runs_on_the_tasks_cadence_dated_at_each_period(dagbag, name):
+    from airflow.timetables.trigger import DeltaTriggerTimetable
+
+    task = load_task(name)
+    dag = dagbag.get_dag(f"{name}.periods")
+    assert isinstance(dag.timetable, DeltaTriggerTimetable)
+    assert dag.start_date.date() == task.samples.first and not dag.catchup and dag.max_active_runs == 1
+    # a backfill creates one run per step from the first sample date: every labelled date is one of them
+    step = task.windows.step_days
+    assert all((d - task.samples.first).days % step == 0 for d in task.labelled_dates)
+    params = dag.params
+    assert params["label_days"] == task.windows.label_days and params["dataset"] == task.dataset
+    assert all(params.get_param(k).description for k in params)  # every Param says what it is
+
+
+def test_the_periods_dag_plans_then_runs_each_dbt_model_then_its_tests_then_exports(dagbag):
+    dag = dagbag.get_dag("tmall-2013.periods")
     for model in ("ods_events", "dim_targets", "dw_buy_events", "ads_user_target_features", "samples",
-                  "samples_evaluation"):
+                  "samples_evaluation", "samples_forward"):
         run, test = dag.get_task(f"warehouse.{model}.run"), dag.get_task(f"warehouse.{model}.test")
         assert test.task_id in run.downstream_task_ids
         assert run.pool == "crowd_duckdb" and run.retries >= 1
-    assert {"check_params", "export", "is_evaluation_week", "publish_evaluation_ready"} <= ids
-    check = dag.get_task("check_params")
-    assert "warehouse.ods_items_checked_run" in check.downstream_task_ids or any(
-        t.startswith("warehouse.") for t in check.downstream_task_ids)
+    assert {"plan", "export", "next_step", "publish_backtest_ready", "forward_crowds"} <= set(dag.task_ids)
     before_export = dag.get_task("export").get_flat_relative_ids(upstream=True)
     assert {t for t in dag.task_ids if t.startswith("warehouse.")} <= before_export  # every dbt task first
-    assert dag.get_task("publish_evaluation_ready").outlets  # the training DAG's trigger
+    assert "plan" in before_export
+    assert dag.get_task("publish_backtest_ready").outlets  # the training DAG's trigger
 
 
-def test_training_dag_is_scheduled_on_the_evaluation_asset_and_fans_out_per_model(dagbag):
-    dag = dagbag.get_dag("crowd_training")
-    assert dag.task_ids == ["models_to_train", "train", "crowds"] or set(dag.task_ids) == {
-        "models_to_train", "train", "crowds"}
-    assert "train" in dag.get_task("models_to_train").downstream_task_ids
+def test_the_training_dag_is_scheduled_on_the_tasks_backtest_asset_and_fans_out_per_model(dagbag):
+    dag = dagbag.get_dag("tmall-2013.training")
+    assert set(dag.task_ids) == {"plan", "models_of", "train", "crowds"}
     assert "crowds" in dag.get_task("train").downstream_task_ids
     assert all(t.retries >= 1 for t in dag.tasks)
+    assert not dag.is_paused_upon_creation  # a backfill ends by training, with no click in the UI
+    assert dag.params["models"] == load_task("tmall-2013").model_names()
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"target": "shop"}, "target: expected one of"),
-    ({"evaluation_date": "2013-09-31"}, "evaluation_date"),
-    ({"sequence_days": 120}, "sequence_days"),
-])
-def test_bad_weekly_parameters_fail_with_a_clear_message(params, message):
-    from ml.orchestration import check_weekly_params
+def test_plan_period_says_what_a_date_is_or_why_it_is_skipped():
+    import datetime as dt
 
-    base = {"target": "brand", "history_days": 90, "sequence_days": 30, "label_days": 7,
-            "negatives_per_target": 100, "evaluation_date": "2013-09-23"}
-    with pytest.raises(ValueError, match=message):
-        check_weekly_params({**base, **params})
+    from ml.orchestration import plan_period
+
+    task = load_task("taobao-2017-category")
+    last = dt.date(2017, 12, 3)
+    assert plan_period(task, dt.date(2017, 11, 28), last) == "labelled"
+    assert plan_period(task, dt.date(2017, 12, 4), last) == "forward"
+    assert "neither a labelled date" in plan_period(task, dt.date(2017, 11, 27), last)
+    assert "the log ends on 2017-12-03" in plan_period(task, dt.date(2017, 12, 9), last)
 
 
-def test_unknown_models_fail_before_any_training():
-    from ml.orchestration import check_training_params
+def test_a_changed_param_or_override_reaches_the_runs_task(tmp_path):
+    from ml.orchestration import PERIOD_PARAMS, TRAINING_PARAMS, effective_task
 
-    with pytest.raises(ValueError, match="unknown"):
-        check_training_params({"models": ["din", "xgb"], "epochs": 1, "top_n": 10, "negative_rate": 0.2})
+    task, changes = effective_task("tmall-2013", {"label_days": 3, "target": "brand"}, PERIOD_PARAMS)
+    assert task.windows.label_days == 3 and changes == {"windows.label_days": 3}
+    inherited = {"windows.label_days": 3}  # what the backtest run's asset event carries to training
+    task, changes = effective_task("tmall-2013", {"epochs": 1, "overrides": {"crowds.size": 5}},
+                                   TRAINING_PARAMS, inherited)
+    assert task.windows.label_days == 3 and task.training.epochs == 1 and task.crowds.size == 5
+    assert changes == {"windows.label_days": 3, "training.epochs": 1, "crowds.size": 5}
+    with pytest.raises(ValueError, match="label_days"):
+        effective_task("tmall-2013", {"label_days": 0}, PERIOD_PARAMS)
+    with pytest.raises(ValueError, match="inside the label window"):  # daily samples: a 2-day label would leak
+        effective_task("taobao-2017-category", {"label_days": 2}, PERIOD_PARAMS)
 
 
 def test_compose_file_names_the_services_and_takes_every_secret_from_the_env_file():

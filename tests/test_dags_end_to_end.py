@@ -1,29 +1,28 @@
-"""The real DAGs run in-process with dag.test() on the tiny dataset: the evaluation week through Cosmos and
-dbt, then the training DAG, with a real metadata DB, DuckDB file and MLflow store."""
+"""The real DAGs run in-process with dag.test() on the tiny dataset: periods through Cosmos and dbt, then the
+training DAG, with a real metadata DB, DuckDB file and MLflow store. A period's logical date is its ds."""
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 from pathlib import Path
 
 import duckdb
 import pandas as pd
 import pytest
 
-from ml.config import Paths, Schedule
-
 DAGS = Path(__file__).resolve().parents[1] / "dags"
 UTC = dt.timezone.utc
+PERIODS, TRAINING = "tmall-2013.periods", "tmall-2013.training"
+
+
+def _at(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(), UTC)
 
 
 @pytest.fixture(scope="module")
 def dags(airflow_db, tiny_dataset, tiny_exports):
-    """The tiny dataset where the DAGs look for it; the sample dates' exports already there (tiny_exports)."""
-    target = Paths.default().dataset("synthetic")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not target.exists():
-        os.symlink(tiny_dataset, target)
+    """The tiny dataset is where the default task looks for it; the labelled dates' exports are there. A run
+    is dated (logical date and run_after) at its period's ds, as `crowd run-dags` dates it."""
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(DAGS))
@@ -36,70 +35,77 @@ def dags(airflow_db, tiny_dataset, tiny_exports):
 
 
 @pytest.fixture(scope="module")
-def evaluation_week(dags):
-    """A run's data interval ends at its run time: the week starting on the evaluation date runs a week later."""
-    ds = Schedule().evaluation
-    run = dags.get_dag("crowd_weekly").test(logical_date=dt.datetime.combine(ds + dt.timedelta(days=7), dt.time(), UTC))
-    return ds, run
+def backtest_period(dags, task):
+    run = dags.get_dag(PERIODS).test(logical_date=_at(task.backtest), run_after=_at(task.backtest))
+    return task.backtest, run
 
 
 def _states(run) -> dict[str, str]:
     return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
 
 
-def test_the_weekly_dag_builds_and_exports_its_week_and_announces_the_evaluation_set(evaluation_week):
-    ds, run = evaluation_week
-    assert str(run.state) == "success"
+def test_the_backtest_period_builds_and_exports_its_date_and_announces_it(backtest_period, task_paths):
+    ds, run = backtest_period
+    assert str(run.state) == "success" and run.logical_date.date() == ds and ds.isoformat() in run.run_id
     states = _states(run)
     assert states["warehouse.samples_evaluation.run"] == "success"
     assert states["warehouse.samples.test"] == "success"
-    assert states["publish_evaluation_ready"] == "success"
-    paths = Paths.default()
-    with duckdb.connect(str(paths.warehouse)) as con:
+    assert states["publish_backtest_ready"] == "success" and states["forward_crowds"] == "skipped"
+    with duckdb.connect(str(task_paths.warehouse)) as con:
         dates = [r[0] for r in con.execute("select distinct ds from samples.samples_evaluation").fetchall()]
     assert dates == [ds]
-    export = paths.exports / f"ds={ds}"
+    export = task_paths.exports / f"ds={ds}"
     assert {"samples.parquet", "evaluation.parquet", "sequences.parquet"} <= {p.name for p in export.iterdir()}
 
 
-def test_a_week_that_is_not_the_evaluation_week_does_not_trigger_training(dags):
-    ds = Schedule().sample_dates[-1]
-    run = dags.get_dag("crowd_weekly").test(logical_date=dt.datetime.combine(ds + dt.timedelta(days=7), dt.time(), UTC))
+def test_a_period_that_is_not_the_backtest_does_not_trigger_training(dags, task):
+    ds = task.validation[0]
+    run = dags.get_dag(PERIODS).test(logical_date=_at(ds))
     states = _states(run)
     assert str(run.state) == "success" and states["export"] == "success"
-    assert states["publish_evaluation_ready"] == "skipped"
+    assert states["publish_backtest_ready"] == "skipped"
 
 
-def test_the_training_dag_trains_promotes_a_champion_and_exports_the_crowds(dags, evaluation_week):
-    run = dags.get_dag("crowd_training").test(run_conf={"models": ["lgbm_all_mixed", "dnn"], "epochs": 1,
-                                                        "top_n": 20})
+def test_a_date_that_is_no_period_of_the_task_is_skipped_and_says_why(dags, task, caplog):
+    run = dags.get_dag(PERIODS).test(logical_date=_at(task.samples.first + dt.timedelta(days=1)))
+    states = _states(run)
+    assert states["plan"] == "success" and states["export"] == "skipped"
+
+
+def test_the_training_dag_trains_promotes_a_champion_and_publishes_forward_crowds(dags, backtest_period, task,
+                                                                                   task_paths):
+    from ml.crowds import last_log_day
+
+    run = dags.get_dag(TRAINING).test(run_conf={"models": ["lgbm_all_mixed", "dnn"], "epochs": 1,
+                                                "crowd_size": 20})
     assert str(run.state) == "success"
-    paths = Paths.default()
-    crowd = pd.read_parquet(paths.crowds / f"ds={Schedule().evaluation}" / "crowds.parquet")
-    assert (crowd.groupby("target_id").size() == 20).all()
-    with duckdb.connect(str(paths.warehouse)) as con:
-        n = con.execute("select count(*) from crowds.crowd_list").fetchall()[0][0]
+    as_of = last_log_day(task_paths.dataset_dir) + dt.timedelta(days=1)
+    crowd = pd.read_parquet(task_paths.crowds / f"ds={as_of}" / "crowds.parquet")
+    assert (crowd.groupby("target_id").size() == 20).all() and (crowd["feature_date"] == as_of).all()
+    with duckdb.connect(str(task_paths.warehouse)) as con:
+        n = con.execute("select count(*) from crowds.forward_crowds where feature_date = ?", [as_of]).fetchone()[0]
     assert n == len(crowd)
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from ml.tracking import CHAMPION, REGISTERED_MODEL, configure
+    from ml.tracking import CHAMPION, configure
 
-    configure(paths)
-    assert MlflowClient().get_model_version_by_alias(REGISTERED_MODEL, CHAMPION) is not None
-    names = set(mlflow.search_runs(experiment_names=["purchase-crowd"])["tags.mlflow.runName"])
-    assert {"lgbm_all_mixed", "dnn"} <= names
+    configure(task_paths)
+    champion = MlflowClient().get_model_version_by_alias(task_paths.registered_model, CHAMPION)
+    assert str(champion.version) == crowd["model_version"].iloc[0]
+    runs = mlflow.search_runs(experiment_names=[task_paths.experiment])
+    assert {"lgbm_all_mixed", "dnn"} <= set(runs["tags.mlflow.runName"])
+    assert (runs.loc[runs["tags.mlflow.runName"] == "dnn", "params.task.training.epochs"] == "1").any()
 
 
 def test_a_bad_parameter_fails_before_any_work(dags):
     with pytest.raises(Exception, match="shop|enum|not one of"):
-        dags.get_dag("crowd_weekly").test(
-            logical_date=dt.datetime(2013, 7, 8, tzinfo=UTC), run_conf={"target": "shop"})
+        dags.get_dag(PERIODS).test(logical_date=dt.datetime(2013, 7, 8, tzinfo=UTC), run_conf={"target": "shop"})
     with pytest.raises(Exception, match="xgb|enum|not one of"):
-        dags.get_dag("crowd_training").test(run_conf={"models": ["xgb"]})
+        dags.get_dag(TRAINING).test(run_conf={"models": ["xgb"]})
 
 
-def test_a_failing_dbt_test_fails_the_dag_run(dags, tmp_path, monkeypatch):
+def test_a_failing_dbt_test_fails_the_dag_run(dags, task, tmp_path, monkeypatch):
     import shutil
 
     from airflow.dag_processing.dagbag import DagBag
@@ -111,9 +117,8 @@ def test_a_failing_dbt_test_fails_the_dag_run(dags, tmp_path, monkeypatch):
     (project / "tests" / "always_fails.sql").write_text("select target_id from {{ ref('dim_targets') }}\n")
     monkeypatch.setenv("CROWD_DBT_PROJECT_DIR", str(project))
     monkeypatch.setenv("CROWD_TASK_RETRIES", "0")
-    dag = DagBag(dag_folder=str(DAGS)).get_dag("crowd_weekly")
-    ds = Schedule().sample_dates[0]
-    run = dag.test(logical_date=dt.datetime.combine(ds + dt.timedelta(days=7), dt.time(), UTC))
+    dag = DagBag(dag_folder=str(DAGS)).get_dag(PERIODS)
+    run = dag.test(logical_date=_at(task.samples.first))
     states = _states(run)
     assert str(run.state) == "failed"
     failed = [t for t, s in states.items() if s == "failed"]
@@ -121,19 +126,21 @@ def test_a_failing_dbt_test_fails_the_dag_run(dags, tmp_path, monkeypatch):
     assert states["export"] in ("upstream_failed", "skipped")
 
 
-def test_run_dags_drives_the_weekly_and_training_dags_and_ends_with_the_comparison(dags, capsys):
+def test_run_dags_drives_the_periods_and_training_dags_and_ends_with_the_comparison(dags, task, task_paths, capsys):
     """`crowd run-dags` is what `make run` calls: the real DAGs through dag.test(), then the table and paths."""
     from ml.cli import main
 
-    ds = Schedule().evaluation
-    assert main(["run-dags", "--ds", str(ds), "--model", "lgbm_all_mixed", "--epochs", "1", "--top", "10",
-                 "--quiet"]) == 0
+    assert main(["run-dags", "--ds", str(task.backtest), "--set", "models=[lgbm_all_mixed]",
+                 "--set", "crowd_size=10", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "2 DAG runs succeeded" in out
     assert "| lgbm_all_mixed |" in out and "| oracle (ceiling) |" in out
-    paths = Paths.default()
-    assert f"crowds:  {paths.crowds / f'ds={ds}' / 'crowds.parquet'}" in out and str(paths.mlflow_db) in out
-    crowd = pd.read_parquet(paths.crowds / f"ds={ds}" / "crowds.parquet")
+    crowds = sorted(task_paths.crowds.glob("ds=*/crowds.parquet"))[-1]
+    assert f"crowds:  {crowds}" in out and str(task_paths.shared.mlflow_db) in out
+    crowd = pd.read_parquet(crowds)
     assert (crowd.groupby("target_id").size() == 10).all()
-    log = (paths.airflow_home / "local_run.log").read_text()
+    log = (task_paths.shared.airflow_home / "local_run.log").read_text()
     assert "samples.samples_evaluation" in log and "samples.samples_evaluation" not in out  # dbt's console
+    # a run that would build nothing fails before it starts, saying why
+    assert main(["run-dags", "--ds", str(task.samples.first + dt.timedelta(days=2)), "--no-training"]) == 2
+    assert "nothing to build" in capsys.readouterr().err

@@ -1,9 +1,10 @@
 {%- set c = crowd_config() -%}
-{%- set dates = crowd_run_dates_sql([c['evaluation_date']] if c['evaluation_date'] in c['run_dates'] else []) -%}
+{%- set in_run = c['evaluation_date'] in c['labelled_dates'] -%}
+{%- set dates = crowd_run_dates_sql([c['evaluation_date']]) -%}
 -- The evaluation set, built when the run includes the evaluation date: for each evaluated target
 -- (dim_evaluated_targets), every user active in the history window, whether or not they ever touched the
 -- target (is_candidate says which did). recall@N is measured over this whole population.
-{%- if dates | trim %}
+{%- if in_run %}
 {{ crowd_sample_rows(
     '(select u.ds, u.user_id, t.target_id, (p.user_id is not null) as is_candidate '
     ~ 'from (select distinct ds, user_id from ' ~ ref('ads_user_features') ~ ' where ds = cast(\'' ~ c['evaluation_date'] ~ '\' as date)) as u '
