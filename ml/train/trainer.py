@@ -133,7 +133,7 @@ class Trainer:
         cfg = self.cfg
         start_epoch, best_auc, best_epoch, bad, history = 0, -1.0, -1, 0, []
         if self.last_path.exists():
-            state = torch.load(self.last_path, map_location=self.device, weights_only=False)
+            state = torch.load(self.last_path, map_location=self.device, weights_only=True)
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
@@ -166,8 +166,9 @@ class Trainer:
                 n_seen += len(batch["labels"])
             p = predict(self.model, valid, device=self.device)
             y = valid.labels[:, 0]
-            row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "valid_auc": auc(y, p),
-                   "valid_logloss": logloss(y, p), "lr": self.optimizer.param_groups[0]["lr"]}
+            # plain Python numbers: the checkpoint then holds only tensors and builtins (weights_only loading)
+            row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "valid_auc": float(auc(y, p)),
+                   "valid_logloss": float(logloss(y, p)), "lr": float(self.optimizer.param_groups[0]["lr"])}
             history.append(row)
             self.scheduler.step(row["valid_auc"])
             if row["valid_auc"] > best_auc:
@@ -195,6 +196,6 @@ class Trainer:
         if writer:
             writer.close()
         if self.best_path.exists():
-            self.model.load_state_dict(torch.load(self.best_path, map_location=self.device))
+            self.model.load_state_dict(torch.load(self.best_path, map_location=self.device, weights_only=True))
         seconds = time.perf_counter() - t_start
         return TrainResult(best_epoch, best_auc, history, seconds, n_seen / seconds if seconds else 0.0)
