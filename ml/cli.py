@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from ml.config import Paths, parse_date
+from ml.task import TaskPaths, load_task, parse_assignments
 
 log = logging.getLogger("crowd")
 
@@ -26,19 +27,16 @@ def _date(value: str) -> dt.date:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _task(args: argparse.Namespace, **more: object):  # noqa: ANN202
-    """The run's task: the file named by --task, with --set (and any command-specific) overrides applied."""
-    from ml.task import load_task, parse_assignments
-
+def _overrides(args: argparse.Namespace, **more: object) -> dict:
+    """This run's changes to the task: --set, then any command-specific flag that was given."""
     overrides = parse_assignments(getattr(args, "set", None))
     overrides.update({k: v for k, v in more.items() if v is not None})
-    return load_task(args.task, overrides)
+    return overrides
 
 
-def _task_paths(task):  # noqa: ANN001, ANN202
-    from ml.task import TaskPaths
-
-    return TaskPaths.of(task)
+def _task(args: argparse.Namespace, **more: object):  # noqa: ANN202
+    """The run's task: the file named by --task with this run's overrides applied, validated once."""
+    return load_task(args.task, _overrides(args, **more))
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -109,7 +107,7 @@ def _cmd_warehouse(args: argparse.Namespace) -> int:
     from ml.warehouse.export import export_dates
 
     task = _task(args)
-    paths = _task_paths(task)
+    paths = TaskPaths.of(task)
     report = run_dbt("run" if args.skip_tests else "build", dataset_dir=paths.dataset_dir, warehouse=paths.warehouse,
                      dbt_vars=task.dbt_vars(ds=args.ds), select=args.select or ())
     print(f"dbt {report.command}: {report.n_models} models, {report.n_tests} tests passed in {report.seconds:.1f}s "
@@ -125,7 +123,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from ml.warehouse.export import export_dates
 
     task = _task(args)
-    paths = _task_paths(task)
+    paths = TaskPaths.of(task)
     for e in export_dates(paths.warehouse, paths.exports, args.ds, fingerprint=task.warehouse_fingerprint()):
         print(f"exported {e.path}: " + ", ".join(f"{k} {v:,}" for k, v in e.rows.items()))
     return 0
@@ -135,7 +133,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from ml.train.pipeline import train_and_evaluate, train_config
 
     task = _task(args, models=None if not args.model or "all" in args.model else args.model, epochs=args.epochs)
-    paths = _task_paths(task)
+    paths = TaskPaths.of(task)
     for model in task.model_names():
         cfg = train_config(task, model, **({"device": args.device} if args.device else {}))
         o = train_and_evaluate(model, task, paths, train_cfg=cfg, track=not args.no_track)
@@ -156,7 +154,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ml.train.pipeline import oracle_scores
 
     task = _task(args)
-    paths = _task_paths(task)
+    paths = TaskPaths.of(task)
     bundle = load_bundle(args.model, paths)
     raw = bundle.read_population(paths.exports, task.backtest)
     ev = raw.samples
@@ -177,7 +175,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from ml.crowds import build_forward, forward_date, score_forward
 
     task = _task(args, as_of=args.as_of, crowd_size=args.size)
-    paths = _task_paths(task)
+    paths = TaskPaths.of(task)
     as_of = forward_date(task, paths)
     if not args.no_build:
         rows = build_forward(task, paths, as_of)
@@ -192,7 +190,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from ml.report import latest_runs, markdown, write_readme
 
     task = _task(args)
-    paths = _task_paths(task)
+    paths = TaskPaths.of(task)
     table = latest_runs(paths)
     print(markdown(table))
     if args.readme:
@@ -214,11 +212,11 @@ def _cmd_run_dags(args: argparse.Namespace) -> int:
     from ml.local_airflow import run_pipeline
     from ml.report import latest_runs, markdown
 
-    task = _task(args)  # validated here, and the same overrides go to every DAG run as its Params
-    overrides = {**_overrides(args)}
+    overrides = _overrides(args)
+    task = load_task(args.task, overrides)  # validated here; the same overrides go to every DAG run's Params
     start = time.perf_counter()
     runs = run_pipeline(task, overrides, dates=args.ds, training=not args.no_training, quiet=args.quiet)
-    paths = _task_paths(task)
+    paths = TaskPaths.of(task)
     shared = paths.shared
     print(f"{len(runs)} DAG runs succeeded in {time.perf_counter() - start:.0f} s "
           f"(task logs: {shared.airflow_home / 'local_run.log'})")
@@ -232,12 +230,6 @@ def _cmd_run_dags(args: argparse.Namespace) -> int:
     return 0
 
 
-def _overrides(args: argparse.Namespace) -> dict:
-    from ml.task import parse_assignments
-
-    return parse_assignments(getattr(args, "set", None))
-
-
 def _cmd_airflow(args: argparse.Namespace) -> int:
     from ml.local_airflow import standalone
 
@@ -246,12 +238,12 @@ def _cmd_airflow(args: argparse.Namespace) -> int:
 
 def _cmd_paths(args: argparse.Namespace) -> int:
     task = _task(args)
-    print(json.dumps(_task_paths(task).describe(), indent=2))
+    print(json.dumps(TaskPaths.of(task).describe(), indent=2))
     return 0
 
 
 def _cmd_tasks(args: argparse.Namespace) -> int:
-    from ml.task import available_tasks, load_task
+    from ml.task import available_tasks
 
     for name in available_tasks():
         t = load_task(name)

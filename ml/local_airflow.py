@@ -102,7 +102,7 @@ def run_pipeline(task: Task, overrides: dict | None = None, dates: list[dt.date]
     from tqdm.auto import tqdm
 
     from ml.crowds import last_log_day
-    from ml.orchestration import periods_dag_id, plan_period, training_dag_id
+    from ml.orchestration import period_start, periods_dag_id, plan_period, training_dag_id
 
     paths = TaskPaths.of(task)
     shared = paths.shared
@@ -123,7 +123,8 @@ def run_pipeline(task: Task, overrides: dict | None = None, dates: list[dt.date]
         bag = DagBag(dag_folder=str(DAGS_FOLDER))
         if bag.import_errors:
             raise RuntimeError(f"the DAGs do not import: {bag.import_errors}")
-        runs = [(periods_dag_id(task.name), f"period {ds}", {"logical_date": _midnight(ds), "run_after": _midnight(ds), "run_conf": conf})
+        runs = [(periods_dag_id(task.name), f"period {ds}", {"logical_date": period_start(ds), "run_after": period_start(ds),
+                                                                    "run_conf": conf})
                 for ds in dates]
         if training:
             runs.append((training_dag_id(task.name), "training", {"run_conf": conf}))
@@ -146,11 +147,6 @@ def run_pipeline(task: Task, overrides: dict | None = None, dates: list[dt.date]
             gc.unfreeze()
             gc.collect()
     return results
-
-
-def _midnight(ds: dt.date) -> dt.datetime:
-    """A period's run is dated at its ds (DeltaTriggerTimetable): the same logical date as a backfill gives it."""
-    return dt.datetime.combine(ds, dt.time(), dt.timezone.utc)
 
 
 def _collect_garbage() -> None:

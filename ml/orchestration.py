@@ -90,7 +90,7 @@ def dag_params(task: Task, spec: dict[str, tuple[str, str]]) -> dict:
                                  description=description)
         elif name == "target":
             params[name] = Param(value, enum=["brand", "category"], description=description)
-        elif isinstance(value, bool) or isinstance(value, str):
+        elif isinstance(value, str):
             params[name] = Param(value, type="string", description=description)
         elif isinstance(value, int):
             params[name] = Param(value, type="integer", minimum=0 if name == "negatives_per_target" else 1,
@@ -152,7 +152,8 @@ def _dbt_on_path() -> None:
         os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
-def _midnight(day: dt.date) -> dt.datetime:
+def period_start(day: dt.date) -> dt.datetime:
+    """A period's logical date (and, for local runs, its run_after): midnight UTC of its ds."""
     return dt.datetime.combine(day, dt.time(), dt.timezone.utc)
 
 
@@ -176,7 +177,7 @@ def build_periods_dag(task: Task):  # noqa: ANN201
         description=f"{task.description or task.name}: one run per period (ds = its logical date): dbt "
                     f"ODS -> DIM -> DW -> ADS -> samples for ds, its export, then backtest-ready or forward crowds",
         schedule=DeltaTriggerTimetable(step, interval=step),
-        start_date=_midnight(task.samples.first),
+        start_date=period_start(task.samples.first),
         catchup=False,
         max_active_runs=1,
         render_template_as_native_obj=True,
@@ -221,21 +222,21 @@ def build_periods_dag(task: Task):  # noqa: ANN201
         )
 
         @af_task(pool=DUCKDB_POOL)
-        def export(planned: dict | None = None, params: dict | None = None) -> dict:
+        def export(planned: dict) -> dict:
             from ml.warehouse.export import export_dates
 
-            run_task, _ = effective_task(task.name, params, PERIOD_PARAMS)
+            run_task = load_task(task.name, planned["overrides"])  # the plan's task: one decision per run
             paths = TaskPaths.of(run_task)
             e = export_dates(paths.warehouse, paths.exports, [dt.date.fromisoformat(planned["ds"])],
                              fingerprint=run_task.warehouse_fingerprint())[0]
-            return {"ds": str(e.ds), "path": str(e.path), "rows": e.rows, "mode": planned["mode"]}
+            return {"ds": str(e.ds), "path": str(e.path), "rows": e.rows, "mode": planned["mode"],
+                    "backtest": e.ds == run_task.backtest}
 
         @af_task.branch
-        def next_step(exported: dict | None = None, params: dict | None = None) -> list[str]:
-            run_task, _ = effective_task(task.name, params, PERIOD_PARAMS)
+        def next_step(exported: dict) -> list[str]:
             if exported["mode"] == "forward":
                 return ["forward_crowds"]
-            return ["publish_backtest_ready"] if exported["ds"] == run_task.backtest.isoformat() else []
+            return ["publish_backtest_ready"] if exported["backtest"] else []
 
         @af_task(outlets=[backtest_ready])
         def publish_backtest_ready(planned: dict | None = None, outlet_events=None) -> None:  # noqa: ANN001
@@ -244,11 +245,11 @@ def build_periods_dag(task: Task):  # noqa: ANN201
             outlet_events[backtest_ready].extra = {"overrides": planned["overrides"], "ds": planned["ds"]}
 
         @af_task(pool=DUCKDB_POOL)
-        def forward_crowds(planned: dict | None = None, params: dict | None = None) -> dict:
+        def forward_crowds(planned: dict) -> dict:
             """The coming period's crowds at ds, by the task's champion (none yet: nothing to score, said so)."""
             from ml.crowds import score_forward
 
-            run_task, _ = effective_task(task.name, params, PERIOD_PARAMS)
+            run_task = load_task(task.name, planned["overrides"])
             try:
                 r = score_forward(run_task, TaskPaths.of(run_task), dt.date.fromisoformat(planned["ds"]))
             except ValueError as e:
@@ -274,7 +275,7 @@ def build_training_dag(task: Task):  # noqa: ANN201
         description=f"{task.description or task.name}: train every model on the exports, backtest, move the "
                     f"champion, publish the forward crowds",
         schedule=[Asset(backtest_asset_uri(task))],
-        start_date=_midnight(task.samples.first),
+        start_date=period_start(task.samples.first),
         catchup=False,
         max_active_runs=1,
         is_paused_upon_creation=False,  # a backfill of the periods DAG ends by training, with no click
