@@ -142,7 +142,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_outcome(o) -> None:  # noqa: ANN001
-    keys = ("auc", "gauc", "logloss", "recall_at_100", "ndcg_at_100")
+    keys = ("auc", "gauc", "logloss", "recall_at_100", "coverage", "ndcg_at_100")
     print(f"{o.model:<16} " + "  ".join(f"{k} {o.summary[k]:.4f}" for k in keys if k in o.summary)
           + (f"   | oracle auc {o.oracle['auc']:.4f}" if o.oracle else "")
           + (f"   run {o.run_id}" if o.run_id else "") + ("  (new champion)" if o.champion else ""))
@@ -150,6 +150,7 @@ def _print_outcome(o) -> None:  # noqa: ANN001
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ml.evaluate.metrics import evaluate_scores
+    from ml.features.dataset import read_buyers
     from ml.train.bundle import load_bundle
     from ml.train.pipeline import oracle_scores
 
@@ -159,10 +160,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     raw = bundle.read_population(paths.exports, task.backtest)
     ev = raw.samples
     y, t, u = ev["label_buy"].to_numpy(), ev["target_id"].to_numpy(), ev["user_id"].to_numpy()
-    summary, table = evaluate_scores(y, bundle.score(raw), t, u, task.evaluate.n)
+    buyers = read_buyers(paths.exports, task.backtest)
+    summary, table = evaluate_scores(y, bundle.score(raw), t, u, task.evaluate.n, buyers=buyers)
     print(f"{task.name}: {bundle.name} backtested on {task.backtest} ({len(ev):,} rows, {table.shape[0]} targets):")
     p_oracle = oracle_scores(paths.dataset_dir, ev, task.backtest) if task.target == "brand" else None
-    oracle = evaluate_scores(y, p_oracle, t, u, task.evaluate.n)[0] if p_oracle is not None else {}
+    oracle = evaluate_scores(y, p_oracle, t, u, task.evaluate.n, buyers=buyers)[0] if p_oracle is not None else {}
     for k, v in summary.items():
         print(f"  {k:<18} {v:.4f}" + (f"   oracle {oracle[k]:.4f}" if k in oracle else ""))
     if args.per_target:

@@ -12,7 +12,9 @@ import pandas as pd
 from ml.task import TaskPaths
 
 START, END = "<!-- comparison:start -->", "<!-- comparison:end -->"
-COLUMNS = ("auc", "gauc", "logloss", "recall_at_50", "recall_at_100", "ndcg_at_100", "precision_at_100")
+COLUMNS = ("auc", "gauc", "logloss", "recall_at_50", "recall_at_100", "coverage", "ndcg_at_100", "precision_at_100")
+# the share of buyers the evaluated population holds: a property of the task, not of a model (never bold)
+UNRANKED = ("coverage",)
 
 
 def latest_runs(paths: TaskPaths) -> pd.DataFrame:
@@ -49,13 +51,14 @@ def markdown(table: pd.DataFrame) -> str:
     header = "| model | " + " | ".join(COLUMNS) + " |"
     lines = [header, "|" + "---|" * (len(COLUMNS) + 1)]
     models = table[~table["model"].str.startswith("oracle")]
-    best = {c: (models[c].min() if c == "logloss" else models[c].max()) for c in COLUMNS} if len(models) > 1 else {}
+    best = ({c: (models[c].min() if c == "logloss" else models[c].max()) for c in COLUMNS if c not in UNRANKED}
+            if len(models) > 1 else {})
     for _, r in table.iterrows():
         cells = []
         for c in COLUMNS:
             v = r[c]
             text = "–" if pd.isna(v) else f"{v:.4f}"
-            if not r["model"].startswith("oracle") and best and v == best[c]:
+            if not r["model"].startswith("oracle") and c in best and v == best[c]:
                 text = f"**{text}**"
             cells.append(text)
         lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, ndcg_score, roc_auc_score
 
@@ -72,3 +73,39 @@ def test_gauc_skips_groups_with_one_class():
     weighted, unweighted, per = group_auc(y, p, g)
     assert per.loc[0] == 1.0 and np.isnan(per.loc[1]) and np.isnan(per.loc[2])
     assert weighted == unweighted == 1.0
+
+
+def test_recall_counts_buyers_outside_the_scored_population_as_missed():
+    # target 7: two scored buyers (ranks 1 and 3) and two more buyers the population never held
+    y = np.array([1, 0, 1, 0])
+    p = np.array([0.9, 0.8, 0.7, 0.6])
+    g = np.full(4, 7)
+    user = np.arange(4)
+    buyers = pd.DataFrame({"target_id": [7, 7, 7, 7], "user_id": [0, 2, 10, 11],
+                           "in_population": [True, True, False, False], "is_candidate": [True, False, False, False]})
+    summary, table = evaluate_scores(y, p, g, user, ns=(2, 4), buyers=buyers)
+    row = table.loc[7]
+    assert row["buyers"] == 4 and row["positives"] == 2
+    assert row["recall_at_4"] == 0.5 and row["recall_at_2"] == 0.25  # not 1.0 and 0.5 over the scored set only
+    assert row["coverage"] == 0.5 and row["candidate_coverage"] == 0.25
+    assert row["map_at_4"] == pytest.approx((1 + 2 / 3) / 4)  # divided by min(buyers, N)
+    assert summary["coverage"] == 0.5 and summary["recall_at_4"] <= summary["coverage"]
+    alone, _ = evaluate_scores(y, p, g, user, ns=(4,))
+    assert alone["recall_at_4"] == 1.0
+
+
+def test_a_target_whose_buyers_were_all_unscored_counts_as_zero_recall_not_as_missing():
+    y = np.array([0, 0, 1, 0])
+    p = np.array([0.9, 0.8, 0.7, 0.6])
+    g = np.array([1, 1, 2, 2])
+    buyers = pd.DataFrame({"target_id": [1, 2], "user_id": [50, 2], "in_population": [False, True],
+                           "is_candidate": [False, True]})
+    summary, table = evaluate_scores(y, p, g, np.arange(4), ns=(1,), buyers=buyers)
+    assert table.loc[1, "recall_at_1"] == 0 and table.loc[2, "recall_at_1"] == 1
+    assert summary["recall_at_1"] == 0.5 and summary["coverage"] == 0.5
+
+
+def test_a_buyers_table_with_fewer_buyers_than_the_scored_positives_is_refused():
+    buyers = pd.DataFrame({"target_id": [1], "user_id": [0], "in_population": [True], "is_candidate": [True]})
+    with pytest.raises(ValueError, match="fewer buyers"):
+        evaluate_scores(np.array([1, 1]), np.array([0.5, 0.4]), np.array([1, 1]), np.arange(2), ns=(1,), buyers=buyers)

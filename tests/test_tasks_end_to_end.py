@@ -71,6 +71,18 @@ def test_the_taobao_category_task_runs_from_a_loaded_log_to_tomorrows_crowds(tao
     assert (crowd["feature_date"] > last_day).all() and set(crowd["target"]) == {"category"}
     assert crowd.groupby("target_id").size().max() <= task.crowds.size and crowd["target_id"].nunique() > 5
     assert set(crowd["model"]) <= {"lgbm_all_mixed", "dnn"}
+    # recall@N counts every buyer of the backtest, also those the evaluation set could not score
+    buyers = pd.read_parquet(paths.exports / f"ds={task.backtest}" / "buyers.parquet")
+    assert 0 < (~buyers["in_population"]).sum() < len(buyers)  # users first seen on the backtest day buy too
+    import mlflow
+
+    from ml.tracking import configure
+
+    configure(paths)
+    runs = mlflow.search_runs(experiment_names=[paths.experiment])
+    assert (runs["metrics.eval_coverage"] < 1).all()
+    for n in task.evaluate.n:
+        assert (runs[f"metrics.eval_recall_at_{n}"] <= runs["metrics.eval_coverage"] + 1e-12).all()
     # the default task in the same data directory is untouched
     assert _snapshot(task_paths) == before
     assert paths.warehouse != task_paths.warehouse and task_paths.warehouse.exists()

@@ -23,7 +23,7 @@ TASK = load_task(DEFAULT_TASK)
 PIT_DS = dt.date(2013, 8, 5)
 PER_DS_TABLES = ["ads.ads_user_features", "ads.ads_target_features", "ads.ads_user_target_features",
                  "ads.ads_user_sequences", "ads.ads_user_category_series", "samples.samples_candidates",
-                 "samples.samples", "samples.samples_evaluation"]
+                 "samples.samples", "samples.samples_evaluation", "samples.samples_evaluation_buyers"]
 
 
 def _vars(dates: list[dt.date] | None = None, **changes) -> dict:
@@ -137,10 +137,24 @@ def test_evaluation_set_is_every_active_user_times_every_evaluated_target(built)
     assert 0 < ev.label_buy.sum() and ev.is_candidate.mean() < 0.5
 
 
+def test_every_buyer_of_an_evaluated_target_is_counted_even_outside_the_evaluation_set(built):
+    """recall@N's denominator: the buyers table holds the evaluation set's positives (in_population) and any
+    buyer it could not score (a user with no history before the backtest: the Taobao task's test sees some)."""
+    warehouse, _ = built
+    buyers = _query(warehouse, "select * from samples.samples_evaluation_buyers")
+    ev = _query(warehouse, "select user_id, target_id, label_buy from samples.samples_evaluation")
+    positives = ev[ev.label_buy == 1]
+    reachable = buyers[buyers.in_population]
+    assert len(reachable) == len(positives) > 0
+    assert set(zip(reachable.user_id, reachable.target_id)) == set(zip(positives.user_id, positives.target_id))
+    assert not (buyers.is_candidate & ~buyers.in_population).any()
+    assert set(buyers.target_id) <= set(ev.target_id)
+
+
 def _snapshot(warehouse: Path, ds: dt.date, drop: tuple[str, ...] = ()) -> dict[str, pd.DataFrame]:
     out = {}
     for table in PER_DS_TABLES:
-        if table == "samples.samples_evaluation":
+        if table in ("samples.samples_evaluation", "samples.samples_evaluation_buyers"):
             continue
         frame = _query(warehouse, f"select * from {table} where ds = cast('{ds}' as date)")
         frame = frame.drop(columns=[c for c in drop if c in frame.columns])
@@ -197,7 +211,7 @@ def test_exports_one_directory_per_date_with_the_evaluation_set_beside_it(built,
         names = sorted(p.name for p in e.path.iterdir())
         expected = ["category_series.parquet", "samples.parquet", "schema.json", "sequences.parquet"]
         if e.ds == TASK.backtest:
-            expected = sorted([*expected, "evaluation.parquet"])
+            expected = sorted([*expected, "evaluation.parquet", "buyers.parquet"])
         assert names == expected
         assert pq.read_metadata(e.path / "samples.parquet").num_rows == e.rows["samples"]
     schema = json.loads((exports[0].path / "schema.json").read_text())

@@ -39,18 +39,21 @@ def group_auc(y: np.ndarray, p: np.ndarray, group: np.ndarray) -> tuple[float, f
 
 @dataclass
 class RankingMetrics:
-    per_group: pd.DataFrame  # index: group; columns n, positives, recall@N, precision@N, ndcg@N, map@N
-    mean: dict[str, float]  # averaged over groups with at least one positive
+    per_group: pd.DataFrame  # index: group; columns n, positives, buyers, recall@N, precision@N, ndcg@N, map@N
+    mean: dict[str, float]  # averaged over groups with at least one buyer
 
 
 def ranking_metrics(y: np.ndarray, p: np.ndarray, group: np.ndarray, ns: tuple[int, ...] = DEFAULT_NS,
-                    tie_break: np.ndarray | None = None) -> RankingMetrics:
+                    tie_break: np.ndarray | None = None, buyers: pd.Series | None = None) -> RankingMetrics:
     """Per group (target), rank the whole population by score and measure the top N.
 
+    `buyers` (group -> every buyer of the group in the label window, scored or not) is the denominator: a
+    buyer the population does not hold is a buyer the merchant's crowd misses. Without it, the scored
+    positives are all the buyers.
     recall@N = buyers in the top N / buyers; precision@N = buyers in the top N / N; NDCG@N with binary
-    gains and log2 discounts; MAP@N = mean over buyers in the top N of precision at their rank, divided
-    by min(buyers, N). Ties in score are broken by tie_break (ascending; e.g. the user id), so results
-    never depend on input order.
+    gains and log2 discounts, against the ideal ranking of min(buyers, N) buyers; MAP@N = mean over buyers
+    in the top N of precision at their rank, divided by min(buyers, N). Ties in score are broken by
+    tie_break (ascending; e.g. the user id), so results never depend on input order.
     """
     y = np.asarray(y, dtype=np.float64)
     p = np.asarray(p, dtype=np.float64)
@@ -63,35 +66,63 @@ def ranking_metrics(y: np.ndarray, p: np.ndarray, group: np.ndarray, ns: tuple[i
     n_groups = len(groups)
     size = np.bincount(g, minlength=n_groups)
     positives = np.bincount(g, weights=rel, minlength=n_groups)
+    total = positives if buyers is None else buyers.reindex(groups).fillna(0).to_numpy(dtype=np.float64)
+    if np.any(total < positives):
+        worst = groups[np.argmax(positives - total)]
+        raise ValueError(f"target {worst}: the buyers table counts fewer buyers than the scored set's positives "
+                         "(exports of different builds?)")
     cum_hits = np.cumsum(rel) - np.concatenate([[0.0], np.cumsum(rel)])[starts][g]
     precision_at_rank = cum_hits / (rank + 1)
     discount = 1.0 / np.log2(rank + 2)
-    out = {"n": size, "positives": positives}
+    out = {"n": size, "positives": positives, "buyers": total}
     for n in ns:
         top = rank < n
         hits = np.bincount(g, weights=rel * top, minlength=n_groups)
         dcg = np.bincount(g, weights=rel * top * discount, minlength=n_groups)
-        ideal_k = np.minimum(positives, n).astype(np.int64)
+        ideal_k = np.minimum(total, n).astype(np.int64)
         ideal = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(max(ideal_k.max(initial=0), 1)) + 2))])[ideal_k]
         ap = np.bincount(g, weights=rel * top * precision_at_rank, minlength=n_groups)
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[f"recall_at_{n}"] = np.where(positives > 0, hits / positives, np.nan)
+            out[f"recall_at_{n}"] = np.where(total > 0, hits / total, np.nan)
             out[f"precision_at_{n}"] = hits / n
-            out[f"ndcg_at_{n}"] = np.where(positives > 0, dcg / ideal, np.nan)
-            out[f"map_at_{n}"] = np.where(positives > 0, ap / ideal_k, np.nan)
+            out[f"ndcg_at_{n}"] = np.where(total > 0, dcg / ideal, np.nan)
+            out[f"map_at_{n}"] = np.where(total > 0, ap / ideal_k, np.nan)
     per_group = pd.DataFrame(out, index=pd.Index(groups, name="group"))
-    has = per_group["positives"] > 0
+    has = per_group["buyers"] > 0
     mean = {c: float(per_group.loc[has, c].mean()) for c in per_group.columns if "_at_" in c}
     return RankingMetrics(per_group, mean)
 
 
+def buyer_totals(buyers: pd.DataFrame) -> pd.DataFrame:
+    """Per target: every buyer, those in the scored population and those who had touched the target."""
+    return buyers.groupby("target_id").agg(buyers=("user_id", "size"), in_population=("in_population", "sum"),
+                                           candidates=("is_candidate", "sum"))
+
+
 def evaluate_scores(y: np.ndarray, p: np.ndarray, target: np.ndarray, user: np.ndarray,
-                    ns: tuple[int, ...] = DEFAULT_NS) -> tuple[dict[str, float], pd.DataFrame]:
-    """Every metric of one scored evaluation set: the summary and the per-target table."""
+                    ns: tuple[int, ...] = DEFAULT_NS, buyers: pd.DataFrame | None = None,
+                    ) -> tuple[dict[str, float], pd.DataFrame]:
+    """Every metric of one scored evaluation set: the summary and the per-target table.
+
+    With `buyers` (every buyer of each target in the label window: target_id, user_id, in_population,
+    is_candidate), recall@N counts the buyers outside the scored population as missed, and `coverage`
+    (share of buyers in the population) and `candidate_coverage` (share who had touched the target) are
+    reported beside it: recall@N can never exceed coverage.
+    """
     gauc, gauc_mean, per_auc = group_auc(y, p, target)
-    ranking = ranking_metrics(y, p, target, ns, tie_break=user)
+    totals = buyer_totals(buyers) if buyers is not None else None
+    ranking = ranking_metrics(y, p, target, ns, tie_break=user,
+                              buyers=totals["buyers"] if totals is not None else None)
     summary = {"auc": auc(y, p), "logloss": logloss(y, p), "gauc": gauc, "gauc_unweighted": gauc_mean,
                **ranking.mean}
     table = ranking.per_group.join(per_auc)
+    if totals is not None:
+        scored = totals.reindex(table.index).fillna(0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            table["coverage"] = np.where(table["buyers"] > 0, scored["in_population"] / table["buyers"], np.nan)
+            table["candidate_coverage"] = np.where(table["buyers"] > 0, scored["candidates"] / table["buyers"], np.nan)
+        has = table["buyers"] > 0
+        summary["coverage"] = float(table.loc[has, "coverage"].mean())
+        summary["candidate_coverage"] = float(table.loc[has, "candidate_coverage"].mean())
     table.index.name = "target_id"
     return summary, table

@@ -24,8 +24,10 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 
 def evaluation_plots(y: np.ndarray, p: np.ndarray, target: np.ndarray, user: np.ndarray, out: Path,
-                     label: str, reference: dict[str, np.ndarray] | None = None) -> list[Path]:
-    """ROC, recall@N for N up to 1000, calibration; `reference` adds curves (the oracle) for comparison."""
+                     label: str, reference: dict[str, np.ndarray] | None = None,
+                     buyers: pd.Series | None = None) -> list[Path]:
+    """ROC, recall@N for N up to 1000 (of every buyer per target when `buyers` is given), calibration;
+    `reference` adds curves (the oracle) for comparison."""
     out.mkdir(parents=True, exist_ok=True)
     curves = {label: p, **(reference or {})}
     fig, ax = plt.subplots(figsize=(5, 5))
@@ -40,7 +42,7 @@ def evaluation_plots(y: np.ndarray, p: np.ndarray, target: np.ndarray, user: np.
     ns = tuple(int(n) for n in np.unique(np.geomspace(1, 1000, 25).astype(int)))
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, score in curves.items():
-        mean = ranking_metrics(y, score, target, ns, tie_break=user).mean
+        mean = ranking_metrics(y, score, target, ns, tie_break=user, buyers=buyers).mean
         ax.plot(ns, [mean[f"recall_at_{n}"] for n in ns], label=name)
     ax.set(xscale="log", xlabel="N (users targeted per brand)", ylabel="mean recall@N", title="recall@N")
     ax.legend()

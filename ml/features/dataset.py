@@ -111,6 +111,16 @@ def read_exports(root: Path, dates: list[dt.date], part: str = "samples",
     return RawExports(samples, dense or [], keys, sequences, offsets, series)
 
 
+def read_buyers(root: Path, ds: dt.date) -> pd.DataFrame:
+    """Every buyer of each evaluated target in the backtest's label window (target_id, user_id, in_population,
+    is_candidate): recall@N's denominator, which counts the buyers the evaluation set does not score."""
+    path = export_dir(root, ds) / "buyers.parquet"
+    if not path.exists():
+        raise ValueError(f"no buyers export for the backtest {ds} under {root}: rebuild it "
+                         f"(crowd warehouse --task ... --ds {ds}) with this version of the warehouse")
+    return pd.read_parquet(path, columns=["target_id", "user_id", "in_population", "is_candidate"])
+
+
 class CrowdData:
     """Encoded columns of one split and the collate step that turns a batch of row indices into tensors."""
 

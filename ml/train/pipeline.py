@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ml.evaluate.metrics import evaluate_scores
+from ml.evaluate.metrics import buyer_totals, evaluate_scores
 from ml.evaluate.plots import evaluation_plots, importance_plot, training_curves
-from ml.features.dataset import CrowdData, RawExports, fit_feature_map, read_exports
+from ml.features.dataset import CrowdData, RawExports, fit_feature_map, read_buyers, read_exports
 from ml.models.zoo import NEEDS_SERIES, ModelConfig, build_model
 from ml.task import ALL_MODELS, GBDT_MODELS, Task, TaskPaths
 from ml.train.bundle import Bundle, correct_for_sampling, save_deep_bundle, save_gbdt_bundle
@@ -101,6 +101,7 @@ def train_and_evaluate(
     valid_raw = read_exports(paths.exports, valid_dates, series_shape=shape, fingerprint=fp)
     eval_raw = read_exports(paths.exports, [backtest], part="evaluation", series_shape=shape, fingerprint=fp)
     ev = eval_raw.samples
+    buyers = read_buyers(paths.exports, backtest)
     rows = {"train": len(train_raw.samples), "valid": len(valid_raw.samples), "evaluation": len(ev)}
     log.info("%s/%s: %s rows (negatives of training kept at rate %.2f)", task.name, model, rows, negative_rate)
     extra = {"task": task.name, "dataset": task.dataset, "target": task.target, "negative_rate": negative_rate,
@@ -151,14 +152,15 @@ def train_and_evaluate(
 
     y, target, user = ev["label_buy"].to_numpy(), ev["target_id"].to_numpy(), ev["user_id"].to_numpy()
     ns = task.evaluate.n
-    summary, per_target = evaluate_scores(y, scores, target, user, ns)
+    summary, per_target = evaluate_scores(y, scores, target, user, ns, buyers=buyers)
     oracle = {}
     reference = {}
     p_oracle = oracle_scores(paths.dataset_dir, ev, backtest) if task.target == "brand" else None
     if p_oracle is not None:
-        oracle, _ = evaluate_scores(y, p_oracle, target, user, ns)
+        oracle, _ = evaluate_scores(y, p_oracle, target, user, ns, buyers=buyers)
         reference["oracle"] = p_oracle
-    plot_paths = [*evaluation_plots(y, scores, target, user, plots_dir, model, reference), *extra_plots]
+    plot_paths = [*evaluation_plots(y, scores, target, user, plots_dir, model, reference,
+                                    buyers=buyer_totals(buyers)["buyers"]), *extra_plots]
     outcome = Outcome(model, summary, per_target, bundle_dir, oracle=oracle, train_seconds=train_seconds)
     log.info("%s on %s: %s", model, backtest, ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
     if track:

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 EXPORTS: dict[str, tuple[str, str]] = {
     "samples": ("samples.samples", "user_id, target_id"),
     "evaluation": ("samples.samples_evaluation", "target_id, user_id"),
+    "buyers": ("samples.samples_evaluation_buyers", "target_id, user_id"),
     "forward": ("samples.samples_forward", "target_id, user_id"),
     "sequences": ("ads.ads_user_sequences", "user_id"),
     "category_series": ("ads.ads_user_category_series", "user_id, timescale, step, slot"),
@@ -59,7 +60,8 @@ def read_schema(root: Path, ds: dt.date) -> dict:
 
 def export_dates(warehouse: Path, out_root: Path, dates: list[dt.date] | None = None,
                  fingerprint: str = "") -> list[Export]:
-    """Write exports/ds=YYYY-MM-DD/{samples,evaluation,forward,sequences,category_series}.parquet + schema.json."""
+    """Write exports/ds=YYYY-MM-DD/{samples,evaluation,buyers,forward,sequences,category_series}.parquet and
+    schema.json."""
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
     dates = dates if dates is not None else built_dates(warehouse)
@@ -86,6 +88,8 @@ def _export_one(con: duckdb.DuckDBPyConnection, ds: dt.date, out_root: Path, fin
         n = con.execute(f"select count(*) from {table} where ds = ?", [ds]).fetchall()[0][0]
         if n == 0 and name in POPULATIONS:
             continue  # samples on labelled dates, the evaluation set on the backtest, forward on the forward date
+        if name == "buyers" and "evaluation" not in rows:
+            continue  # recall's denominator goes with the evaluation set (EXPORTS lists it first)
         con.execute(f"copy (select * from {table} where ds = $ds order by {keys}) "
                     f"to {_sql_path(partial / (name + '.parquet'))} (format parquet, compression zstd)", {"ds": ds})
         rows[name] = n
