@@ -52,6 +52,24 @@ def test_every_model_runs_forward_and_backward(name, fmap, data):
         assert model.last_se_weights.shape == (256, 2 + len(fmap.dense))
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_starts_at_the_training_labels_base_rate(name, fmap, data):
+    """Not at 0.5: with rare buyers, the first steps would pull the largest inputs (the buyers') down and an
+    early model would rank backwards."""
+    torch.manual_seed(0)
+    model = build_model(name, fmap, SMALL)
+    labels = np.zeros((1000, 2), np.float32)
+    labels[:10, 0] = 1  # 1% buy
+    labels[:100, 1] = 1  # 10% collect or cart, with every buyer among them (PLE's towers: y3 = 0.1, y2 = 0)
+    model.init_base_rate(labels)
+    model.eval()
+    with torch.no_grad():
+        out = model(_first_batch(data))
+    assert 0.002 < float(out["buy"].median()) < 0.05
+    if name == "ple":
+        assert 0.02 < float(out["collect_cart"].median()) < 0.5
+
+
 def test_the_collate_pads_to_the_longest_sequence_of_the_batch_with_a_mask(data):
     batch = _first_batch(data, 64)
     lengths = batch["mask"].sum(dim=1)

@@ -3,8 +3,10 @@ multi-task model, the auxiliary probabilities). One trainer serves them all (ml/
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -50,6 +52,20 @@ class CrowdModel(nn.Module):
     def id_fields(self, ids: torch.Tensor) -> torch.Tensor:
         return self.emb.fields(ids, with_user=self.cfg.user_embedding)
 
+    def output_bias(self) -> torch.Tensor:
+        """The bias added last to the buy logit."""
+        raise NotImplementedError
+
+    def init_base_rate(self, labels: np.ndarray) -> None:
+        """Start the output at the training labels' base rate (columns as in CrowdData.labels: buy, then
+        collect or cart) instead of 0.5.
+
+        With about 1% buyers, an output starting at 0.5 spends the first steps pulling every logit down, and
+        the weights that do it fastest are those of the largest inputs: the most active pairs, which are the
+        buyers. An early model then ranks backwards (AUC 0.18 after one epoch on a small Taobao task)."""
+        with torch.no_grad():
+            self.output_bias().fill_(_logit(labels[:, 0].mean()))
+
 
 class DNN(CrowdModel):
     """Embeddings of the ids and the dense features, concatenated, through an MLP with ReLU."""
@@ -63,6 +79,9 @@ class DNN(CrowdModel):
         x = torch.cat([self.id_fields(batch["ids"]).flatten(1), batch["dense"]], dim=-1)
         return {"buy": torch.sigmoid(self.net(x).squeeze(-1))}
 
+    def output_bias(self) -> torch.Tensor:
+        return self.net[-1].bias
+
 
 class DeepFM(CrowdModel):
     """Linear part + FM second-order part + DNN (batch norm, dropout), summed before the sigmoid. Dense
@@ -74,6 +93,7 @@ class DeepFM(CrowdModel):
         for t in self.linear_ids.values():
             nn.init.zeros_(t.weight)
         self.linear_dense = nn.Linear(self.n_dense, 1)
+        nn.init.zeros_(self.linear_dense.weight)  # first-order terms start at zero, as the id ones do
         self.dense_fields = DenseFields(self.n_dense, cfg.embed_dim)
         d_in = (self.n_id + self.n_dense) * cfg.embed_dim
         self.deep = nn.Sequential(mlp([d_in, *cfg.hidden], cfg.dropout, batch_norm=True), nn.Linear(cfg.hidden[-1], 1))
@@ -87,6 +107,14 @@ class DeepFM(CrowdModel):
         fields = torch.cat([self.id_fields(ids), self.dense_fields(batch["dense"])], dim=1)
         logit = linear + fm_second_order(fields) + self.deep(fields.flatten(1)).squeeze(-1)
         return {"buy": torch.sigmoid(logit)}
+
+    def output_bias(self) -> torch.Tensor:
+        return self.deep[-1].bias
+
+    def init_base_rate(self, labels: np.ndarray) -> None:
+        with torch.no_grad():
+            self.linear_dense.bias.zero_()  # one bias carries the base rate
+        super().init_base_rate(labels)
 
 
 class DIN(CrowdModel):
@@ -113,6 +141,9 @@ class DIN(CrowdModel):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"buy": torch.sigmoid(self.head(self.representation(batch)).squeeze(-1))}
+
+    def output_bias(self) -> torch.Tensor:
+        return self.head[-1].bias  # MoE's head too
 
 
 class MoE(DIN):
@@ -181,6 +212,15 @@ class PLE(DIN):
         y1, y2, y3 = (torch.sigmoid(logit[t]) for t in ("y1", "y2", "y3"))
         return {"buy": y1 * y3 + (1 - y1) * y2, "collect_cart": y1}
 
+    def init_base_rate(self, labels: np.ndarray) -> None:
+        """Each tower at its own rate: y1 = P(collect or cart), y2 = P(buy | neither), y3 = P(buy | either)."""
+        buy, cc = labels[:, 0] > 0, labels[:, 1] > 0
+        rates = {"y1": cc.mean(), "y2": buy[~cc].mean() if (~cc).any() else buy.mean(),
+                 "y3": buy[cc].mean() if cc.any() else buy.mean()}
+        with torch.no_grad():
+            for tower, rate in rates.items():
+                self.towers[tower][-1].bias.fill_(_logit(rate))
+
 
 class TwoTimescaleLSTM(CrowdModel):
     """The user-profile tag model: one LSTM over monthly buy counts by category, one over daily click
@@ -199,6 +239,14 @@ class TwoTimescaleLSTM(CrowdModel):
         _, (h_day, _) = self.daily(batch["day"])
         x = torch.cat([h_month[-1], h_day[-1], self.emb.candidate(batch["ids"])], dim=-1)
         return {"buy": torch.sigmoid(self.fuse(x).squeeze(-1))}
+
+    def output_bias(self) -> torch.Tensor:
+        return self.fuse[-1].bias
+
+
+def _logit(rate: float) -> float:
+    rate = min(max(float(rate), 1e-4), 1 - 1e-4)
+    return math.log(rate / (1 - rate))
 
 
 MODELS: dict[str, type[CrowdModel]] = {

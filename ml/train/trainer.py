@@ -142,6 +142,8 @@ class Trainer:
             bad, history = state["bad_epochs"], state["history"]
             log.info("resuming from %s at epoch %d (best AUC %.4f at epoch %d)", self.last_path, start_epoch,
                      best_auc, best_epoch)
+        elif isinstance(self.model, CrowdModel):
+            self.model.init_base_rate(train.labels)
         writer = None
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
