@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import gc
+import json
 import logging
 import os
 import signal
@@ -157,36 +158,115 @@ def _collect_garbage() -> None:
     gc.freeze()
 
 
-def standalone(paths: Paths | None = None, host: str = "127.0.0.1", port: int = 8080,
-               stop_timeout: float = 30.0) -> int:
-    """`airflow standalone` over the project's DAGs (what `make airflow` does), in its own process group.
+# The components `airflow standalone` would start, each a process of its own. Not standalone itself: its
+# scheduler and triggerer start log servers bound to every interface (ports 8793 and 8794, no host setting),
+# and a local executor's logs are files the api-server reads directly.
+COMPONENTS: dict[str, list[str]] = {
+    "scheduler": ["scheduler", "--skip-serve-logs"],
+    "dag-processor": ["dag-processor"],
+    "triggerer": ["triggerer", "--skip-serve-logs"],
+    "api-server": ["api-server"],
+}
 
-    Standalone starts the api-server, scheduler, dag-processor and triggerer as children; a Ctrl-C that
-    reached only some of them would leave the others holding the port and the SQLite DB. So the group is
-    kept out of the terminal's signals and stopped as a whole: SIGTERM, then SIGKILL after stop_timeout."""
+
+def standalone(paths: Paths | None = None, host: str = "127.0.0.1", port: int = 8080,
+               stop_timeout: float = 30.0, ready_timeout: float = 300.0) -> int:
+    """A local Airflow over the project's DAGs (what `make airflow` does): api-server on host:port, scheduler
+    (LocalExecutor), dag-processor and triggerer, in one process group of their own.
+
+    The group is kept out of the terminal's signals and stopped as a whole (SIGTERM, then SIGKILL after
+    stop_timeout): a Ctrl-C that reached only some components would leave the others holding the port and the
+    SQLite DB. A component that exits stops the rest, and the command fails naming it and its log."""
     paths = paths or Paths.default()
+    _require_free_port(host, port)
     prepare_metadata_db(paths)
     bin_dir = Path(sys.executable).parent  # Cosmos needs `dbt` on PATH when the DAG file is parsed
     env = {**os.environ, **airflow_environment(paths), "AIRFLOW__API__HOST": host, "AIRFLOW__API__PORT": str(port),
+           "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+           # one worker process per core, not Airflow's 32: dbt tasks share one DuckDB writer anyway
+           "AIRFLOW__CORE__PARALLELISM": str(os.cpu_count() or 2),
+           "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
            # task processes report to the api-server's execution API, which defaults to localhost:8080
            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{host}:{port}/execution/",
            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.Popen([str(bin_dir / "airflow"), "standalone"], env=env, start_new_session=True)
-    log.info("Airflow on http://%s:%d (pid %d; admin password in %s); Ctrl-C stops it", host, port, proc.pid,
-             paths.airflow_home / "simple_auth_manager_passwords.json.generated")
+    password_file = _admin_password_file(paths, env)
+    logs = paths.airflow_home / "logs" / "components"
+    logs.mkdir(parents=True, exist_ok=True)
+    procs: dict[str, subprocess.Popen] = {}
 
     def _stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
-        return proc.wait()
+        for name, args in COMPONENTS.items():
+            with open(logs / f"{name}.log", "ab") as sink:
+                # the first component leads a new process group in this session (not the terminal's foreground
+                # group, so Ctrl-C reaches only this process); the others join it
+                group = 0 if not procs else next(iter(procs.values())).pid
+                procs[name] = subprocess.Popen([str(bin_dir / "airflow"), *args], env=env, stdin=subprocess.DEVNULL,
+                                               stdout=sink, stderr=subprocess.STDOUT, process_group=group)
+        leader = next(iter(procs.values()))
+        log.info("starting Airflow on http://%s:%d (process group %d; component logs in %s)", host, port,
+                 leader.pid, logs)
+        ready = False
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    log.error("airflow %s exited with code %s; its log: %s", name, proc.returncode, logs / f"{name}.log")
+                    return 1
+            if not ready and _healthy(host, port):
+                ready = True
+                print(f"Airflow on http://{host}:{port} is ready. User 'admin', password "
+                      f"{json.loads(password_file.read_text())['admin']!r} (in {password_file}). Ctrl-C stops it.",
+                      flush=True)
+            elif not ready and time.monotonic() > deadline:
+                log.error("Airflow was not healthy after %.0f s; component logs in %s", ready_timeout, logs)
+                return 1
+            time.sleep(1)
     except KeyboardInterrupt:
-        log.info("stopping Airflow (process group %d)", proc.pid)
+        log.info("stopping Airflow")
         return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
-        _stop_group(proc, stop_timeout)
+        if procs:
+            _stop_group(next(iter(procs.values())), stop_timeout)
+
+
+def _require_free_port(host: str, port: int) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise RuntimeError(f"cannot serve Airflow on {host}:{port}: {e.strerror} (choose another --port)") from None
+
+
+def _admin_password_file(paths: Paths, env: dict[str, str]) -> Path:
+    """The simple auth manager's generated admin password (created on first use, kept afterwards)."""
+    password_file = paths.airflow_home / "simple_auth_manager_passwords.json.generated"
+    if not password_file.exists():
+        code = "from airflow.api_fastapi.app import create_auth_manager; create_auth_manager().init()"
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        if done.returncode != 0 or not password_file.exists():
+            raise RuntimeError(f"could not create the admin password in {password_file}:\n{done.stderr[-2000:]}")
+    return password_file
+
+
+def _healthy(host: str, port: int) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/api/v2/monitor/health", timeout=2) as resp:
+            health = json.load(resp)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+    return all((health.get(c) or {}).get("status") == "healthy"
+               for c in ("metadatabase", "scheduler", "triggerer", "dag_processor"))
 
 
 def _stop_group(proc: subprocess.Popen, timeout: float) -> None:

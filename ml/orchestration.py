@@ -1,9 +1,9 @@
 """The Airflow DAGs of a task, built here so that dags/crowd.py stays wiring only (one pair per tasks/*.yaml).
 
 <task>.periods   one run per period of the task's cadence (DeltaTriggerTimetable every step_days from the
-                 first sample date). Its logical date is the period's date ds, for every kind of run (scheduled,
-                 backfill, manual, dag.test): features use the events before ds, so the run can build as soon
-                 as ds begins. `plan` decides what ds is: a labelled date of the task (samples; the backtest
+                 first sample date, with no data interval). Its logical date is the period's date ds, for every
+                 kind of run (scheduled, backfill, manual, dag.test): a backfill from D1 to D2 builds ds D1..D2.
+                 Features use the events before ds, so the run can build as soon as ds begins. `plan` decides what ds is: a labelled date of the task (samples; the backtest
                  date also builds the evaluation set and announces it with an asset event that carries the
                  run's overrides), a forward date after the backtest (features only, then crowds by the
                  champion), or neither (skipped, saying why). Then the dbt project as Cosmos tasks (one per
@@ -176,7 +176,9 @@ def build_periods_dag(task: Task):  # noqa: ANN201
         dag_id=periods_dag_id(task.name),
         description=f"{task.description or task.name}: one run per period (ds = its logical date): dbt "
                     f"ODS -> DIM -> DW -> ADS -> samples for ds, its export, then backtest-ready or forward crowds",
-        schedule=DeltaTriggerTimetable(step, interval=step),
+        # no data interval: a trigger timetable's logical date is run_after minus its interval, and a
+        # backfill from D1 to D2 must build ds D1..D2, as the UI's dates say
+        schedule=DeltaTriggerTimetable(step),
         start_date=period_start(task.samples.first),
         catchup=False,
         max_active_runs=1,

@@ -1,5 +1,6 @@
-"""`crowd airflow` (what `make airflow` runs): a real `airflow standalone` over the project's DAGs, reachable
-with the admin password it shows, and stopped whole by one Ctrl-C."""
+"""`crowd airflow` (what `make airflow` runs): a real Airflow (api-server, scheduler, dag-processor, triggerer)
+over the project's DAGs, listening on 127.0.0.1 only, reachable with the admin password it shows, and stopped
+whole by one Ctrl-C."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ml.local_airflow import COMPONENTS
 from ml.task import available_tasks
 
 BIN = Path(sys.executable).parent
@@ -60,17 +62,26 @@ def test_crowd_airflow_serves_the_dags_with_the_shown_password_and_ctrl_c_stops_
         proc = subprocess.Popen([str(BIN / "crowd"), "airflow", "--port", str(port)], env=env,
                                 stdout=sink, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    standalone_pgid, leftover = None, False
+    standalone_pgid, leftover, password = None, False, None
     try:
         health = _wait_for(lambda: _get(f"{base}/api/v2/monitor/health"), 180, "the api-server")
         assert health["metadatabase"]["status"] == "healthy"
         _wait_for(lambda: all(_get(f"{base}/api/v2/monitor/health")[c]["status"] == "healthy"
                               for c in ("scheduler", "triggerer", "dag_processor")), 120, "every component")
-        # the standalone leader is crowd's only child, alone in its own process group
-        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-        assert len(children) == 1
-        standalone_pgid = int(children[0])
-        assert os.getpgid(standalone_pgid) == standalone_pgid != os.getpgid(proc.pid)
+        # the four components are crowd's children, together in one process group that is not crowd's
+        import psutil
+
+        children = psutil.Process(proc.pid).children()
+        commands = [" ".join(c.cmdline()) for c in children]  # (some rename themselves with setproctitle)
+        assert len(children) == len(COMPONENTS), commands
+        assert {n for n in COMPONENTS for c in commands if n in c.replace("_", "-")} == set(COMPONENTS), commands
+        groups = {os.getpgid(c.pid) for c in children}
+        assert len(groups) == 1 and groups != {os.getpgid(proc.pid)}
+        standalone_pgid = groups.pop()
+        # every socket any of them listens on is bound to 127.0.0.1 (no log server on all interfaces)
+        listening = [conn.laddr for c in children for p in [c, *c.children(recursive=True)]
+                     for conn in p.net_connections(kind="inet") if conn.status == psutil.CONN_LISTEN]
+        assert listening and {a.ip for a in listening} == {"127.0.0.1"}, listening
 
         password_file = tmp_path / "airflow" / "simple_auth_manager_passwords.json.generated"
         password = json.loads(password_file.read_text())["admin"]
@@ -98,4 +109,15 @@ def test_crowd_airflow_serves_the_dags_with_the_shown_password_and_ctrl_c_stops_
     assert standalone_pgid is not None and not leftover, "a component outlived Ctrl-C"
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0, "the port is still served"
-    assert f"Airflow on http://127.0.0.1:{port}" in out and "Password for user 'admin'" in out
+    assert f"Airflow on http://127.0.0.1:{port} is ready. User 'admin', password '{password}'" in out
+
+
+def test_crowd_airflow_on_a_taken_port_fails_in_one_line(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        done = subprocess.run([str(BIN / "crowd"), "airflow", "--port", str(port)], capture_output=True, text=True,
+                              env={**os.environ, "CROWD_DATA_DIR": str(tmp_path)}, timeout=60)
+    assert done.returncode != 0
+    assert f"cannot serve Airflow on 127.0.0.1:{port}" in done.stderr and "Traceback" not in done.stderr

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from ml.orchestration import period_start
 from ml.task import available_tasks, load_task
 
 DAGS = Path(__file__).resolve().parents[1] / "dags"
@@ -51,6 +52,15 @@ def test_the_periods_dag_runs_on_the_tasks_cadence_dated_at_each_period(dagbag, 
     # a backfill creates one run per step from the first sample date: every labelled date is one of them
     step = task.windows.step_days
     assert all((d - task.samples.first).days % step == 0 for d in task.labelled_dates)
+    # what a backfill from the first sample date to the backtest creates (Airflow's own iteration over the
+    # serialized DAG, as the scheduler sees it): one run per step, logical date = ds, the backtest included
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    serialized = DagSerialization.from_dict(DagSerialization.to_dict(dag))
+    infos = list(serialized.iter_dagrun_infos_between(period_start(task.samples.first), period_start(task.backtest)))
+    dates = [i.logical_date.date() for i in infos]
+    assert dates[0] == task.samples.first and dates[-1] == task.backtest and set(task.labelled_dates) <= set(dates)
+    assert all(i.run_after == i.logical_date for i in infos)
     params = dag.params
     assert params["label_days"] == task.windows.label_days and params["dataset"] == task.dataset
     assert all(params.get_param(k).description for k in params)  # every Param says what it is
