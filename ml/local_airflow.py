@@ -231,7 +231,7 @@ def standalone(paths: Paths | None = None, host: str = "127.0.0.1", port: int = 
     finally:
         signal.signal(signal.SIGTERM, previous)
         if procs:
-            _stop_group(next(iter(procs.values())), stop_timeout)
+            _stop_group(list(procs.values()), stop_timeout)
 
 
 def _require_free_port(host: str, port: int) -> None:
@@ -269,17 +269,20 @@ def _healthy(host: str, port: int) -> bool:
                for c in ("metadatabase", "scheduler", "triggerer", "dag_processor"))
 
 
-def _stop_group(proc: subprocess.Popen, timeout: float) -> None:
-    """SIGTERM to the whole group, SIGKILL to what is left after timeout; returns once the group is gone."""
+def _stop_group(procs: list[subprocess.Popen], timeout: float) -> None:
+    """SIGTERM to the whole group (led by procs[0]), SIGKILL to what is left after timeout; returns once the
+    group is gone. Every component is reaped as it exits: a zombie would keep the group alive."""
+    pgid = procs[0].pid
     for sig in (signal.SIGTERM, signal.SIGKILL):
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
+            os.killpg(pgid, sig)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            proc.poll()  # reap the leader so that the group can empty
+            for proc in procs:
+                proc.poll()
             try:
-                os.killpg(proc.pid, 0)
+                os.killpg(pgid, 0)
             except ProcessLookupError:
                 return
             time.sleep(0.2)
-        log.warning("Airflow's process group %d outlived %s; killing it", proc.pid, sig.name)
+        log.warning("Airflow's process group %d outlived %s; killing it", pgid, sig.name)
