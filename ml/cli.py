@@ -137,13 +137,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     for model in task.model_names():
         cfg = train_config(task, model, **({"device": args.device} if args.device else {}))
         o = train_and_evaluate(model, task, paths, train_cfg=cfg, track=not args.no_track)
-        _print_outcome(o)
+        _print_outcome(o, task.evaluate.select_by)
     return 0
 
 
-def _print_outcome(o) -> None:  # noqa: ANN001
+def _print_outcome(o, select_by: str) -> None:  # noqa: ANN001
     keys = ("auc", "gauc", "logloss", "recall_at_100", "coverage", "ndcg_at_100")
-    print(f"{o.model:<16} " + "  ".join(f"{k} {o.summary[k]:.4f}" for k in keys if k in o.summary)
+    print(f"{o.model:<16} valid {select_by} {o.selection[select_by]:.4f} | backtest "
+          + "  ".join(f"{k} {o.summary[k]:.4f}" for k in keys if k in o.summary)
           + (f"   | oracle auc {o.oracle['auc']:.4f}" if o.oracle else "")
           + (f"   run {o.run_id}" if o.run_id else "") + ("  (new champion)" if o.champion else ""))
 
@@ -193,18 +194,21 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     task = _task(args)
     paths = TaskPaths.of(task)
-    table = latest_runs(paths)
+    table = latest_runs(paths, task.evaluate.select_by)
     print(markdown(table))
     if args.readme:
-        models = table[~table["model"].str.startswith("oracle")]
-        best = models.loc[models["auc"].idxmax()]
-        note = (f"Task {task.name}, backtest {task.backtest}: every active user x the evaluated {task.target}s; "
-                f"written by `crowd report --readme` from the MLflow store. Best AUC: {best['model']} "
-                f"({best['auc']:.4f})")
-        if table["model"].str.startswith("oracle").any():
-            oracle_auc = float(table.loc[table["model"].str.startswith("oracle"), "auc"].iloc[0])
-            note += f", {oracle_auc - best['auc']:.4f} below the oracle's {oracle_auc:.4f}"
-        note += "."
+        select = f"valid_{task.evaluate.select_by}"
+        models = table[~table["model"].str.startswith("oracle")].dropna(subset=[select])
+        note = (f"Task {task.name}: `{select}` on the validation dates ({', '.join(map(str, task.validation))}), "
+                f"the metric the champion is chosen on; every other column on the backtest {task.backtest}, every "
+                f"active user x the evaluated {task.target}s. Written by `crowd report --readme` from the MLflow store.")
+        if len(models):
+            chosen = models.loc[models[select].idxmax()]
+            note += f" Chosen: {chosen['model']}, backtest AUC {chosen['auc']:.4f}"
+            if table["model"].str.startswith("oracle").any():
+                oracle_auc = float(table.loc[table["model"].str.startswith("oracle"), "auc"].iloc[0])
+                note += f", {oracle_auc - chosen['auc']:.4f} below the oracle's {oracle_auc:.4f}"
+            note += "."
         write_readme(args.readme, table, note)
         print(f"comparison written into {args.readme}")
     return 0
@@ -223,7 +227,7 @@ def _cmd_run_dags(args: argparse.Namespace) -> int:
     print(f"{len(runs)} DAG runs succeeded in {time.perf_counter() - start:.0f} s "
           f"(task logs: {shared.airflow_home / 'local_run.log'})")
     if not args.no_training:
-        print(markdown(latest_runs(paths)))
+        print(markdown(latest_runs(paths, task.evaluate.select_by)))
         crowds = sorted(paths.crowds.glob("ds=*/crowds.parquet"))
         if crowds:
             print(f"crowds:  {crowds[-1]}  (and the table crowds.forward_crowds in {paths.warehouse})")

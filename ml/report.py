@@ -15,10 +15,20 @@ START, END = "<!-- comparison:start -->", "<!-- comparison:end -->"
 COLUMNS = ("auc", "gauc", "logloss", "recall_at_50", "recall_at_100", "coverage", "ndcg_at_100", "precision_at_100")
 # the share of buyers the evaluated population holds: a property of the task, not of a model (never bold)
 UNRANKED = ("coverage",)
+# columns that are means over targets: two models are compared on the same resampled targets (paired), from
+# the per-target table each run logs; the column of that table and its weight
+PAIRED = {"gauc": ("auc", "positives"), "recall_at_50": ("recall_at_50", None),
+          "recall_at_100": ("recall_at_100", None), "ndcg_at_100": ("ndcg_at_100", None),
+          "precision_at_100": ("precision_at_100", None)}
+LEGEND = ("Each figure with its 95 % bootstrap interval (targets resampled; users for the pooled AUC). Bold: the "
+          "best model, and every model the data cannot tell from it (the paired interval of the difference over "
+          "the same targets includes zero; for AUC and logloss, overlapping intervals).")
 
 
-def latest_runs(paths: TaskPaths) -> pd.DataFrame:
-    """One row per model (its latest finished run of the task) plus an `oracle` row, with the COLUMNS metrics."""
+def latest_runs(paths: TaskPaths, select_by: str) -> pd.DataFrame:
+    """One row per model (its latest finished run of the task) plus an `oracle` row: first the metric the
+    champion is chosen on, measured on the validation dates (`valid_<select_by>`), then the COLUMNS metrics of
+    the backtest with their intervals (`C_low`, `C_high`) and whether each is among the best (`C_top`)."""
     import mlflow
 
     from ml.tracking import configure
@@ -33,8 +43,12 @@ def latest_runs(paths: TaskPaths) -> pd.DataFrame:
     rows = []
     for _, r in runs.iterrows():
         row = {"model": r["tags.mlflow.runName"], "run_id": r["run_id"],
-               "train_s": r.get("params.train_seconds")}
-        row.update({c: r.get(f"metrics.eval_{c}", float("nan")) for c in COLUMNS})
+               "train_s": r.get("params.train_seconds"),
+               f"valid_{select_by}": r.get(f"metrics.selection_{select_by}", float("nan"))}
+        for c in COLUMNS:
+            row[c] = r.get(f"metrics.eval_{c}", float("nan"))
+            row[f"{c}_low"] = r.get(f"metrics.eval_{c}_ci_low", float("nan"))
+            row[f"{c}_high"] = r.get(f"metrics.eval_{c}_ci_high", float("nan"))
         rows.append(row)
     oracle_cols = [f"metrics.oracle_{c}" for c in COLUMNS]
     if set(oracle_cols) <= set(runs.columns) and runs[oracle_cols[0]].notna().any():
@@ -44,25 +58,68 @@ def latest_runs(paths: TaskPaths) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     order = {m: i for i, m in enumerate(["lgbm_per_target", "lgbm_few_mixed", "lgbm_all_mixed", "dnn", "deepfm",
                                          "din", "moe", "ple", "lstm", "oracle (ceiling)"])}
-    return table.sort_values("model", key=lambda s: s.map(order).fillna(50)).reset_index(drop=True)
+    table = table.sort_values("model", key=lambda s: s.map(order).fillna(50)).reset_index(drop=True)
+    return mark_best(table, _per_target_tables(table))
+
+
+def _per_target_tables(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    import mlflow
+
+    out = {}
+    for _, r in table[table["run_id"].fillna("") != ""].iterrows():
+        try:
+            frame = mlflow.load_table("per_target_metrics.json", run_ids=[r["run_id"]])
+        except Exception:  # noqa: BLE001  (a run logged before the table existed: compared unpaired)
+            continue
+        out[r["model"]] = frame.drop(columns=[c for c in ("run_id",) if c in frame.columns]).set_index("target_id")
+    return out
+
+
+def mark_best(table: pd.DataFrame, per_target: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """`C_top` per column: the best model, and every model the data cannot tell from it."""
+    from ml.evaluate.intervals import paired_target_interval
+
+    table = table.copy()
+    is_model = ~table["model"].str.startswith("oracle")
+    for c in COLUMNS:
+        table[f"{c}_top"] = False
+        models = table[is_model & table[c].notna()]
+        if c in UNRANKED or len(models) < 2:
+            continue
+        best_i = models[c].idxmin() if c == "logloss" else models[c].idxmax()
+        best = table.loc[best_i]
+        for i, r in models.iterrows():
+            if i == best_i:
+                table.loc[i, f"{c}_top"] = True
+            elif c in PAIRED and best["model"] in per_target and r["model"] in per_target:
+                column, weight = PAIRED[c]
+                a, b = per_target[best["model"]], per_target[r["model"]]
+                a, b = a[a["buyers"] > 0], b[b["buyers"] > 0]
+                table.loc[i, f"{c}_top"] = not paired_target_interval(a, b, column, weight=weight).excludes_zero()
+            else:
+                table.loc[i, f"{c}_top"] = bool(r[f"{c}_low"] <= best[f"{c}_high"] and best[f"{c}_low"] <= r[f"{c}_high"])
+    return table
+
+
+def _cell(r: pd.Series, c: str) -> str:
+    v = r[c]
+    if pd.isna(v):
+        return "–"
+    text = f"{v:.4f}"
+    low, high = r.get(f"{c}_low"), r.get(f"{c}_high")
+    if low is not None and high is not None and pd.notna(low) and pd.notna(high):
+        text += f" ({low:.3f}–{high:.3f})"
+    return f"**{text}**" if r.get(f"{c}_top") is True else text
 
 
 def markdown(table: pd.DataFrame) -> str:
-    header = "| model | " + " | ".join(COLUMNS) + " |"
-    lines = [header, "|" + "---|" * (len(COLUMNS) + 1)]
-    models = table[~table["model"].str.startswith("oracle")]
-    best = ({c: (models[c].min() if c == "logloss" else models[c].max()) for c in COLUMNS if c not in UNRANKED}
-            if len(models) > 1 else {})
+    selection = [c for c in table.columns if c.startswith("valid_")]
+    columns = selection + list(COLUMNS)
+    lines = ["| model | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
     for _, r in table.iterrows():
-        cells = []
-        for c in COLUMNS:
-            v = r[c]
-            text = "–" if pd.isna(v) else f"{v:.4f}"
-            if not r["model"].startswith("oracle") and c in best and v == best[c]:
-                text = f"**{text}**"
-            cells.append(text)
+        cells = [_cell(r, c) if c in COLUMNS else ("–" if pd.isna(r[c]) else f"{r[c]:.4f}") for c in columns]
         lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n\n" + LEGEND
 
 
 def write_readme(readme: Path, table: pd.DataFrame, note: str) -> None:

@@ -76,6 +76,9 @@ class Evaluate(_Settings):
     top_targets: int = Field(default=50, ge=1)
     targets: tuple[int, ...] = ()
     n: tuple[int, ...] = (10, 50, 100, 500)
+    # the metric the champion is chosen on, measured on the validation dates (never on the backtest):
+    # gauc (per-target AUC weighted by buyers), auc, or recall_at_N for one of the n values
+    select_by: str = "gauc"
 
     @field_validator("n")
     @classmethod
@@ -83,6 +86,13 @@ class Evaluate(_Settings):
         if not v or any(x < 1 for x in v):
             raise ValueError("expected one or more positive cut-offs")
         return tuple(sorted(set(v)))
+
+    @model_validator(mode="after")
+    def _known_selection_metric(self) -> Evaluate:
+        allowed = ["gauc", "auc", *(f"recall_at_{n}" for n in self.n)]
+        if self.select_by not in allowed:
+            raise ValueError(f"select_by: expected one of {', '.join(allowed)}, got {self.select_by!r}")
+        return self
 
 
 class Warehouse(_Settings):

@@ -1,12 +1,16 @@
 """MLflow: one SQLite store under the data directory (with an absolute artifact location), one experiment and
 one registered model per task and dataset (ml.task.TaskPaths), whose `champion` alias moves only when a new
-run beats the current champion."""
+run beats the current champion on the validation dates (`selection_*` metrics; the backtest's `eval_*` metrics
+never choose)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import math
 import os
+from collections.abc import Iterator
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -16,7 +20,11 @@ from ml.task import TaskPaths
 
 log = logging.getLogger(__name__)
 CHAMPION = "champion"
-CHAMPION_METRIC = "eval_auc"  # higher is better
+
+
+def selection_metric(name: str) -> str:
+    """The MLflow metric a task's `evaluate.select_by` names (higher is better): measured on validation dates."""
+    return f"selection_{name}"
 
 
 def tracking_uri(paths: Paths) -> str:
@@ -33,6 +41,7 @@ def configure(paths: TaskPaths) -> str:
         shared.mlflow_db.parent.mkdir(parents=True, exist_ok=True)
         shared.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # the registry in the same store, also when another one was configured before
     experiment = mlflow.get_experiment_by_name(paths.experiment)
     if experiment is None:
         # a local store needs an absolute artifact location; a server decides its own (--artifacts-destination)
@@ -45,25 +54,42 @@ def configure(paths: TaskPaths) -> str:
     return experiment_id
 
 
-def champion_metric(client: MlflowClient, registered_model: str) -> tuple[str | None, float]:
-    """The current champion's version and its metric (none: -inf)."""
+def champion_metric(client: MlflowClient, registered_model: str, metric: str) -> tuple[str | None, float]:
+    """The current champion's version and its value of `metric` (none, or a run without it: -inf)."""
     try:
         version = client.get_model_version_by_alias(registered_model, CHAMPION)
     except mlflow.exceptions.MlflowException:
         return None, -math.inf
     run = client.get_run(version.run_id)
-    return version.version, run.data.metrics.get(CHAMPION_METRIC, -math.inf)
+    return version.version, run.data.metrics.get(metric, -math.inf)
 
 
-def promote_if_better(paths: TaskPaths, version: str, value: float) -> bool:
-    """Move the task's champion alias to this version only if it beats the current champion."""
+@contextlib.contextmanager
+def champion_lock(paths: TaskPaths) -> Iterator[None]:
+    """One promotion at a time per registered model: the training DAG trains models in parallel, and two that
+    both read the old champion's metric before either moved the alias could leave the worse one champion.
+    A file lock in the data directory, which every local process and the compose services share."""
+    lock = paths.shared.root / "mlflow" / f"{paths.registered_model}.champion.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def promote_if_better(paths: TaskPaths, version: str, metric: str, value: float) -> bool:
+    """Move the task's champion alias to this version only if it beats the current champion on `metric`
+    (read and moved under champion_lock)."""
     client = MlflowClient()
     name = paths.registered_model
-    current, best = champion_metric(client, name)
-    if value > best:
-        client.set_registered_model_alias(name, CHAMPION, version)
-        log.info("%s champion: version %s (%s %.4f) replaces %s (%.4f)", name, version, CHAMPION_METRIC, value,
-                 current, best)
-        return True
-    log.info("%s champion stays version %s (%s %.4f >= %.4f)", name, current, CHAMPION_METRIC, best, value)
+    with champion_lock(paths):
+        current, best = champion_metric(client, name, metric)
+        if value > best:
+            client.set_registered_model_alias(name, CHAMPION, version)
+            log.info("%s champion: version %s (%s %.4f) replaces %s (%.4f)", name, version, metric, value, current,
+                     best)
+            return True
+    log.info("%s champion stays version %s (%s %.4f >= %.4f)", name, current, metric, best, value)
     return False

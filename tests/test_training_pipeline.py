@@ -13,7 +13,8 @@ from mlflow.tracking import MlflowClient
 
 from ml.cli import main
 from ml.crowds import CROWD_COLUMNS, last_log_day
-from ml.tracking import CHAMPION, configure
+from ml.task import TaskPaths
+from ml.tracking import CHAMPION, configure, promote_if_better, selection_metric
 from ml.train.pipeline import train_and_evaluate
 from ml.train.trainer import TrainConfig
 
@@ -47,13 +48,15 @@ def test_every_run_is_recorded_with_metrics_plots_table_and_model(outcomes, task
         a.path.split("/")[-1] for a in client.list_artifacts(outcomes["lgbm_all_mixed"].run_id, "plots")}
 
 
-def test_the_champion_alias_points_at_the_best_registered_run(outcomes, task_paths):
+def test_the_champion_alias_points_at_the_best_registered_run_on_the_validation_dates(outcomes, task, task_paths):
     configure(task_paths)
     client = MlflowClient()
     name = task_paths.registered_model
     versions = client.search_model_versions(f"name='{name}'")
-    registered = {v.run_id: client.get_run(v.run_id).data.metrics["eval_auc"] for v in versions}
-    assert outcomes["lgbm_per_target"].run_id not in registered  # many boosters: logged as a bundle only
+    metric = selection_metric(task.evaluate.select_by)
+    registered = {v.run_id: client.get_run(v.run_id).data.metrics[metric] for v in versions}
+    assert all(client.get_run(v.run_id).data.tags["selected_by"] == metric for v in versions)
+    assert set(registered) == {o.run_id for o in outcomes.values()}  # every family, LightGBM modes included
     champion = client.get_model_version_by_alias(name, CHAMPION)
     assert registered[champion.run_id] == max(registered.values())
     loaded = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
@@ -120,3 +123,132 @@ def test_lgbm_baselines_train_one_model_per_evaluated_target_or_group(outcomes, 
     bundle = Bundle.load(outcomes["lgbm_per_target"].bundle)
     boosters = list((bundle.path / "lgbm").glob("*.txt"))
     assert 0 < len(boosters) <= ev["target_id"].nunique()
+
+
+def test_the_per_target_boosters_serve_from_the_registry_as_their_bundle_scores(outcomes, tiny_exports, task,
+                                                                                 task_paths):
+    from ml.train.bundle import Bundle
+
+    configure(task_paths)
+    client = MlflowClient()
+    run_id = outcomes["lgbm_per_target"].run_id
+    version = next(v for v in client.search_model_versions(f"name='{task_paths.registered_model}'")
+                   if v.run_id == run_id)
+    served = mlflow.pyfunc.load_model(f"models:/{task_paths.registered_model}/{version.version}")
+    ev = pd.read_parquet(tiny_exports / f"ds={task.backtest}" / "evaluation.parquet").head(2000)
+    expected = Bundle.load(outcomes["lgbm_per_target"].bundle).score_frame(ev)
+    np.testing.assert_allclose(np.asarray(served.predict(ev)), expected)
+    assert len(np.unique(expected)) > 10  # boosters, not only the prior
+
+
+@pytest.fixture
+def other_store(task, task_paths, tmp_path, request):
+    """A task namespace of its own in its own MLflow store; the session's store is configured again afterwards."""
+    paths = TaskPaths(tmp_path, task.name, request.node.name[5:40].replace("_", "-"))
+    configure(paths)
+    yield paths
+    configure(task_paths)
+
+
+def test_the_champion_is_chosen_on_validation_even_when_the_backtest_would_choose_otherwise(other_store):
+    """Two registered runs: the first better on the backtest, the second on the validation dates. The
+    second is the champion, and a later run worse on validation does not take over."""
+    paths = other_store
+    client = MlflowClient()
+    client.create_registered_model(paths.registered_model)
+    metric = selection_metric("gauc")
+
+    def register(selection: float, backtest: float) -> str:
+        with mlflow.start_run() as run:
+            mlflow.log_metrics({metric: selection, "eval_gauc": backtest})
+        return client.create_model_version(paths.registered_model, run.info.artifact_uri, run.info.run_id).version
+
+    first = register(selection=0.70, backtest=0.95)
+    assert promote_if_better(paths, first, metric, 0.70)
+    second = register(selection=0.80, backtest=0.60)
+    assert promote_if_better(paths, second, metric, 0.80)
+    third = register(selection=0.75, backtest=0.99)
+    assert not promote_if_better(paths, third, metric, 0.75)
+    assert client.get_model_version_by_alias(paths.registered_model, CHAMPION).version == second
+
+
+def test_every_run_records_the_metrics_it_was_chosen_on(outcomes, task):
+    for name, o in outcomes.items():
+        assert 0.5 < o.selection["gauc"] <= 1 and o.selection.keys() >= {"auc", "gauc", "recall_at_100"}, name
+
+
+def test_a_promotion_waits_for_the_one_in_progress(other_store):
+    """Parallel trainings promote one at a time: read the champion's metric and move the alias under a lock."""
+    import threading
+    import time
+
+    from ml.tracking import champion_lock
+
+    paths = other_store
+    client = MlflowClient()
+    client.create_registered_model(paths.registered_model)
+    with mlflow.start_run() as run:
+        mlflow.log_metric(selection_metric("gauc"), 0.9)
+    version = client.create_model_version(paths.registered_model, run.info.artifact_uri, run.info.run_id).version
+    done = []
+    with champion_lock(paths):
+        worker = threading.Thread(target=lambda: done.append(
+            promote_if_better(paths, version, selection_metric("gauc"), 0.9)))
+        worker.start()
+        time.sleep(1.0)
+        assert worker.is_alive() and not done  # blocked while another promotion holds the lock
+    worker.join(timeout=30)
+    assert done == [True]
+
+
+def test_a_checkpoint_of_other_data_is_not_resumed(tiny_exports, task, task_paths, caplog):
+    """A retry resumes from the model's last epoch only with the same exports, settings and code: after a
+    re-export (here: a file rewritten) training starts afresh and says so."""
+    import logging
+    import os
+
+    cfg = TrainConfig(epochs=1, batch_size=512, progress=False, tensorboard=False, seed=7)
+    train_and_evaluate("dnn", task, task_paths, train_cfg=cfg, track=False)
+    checkpoints = task_paths.models / "checkpoints"
+    before = {d.name for d in checkpoints.glob("dnn-*")}
+    sample = tiny_exports / f"ds={task.sample_dates[0]}" / "samples.parquet"
+    stat = sample.stat()
+    os.utime(sample, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    with caplog.at_level(logging.INFO, logger="ml.train.pipeline"):
+        train_and_evaluate("dnn", task, task_paths, train_cfg=cfg, track=False)
+    after = {d.name for d in checkpoints.glob("dnn-*")}
+    assert len(after - before) == 1  # a new checkpoint directory: nothing was resumed from the old one
+    assert "are of other data, settings or code: not resumed" in caplog.text
+
+
+def test_report_writes_the_comparison_with_intervals_and_the_selection_metric(outcomes, task, tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("before\n<!-- comparison:start -->\nSTALE-TABLE\n<!-- comparison:end -->\nafter\n")
+    assert main(["report", "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n") and "STALE-TABLE" not in text
+    header = next(line for line in text.splitlines() if line.startswith("| model |"))
+    assert header.split(" | ")[1] == f"valid_{task.evaluate.select_by}"
+    din = next(line for line in text.splitlines() if line.startswith("| din |"))
+    auc = outcomes["din"].summary["auc"]
+    iv = outcomes["din"].intervals["auc"]
+    assert f"{auc:.4f} ({iv.low:.3f}–{iv.high:.3f})" in din
+    assert "Chosen:" in text and "paired interval" in text
+
+
+def test_the_report_bolds_only_the_models_the_data_cannot_tell_from_the_best():
+    from ml.report import COLUMNS, mark_best
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.2, 0.8, 60)
+
+    def per_target(shift: float, noise: float) -> pd.DataFrame:
+        recall = np.clip(base + shift + rng.normal(0, noise, 60), 0, 1)
+        return pd.DataFrame({"recall_at_100": recall, "buyers": 5.0}, index=pd.Index(range(60), name="target_id"))
+
+    tables = {"a": per_target(0.02, 0.003), "b": per_target(0.0, 0.003), "c": per_target(0.019, 0.05)}
+    rows = [{"model": m, "run_id": m, **{c: np.nan for c in COLUMNS},
+             "recall_at_100": float(t["recall_at_100"].mean())} for m, t in tables.items()]
+    marked = mark_best(pd.DataFrame(rows), tables).set_index("model")["recall_at_100_top"]
+    # a is best; b is consistently 0.02 lower (told apart); c is as good on average but noisy (not told apart)
+    assert marked.to_dict() == {"a": True, "b": False, "c": True}

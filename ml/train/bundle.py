@@ -17,6 +17,7 @@ from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
+import pandas as pd
 import torch
 
 from ml.features.dataset import CrowdData, RawExports, read_exports
@@ -67,6 +68,17 @@ class Bundle:
         dev = resolve_device(device)
         model.load_state_dict(torch.load(self.path / "weights.pt", map_location=dev, weights_only=True))
         return correct_for_sampling(predict(model.to(dev), CrowdData(raw, fmap), device=dev), rate)
+
+    def score_frame(self, frame: pd.DataFrame) -> np.ndarray:
+        """P(buy) for the rows of a samples-like frame (keys and dense features): LightGBM bundles only, whose
+        inputs are all columns (the deep models also read the behaviour sequences, see score)."""
+        if self.name not in GBDT_MODELS:
+            raise ValueError(f"{self.name} reads behaviour sequences too: score it with Bundle.score")
+        missing = [c for c in ["target_id", *self.config["dense"]] if c not in frame.columns]
+        if missing:
+            raise ValueError(f"{self.name}: the input lacks {len(missing)} feature column(s), first {missing[:5]}")
+        return correct_for_sampling(predict_gbdt(self._gbdt(), frame, self.config["dense"]),
+                                    self.config.get("negative_rate", 1.0))
 
     def _gbdt(self) -> GbdtResult:
         meta = json.loads((self.path / "gbdt.json").read_text())

@@ -21,14 +21,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ml.evaluate.intervals import Interval, backtest_intervals
 from ml.evaluate.metrics import buyer_totals, evaluate_scores
 from ml.evaluate.plots import evaluation_plots, importance_plot, training_curves
 from ml.features.dataset import CrowdData, RawExports, fit_feature_map, read_buyers, read_exports
 from ml.models.zoo import NEEDS_SERIES, ModelConfig, build_model
 from ml.task import ALL_MODELS, GBDT_MODELS, Task, TaskPaths
 from ml.train.bundle import Bundle, correct_for_sampling, save_deep_bundle, save_gbdt_bundle
-from ml.train.gbdt import GbdtConfig, train_gbdt
+from ml.train.gbdt import GbdtConfig, predict_gbdt, train_gbdt
 from ml.train.trainer import TrainConfig, Trainer, predict, seed_everything
+from ml.warehouse.export import export_dir
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,8 @@ class Outcome:
     champion: bool = False
     oracle: dict[str, float] = field(default_factory=dict)
     train_seconds: float = 0.0
+    intervals: dict[str, Interval] = field(default_factory=dict)  # 95 % bootstrap, of the backtest's summary
+    selection: dict[str, float] = field(default_factory=dict)  # on the validation dates: what the champion is chosen on
 
 
 def _subsample(raw: RawExports, rate: float, seed: int) -> RawExports:
@@ -71,6 +75,23 @@ def oracle_scores(dataset_dir: Path, frame: pd.DataFrame, ds: dt.date) -> np.nda
     merged = frame[["user_id", "target_id"]].merge(
         oracle.rename(columns={"brand_id": "target_id"}), on=["user_id", "target_id"], how="left")
     return merged["p_buy"].fillna(0.0).to_numpy()
+
+
+def exports_fingerprint(root: Path, dates: list[dt.date]) -> str:
+    """The exported files of these dates as they are on disk (name, size, modification time): a re-export,
+    even of the same rows, counts as other data. Cheap: no file is read."""
+    files = sorted(p for ds in dates for p in export_dir(root, ds).iterdir() if p.is_file())
+    return _fingerprint(*[(p.parent.name, p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+
+
+# the modules whose code decides what a checkpoint's weights mean
+_TRAINING_CODE = ("models/zoo.py", "models/layers.py", "train/trainer.py", "features/dataset.py",
+                  "features/feature_map.py")
+
+
+def code_version() -> str:
+    package = Path(__file__).resolve().parents[1]  # ml/, in a checkout or installed
+    return hashlib.sha1(b"".join((package / f).read_bytes() for f in _TRAINING_CODE)).hexdigest()[:12]
 
 
 def _fingerprint(*parts: object) -> str:
@@ -119,6 +140,7 @@ def train_and_evaluate(
         targets = _evaluated_targets(ev, train_raw.samples)
         result = train_gbdt(cfg, train_raw.samples, valid_raw.samples, ev, train_raw.dense, targets)
         scores = correct_for_sampling(result.scores, negative_rate)
+        valid_scores = predict_gbdt(result, valid_raw.samples, train_raw.dense)
         params = {"model": model, **{f"gbdt_{k}": v for k, v in cfg.__dict__.items()},
                   "train_seconds": round(result.seconds, 1)}
         shutil.rmtree(bundle_dir, ignore_errors=True)
@@ -131,12 +153,20 @@ def train_and_evaluate(
         seed_everything(train_cfg.seed)
         fmap = fit_feature_map(train_raw, task)
         net = build_model(model, fmap, model_cfg)
+        # a checkpoint is resumed only by the same data, settings and code: anything else starts afresh
         key = _fingerprint(task.name, model, train_cfg.to_dict(), model_cfg.to_dict(), negative_rate, rows,
-                           train_raw.dense, fp)
-        trainer = Trainer(net, train_cfg, paths.models / "checkpoints" / f"{model}-{key}", on_epoch=epoch_metrics.append)
+                           train_raw.dense, fp, exports_fingerprint(paths.exports, [*train_dates, *valid_dates]),
+                           code_version())
+        workdir = paths.models / "checkpoints" / f"{model}-{key}"
+        stale = [d.name for d in workdir.parent.glob(f"{model}-*") if d != workdir]
+        if stale and not workdir.exists():
+            log.info("%s: checkpoints %s are of other data, settings or code: not resumed; training afresh",
+                     model, ", ".join(sorted(stale)))
+        trainer = Trainer(net, train_cfg, workdir, on_epoch=epoch_metrics.append)
         valid_data = CrowdData(valid_raw, fmap)
         fit = trainer.fit(CrowdData(train_raw, fmap), valid_data)
         history, train_seconds = fit.history, fit.seconds
+        valid_scores = predict(trainer.model, valid_data)
         ev_data = CrowdData(eval_raw, fmap)
         scores = correct_for_sampling(predict(trainer.model, ev_data), negative_rate)
         params = {"model": model, **{f"train_{k}": v for k, v in train_cfg.to_dict().items()},
@@ -150,9 +180,11 @@ def train_and_evaluate(
             # on the validation week: held-out rows, a quarter of the evaluation set's forward passes
             extra_plots.append(_se_importance(trainer.model, valid_data, fmap, plots_dir))
 
-    y, target, user = ev["label_buy"].to_numpy(), ev["target_id"].to_numpy(), ev["user_id"].to_numpy()
     ns = task.evaluate.n
+    selection = _selection_metrics(valid_raw.samples, correct_for_sampling(valid_scores, negative_rate), ev, ns)
+    y, target, user = ev["label_buy"].to_numpy(), ev["target_id"].to_numpy(), ev["user_id"].to_numpy()
     summary, per_target = evaluate_scores(y, scores, target, user, ns, buyers=buyers)
+    intervals = backtest_intervals(y, scores, user, per_target, seed=task.training.seed)
     oracle = {}
     reference = {}
     p_oracle = oracle_scores(paths.dataset_dir, ev, backtest) if task.target == "brand" else None
@@ -161,14 +193,30 @@ def train_and_evaluate(
         reference["oracle"] = p_oracle
     plot_paths = [*evaluation_plots(y, scores, target, user, plots_dir, model, reference,
                                     buyers=buyer_totals(buyers)["buyers"]), *extra_plots]
-    outcome = Outcome(model, summary, per_target, bundle_dir, oracle=oracle, train_seconds=train_seconds)
+    outcome = Outcome(model, summary, per_target, bundle_dir, oracle=oracle, train_seconds=train_seconds,
+                      selection=selection, intervals=intervals)
+    log.info("%s on the validation dates: %s %.4f", model, task.evaluate.select_by, selection[task.evaluate.select_by])
     log.info("%s on %s: %s", model, backtest, ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
     if track:
         task_params = {f"task.{k}": v for k, v in task.flat().items()}
         _record(outcome, params | {f"rows_{k}": v for k, v in rows.items()} | task_params,
-                epoch_metrics, plot_paths, paths)
+                epoch_metrics, plot_paths, paths, task.evaluate.select_by)
     shutil.rmtree(plots_dir, ignore_errors=True)
     return outcome
+
+
+def _selection_metrics(valid: pd.DataFrame, scores: np.ndarray, ev: pd.DataFrame, ns: tuple[int, ...]) -> dict[str, float]:
+    """The metrics the champion is chosen on: the validation dates' samples of the evaluated targets (the ones
+    the backtest covers, chosen from history before it), so that no label of the backtest decides anything.
+    The per-target and few-mixed boosters cover only those targets; other targets would get a constant score."""
+    keep = valid["target_id"].isin(np.unique(ev["target_id"].to_numpy())).to_numpy()
+    v = valid[keep]
+    if v["label_buy"].sum() == 0:
+        raise ValueError("the validation dates hold no buyer of an evaluated target: nothing to choose a champion "
+                         "on (add validation dates, or evaluate more targets)")
+    summary, _ = evaluate_scores(v["label_buy"].to_numpy(), scores[keep], v["target_id"].to_numpy(),
+                                 v["user_id"].to_numpy(), ns)
+    return summary
 
 
 def _evaluated_targets(ev: pd.DataFrame, train: pd.DataFrame) -> list[int]:
@@ -193,10 +241,11 @@ def _se_importance(model, data: CrowdData, fmap, out: Path) -> Path:  # noqa: AN
     return importance_plot(names, sums / n, out / "se_field_importance.png", "PLE: mean SE weight per field")
 
 
-def _record(outcome: Outcome, params: dict, epochs: list[dict], plots: list[Path], paths: TaskPaths) -> None:
+def _record(outcome: Outcome, params: dict, epochs: list[dict], plots: list[Path], paths: TaskPaths,
+            select_by: str) -> None:
     import mlflow
 
-    from ml.tracking import CHAMPION_METRIC, configure, promote_if_better
+    from ml.tracking import configure, promote_if_better, selection_metric
 
     configure(paths)
     with mlflow.start_run(run_name=outcome.model, tags={"task": paths.task, "dataset": paths.dataset}) as run:
@@ -204,7 +253,11 @@ def _record(outcome: Outcome, params: dict, epochs: list[dict], plots: list[Path
         for row in epochs:
             mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
         mlflow.log_metrics({f"eval_{k}": v for k, v in outcome.summary.items() if np.isfinite(v)})
+        mlflow.log_metrics({f"eval_{k}_ci_{end}": getattr(iv, end) for k, iv in outcome.intervals.items()
+                            for end in ("low", "high") if np.isfinite(getattr(iv, end))})
         mlflow.log_metrics({f"oracle_{k}": v for k, v in outcome.oracle.items() if np.isfinite(v)})
+        mlflow.log_metrics({selection_metric(k): v for k, v in outcome.selection.items() if np.isfinite(v)})
+        mlflow.set_tag("selected_by", selection_metric(select_by))
         table = outcome.per_target.reset_index()
         mlflow.log_table(table, artifact_file="per_target_metrics.json")
         for p in plots:
@@ -214,14 +267,14 @@ def _record(outcome: Outcome, params: dict, epochs: list[dict], plots: list[Path
         outcome.run_id = run.info.run_id
         if info is not None and info.registered_model_version is not None:
             outcome.champion = promote_if_better(paths, str(info.registered_model_version),
-                                                 outcome.summary[CHAMPION_METRIC.removeprefix("eval_")])
+                                                 selection_metric(select_by), outcome.selection[select_by])
             mlflow.set_tag("registered_version", info.registered_model_version)
         mlflow.set_tag("champion_at_training", str(outcome.champion).lower())
 
 
 def _log_flavour(outcome: Outcome, registered: str):  # noqa: ANN202
     """The model in its MLflow flavour (PyTorch, or LightGBM for the single all-mixed booster), registered.
-    The per-target and few-mixed baselines are many boosters: they are logged as the bundle only."""
+    The per-target and few-mixed baselines are many boosters: the bundle behind a pyfunc (ml.train.serving)."""
     import mlflow
 
     bundle = Bundle.load(outcome.bundle)
@@ -231,8 +284,12 @@ def _log_flavour(outcome: Outcome, registered: str):  # noqa: ANN202
         booster = lgb.Booster(model_file=str(outcome.bundle / "lgbm" / "all.txt"))
         return mlflow.lightgbm.log_model(booster, name="model", registered_model_name=registered,
                                          pip_requirements=["lightgbm==4.7.0"])
-    if outcome.model in GBDT_MODELS:
-        return None
+    if outcome.model in GBDT_MODELS:  # many boosters and their routing: the bundle behind a pyfunc
+        from ml.train.serving import GbdtBundleModel
+
+        return mlflow.pyfunc.log_model(name="model", python_model=GbdtBundleModel(),
+                                       artifacts={"bundle": str(outcome.bundle)}, registered_model_name=registered,
+                                       pip_requirements=["lightgbm==4.7.0", "mlflow==3.17.2"])
     import torch
 
     from ml.features.feature_map import FeatureMap

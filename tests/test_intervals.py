@@ -1,0 +1,57 @@
+"""Bootstrap intervals: the weighted AUC against scikit-learn, coverage of a known difference, pairing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from ml.evaluate.intervals import auc_interval, paired_target_interval, target_intervals, weighted_auc
+
+
+def test_weighted_auc_equals_scikit_learn_with_ties_and_with_integer_weights():
+    rng = np.random.default_rng(0)
+    n = 5000
+    y = (rng.random(n) < 0.1).astype(int)
+    p = np.round(rng.random(n) + 0.3 * y, 2)  # many ties
+    assert weighted_auc(y, p, np.ones((1, n)))[0] == pytest.approx(roc_auc_score(y, p))
+    w = rng.integers(0, 3, size=n).astype(float)  # a bootstrap weight = that many copies of the row
+    assert weighted_auc(y, p, w[None, :])[0] == pytest.approx(roc_auc_score(y, p, sample_weight=w))
+
+
+def test_the_auc_interval_covers_the_auc_and_shrinks_with_more_users():
+    rng = np.random.default_rng(1)
+
+    def interval(users: int):
+        user = np.repeat(np.arange(users), 5)
+        y = (rng.random(len(user)) < 0.2).astype(int)
+        p = rng.random(len(user)) + 0.5 * y
+        return roc_auc_score(y, p), auc_interval(y, p, user, n_boot=200, seed=2)
+
+    auc_small, small = interval(200)
+    auc_large, large = interval(5000)
+    assert small.low < auc_small < small.high and large.low < auc_large < large.high
+    assert (large.high - large.low) < 0.5 * (small.high - small.low)
+
+
+def test_a_paired_interval_finds_a_small_consistent_difference_that_unpaired_intervals_overlap():
+    """Model a beats b by 0.01 on every target, while targets differ by far more than that: the paired
+    interval excludes zero; the two models' own intervals overlap."""
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0.3, 0.9, size=80)
+    a = pd.DataFrame({"recall_at_100": base + 0.01 + rng.normal(0, 0.002, 80)})
+    b = pd.DataFrame({"recall_at_100": base})
+    own = {name: target_intervals(t, ["recall_at_100"], seed=4)["recall_at_100"] for name, t in (("a", a), ("b", b))}
+    assert own["a"].low < own["b"].high  # overlapping
+    diff = paired_target_interval(a, b, "recall_at_100", seed=4)
+    assert diff.excludes_zero() and diff.low < 0.01 < diff.high
+    same = paired_target_interval(b, b.assign(recall_at_100=base + rng.normal(0, 0.01, 80)), "recall_at_100", seed=4)
+    assert not same.excludes_zero()
+
+
+def test_target_intervals_skip_targets_without_a_value_and_honour_weights():
+    table = pd.DataFrame({"gauc": [0.9, np.nan, 0.5], "positives": [10.0, 0.0, 0.0]})
+    iv = target_intervals(table, ["gauc"], n_boot=200, seed=0, weights={"gauc": "positives"})["gauc"]
+    # only the first target has weight: every resample that holds it has mean 0.9 (others are NaN)
+    assert iv.high == pytest.approx(0.9)
