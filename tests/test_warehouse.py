@@ -227,6 +227,9 @@ def test_exports_one_directory_per_date_with_the_evaluation_set_beside_it(built,
     ({"ds": "2013-07-xx"}, "var 'ds': expected a date as YYYY-MM-DD"),
     ({"target": "shop"}, "var 'target': expected 'brand' or 'category'"),
     ({"feature_windows": [7, 120]}, "var 'feature_windows'"),
+    ({"negatives_per_target": "1; drop table x"}, "var 'negatives_per_target': expected a whole number of 0 or more"),
+    ({"negatives_per_target": -5}, "var 'negatives_per_target': expected a whole number of 0 or more"),
+    ({"negatives_per_target": 2.7}, "var 'negatives_per_target': expected a whole number of 0 or more"),
 ])
 def test_a_bad_var_fails_with_a_clear_message_before_any_work(tiny_dataset, tmp_path, changes, message):
     warehouse = tmp_path / "wh" / "crowd.duckdb"
@@ -258,6 +261,11 @@ def test_category_target_ranks_categories(tiny_dataset, tmp_path):
     s = _query(warehouse, "select distinct target_id, target_category_id from samples.samples")
     categories = set(pq.read_table(tiny_dataset / "items.parquet")["category_id"].to_pylist())
     assert set(s.target_id) <= categories and (s.target_id == s.target_category_id).all()
+
+
+def test_dbt_sends_no_usage_events_however_it_is_run():
+    project = yaml.safe_load((DBT_PROJECT_DIR / "dbt_project.yml").read_text())
+    assert project["flags"]["send_anonymous_usage_stats"] is False
 
 
 def test_dbt_var_defaults_mirror_the_default_task():

@@ -28,6 +28,14 @@
     {{ return(value | int) }}
 {% endmacro %}
 
+{% macro crowd_nonnegative_int(name) %}
+    {%- set value = var(name) -%}
+    {%- if value is not number or value is sameas true or value is sameas false or (value | int) != value or value < 0 -%}
+        {{ crowd_fail(name, "expected a whole number of 0 or more, got '" ~ value ~ "'") }}
+    {%- endif -%}
+    {{ return(value | int) }}
+{% endmacro %}
+
 {% macro crowd_config() %}
     {%- set history = crowd_positive_int('history_days') -%}
     {%- set sequence = crowd_positive_int('sequence_days') -%}
@@ -92,7 +100,7 @@
         'series_period_days': [30, history] | min,
         'crowd_population': population, 'crowd_active_days': crowd_positive_int('crowd_active_days'),
         'sequence_length': crowd_positive_int('sequence_length'),
-        'negatives_per_target': var('negatives_per_target') | int,
+        'negatives_per_target': crowd_nonnegative_int('negatives_per_target'),
         'n_evaluated_targets': crowd_positive_int('n_evaluated_targets'),
         'evaluated_targets': evaluated | map('int') | list,
         'lstm_top_categories': crowd_positive_int('lstm_top_categories'),
