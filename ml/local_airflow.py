@@ -197,7 +197,9 @@ def standalone(paths: Paths | None = None, host: str = "127.0.0.1", port: int = 
     def _stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, _stop)
+    # SIGINT too, explicitly: a process started from a non-interactive shell's background job inherits SIGINT
+    # ignored, and Python then never raises KeyboardInterrupt
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         for name, args in COMPONENTS.items():
             with open(logs / f"{name}.log", "ab") as sink:
@@ -229,7 +231,8 @@ def standalone(paths: Paths | None = None, host: str = "127.0.0.1", port: int = 
         log.info("stopping Airflow")
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if procs:
             _stop_group(list(procs.values()), stop_timeout)
 

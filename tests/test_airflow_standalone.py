@@ -59,8 +59,10 @@ def test_crowd_airflow_serves_the_dags_with_the_shown_password_and_ctrl_c_stops_
     env = {**os.environ, "CROWD_DATA_DIR": str(tmp_path)}
     log = tmp_path / "standalone.log"  # a file, not a pipe: standalone's output would fill a pipe nobody reads
     with open(log, "w") as sink:
+        # started with SIGINT ignored, as from a script's background job: Ctrl-C must still stop it
         proc = subprocess.Popen([str(BIN / "crowd"), "airflow", "--port", str(port)], env=env,
-                                stdout=sink, stderr=subprocess.STDOUT)
+                                stdout=sink, stderr=subprocess.STDOUT,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     base = f"http://127.0.0.1:{port}"
     standalone_pgid, leftover, password = None, False, None
     try:

@@ -56,7 +56,8 @@ def test_the_champion_alias_points_at_the_best_registered_run_on_the_validation_
     metric = selection_metric(task.evaluate.select_by)
     registered = {v.run_id: client.get_run(v.run_id).data.metrics[metric] for v in versions}
     assert all(client.get_run(v.run_id).data.tags["selected_by"] == metric for v in versions)
-    assert set(registered) == {o.run_id for o in outcomes.values()}  # every family, LightGBM modes included
+    # every family is registered, LightGBM modes included (runs of other tests in the session's store too)
+    assert {o.run_id for o in outcomes.values()} <= set(registered)
     champion = client.get_model_version_by_alias(name, CHAMPION)
     assert registered[champion.run_id] == max(registered.values())
     loaded = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
