@@ -360,10 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--quiet", action="store_true", help="no progress bar")
     rd.set_defaults(func=_cmd_run_dags)
 
-    af = sub.add_parser("airflow", help="airflow standalone over the project's DAGs and metadata DB, in its "
-                        "own process group (Ctrl-C stops all of it); what `make airflow` does")
-    af.add_argument("--host", default="127.0.0.1")
-    af.add_argument("--port", type=int, default=8080)
+    af = sub.add_parser("airflow", help="a local Airflow over the project's DAGs and metadata DB (api-server, "
+                        "scheduler, dag-processor, triggerer) in one process group: Ctrl-C stops all of it; what "
+                        "`make airflow` does")
+    af.add_argument("--host", default="127.0.0.1", help="the api-server's address (default %(default)s)")
+    af.add_argument("--port", type=int, default=8080, help="the api-server's port (default %(default)s)")
     af.set_defaults(func=_cmd_airflow)
 
     pa = sub.add_parser("paths", parents=[tasked], help="print where a task keeps its outputs")

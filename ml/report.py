@@ -20,9 +20,10 @@ UNRANKED = ("coverage",)
 PAIRED = {"gauc": ("auc", "positives"), "recall_at_50": ("recall_at_50", None),
           "recall_at_100": ("recall_at_100", None), "ndcg_at_100": ("ndcg_at_100", None),
           "precision_at_100": ("precision_at_100", None)}
-LEGEND = ("Each figure with its 95 % bootstrap interval (targets resampled; users for the pooled AUC). Bold: the "
+LEGEND = ("Figures with their 95 % bootstrap interval (targets resampled; users for the pooled AUC). Bold: the "
           "best model, and every model the data cannot tell from it (the paired interval of the difference over "
-          "the same targets includes zero; for AUC and logloss, overlapping intervals).")
+          "the same targets includes zero; for AUC, overlapping intervals; logloss has no interval yet: the best "
+          "only). valid_* is on the validation dates, where the champion is chosen; the rest on the backtest.")
 
 
 def latest_runs(paths: TaskPaths, select_by: str) -> pd.DataFrame:
@@ -107,7 +108,7 @@ def _cell(r: pd.Series, c: str) -> str:
         return "–"
     text = f"{v:.4f}"
     low, high = r.get(f"{c}_low"), r.get(f"{c}_high")
-    if low is not None and high is not None and pd.notna(low) and pd.notna(high):
+    if c not in UNRANKED and low is not None and high is not None and pd.notna(low) and pd.notna(high):
         text += f" ({low:.3f}–{high:.3f})"
     return f"**{text}**" if r.get(f"{c}_top") is True else text
 
