@@ -20,10 +20,11 @@ UNRANKED = ("coverage",)
 PAIRED = {"gauc": ("auc", "positives"), "recall_at_50": ("recall_at_50", None),
           "recall_at_100": ("recall_at_100", None), "ndcg_at_100": ("ndcg_at_100", None),
           "precision_at_100": ("precision_at_100", None)}
-LEGEND = ("Figures with their 95 % bootstrap interval (targets resampled; users for the pooled AUC). Bold: the "
+LEGEND = ("Figures with their 95 % bootstrap interval (targets resampled; users for the pooled AUC and "
+          "logloss). Bold: the "
           "best model, and every model the data cannot tell from it (the paired interval of the difference over "
-          "the same targets includes zero; for AUC, overlapping intervals; logloss has no interval yet: the best "
-          "only). valid_* is on the validation dates, where the champion is chosen; the rest on the backtest.")
+          "the same targets includes zero; for AUC and logloss, overlapping intervals). valid_* is on the validation "
+          "dates, where the champion is chosen; the rest on the backtest.")
 
 
 def latest_runs(paths: TaskPaths, select_by: str) -> pd.DataFrame:

@@ -55,3 +55,19 @@ def test_target_intervals_skip_targets_without_a_value_and_honour_weights():
     iv = target_intervals(table, ["gauc"], n_boot=200, seed=0, weights={"gauc": "positives"})["gauc"]
     # only the first target has weight: every resample that holds it has mean 0.9 (others are NaN)
     assert iv.high == pytest.approx(0.9)
+
+
+def test_the_logloss_interval_covers_the_logloss_and_resamples_users_whole():
+    from sklearn.metrics import log_loss
+
+    from ml.evaluate.intervals import logloss_interval
+
+    rng = np.random.default_rng(5)
+    # 400 users, each with 10 identical rows: 400 independent observations, not 4,000
+    y = np.repeat((rng.random(400) < 0.1).astype(int), 10)
+    p = np.repeat(np.clip(0.1 + 0.3 * (y[::10] > 0) + rng.normal(0, 0.05, 400), 0.01, 0.99), 10)
+    by_user = logloss_interval(y, p, np.repeat(np.arange(400), 10), n_boot=500, seed=1)
+    by_row = logloss_interval(y, p, np.arange(4000), n_boot=500, seed=1)
+    assert by_user.low < log_loss(y, p) < by_user.high
+    # resampling rows would pretend 4,000 observations: an interval about sqrt(10) ~ 3x too narrow
+    assert (by_user.high - by_user.low) > 2 * (by_row.high - by_row.low)

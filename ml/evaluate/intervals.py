@@ -1,5 +1,6 @@
 """95 % bootstrap intervals for the comparison: over targets for the per-target means (GAUC, recall@N, NDCG@N,
-coverage), over users for the pooled AUC, and paired between two models (same resamples) for their difference.
+coverage), over users for the pooled AUC and logloss, and paired between two models (same resamples) for their
+difference.
 
 Targets are the unit a merchant sees, so the per-target metrics resample targets. The pooled AUC resamples
 users with Poisson(1) weights (the rows of one user move together), computed from one sort of the scores per
@@ -105,6 +106,24 @@ def auc_interval(y: np.ndarray, p: np.ndarray, user: np.ndarray, n_boot: int = 2
     return _percentiles(np.concatenate(aucs))
 
 
+def logloss_interval(y: np.ndarray, p: np.ndarray, user: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                     chunk: int = 100) -> Interval:
+    """The pooled logloss's interval, users resampled: a mean of per-row losses, so each resample is two
+    weighted sums over users (their losses and their rows), not a pass over the rows."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    y = np.asarray(y) > 0
+    loss = -np.where(y, np.log(p), np.log1p(-p))
+    codes, uniques = pd.factorize(np.asarray(user))
+    sums = np.bincount(codes, weights=loss, minlength=len(uniques))
+    rows = np.bincount(codes, minlength=len(uniques)).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    means = []
+    for start in range(0, n_boot, chunk):
+        w = rng.poisson(1.0, size=(min(chunk, n_boot - start), len(uniques))).astype(np.float64)
+        means.append((w @ sums) / (w @ rows))
+    return _percentiles(np.concatenate(means))
+
+
 # per-target columns whose summary is their mean over targets with buyers (GAUC: per-target AUC weighted by
 # positives, kept under the name the summary gives it)
 PER_TARGET_PREFIXES = ("recall_at_", "precision_at_", "ndcg_at_", "map_at_")
@@ -120,4 +139,5 @@ def backtest_intervals(y: np.ndarray, p: np.ndarray, user: np.ndarray, per_targe
     out["gauc"] = target_intervals(has, ["auc"], n_boot=n_boot, seed=seed, weights={"auc": "positives"})["auc"]
     out["gauc_unweighted"] = target_intervals(has, ["auc"], n_boot=n_boot, seed=seed)["auc"]
     out["auc"] = auc_interval(y, p, user, n_boot=n_boot_auc, seed=seed)
+    out["logloss"] = logloss_interval(y, p, user, n_boot=n_boot, seed=seed)
     return out
