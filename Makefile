@@ -64,6 +64,7 @@ bench: setup
 	$(BIN)/crowd generate --task tmall-2013 --skip-if-present --quiet
 	$(BIN)/crowd warehouse --task tmall-2013 --skip-tests
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/floors.py --task tmall-2013
 	$(BIN)/python bench/dag_week.py
 
 clean:

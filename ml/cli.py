@@ -147,6 +147,10 @@ def _print_outcome(o, select_by: str) -> None:  # noqa: ANN001
           + "  ".join(f"{k} {o.summary[k]:.4f}" for k in keys if k in o.summary)
           + (f"   | oracle auc {o.oracle['auc']:.4f}" if o.oracle else "")
           + (f"   run {o.run_id}" if o.run_id else "") + ("  (new champion)" if o.champion else ""))
+    floor = o.below_floor()
+    if floor:
+        print(f"warning: {o.model} does not beat the heuristic floor {floor[0]} (backtest AUC {o.summary['auc']:.4f}, "
+              f"interval {o.intervals['auc'].low:.4f}-{o.intervals['auc'].high:.4f}, floor {floor[1]:.4f})")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ml.evaluate.floors import FLOORS
 from ml.task import TaskPaths
 
 START, END = "<!-- comparison:start -->", "<!-- comparison:end -->"
@@ -24,7 +25,9 @@ LEGEND = ("Figures with their 95 % bootstrap interval (targets resampled; users 
           "logloss). Bold: the "
           "best model, and every model the data cannot tell from it (the paired interval of the difference over "
           "the same targets includes zero; for AUC and logloss, overlapping intervals). valid_* is on the validation "
-          "dates, where the champion is chosen; the rest on the backtest.")
+          "dates, where the champion is chosen; the rest on the backtest. Floors: heuristics with no model (recency-"
+          "decayed interaction count; carted or collected, then recency); a model whose AUC interval does not "
+          "clear the best floor is marked.")
 
 
 def latest_runs(paths: TaskPaths, select_by: str) -> pd.DataFrame:
@@ -52,6 +55,13 @@ def latest_runs(paths: TaskPaths, select_by: str) -> pd.DataFrame:
             row[f"{c}_low"] = r.get(f"metrics.eval_{c}_ci_low", float("nan"))
             row[f"{c}_high"] = r.get(f"metrics.eval_{c}_ci_high", float("nan"))
         rows.append(row)
+    for floor in FLOORS:
+        cols = [f"metrics.floor_{floor}_{c}" for c in COLUMNS]
+        if cols[0] in runs.columns and runs[cols[0]].notna().any():
+            f = runs[runs[cols[0]].notna()].iloc[0]
+            rows.append({"model": f"floor: {floor}", "run_id": "",
+                         **{c: f.get(f"metrics.floor_{floor}_{c}", float("nan")) for c in COLUMNS},
+                         "logloss": float("nan")})  # a floor's scores are an order, not probabilities
     oracle_cols = [f"metrics.oracle_{c}" for c in COLUMNS]
     if set(oracle_cols) <= set(runs.columns) and runs[oracle_cols[0]].notna().any():
         o = runs[runs[oracle_cols[0]].notna()].iloc[0]
@@ -59,9 +69,25 @@ def latest_runs(paths: TaskPaths, select_by: str) -> pd.DataFrame:
                      **{c: o.get(f"metrics.oracle_{c}", float("nan")) for c in COLUMNS}})
     table = pd.DataFrame(rows)
     order = {m: i for i, m in enumerate(["lgbm_per_target", "lgbm_few_mixed", "lgbm_all_mixed", "dnn", "deepfm",
-                                         "din", "moe", "ple", "lstm", "oracle (ceiling)"])}
+                                         "din", "moe", "ple", "lstm", *(f"floor: {f}" for f in FLOORS),
+                                         "oracle (ceiling)"])}
     table = table.sort_values("model", key=lambda s: s.map(order).fillna(50)).reset_index(drop=True)
-    return mark_best(table, _per_target_tables(table))
+    return flag_below_floor(mark_best(table, _per_target_tables(table)))
+
+
+def is_reference(model: pd.Series) -> pd.Series:
+    """The rows that are no learned model: the heuristic floors and the oracle."""
+    return model.str.startswith(("oracle", "floor: "))
+
+
+def flag_below_floor(table: pd.DataFrame) -> pd.DataFrame:
+    """`below_floor`: a learned model whose AUC interval does not clear the best heuristic floor's AUC."""
+    table = table.copy()
+    floors = table[table["model"].str.startswith("floor: ")]
+    best = floors["auc"].max() if len(floors) else float("nan")
+    models = ~is_reference(table["model"])
+    table["below_floor"] = models & pd.notna(best) & (table["auc_low"].fillna(table["auc"]) <= best)
+    return table
 
 
 def _per_target_tables(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -82,7 +108,7 @@ def mark_best(table: pd.DataFrame, per_target: dict[str, pd.DataFrame]) -> pd.Da
     from ml.evaluate.intervals import paired_target_interval
 
     table = table.copy()
-    is_model = ~table["model"].str.startswith("oracle")
+    is_model = ~is_reference(table["model"])
     for c in COLUMNS:
         table[f"{c}_top"] = False
         models = table[is_model & table[c].notna()]
@@ -120,7 +146,8 @@ def markdown(table: pd.DataFrame) -> str:
     lines = ["| model | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
     for _, r in table.iterrows():
         cells = [_cell(r, c) if c in COLUMNS else ("–" if pd.isna(r[c]) else f"{r[c]:.4f}") for c in columns]
-        lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+        name = r["model"] + (" (not above the floor)" if r.get("below_floor") is True else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n" + LEGEND
 
 

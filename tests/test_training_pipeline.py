@@ -37,6 +37,10 @@ def test_every_run_is_recorded_with_metrics_plots_table_and_model(outcomes, task
         metrics = run.data.metrics
         assert 0.5 < metrics["eval_gauc"] <= 1 and "eval_auc" in metrics, name and "eval_recall_at_100" in metrics
         assert metrics["oracle_auc"] > 0.5  # the ceiling sits beside every run
+        # and the floors: heuristics on the same rows, which beat chance but not the oracle
+        assert 0.5 < metrics["floor_decayed_count_auc"] < metrics["oracle_auc"], name
+        assert 0.5 < metrics["floor_cart_then_recency_auc"] < metrics["oracle_auc"], name
+        assert run.data.tags["above_floor"] in ("true", "false")
         artifacts = {a.path for a in client.list_artifacts(o.run_id)}
         assert {"plots", "bundle", "per_target_metrics.json"} <= artifacts
         plots = {a.path.split("/")[-1] for a in client.list_artifacts(o.run_id, "plots")}
@@ -230,11 +234,12 @@ def test_report_writes_the_comparison_with_intervals_and_the_selection_metric(ou
     assert text.startswith("before\n") and text.endswith("after\n") and "STALE-TABLE" not in text
     header = next(line for line in text.splitlines() if line.startswith("| model |"))
     assert header.split(" | ")[1] == f"valid_{task.evaluate.select_by}"
-    din = next(line for line in text.splitlines() if line.startswith("| din |"))
+    din = next(line for line in text.splitlines() if line.startswith("| din "))  # (maybe marked below the floor)
     auc = outcomes["din"].summary["auc"]
     iv = outcomes["din"].intervals["auc"]
     assert f"{auc:.4f} ({iv.low:.3f}–{iv.high:.3f})" in din
     assert "Chosen:" in text and "paired interval" in text
+    assert "| floor: decayed_count |" in text and "| floor: cart_then_recency |" in text
 
 
 def test_the_report_bolds_only_the_models_the_data_cannot_tell_from_the_best():

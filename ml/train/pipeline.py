@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ml.evaluate.floors import floor_scores
 from ml.evaluate.intervals import Interval, backtest_intervals
 from ml.evaluate.metrics import buyer_totals, evaluate_scores
 from ml.evaluate.plots import evaluation_plots, importance_plot, training_curves
@@ -47,6 +48,14 @@ class Outcome:
     train_seconds: float = 0.0
     intervals: dict[str, Interval] = field(default_factory=dict)  # 95 % bootstrap, of the backtest's summary
     selection: dict[str, float] = field(default_factory=dict)  # on the validation dates: what the champion is chosen on
+    floors: dict[str, dict[str, float]] = field(default_factory=dict)  # heuristic floor -> its backtest summary
+
+    def below_floor(self) -> tuple[str, float] | None:
+        """The best floor by AUC when this model does not beat it by more than its interval, else None."""
+        if not self.floors or "auc" not in self.intervals:
+            return None
+        name, best = max(((n, s["auc"]) for n, s in self.floors.items()), key=lambda x: x[1])
+        return (name, best) if self.intervals["auc"].low <= best else None
 
 
 def _subsample(raw: RawExports, rate: float, seed: int) -> RawExports:
@@ -191,12 +200,17 @@ def train_and_evaluate(
     if p_oracle is not None:
         oracle, _ = evaluate_scores(y, p_oracle, target, user, ns, buyers=buyers)
         reference["oracle"] = p_oracle
+    floors = {name: evaluate_scores(y, s, target, user, ns, buyers=buyers)[0] for name, s in floor_scores(ev).items()}
     plot_paths = [*evaluation_plots(y, scores, target, user, plots_dir, model, reference,
                                     buyers=buyer_totals(buyers)["buyers"]), *extra_plots]
     outcome = Outcome(model, summary, per_target, bundle_dir, oracle=oracle, train_seconds=train_seconds,
-                      selection=selection, intervals=intervals)
+                      selection=selection, intervals=intervals, floors=floors)
     log.info("%s on the validation dates: %s %.4f", model, task.evaluate.select_by, selection[task.evaluate.select_by])
     log.info("%s on %s: %s", model, backtest, ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
+    floor = outcome.below_floor()
+    if floor:
+        log.warning("%s does not beat the heuristic floor %s: backtest AUC %.4f (%.4f-%.4f) against %.4f", model,
+                    floor[0], summary["auc"], intervals["auc"].low, intervals["auc"].high, floor[1])
     if track:
         task_params = {f"task.{k}": v for k, v in task.flat().items()}
         _record(outcome, params | {f"rows_{k}": v for k, v in rows.items()} | task_params,
@@ -257,6 +271,9 @@ def _record(outcome: Outcome, params: dict, epochs: list[dict], plots: list[Path
                             for end in ("low", "high") if np.isfinite(getattr(iv, end))})
         mlflow.log_metrics({f"oracle_{k}": v for k, v in outcome.oracle.items() if np.isfinite(v)})
         mlflow.log_metrics({selection_metric(k): v for k, v in outcome.selection.items() if np.isfinite(v)})
+        mlflow.log_metrics({f"floor_{name}_{k}": v for name, s in outcome.floors.items() for k, v in s.items()
+                            if np.isfinite(v) and k != "logloss"})  # a floor's scores are not probabilities
+        mlflow.set_tag("above_floor", str(outcome.below_floor() is None).lower())
         mlflow.set_tag("selected_by", selection_metric(select_by))
         table = outcome.per_target.reset_index()
         mlflow.log_table(table, artifact_file="per_target_metrics.json")

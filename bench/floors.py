@@ -1,0 +1,43 @@
+"""The heuristic floors on a task's backtest, with the evaluator the models use: what no model gets.
+
+    python bench/floors.py --task tmall-2013      # after `make run` (it reads the task's exports)
+
+Prints, per floor (ml/evaluate/floors.py), AUC with its 95 % interval (users resampled), GAUC, recall@N and
+NDCG@100 over every active user x every evaluated target, recall counting every buyer. The training runs log
+the same figures (`floor_*` metrics) and `crowd report` shows them beside the models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from ml.evaluate.floors import floor_scores
+from ml.evaluate.intervals import auc_interval
+from ml.evaluate.metrics import evaluate_scores
+from ml.features.dataset import read_buyers, read_exports
+from ml.task import DEFAULT_TASK, TaskPaths, load_task
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default=DEFAULT_TASK)
+    args = parser.parse_args()
+    task = load_task(args.task)
+    paths = TaskPaths.of(task)
+    ev = read_exports(paths.exports, [task.backtest], part="evaluation").samples
+    buyers = read_buyers(paths.exports, task.backtest)
+    y, target, user = ev["label_buy"].to_numpy(), ev["target_id"].to_numpy(), ev["user_id"].to_numpy()
+    print(f"{task.name}: backtest {task.backtest}, {len(ev):,} rows, {int(y.sum()):,} positives, "
+          f"{len(buyers):,} buyers")
+    for name, scores in floor_scores(ev).items():
+        start = time.perf_counter()
+        summary, _ = evaluate_scores(y, scores, target, user, task.evaluate.n, buyers=buyers)
+        iv = auc_interval(y, scores, user, n_boot=100, seed=task.training.seed)
+        cells = "  ".join(f"{k} {summary[k]:.4f}" for k in summary if k.startswith(("gauc", "recall_at", "ndcg_at_100")))
+        print(f"{name:<18} auc {summary['auc']:.4f} ({iv.low:.4f}-{iv.high:.4f})  {cells}  "
+              f"[{time.perf_counter() - start:.1f} s]")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Heuristic floors: what a merchant gets with no model, scored by the same evaluator on the same rows.
+
+A learned model earns its place only by beating them. Both read the exported pair features (ub_*), so they
+need no training and no labels:
+
+- `decayed_count`: the user's interactions with the target, each band of the history windows weighted by
+  half-life decay of its mid-age (a recent click outweighs an old one);
+- `cart_then_recency`: pairs carted or collected first, then pairs merely touched, each tier ordered by how
+  recently the user last touched the target.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+ACTIONS = ("click", "collect", "cart", "buy")
+HALF_LIFE_DAYS = 7.0
+
+
+def _windows(frame: pd.DataFrame) -> list[int]:
+    return sorted(int(c.removeprefix("ub_click_").removesuffix("d")) for c in frame.columns
+                  if c.startswith("ub_click_") and c.endswith("d"))
+
+
+def decayed_count(frame: pd.DataFrame) -> np.ndarray:
+    windows = _windows(frame)
+    if not windows:
+        raise ValueError("no ub_click_<N>d columns: the floors need the pair's window counts")
+    score = np.zeros(len(frame))
+    previous_total, previous_w = np.zeros(len(frame)), 0
+    for w in windows:
+        total = sum(frame[f"ub_{a}_{w}d"].to_numpy(np.float64) for a in ACTIONS)
+        mid_age = (previous_w + w) / 2
+        score += (total - previous_total) * 0.5 ** (mid_age / HALF_LIFE_DAYS)
+        previous_total, previous_w = total, w
+    return score
+
+
+def cart_then_recency(frame: pd.DataFrame) -> np.ndarray:
+    longest = _windows(frame)[-1]
+    intent = (frame[f"ub_cart_{longest}d"].to_numpy() + frame[f"ub_collect_{longest}d"].to_numpy()) > 0
+    recency = frame["ub_recency_any"].astype("float64").to_numpy()
+    touched = ~np.isnan(recency)
+    closeness = np.where(touched, 1.0 / (2.0 + np.nan_to_num(recency)), 0.0)  # in [0, 0.5]
+    return np.where(intent, 2.0, np.where(touched, 1.0, 0.0)) + closeness
+
+
+FLOORS = {"decayed_count": decayed_count, "cart_then_recency": cart_then_recency}
+
+
+def floor_scores(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    return {name: f(frame) for name, f in FLOORS.items()}

@@ -1,0 +1,47 @@
+"""Heuristic floors: the order they put pairs in, and their place in the report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ml.evaluate.floors import cart_then_recency, decayed_count
+
+
+def _pairs(**columns) -> pd.DataFrame:
+    n = len(next(iter(columns.values())))
+    base = {f"ub_{a}_{w}d": np.zeros(n) for a in ("click", "collect", "cart", "buy") for w in (1, 7, 30)}
+    base["ub_recency_any"] = pd.array([pd.NA] * n, dtype="Int64")
+    base.update(columns)
+    return pd.DataFrame(base)
+
+
+def test_decayed_count_ranks_recent_interactions_above_as_many_old_ones():
+    frame = _pairs(ub_click_1d=np.array([2.0, 0, 0]), ub_click_7d=np.array([2.0, 0, 2]),
+                   ub_click_30d=np.array([2.0, 2, 2]))
+    recent, old, week = decayed_count(frame)
+    assert recent > week > old > 0
+    assert decayed_count(_pairs(ub_click_30d=np.array([0.0])))[0] == 0  # untouched pair: zero
+
+
+def test_cart_then_recency_puts_intent_first_then_recency_then_the_untouched():
+    frame = _pairs(ub_cart_30d=np.array([1.0, 0, 0, 0]), ub_click_30d=np.array([0.0, 3, 3, 0]),
+                   ub_recency_any=pd.array([20, 1, 10, pd.NA], dtype="Int64"))
+    carted_long_ago, clicked_yesterday, clicked_earlier, untouched = cart_then_recency(frame)
+    assert carted_long_ago > clicked_yesterday > clicked_earlier > untouched == 0
+
+
+def test_the_report_marks_a_model_that_does_not_clear_the_best_floor():
+    from ml.report import COLUMNS, flag_below_floor
+
+    rows = [
+        {"model": "good", "auc": 0.95, "auc_low": 0.94},
+        {"model": "weak", "auc": 0.80, "auc_low": 0.77},
+        {"model": "floor: decayed_count", "auc": 0.78},
+        {"model": "floor: cart_then_recency", "auc": 0.70},
+        {"model": "oracle (ceiling)", "auc": 0.99},
+    ]
+    table = pd.DataFrame([{**{c: np.nan for c in COLUMNS}, **r} for r in rows])
+    flagged = flag_below_floor(table).set_index("model")["below_floor"].to_dict()
+    assert flagged == {"good": False, "weak": True, "floor: decayed_count": False,
+                       "floor: cart_then_recency": False, "oracle (ceiling)": False}
