@@ -3,7 +3,8 @@
     python bench/floors.py --task tmall-2013      # after `make run` (it reads the task's exports)
 
 Prints, per floor (ml/evaluate/floors.py), AUC with its 95 % interval (users resampled), GAUC, recall@N and
-NDCG@100 over every active user x every evaluated target, recall counting every buyer. The training runs log
+NDCG@100 over every active user x every evaluated target, recall counting every buyer, and the AUC over the
+pairs with history together only (auc_touched). The training runs log
 the same figures (`floor_*` metrics) and `crowd report` shows them beside the models.
 """
 
@@ -14,7 +15,7 @@ import time
 
 from ml.evaluate.floors import floor_scores
 from ml.evaluate.intervals import auc_interval
-from ml.evaluate.metrics import evaluate_scores
+from ml.evaluate.metrics import auc, evaluate_scores
 from ml.features.dataset import read_buyers, read_exports
 from ml.task import DEFAULT_TASK, TaskPaths, load_task
 
@@ -34,7 +35,10 @@ def main() -> None:
         start = time.perf_counter()
         summary, _ = evaluate_scores(y, scores, target, user, task.evaluate.n, buyers=buyers)
         iv = auc_interval(y, scores, user, n_boot=100, seed=task.training.seed)
-        cells = "  ".join(f"{k} {summary[k]:.4f}" for k in summary if k.startswith(("gauc", "recall_at", "ndcg_at_100")))
+        touched = ev["is_candidate"].to_numpy(dtype=bool)
+        summary["auc_touched"] = auc(y[touched], scores[touched])
+        cells = "  ".join(f"{k} {summary[k]:.4f}" for k in summary
+                          if k.startswith(("auc_touched", "gauc", "recall_at", "ndcg_at_100")))
         print(f"{name:<18} auc {summary['auc']:.4f} ({iv.low:.4f}-{iv.high:.4f})  {cells}  "
               f"[{time.perf_counter() - start:.1f} s]")
 

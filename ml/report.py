@@ -13,7 +13,7 @@ from ml.evaluate.floors import FLOORS
 from ml.task import TaskPaths
 
 START, END = "<!-- comparison:start -->", "<!-- comparison:end -->"
-COLUMNS = ("auc", "gauc", "logloss", "recall_at_50", "recall_at_100", "coverage", "ndcg_at_100", "precision_at_100")
+COLUMNS = ("auc", "auc_touched", "gauc", "logloss", "recall_at_50", "recall_at_100", "coverage", "ndcg_at_100", "precision_at_100")
 # the share of buyers the evaluated population holds: a property of the task, not of a model (never bold)
 UNRANKED = ("coverage",)
 # columns that are means over targets: two models are compared on the same resampled targets (paired), from
@@ -25,7 +25,8 @@ LEGEND = ("Figures with their 95 % bootstrap interval (targets resampled; users 
           "logloss). Bold: the "
           "best model, and every model the data cannot tell from it (the paired interval of the difference over "
           "the same targets includes zero; for AUC and logloss, overlapping intervals). valid_* is on the validation "
-          "dates, where the champion is chosen; the rest on the backtest. Floors: heuristics with no model (recency-"
+          "dates, where the champion is chosen; the rest on the backtest (auc_touched: on the pairs with history "
+          "together only, the hard part of the population). Floors: heuristics with no model (recency-"
           "decayed interaction count; carted or collected, then recency); a model whose AUC interval does not "
           "clear the best floor is marked.")
 

@@ -41,6 +41,10 @@ def test_every_run_is_recorded_with_metrics_plots_table_and_model(outcomes, task
         assert 0.5 < metrics["floor_decayed_count_auc"] < metrics["oracle_auc"], name
         assert 0.5 < metrics["floor_cart_then_recency_auc"] < metrics["oracle_auc"], name
         assert run.data.tags["above_floor"] in ("true", "false")
+        # the pairs with history only: harder than the whole population, with its own interval
+        assert 0.5 < metrics["eval_auc_touched"] < metrics["eval_auc"], name
+        assert metrics["eval_auc_touched_ci_low"] < metrics["eval_auc_touched"] < metrics["eval_auc_touched_ci_high"]
+        assert "floor_decayed_count_auc_touched" in metrics and "oracle_auc_touched" in metrics
         artifacts = {a.path for a in client.list_artifacts(o.run_id)}
         assert {"plots", "bundle", "per_target_metrics.json"} <= artifacts
         plots = {a.path.split("/")[-1] for a in client.list_artifacts(o.run_id, "plots")}

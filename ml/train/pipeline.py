@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 from ml.evaluate.floors import floor_scores
-from ml.evaluate.intervals import Interval, backtest_intervals
-from ml.evaluate.metrics import buyer_totals, evaluate_scores
+from ml.evaluate.intervals import Interval, auc_interval, backtest_intervals
+from ml.evaluate.metrics import auc, buyer_totals, evaluate_scores
 from ml.evaluate.plots import evaluation_plots, importance_plot, training_curves
 from ml.features.dataset import CrowdData, RawExports, fit_feature_map, read_buyers, read_exports
 from ml.models.zoo import NEEDS_SERIES, ModelConfig, build_model
@@ -192,15 +192,25 @@ def train_and_evaluate(
     ns = task.evaluate.n
     selection = _selection_metrics(valid_raw.samples, correct_for_sampling(valid_scores, negative_rate), ev, ns)
     y, target, user = ev["label_buy"].to_numpy(), ev["target_id"].to_numpy(), ev["user_id"].to_numpy()
-    summary, per_target = evaluate_scores(y, scores, target, user, ns, buyers=buyers)
+    # the pairs with history together (is_candidate) are the hard part: the untouched pairs of the full
+    # population are mostly easy negatives that flatter every AUC
+    touched = ev["is_candidate"].to_numpy(dtype=bool)
+
+    def evaluate(p: np.ndarray) -> tuple[dict[str, float], pd.DataFrame]:
+        s, table = evaluate_scores(y, p, target, user, ns, buyers=buyers)
+        return {**s, "auc_touched": auc(y[touched], p[touched])}, table
+
+    summary, per_target = evaluate(scores)
     intervals = backtest_intervals(y, scores, user, per_target, seed=task.training.seed)
+    intervals["auc_touched"] = auc_interval(y[touched], scores[touched], user[touched], n_boot=100,
+                                            seed=task.training.seed)
     oracle = {}
     reference = {}
     p_oracle = oracle_scores(paths.dataset_dir, ev, backtest) if task.target == "brand" else None
     if p_oracle is not None:
-        oracle, _ = evaluate_scores(y, p_oracle, target, user, ns, buyers=buyers)
+        oracle, _ = evaluate(p_oracle)
         reference["oracle"] = p_oracle
-    floors = {name: evaluate_scores(y, s, target, user, ns, buyers=buyers)[0] for name, s in floor_scores(ev).items()}
+    floors = {name: evaluate(s)[0] for name, s in floor_scores(ev).items()}
     plot_paths = [*evaluation_plots(y, scores, target, user, plots_dir, model, reference,
                                     buyers=buyer_totals(buyers)["buyers"]), *extra_plots]
     outcome = Outcome(model, summary, per_target, bundle_dir, oracle=oracle, train_seconds=train_seconds,
