@@ -135,9 +135,11 @@ def backtest_intervals(y: np.ndarray, p: np.ndarray, user: np.ndarray, per_targe
     has = per_target[per_target["buyers"] > 0]
     columns = [c for c in has.columns if c.startswith(PER_TARGET_PREFIXES)]
     columns += [c for c in ("coverage", "candidate_coverage") if c in has.columns]
-    out = target_intervals(has, columns, n_boot=n_boot, seed=seed)
-    out["gauc"] = target_intervals(has, ["auc"], n_boot=n_boot, seed=seed, weights={"auc": "positives"})["auc"]
-    out["gauc_unweighted"] = target_intervals(has, ["auc"], n_boot=n_boot, seed=seed)["auc"]
+    resamples = target_resamples(len(has), n_boot, seed)  # one draw of targets for every per-target column
+    out = {c: _percentiles(per_target_means(has[c].to_numpy(np.float64), None, resamples)) for c in columns}
+    per_target_auc = has["auc"].to_numpy(np.float64)
+    out["gauc"] = _percentiles(per_target_means(per_target_auc, has["positives"].to_numpy(np.float64), resamples))
+    out["gauc_unweighted"] = _percentiles(per_target_means(per_target_auc, None, resamples))
     out["auc"] = auc_interval(y, p, user, n_boot=n_boot_auc, seed=seed)
     out["logloss"] = logloss_interval(y, p, user, n_boot=n_boot, seed=seed)
     return out

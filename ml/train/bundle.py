@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightgbm as lgb
@@ -39,6 +39,7 @@ def correct_for_sampling(p: np.ndarray, negative_rate: float) -> np.ndarray:
 class Bundle:
     path: Path
     config: dict
+    _boosters: GbdtResult | None = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -81,6 +82,12 @@ class Bundle:
                                     self.config.get("negative_rate", 1.0))
 
     def _gbdt(self) -> GbdtResult:
+        """The boosters, read once per bundle: a serving pyfunc scores many batches with the same ones."""
+        if self._boosters is None:
+            self._boosters = self._read_gbdt()
+        return self._boosters
+
+    def _read_gbdt(self) -> GbdtResult:
         meta = json.loads((self.path / "gbdt.json").read_text())
         # boosters were saved truncated at their best iteration, so predicting with all of them is right
         boosters = {n: lgb.Booster(model_file=str(self.path / "lgbm" / f"{n}.txt")) for n in meta["boosters"]}

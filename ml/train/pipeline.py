@@ -90,7 +90,8 @@ def exports_fingerprint(root: Path, dates: list[dt.date]) -> str:
     """The exported files of these dates as they are on disk (name, size, modification time): a re-export,
     even of the same rows, counts as other data. Cheap: no file is read."""
     files = sorted(p for ds in dates for p in export_dir(root, ds).iterdir() if p.is_file())
-    return _fingerprint(*[(p.parent.name, p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+    stats = [(p, p.stat()) for p in files]
+    return _fingerprint(*[(p.parent.name, p.name, s.st_size, s.st_mtime_ns) for p, s in stats])
 
 
 # the modules whose code decides what a checkpoint's weights mean
