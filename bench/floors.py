@@ -31,9 +31,9 @@ def main() -> None:
     y, target, user = ev["label_buy"].to_numpy(), ev["target_id"].to_numpy(), ev["user_id"].to_numpy()
     print(f"{task.name}: backtest {task.backtest}, {len(ev):,} rows, {int(y.sum()):,} positives, "
           f"{len(buyers):,} buyers")
-    for name, scores in floor_scores(ev).items():
+    for name, scores in floor_scores(ev, task.target).items():
         start = time.perf_counter()
-        summary, _ = evaluate_scores(y, scores, target, user, task.evaluate.n, buyers=buyers)
+        summary, _ = evaluate_scores(y, scores, target, user, task.evaluate.n, buyers=buyers, by=task.ranked_by)
         iv = auc_interval(y, scores, user, n_boot=100, seed=task.training.seed)
         touched = ev["is_candidate"].to_numpy(dtype=bool)
         summary["auc_touched"] = auc(y[touched], scores[touched])

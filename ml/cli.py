@@ -43,7 +43,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from dataclasses import asdict, replace
 
     from ml.synth.generate import generate
-    from ml.synth.params import PRESETS, GeneratorConfig
+    from ml.synth.params import PRESETS
 
     task = _task(args)
     preset_name = args.preset or (task.generate.preset if task.generate else None)
@@ -56,15 +56,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else (task.generate.seed if task.generate else None)
     label = task.windows.label_days
     oracle_dates: tuple[dt.date, ...] = ()
-    if not args.no_oracle and preset.item_brands:
+    if not args.no_oracle and preset.oracle_target is not None:
         oracle_dates = tuple(args.oracle_dates or task.labelled_dates)
         # dates whose label window falls outside the log are skipped when they come from the task
         if not args.oracle_dates:
             oracle_dates = tuple(d for d in oracle_dates
                                  if d > sizes.start and d + dt.timedelta(days=label) <= sizes.end)
-    cfg = GeneratorConfig(sizes=sizes, oracle_dates=oracle_dates, oracle_label_days=label,
-                          oracle_rollouts=args.rollouts, workers=args.workers, item_brands=preset.item_brands,
-                          **({"seed": seed} if seed is not None else {}))
+    cfg = replace(preset.config(oracle_dates=oracle_dates, oracle_label_days=label, oracle_rollouts=args.rollouts,
+                                workers=args.workers, **({"seed": seed} if seed is not None else {})), sizes=sizes)
     out = args.out or Paths.default().dataset(args.name or task.dataset)
     if args.skip_if_present and (out / "manifest.json").exists():
         old = json.loads((out / "manifest.json").read_text())
@@ -105,11 +104,13 @@ def _cmd_load(args: argparse.Namespace) -> int:
 def _cmd_warehouse(args: argparse.Namespace) -> int:
     from ml.warehouse.build import run_dbt
     from ml.warehouse.export import export_dates
+    from ml.warehouse.subset import item_subset_path
 
     task = _task(args)
     paths = TaskPaths.of(task)
     report = run_dbt("run" if args.skip_tests else "build", dataset_dir=paths.dataset_dir, warehouse=paths.warehouse,
-                     dbt_vars=task.dbt_vars(ds=args.ds), select=args.select or ())
+                     dbt_vars=task.dbt_vars(ds=args.ds), select=args.select or (),
+                     item_subset=item_subset_path(task, paths))
     print(f"dbt {report.command}: {report.n_models} models, {report.n_tests} tests passed in {report.seconds:.1f}s "
           f"into {paths.warehouse}")
     if not args.no_export:
@@ -142,9 +143,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_outcome(o, select_by: str) -> None:  # noqa: ANN001
-    keys = ("auc", "gauc", "logloss", "recall_at_100", "coverage", "ndcg_at_100")
+    keys = ("f1_at_k", "auc", "gauc", "logloss", "recall_at_100", "coverage", "ndcg_at_100")
     print(f"{o.model:<16} valid {select_by} {o.selection[select_by]:.4f} | backtest "
           + "  ".join(f"{k} {o.summary[k]:.4f}" for k in keys if k in o.summary)
+          + (f" (K {o.summary['k']:.0f}, chosen on validation)" if "k" in o.summary else "")
           + (f"   | oracle auc {o.oracle['auc']:.4f}" if o.oracle else "")
           + (f"   run {o.run_id}" if o.run_id else "") + ("  (new champion)" if o.champion else ""))
     floor = o.below_floor()
@@ -166,10 +168,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     ev = raw.samples
     y, t, u = ev["label_buy"].to_numpy(), ev["target_id"].to_numpy(), ev["user_id"].to_numpy()
     buyers = read_buyers(paths.exports, task.backtest)
-    summary, table = evaluate_scores(y, bundle.score(raw), t, u, task.evaluate.n, buyers=buyers)
-    print(f"{task.name}: {bundle.name} backtested on {task.backtest} ({len(ev):,} rows, {table.shape[0]} targets):")
-    p_oracle = oracle_scores(paths.dataset_dir, ev, task.backtest) if task.target == "brand" else None
-    oracle = evaluate_scores(y, p_oracle, t, u, task.evaluate.n, buyers=buyers)[0] if p_oracle is not None else {}
+    by = task.ranked_by
+    summary, table = evaluate_scores(y, bundle.score(raw), t, u, task.evaluate.n, buyers=buyers, by=by)
+    print(f"{task.name}: {bundle.name} backtested on {task.backtest} ({len(ev):,} rows, {table.shape[0]} {by}s):")
+    p_oracle = oracle_scores(paths.dataset_dir, ev, task.backtest, task.target)
+    oracle = (evaluate_scores(y, p_oracle, t, u, task.evaluate.n, buyers=buyers, by=by)[0]
+              if p_oracle is not None else {})
     for k, v in summary.items():
         print(f"  {k:<18} {v:.4f}" + (f"   oracle {oracle[k]:.4f}" if k in oracle else ""))
     if args.per_target:
@@ -194,18 +198,21 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from ml.report import latest_runs, markdown, write_readme
+    from ml.report import latest_runs, markdown, report_columns, write_readme
 
     task = _task(args)
     paths = TaskPaths.of(task)
-    table = latest_runs(paths, task.evaluate.select_by)
+    table = latest_runs(paths, task.evaluate.select_by, report_columns(task))
     print(markdown(table))
     if args.readme:
         select = f"valid_{task.evaluate.select_by}"
         models = table[~table["model"].str.startswith("oracle")].dropna(subset=[select])
+        population = ("the candidate pairs (user, item of the subset, touched in the last "
+                      f"{task.warehouse.candidate_days or task.windows.history_days} days)" if task.target == "item"
+                      else f"every active user x the evaluated {task.target}s")
         note = (f"Task {task.name}: `{select}` on the validation dates ({', '.join(map(str, task.validation))}), "
-                f"the metric the champion is chosen on; every other column on the backtest {task.backtest}, every "
-                f"active user x the evaluated {task.target}s. Written by `crowd report --readme` from the MLflow store.")
+                f"the metric the champion is chosen on; every other column on the backtest {task.backtest}, "
+                f"{population}. Written by `crowd report --readme` from the MLflow store.")
         if len(models):
             chosen = models.loc[models[select].idxmax()]
             note += f" Chosen: {chosen['model']}, backtest AUC {chosen['auc']:.4f}"
@@ -220,7 +227,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_run_dags(args: argparse.Namespace) -> int:
     from ml.local_airflow import run_pipeline
-    from ml.report import latest_runs, markdown
+    from ml.report import latest_runs, markdown, report_columns
 
     overrides = _overrides(args)
     task = load_task(args.task, overrides)  # validated here; the same overrides go to every DAG run's Params
@@ -231,7 +238,7 @@ def _cmd_run_dags(args: argparse.Namespace) -> int:
     print(f"{len(runs)} DAG runs succeeded in {time.perf_counter() - start:.0f} s "
           f"(task logs: {shared.airflow_home / 'local_run.log'})")
     if not args.no_training:
-        print(markdown(latest_runs(paths, task.evaluate.select_by)))
+        print(markdown(latest_runs(paths, task.evaluate.select_by, report_columns(task))))
         crowds = sorted(paths.crowds.glob("ds=*/crowds.parquet"))
         if crowds:
             print(f"crowds:  {crowds[-1]}  (and the table crowds.forward_crowds in {paths.warehouse})")

@@ -57,9 +57,11 @@ def build_forward(task: Task, paths: TaskPaths, as_of: dt.date, quiet: bool = Tr
     """dbt for the forward date only (the ancestors of samples_forward and their tests), then its export."""
     from ml.warehouse.build import run_dbt
     from ml.warehouse.export import export_dates
+    from ml.warehouse.subset import item_subset_path
 
     run_dbt("build", dataset_dir=paths.dataset_dir, warehouse=paths.warehouse,
-            dbt_vars=task.dbt_vars(ds=[as_of], forward=as_of), select=["+samples_forward"], quiet=quiet)
+            dbt_vars=task.dbt_vars(ds=[as_of], forward=as_of), select=["+samples_forward"], quiet=quiet,
+            item_subset=item_subset_path(task, paths))
     export = export_dates(paths.warehouse, paths.exports, [as_of], fingerprint=task.warehouse_fingerprint())[0]
     if "forward" not in export.rows:
         raise ValueError(f"no forward population at {as_of}: no user was active in the "

@@ -26,7 +26,7 @@ import logging
 import os
 from pathlib import Path
 
-from ml.task import ALL_MODELS, Task, TaskPaths, load_task
+from ml.task import ALL_MODELS, TARGETS, Task, TaskPaths, load_task
 
 log = logging.getLogger(__name__)
 DUCKDB_POOL = "crowd_duckdb"
@@ -54,7 +54,7 @@ def default_args() -> dict:
 # ---- Params: the task's values, changeable for one run ---------------------------------------------------
 PERIOD_PARAMS: dict[str, tuple[str, str]] = {  # Param -> (task field, description)
     "dataset": ("dataset", "dataset under DATA/raw/ (made by crowd load or crowd generate)"),
-    "target": ("target", "the entity whose crowds are ranked: brand or category"),
+    "target": ("target", "the entity whose crowds are ranked: brand, category or item"),
     "history_days": ("windows.history_days", "features use events in [ds - history_days, ds)"),
     "sequence_days": ("windows.sequence_days", "behaviour sequences cover the last sequence_days"),
     "label_days": ("windows.label_days", "the label: a buy in [ds, ds + label_days)"),
@@ -89,7 +89,7 @@ def dag_params(task: Task, spec: dict[str, tuple[str, str]]) -> dict:
             params[name] = Param(value, type="array", items={"type": "string", "enum": list(ALL_MODELS)},
                                  description=description)
         elif name == "target":
-            params[name] = Param(value, enum=["brand", "category"], description=description)
+            params[name] = Param(value, enum=list(TARGETS), description=description)
         elif isinstance(value, str):
             params[name] = Param(value, type="string", description=description)
         elif isinstance(value, int):
@@ -129,8 +129,6 @@ def plan_period(task: Task, ds: dt.date, last_day: dt.date) -> str:
             f"its backtest")
 
 
-def dbt_environment(paths: TaskPaths) -> dict[str, str]:
-    return {"CROWD_DATASET_DIR": str(paths.dataset_dir), "CROWD_WAREHOUSE": str(paths.warehouse)}
 
 
 def freeze_surviving_objects(project_dir: str, **_: object) -> None:
@@ -193,6 +191,8 @@ def build_periods_dag(task: Task):  # noqa: ANN201
         def plan(logical_date=None, params: dict | None = None) -> dict | bool:  # noqa: ANN001
             """Fail on a bad Param before any work; skip (saying why) a date that is neither labelled nor forward."""
             from ml.crowds import last_log_day
+            from ml.warehouse.build import dbt_environment
+            from ml.warehouse.subset import item_subset_path
 
             run_task, overrides = effective_task(task.name, params, PERIOD_PARAMS)
             paths = TaskPaths.of(run_task)
@@ -203,7 +203,8 @@ def build_periods_dag(task: Task):  # noqa: ANN201
                 return False
             paths.warehouse.parent.mkdir(parents=True, exist_ok=True)  # dbt-duckdb will not create it
             forward = ds if mode == "forward" else None
-            return {"ds": ds.isoformat(), "mode": mode, "overrides": overrides, "env": dbt_environment(paths),
+            env = dbt_environment(paths.dataset_dir, paths.warehouse, item_subset_path(run_task, paths))
+            return {"ds": ds.isoformat(), "mode": mode, "overrides": overrides, "env": env,
                     "dbt_vars": run_task.dbt_vars(ds=[ds], forward=forward)}
 
         warehouse = DbtTaskGroup(

@@ -10,31 +10,43 @@ from pathlib import Path
 import pandas as pd
 
 from ml.evaluate.floors import FLOORS
-from ml.task import TaskPaths
+from ml.task import Task, TaskPaths
 
 START, END = "<!-- comparison:start -->", "<!-- comparison:end -->"
 COLUMNS = ("auc", "auc_touched", "gauc", "logloss", "recall_at_50", "recall_at_100", "coverage", "ndcg_at_100", "precision_at_100")
-# the share of buyers the evaluated population holds: a property of the task, not of a model (never bold)
-UNRANKED = ("coverage",)
+# the share of buyers the evaluated population holds is a property of the task, and K a choice made on the
+# validation day: neither is a model's score (never bold)
+UNRANKED = ("coverage", "k")
 # columns that are means over targets: two models are compared on the same resampled targets (paired), from
 # the per-target table each run logs; the column of that table and its weight
 PAIRED = {"gauc": ("auc", "positives"), "recall_at_50": ("recall_at_50", None),
           "recall_at_100": ("recall_at_100", None), "ndcg_at_100": ("ndcg_at_100", None),
           "precision_at_100": ("precision_at_100", None)}
-LEGEND = ("Figures with their 95 % bootstrap interval (targets resampled; users for the pooled AUC and "
-          "logloss). Bold: the "
+LEGEND = ("Figures with their 95 % bootstrap interval (targets resampled, or users for the next-day item task; "
+          "users for the pooled AUC, logloss and F1). Bold: the "
           "best model, and every model the data cannot tell from it (the paired interval of the difference over "
           "the same targets includes zero; for AUC and logloss, overlapping intervals). valid_* is on the validation "
           "dates, where the champion is chosen; the rest on the backtest (auc_touched: on the pairs with history "
           "together only, the hard part of the population). Floors: heuristics with no model (recency-"
-          "decayed interaction count; carted or collected, then recency); a model whose AUC interval does not "
-          "clear the best floor is marked.")
+          "decayed interaction count; carted or collected, then recency; for the item task also carted the day "
+          "before and not bought); a model whose AUC interval does not clear the best floor is marked. F1, "
+          "precision and recall at k: the top k pairs as a next-day submission, k chosen on the validation "
+          "day for each row.")
 
 
-def latest_runs(paths: TaskPaths, select_by: str) -> pd.DataFrame:
+def report_columns(task: Task) -> tuple[str, ...]:
+    """The brand and category crowds' columns, or the next-day pair task's: its F1 first, with K."""
+    if task.target != "item":
+        return COLUMNS
+    n = max(task.evaluate.n)
+    return ("f1_at_k", "k", "precision_at_k", "recall_at_k", "auc", "gauc", "logloss", f"recall_at_{n}", "coverage")
+
+
+def latest_runs(paths: TaskPaths, select_by: str, columns: tuple[str, ...] = COLUMNS) -> pd.DataFrame:
     """One row per model (its latest finished run of the task) plus an `oracle` row: first the metric the
     champion is chosen on, measured on the validation dates (`valid_<select_by>`), then the COLUMNS metrics of
-    the backtest with their intervals (`C_low`, `C_high`) and whether each is among the best (`C_top`)."""
+    the backtest with their intervals (`C_low`, `C_high`) and whether each is among the best (`C_top`).
+    `columns`: report_columns(task); the table keeps them in table.attrs["columns"] for markdown()."""
     import mlflow
 
     from ml.tracking import configure
@@ -51,29 +63,31 @@ def latest_runs(paths: TaskPaths, select_by: str) -> pd.DataFrame:
         row = {"model": r["tags.mlflow.runName"], "run_id": r["run_id"],
                "train_s": r.get("params.train_seconds"),
                f"valid_{select_by}": r.get(f"metrics.selection_{select_by}", float("nan"))}
-        for c in COLUMNS:
+        for c in columns:
             row[c] = r.get(f"metrics.eval_{c}", float("nan"))
             row[f"{c}_low"] = r.get(f"metrics.eval_{c}_ci_low", float("nan"))
             row[f"{c}_high"] = r.get(f"metrics.eval_{c}_ci_high", float("nan"))
         rows.append(row)
     for floor in FLOORS:
-        cols = [f"metrics.floor_{floor}_{c}" for c in COLUMNS]
-        if cols[0] in runs.columns and runs[cols[0]].notna().any():
-            f = runs[runs[cols[0]].notna()].iloc[0]
+        first = f"metrics.floor_{floor}_auc"
+        if first in runs.columns and runs[first].notna().any():
+            f = runs[runs[first].notna()].iloc[0]
             rows.append({"model": f"floor: {floor}", "run_id": "",
-                         **{c: f.get(f"metrics.floor_{floor}_{c}", float("nan")) for c in COLUMNS},
+                         **{c: f.get(f"metrics.floor_{floor}_{c}", float("nan")) for c in columns},
                          "logloss": float("nan")})  # a floor's scores are an order, not probabilities
-    oracle_cols = [f"metrics.oracle_{c}" for c in COLUMNS]
-    if set(oracle_cols) <= set(runs.columns) and runs[oracle_cols[0]].notna().any():
-        o = runs[runs[oracle_cols[0]].notna()].iloc[0]
+    first = "metrics.oracle_auc"
+    if first in runs.columns and runs[first].notna().any():
+        o = runs[runs[first].notna()].iloc[0]
         rows.append({"model": "oracle (ceiling)", "run_id": "",
-                     **{c: o.get(f"metrics.oracle_{c}", float("nan")) for c in COLUMNS}})
+                     **{c: o.get(f"metrics.oracle_{c}", float("nan")) for c in columns}})
     table = pd.DataFrame(rows)
     order = {m: i for i, m in enumerate(["lgbm_per_target", "lgbm_few_mixed", "lgbm_all_mixed", "dnn", "deepfm",
                                          "din", "moe", "ple", "lstm", *(f"floor: {f}" for f in FLOORS),
                                          "oracle (ceiling)"])}
     table = table.sort_values("model", key=lambda s: s.map(order).fillna(50)).reset_index(drop=True)
-    return flag_below_floor(mark_best(table, _per_target_tables(table)))
+    table = flag_below_floor(mark_best(table, _per_target_tables(table), columns))
+    table.attrs["columns"] = tuple(columns)
+    return table
 
 
 def is_reference(model: pd.Series) -> pd.Series:
@@ -100,17 +114,19 @@ def _per_target_tables(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
             frame = mlflow.load_table("per_target_metrics.json", run_ids=[r["run_id"]])
         except Exception:  # noqa: BLE001  (a run logged before the table existed: compared unpaired)
             continue
-        out[r["model"]] = frame.drop(columns=[c for c in ("run_id",) if c in frame.columns]).set_index("target_id")
+        key = "target_id" if "target_id" in frame.columns else "user_id"  # per target, or per user (item task)
+        out[r["model"]] = frame.drop(columns=[c for c in ("run_id",) if c in frame.columns]).set_index(key)
     return out
 
 
-def mark_best(table: pd.DataFrame, per_target: dict[str, pd.DataFrame]) -> pd.DataFrame:
+def mark_best(table: pd.DataFrame, per_target: dict[str, pd.DataFrame],
+              columns: tuple[str, ...] = COLUMNS) -> pd.DataFrame:
     """`C_top` per column: the best model, and every model the data cannot tell from it."""
     from ml.evaluate.intervals import paired_target_interval
 
     table = table.copy()
     is_model = ~is_reference(table["model"])
-    for c in COLUMNS:
+    for c in columns:
         table[f"{c}_top"] = False
         models = table[is_model & table[c].notna()]
         if c in UNRANKED or len(models) < 2:
@@ -134,7 +150,7 @@ def _cell(r: pd.Series, c: str) -> str:
     v = r[c]
     if pd.isna(v):
         return "–"
-    text = f"{v:.4f}"
+    text = f"{v:.0f}" if c == "k" else f"{v:.4f}"
     low, high = r.get(f"{c}_low"), r.get(f"{c}_high")
     if c not in UNRANKED and low is not None and high is not None and pd.notna(low) and pd.notna(high):
         text += f" ({low:.3f}–{high:.3f})"
@@ -143,10 +159,11 @@ def _cell(r: pd.Series, c: str) -> str:
 
 def markdown(table: pd.DataFrame) -> str:
     selection = [c for c in table.columns if c.startswith("valid_")]
-    columns = selection + list(COLUMNS)
+    metrics = tuple(table.attrs.get("columns", COLUMNS))
+    columns = selection + list(metrics)
     lines = ["| model | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
     for _, r in table.iterrows():
-        cells = [_cell(r, c) if c in COLUMNS else ("–" if pd.isna(r[c]) else f"{r[c]:.4f}") for c in columns]
+        cells = [_cell(r, c) if c in metrics else ("–" if pd.isna(r[c]) else f"{r[c]:.4f}") for c in columns]
         name = r["model"] + (" (not above the floor)" if r.get("below_floor") is True else "")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n" + LEGEND

@@ -33,7 +33,7 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"  # safe as a directory, an MLflow n
 GBDT_MODELS: tuple[str, ...] = ("lgbm_per_target", "lgbm_few_mixed", "lgbm_all_mixed")
 DEEP_MODELS: tuple[str, ...] = ("dnn", "deepfm", "din", "moe", "ple", "lstm")
 ALL_MODELS: tuple[str, ...] = (*GBDT_MODELS, *DEEP_MODELS)
-TARGETS: tuple[str, ...] = ("brand", "category")
+TARGETS: tuple[str, ...] = ("brand", "category", "item")
 
 
 class TaskError(ValueError):
@@ -96,12 +96,18 @@ class Evaluate(_Settings):
 
 
 class Warehouse(_Settings):
-    """What the dbt project builds beyond the windows (mirrored by the vars in dbt_project.yml)."""
+    """What the dbt project builds beyond the windows (mirrored by the vars in dbt_project.yml).
+
+    candidate_days: the candidates are the pairs active together in the last N days (default: the whole
+    history window). item_subset (target item): the items that may be ranked, `dataset` for the subset the
+    dataset carries or a file of item ids (ml/warehouse/subset.py); default: every item."""
 
     feature_windows: tuple[int, ...] = (1, 3, 7, 30, 90)
     sequence_length: int = Field(default=50, ge=1)
     negatives_per_target: int = Field(default=100, ge=0)
     lstm_top_categories: int = Field(default=20, ge=1)
+    candidate_days: int | None = Field(default=None, ge=1)
+    item_subset: str | None = None
 
     @field_validator("feature_windows")
     @classmethod
@@ -152,7 +158,7 @@ class Task(_Settings):
     description: str = ""
     dataset: str = Field(pattern=NAME_PATTERN)
     generate: Generate | None = None
-    target: Literal["brand", "category"]
+    target: Literal["brand", "category", "item"]
     windows: Windows
     samples: SampleRange
     validation: tuple[dt.date, ...] = Field(min_length=1)
@@ -181,6 +187,15 @@ class Task(_Settings):
         if max(self.warehouse.feature_windows) > w.history_days:
             raise ValueError(f"warehouse.feature_windows: {max(self.warehouse.feature_windows)} days is longer "
                              f"than windows.history_days ({w.history_days})")
+        if (self.warehouse.candidate_days or 0) > w.history_days:
+            raise ValueError(f"warehouse.candidate_days ({self.warehouse.candidate_days}) cannot exceed "
+                             f"windows.history_days ({w.history_days})")
+        if self.warehouse.item_subset is not None and self.target != "item":
+            raise ValueError(f"warehouse.item_subset: only a task with target item has an item subset "
+                             f"(this one's target is {self.target})")
+        if self.target == "item" and self.crowds.population != "touched":
+            raise ValueError("crowds.population: a task with target item publishes the pairs active together "
+                             "(touched); every active user x every item would not fit")
         label = dt.timedelta(days=w.label_days)
         # a date's label window must end before the next role's features start: no label leaks forward
         first_validation = min(self.validation)
@@ -203,6 +218,12 @@ class Task(_Settings):
     def labelled_dates(self) -> list[dt.date]:
         """Every date the warehouse builds with labels: samples, validation, backtest."""
         return sorted({*self.sample_dates, *self.validation, self.backtest})
+
+    @property
+    def ranked_by(self) -> str:
+        """Whose ranking the per-group metrics measure: each target's users (a merchant's crowd), or for the
+        next-day item task each user's items (per-user GAUC and recall@N, as the pair task is judged)."""
+        return "user" if self.target == "item" else "target"
 
     def model_names(self) -> list[str]:
         return [m for m in ALL_MODELS if m in self.models]  # the registry's order, whatever the file's
@@ -240,6 +261,7 @@ class Task(_Settings):
             "feature_windows": list(h.feature_windows),
             "sequence_length": h.sequence_length,
             "target": self.target,
+            "candidate_days": h.candidate_days,
             "negatives_per_target": h.negatives_per_target,
             "n_evaluated_targets": self.evaluate.top_targets,
             "evaluated_targets": list(self.evaluate.targets),
@@ -249,7 +271,9 @@ class Task(_Settings):
         }
 
     def warehouse_fingerprint(self) -> str:
-        """What the exports depend on: a training run refuses exports built with other settings."""
+        """What the exports depend on: a training run refuses exports built with other settings. The forward
+        population's settings and the item subset choose which pairs are scored, not what a feature means: a
+        model may score another population (the same task on another subset) without a rebuild."""
         v = self.dbt_vars()
         keep = {k: v[k] for k in v if k not in ("ds", "forward_date", "crowd_population", "crowd_active_days")}
         return _digest({"dataset": self.dataset, **keep})

@@ -43,6 +43,11 @@ def test_tianchi_sample_loads_every_row_with_its_quirks(tmp_path):
     assert items.item_id.is_unique
     assert set(ev.item_id) <= set(items.item_id)
     assert items.brand_id.isna().all()
+    # the item file is the competition's subset: its distinct ids, kept apart from the log's other items
+    subset = pq.read_table(tmp_path / "t" / "item_subset.parquet").to_pandas()
+    listed = set(pd.read_csv(TIANCHI_ITEMS)["item_id"])
+    assert subset.item_id.is_unique and set(subset.item_id) == listed
+    assert m["item_subset"] == len(listed) < len(items)
 
 
 def test_tmall_repeat_sample_needs_a_year_and_reads_float_brand_ids(tmp_path):

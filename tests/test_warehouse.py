@@ -141,7 +141,11 @@ def test_every_buyer_of_an_evaluated_target_is_counted_even_outside_the_evaluati
     """recall@N's denominator: the buyers table holds the evaluation set's positives (in_population) and any
     buyer it could not score (a user with no history before the backtest: the Taobao task's test sees some)."""
     warehouse, _ = built
-    buyers = _query(warehouse, "select * from samples.samples_evaluation_buyers")
+    every_date = _query(warehouse, "select * from samples.samples_evaluation_buyers")
+    # the validation dates' buyers too (the denominators of choices made there), the backtest's reconciled here
+    days = pd.to_datetime(every_date.ds).dt.date
+    assert set(days) == {*TASK.validation, TASK.backtest}
+    buyers = every_date[days == TASK.backtest]
     ev = _query(warehouse, "select user_id, target_id, label_buy from samples.samples_evaluation")
     positives = ev[ev.label_buy == 1]
     reachable = buyers[buyers.in_population]
@@ -212,6 +216,8 @@ def test_exports_one_directory_per_date_with_the_evaluation_set_beside_it(built,
         expected = ["category_series.parquet", "samples.parquet", "schema.json", "sequences.parquet"]
         if e.ds == TASK.backtest:
             expected = sorted([*expected, "evaluation.parquet", "buyers.parquet"])
+        elif e.ds in TASK.validation:
+            expected = sorted([*expected, "buyers.parquet"])
         assert names == expected
         assert pq.read_metadata(e.path / "samples.parquet").num_rows == e.rows["samples"]
     schema = json.loads((exports[0].path / "schema.json").read_text())
@@ -225,7 +231,7 @@ def test_exports_one_directory_per_date_with_the_evaluation_set_beside_it(built,
 @pytest.mark.parametrize("changes, message", [
     ({"ds": ["2013-13-01"]}, "var 'ds': month 13 does not exist"),
     ({"ds": "2013-07-xx"}, "var 'ds': expected a date as YYYY-MM-DD"),
-    ({"target": "shop"}, "var 'target': expected 'brand' or 'category'"),
+    ({"target": "shop"}, "var 'target': expected 'brand', 'category' or 'item'"),
     ({"feature_windows": [7, 120]}, "var 'feature_windows'"),
     ({"negatives_per_target": "1; drop table x"}, "var 'negatives_per_target': expected a whole number of 0 or more"),
     ({"negatives_per_target": -5}, "var 'negatives_per_target': expected a whole number of 0 or more"),

@@ -52,9 +52,12 @@
         {%- endif -%}
     {%- endfor -%}
     {%- set target = var('target') -%}
-    {%- if target not in ['brand', 'category'] -%}
-        {{ crowd_fail('target', "expected 'brand' or 'category', got '" ~ target ~ "'") }}
+    {%- if target not in ['brand', 'category', 'item'] -%}
+        {{ crowd_fail('target', "expected 'brand', 'category' or 'item', got '" ~ target ~ "'") }}
     {%- endif -%}
+    {%- set candidate = var('candidate_days') -%}
+    {%- set candidate = history if candidate is none else crowd_positive_int('candidate_days') -%}
+    {%- if candidate > history -%}{{ crowd_fail('candidate_days', "cannot exceed history_days (" ~ history ~ ")") }}{%- endif -%}
     {%- set first = crowd_parse_date('first_sample_date', var('first_sample_date')) -%}
     {%- set last = crowd_parse_date('last_sample_date', var('last_sample_date')) -%}
     {%- set evaluation = crowd_parse_date('evaluation_date', var('evaluation_date')) -%}
@@ -64,9 +67,11 @@
     {%- for i in range(((last - first).days // step) + 1) -%}
         {%- do schedule.append((first + modules.datetime.timedelta(days=step * i)).isoformat()) -%}
     {%- endfor -%}
+    {%- set validation = [] -%}
     {%- for value in (var('validation_dates') or []) -%}
-        {%- do schedule.append(crowd_parse_date('validation_dates', value).isoformat()) -%}
+        {%- do validation.append(crowd_parse_date('validation_dates', value).isoformat()) -%}
     {%- endfor -%}
+    {%- set schedule = schedule + validation -%}
     {%- set forward = var('forward_date') -%}
     {%- set forward = crowd_parse_date('forward_date', forward).isoformat() if (forward is not none and (forward | string | trim) != '') else none -%}
     {%- set ds = var('ds') -%}
@@ -92,9 +97,11 @@
         {%- endif -%}
     {%- endfor -%}
     {{ return({
-        'history_days': history, 'sequence_days': sequence, 'label_days': label,
+        'history_days': history, 'sequence_days': sequence, 'label_days': label, 'candidate_days': candidate,
+        'item_level': target == 'item',
         'windows': windows | map('int') | list | sort, 'target': target,
         'first_sample_date': first.isoformat(), 'evaluation_date': evaluation.isoformat(),
+        'validation_dates': validation,
         'run_dates': run_dates | sort, 'forward_date': forward,
         'labelled_dates': run_dates | reject('equalto', forward) | sort,
         'series_period_days': [30, history] | min,

@@ -1,15 +1,18 @@
 {#-
   The ADS feature columns, generated from the windows so that adding a window is one var, and so that the
   samples' feature join, the exports and the pandas reference (ml/warehouse/reference.py) agree on names.
-  Prefixes: u (user), b (target: brand or category), ub (user x target).
+  Prefixes: u (user), b (target: brand, category or item), ub (user x target); for target item also
+  c (the item's leaf category) and uc (user x that category).
 
   From a relation with one row per (key, day) holding `age` (whole days before ds, >= 1), `day`,
   n_click / n_collect / n_cart / n_buy, user_id and target_id:
     {p}_{action}_{w}d          events of that action in the last w days
-    {p}_active_days_{w}d       (u, ub) distinct active days in the last w days, for w > 1
+    u_{action}_day{k}          (target item) events of that action on the k-th day before ds, k = 1 .. 7:
+                               the user's last week day by day (7 x 4 counts)
+    {p}_active_days_{w}d       (u, ub, uc) distinct active days in the last w days, for w > 1
     {p}_targets_{w}d           (u) distinct targets touched, for w > 1
-    {p}_users_{w}d, {p}_buyers_{w}d   (b) distinct users with any event / with a buy, for w > 1
-    {p}_recency_{action|any}   (u, ub) days since the last such event in the history window, null if none
+    {p}_users_{w}d, {p}_buyers_{w}d   (b, c) distinct users with any event / with a buy, for w > 1
+    {p}_recency_{action|any}   (u, ub, uc) days since the last such event in the history window, null if none
     {p}_{cart,buy}_rate_{w}d   cart / (click + 1), buy / (click + 1), for w >= 7
     {p}_buy_per_cart_{w}d      buy / (cart + 1), for w >= 7
 -#}
@@ -20,15 +23,18 @@
     {%- for a in c['actions'] -%}{%- for w in c['windows'] -%}
         {%- do columns.append({'name': prefix ~ '_' ~ a ~ '_' ~ w ~ 'd', 'kind': 'count'}) -%}
     {%- endfor -%}{%- endfor -%}
+    {%- if prefix == 'u' -%}{%- for a in c['actions'] -%}{%- for k in crowd_daily_count_days() -%}
+        {%- do columns.append({'name': 'u_' ~ a ~ '_day' ~ k, 'kind': 'count'}) -%}
+    {%- endfor -%}{%- endfor -%}{%- endif -%}
     {%- for w in c['windows'] if w > 1 -%}
-        {%- if prefix in ['u', 'ub'] -%}{%- do columns.append({'name': prefix ~ '_active_days_' ~ w ~ 'd', 'kind': 'count'}) -%}{%- endif -%}
+        {%- if prefix in ['u', 'ub', 'uc'] -%}{%- do columns.append({'name': prefix ~ '_active_days_' ~ w ~ 'd', 'kind': 'count'}) -%}{%- endif -%}
         {%- if prefix == 'u' -%}{%- do columns.append({'name': 'u_targets_' ~ w ~ 'd', 'kind': 'count'}) -%}{%- endif -%}
-        {%- if prefix == 'b' -%}
-            {%- do columns.append({'name': 'b_users_' ~ w ~ 'd', 'kind': 'count'}) -%}
-            {%- do columns.append({'name': 'b_buyers_' ~ w ~ 'd', 'kind': 'count'}) -%}
+        {%- if prefix in ['b', 'c'] -%}
+            {%- do columns.append({'name': prefix ~ '_users_' ~ w ~ 'd', 'kind': 'count'}) -%}
+            {%- do columns.append({'name': prefix ~ '_buyers_' ~ w ~ 'd', 'kind': 'count'}) -%}
         {%- endif -%}
     {%- endfor -%}
-    {%- if prefix in ['u', 'ub'] -%}
+    {%- if prefix in ['u', 'ub', 'uc'] -%}
         {%- for a in c['actions'] + ['any'] -%}{%- do columns.append({'name': prefix ~ '_recency_' ~ a, 'kind': 'recency'}) -%}{%- endfor -%}
     {%- endif -%}
     {%- for w in c['windows'] if w >= 7 -%}
@@ -47,19 +53,22 @@
     {%- for a in c['actions'] -%}{%- for w in c['windows'] -%}
         {%- do exprs.append('cast(sum(case when age <= ' ~ w ~ ' then n_' ~ a ~ ' else 0 end) as ' ~ int ~ ') as ' ~ prefix ~ '_' ~ a ~ '_' ~ w ~ 'd') -%}
     {%- endfor -%}{%- endfor -%}
+    {%- if prefix == 'u' -%}{%- for a in c['actions'] -%}{%- for k in crowd_daily_count_days() -%}
+        {%- do exprs.append('cast(sum(case when age = ' ~ k ~ ' then n_' ~ a ~ ' else 0 end) as ' ~ int ~ ') as u_' ~ a ~ '_day' ~ k) -%}
+    {%- endfor -%}{%- endfor -%}{%- endif -%}
     {%- for w in c['windows'] if w > 1 -%}
-        {%- if prefix in ['u', 'ub'] -%}
+        {%- if prefix in ['u', 'ub', 'uc'] -%}
             {%- do exprs.append('cast(count(distinct case when age <= ' ~ w ~ ' then day end) as ' ~ int ~ ') as ' ~ prefix ~ '_active_days_' ~ w ~ 'd') -%}
         {%- endif -%}
         {%- if prefix == 'u' -%}
             {%- do exprs.append('cast(count(distinct case when age <= ' ~ w ~ ' then target_id end) as ' ~ int ~ ') as u_targets_' ~ w ~ 'd') -%}
         {%- endif -%}
-        {%- if prefix == 'b' -%}
-            {%- do exprs.append('cast(count(distinct case when age <= ' ~ w ~ ' then user_id end) as ' ~ int ~ ') as b_users_' ~ w ~ 'd') -%}
-            {%- do exprs.append('cast(count(distinct case when age <= ' ~ w ~ ' and n_buy > 0 then user_id end) as ' ~ int ~ ') as b_buyers_' ~ w ~ 'd') -%}
+        {%- if prefix in ['b', 'c'] -%}
+            {%- do exprs.append('cast(count(distinct case when age <= ' ~ w ~ ' then user_id end) as ' ~ int ~ ') as ' ~ prefix ~ '_users_' ~ w ~ 'd') -%}
+            {%- do exprs.append('cast(count(distinct case when age <= ' ~ w ~ ' and n_buy > 0 then user_id end) as ' ~ int ~ ') as ' ~ prefix ~ '_buyers_' ~ w ~ 'd') -%}
         {%- endif -%}
     {%- endfor -%}
-    {%- if prefix in ['u', 'ub'] -%}
+    {%- if prefix in ['u', 'ub', 'uc'] -%}
         {%- for a in c['actions'] -%}
             {%- do exprs.append('cast(min(case when n_' ~ a ~ ' > 0 then age end) as ' ~ int ~ ') as ' ~ prefix ~ '_recency_' ~ a) -%}
         {%- endfor -%}
@@ -81,19 +90,51 @@
     {{ exprs | join(',\n    ') }}
 {% endmacro %}
 
-{#- The history rows (one per key and day) of this run's dates, from dw_user_target_daily. -#}
-{% macro crowd_history_rows(where='1 = 1', dates_sql=none) %}
+{#- The history rows (one per key and day) of this run's dates, from dw_user_target_daily (or `relation`,
+    keyed by user and `key`). -#}
+{% macro crowd_history_rows(where='1 = 1', dates_sql=none, relation=none, key='target_id') %}
     {%- set c = crowd_config() -%}
     select
         d.ds,
         h.user_id,
-        h.target_id,
+        h.{{ key }},
         h.day,
         {{ crowd_age_days('h.day', 'd.ds') }} as age,
         h.n_click, h.n_collect, h.n_cart, h.n_buy
-    from {{ ref('dw_user_target_daily') }} as h
+    from {{ relation if relation is not none else ref('dw_user_target_daily') }} as h
     inner join ({{ dates_sql if dates_sql is not none else crowd_run_dates_sql() }}) as d
         on h.day >= cast({{ dbt.dateadd('day', -c['history_days'], 'd.ds') }} as date)
         and h.day < d.ds
     where {{ where }}
+{% endmacro %}
+
+{#- The days of the user's day-by-day counts (target item only: the Tianchi seed's 7 x 4 counts). -#}
+{% macro crowd_daily_count_days() %}
+    {%- set c = crowd_config() -%}
+    {{ return(range(1, [7, c['history_days']] | min + 1) | list if c['item_level'] else []) }}
+{% endmacro %}
+
+{#-
+  The time context of a pair's last interaction (ads_pair_context), target item only:
+    ub_last_hour        hour of day of the last interaction (0 .. 23)
+    ub_last_weekday     its day of week (0 = Sunday .. 6)
+    ub_last_weekend     1 on a Saturday or Sunday
+    ub_last_action      its action code (1 click, 2 collect, 3 cart, 4 buy)
+    ub_hours_since_last hours from it to ds (at least 1: ds is midnight, the event before it)
+  hour and weekday are categorical: the feature map embeds them (ml/features/feature_map.py CONTEXT_FIELDS).
+-#}
+{% macro crowd_context_columns() %}
+    {{ return(['ub_last_hour', 'ub_last_weekday', 'ub_last_weekend', 'ub_last_action', 'ub_hours_since_last']) }}
+{% endmacro %}
+
+{% macro crowd_context_expression(column, ts, ds, action_code) %}
+    {%- set int = dbt.type_int() -%}
+    {%- set exprs = {
+        'ub_last_hour': 'cast(' ~ crowd_hour_of_day(ts) ~ ' as ' ~ int ~ ')',
+        'ub_last_weekday': 'cast(' ~ crowd_day_of_week(ts) ~ ' as ' ~ int ~ ')',
+        'ub_last_weekend': 'cast(case when ' ~ crowd_day_of_week(ts) ~ ' in (0, 6) then 1 else 0 end as ' ~ int ~ ')',
+        'ub_last_action': 'cast(' ~ action_code ~ ' as ' ~ int ~ ')',
+        'ub_hours_since_last': 'cast(' ~ dbt.datediff(ts, ds, 'hour') ~ ' as ' ~ int ~ ')',
+    } -%}
+    {{ return(exprs[column]) }}
 {% endmacro %}

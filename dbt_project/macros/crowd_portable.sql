@@ -38,3 +38,10 @@
 {% macro crowd_list_max(column) %}{{ return(adapter.dispatch('crowd_list_max', 'purchase_crowd')(column)) }}{% endmacro %}
 {% macro default__crowd_list_max(column) %}array_max({{ column }}){% endmacro %}
 {% macro duckdb__crowd_list_max(column) %}list_max({{ column }}){% endmacro %}
+
+{#- The hour of day (0 .. 23) and the day of week (0 = Sunday .. 6) of a timestamp (the pair's time context). -#}
+{% macro crowd_hour_of_day(ts) %}{{ return(adapter.dispatch('crowd_hour_of_day', 'purchase_crowd')(ts)) }}{% endmacro %}
+{% macro default__crowd_hour_of_day(ts) %}extract(hour from {{ ts }}){% endmacro %}
+{% macro crowd_day_of_week(ts) %}{{ return(adapter.dispatch('crowd_day_of_week', 'purchase_crowd')(ts)) }}{% endmacro %}
+{% macro default__crowd_day_of_week(ts) %}extract(dow from {{ ts }}){% endmacro %}
+{% macro spark__crowd_day_of_week(ts) %}(dayofweek({{ ts }}) - 1){% endmacro %}

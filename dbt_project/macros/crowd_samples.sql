@@ -18,12 +18,16 @@
 {% endmacro %}
 
 {#-
-  pairs: a relation (ds, user_id, target_id, is_candidate). The result has one row per pair: keys, the
-  target's category, the labels, then the u_, b_ and ub_ features. A pair with no history together (a
-  sampled negative) has zero counts and ratios and null recencies.
+  pairs: a relation (ds, user_id, target_id, is_candidate, inclusion_prob). The result has one row per
+  pair: keys, the target's category, the labels, then the u_, b_ and ub_ features, and for target item
+  also the uc_ (user x the item's category), c_ (the category) and the pair's time context
+  (crowd_context_columns). A pair with no history together (a sampled negative) has zero counts and ratios
+  and null recencies and context.
 -#}
 {% macro crowd_sample_rows(pairs, dates_sql, with_labels=true) %}
     {%- set int = dbt.type_int() -%}
+    {%- set item_level = crowd_config()['item_level'] -%}
+    -- depends_on: {{ ref('ads_user_category_features') }}, {{ ref('ads_category_features') }}, {{ ref('ads_pair_context') }}
     {%- if with_labels %}
     with labels as (
         {{ crowd_label_rows(dates_sql) }}
@@ -36,25 +40,39 @@
         p.target_id,
         t.category_id as target_category_id,
         p.is_candidate,
+        p.inclusion_prob,
         {%- if with_labels %}
         cast(coalesce(l.label_buy, 0) as {{ int }}) as label_buy,
         cast(coalesce(l.label_collect_cart, 0) as {{ int }}) as label_collect_cart,
         {%- endif %}
-        {%- for col in crowd_feature_columns('u') %}
-        u.{{ col['name'] }},
+        {%- set features = [] %}
+        {%- for prefix in ['u', 'b'] + (['c'] if item_level else []) %}
+        {%- for col in crowd_feature_columns(prefix) %}
+        {%- do features.append(prefix ~ '.' ~ col['name'] if prefix != 'c' else 'coalesce(c.' ~ col['name'] ~ ', 0) as ' ~ col['name']) %}
         {%- endfor %}
-        {%- for col in crowd_feature_columns('b') %}
-        b.{{ col['name'] }},
         {%- endfor %}
-        {%- for col in crowd_feature_columns('ub') %}
-        {% if col['kind'] == 'recency' %}ub.{{ col['name'] }}{% else %}coalesce(ub.{{ col['name'] }}, 0) as {{ col['name'] }}{% endif %}{% if not loop.last %},{% endif %}
+        {%- for prefix in ['ub'] + (['uc'] if item_level else []) %}
+        {%- for col in crowd_feature_columns(prefix) %}
+        {%- do features.append(prefix ~ '.' ~ col['name'] if col['kind'] == 'recency' else 'coalesce(' ~ prefix ~ '.' ~ col['name'] ~ ', 0) as ' ~ col['name']) %}
         {%- endfor %}
+        {%- endfor %}
+        {%- for col in (crowd_context_columns() if item_level else []) %}
+        {%- do features.append('x.' ~ col) %}
+        {%- endfor %}
+        {{ features | join(',\n        ') }}
     from {{ pairs }} as p
     inner join {{ ref('dim_targets') }} as t on p.target_id = t.target_id
     inner join {{ ref('ads_user_features') }} as u on p.ds = u.ds and p.user_id = u.user_id
     inner join {{ ref('ads_target_features') }} as b on p.ds = b.ds and p.target_id = b.target_id
     left join {{ ref('ads_user_target_features') }} as ub
         on p.ds = ub.ds and p.user_id = ub.user_id and p.target_id = ub.target_id
+    {%- if item_level %}
+    left join {{ ref('ads_user_category_features') }} as uc
+        on p.ds = uc.ds and p.user_id = uc.user_id and t.category_id = uc.category_id
+    left join {{ ref('ads_category_features') }} as c on p.ds = c.ds and t.category_id = c.category_id
+    left join {{ ref('ads_pair_context') }} as x
+        on p.ds = x.ds and p.user_id = x.user_id and p.target_id = x.target_id
+    {%- endif %}
     {%- if with_labels %}
     left join labels as l
         on p.ds = l.ds and p.user_id = l.user_id and p.target_id = l.target_id
@@ -64,14 +82,15 @@
 {#-
   The targets a population covers as of a date: var evaluated_targets when given, else the
   n_evaluated_targets targets with most distinct buyers in the history window before that date
-  (point-in-time: nothing on or after the date decides which targets are chosen).
+  (point-in-time: nothing on or after the date decides which targets are chosen). For target item, every
+  item of the subset: the next-day task ranks pairs, not the buyers of a few items.
 -#}
 {% macro crowd_top_targets(as_of) %}
     {%- set c = crowd_config() -%}
     {%- set day = "cast('" ~ as_of ~ "' as date)" -%}
     with buyers as (
         select t.target_id, count(distinct b.user_id) as n_buyers
-        from {{ ref('dim_targets') }} as t
+        from {{ ref('dim_target_subset') }} as t
         left join {{ ref('dw_buy_events') }} as b
             on b.target_id = t.target_id
             and b.ts >= {{ dbt.dateadd('day', -c['history_days'], day) }}
@@ -91,6 +110,8 @@
     from ranked
     {% if c['evaluated_targets'] %}
     where target_id in ({{ c['evaluated_targets'] | join(', ') }})
+    {% elif c['item_level'] %}
+    where true
     {% else %}
     where buyer_rank <= {{ c['n_evaluated_targets'] }}
     {% endif %}

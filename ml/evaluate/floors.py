@@ -6,7 +6,10 @@ need no training and no labels:
 - `decayed_count`: the user's interactions with the target, each band of the history windows weighted by
   half-life decay of its mid-age (a recent click outweighs an old one);
 - `cart_then_recency`: pairs carted or collected first, then pairs merely touched, each tier ordered by how
-  recently the user last touched the target.
+  recently the user last touched the target;
+- `cart_last_day` (the next-day item task's classic rule): pairs carted on the day before and not bought
+  that day first, then the rest by recency. Its F1 is the rule's own submission when the K chosen on the
+  validation day is the number of pairs the rule flags.
 """
 
 from __future__ import annotations
@@ -46,8 +49,20 @@ def cart_then_recency(frame: pd.DataFrame) -> np.ndarray:
     return np.where(intent, 2.0, np.where(touched, 1.0, 0.0)) + closeness
 
 
-FLOORS = {"decayed_count": decayed_count, "cart_then_recency": cart_then_recency}
+def cart_last_day(frame: pd.DataFrame) -> np.ndarray:
+    if "ub_cart_1d" not in frame.columns:
+        raise ValueError("cart_last_day needs the pair's 1-day counts: add 1 to warehouse.feature_windows")
+    rule = (frame["ub_cart_1d"].to_numpy() > 0) & (frame["ub_buy_1d"].to_numpy() == 0)
+    recency = frame["ub_recency_any"].astype("float64").to_numpy()
+    closeness = np.where(np.isnan(recency), 0.0, 1.0 / (2.0 + np.nan_to_num(recency)))  # in [0, 0.5]
+    return np.where(rule, 1.0, 0.0) + closeness
 
 
-def floor_scores(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    return {name: f(frame) for name, f in FLOORS.items()}
+FLOORS = {"decayed_count": decayed_count, "cart_then_recency": cart_then_recency, "cart_last_day": cart_last_day}
+# which floors each target is compared with: the one-day rule belongs to the next-day item task
+FLOORS_OF = {"brand": ("decayed_count", "cart_then_recency"), "category": ("decayed_count", "cart_then_recency"),
+             "item": ("decayed_count", "cart_then_recency", "cart_last_day")}
+
+
+def floor_scores(frame: pd.DataFrame, target: str) -> dict[str, np.ndarray]:
+    return {name: FLOORS[name](frame) for name in FLOORS_OF[target]}

@@ -93,25 +93,32 @@ def ranking_metrics(y: np.ndarray, p: np.ndarray, group: np.ndarray, ns: tuple[i
     return RankingMetrics(per_group, mean)
 
 
-def buyer_totals(buyers: pd.DataFrame) -> pd.DataFrame:
-    """Per target: every buyer, those in the scored population and those who had touched the target."""
-    return buyers.groupby("target_id").agg(buyers=("user_id", "size"), in_population=("in_population", "sum"),
-                                           candidates=("is_candidate", "sum"))
+def buyer_totals(buyers: pd.DataFrame, by: str = "target") -> pd.DataFrame:
+    """Per target (or per user): every buyer pair, those in the scored population and those with history."""
+    return buyers.groupby(f"{by}_id").agg(buyers=("user_id", "size"), in_population=("in_population", "sum"),
+                                          candidates=("is_candidate", "sum"))
 
 
 def evaluate_scores(y: np.ndarray, p: np.ndarray, target: np.ndarray, user: np.ndarray,
-                    ns: tuple[int, ...] = DEFAULT_NS, buyers: pd.DataFrame | None = None,
+                    ns: tuple[int, ...] = DEFAULT_NS, buyers: pd.DataFrame | None = None, by: str = "target",
                     ) -> tuple[dict[str, float], pd.DataFrame]:
     """Every metric of one scored evaluation set: the summary and the per-target table.
+
+    by `target` (a merchant's view: each target ranks its users) or `user` (the next-day item task: each
+    user's items are ranked, so GAUC is per user and recall@N is the share of a user's bought items in
+    their top N); the table then has one row per user.
 
     With `buyers` (every buyer of each target in the label window: target_id, user_id, in_population,
     is_candidate), recall@N counts the buyers outside the scored population as missed, and `coverage`
     (share of buyers in the population) and `candidate_coverage` (share who had touched the target) are
     reported beside it: recall@N can never exceed coverage.
     """
-    gauc, gauc_mean, per_auc = group_auc(y, p, target)
-    totals = buyer_totals(buyers) if buyers is not None else None
-    ranking = ranking_metrics(y, p, target, ns, tie_break=user,
+    if by not in ("target", "user"):
+        raise ValueError(f"by: expected target or user, got {by!r}")
+    group, other = (target, user) if by == "target" else (user, target)
+    gauc, gauc_mean, per_auc = group_auc(y, p, group)
+    totals = buyer_totals(buyers, by) if buyers is not None else None
+    ranking = ranking_metrics(y, p, group, ns, tie_break=other,
                               buyers=totals["buyers"] if totals is not None else None)
     summary = {"auc": auc(y, p), "logloss": logloss(y, p), "gauc": gauc, "gauc_unweighted": gauc_mean,
                **ranking.mean}
@@ -124,5 +131,5 @@ def evaluate_scores(y: np.ndarray, p: np.ndarray, target: np.ndarray, user: np.n
         has = table["buyers"] > 0
         summary["coverage"] = float(table.loc[has, "coverage"].mean())
         summary["candidate_coverage"] = float(table.loc[has, "candidate_coverage"].mean())
-    table.index.name = "target_id"
+    table.index.name = f"{by}_id"
     return summary, table

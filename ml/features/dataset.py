@@ -26,7 +26,7 @@ from ml.task import Task
 from ml.warehouse.export import export_dir
 
 LABELS = ("label_buy", "label_collect_cart")
-SEQUENCES = ("hist_target_id", "hist_category_id", "hist_action", "hist_age_days")
+SEQUENCES = ("hist_target_id", "hist_category_id", "hist_action", "hist_age_days", "hist_age_hours")
 
 
 @dataclass
@@ -112,11 +112,12 @@ def read_exports(root: Path, dates: list[dt.date], part: str = "samples",
 
 
 def read_buyers(root: Path, ds: dt.date) -> pd.DataFrame:
-    """Every buyer of each evaluated target in the backtest's label window (target_id, user_id, in_population,
-    is_candidate): recall@N's denominator, which counts the buyers the evaluation set does not score."""
+    """Every buyer of each evaluated target in the label window of the backtest or a validation date
+    (target_id, user_id, in_population, is_candidate): recall@N's denominator, which counts the buyers the
+    scored set does not hold."""
     path = export_dir(root, ds) / "buyers.parquet"
     if not path.exists():
-        raise ValueError(f"no buyers export for the backtest {ds} under {root}: rebuild it "
+        raise ValueError(f"no buyers export for {ds} under {root}: rebuild it "
                          f"(crowd warehouse --task ... --ds {ds}) with this version of the warehouse")
     return pd.read_parquet(path, columns=["target_id", "user_id", "in_population", "is_candidate"])
 
@@ -141,7 +142,7 @@ class CrowdData:
         self.hist_target = fmap.vocabularies["target"].encode(seq["hist_target_id"])
         self.hist_category = fmap.vocabularies["category"].encode(seq["hist_category_id"])
         self.hist_action = np.clip(seq["hist_action"], 0, 4)
-        self.hist_age = np.clip(seq["hist_age_days"], 1, fmap.max_age)
+        self.hist_age = np.clip(seq[fmap.age_column], 1, fmap.max_age)
         self.series = raw.series
 
     def __len__(self) -> int:
@@ -177,8 +178,11 @@ class CrowdData:
 
 
 def fit_feature_map(raw: RawExports, task: Task) -> FeatureMap:
+    """Next-day item tasks read the sequences' ages in hours (the log's resolution), others in days."""
+    hours = task.target == "item"
     return FeatureMap.fit(
         raw.samples, raw.sequences["hist_target_id"], raw.sequences["hist_category_id"], dense=raw.dense,
-        sequence_length=task.warehouse.sequence_length, max_age=task.windows.sequence_days,
-        series_shape=task.series_shape(),
+        sequence_length=task.warehouse.sequence_length,
+        max_age=task.windows.sequence_days * (24 if hours else 1), series_shape=task.series_shape(),
+        age_column="hist_age_hours" if hours else "hist_age_days",
     )

@@ -17,8 +17,11 @@ import pandas as pd
 PAD, OOV = 0, 1
 ENCODE_BLOCK_ROWS = 65_536
 DENSE_CLIP = 5.0  # standardised dense values are clipped to +-5: a heavy tail must not saturate FM terms
-# id fields of a sample -> the vocabulary they share with the behaviour sequences
+# id fields of every sample -> the vocabulary they share with the behaviour sequences
 ID_FIELDS: dict[str, str] = {"user_id": "user", "target_id": "target", "target_category_id": "category"}
+# categorical context a sample may carry (target item: the time of the pair's last interaction) -> its
+# vocabulary of every possible value; embedded like the ids, never scaled as a number
+CONTEXT_FIELDS: dict[str, tuple[str, int]] = {"ub_last_hour": ("hour", 24), "ub_last_weekday": ("weekday", 7)}
 N_ACTIONS = 5  # 0 padding, 1 click, 2 collect, 3 cart, 4 buy
 
 
@@ -53,25 +56,42 @@ class FeatureMap:
     sequence_length: int
     max_age: int
     series_shape: dict[str, tuple[int, int]] = field(default_factory=dict)  # timescale -> (steps, slots)
+    # the sample's categorical fields in the models' order (column -> vocabulary): ID_FIELDS, then the
+    # CONTEXT_FIELDS the samples have. Models look a field up by name here, never by position.
+    id_fields: dict[str, str] = field(default_factory=lambda: dict(ID_FIELDS))
+    age_column: str = "hist_age_days"  # the sequences' age, in days, or in hours for a log with hours
 
     @classmethod
     def fit(cls, samples: pd.DataFrame, hist_target: np.ndarray, hist_category: np.ndarray, *, dense: list[str],
-            sequence_length: int, max_age: int, series_shape: dict[str, tuple[int, int]]) -> "FeatureMap":
+            sequence_length: int, max_age: int, series_shape: dict[str, tuple[int, int]],
+            age_column: str = "hist_age_days") -> "FeatureMap":
         vocabularies = {
             "user": Vocabulary.fit(samples["user_id"].to_numpy()),
             "target": Vocabulary.fit(samples["target_id"].to_numpy(), hist_target[hist_target >= 0]),
             "category": Vocabulary.fit(samples["target_category_id"].to_numpy(), hist_category),
         }
+        id_fields = dict(ID_FIELDS)
+        for column, (vocabulary, n_values) in CONTEXT_FIELDS.items():
+            if column in samples.columns:
+                vocabularies[vocabulary] = Vocabulary(np.arange(n_values, dtype=np.int64))
+                id_fields[column] = vocabulary
+        dense = [c for c in dense if c not in id_fields]
         raw = samples[dense].to_numpy(dtype=np.float64, na_value=np.nan)
         # a missing value is a recency with no event in the window: "longer ago than anything seen"
         fill = np.nan_to_num(np.nanmax(raw, axis=0), nan=0.0) + 1.0
         x = np.log1p(np.maximum(np.where(np.isnan(raw), fill, raw), 0.0))
         mean, std = x.mean(axis=0), x.std(axis=0)
         return cls(vocabularies, list(dense), fill, mean, np.where(std > 1e-9, std, 1.0), sequence_length,
-                   max_age, dict(series_shape))
+                   max_age, dict(series_shape), id_fields, age_column)
+
+    def field_index(self, column: str) -> int:
+        return list(self.id_fields).index(column)
 
     def encode_ids(self, samples: pd.DataFrame) -> np.ndarray:
-        return np.stack([self.vocabularies[v].encode(samples[c].to_numpy()) for c, v in ID_FIELDS.items()], axis=1)
+        """[rows, id fields]; a context field with no value (a pair never touched) takes the OOV index."""
+        return np.stack([self.vocabularies[v].encode(samples[c].to_numpy(dtype=np.float64, na_value=-1)
+                                                     if c in CONTEXT_FIELDS else samples[c].to_numpy())
+                         for c, v in self.id_fields.items()], axis=1)
 
     def encode_dense(self, samples: pd.DataFrame) -> np.ndarray:
         missing = [c for c in self.dense if c not in samples.columns]
@@ -101,6 +121,7 @@ class FeatureMap:
             "dense": self.dense, "fill": self.fill.tolist(), "mean": self.mean.tolist(), "std": self.std.tolist(),
             "sequence_length": self.sequence_length, "max_age": self.max_age,
             "series_shape": {k: list(v) for k, v in self.series_shape.items()},
+            "id_fields": self.id_fields, "age_column": self.age_column,
         }))
 
     @classmethod
@@ -110,4 +131,5 @@ class FeatureMap:
             {k: Vocabulary(np.asarray(v, dtype=np.int64)) for k, v in d["vocabularies"].items()},
             d["dense"], np.asarray(d["fill"]), np.asarray(d["mean"]), np.asarray(d["std"]),
             d["sequence_length"], d["max_age"], {k: tuple(v) for k, v in d["series_shape"].items()},
+            d.get("id_fields", dict(ID_FIELDS)), d.get("age_column", "hist_age_days"),
         )

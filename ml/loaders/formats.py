@@ -45,6 +45,9 @@ class LogFormat:
     items: FileFormat | None = None     # the separate item table, when the format has one
     needs_year: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # the item file lists the items a task ranks, not every item of the log (Tianchi's item set P): its ids are
+    # also written as the dataset's item_subset.parquet (a task with target item and item_subset: dataset)
+    items_are_subset: bool = False
 
 
 _ID = "id"
@@ -100,7 +103,9 @@ FORMATS: dict[str, LogFormat] = {
             ),
         ),
         notes=("times have hour resolution: ts is the start of the hour",
-               "identical rows are real repeated actions within an hour and are kept (counted as exact_duplicates)"),
+               "identical rows are real repeated actions within an hour and are kept (counted as exact_duplicates)",
+               "the item file is the competition's item subset P: written as item_subset.parquet too"),
+        items_are_subset=True,
     ),
     "taobao-userbehavior": LogFormat(
         name="taobao-userbehavior",

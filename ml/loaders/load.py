@@ -3,6 +3,7 @@
 Output (a dataset directory, the same layout the generator writes):
     events/part-NNNNN.parquet   user_id, item_id, action, ts (one part per input file)
     items.parquet               item_id, category_id, parent_category_id, brand_id, shop_id
+    item_subset.parquet         item_id (formats whose item file is the ranked subset: Tianchi mobile)
     rejects.parquet             source_file, line, reason, raw
     manifest.json               per-file read / accepted / rejected, reasons, duplicates, time range
 
@@ -174,6 +175,10 @@ def load(
     ).to_arrow_table()
     items = _with_item_columns(items)
     pq.write_table(items, tmp / "items.parquet")
+    subset = 0
+    if items_paths and fmt.items_are_subset:
+        pq.write_table(file_items.select(["item_id"]), tmp / "item_subset.parquet")
+        subset = file_items.num_rows
     con.register("items", items)
 
     events = f"read_parquet('{tmp / 'events' / '*.parquet'}')"
@@ -202,6 +207,7 @@ def load(
         "actions": {k: int(v) for k, v in sorted(actions.items())},
         "exact_duplicates": int(dups),
         "items": items.num_rows,
+        "item_subset": subset,
         "item_conflicts": log_conflicts + file_conflicts,
         "event_items_without_metadata": int(missing),
         "first_ts": str(ts_min) if ts_min else None,

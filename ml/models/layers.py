@@ -5,14 +5,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ml.features.feature_map import ID_FIELDS, N_ACTIONS, PAD
+from ml.features.feature_map import N_ACTIONS, PAD, FeatureMap
 
 
 class Embeddings(nn.Module):
-    """One table per vocabulary, shared by the sample's id fields and the behaviour sequences."""
+    """One table per vocabulary, shared by the sample's id fields and the behaviour sequences. The fields
+    are the feature map's (FeatureMap.id_fields), found by name."""
 
-    def __init__(self, sizes: dict[str, int], dim: int, max_age: int):
+    def __init__(self, fmap: FeatureMap, dim: int):
         super().__init__()
+        sizes, max_age = fmap.sizes, fmap.max_age
+        self.fields_of = list(fmap.id_fields.values())  # the vocabulary of each id column, in order
+        self.target_at, self.category_at = fmap.field_index("target_id"), fmap.field_index("target_category_id")
         self.tables = nn.ModuleDict({name: nn.Embedding(n, dim, padding_idx=PAD) for name, n in sizes.items()})
         self.action = nn.Embedding(N_ACTIONS, dim, padding_idx=PAD)
         self.age = nn.Embedding(max_age + 1, dim, padding_idx=PAD)
@@ -23,13 +27,14 @@ class Embeddings(nn.Module):
                 t.weight[PAD].zero_()
 
     def fields(self, ids: torch.Tensor, with_user: bool = True) -> torch.Tensor:
-        """[B, n_id_fields, dim]: user (unless with_user is false), target, target category."""
-        return torch.stack([self.tables[v](ids[:, i]) for i, v in enumerate(ID_FIELDS.values())
+        """[B, n_id_fields, dim]: user (unless with_user is false), target, target category, context."""
+        return torch.stack([self.tables[v](ids[:, i]) for i, v in enumerate(self.fields_of)
                             if with_user or v != "user"], dim=1)
 
     def candidate(self, ids: torch.Tensor) -> torch.Tensor:
         """[B, 2 dim]: the candidate target and its category, the query of the attention."""
-        return torch.cat([self.tables["target"](ids[:, 1]), self.tables["category"](ids[:, 2])], dim=-1)
+        return torch.cat([self.tables["target"](ids[:, self.target_at]),
+                          self.tables["category"](ids[:, self.category_at])], dim=-1)
 
     def behaviours(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys [B, L, 2 dim] (target and category of each behaviour) and context [B, L, 2 dim] (action, age)."""

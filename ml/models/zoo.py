@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ml.features.feature_map import ID_FIELDS, FeatureMap
+from ml.features.feature_map import FeatureMap
 from ml.models.layers import (DenseFields, Embeddings, Experts, LocalActivation, SqueezeExcitation, fm_second_order,
                               gate, mlp)
 
@@ -46,8 +46,8 @@ class CrowdModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.n_dense = len(fmap.dense)
-        self.emb = Embeddings(fmap.sizes, cfg.embed_dim, fmap.max_age)
-        self.n_id = len(ID_FIELDS) - (0 if cfg.user_embedding else 1)
+        self.emb = Embeddings(fmap, cfg.embed_dim)
+        self.n_id = len(fmap.id_fields) - (0 if cfg.user_embedding else 1)
 
     def id_fields(self, ids: torch.Tensor) -> torch.Tensor:
         return self.emb.fields(ids, with_user=self.cfg.user_embedding)
@@ -101,7 +101,7 @@ class DeepFM(CrowdModel):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         ids = batch["ids"]
         linear = self.linear_dense(batch["dense"]).squeeze(-1)
-        for i, v in enumerate(ID_FIELDS.values()):
+        for i, v in enumerate(self.emb.fields_of):
             if v != "user" or self.cfg.user_embedding:
                 linear = linear + self.linear_ids[v](ids[:, i]).squeeze(-1)
         fields = torch.cat([self.id_fields(ids), self.dense_fields(batch["dense"])], dim=1)

@@ -7,7 +7,8 @@ chunk per worker whatever the total size.
 Layout of a dataset directory:
     events/part-NNNNN.parquet   user_id, item_id, action, ts (sorted by ts inside a part)
     items.parquet               item_id, category_id, parent_category_id, brand_id, shop_id
-    oracle/part-NNNNN.parquet   ds, user_id, brand_id, p_buy, p_buy_se, affinity, intent
+    oracle/part-NNNNN.parquet   ds, user_id, brand_id (item_id with item memory), p_buy, p_buy_se, affinity, intent
+    item_subset.parquet         item_id: the items a task with target item ranks (presets with a subset)
     truth/brands.parquet        the hidden brand traits (related brand, repeat cycle, popularity)
     truth/users/part-NNNNN.parquet  the hidden user traits (activity rate, whether the taste drifts)
     manifest.json               the configuration, the counts and the timings
@@ -74,12 +75,15 @@ def _oracle_days(cfg: GeneratorConfig) -> dict[int, dt.date]:
     return days
 
 
-def _events_table(world: World, user_ids: np.ndarray, day_parts: list[tuple[int, DayEvents]]) -> pa.Table:
+def _events_table(world: World, user_ids: np.ndarray, day_parts: list[tuple[int, DayEvents]],
+                  hourly: bool = False) -> pa.Table:
     start = np.datetime64(world.sizes.start, "s").astype(np.int64)
     user = np.concatenate([e.user for _, e in day_parts])
     item = np.concatenate([e.item for _, e in day_parts])
     action = np.concatenate([e.action for _, e in day_parts])
     sec = np.concatenate([(start + t * 86_400 + e.sec.astype(np.int64)) for t, e in day_parts])
+    if hourly:  # the Tianchi mobile log's resolution: the start of the hour
+        sec -= sec % 3600
     return pa.table(
         [
             pa.array(user_ids[user]),
@@ -118,7 +122,7 @@ def simulate_chunk(cfg: GeneratorConfig, world: World, chunk: int, first: int, c
         if ev is not None:
             day_parts.append((t, ev))
 
-    table = _events_table(world, users.ids, day_parts)
+    table = _events_table(world, users.ids, day_parts, cfg.hourly)
     pq.write_table(table, out / "events" / f"part-{chunk:05d}.parquet", compression="zstd", row_group_size=1 << 20)
     counts = np.bincount(np.concatenate([e.action for _, e in day_parts]), minlength=len(ACTIONS))
     truth = pa.table(
@@ -132,8 +136,12 @@ def simulate_chunk(cfg: GeneratorConfig, world: World, chunk: int, first: int, c
     if oracle_parts:
         o = pd.concat(oracle_parts, ignore_index=True)
         o["user_id"] = users.ids[o.pop("user").to_numpy()]
-        o["brand_id"] = world.brand_ids[o.pop("brand").to_numpy()]
-        o = o[["ds", "user_id", "brand_id", "p_buy", "p_buy_se", "affinity", "intent"]]
+        entity = "item_id" if "item" in o else "brand_id"
+        if "item" in o:
+            o["item_id"] = world.item_ids[o.pop("item").to_numpy()]
+        else:
+            o["brand_id"] = world.brand_ids[o.pop("brand").to_numpy()]
+        o = o[["ds", "user_id", entity, "p_buy", "p_buy_se", "affinity", "intent"]]
         pq.write_table(pa.Table.from_pandas(o, preserve_index=False), out / "oracle" / f"part-{chunk:05d}.parquet",
                        compression="zstd")
     return {"chunk": chunk, "events": int(counts.sum()), "actions": counts.tolist(), "oracle_seconds": oracle_seconds}
@@ -166,6 +174,13 @@ def items_table(world: World, item_brands: bool = True) -> pa.Table:
     )
 
 
+def item_subset_table(world: World, share: float, seed: int) -> pa.Table:
+    """A random share of the items (the Tianchi competition's subset P), sorted."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 4]))
+    keep = rng.random(len(world.item_ids)) < share
+    return pa.table({"item_id": np.sort(world.item_ids[keep])})
+
+
 def brands_truth_table(world: World) -> pa.Table:
     return pa.table(
         {
@@ -188,6 +203,8 @@ def generate(cfg: GeneratorConfig, out: Path, progress: bool = True) -> dict:
     for sub in ("events", "oracle", "truth/users"):
         (tmp / sub).mkdir(parents=True)
     pq.write_table(items_table(world, cfg.item_brands), tmp / "items.parquet")
+    if cfg.item_subset_share > 0:
+        pq.write_table(item_subset_table(world, cfg.item_subset_share, cfg.seed), tmp / "item_subset.parquet")
     pq.write_table(brands_truth_table(world), tmp / "truth" / "brands.parquet")
 
     chunks = plan_chunks(cfg)
@@ -221,7 +238,10 @@ def generate(cfg: GeneratorConfig, out: Path, progress: bool = True) -> dict:
             "dates": [str(d) for d in cfg.oracle_dates],
             "label_days": cfg.oracle_label_days,
             "rollouts": cfg.oracle_rollouts,
+            "target": "item" if cfg.intensities.item_focus > 0 else "brand",
         },
+        "hourly": cfg.hourly,
+        "item_subset_share": cfg.item_subset_share,
         "chunks": len(chunks),
         "workers": workers,
         "events": int(actions.sum()),

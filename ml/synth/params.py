@@ -39,17 +39,25 @@ class Sizes:
 class Preset:
     sizes: Sizes
     item_brands: bool = True  # False: the item table has no brand or shop, like the Taobao log
+    intensities: "Intensities | None" = None  # None: the defaults
+    hourly: bool = False  # times truncated to the hour, like the Tianchi mobile log
+    item_subset_share: float = 0.0  # > 0: that share of the items is written as the dataset's item subset
+
+    @property
+    def oracle_target(self) -> str | None:
+        """What the oracle is per user of: items when items have memory, brands when the log has them."""
+        if self.intensities is not None and self.intensities.item_focus > 0:
+            return "item"
+        return "brand" if self.item_brands else None
+
+    def config(self, **changes: object) -> "GeneratorConfig":
+        return GeneratorConfig(sizes=self.sizes, intensities=self.intensities or Intensities(),
+                               item_brands=self.item_brands, hourly=self.hourly,
+                               item_subset_share=self.item_subset_share, **changes)
 
 
-# tiny: tests (seconds); default: the tmall-2013 task (`make run`); large: benchmarks (about 100M events);
-# taobao: the taobao-2017-category task's look-alike (9 days of 2017-11-25 .. 12-03, no brands, ~100k events).
-PRESETS: dict[str, Preset] = {
-    "tiny": Preset(Sizes(users=800, items=1_500, brands=60)),
-    "default": Preset(Sizes(users=20_000, items=20_000, brands=400)),
-    "large": Preset(Sizes(users=330_000, items=400_000, brands=4_000)),
-    "taobao": Preset(Sizes(users=6_000, items=8_000, brands=1_000, start=dt.date(2017, 11, 25),
-                           end=dt.date(2017, 12, 4)), item_brands=False),
-}
+PRESETS: dict[str, "Preset"] = {}
+
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,9 @@ class Intensities:
     transition_intent: float = 2.4
     # taste drift: some users' taste moves linearly from one position to another over the log
     drift_share: float = 0.2
+    # item memory: a session ends (collect, cart, buy) on the item the user last ended one on in that brand
+    # with this probability, else on a new item by popularity. 0: no memory (every preset but tianchi)
+    item_focus: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -119,8 +130,30 @@ class GeneratorConfig:
     oracle_label_days: int = 7
     oracle_rollouts: int = 32
     item_brands: bool = True
+    hourly: bool = False
+    item_subset_share: float = 0.0
     chunk_users: int = 0             # 0: chosen from the sizes so a chunk holds a few million events
     workers: int = 0                 # 0: one per core
 
     def with_sizes(self, **changes: object) -> "GeneratorConfig":
         return replace(self, sizes=replace(self.sizes, **changes))
+
+
+# tiny: tests (seconds); default: the tmall-2013 task (`make run`); large: benchmarks (about 100M events);
+# taobao: the taobao-2017-category task's look-alike (9 days of 2017-11-25 .. 12-03, no brands, ~100k events);
+# tianchi: the tianchi-mobile-2014 task's look-alike (31 days of 2014-11-18 .. 12-18, hourly times, no
+# brand in the item table, items with memory and an item-level oracle, 30% of the items as the subset);
+# tianchi-tiny: the same world, small enough for a test.
+_TIANCHI = dict(item_brands=False, hourly=True, item_subset_share=0.3,
+                intensities=Intensities(item_focus=0.75, activity_mu=-0.6))
+PRESETS.update({
+    "tiny": Preset(Sizes(users=800, items=1_500, brands=60)),
+    "default": Preset(Sizes(users=20_000, items=20_000, brands=400)),
+    "large": Preset(Sizes(users=330_000, items=400_000, brands=4_000)),
+    "taobao": Preset(Sizes(users=6_000, items=8_000, brands=1_000, start=dt.date(2017, 11, 25),
+                           end=dt.date(2017, 12, 4)), item_brands=False),
+    "tianchi": Preset(Sizes(users=4_000, items=30_000, brands=600, start=dt.date(2014, 11, 18),
+                            end=dt.date(2014, 12, 19)), **_TIANCHI),
+    "tianchi-tiny": Preset(Sizes(users=500, items=2_000, brands=80, start=dt.date(2014, 11, 18),
+                                 end=dt.date(2014, 12, 19)), **_TIANCHI),
+})

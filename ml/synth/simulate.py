@@ -47,6 +47,7 @@ class State:
     pend_day: np.ndarray    # int16 [R, K]: day a delayed intent lands
     pend_amt: np.ndarray    # float32 [R, K]
     pend_brand: np.ndarray  # int32 [R, K]: brand that takes the slot when it lands (-1: same brand)
+    focus_item: np.ndarray  # int32 [R, K]: the item the user last ended a session on in that brand (-1: none)
 
     def copy(self) -> "State":
         return State(**{f.name: getattr(self, f.name).copy() for f in fields(self)})
@@ -69,10 +70,12 @@ class DayEvents:
 
 @dataclass
 class BuyHazards:
-    """Per session of the oracle: the row, the brand and log P(no buy in this session)."""
+    """Per session of the oracle: the row, the brand, the item a buy would be of and log P(no buy in this
+    session)."""
 
     row: np.ndarray
     brand: np.ndarray
+    item: np.ndarray
     log_no_buy: np.ndarray
 
 
@@ -136,6 +139,7 @@ class Simulator:
             pend_day=np.full(shape, NO_PENDING, dtype=np.int16),
             pend_amt=np.zeros(shape, dtype=np.float32),
             pend_brand=np.full(shape, -1, dtype=np.int32),
+            focus_item=np.full(shape, -1, dtype=np.int32),
         )
 
     # ---- lazy state update ----------------------------------------------------------------
@@ -163,6 +167,7 @@ class Simulator:
             s.intent[rs, ks] = 0.0
             s.cart_day[rs, ks] = NO_DAY
             s.sated_day[rs, ks] = NO_DAY
+            s.focus_item[rs, ks] = -1
         age = (t - s.pend_day[r, k]).astype(np.float32)
         s.intent[r, k] += s.pend_amt[r, k] * self.decay**age
         s.pend_day[r, k] = NO_PENDING
@@ -214,6 +219,7 @@ class Simulator:
             - p.sated_penalty * np.exp(-since_buy / self.sated_days[brand])
         )
         p_buy = _sigmoid(buy_logit)
+        last_item = self._last_items(s, su, k, brand, rng)
 
         flat = su * n_k + k
         gain = p.intent_click * np.sqrt(clicks) + p.intent_collect * collect + p.intent_cart * cart
@@ -221,12 +227,33 @@ class Simulator:
         s.cart_day.reshape(-1)[flat[cart]] = t
 
         if not emit:
-            return BuyHazards(row=su, brand=brand, log_no_buy=np.log1p(-np.minimum(p_buy, 1 - 1e-7)))
+            return BuyHazards(row=su, brand=brand, item=last_item, log_no_buy=np.log1p(-np.minimum(p_buy, 1 - 1e-7)))
 
         buy = rng.random(n_s) < p_buy
         if buy.any():
             self._after_buys(s, t, su[buy], k[buy], brand[buy], rng)
-        return self._events(t, su, brand, clicks, collect, cart, buy, rng)
+        return self._events(t, su, brand, clicks, collect, cart, buy, rng, last_item)
+
+    def draw_items(self, brand: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Items of the given brands by popularity inside the brand (the first ones dominate)."""
+        w = self.w
+        return (w.brand_item_start[brand]
+                + (rng.random(len(brand)) ** self.p.item_skew * w.brand_item_count[brand]).astype(np.int64))
+
+    def _last_items(self, s: State, su: np.ndarray, k: np.ndarray, brand: np.ndarray,
+                    rng: np.random.Generator) -> np.ndarray | None:
+        """The item each session ends on (the one a collect, cart or buy is of), when items have memory
+        (item_focus > 0): the user goes back to the item they last ended a session on in that brand with
+        probability item_focus, else to a new one drawn by popularity, which becomes the focus. Without item
+        memory (None), the last click's item is drawn with the others and no random number is spent here, so
+        the brand-level presets' logs do not change."""
+        if self.p.item_focus <= 0:
+            return None
+        focus = s.focus_item[su, k]
+        fresh = self.draw_items(brand, rng).astype(np.int32)
+        item = np.where((focus >= 0) & (rng.random(len(su)) < self.p.item_focus), focus, fresh)
+        s.focus_item[su, k] = item
+        return item
 
     def _add_intent(self, s: State, flat: np.ndarray, gain: np.ndarray) -> None:
         """Add intent to (row, slot) cells given as flat indexes; intent saturates at intent_cap."""
@@ -279,8 +306,10 @@ class Simulator:
         cart: np.ndarray,
         buy: np.ndarray,
         rng: np.random.Generator,
+        last_item: np.ndarray | None = None,
     ) -> DayEvents:
-        """Timestamps and items: clicks seconds to minutes apart, then collect / cart / buy on the last item."""
+        """Timestamps and items: clicks seconds to minutes apart, then collect / cart / buy on the last item
+        (`last_item` when items have memory, see _last_items)."""
         w, p = self.w, self.p
         n_s = len(su)
         hour = np.searchsorted(w.hour_cdf, rng.random(n_s))
@@ -291,9 +320,10 @@ class Simulator:
         cum = np.cumsum(gaps)
         first = np.cumsum(clicks) - clicks
         click_sec = start[sess] + (cum - (cum[first] - gaps[first])[sess]).astype(np.int64)
-        b = brand[sess]
-        item = (w.brand_item_start[b] + (rng.random(n_c) ** p.item_skew * w.brand_item_count[b]).astype(np.int64))
+        item = self.draw_items(brand[sess], rng)
         last = first + clicks - 1
+        if last_item is not None:
+            item[last] = last_item
         last_item, last_sec = item[last], click_sec[last]
 
         parts_user, parts_item, parts_act, parts_sec = [su[sess]], [item], [np.zeros(n_c, np.int8)], [click_sec]

@@ -24,6 +24,7 @@ import pandas as pd
 from ml.evaluate.floors import floor_scores
 from ml.evaluate.intervals import Interval, auc_interval, backtest_intervals
 from ml.evaluate.metrics import auc, buyer_totals, evaluate_scores
+from ml.evaluate.pairs import choose_k, f1_interval, top_k_metrics
 from ml.evaluate.plots import evaluation_plots, importance_plot, training_curves
 from ml.features.dataset import CrowdData, RawExports, fit_feature_map, read_buyers, read_exports
 from ml.models.zoo import NEEDS_SERIES, ModelConfig, build_model
@@ -72,17 +73,21 @@ def train_config(task: Task, model: str, **runtime: object) -> TrainConfig:
     return TrainConfig(**task.budget(model), seed=task.training.seed, **runtime)
 
 
-def oracle_scores(dataset_dir: Path, frame: pd.DataFrame, ds: dt.date) -> np.ndarray | None:
-    """The generator's P(buy) for the evaluation rows (0 for a pair it never considers); None without one."""
-    files = list((Path(dataset_dir) / "oracle").glob("*.parquet"))
-    if not files:
+def oracle_scores(dataset_dir: Path, frame: pd.DataFrame, ds: dt.date, target: str) -> np.ndarray | None:
+    """The generator's P(buy) for the rows (0 for a pair it never considers); None without an oracle of this
+    date and target (the generator writes one per brand, or per item for a log whose items have memory)."""
+    import pyarrow.parquet as pq
+
+    files = sorted((Path(dataset_dir) / "oracle").glob("*.parquet"))
+    column = f"{target}_id"
+    if not files or column not in pq.read_schema(files[0]).names:
         return None
     oracle = pd.read_parquet(Path(dataset_dir) / "oracle", filters=[("ds", "==", pd.Timestamp(ds))],
-                             columns=["user_id", "brand_id", "p_buy"])
+                             columns=["user_id", column, "p_buy"])
     if oracle.empty:
         return None
     merged = frame[["user_id", "target_id"]].merge(
-        oracle.rename(columns={"brand_id": "target_id"}), on=["user_id", "target_id"], how="left")
+        oracle.rename(columns={column: "target_id"}), on=["user_id", "target_id"], how="left")
     return merged["p_buy"].fillna(0.0).to_numpy()
 
 
@@ -190,30 +195,42 @@ def train_and_evaluate(
             # on the validation week: held-out rows, a quarter of the evaluation set's forward passes
             extra_plots.append(_se_importance(trainer.model, valid_data, fmap, plots_dir))
 
-    ns = task.evaluate.n
-    selection = _selection_metrics(valid_raw.samples, correct_for_sampling(valid_scores, negative_rate), ev, ns)
+    ns, by = task.evaluate.n, task.ranked_by
+    valid_scores = correct_for_sampling(valid_scores, negative_rate)
+    selection = _selection_metrics(valid_raw.samples, valid_scores, ev, task)
     y, target, user = ev["label_buy"].to_numpy(), ev["target_id"].to_numpy(), ev["user_id"].to_numpy()
     # the pairs with history together (is_candidate) are the hard part: the untouched pairs of the full
     # population are mostly easy negatives that flatter every AUC
     touched = ev["is_candidate"].to_numpy(dtype=bool)
+    # the next-day pair task: F1 of a top-K submission, K chosen on the validation days' candidates
+    validation_pairs = _validation_pairs(valid_raw.samples, paths, valid_dates) if task.target == "item" else None
 
-    def evaluate(p: np.ndarray) -> tuple[dict[str, float], pd.DataFrame]:
-        s, table = evaluate_scores(y, p, target, user, ns, buyers=buyers)
-        return {**s, "auc_touched": auc(y[touched], p[touched])}, table
+    def evaluate(p: np.ndarray, p_valid: np.ndarray | None) -> tuple[dict[str, float], pd.DataFrame]:
+        s, table = evaluate_scores(y, p, target, user, ns, buyers=buyers, by=by)
+        s["auc_touched"] = auc(y[touched], p[touched])
+        if validation_pairs is not None and p_valid is not None:
+            k = choose_k([(vy, p_valid[rows], n) for rows, vy, n in validation_pairs])
+            s.update(top_k_metrics(y, p, len(buyers), k))
+        return s, table
 
-    summary, per_target = evaluate(scores)
+    summary, per_target = evaluate(scores, valid_scores)
     intervals = backtest_intervals(y, scores, user, per_target, seed=task.training.seed)
     intervals["auc_touched"] = auc_interval(y[touched], scores[touched], user[touched], n_boot=100,
                                             seed=task.training.seed)
+    if "f1_at_k" in summary:
+        intervals["f1_at_k"] = Interval(*f1_interval(y, scores, user, int(summary["k"]),
+                                                     buyers["user_id"].to_numpy(), seed=task.training.seed))
     oracle = {}
     reference = {}
-    p_oracle = oracle_scores(paths.dataset_dir, ev, backtest) if task.target == "brand" else None
+    p_oracle = oracle_scores(paths.dataset_dir, ev, backtest, task.target)
     if p_oracle is not None:
-        oracle, _ = evaluate(p_oracle)
+        oracle, _ = evaluate(p_oracle, _oracle_validation(paths, valid_raw.samples, valid_dates, task.target))
         reference["oracle"] = p_oracle
-    floors = {name: evaluate(s)[0] for name, s in floor_scores(ev).items()}
-    plot_paths = [*evaluation_plots(y, scores, target, user, plots_dir, model, reference,
-                                    buyers=buyer_totals(buyers)["buyers"]), *extra_plots]
+    floors_valid = floor_scores(valid_raw.samples, task.target)
+    floors = {name: evaluate(s, floors_valid[name])[0] for name, s in floor_scores(ev, task.target).items()}
+    group, other = (target, user) if by == "target" else (user, target)
+    plot_paths = [*evaluation_plots(y, scores, group, other, plots_dir, model, reference,
+                                    buyers=buyer_totals(buyers, by)["buyers"]), *extra_plots]
     outcome = Outcome(model, summary, per_target, bundle_dir, oracle=oracle, train_seconds=train_seconds,
                       selection=selection, intervals=intervals, floors=floors)
     log.info("%s on the validation dates: %s %.4f", model, task.evaluate.select_by, selection[task.evaluate.select_by])
@@ -230,18 +247,48 @@ def train_and_evaluate(
     return outcome
 
 
-def _selection_metrics(valid: pd.DataFrame, scores: np.ndarray, ev: pd.DataFrame, ns: tuple[int, ...]) -> dict[str, float]:
+def _selection_metrics(valid: pd.DataFrame, scores: np.ndarray, ev: pd.DataFrame, task: Task) -> dict[str, float]:
     """The metrics the champion is chosen on: the validation dates' samples of the evaluated targets (the ones
     the backtest covers, chosen from history before it), so that no label of the backtest decides anything.
-    The per-target and few-mixed boosters cover only those targets; other targets would get a constant score."""
-    keep = valid["target_id"].isin(np.unique(ev["target_id"].to_numpy())).to_numpy()
+    The per-target and few-mixed boosters cover only those targets; other targets would get a constant score.
+    For the next-day item task: the validation days' candidate pairs, the population the backtest scores."""
+    if task.target == "item":
+        keep = valid["is_candidate"].to_numpy(dtype=bool)
+    else:
+        keep = valid["target_id"].isin(np.unique(ev["target_id"].to_numpy())).to_numpy()
     v = valid[keep]
     if v["label_buy"].sum() == 0:
         raise ValueError("the validation dates hold no buyer of an evaluated target: nothing to choose a champion "
                          "on (add validation dates, or evaluate more targets)")
     summary, _ = evaluate_scores(v["label_buy"].to_numpy(), scores[keep], v["target_id"].to_numpy(),
-                                 v["user_id"].to_numpy(), ns)
+                                 v["user_id"].to_numpy(), task.evaluate.n, by=task.ranked_by)
     return summary
+
+
+def _validation_pairs(valid: pd.DataFrame, paths: TaskPaths, dates: list[dt.date]
+                      ) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """Per validation day: its candidate rows, their labels, and every buyer pair of the day (the F1's
+    denominator, candidates or not)."""
+    days = []
+    ds = pd.to_datetime(valid["ds"]).dt.date.to_numpy()
+    candidate = valid["is_candidate"].to_numpy(dtype=bool)
+    for d in dates:
+        rows = np.flatnonzero(candidate & (ds == d))
+        days.append((rows, valid["label_buy"].to_numpy()[rows], len(read_buyers(paths.exports, d))))
+    return days
+
+
+def _oracle_validation(paths: TaskPaths, valid: pd.DataFrame, dates: list[dt.date], target: str) -> np.ndarray | None:
+    """The oracle's P(buy) for the validation rows (for its own K), or None when a date has no oracle."""
+    out = np.zeros(len(valid))
+    ds = pd.to_datetime(valid["ds"]).dt.date.to_numpy()
+    for d in dates:
+        rows = np.flatnonzero(ds == d)
+        p = oracle_scores(paths.dataset_dir, valid.iloc[rows], d, target)
+        if p is None:
+            return None
+        out[rows] = p
+    return out
 
 
 def _evaluated_targets(ev: pd.DataFrame, train: pd.DataFrame) -> list[int]:
@@ -262,7 +309,7 @@ def _se_importance(model, data: CrowdData, fmap, out: Path) -> Path:  # noqa: AN
             model(b)
             w = model.last_se_weights.sum(dim=0).cpu().numpy()
             sums, n = (w if sums is None else sums + w), n + len(b["labels"])
-    names = [*(["user_id"] if model.cfg.user_embedding else []), "target_id", "target_category_id", *fmap.dense]
+    names = [c for c, v in fmap.id_fields.items() if v != "user" or model.cfg.user_embedding] + list(fmap.dense)
     return importance_plot(names, sums / n, out / "se_field_importance.png", "PLE: mean SE weight per field")
 
 

@@ -68,8 +68,10 @@ def run_dbt(
     project_dir: Path = DBT_PROJECT_DIR,
     quiet: bool = False,
     extra_args: Sequence[str] = (),
+    item_subset: Path | None = None,
 ) -> DbtReport:
-    """Run `dbt <command>` (build, run, test, ...) over one dataset into one warehouse file."""
+    """Run `dbt <command>` (build, run, test, ...) over one dataset into one warehouse file; item_subset: the
+    checked file of item ids a task with target item ranks (ml.warehouse.subset.prepare_item_subset)."""
     from dbt.cli.main import dbtRunner
 
     warehouse = Path(warehouse).resolve()
@@ -91,7 +93,7 @@ def run_dbt(
     if quiet:
         args.append("--quiet")
     args += list(extra_args)
-    env = {"CROWD_DATASET_DIR": str(dataset_dir), "CROWD_WAREHOUSE": str(warehouse)}
+    env = dbt_environment(dataset_dir, warehouse, item_subset)
     start = time.perf_counter()
     with _environment(env):
         result = dbtRunner().invoke(args)
@@ -109,6 +111,14 @@ def run_dbt(
         raise WarehouseError(f"dbt {command} failed: {reason}")
     log.info("dbt %s: %d models, %d tests in %.1fs", command, report.n_models, report.n_tests, report.seconds)
     return report
+
+
+def dbt_environment(dataset_dir: Path, warehouse: Path, item_subset: Path | None = None) -> dict[str, str]:
+    """What the profile and the sources read: the dataset, the warehouse file, and the item subset if any."""
+    env = {"CROWD_DATASET_DIR": str(Path(dataset_dir).resolve()), "CROWD_WAREHOUSE": str(Path(warehouse).resolve())}
+    if item_subset is not None:
+        env["CROWD_ITEM_SUBSET"] = str(Path(item_subset).resolve())
+    return env
 
 
 def project_digest(project_dir: Path = DBT_PROJECT_DIR) -> str:

@@ -29,7 +29,7 @@ EXPORTS: dict[str, tuple[str, str]] = {
     "category_series": ("ads.ads_user_category_series", "user_id, timescale, step, slot"),
 }
 POPULATIONS = ("samples", "evaluation", "forward")  # a date has at least one of these
-KEY_COLUMNS = ("ds", "user_id", "target_id", "target_category_id", "is_candidate")
+KEY_COLUMNS = ("ds", "user_id", "target_id", "target_category_id", "is_candidate", "inclusion_prob")
 LABEL_COLUMNS = ("label_buy", "label_collect_cart")
 
 
@@ -88,8 +88,8 @@ def _export_one(con: duckdb.DuckDBPyConnection, ds: dt.date, out_root: Path, fin
         n = con.execute(f"select count(*) from {table} where ds = ?", [ds]).fetchall()[0][0]
         if n == 0 and name in POPULATIONS:
             continue  # samples on labelled dates, the evaluation set on the backtest, forward on the forward date
-        if name == "buyers" and "evaluation" not in rows:
-            continue  # recall's denominator goes with the evaluation set (EXPORTS lists it first)
+        if name == "buyers" and n == 0:
+            continue  # recall's denominator, on the backtest and the validation dates
         con.execute(f"copy (select * from {table} where ds = $ds order by {keys}) "
                     f"to {_sql_path(partial / (name + '.parquet'))} (format parquet, compression zstd)", {"ds": ds})
         rows[name] = n
@@ -104,7 +104,7 @@ def _export_one(con: duckdb.DuckDBPyConnection, ds: dt.date, out_root: Path, fin
         "keys": [c for c in columns if c in KEY_COLUMNS],
         "labels": list(LABEL_COLUMNS),
         "dense": [c for c in columns if c not in KEY_COLUMNS and c not in LABEL_COLUMNS],
-        "sequences": ["hist_target_id", "hist_category_id", "hist_action", "hist_age_days"],
+        "sequences": ["hist_target_id", "hist_category_id", "hist_action", "hist_age_days", "hist_age_hours"],
     }
     (partial / "schema.json").write_text(json.dumps(schema, indent=2))
     old = out_root / f".{final.name}.old"

@@ -1,7 +1,8 @@
 {%- set c = crowd_config() -%}
 -- Per user and ds, the last sequence_length behaviours of the sequence window (most recent first), as
 -- parallel lists: target id (-1 for an item with no target), leaf category, action code (1 click,
--- 2 collect, 3 cart, 4 buy) and age in whole days before ds (1 = the day before). Ties in time are
+-- 2 collect, 3 cart, 4 buy), age in whole days before ds (1 = the day before) and in hours (at the log's
+-- resolution: an event in the last hour before ds is 1 hour old). Ties in time are
 -- broken by action then item so that a rebuild gives the same lists.
 with recent as (
     select
@@ -11,6 +12,7 @@ with recent as (
         e.category_id,
         {{ crowd_action_code('e.action') }} as action_code,
         {{ crowd_age_days('e.day', 'd.ds') }} as age_days,
+        {{ dbt.datediff('e.ts', 'd.ds', 'hour') }} as age_hours,
         e.ts,
         e.item_id
     from {{ ref('dw_events') }} as e
@@ -35,7 +37,8 @@ select
     {{ crowd_list_agg('target_id', 'position') }} as hist_target_id,
     {{ crowd_list_agg('category_id', 'position') }} as hist_category_id,
     {{ crowd_list_agg('action_code', 'position') }} as hist_action,
-    {{ crowd_list_agg('age_days', 'position') }} as hist_age_days
+    {{ crowd_list_agg('age_days', 'position') }} as hist_age_days,
+    {{ crowd_list_agg('age_hours', 'position') }} as hist_age_hours
 from ranked
 where position <= {{ c['sequence_length'] }}
 group by ds, user_id

@@ -1,15 +1,20 @@
 {%- set c = crowd_config() -%}
 {%- set n_neg = c['negatives_per_target'] -%}
--- The training pairs of each ds: every (user, target) active together in the history window
--- (is_candidate), plus up to negatives_per_target users per active target drawn from the window's active
--- users who never touched that target (is_candidate false). The draw hashes (target, ds, draw number),
--- so a rebuild draws the same users.
+-- The training pairs of each ds: every (user, target) active together in the last candidate_days
+-- (is_candidate; targets of dim_target_subset only), plus up to negatives_per_target users per active
+-- target drawn from the history window's active users who were not (is_candidate false). The draw hashes
+-- (target, ds, draw number), so a rebuild draws the same users. inclusion_prob: a candidate is always in;
+-- a negative is one of about negatives_per_target drawn from the eligible users, so it stands for
+-- 1 / inclusion_prob of them (what a weighted metric or a calibrated model needs).
 with history as (
     {{ crowd_history_rows('h.target_id is not null', crowd_run_dates_sql(c['labelled_dates'])) }}
 ),
 
 active_pairs as (
-    select distinct ds, user_id, target_id from history
+    select distinct h.ds, h.user_id, h.target_id
+    from history as h
+    inner join {{ ref('dim_target_subset') }} as s on h.target_id = s.target_id
+    where h.age <= {{ c['candidate_days'] }}
 )
 
 {%- if n_neg > 0 %},
@@ -51,11 +56,23 @@ negatives as (
         ds, target_id, user_id,
         row_number() over (partition by ds, target_id order by first_draw) as negative_number
     from drawn
+),
+
+eligible as (
+    select p.ds, p.target_id, max(n.n_users) - count(*) as n_eligible
+    from active_pairs as p
+    inner join (select distinct ds, n_users from active_users) as n on p.ds = n.ds
+    group by p.ds, p.target_id
 )
 {%- endif %}
 
-select ds, user_id, target_id, true as is_candidate from active_pairs
+select ds, user_id, target_id, true as is_candidate, cast(1.0 as double) as inclusion_prob from active_pairs
 {%- if n_neg > 0 %}
 union all
-select ds, user_id, target_id, false as is_candidate from negatives where negative_number <= {{ n_neg }}
+select
+    n.ds, n.user_id, n.target_id, false as is_candidate,
+    cast(least(1.0, {{ n_neg }} / greatest(e.n_eligible, 1.0)) as double) as inclusion_prob
+from negatives as n
+inner join eligible as e on n.ds = e.ds and n.target_id = e.target_id
+where n.negative_number <= {{ n_neg }}
 {%- endif %}

@@ -1,17 +1,29 @@
 {%- set c = crowd_config() -%}
 {%- set in_run = c['evaluation_date'] in c['labelled_dates'] -%}
+{%- set ev = "cast('" ~ c['evaluation_date'] ~ "' as date)" -%}
 {%- set dates = crowd_run_dates_sql([c['evaluation_date']]) -%}
--- The evaluation set, built when the run includes the evaluation date: for each evaluated target
--- (dim_evaluated_targets), every user active in the history window, whether or not they ever touched the
--- target (is_candidate says which did). recall@N is measured over this whole population.
-{%- if in_run %}
-{{ crowd_sample_rows(
-    '(select u.ds, u.user_id, t.target_id, (p.user_id is not null) as is_candidate '
-    ~ 'from (select distinct ds, user_id from ' ~ ref('ads_user_features') ~ ' where ds = cast(\'' ~ c['evaluation_date'] ~ '\' as date)) as u '
-    ~ 'cross join ' ~ ref('dim_evaluated_targets') ~ ' as t '
-    ~ 'left join ' ~ ref('ads_user_target_features') ~ ' as p on p.ds = u.ds and p.user_id = u.user_id and p.target_id = t.target_id)',
-    dates
-) }}
+-- The evaluation set, built when the run includes the evaluation date. For a brand or a category: for each
+-- evaluated target (dim_evaluated_targets), every user active in the history window, whether or not they
+-- ever touched the target (is_candidate says which did); recall@N is measured over this whole population.
+-- For target item: the pairs a next-day submission can be made of, every (user, item of the subset)
+-- active together in the last candidate_days, as in the training candidates.
+{%- if in_run and c['item_level'] %}
+{%- set pairs %}
+    select distinct h.ds, h.user_id, h.target_id, true as is_candidate, cast(1.0 as double) as inclusion_prob
+    from ({{ crowd_history_rows('h.target_id is not null', dates) }}) as h
+    inner join {{ ref('dim_evaluated_targets') }} as t on h.target_id = t.target_id
+    where h.age <= {{ c['candidate_days'] }}
+{%- endset %}
+{{ crowd_sample_rows('(' ~ pairs ~ ')', dates) }}
+{%- elif in_run %}
+{%- set pairs %}
+    select u.ds, u.user_id, t.target_id, (p.user_id is not null) as is_candidate, cast(1.0 as double) as inclusion_prob
+    from (select distinct ds, user_id from {{ ref('ads_user_features') }} where ds = {{ ev }}) as u
+    cross join {{ ref('dim_evaluated_targets') }} as t
+    left join {{ ref('ads_user_target_features') }} as p
+        on p.ds = u.ds and p.user_id = u.user_id and p.target_id = t.target_id
+{%- endset %}
+{{ crowd_sample_rows('(' ~ pairs ~ ')', dates) }}
 {%- else %}
 -- (not this run: an empty relation with the same columns)
 select * from (

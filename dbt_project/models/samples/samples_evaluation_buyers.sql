@@ -1,34 +1,40 @@
 {%- set c = crowd_config() -%}
-{%- set ev = "cast('" ~ c['evaluation_date'] ~ "' as date)" -%}
-{%- set in_run = c['evaluation_date'] in c['labelled_dates'] -%}
--- Every buyer of each evaluated target in the evaluation date's label window, whether or not the
--- evaluation set scores them: the denominator of recall@N. in_population: active in the history window
--- (a row of samples_evaluation); is_candidate: touched the target in the history window. A buyer with
--- neither is one no crowd built from the history could reach, and recall@N counts them as missed.
-with buyers as (
-    select distinct h.user_id, h.target_id
+{%- set dates = (c['validation_dates'] + [c['evaluation_date']]) | select('in', c['labelled_dates']) | unique | list -%}
+-- Every buyer of each evaluated target in the label window of the evaluation date and of the validation
+-- dates (those this run builds), whether or not a scored set holds them: the denominator of recall@N (and
+-- of the pair task's F1, whose submission size is chosen on the validation dates). in_population: active
+-- in the history window (a row of samples_evaluation); is_candidate: touched the target in the last
+-- candidate_days (the whole history window unless a task narrows it). A buyer with neither is one no
+-- crowd built from the history could reach, and recall@N counts them as missed. For target item the
+-- scored set is the candidate pairs, so a buyer pair is in the population when it is a candidate.
+with run_dates as (
+    {{ crowd_run_dates_sql(dates) }}
+),
+
+buyers as (
+    select distinct d.ds, h.user_id, h.target_id
     from {{ ref('dw_user_target_daily') }} as h
     inner join {{ ref('dim_evaluated_targets') }} as t on h.target_id = t.target_id
+    inner join run_dates as d
+        on h.day >= d.ds
+        and h.day < cast({{ dbt.dateadd('day', c['label_days'], 'd.ds') }} as date)
     where h.n_buy > 0
-        and h.day >= {{ ev }}
-        and h.day < cast({{ dbt.dateadd('day', c['label_days'], ev) }} as date)
 ),
 
 population as (
-    select distinct user_id
-    from {{ ref('ads_user_features') }}
-    where ds = {{ ev }}
+    select distinct f.ds, f.user_id
+    from {{ ref('ads_user_features') }} as f
+    inner join run_dates as d on f.ds = d.ds
 )
 
+{%- set touched = "(p.user_id is not null and p.ub_recency_any <= " ~ c['candidate_days'] ~ ")" %}
 select
-    {{ ev }} as ds,
+    b.ds,
     b.target_id,
     b.user_id,
-    (u.user_id is not null) as in_population,
-    (p.user_id is not null) as is_candidate
+    {{ touched if c['item_level'] else '(u.user_id is not null)' }} as in_population,
+    {{ touched }} as is_candidate
 from buyers as b
-left join population as u on b.user_id = u.user_id
+left join population as u on b.ds = u.ds and b.user_id = u.user_id
 left join {{ ref('ads_user_target_features') }} as p
-    on p.ds = {{ ev }} and p.user_id = b.user_id and p.target_id = b.target_id
--- (built only when this run includes the evaluation date: otherwise an empty relation, same columns)
-where {{ 'true' if in_run else '1 = 0' }}
+    on p.ds = b.ds and p.user_id = b.user_id and p.target_id = b.target_id

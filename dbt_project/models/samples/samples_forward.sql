@@ -3,8 +3,9 @@
 -- The forward population, built when the run has a forward_date: the (user, target) pairs the task's
 -- champion scores to publish the coming period's crowds. Features as of forward_date (events strictly
 -- before it), no labels: the label window may run past the end of the log. Users are those active in the
--- crowd_active_days before forward_date; crowd_population 'touched' pairs each with the targets they were
--- active on in the history window, 'evaluated' with every top target as of forward_date.
+-- crowd_active_days before forward_date; crowd_population 'touched' pairs each with the targets (of
+-- dim_target_subset) they were active on in the last candidate_days, 'evaluated' with every top target as
+-- of forward_date.
 {%- if f %}
 {%- set as_of = "cast('" ~ f ~ "' as date)" %}
 {%- set dates = crowd_run_dates_sql([f]) %}
@@ -20,12 +21,14 @@ touched as (
     select distinct h.ds, h.user_id, h.target_id
     from ({{ crowd_history_rows('h.target_id is not null', dates) }}) as h
     inner join active_users as a on h.user_id = a.user_id
+    inner join {{ ref('dim_target_subset') }} as s on h.target_id = s.target_id
+    where h.age <= {{ c['candidate_days'] }}
 ),
 
 {%- if c['crowd_population'] == 'touched' %}
 
 pairs as (
-    select ds, user_id, target_id, true as is_candidate from touched
+    select ds, user_id, target_id, true as is_candidate, cast(1.0 as double) as inclusion_prob from touched
 )
 {%- else %}
 
@@ -34,7 +37,8 @@ top_targets as (
 ),
 
 pairs as (
-    select {{ as_of }} as ds, a.user_id, t.target_id, (p.user_id is not null) as is_candidate
+    select {{ as_of }} as ds, a.user_id, t.target_id, (p.user_id is not null) as is_candidate,
+        cast(1.0 as double) as inclusion_prob
     from active_users as a
     cross join top_targets as t
     left join touched as p on p.user_id = a.user_id and p.target_id = t.target_id
