@@ -194,6 +194,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     result = score_forward(task, paths, as_of, model=args.model, out=args.out)
     print(f"{task.name}: crowds of {result.targets:,} {task.target} targets for {result.feature_date} .. "
           f"{result.window_end - dt.timedelta(days=1)} by {result.model} ({result.rows:,} rows) -> {result.path}")
+    if result.submission:
+        print(f"submission (the top pairs, as many as the F1 was best at on validation): {result.submission}")
     return 0
 
 
@@ -216,11 +218,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
         if len(models):
             chosen = models.loc[models[select].idxmax()]
             note += f" Chosen: {chosen['model']}, backtest AUC {chosen['auc']:.4f}"
-            if table["model"].str.startswith("oracle").any():
-                oracle_auc = float(table.loc[table["model"].str.startswith("oracle"), "auc"].iloc[0])
-                note += f", {oracle_auc - chosen['auc']:.4f} below the oracle's {oracle_auc:.4f}"
+            oracle = table[table["model"].str.startswith("oracle")]
+            if len(oracle):
+                note += f", {oracle['auc'].iloc[0] - chosen['auc']:.4f} below the oracle's {oracle['auc'].iloc[0]:.4f}"
+            if "f1_at_k" in table.columns:
+                note += f"; F1 {chosen['f1_at_k']:.4f} at K {chosen['k']:.0f}"
+                if len(oracle):
+                    note += f" (the oracle's {oracle['f1_at_k'].iloc[0]:.4f} at K {oracle['k'].iloc[0]:.0f})"
             note += "."
-        write_readme(args.readme, table, note)
+        write_readme(args.readme, table, note, task.name)
         print(f"comparison written into {args.readme}")
     return 0
 

@@ -34,6 +34,7 @@ class CrowdsResult:
     model: str
     feature_date: dt.date
     window_end: dt.date  # exclusive
+    submission: Path | None = None  # the next-day item task: the top-K pairs, as the competition took them
 
 
 def last_log_day(dataset_dir: Path) -> dt.date:
@@ -88,7 +89,8 @@ def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | Non
         raise ValueError(f"model {bundle.name} was trained for task {bundle.config['task']}, not {task.name}")
     raw = bundle.read_population(paths.exports, as_of, part="forward")
     size = size or task.crowds.size
-    crowd = top_users(raw.samples, bundle.score(raw), size)
+    scores = bundle.score(raw)
+    crowd = top_users(raw.samples, scores, size)
     end = as_of + dt.timedelta(days=task.windows.label_days)
     crowd.insert(0, "task", task.name)
     crowd.insert(1, "target", task.target)
@@ -97,11 +99,29 @@ def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | Non
                          window_end=end)[list(CROWD_COLUMNS)]
     target = out or paths.crowds / f"ds={as_of.isoformat()}" / "crowds.parquet"
     _write_atomically(crowd, target)
+    submission = _write_submission(raw.samples, scores, bundle, target) if task.target == "item" else None
     if out is None:
         _publish_table(crowd, paths.warehouse, task.name, as_of)
     log.debug("%s: crowds of %d %s targets (top %d) for %s..%s by %s v%s -> %s", task.name, crowd["target_id"].nunique(),
              task.target, size, as_of, end, bundle.name, crowd["model_version"].iloc[0] if len(crowd) else "-", target)
-    return CrowdsResult(target, len(crowd), int(crowd["target_id"].nunique()), bundle.name, as_of, end)
+    return CrowdsResult(target, len(crowd), int(crowd["target_id"].nunique()), bundle.name, as_of, end, submission)
+
+
+def _write_submission(frame: pd.DataFrame, scores: np.ndarray, bundle, crowds: Path) -> Path | None:  # noqa: ANN001
+    """submission.csv beside the crowds: the K pairs with the highest scores (user_id,item_id, the Tianchi
+    format), K being the size the model's F1 was best at on the validation day (bundle config submission_k)."""
+    k = bundle.config.get("submission_k")
+    if not k:
+        log.warning("%s has no submission size (trained before K was chosen on validation): no submission.csv",
+                    bundle.name)
+        return None
+    order = np.lexsort((frame["target_id"].to_numpy(), frame["user_id"].to_numpy(), -np.asarray(scores)))[:int(k)]
+    pairs = pd.DataFrame({"user_id": frame["user_id"].to_numpy()[order], "item_id": frame["target_id"].to_numpy()[order]})
+    path = crowds.with_name("submission.csv")
+    partial = path.with_name(f".{path.name}.partial")
+    pairs.to_csv(partial, index=False)
+    os.replace(partial, path)
+    return path
 
 
 def _write_atomically(frame: pd.DataFrame, path: Path) -> None:

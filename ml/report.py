@@ -12,7 +12,16 @@ import pandas as pd
 from ml.evaluate.floors import FLOORS
 from ml.task import Task, TaskPaths
 
-START, END = "<!-- comparison:start -->", "<!-- comparison:end -->"
+START, END = "<!-- comparison:start -->", "<!-- comparison:end -->"  # the default task's table
+
+
+def markers(task: str) -> tuple[str, str]:
+    """Where a task's table goes in the README: the default task's between START and END, another task's
+    between <!-- comparison:TASK:start --> and <!-- comparison:TASK:end -->."""
+    from ml.task import DEFAULT_TASK
+
+    return (START, END) if task == DEFAULT_TASK else (f"<!-- comparison:{task}:start -->",
+                                                      f"<!-- comparison:{task}:end -->")
 COLUMNS = ("auc", "auc_touched", "gauc", "logloss", "recall_at_50", "recall_at_100", "coverage", "ndcg_at_100", "precision_at_100")
 # the share of buyers the evaluated population holds is a property of the task, and K a choice made on the
 # validation day: neither is a model's score (never bold)
@@ -38,7 +47,7 @@ def report_columns(task: Task) -> tuple[str, ...]:
     """The brand and category crowds' columns, or the next-day pair task's: its F1 first, with K."""
     if task.target != "item":
         return COLUMNS
-    n = max(task.evaluate.n)
+    n = min(task.evaluate.n)  # a user has few candidate items: the smallest cut-off is the one that ranks
     return ("f1_at_k", "k", "precision_at_k", "recall_at_k", "auc", "gauc", "logloss", f"recall_at_{n}", "coverage")
 
 
@@ -129,8 +138,10 @@ def mark_best(table: pd.DataFrame, per_target: dict[str, pd.DataFrame],
     for c in columns:
         table[f"{c}_top"] = False
         models = table[is_model & table[c].notna()]
-        if c in UNRANKED or len(models) < 2:
-            continue
+        paired = c in PAIRED and len(per_target) > 0
+        has_interval = paired or (f"{c}_low" in models and models[f"{c}_low"].notna().any())
+        if c in UNRANKED or len(models) < 2 or not has_interval:
+            continue  # with no interval no model is set apart: a difference is claimed only when it is measured
         best_i = models[c].idxmin() if c == "logloss" else models[c].idxmax()
         best = table.loc[best_i]
         for i, r in models.iterrows():
@@ -169,9 +180,10 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n\n" + LEGEND
 
 
-def write_readme(readme: Path, table: pd.DataFrame, note: str) -> None:
+def write_readme(readme: Path, table: pd.DataFrame, note: str, task: str) -> None:
+    start, end = markers(task)
     text = readme.read_text()
-    if START not in text or END not in text:
-        raise ValueError(f"{readme} has no {START} ... {END} markers to write the comparison between")
-    block = f"{START}\n{note}\n\n{markdown(table)}\n{END}"
-    readme.write_text(re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S))
+    if start not in text or end not in text:
+        raise ValueError(f"{readme} has no {start} ... {end} markers to write the comparison between")
+    block = f"{start}\n{note}\n\n{markdown(table)}\n{end}"
+    readme.write_text(re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S))

@@ -5,6 +5,7 @@ pair metrics in MLflow and the report, the forward crowds; and the real 1,999-ro
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shutil
 from pathlib import Path
 
@@ -165,6 +166,13 @@ def test_the_tianchi_task_trains_reports_f1_at_k_and_publishes_tomorrows_crowds(
     assert set(crowd.target) == {"item"} and (crowd.feature_date == dt.date(2014, 12, 19)).all()
     subset = set(pd.read_parquet(tianchi_built.dataset_dir / "item_subset.parquet").item_id)
     assert set(crowd.target_id) <= subset
+    # the submission: the champion's top pairs, as many as its F1 was best at on the validation day
+    submission = pd.read_csv(tianchi_built.crowds / "ds=2014-12-19" / "submission.csv")
+    champion = crowd.model.iloc[0]
+    k = json.loads((tianchi_built.models / champion / "config.json").read_text())["submission_k"]
+    forward = pd.read_parquet(tianchi_built.exports / "ds=2014-12-19" / "forward.parquet")
+    assert list(submission.columns) == ["user_id", "item_id"] and len(submission) == min(k, len(forward))
+    assert set(zip(submission.user_id, submission.item_id)) <= set(zip(forward.user_id, forward.target_id))
 
 
 @pytest.mark.slow

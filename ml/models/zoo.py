@@ -224,20 +224,27 @@ class PLE(DIN):
 
 class TwoTimescaleLSTM(CrowdModel):
     """The user-profile tag model: one LSTM over monthly buy counts by category, one over daily click
-    counts by category, fused with the candidate's embeddings by a dense layer."""
+    counts by category, fused by a dense layer with the sample's fields (the candidate's embeddings and the
+    dense features of the user, the target and the pair).
+
+    The seed's model fused the two LSTMs with the candidate's embeddings only. For a user-level tag that is
+    the whole input, but to rank a brand's buyers it left out everything about the user and the brand
+    together, which the series cannot carry (they are per category slot, and the top slots are few): on
+    the default task it reached 0.8785 AUC against 0.96 for the other deep models. The series stay its own
+    part, the pair's fields come in beside them."""
 
     def __init__(self, fmap: FeatureMap, cfg: ModelConfig):
         super().__init__(fmap, cfg)
         slots = fmap.series_shape["month"][1]
         self.monthly = nn.LSTM(slots, cfg.lstm_hidden, batch_first=True)
         self.daily = nn.LSTM(slots, cfg.lstm_hidden, batch_first=True)
-        d_in = 2 * cfg.lstm_hidden + 2 * cfg.embed_dim
+        d_in = 2 * cfg.lstm_hidden + self.n_id * cfg.embed_dim + self.n_dense
         self.fuse = nn.Sequential(mlp([d_in, *cfg.hidden], cfg.dropout), nn.Linear(cfg.hidden[-1], 1))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         _, (h_month, _) = self.monthly(batch["month"])
         _, (h_day, _) = self.daily(batch["day"])
-        x = torch.cat([h_month[-1], h_day[-1], self.emb.candidate(batch["ids"])], dim=-1)
+        x = torch.cat([h_month[-1], h_day[-1], self.id_fields(batch["ids"]).flatten(1), batch["dense"]], dim=-1)
         return {"buy": torch.sigmoid(self.fuse(x).squeeze(-1))}
 
     def output_bias(self) -> torch.Tensor:

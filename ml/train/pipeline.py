@@ -224,13 +224,18 @@ def train_and_evaluate(
     reference = {}
     p_oracle = oracle_scores(paths.dataset_dir, ev, backtest, task.target)
     if p_oracle is not None:
-        oracle, _ = evaluate(p_oracle, _oracle_validation(paths, valid_raw.samples, valid_dates, task.target))
+        oracle_valid = (_oracle_validation(paths, valid_raw.samples, valid_dates, task.target)
+                        if validation_pairs is not None else None)
+        oracle, _ = evaluate(p_oracle, oracle_valid)
         reference["oracle"] = p_oracle
-    floors_valid = floor_scores(valid_raw.samples, task.target)
-    floors = {name: evaluate(s, floors_valid[name])[0] for name, s in floor_scores(ev, task.target).items()}
+    # each floor's own K, chosen on the validation days like the model's
+    floors_valid = floor_scores(valid_raw.samples, task.target) if validation_pairs is not None else {}
+    floors = {name: evaluate(s, floors_valid.get(name))[0] for name, s in floor_scores(ev, task.target).items()}
     group, other = (target, user) if by == "target" else (user, target)
     plot_paths = [*evaluation_plots(y, scores, group, other, plots_dir, model, reference,
                                     buyers=buyer_totals(buyers, by)["buyers"]), *extra_plots]
+    if "k" in summary:  # the next-day item task: the submission size chosen on validation goes with the model
+        _add_to_bundle_config(bundle_dir, submission_k=int(summary["k"]))
     outcome = Outcome(model, summary, per_target, bundle_dir, oracle=oracle, train_seconds=train_seconds,
                       selection=selection, intervals=intervals, floors=floors)
     log.info("%s on the validation dates: %s %.4f", model, task.evaluate.select_by, selection[task.evaluate.select_by])
@@ -245,6 +250,11 @@ def train_and_evaluate(
                 epoch_metrics, plot_paths, paths, task.evaluate.select_by)
     shutil.rmtree(plots_dir, ignore_errors=True)
     return outcome
+
+
+def _add_to_bundle_config(bundle_dir: Path, **values: object) -> None:
+    path = bundle_dir / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **values}, indent=2))
 
 
 def _selection_metrics(valid: pd.DataFrame, scores: np.ndarray, ev: pd.DataFrame, task: Task) -> dict[str, float]:
