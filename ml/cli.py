@@ -199,6 +199,27 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_erase(args: argparse.Namespace) -> int:
+    from ml.evaluate.erasure import erasure_report
+
+    task = _task(args)
+    paths = TaskPaths.of(task)
+    models = args.model or [m for m in task.model_names() if (paths.models / m).exists()]
+    if not models:
+        raise ValueError(f"no trained model of task {task.name}: run `crowd train --task {task.name}` first")
+    table = erasure_report(task, paths, models)
+    wide = table.pivot_table(index=["tag", "model"], columns="input", values="auc", sort=False)
+    wide = wide[[c for c in ("full", "no_buys", "no_rule_categories") if c in wide.columns]]
+    print(f"{task.name}: backtest {task.backtest}, each tag's AUC with full inputs, with every buy erased, and "
+          "with the tag's own categories erased (labels from the real log):")
+    print(wide.round(4).to_string())
+    out = paths.reports / "erasure.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False)
+    print(f"every metric: {out}")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from ml.report import latest_runs, markdown, report_columns, write_readme
 
@@ -353,6 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", help="a trained model of the task (default: the task's champion)")
     ev.add_argument("--per-target", type=Path, help="also write the per-target metrics to this CSV")
     ev.set_defaults(func=_cmd_evaluate)
+    er = sub.add_parser("erase", parents=[tasked], help="a tag task's check of what its models learned beyond "
+                        "the rule: the backtest scored with every buy, and with each tag's own categories, erased "
+                        "from the inputs")
+    er.add_argument("--model", nargs="+", help="trained models of the task (default: every model it trains)")
+    er.set_defaults(func=_cmd_erase)
 
     sc = sub.add_parser("score", parents=[tasked], help="the forward crowds: features as of the day after the "
                         "log's last (or --as-of), scored by the champion, the top users of every target")

@@ -33,7 +33,7 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"  # safe as a directory, an MLflow n
 GBDT_MODELS: tuple[str, ...] = ("lgbm_per_target", "lgbm_few_mixed", "lgbm_all_mixed")
 DEEP_MODELS: tuple[str, ...] = ("dnn", "deepfm", "din", "moe", "ple", "lstm")
 ALL_MODELS: tuple[str, ...] = (*GBDT_MODELS, *DEEP_MODELS)
-TARGETS: tuple[str, ...] = ("brand", "category", "item")
+TARGETS: tuple[str, ...] = ("brand", "category", "item", "tag")
 
 
 class TaskError(ValueError):
@@ -146,6 +146,18 @@ class Crowds(_Settings):
     as_of: dt.date | None = Field(default=None, description="feature date; default: the day after the log's last")
 
 
+class Tag(_Settings):
+    """A user-level tag defined by a rule over purchases in a group of leaf categories (an interest, or a life
+    stage): the user has it when they make at least `min_buys` buys in those categories in the label window
+    (an interest about to show), or, with `horizon_days`, in the horizon_days ending with the label window
+    (a state: recent past buys count too)."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    categories: tuple[int, ...] = Field(min_length=1)
+    min_buys: int = Field(default=1, ge=1)
+    horizon_days: int | None = Field(default=None, ge=1)
+
+
 class Generate(_Settings):
     """How `make run` makes the dataset when it is absent and synthetic (a generator preset)."""
 
@@ -158,7 +170,8 @@ class Task(_Settings):
     description: str = ""
     dataset: str = Field(pattern=NAME_PATTERN)
     generate: Generate | None = None
-    target: Literal["brand", "category", "item"]
+    target: Literal["brand", "category", "item", "tag"]
+    tags: tuple[Tag, ...] = ()
     windows: Windows
     samples: SampleRange
     validation: tuple[dt.date, ...] = Field(min_length=1)
@@ -196,6 +209,7 @@ class Task(_Settings):
         if self.target == "item" and self.crowds.population != "touched":
             raise ValueError("crowds.population: a task with target item publishes the pairs active together "
                              "(touched); every active user x every item would not fit")
+        self._check_tags()
         label = dt.timedelta(days=w.label_days)
         # a date's label window must end before the next role's features start: no label leaks forward
         first_validation = min(self.validation)
@@ -206,6 +220,26 @@ class Task(_Settings):
             raise ValueError(f"backtest: {self.backtest} is inside the label window of validation date "
                              f"{max(self.validation)}; move it to {max(self.validation) + label} or later")
         return self
+
+    def _check_tags(self) -> None:
+        if (self.target == "tag") != bool(self.tags):
+            raise ValueError("tags: a task with target tag defines its tags, and only such a task does"
+                             if self.tags else "tags: target tag needs at least one tag (name, categories, rule)")
+        names = [t.name for t in self.tags]
+        if len(set(names)) < len(names):
+            raise ValueError(f"tags: names must be unique, got {names}")
+        seen: dict[int, str] = {}
+        for t in self.tags:
+            for c in t.categories:
+                if c in seen and seen[c] != t.name:
+                    raise ValueError(f"tags: category {c} is in both {seen[c]} and {t.name}; a category "
+                                     f"belongs to one tag (its events are counted once)")
+                seen[c] = t.name
+            if t.horizon_days is not None and t.horizon_days < self.windows.label_days:
+                raise ValueError(f"tags: {t.name}: horizon_days ({t.horizon_days}) is shorter than the label "
+                                 f"window ({self.windows.label_days} days)")
+        if self.target == "tag" and self.crowds.population != "evaluated":
+            raise ValueError("crowds.population: a tag's crowd ranks every active user (evaluated)")
 
     # ---- derived views --------------------------------------------------------------------------------------
     @property
@@ -261,6 +295,8 @@ class Task(_Settings):
             "feature_windows": list(h.feature_windows),
             "sequence_length": h.sequence_length,
             "target": self.target,
+            "tags": [{"tag_id": i + 1, "name": t.name, "categories": list(t.categories), "min_buys": t.min_buys,
+                      "horizon_days": t.horizon_days} for i, t in enumerate(self.tags)],
             "candidate_days": h.candidate_days,
             "negatives_per_target": h.negatives_per_target,
             "n_evaluated_targets": self.evaluate.top_targets,

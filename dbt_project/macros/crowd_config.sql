@@ -52,9 +52,25 @@
         {%- endif -%}
     {%- endfor -%}
     {%- set target = var('target') -%}
-    {%- if target not in ['brand', 'category', 'item'] -%}
-        {{ crowd_fail('target', "expected 'brand', 'category' or 'item', got '" ~ target ~ "'") }}
+    {%- if target not in ['brand', 'category', 'item', 'tag'] -%}
+        {{ crowd_fail('target', "expected 'brand', 'category', 'item' or 'tag', got '" ~ target ~ "'") }}
     {%- endif -%}
+    {%- set tags = var('tags') or [] -%}
+    {%- if (target == 'tag') != (tags | length > 0) -%}
+        {{ crowd_fail('tags', "target tag needs tags, and only target tag has them") }}
+    {%- endif -%}
+    {%- for t in tags -%}
+        {%- if t is not mapping or t.get('tag_id') is not number or not t.get('categories') or t.get('min_buys') is not number
+               or not modules.re.match('^[a-z0-9][a-z0-9_-]{0,63}$', (t.get('name') or '') | string) -%}
+            {{ crowd_fail('tags', "each tag needs tag_id, categories and min_buys, got '" ~ t ~ "'") }}
+        {%- endif -%}
+        {%- for cat in t['categories'] -%}
+            {%- if cat is not number or (cat | int) != cat -%}{{ crowd_fail('tags', "category ids are whole numbers, got '" ~ cat ~ "'") }}{%- endif -%}
+        {%- endfor -%}
+        {%- if t.get('horizon_days') is not none and (t['horizon_days'] is not number or t['horizon_days'] < 1) -%}
+            {{ crowd_fail('tags', "horizon_days is a positive number of days or null, got '" ~ t['horizon_days'] ~ "'") }}
+        {%- endif -%}
+    {%- endfor -%}
     {%- set candidate = var('candidate_days') -%}
     {%- set candidate = history if candidate is none else crowd_positive_int('candidate_days') -%}
     {%- if candidate > history -%}{{ crowd_fail('candidate_days', "cannot exceed history_days (" ~ history ~ ")") }}{%- endif -%}
@@ -98,7 +114,7 @@
     {%- endfor -%}
     {{ return({
         'history_days': history, 'sequence_days': sequence, 'label_days': label, 'candidate_days': candidate,
-        'item_level': target == 'item',
+        'item_level': target == 'item', 'tag_level': target == 'tag', 'tags': tags,
         'windows': windows | map('int') | list | sort, 'target': target,
         'first_sample_date': first.isoformat(), 'evaluation_date': evaluation.isoformat(),
         'validation_dates': validation,

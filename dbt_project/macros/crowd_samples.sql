@@ -1,8 +1,26 @@
 {#- Shared by samples and samples_evaluation: labels, and the feature join onto (ds, user, target) pairs. -#}
 
-{#- Labels per (ds, user, target) from events in [ds, ds + label_days). Pairs with no row have label 0. -#}
+{#- Labels per (ds, user, target) from events in [ds, ds + label_days). Pairs with no row have label 0.
+    label_buy: a buy of the target in the window; for a tag, at least min_buys buys in its categories in the
+    window, or in the horizon_days ending with it (a state tag counts recent past buys too).
+    label_collect_cart: a collect or a cart in [ds, ds + label_days). -#}
 {% macro crowd_label_rows(dates_sql) %}
     {%- set c = crowd_config() -%}
+    {%- if c['tag_level'] %}
+    select
+        d.ds,
+        h.user_id,
+        h.target_id,
+        case when sum(h.n_buy) >= t.min_buys then 1 else 0 end as label_buy,
+        max(case when h.day >= d.ds and h.n_collect + h.n_cart > 0 then 1 else 0 end) as label_collect_cart
+    from {{ ref('dw_user_target_daily') }} as h
+    inner join (select distinct tag_id, min_buys, horizon_days from {{ ref('dim_tags') }}) as t on h.target_id = t.tag_id
+    inner join ({{ dates_sql }}) as d
+        on h.day >= cast({{ dbt.dateadd('day', c['label_days'] ~ ' - t.horizon_days', 'd.ds') }} as date)
+        and h.day < cast({{ dbt.dateadd('day', c['label_days'], 'd.ds') }} as date)
+    group by d.ds, h.user_id, h.target_id, t.min_buys
+    {%- else %}
+    -- depends_on: {{ ref('dim_tags') }}
     select
         d.ds,
         h.user_id,
@@ -15,6 +33,7 @@
         and h.day < cast({{ dbt.dateadd('day', c['label_days'], 'd.ds') }} as date)
     where h.target_id is not null
     group by d.ds, h.user_id, h.target_id
+    {%- endif %}
 {% endmacro %}
 
 {#-
@@ -48,7 +67,8 @@
         {%- set features = [] %}
         {%- for prefix in ['u', 'b'] + (['c'] if item_level else []) %}
         {%- for col in crowd_feature_columns(prefix) %}
-        {%- do features.append(prefix ~ '.' ~ col['name'] if prefix != 'c' else 'coalesce(c.' ~ col['name'] ~ ', 0) as ' ~ col['name']) %}
+        {#- a target (or category) with no event in the window has no row: zero counts #}
+        {%- do features.append(prefix ~ '.' ~ col['name'] if prefix == 'u' else 'coalesce(' ~ prefix ~ '.' ~ col['name'] ~ ', 0) as ' ~ col['name']) %}
         {%- endfor %}
         {%- endfor %}
         {%- for prefix in ['ub'] + (['uc'] if item_level else []) %}
@@ -63,7 +83,7 @@
     from {{ pairs }} as p
     inner join {{ ref('dim_targets') }} as t on p.target_id = t.target_id
     inner join {{ ref('ads_user_features') }} as u on p.ds = u.ds and p.user_id = u.user_id
-    inner join {{ ref('ads_target_features') }} as b on p.ds = b.ds and p.target_id = b.target_id
+    left join {{ ref('ads_target_features') }} as b on p.ds = b.ds and p.target_id = b.target_id
     left join {{ ref('ads_user_target_features') }} as ub
         on p.ds = ub.ds and p.user_id = ub.user_id and p.target_id = ub.target_id
     {%- if item_level %}

@@ -61,7 +61,8 @@ def cart_last_day(frame: pd.DataFrame) -> np.ndarray:
 FLOORS = {"decayed_count": decayed_count, "cart_then_recency": cart_then_recency, "cart_last_day": cart_last_day}
 # which floors each target is compared with: the one-day rule belongs to the next-day item task
 FLOORS_OF = {"brand": ("decayed_count", "cart_then_recency"), "category": ("decayed_count", "cart_then_recency"),
-             "item": ("decayed_count", "cart_then_recency", "cart_last_day")}
+             "item": ("decayed_count", "cart_then_recency", "cart_last_day"),
+             "tag": ("decayed_count", "cart_then_recency")}  # the user's activity in the tag's categories
 
 
 def floor_scores(frame: pd.DataFrame, target: str) -> dict[str, np.ndarray]:

@@ -17,7 +17,7 @@ active_pairs as (
     where h.age <= {{ c['candidate_days'] }}
 )
 
-{%- if n_neg > 0 %},
+{%- if n_neg > 0 and not c['tag_level'] %},
 
 active_users as (
     select
@@ -66,8 +66,17 @@ eligible as (
 )
 {%- endif %}
 
+{%- if c['tag_level'] %}
+-- a tag is user-level: every user active in the history window, for every tag (no sampling)
+select
+    u.ds, u.user_id, t.target_id, (p.user_id is not null) as is_candidate, cast(1.0 as double) as inclusion_prob
+from (select distinct ds, user_id from ({{ crowd_history_rows('1 = 1', crowd_run_dates_sql(c['labelled_dates'])) }}) as h) as u
+cross join {{ ref('dim_target_subset') }} as t
+left join active_pairs as p on p.ds = u.ds and p.user_id = u.user_id and p.target_id = t.target_id
+{%- else %}
 select ds, user_id, target_id, true as is_candidate, cast(1.0 as double) as inclusion_prob from active_pairs
-{%- if n_neg > 0 %}
+{%- endif %}
+{%- if n_neg > 0 and not c['tag_level'] %}
 union all
 select
     n.ds, n.user_id, n.target_id, false as is_candidate,

@@ -12,13 +12,11 @@ with run_dates as (
 ),
 
 buyers as (
-    select distinct d.ds, h.user_id, h.target_id
-    from {{ ref('dw_user_target_daily') }} as h
-    inner join {{ ref('dim_evaluated_targets') }} as t on h.target_id = t.target_id
-    inner join run_dates as d
-        on h.day >= d.ds
-        and h.day < cast({{ dbt.dateadd('day', c['label_days'], 'd.ds') }} as date)
-    where h.n_buy > 0
+    -- the positives of the label rule (a buy of the target; a tag's rule), wherever the user is
+    select l.ds, l.user_id, l.target_id
+    from ({{ crowd_label_rows('select ds from run_dates') }}) as l
+    inner join {{ ref('dim_evaluated_targets') }} as t on l.target_id = t.target_id
+    where l.label_buy = 1
 ),
 
 population as (

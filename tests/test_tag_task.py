@@ -1,0 +1,89 @@
+"""User tags end to end on the tiny world: rules over purchases in category groups as labels (an interest in
+the coming week, a state over 30 days), user-level samples, the LSTM among the models, the erasure check, and
+the crowds of each tag."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from ml.cli import main
+from ml.task import TaskError, TaskPaths, load_task
+
+TAGS_TASK = "tmall-2013-tags"
+# leaf categories of the tiny world (seed 11): two parent categories' worth
+TINY_TAGS = [{"name": "a-interest", "categories": [63, 33, 115], "min_buys": 1},
+             {"name": "b-regular", "categories": [95, 96, 76], "min_buys": 2, "horizon_days": 30}]
+OVERRIDE = ["--set", f"tags={TINY_TAGS}"]
+
+
+@pytest.fixture(scope="module")
+def tag_task():
+    return load_task(TAGS_TASK, {"tags": TINY_TAGS})
+
+
+@pytest.fixture(scope="module")
+def tags_built(tiny_dataset, tag_task) -> TaskPaths:
+    assert main(["warehouse", "--task", TAGS_TASK, *OVERRIDE]) == 0
+    return TaskPaths.of(tag_task)
+
+
+def test_tag_labels_follow_each_rule_and_every_active_user_is_a_sample(tags_built, tag_task, tiny_dataset):
+    ds = tag_task.samples.last
+    s = pd.read_parquet(tags_built.exports / f"ds={ds}" / "samples.parquet")
+    assert set(s.target_id) == {1, 2}
+    per_user = s.groupby("user_id").target_id.nunique()
+    assert (per_user == 2).all()  # user-level: every active user once per tag, no sampling
+    items = pd.read_parquet(tiny_dataset / "items.parquet")
+    ev = pd.read_parquet(tiny_dataset / "events").drop_duplicates().merge(items, on="item_id")
+    buys = ev[ev.action == "buy"]
+    start = pd.Timestamp(ds)
+    for tag_id, tag in enumerate(TINY_TAGS, start=1):
+        horizon = tag.get("horizon_days", 7)
+        window = buys[(buys.ts >= start + pd.Timedelta(days=7 - horizon)) & (buys.ts < start + pd.Timedelta(days=7))
+                      & buys.category_id.isin(tag["categories"])]
+        counts = window.groupby("user_id").size()
+        mine = s[s.target_id == tag_id].set_index("user_id")
+        want = (counts.reindex(mine.index, fill_value=0) >= tag["min_buys"]).astype(int)
+        assert (mine.label_buy == want).all(), tag["name"]
+        assert 0 < mine.label_buy.sum() < len(mine)
+        if "horizon_days" in tag:  # the state counts past buys: some positives buy less than min_buys ahead
+            ahead = window[window.ts >= start].groupby("user_id").size().reindex(mine.index, fill_value=0)
+            assert ((mine.label_buy == 1) & (ahead < tag["min_buys"])).any()
+
+
+@pytest.mark.slow
+def test_tag_models_train_and_the_erasure_check_shows_what_they_learned_beyond_the_rule(tags_built, tag_task,
+                                                                                        capsys):
+    assert main(["train", "--task", TAGS_TASK, *OVERRIDE, "--model", "lgbm_all_mixed", "lstm", "--epochs", "1"]) == 0
+    capsys.readouterr()
+    assert main(["erase", "--task", TAGS_TASK, *OVERRIDE]) == 0
+    out = capsys.readouterr().out
+    assert "no_rule_categories" in out
+    table = pd.read_csv(tags_built.reports / "erasure.csv")
+    assert set(table.input) == {"full", "no_buys", "no_rule_categories"}
+    assert len(table) == 2 * 2 * 3  # models x tags x inputs
+    auc = table.pivot_table(index=["tag", "model"], columns="input", values="auc")
+    assert (auc["full"] > 0.6).all()
+    # the state tag's label is half made of past buys in its own categories: erasing them must cost AUC
+    state = auc.loc["b-regular"]
+    assert (state["full"] > state["no_rule_categories"] + 0.05).all(), auc
+    # labels never come from the erased log: the evaluation's positives are the real ones
+    for name in ("no_buys", f"no_rule_categories-{TINY_TAGS[0]['name']}"):
+        erased = tags_built.base / "erasure" / name / "raw" / "events" / "part-00000.parquet"
+        kept = pd.read_parquet(erased)
+        assert (kept.ts >= pd.Timestamp(tag_task.backtest)).any()
+    assert main(["score", "--task", TAGS_TASK, *OVERRIDE]) == 0
+    crowd = pd.read_parquet(next(tags_built.crowds.glob("ds=*/crowds.parquet")))
+    assert set(crowd.target) == {"tag"} and set(crowd.target_id) == {1, 2}
+
+
+def test_a_tag_task_is_checked_at_the_edge():
+    with pytest.raises(TaskError, match="belongs to one tag"):
+        load_task(TAGS_TASK, {"tags": [{"name": "x", "categories": [1, 2]}, {"name": "y", "categories": [2]}]})
+    with pytest.raises(TaskError, match="only such a task"):
+        load_task("tmall-2013", {"tags": TINY_TAGS})
+    with pytest.raises(TaskError, match="needs at least one tag"):
+        load_task(TAGS_TASK, {"tags": []})
+    with pytest.raises(TaskError, match="shorter than the label"):
+        load_task(TAGS_TASK, {"tags": [{"name": "x", "categories": [1], "horizon_days": 3}]})
