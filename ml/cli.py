@@ -62,8 +62,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         if not args.oracle_dates:
             oracle_dates = tuple(d for d in oracle_dates
                                  if d > sizes.start and d + dt.timedelta(days=label) <= sizes.end)
+    # a tag task's interest tags (a buy in their categories in the label window) get their truth too
+    oracle_tags = tuple((i + 1, tuple(t.categories)) for i, t in enumerate(task.tags)
+                        if t.min_buys == 1 and t.horizon_days is None) if oracle_dates else ()
     cfg = replace(preset.config(oracle_dates=oracle_dates, oracle_label_days=label, oracle_rollouts=args.rollouts,
-                                workers=args.workers, **({"seed": seed} if seed is not None else {})), sizes=sizes)
+                                workers=args.workers, oracle_tags=oracle_tags,
+                                **({"seed": seed} if seed is not None else {})), sizes=sizes)
     out = args.out or Paths.default().dataset(args.name or task.dataset)
     if args.skip_if_present and (out / "manifest.json").exists():
         old = json.loads((out / "manifest.json").read_text())
@@ -171,7 +175,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     by = task.ranked_by
     summary, table = evaluate_scores(y, bundle.score(raw), t, u, task.evaluate.n, buyers=buyers, by=by)
     print(f"{task.name}: {bundle.name} backtested on {task.backtest} ({len(ev):,} rows, {table.shape[0]} {by}s):")
-    p_oracle = oracle_scores(paths.dataset_dir, ev, task.backtest, task.target)
+    p_oracle = oracle_scores(paths.dataset_dir, ev, task.backtest, task)
     oracle = (evaluate_scores(y, p_oracle, t, u, task.evaluate.n, buyers=buyers, by=by)[0]
               if p_oracle is not None else {})
     for k, v in summary.items():

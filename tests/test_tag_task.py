@@ -87,3 +87,40 @@ def test_a_tag_task_is_checked_at_the_edge():
         load_task(TAGS_TASK, {"tags": []})
     with pytest.raises(TaskError, match="shorter than the label"):
         load_task(TAGS_TASK, {"tags": [{"name": "x", "categories": [1], "horizon_days": 3}]})
+
+
+def test_the_generator_knows_the_truth_of_interest_tags(tmp_path):
+    """With a task's interest tags, the oracle also writes P(a buy in the tag's categories in the label
+    window) per user: calibrated against the realised buys, and far better than chance at ranking them."""
+    import datetime as dt
+
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from ml.synth.generate import generate
+    from ml.synth.params import PRESETS
+    from ml.train.pipeline import oracle_scores
+
+    days = (dt.date(2013, 9, 16), dt.date(2013, 9, 23))
+    tags = tuple((i + 1, tuple(t["categories"])) for i, t in enumerate(TINY_TAGS))
+    out = tmp_path / "tagged"
+    generate(PRESETS["tiny"].config(seed=11, workers=1, oracle_dates=days, oracle_label_days=7, oracle_tags=tags),
+             out, progress=False)
+    items = pd.read_parquet(out / "items.parquet")
+    ev = pd.read_parquet(out / "events").merge(items, on="item_id")
+    users = pd.DataFrame({"user_id": ev.user_id.unique()})
+    interest = load_task(TAGS_TASK, {"tags": [{**t, "min_buys": 1, "horizon_days": None} for t in TINY_TAGS]})
+    for ds in days:
+        start = pd.Timestamp(ds)
+        for tag_id, categories in tags:
+            bought = ev[(ev.action == "buy") & (ev.ts >= start) & (ev.ts < start + pd.Timedelta(days=7))
+                        & ev.category_id.isin(categories)].user_id.unique()
+            frame = users.assign(target_id=tag_id)
+            p = oracle_scores(out, frame, ds, interest)
+            y = frame.user_id.isin(bought).to_numpy()
+            assert abs(p.sum() - y.sum()) < 4 * np.sqrt(y.sum()) + 3
+            assert roc_auc_score(y, p) > 0.75
+    # a task whose tags differ from those the generator was given gets no oracle, rather than a wrong one
+    other = load_task(TAGS_TASK, {"tags": [{"name": "x", "categories": [63], "min_buys": 1}]})
+    assert oracle_scores(out, users.assign(target_id=1), days[0], other) is None
+    assert oracle_scores(out, users.assign(target_id=1), days[0], load_task(TAGS_TASK, {"tags": TINY_TAGS})) is None

@@ -8,6 +8,8 @@ Layout of a dataset directory:
     events/part-NNNNN.parquet   user_id, item_id, action, ts (sorted by ts inside a part)
     items.parquet               item_id, category_id, parent_category_id, brand_id, shop_id
     oracle/part-NNNNN.parquet   ds, user_id, brand_id (item_id with item memory), p_buy, p_buy_se, affinity, intent
+    oracle_tags/part-NNNNN.parquet  ds, user_id, tag_id, p_buy, p_buy_se (with oracle_tags: P(a buy in the tag's
+                                categories in the label window); users absent had no chance of one)
     item_subset.parquet         item_id: the items a task with target item ranks (presets with a subset)
     truth/brands.parquet        the hidden brand traits (related brand, repeat cycle, popularity)
     truth/users/part-NNNNN.parquet  the hidden user traits (activity rate, whether the taste drifts)
@@ -37,7 +39,7 @@ from ml.config import ACTIONS
 from ml.synth.oracle import check_oracle_is_exact, oracle_at
 from ml.synth.params import GeneratorConfig
 from ml.synth.simulate import DayEvents, Simulator
-from ml.synth.world import World, build_world, draw_users
+from ml.synth.world import World, brand_category_shares, build_world, draw_users
 
 log = logging.getLogger(__name__)
 
@@ -107,14 +109,21 @@ def simulate_chunk(cfg: GeneratorConfig, world: World, chunk: int, first: int, c
         check_oracle_is_exact(sim, cfg.oracle_label_days)
 
     day_parts: list[tuple[int, DayEvents]] = []
-    oracle_parts = []
+    oracle_parts, tag_parts = [], []
     oracle_seconds = 0.0
+    groups = (brand_category_shares(world, cfg.intensities.item_skew, [np.asarray(c) for _, c in cfg.oracle_tags])
+              if cfg.oracle_tags else None)
+    tag_ids = np.asarray([t for t, _ in cfg.oracle_tags], dtype=np.int64)
     for t in range(world.sizes.days):
         if t in oracle_days:
             # its own random stream: asking for an oracle never changes the log
             t0 = time.perf_counter()
             rng_o = np.random.default_rng(np.random.SeedSequence([cfg.seed, 3, chunk, t]))
-            frame = oracle_at(sim, state, t, cfg.oracle_label_days, cfg.oracle_rollouts, rng_o)
+            frame = oracle_at(sim, state, t, cfg.oracle_label_days, cfg.oracle_rollouts, rng_o, groups=groups)
+            if groups is not None:
+                frame, tags = frame
+                tags.insert(0, "ds", oracle_days[t])
+                tag_parts.append(tags)
             frame.insert(0, "ds", oracle_days[t])
             oracle_parts.append(frame)
             oracle_seconds += time.perf_counter() - t0
@@ -144,6 +153,13 @@ def simulate_chunk(cfg: GeneratorConfig, world: World, chunk: int, first: int, c
         o = o[["ds", "user_id", entity, "p_buy", "p_buy_se", "affinity", "intent"]]
         pq.write_table(pa.Table.from_pandas(o, preserve_index=False), out / "oracle" / f"part-{chunk:05d}.parquet",
                        compression="zstd")
+    if tag_parts:
+        t = pd.concat(tag_parts, ignore_index=True)
+        t["user_id"] = users.ids[t.pop("user").to_numpy()]
+        t["tag_id"] = tag_ids[t.pop("tag").to_numpy()]
+        t = t[["ds", "user_id", "tag_id", "p_buy", "p_buy_se"]]
+        pq.write_table(pa.Table.from_pandas(t, preserve_index=False),
+                       out / "oracle_tags" / f"part-{chunk:05d}.parquet", compression="zstd")
     return {"chunk": chunk, "events": int(counts.sum()), "actions": counts.tolist(), "oracle_seconds": oracle_seconds}
 
 
@@ -200,7 +216,7 @@ def generate(cfg: GeneratorConfig, out: Path, progress: bool = True) -> dict:
     world = build_world(cfg.sizes, cfg.intensities, cfg.seed)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    for sub in ("events", "oracle", "truth/users"):
+    for sub in ("events", "oracle", "oracle_tags", "truth/users"):
         (tmp / sub).mkdir(parents=True)
     pq.write_table(items_table(world, cfg.item_brands), tmp / "items.parquet")
     if cfg.item_subset_share > 0:
@@ -239,6 +255,7 @@ def generate(cfg: GeneratorConfig, out: Path, progress: bool = True) -> dict:
             "label_days": cfg.oracle_label_days,
             "rollouts": cfg.oracle_rollouts,
             "target": "item" if cfg.intensities.item_focus > 0 else "brand",
+            "tags": [{"tag_id": t, "categories": list(c)} for t, c in cfg.oracle_tags],
         },
         "hourly": cfg.hourly,
         "item_subset_share": cfg.item_subset_share,

@@ -47,13 +47,20 @@ def check_oracle_is_exact(sim: Simulator, label_days: int) -> None:
 
 
 def oracle_at(
-    sim: Simulator, state: State, t0: int, label_days: int, rollouts: int, rng: np.random.Generator
-) -> pd.DataFrame:
+    sim: Simulator, state: State, t0: int, label_days: int, rollouts: int, rng: np.random.Generator,
+    groups: np.ndarray | None = None,
+) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """Rows: every (user, considered brand) at day t0 and any brand reached in the rollouts; with item
     memory, every (user, focus item of a considered brand) and any item reached.
 
     Columns: user (index in the chunk), brand or item (index), p_buy, p_buy_se (Monte Carlo standard
     error), affinity and intent at t0 (the hidden state, for signal tests; NaN off the slots).
+
+    With `groups` ([brands, tags]: the share of a brand's buys that falls in each tag's categories,
+    world.brand_category_shares), also the tags' frame: user, tag (column index), p_buy = P(at least one buy
+    in the tag's categories in the window), p_buy_se; every user with a session that could buy in the tag.
+    Exact for a brand wholly inside or outside a tag; for a brand with items on both sides, a buy outside
+    the tag sates the brand for its later sessions inside it, which unrealised buys cannot do.
     """
     if t0 + label_days > sim.days:
         raise ValueError(f"oracle day {t0} + {label_days} label days runs past the end of the log ({sim.days} days)")
@@ -70,6 +77,7 @@ def oracle_at(
     slot_int = snap.intent[su, sk]
 
     keys, sum_exp, sum_sq, n_rec = [], [], [], []
+    tag_parts: list[pd.DataFrame] = []
     block_users = max(1, _BLOCK_ROWS // rollouts)
     for first in range(0, n_u, block_users):
         users = np.arange(first, min(n_u, first + block_users))
@@ -84,6 +92,9 @@ def oracle_at(
         row = np.concatenate([h.row for h in hz]).astype(np.int64)
         brand = np.concatenate([h.item if by_item else h.brand for h in hz]).astype(np.int64)
         lnb = np.concatenate([h.log_no_buy for h in hz])
+        if groups is not None:
+            sessions_brand = np.concatenate([h.brand for h in hz]).astype(np.int64)
+            tag_parts.append(_group_no_buy(row, sessions_brand, lnb, groups, first, rollouts))
         # sum log P(no buy) per (rollout row, brand), then average the products over rollouts
         k1, inv = np.unique(row * n_b + brand, return_inverse=True)
         s = np.bincount(inv, weights=lnb)
@@ -113,7 +124,7 @@ def oracle_at(
     pos = np.searchsorted(all_keys, slot_key)
     affinity[pos] = slot_aff
     intent[pos] = slot_int
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "user": (all_keys // n_b).astype(np.int64),
             "item" if by_item else "brand": (all_keys % n_b).astype(np.int64),
@@ -123,3 +134,35 @@ def oracle_at(
             "intent": intent,
         }
     )
+    if groups is None:
+        return frame
+    tags = pd.concat(tag_parts, ignore_index=True) if tag_parts else pd.DataFrame(
+        {"user": np.zeros(0, np.int64), "tag": np.zeros(0, np.int64), "p_buy": np.zeros(0, np.float32),
+         "p_buy_se": np.zeros(0, np.float32)})
+    return frame, tags
+
+
+def _group_no_buy(row: np.ndarray, brand: np.ndarray, lnb: np.ndarray, groups: np.ndarray, first: int,
+                  rollouts: int) -> pd.DataFrame:
+    """Per (user, tag) of one block: P(a buy in the tag's categories) from the sessions' hazards, a buy of
+    the session being in the tag with the brand's share (groups[brand, tag])."""
+    p_session = -np.expm1(lnb)
+    r = float(rollouts)
+    parts = []
+    for g in range(groups.shape[1]):
+        share = groups[brand, g]
+        m = share > 0
+        if not m.any():
+            continue
+        k, inv = np.unique(row[m], return_inverse=True)  # rollout rows with a session that could buy in g
+        no_buy = np.exp(np.bincount(inv, weights=np.log1p(-np.minimum(p_session[m] * share[m], 1 - 1e-7))))
+        users, inv_u = np.unique(first + k // rollouts, return_inverse=True)
+        e, q = np.bincount(inv_u, weights=no_buy), np.bincount(inv_u, weights=(1 - no_buy) ** 2)
+        n = np.bincount(inv_u)
+        mean = 1.0 - (e + (r - n)) / r
+        var = np.maximum(q / r - mean**2, 0.0) * r / max(r - 1.0, 1.0)
+        parts.append(pd.DataFrame({"user": users, "tag": g, "p_buy": mean.astype(np.float32),
+                                   "p_buy_se": np.sqrt(var / r).astype(np.float32)}))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        {"user": np.zeros(0, np.int64), "tag": np.zeros(0, np.int64), "p_buy": np.zeros(0, np.float32),
+         "p_buy_se": np.zeros(0, np.float32)})

@@ -129,6 +129,9 @@ class GeneratorConfig:
     oracle_dates: tuple[dt.date, ...] = ()
     oracle_label_days: int = 7
     oracle_rollouts: int = 32
+    # tags whose truth the oracle writes too (oracle_tags/): (tag id, leaf category ids), for the rule "at
+    # least one buy in these categories in the label window" (a task's interest tags)
+    oracle_tags: tuple[tuple[int, tuple[int, ...]], ...] = ()
     item_brands: bool = True
     hourly: bool = False
     item_subset_share: float = 0.0

@@ -165,3 +165,20 @@ def draw_users(world: World, first: int, count: int, rng: np.random.Generator) -
     taste1[drift] = rng.normal(0, 1.0, (int(drift.sum()), p.taste_dim)).astype(np.float32)
     ids = scatter_ids(np.arange(first, first + count), salt=7)
     return Users(ids=ids, rate=rate, taste0=taste0, taste1=taste1)
+
+
+def brand_category_shares(world: World, skew: float, groups: list[np.ndarray]) -> np.ndarray:
+    """[brands, groups]: the probability that an item a session ends on (drawn by popularity inside the
+    brand, u ** skew) is of a leaf category of each group (leaf category ids): the share of a buy of the
+    brand that falls in the group."""
+    n_i = len(world.item_ids)
+    index = np.arange(n_i) - world.brand_item_start[world.item_brand]
+    count = world.brand_item_count[world.item_brand]
+    # P(floor(u^skew * count) = j) = ((j + 1) / count)^(1 / skew) - (j / count)^(1 / skew)
+    mass = ((index + 1) / count) ** (1 / skew) - (index / count) ** (1 / skew)
+    leaf_of_item = world.leaf_ids[world.item_leaf]
+    out = np.zeros((world.n_brands, len(groups)))
+    for g, leaves in enumerate(groups):
+        inside = np.isin(leaf_of_item, np.asarray(leaves))
+        out[:, g] = np.bincount(world.item_brand[inside], weights=mass[inside], minlength=world.n_brands)
+    return out

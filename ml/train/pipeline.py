@@ -73,17 +73,25 @@ def train_config(task: Task, model: str, **runtime: object) -> TrainConfig:
     return TrainConfig(**task.budget(model), seed=task.training.seed, **runtime)
 
 
-def oracle_scores(dataset_dir: Path, frame: pd.DataFrame, ds: dt.date, target: str) -> np.ndarray | None:
+def oracle_scores(dataset_dir: Path, frame: pd.DataFrame, ds: dt.date, task: Task) -> np.ndarray | None:
     """The generator's P(buy) for the rows (0 for a pair it never considers); None without an oracle of this
     date and target (the generator writes one per brand, or per item for a log whose items have memory)."""
     import pyarrow.parquet as pq
 
-    files = sorted((Path(dataset_dir) / "oracle").glob("*.parquet"))
+    target = task.target
+    folder = Path(dataset_dir) / ("oracle_tags" if target == "tag" else "oracle")
+    files = sorted(folder.glob("*.parquet"))
     column = f"{target}_id"
     if not files or column not in pq.read_schema(files[0]).names:
         return None
-    oracle = pd.read_parquet(Path(dataset_dir) / "oracle", filters=[("ds", "==", pd.Timestamp(ds))],
-                             columns=["user_id", column, "p_buy"])
+    if target == "tag":  # the truth of the tags the generator was given: every tag of the task's, as defined
+        manifest = json.loads((Path(dataset_dir) / "manifest.json").read_text())
+        known = {t["tag_id"]: tuple(t["categories"]) for t in manifest.get("oracle", {}).get("tags", [])}
+        mine = {i + 1: tuple(t.categories) for i, t in enumerate(task.tags)
+                if t.min_buys == 1 and t.horizon_days is None}
+        if len(mine) < len(task.tags) or any(known.get(i) != c for i, c in mine.items()):
+            return None
+    oracle = pd.read_parquet(folder, filters=[("ds", "==", pd.Timestamp(ds))], columns=["user_id", column, "p_buy"])
     if oracle.empty:
         return None
     merged = frame[["user_id", "target_id"]].merge(
@@ -222,9 +230,9 @@ def train_and_evaluate(
                                                      buyers["user_id"].to_numpy(), seed=task.training.seed))
     oracle = {}
     reference = {}
-    p_oracle = oracle_scores(paths.dataset_dir, ev, backtest, task.target)
+    p_oracle = oracle_scores(paths.dataset_dir, ev, backtest, task)
     if p_oracle is not None:
-        oracle_valid = (_oracle_validation(paths, valid_raw.samples, valid_dates, task.target)
+        oracle_valid = (_oracle_validation(paths, valid_raw.samples, valid_dates, task)
                         if validation_pairs is not None else None)
         oracle, _ = evaluate(p_oracle, oracle_valid)
         reference["oracle"] = p_oracle
@@ -288,13 +296,13 @@ def _validation_pairs(valid: pd.DataFrame, paths: TaskPaths, dates: list[dt.date
     return days
 
 
-def _oracle_validation(paths: TaskPaths, valid: pd.DataFrame, dates: list[dt.date], target: str) -> np.ndarray | None:
+def _oracle_validation(paths: TaskPaths, valid: pd.DataFrame, dates: list[dt.date], task: Task) -> np.ndarray | None:
     """The oracle's P(buy) for the validation rows (for its own K), or None when a date has no oracle."""
     out = np.zeros(len(valid))
     ds = pd.to_datetime(valid["ds"]).dt.date.to_numpy()
     for d in dates:
         rows = np.flatnonzero(ds == d)
-        p = oracle_scores(paths.dataset_dir, valid.iloc[rows], d, target)
+        p = oracle_scores(paths.dataset_dir, valid.iloc[rows], d, task)
         if p is None:
             return None
         out[rows] = p
