@@ -14,12 +14,13 @@ TAGS_TASK = "tmall-2013-tags"
 # leaf categories of the tiny world (seed 11): two parent categories' worth
 TINY_TAGS = [{"name": "a-interest", "categories": [63, 33, 115], "min_buys": 1},
              {"name": "b-regular", "categories": [95, 96, 76], "min_buys": 2, "horizon_days": 30}]
-OVERRIDE = ["--set", f"tags={TINY_TAGS}"]
+# the session's tiny world, where the default task's dataset lives
+OVERRIDE = ["--set", f"tags={TINY_TAGS}", "--set", "dataset=synthetic"]
 
 
 @pytest.fixture(scope="module")
 def tag_task():
-    return load_task(TAGS_TASK, {"tags": TINY_TAGS})
+    return load_task(TAGS_TASK, {"tags": TINY_TAGS, "dataset": "synthetic"})
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,7 @@ def test_the_generator_knows_the_truth_of_interest_tags(tmp_path):
 
     from ml.synth.generate import generate
     from ml.synth.params import PRESETS
-    from ml.train.pipeline import oracle_scores
+    from ml.train.pipeline import oracle_scores, tag_truth
 
     days = (dt.date(2013, 9, 16), dt.date(2013, 9, 23))
     tags = tuple((i + 1, tuple(t["categories"])) for i, t in enumerate(TINY_TAGS))
@@ -123,4 +124,9 @@ def test_the_generator_knows_the_truth_of_interest_tags(tmp_path):
     # a task whose tags differ from those the generator was given gets no oracle, rather than a wrong one
     other = load_task(TAGS_TASK, {"tags": [{"name": "x", "categories": [63], "min_buys": 1}]})
     assert oracle_scores(out, users.assign(target_id=1), days[0], other) is None
-    assert oracle_scores(out, users.assign(target_id=1), days[0], load_task(TAGS_TASK, {"tags": TINY_TAGS})) is None
+    # a state tag's truth is not known: the ceiling of a task with one needs its interest tags' rows only
+    with_state = load_task(TAGS_TASK, {"tags": TINY_TAGS})
+    both = pd.concat([users.assign(target_id=1), users.assign(target_id=2)], ignore_index=True)
+    assert oracle_scores(out, both, days[0], with_state) is None
+    truth = tag_truth(out, both, days[0], with_state)
+    assert np.isnan(truth[both.target_id == 2]).all() and not np.isnan(truth[both.target_id == 1]).any()

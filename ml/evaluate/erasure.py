@@ -29,6 +29,7 @@ import pandas as pd
 from ml.evaluate.metrics import evaluate_scores
 from ml.features.dataset import read_buyers, read_exports
 from ml.task import Task, TaskPaths
+from ml.train.pipeline import tag_truth
 from ml.warehouse.export import _sql_path
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,15 @@ def erasure_report(task: Task, paths: TaskPaths, models: list[str]) -> pd.DataFr
         by_tag[tag_id], _ = _erased_population(task, paths, f"no_rule_categories-{tag.name}",
                                                f"i.category_id in ({categories})")
     rows = []
+    truth = tag_truth(paths.dataset_dir, original, task.backtest, task)
+    for tag_id, tag in tag_ids.items():  # the ceiling, where the generator knows the tag's truth
+        mine = original["target_id"].to_numpy() == tag_id
+        if truth is not None and mine.any() and not np.isnan(truth[mine]).any():
+            summary, _ = evaluate_scores(y[mine], truth[mine], original["target_id"].to_numpy()[mine],
+                                         original["user_id"].to_numpy()[mine], task.evaluate.n,
+                                         buyers=buyers[buyers["target_id"] == tag_id])
+            rows.append({"model": "oracle (ceiling)", "tag": tag.name, "input": "full", "auc": summary["gauc"],
+                         **{f"recall_at_{n}": summary[f"recall_at_{n}"] for n in task.evaluate.n}})
     for model in models:
         bundle = load_bundle(model, paths)
         inputs = {"full": _scores_on(bundle, paths.exports, task, keys),

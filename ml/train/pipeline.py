@@ -75,28 +75,47 @@ def train_config(task: Task, model: str, **runtime: object) -> TrainConfig:
 
 def oracle_scores(dataset_dir: Path, frame: pd.DataFrame, ds: dt.date, task: Task) -> np.ndarray | None:
     """The generator's P(buy) for the rows (0 for a pair it never considers); None without an oracle of this
-    date and target (the generator writes one per brand, or per item for a log whose items have memory)."""
+    date and target (the generator writes one per brand, or per item for a log whose items have memory, and
+    per tag for the interest tags it was given: a tag task's ceiling needs every one of its tags)."""
     import pyarrow.parquet as pq
 
-    target = task.target
-    folder = Path(dataset_dir) / ("oracle_tags" if target == "tag" else "oracle")
-    files = sorted(folder.glob("*.parquet"))
-    column = f"{target}_id"
+    if task.target == "tag":
+        p = tag_truth(dataset_dir, frame, ds, task)
+        return None if p is None or np.isnan(p).any() else p
+    files = sorted((Path(dataset_dir) / "oracle").glob("*.parquet"))
+    column = f"{task.target}_id"
     if not files or column not in pq.read_schema(files[0]).names:
         return None
-    if target == "tag":  # the truth of the tags the generator was given: every tag of the task's, as defined
-        manifest = json.loads((Path(dataset_dir) / "manifest.json").read_text())
-        known = {t["tag_id"]: tuple(t["categories"]) for t in manifest.get("oracle", {}).get("tags", [])}
-        mine = {i + 1: tuple(t.categories) for i, t in enumerate(task.tags)
-                if t.min_buys == 1 and t.horizon_days is None}
-        if len(mine) < len(task.tags) or any(known.get(i) != c for i, c in mine.items()):
-            return None
-    oracle = pd.read_parquet(folder, filters=[("ds", "==", pd.Timestamp(ds))], columns=["user_id", column, "p_buy"])
+    oracle = pd.read_parquet(Path(dataset_dir) / "oracle", filters=[("ds", "==", pd.Timestamp(ds))],
+                             columns=["user_id", column, "p_buy"])
     if oracle.empty:
         return None
     merged = frame[["user_id", "target_id"]].merge(
         oracle.rename(columns={column: "target_id"}), on=["user_id", "target_id"], how="left")
     return merged["p_buy"].fillna(0.0).to_numpy()
+
+
+def tag_truth(dataset_dir: Path, frame: pd.DataFrame, ds: dt.date, task: Task) -> np.ndarray | None:
+    """P(the user takes the tag) per row, for the task's interest tags whose truth the generator wrote as the
+    task defines them (same id, same categories); NaN on the other tags' rows; None when it knows none."""
+    manifest_path = Path(dataset_dir) / "manifest.json"
+    folder = Path(dataset_dir) / "oracle_tags"
+    if not manifest_path.exists() or not any(folder.glob("*.parquet")):
+        return None
+    known = {t["tag_id"]: tuple(t["categories"])
+             for t in json.loads(manifest_path.read_text()).get("oracle", {}).get("tags", [])}
+    ids = [i + 1 for i, t in enumerate(task.tags)
+           if t.min_buys == 1 and t.horizon_days is None and known.get(i + 1) == tuple(t.categories)]
+    if not ids:
+        return None
+    oracle = pd.read_parquet(folder, filters=[("ds", "==", pd.Timestamp(ds))], columns=["user_id", "tag_id", "p_buy"])
+    if oracle.empty:
+        return None
+    merged = frame[["user_id", "target_id"]].merge(
+        oracle.rename(columns={"tag_id": "target_id"}), on=["user_id", "target_id"], how="left")
+    p = merged["p_buy"].fillna(0.0).to_numpy(dtype=np.float64)
+    p[~frame["target_id"].isin(ids).to_numpy()] = np.nan
+    return p
 
 
 def exports_fingerprint(root: Path, dates: list[dt.date]) -> str:
