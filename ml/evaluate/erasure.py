@@ -30,7 +30,7 @@ from ml.evaluate.metrics import evaluate_scores
 from ml.features.dataset import read_buyers, read_exports
 from ml.task import Task, TaskPaths
 from ml.train.pipeline import tag_truth
-from ml.warehouse.export import _sql_path
+from ml.warehouse.export import sql_path
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def erase_log(source: Path, out: Path, before: dt.date, condition: str) -> int:
                  f"left join items as i on e.item_id = i.item_id "
                  f"where not (e.ts < cast($before as timestamp) and ({condition}))")
         total = con.execute("select count(*) from events").fetchone()[0]
-        con.execute(f"copy ({query}) to {_sql_path(target)} (format parquet)",
+        con.execute(f"copy ({query}) to {sql_path(target)} (format parquet)",
                     {"before": dt.datetime.combine(before, dt.time())})
         kept = con.execute("select count(*) from read_parquet($p)", {"p": str(target)}).fetchone()[0]
     return int(total - kept)

@@ -73,7 +73,7 @@ def export_dates(warehouse: Path, out_root: Path, dates: list[dt.date] | None = 
     return done
 
 
-def _sql_path(path: Path) -> str:
+def sql_path(path: Path) -> str:
     """A file path as a SQL string literal (COPY ... TO takes no bound parameter)."""
     return "'" + str(path).replace("'", "''") + "'"
 
@@ -91,7 +91,7 @@ def _export_one(con: duckdb.DuckDBPyConnection, ds: dt.date, out_root: Path, fin
         if name == "buyers" and n == 0:
             continue  # recall's denominator, on the backtest and the validation dates
         con.execute(f"copy (select * from {table} where ds = $ds order by {keys}) "
-                    f"to {_sql_path(partial / (name + '.parquet'))} (format parquet, compression zstd)", {"ds": ds})
+                    f"to {sql_path(partial / (name + '.parquet'))} (format parquet, compression zstd)", {"ds": ds})
         rows[name] = n
     if not any(p in rows for p in POPULATIONS):
         shutil.rmtree(partial, ignore_errors=True)
