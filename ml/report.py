@@ -12,16 +12,12 @@ import pandas as pd
 from ml.evaluate.floors import FLOORS
 from ml.task import Task, TaskPaths
 
-START, END = "<!-- comparison:start -->", "<!-- comparison:end -->"  # the default task's table
-
 
 def markers(task: str) -> tuple[str, str]:
-    """Where a task's table goes in the README: the default task's between START and END, another task's
-    between <!-- comparison:TASK:start --> and <!-- comparison:TASK:end -->."""
-    from ml.task import DEFAULT_TASK
+    """Where a task's table goes in the README: between <!-- comparison:TASK:start --> and ...:end -->."""
+    return f"<!-- comparison:{task}:start -->", f"<!-- comparison:{task}:end -->"
 
-    return (START, END) if task == DEFAULT_TASK else (f"<!-- comparison:{task}:start -->",
-                                                      f"<!-- comparison:{task}:end -->")
+
 COLUMNS = ("auc", "auc_touched", "gauc", "logloss", "recall_at_50", "recall_at_100", "coverage", "ndcg_at_100", "precision_at_100")
 # the share of buyers the evaluated population holds is a property of the task, and K a choice made on the
 # validation day: neither is a model's score (never bold)
@@ -34,7 +30,8 @@ PAIRED = {"gauc": ("auc", "positives"), "recall_at_50": ("recall_at_50", None),
 LEGEND = ("Figures with their 95 % bootstrap interval (targets resampled, or users for the next-day item task; "
           "users for the pooled AUC, logloss and F1). Bold: the "
           "best model, and every model the data cannot tell from it (the paired interval of the difference over "
-          "the same targets includes zero; for AUC and logloss, overlapping intervals). valid_* is on the validation "
+          "the same targets includes zero; for AUC, logloss and F1, overlapping intervals; a column with no interval "
+          "has none in bold). valid_* is on the validation "
           "dates, where the champion is chosen; the rest on the backtest (auc_touched: on the pairs with history "
           "together only, the hard part of the population). Floors: heuristics with no model (recency-"
           "decayed interaction count; carted or collected, then recency; for the item task also carted the day "

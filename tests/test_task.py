@@ -56,7 +56,7 @@ def _write(tmp_path: Path, changes: dict, drop: tuple[str, ...] = ()) -> Path:
 @pytest.mark.parametrize("changes, drop, message", [
     ({"windows.label_days": 0}, (), r"windows\.label_days: Input should be greater than or equal to 1"),
     ({"windows.history_days": "ninety"}, (), r"windows\.history_days"),
-    ({"target": "shop"}, (), r"target: Input should be 'brand', 'category' or 'item'"),
+    ({"target": "shop"}, (), r"target: Input should be 'brand', 'category', 'item' or 'tag'"),
     ({"models": {"din": {}, "xgb": {}}}, (), r"models: .*unknown model\(s\) \['xgb'\]"),
     ({"validation": ["2013-09-10"]}, (), r"validation: 2013-09-10 is inside the label window"),
     ({"backtest": "2013-09-31"}, (), r"backtest: "),

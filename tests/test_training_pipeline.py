@@ -232,7 +232,8 @@ def test_a_checkpoint_of_other_data_is_not_resumed(tiny_exports, task, task_path
 
 def test_report_writes_the_comparison_with_intervals_and_the_selection_metric(outcomes, task, tmp_path, capsys):
     readme = tmp_path / "README.md"
-    readme.write_text("before\n<!-- comparison:start -->\nSTALE-TABLE\n<!-- comparison:end -->\nafter\n")
+    readme.write_text(f"before\n<!-- comparison:{task.name}:start -->\nSTALE-TABLE\n"
+                      f"<!-- comparison:{task.name}:end -->\nafter\n")
     assert main(["report", "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert text.startswith("before\n") and text.endswith("after\n") and "STALE-TABLE" not in text

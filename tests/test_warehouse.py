@@ -231,7 +231,7 @@ def test_exports_one_directory_per_date_with_the_evaluation_set_beside_it(built,
 @pytest.mark.parametrize("changes, message", [
     ({"ds": ["2013-13-01"]}, "var 'ds': month 13 does not exist"),
     ({"ds": "2013-07-xx"}, "var 'ds': expected a date as YYYY-MM-DD"),
-    ({"target": "shop"}, "var 'target': expected 'brand', 'category' or 'item'"),
+    ({"target": "shop"}, "var 'target': expected 'brand', 'category', 'item' or 'tag'"),
     ({"feature_windows": [7, 120]}, "var 'feature_windows'"),
     ({"negatives_per_target": "1; drop table x"}, "var 'negatives_per_target': expected a whole number of 0 or more"),
     ({"negatives_per_target": -5}, "var 'negatives_per_target': expected a whole number of 0 or more"),
