@@ -21,7 +21,7 @@ from ml.synth.params import PRESETS
 from ml.task import TaskError, TaskPaths, load_task
 
 TIANCHI = "tianchi-mobile-2014"
-REAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real"
+REAL = Path(__file__).parent / "fixtures" / "real"  # the real public samples, copied into the repository
 
 
 @pytest.fixture(scope="module")
