@@ -278,3 +278,15 @@ def test_dbt_var_defaults_mirror_the_default_task():
     project = yaml.safe_load((DBT_PROJECT_DIR / "dbt_project.yml").read_text())
     expected = {**TASK.dbt_vars(), "ds": None}  # dbt's null ds is the task's labelled dates
     assert project["vars"] == expected
+
+
+def test_a_warehouse_of_another_model_version_fails_saying_what_to_do(tiny_dataset, tmp_path):
+    """An incremental table whose columns differ from the models' (a warehouse built by an older version)."""
+    warehouse = tmp_path / "old.duckdb"
+    run_dbt("run", dataset_dir=tiny_dataset, warehouse=warehouse, dbt_vars=_vars([PIT_DS]),
+            select=["+ads_user_features"], quiet=True)
+    with duckdb.connect(str(warehouse)) as con:
+        con.execute("alter table ads.ads_user_features drop column u_click_1d")
+    with pytest.raises(WarehouseError, match="built by another version of the dbt models: delete it"):
+        run_dbt("run", dataset_dir=tiny_dataset, warehouse=warehouse, dbt_vars=_vars([PIT_DS]),
+                select=["ads_user_features"], quiet=True)

@@ -108,6 +108,9 @@ def run_dbt(
             failures.append(f"{node.unique_id} ({r.status}): {(r.message or '').strip()}")
     if not result.success:
         reason = "; ".join(failures) if failures else str(result.exception or "dbt reported a failure")
+        if "out of sync" in reason:  # an incremental table built by another version of the models
+            reason += (f" (the warehouse {warehouse} was built by another version of the dbt models: "
+                       "delete it, it is this project's own output, and build again)")
         raise WarehouseError(f"dbt {command} failed: {reason}")
     log.info("dbt %s: %d models, %d tests in %.1fs", command, report.n_models, report.n_tests, report.seconds)
     return report
