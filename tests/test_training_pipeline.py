@@ -4,6 +4,7 @@ data directory."""
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 
 import mlflow
 import numpy as np
@@ -263,3 +264,15 @@ def test_the_report_bolds_only_the_models_the_data_cannot_tell_from_the_best():
     marked = mark_best(pd.DataFrame(rows), tables).set_index("model")["recall_at_100_top"]
     # a is best; b is consistently 0.02 lower (told apart); c is as good on average but noisy (not told apart)
     assert marked.to_dict() == {"a": True, "b": False, "c": True}
+
+
+@pytest.mark.parametrize("model", ["dnn", "lgbm_all_mixed"])
+def test_the_same_seed_gives_the_same_metrics_to_1e_6(tiny_exports, tiny_dataset, task, task_paths, model):
+    summaries = []
+    for _ in range(2):
+        for stale in (task_paths.models / "checkpoints").glob(f"{model}-*"):
+            shutil.rmtree(stale)  # trained afresh both times, not resumed from the first run's checkpoint
+        summaries.append(train_and_evaluate(model, task, task_paths, train_cfg=FAST, track=False).summary)
+    first, second = summaries
+    assert first.keys() == second.keys()
+    assert all(abs(first[k] - second[k]) <= 1e-6 for k in first), {k: (first[k], second[k]) for k in first}
