@@ -138,3 +138,36 @@
     } -%}
     {{ return(exprs[column]) }}
 {% endmacro %}
+
+{#- One ADS model: the window aggregates and ratios of `prefix`, grouped by `keys`, over the history rows of
+    this run's dates (crowd_history_rows with `where`, `relation` and `key`). -#}
+{% macro crowd_window_features(prefix, keys, where='1 = 1', relation=none, key='target_id') %}
+with history as (
+    {{ crowd_history_rows(where, relation=relation, key=key) }}
+),
+
+aggregated as (
+    select
+        {{ keys | join(', ') }},
+        {{ crowd_window_aggregates(prefix) }}
+    from history
+    group by {{ keys | join(', ') }}
+)
+
+select
+    aggregated.*,
+    {{ crowd_window_ratios(prefix) }}
+from aggregated
+{% endmacro %}
+
+{#- Events per key and day and action (the DW daily tables every window feature sums). -#}
+{% macro crowd_daily_action_counts(keys, where='true') %}
+select
+    {{ keys | join(', ') }},
+    {%- for a in crowd_config()['actions'] %}
+    cast(sum(case when action = '{{ a }}' then 1 else 0 end) as {{ dbt.type_int() }}) as n_{{ a }}{% if not loop.last %},{% endif %}
+    {%- endfor %}
+from {{ ref('dw_events') }}
+where {{ where }}
+group by {{ keys | join(', ') }}
+{% endmacro %}

@@ -1,18 +1,2 @@
--- Target (brand or category) features at each ds, over all users, from events strictly before ds.
-with history as (
-    {{ crowd_history_rows('h.target_id is not null') }}
-),
-
-aggregated as (
-    select
-        ds,
-        target_id,
-        {{ crowd_window_aggregates('b') }}
-    from history
-    group by ds, target_id
-)
-
-select
-    aggregated.*,
-    {{ crowd_window_ratios('b') }}
-from aggregated
+-- Target (brand, category, item or tag) features at each ds, over all users, from events strictly before ds.
+{{ crowd_window_features('b', ['ds', 'target_id'], 'h.target_id is not null') }}
