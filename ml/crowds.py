@@ -118,16 +118,18 @@ def _write_submission(frame: pd.DataFrame, scores: np.ndarray, bundle, crowds: P
     order = np.lexsort((frame["target_id"].to_numpy(), frame["user_id"].to_numpy(), -np.asarray(scores)))[:int(k)]
     pairs = pd.DataFrame({"user_id": frame["user_id"].to_numpy()[order], "item_id": frame["target_id"].to_numpy()[order]})
     path = crowds.with_name("submission.csv")
-    partial = path.with_name(f".{path.name}.partial")
-    pairs.to_csv(partial, index=False)
-    os.replace(partial, path)
+    _write_atomically(pairs, path)
     return path
 
 
 def _write_atomically(frame: pd.DataFrame, path: Path) -> None:
+    """Parquet, or CSV for a .csv path, written beside and swapped in."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    frame.to_parquet(partial, index=False)
+    if path.suffix == ".csv":
+        frame.to_csv(partial, index=False)
+    else:
+        frame.to_parquet(partial, index=False)
     os.replace(partial, path)
 
 

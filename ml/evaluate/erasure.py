@@ -110,31 +110,24 @@ def erasure_report(task: Task, paths: TaskPaths, models: list[str]) -> pd.DataFr
         categories = ", ".join(str(int(c)) for c in tag.categories)
         by_tag[tag_id], _ = _erased_population(task, paths, f"no_rule_categories-{tag.name}",
                                                f"i.category_id in ({categories})")
-    rows = []
+    target_ids, users = original["target_id"].to_numpy(), original["user_id"].to_numpy()
+
+    def row(model: str, tag_id: int, name: str, scores: np.ndarray) -> dict:
+        """One tag's AUC (its users ranked) and recall@N under one input."""
+        mine = target_ids == tag_id
+        summary, _ = evaluate_scores(y[mine], scores[mine], target_ids[mine], users[mine], task.evaluate.n,
+                                     buyers=buyers[buyers["target_id"] == tag_id])
+        return {"model": model, "tag": tag_ids[tag_id].name, "input": name, "auc": summary["gauc"],
+                **{f"recall_at_{n}": summary[f"recall_at_{n}"] for n in task.evaluate.n}}
+
     truth = tag_truth(paths.dataset_dir, original, task.backtest, task)
-    for tag_id, tag in tag_ids.items():  # the ceiling, where the generator knows the tag's truth
-        mine = original["target_id"].to_numpy() == tag_id
-        if truth is not None and mine.any() and not np.isnan(truth[mine]).any():
-            summary, _ = evaluate_scores(y[mine], truth[mine], original["target_id"].to_numpy()[mine],
-                                         original["user_id"].to_numpy()[mine], task.evaluate.n,
-                                         buyers=buyers[buyers["target_id"] == tag_id])
-            rows.append({"model": "oracle (ceiling)", "tag": tag.name, "input": "full", "auc": summary["gauc"],
-                         **{f"recall_at_{n}": summary[f"recall_at_{n}"] for n in task.evaluate.n}})
+    # the ceiling, where the generator knows the tag's truth
+    rows = [row("oracle (ceiling)", tag_id, "full", truth) for tag_id in tag_ids
+            if truth is not None and (target_ids == tag_id).any() and not np.isnan(truth[target_ids == tag_id]).any()]
     for model in models:
         bundle = load_bundle(model, paths)
-        inputs = {"full": _scores_on(bundle, paths.exports, task, keys),
-                  "no_buys": _scores_on(bundle, no_buys, task, keys)}
-        for tag_id, exports in by_tag.items():
-            inputs[f"no_rule_categories:{tag_id}"] = _scores_on(bundle, exports, task, keys)
-        for tag_id, tag in tag_ids.items():
-            mine = original["target_id"].to_numpy() == tag_id
-            for name, scores in inputs.items():
-                if name.startswith("no_rule_categories") and name != f"no_rule_categories:{tag_id}":
-                    continue
-                summary, _ = evaluate_scores(y[mine], scores[mine], original["target_id"].to_numpy()[mine],
-                                             original["user_id"].to_numpy()[mine], task.evaluate.n,
-                                             buyers=buyers[buyers["target_id"] == tag_id])
-                rows.append({"model": model, "tag": tag.name, "input": name.split(":")[0],
-                             "auc": summary["gauc"],
-                             **{f"recall_at_{n}": summary[f"recall_at_{n}"] for n in task.evaluate.n}})
+        full, erased_buys = (_scores_on(bundle, root, task, keys) for root in (paths.exports, no_buys))
+        for tag_id in tag_ids:
+            rows += [row(model, tag_id, "full", full), row(model, tag_id, "no_buys", erased_buys),
+                     row(model, tag_id, "no_rule_categories", _scores_on(bundle, by_tag[tag_id], task, keys))]
     return pd.DataFrame(rows)

@@ -99,6 +99,13 @@ def buyer_totals(buyers: pd.DataFrame, by: str = "target") -> pd.DataFrame:
                                           candidates=("is_candidate", "sum"))
 
 
+def ranking_groups(target: np.ndarray, user: np.ndarray, by: str) -> tuple[np.ndarray, np.ndarray]:
+    """(the groups ranked, the tie-break inside a group): each target's users, or each user's targets."""
+    if by not in ("target", "user"):
+        raise ValueError(f"by: expected target or user, got {by!r}")
+    return (target, user) if by == "target" else (user, target)
+
+
 def evaluate_scores(y: np.ndarray, p: np.ndarray, target: np.ndarray, user: np.ndarray,
                     ns: tuple[int, ...] = DEFAULT_NS, buyers: pd.DataFrame | None = None, by: str = "target",
                     ) -> tuple[dict[str, float], pd.DataFrame]:
@@ -113,9 +120,7 @@ def evaluate_scores(y: np.ndarray, p: np.ndarray, target: np.ndarray, user: np.n
     (share of buyers in the population) and `candidate_coverage` (share who had touched the target) are
     reported beside it: recall@N can never exceed coverage.
     """
-    if by not in ("target", "user"):
-        raise ValueError(f"by: expected target or user, got {by!r}")
-    group, other = (target, user) if by == "target" else (user, target)
+    group, other = ranking_groups(target, user, by)
     gauc, gauc_mean, per_auc = group_auc(y, p, group)
     totals = buyer_totals(buyers, by) if buyers is not None else None
     ranking = ranking_metrics(y, p, group, ns, tie_break=other,

@@ -114,11 +114,8 @@ def oracle_at(
     se = np.zeros(len(all_keys))
     if len(hk):
         pos = np.searchsorted(all_keys, hk)
-        e, q, n = np.concatenate(sum_exp), np.concatenate(sum_sq), np.concatenate(n_rec)
-        mean = 1.0 - (e + (r - n)) / r
-        var = np.maximum(q / r - mean**2, 0.0) * r / max(r - 1.0, 1.0)
-        p_buy[pos] = mean
-        se[pos] = np.sqrt(var / r)
+        p_buy[pos], se[pos] = _from_rollouts(np.concatenate(sum_exp), np.concatenate(sum_sq),
+                                             np.concatenate(n_rec), rollouts)
     affinity = np.full(len(all_keys), np.nan, np.float32)
     intent = np.full(len(all_keys), np.nan, np.float32)
     pos = np.searchsorted(all_keys, slot_key)
@@ -147,7 +144,6 @@ def _group_no_buy(row: np.ndarray, brand: np.ndarray, lnb: np.ndarray, groups: n
     """Per (user, tag) of one block: P(a buy in the tag's categories) from the sessions' hazards, a buy of
     the session being in the tag with the brand's share (groups[brand, tag])."""
     p_session = -np.expm1(lnb)
-    r = float(rollouts)
     parts = []
     for g in range(groups.shape[1]):
         share = groups[brand, g]
@@ -157,12 +153,20 @@ def _group_no_buy(row: np.ndarray, brand: np.ndarray, lnb: np.ndarray, groups: n
         k, inv = np.unique(row[m], return_inverse=True)  # rollout rows with a session that could buy in g
         no_buy = np.exp(np.bincount(inv, weights=np.log1p(-np.minimum(p_session[m] * share[m], 1 - 1e-7))))
         users, inv_u = np.unique(first + k // rollouts, return_inverse=True)
-        e, q = np.bincount(inv_u, weights=no_buy), np.bincount(inv_u, weights=(1 - no_buy) ** 2)
-        n = np.bincount(inv_u)
-        mean = 1.0 - (e + (r - n)) / r
-        var = np.maximum(q / r - mean**2, 0.0) * r / max(r - 1.0, 1.0)
+        mean, se = _from_rollouts(np.bincount(inv_u, weights=no_buy), np.bincount(inv_u, weights=(1 - no_buy) ** 2),
+                                  np.bincount(inv_u), rollouts)
         parts.append(pd.DataFrame({"user": users, "tag": g, "p_buy": mean.astype(np.float32),
-                                   "p_buy_se": np.sqrt(var / r).astype(np.float32)}))
+                                   "p_buy_se": se.astype(np.float32)}))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
         {"user": np.zeros(0, np.int64), "tag": np.zeros(0, np.int64), "p_buy": np.zeros(0, np.float32),
          "p_buy_se": np.zeros(0, np.float32)})
+
+
+def _from_rollouts(sum_no_buy: np.ndarray, sum_sq: np.ndarray, n: np.ndarray, rollouts: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """P(buy) and its Monte Carlo standard error per key, from the sums over the n rollouts that had a session
+    (of P(no buy) and of P(buy)^2); a rollout with no session had P(no buy) = 1."""
+    r = float(rollouts)
+    mean = 1.0 - (sum_no_buy + (r - n)) / r
+    var = np.maximum(sum_sq / r - mean**2, 0.0) * r / max(r - 1.0, 1.0)
+    return mean, np.sqrt(var / r)

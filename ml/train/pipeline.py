@@ -23,7 +23,7 @@ import pandas as pd
 
 from ml.evaluate.floors import floor_scores
 from ml.evaluate.intervals import Interval, auc_interval, backtest_intervals
-from ml.evaluate.metrics import auc, buyer_totals, evaluate_scores
+from ml.evaluate.metrics import auc, buyer_totals, evaluate_scores, ranking_groups
 from ml.evaluate.pairs import choose_k, f1_interval, top_k_metrics
 from ml.evaluate.plots import evaluation_plots, importance_plot, training_curves
 from ml.features.dataset import CrowdData, RawExports, fit_feature_map, read_buyers, read_exports
@@ -86,13 +86,7 @@ def oracle_scores(dataset_dir: Path, frame: pd.DataFrame, ds: dt.date, task: Tas
     column = f"{task.target}_id"
     if not files or column not in pq.read_schema(files[0]).names:
         return None
-    oracle = pd.read_parquet(Path(dataset_dir) / "oracle", filters=[("ds", "==", pd.Timestamp(ds))],
-                             columns=["user_id", column, "p_buy"])
-    if oracle.empty:
-        return None
-    merged = frame[["user_id", "target_id"]].merge(
-        oracle.rename(columns={column: "target_id"}), on=["user_id", "target_id"], how="left")
-    return merged["p_buy"].fillna(0.0).to_numpy()
+    return _join_oracle(Path(dataset_dir) / "oracle", column, frame, ds)
 
 
 def tag_truth(dataset_dir: Path, frame: pd.DataFrame, ds: dt.date, task: Task) -> np.ndarray | None:
@@ -108,14 +102,21 @@ def tag_truth(dataset_dir: Path, frame: pd.DataFrame, ds: dt.date, task: Task) -
            if t.min_buys == 1 and t.horizon_days is None and known.get(i + 1) == tuple(t.categories)]
     if not ids:
         return None
-    oracle = pd.read_parquet(folder, filters=[("ds", "==", pd.Timestamp(ds))], columns=["user_id", "tag_id", "p_buy"])
+    p = _join_oracle(folder, "tag_id", frame, ds)
+    if p is not None:
+        p[~frame["target_id"].isin(ids).to_numpy()] = np.nan
+    return p
+
+
+def _join_oracle(folder: Path, column: str, frame: pd.DataFrame, ds: dt.date) -> np.ndarray | None:
+    """P(buy) of an oracle table (keyed by user and `column`) for each row of frame, 0 where it has none;
+    None when it holds nothing for ds."""
+    oracle = pd.read_parquet(folder, filters=[("ds", "==", pd.Timestamp(ds))], columns=["user_id", column, "p_buy"])
     if oracle.empty:
         return None
     merged = frame[["user_id", "target_id"]].merge(
-        oracle.rename(columns={"tag_id": "target_id"}), on=["user_id", "target_id"], how="left")
-    p = merged["p_buy"].fillna(0.0).to_numpy(dtype=np.float64)
-    p[~frame["target_id"].isin(ids).to_numpy()] = np.nan
-    return p
+        oracle.rename(columns={column: "target_id"}), on=["user_id", "target_id"], how="left")
+    return merged["p_buy"].fillna(0.0).to_numpy(dtype=np.float64)
 
 
 def exports_fingerprint(root: Path, dates: list[dt.date]) -> str:
@@ -258,7 +259,7 @@ def train_and_evaluate(
     # each floor's own K, chosen on the validation days like the model's
     floors_valid = floor_scores(valid_raw.samples, task.target) if validation_pairs is not None else {}
     floors = {name: evaluate(s, floors_valid.get(name))[0] for name, s in floor_scores(ev, task.target).items()}
-    group, other = (target, user) if by == "target" else (user, target)
+    group, other = ranking_groups(target, user, by)
     plot_paths = [*evaluation_plots(y, scores, group, other, plots_dir, model, reference,
                                     buyers=buyer_totals(buyers, by)["buyers"]), *extra_plots]
     if "k" in summary:  # the next-day item task: the submission size chosen on validation goes with the model
@@ -307,7 +308,7 @@ def _validation_pairs(valid: pd.DataFrame, paths: TaskPaths, dates: list[dt.date
     """Per validation day: its candidate rows, their labels, and every buyer pair of the day (the F1's
     denominator, candidates or not)."""
     days = []
-    ds = pd.to_datetime(valid["ds"]).dt.date.to_numpy()
+    ds = _dates(valid)
     candidate = valid["is_candidate"].to_numpy(dtype=bool)
     for d in dates:
         rows = np.flatnonzero(candidate & (ds == d))
@@ -315,10 +316,14 @@ def _validation_pairs(valid: pd.DataFrame, paths: TaskPaths, dates: list[dt.date
     return days
 
 
+def _dates(frame: pd.DataFrame) -> np.ndarray:
+    return pd.to_datetime(frame["ds"]).dt.date.to_numpy()
+
+
 def _oracle_validation(paths: TaskPaths, valid: pd.DataFrame, dates: list[dt.date], task: Task) -> np.ndarray | None:
     """The oracle's P(buy) for the validation rows (for its own K), or None when a date has no oracle."""
     out = np.zeros(len(valid))
-    ds = pd.to_datetime(valid["ds"]).dt.date.to_numpy()
+    ds = _dates(valid)
     for d in dates:
         rows = np.flatnonzero(ds == d)
         p = oracle_scores(paths.dataset_dir, valid.iloc[rows], d, task)

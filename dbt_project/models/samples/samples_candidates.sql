@@ -7,7 +7,8 @@
 -- a negative is one of about negatives_per_target drawn from the eligible users, so it stands for
 -- 1 / inclusion_prob of them (what a weighted metric or a calibrated model needs).
 with history as (
-    {{ crowd_history_rows('h.target_id is not null', crowd_run_dates_sql(c['labelled_dates'])) }}
+    {#- a tag's population is every active user, also those active only on items of no tag #}
+    {{ crowd_history_rows('1 = 1' if c['tag_level'] else 'h.target_id is not null', crowd_run_dates_sql(c['labelled_dates'])) }}
 ),
 
 active_pairs as (
@@ -70,7 +71,7 @@ eligible as (
 -- a tag is user-level: every user active in the history window, for every tag (no sampling)
 select
     u.ds, u.user_id, t.target_id, (p.user_id is not null) as is_candidate, cast(1.0 as double) as inclusion_prob
-from (select distinct ds, user_id from ({{ crowd_history_rows('1 = 1', crowd_run_dates_sql(c['labelled_dates'])) }}) as h) as u
+from (select distinct ds, user_id from history) as u
 cross join {{ ref('dim_target_subset') }} as t
 left join active_pairs as p on p.ds = u.ds and p.user_id = u.user_id and p.target_id = t.target_id
 {%- else %}
