@@ -38,7 +38,7 @@ def main() -> None:
         touched = ev["is_candidate"].to_numpy(dtype=bool)
         summary["auc_touched"] = auc(y[touched], scores[touched])
         cells = "  ".join(f"{k} {summary[k]:.4f}" for k in summary
-                          if k.startswith(("auc_touched", "gauc", "recall_at", "ndcg_at_100")))
+                          if k.startswith(("auc_touched", "auc_per_target", "gauc", "recall_at", "ndcg_at_100")))
         print(f"{name:<18} auc {summary['auc']:.4f} ({iv.low:.4f}-{iv.high:.4f})  {cells}  "
               f"[{time.perf_counter() - start:.1f} s]")
 

@@ -42,7 +42,7 @@ def _task(args: argparse.Namespace, **more: object):  # noqa: ANN202
 def _cmd_generate(args: argparse.Namespace) -> int:
     from dataclasses import asdict, replace
 
-    from ml.synth.generate import generate
+    from ml.synth.generate import generate, oracle_manifest
     from ml.synth.params import PRESETS
 
     task = _task(args)
@@ -66,6 +66,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     oracle_tags = tuple((i + 1, tuple(t.categories)) for i, t in enumerate(task.tags)
                         if t.min_buys == 1 and t.horizon_days is None) if oracle_dates else ()
     cfg = replace(preset.config(oracle_dates=oracle_dates, oracle_label_days=label, oracle_rollouts=args.rollouts,
+                                ceiling_dates=(task.backtest,), ceiling_rollouts=args.ceiling_rollouts,
                                 workers=args.workers, oracle_tags=oracle_tags,
                                 **({"seed": seed} if seed is not None else {})), sizes=sizes)
     out = args.out or Paths.default().dataset(args.name or task.dataset)
@@ -76,7 +77,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             print(f"{out} already holds a loaded {old.get('source', '')} log ({old.get('events', 0):,} events): "
                   "nothing to do")
             return 0
-        if old.get("seed") == cfg.seed and old.get("sizes") == wanted:
+        if old.get("seed") == cfg.seed and old.get("sizes") == wanted and old.get("oracle") == oracle_manifest(cfg):
             print(f"{out} already holds this dataset ({old['events']:,} events): nothing to do")
             return 0
     manifest = generate(cfg, out, progress=not args.quiet)
@@ -147,11 +148,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_outcome(o, select_by: str) -> None:  # noqa: ANN001
-    keys = ("f1_at_k", "auc", "gauc", "logloss", "recall_at_100", "coverage", "ndcg_at_100")
+    keys = ("f1_at_k", "auc", "auc_per_target", "gauc", "logloss", "recall_at_100", "coverage", "ndcg_at_100")
     print(f"{o.model:<16} valid {select_by} {o.selection[select_by]:.4f} | backtest "
           + "  ".join(f"{k} {o.summary[k]:.4f}" for k in keys if k in o.summary)
           + (f" (K {o.summary['k']:.0f}, chosen on validation)" if "k" in o.summary else "")
           + (f"   | oracle auc {o.oracle['auc']:.4f}" if o.oracle else "")
+          + (f" ± {o.oracle_error['auc']:.4f}" if "auc" in o.oracle_error else "")
           + (f"   run {o.run_id}" if o.run_id else "") + ("  (new champion)" if o.champion else ""))
     floor = o.below_floor()
     if floor:
@@ -167,7 +169,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     task = _task(args)
     paths = TaskPaths.of(task)
-    bundle = load_bundle(args.model, paths)
+    bundle = load_bundle(args.model, paths, task.comparison_fingerprint())
     raw = bundle.read_population(paths.exports, task.backtest)
     ev = raw.samples
     y, t, u = ev["label_buy"].to_numpy(), ev["target_id"].to_numpy(), ev["user_id"].to_numpy()
@@ -225,11 +227,14 @@ def _cmd_erase(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from ml.report import latest_runs, markdown, report_columns, write_readme
+    import pandas as pd
+
+    from ml.report import latest_runs, markdown, write_readme
 
     task = _task(args)
     paths = TaskPaths.of(task)
-    table = latest_runs(paths, task.evaluate.select_by, report_columns(task))
+    table = latest_runs(paths, task)
+    print(table.attrs["settings"])
     print(markdown(table))
     if args.readme:
         select = f"valid_{task.evaluate.select_by}"
@@ -245,7 +250,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
             note += f" Chosen: {chosen['model']}, backtest AUC {chosen['auc']:.4f}"
             oracle = table[table["model"].str.startswith("oracle")]
             if len(oracle):
-                note += f", {oracle['auc'].iloc[0] - chosen['auc']:.4f} below the oracle's {oracle['auc'].iloc[0]:.4f}"
+                o = oracle.iloc[0]
+                note += f", {o['auc'] - chosen['auc']:.4f} below the oracle's {o['auc']:.4f}"
+                if pd.notna(o.get("auc_err")):
+                    note += f" (± {o['auc_err']:.4f}, its Monte Carlo error)"
             if "f1_at_k" in table.columns:
                 note += f"; F1 {chosen['f1_at_k']:.4f} at K {chosen['k']:.0f}"
                 if len(oracle):
@@ -258,7 +266,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_run_dags(args: argparse.Namespace) -> int:
     from ml.local_airflow import run_pipeline
-    from ml.report import latest_runs, markdown, report_columns
+    from ml.report import latest_runs, markdown
 
     overrides = _overrides(args)
     task = load_task(args.task, overrides)  # validated here; the same overrides go to every DAG run's Params
@@ -269,7 +277,7 @@ def _cmd_run_dags(args: argparse.Namespace) -> int:
     print(f"{len(runs)} DAG runs succeeded in {time.perf_counter() - start:.0f} s "
           f"(task logs: {shared.airflow_home / 'local_run.log'})")
     if not args.no_training:
-        print(markdown(latest_runs(paths, task.evaluate.select_by, report_columns(task))))
+        print(markdown(latest_runs(paths, task)))
         crowds = sorted(paths.crowds.glob("ds=*/crowds.parquet"))
         if crowds:
             print(f"crowds:  {crowds[-1]}  (and the table crowds.forward_crowds in {paths.warehouse})")
@@ -326,7 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--start", type=_date, help="first day of the log (default: the preset's)")
     g.add_argument("--end", type=_date, help="day after the last day of the log (default: the preset's)")
     g.add_argument("--seed", type=int, help="default: the task's generate.seed")
-    g.add_argument("--rollouts", type=int, default=32, help="Monte Carlo rollouts of the oracle per date")
+    g.add_argument("--rollouts", type=int, default=32,
+                   help="Monte Carlo rollouts of the oracle on the training and validation dates (default: 32)")
+    g.add_argument("--ceiling-rollouts", type=int, default=1024,
+                   help="rollouts on the backtest date, whose ceiling the report prints (default: 1024: a Monte "
+                        "Carlo error of its AUC under 0.001)")
     g.add_argument("--oracle-dates", type=_date, nargs="*", help="dates to write the oracle for "
                    "(default: the task's labelled dates)")
     g.add_argument("--no-oracle", action="store_true", help="skip the oracle (faster)")

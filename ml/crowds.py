@@ -84,7 +84,7 @@ def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | Non
     """Score the forward population of as_of with the champion (or a local model) and publish the crowds."""
     from ml.train.bundle import load_bundle
 
-    bundle = load_bundle(model, paths)
+    bundle = load_bundle(model, paths, task.comparison_fingerprint())
     if bundle.config.get("task", task.name) != task.name:
         raise ValueError(f"model {bundle.name} was trained for task {bundle.config['task']}, not {task.name}")
     raw = bundle.read_population(paths.exports, as_of, part="forward")

@@ -1,5 +1,6 @@
-"""The model comparison, from the MLflow store: the latest run of each model, its evaluation metrics and
-the oracle's beside them. Printed for `make run`, and written into the README between markers so the
+"""The model comparison, from the MLflow store: the latest run of each model with the task's settings (its
+comparison fingerprint), its evaluation metrics and the oracle's beside them, with the ceiling's Monte Carlo
+error. Printed for `make run`, and written into the README between markers so the
 published table is always one the code produced."""
 
 from __future__ import annotations
@@ -18,15 +19,17 @@ def markers(task: str) -> tuple[str, str]:
     return f"<!-- comparison:{task}:start -->", f"<!-- comparison:{task}:end -->"
 
 
-COLUMNS = ("auc", "auc_touched", "gauc", "logloss", "recall_at_50", "recall_at_100", "coverage", "ndcg_at_100", "precision_at_100")
+COLUMNS = ("auc", "auc_touched", "auc_per_target", "gauc", "logloss", "recall_at_50", "recall_at_100", "coverage",
+           "ndcg_at_100", "precision_at_100")
 # the share of buyers the evaluated population holds is a property of the task, and K a choice made on the
 # validation day: neither is a model's score (never bold)
 UNRANKED = ("coverage", "k")
-# columns that are means over targets: two models are compared on the same resampled targets (paired), from
-# the per-target table each run logs; the column of that table and its weight
-PAIRED = {"gauc": ("auc", "positives"), "recall_at_50": ("recall_at_50", None),
-          "recall_at_100": ("recall_at_100", None), "ndcg_at_100": ("ndcg_at_100", None),
-          "precision_at_100": ("precision_at_100", None)}
+# columns that are means over the ranked groups: two models are compared on the same resampled groups
+# (paired), from the per-group table each run logs; the column of that table, its weight, and the groups it
+# needs (per-target AUC from a table of targets, GAUC from a table of users; None: either)
+PAIRED = {"auc_per_target": ("auc", "positives", "target_id"), "gauc": ("auc", "n", "user_id"),
+          "recall_at_50": ("recall_at_50", None, None), "recall_at_100": ("recall_at_100", None, None),
+          "ndcg_at_100": ("ndcg_at_100", None, None), "precision_at_100": ("precision_at_100", None, None)}
 LEGEND = ("Figures with their 95 % bootstrap interval (targets resampled, or users for the next-day item task; "
           "users for the pooled AUC, logloss and F1). Bold: the "
           "best model, and every model the data cannot tell from it (the paired interval of the difference over "
@@ -37,7 +40,8 @@ LEGEND = ("Figures with their 95 % bootstrap interval (targets resampled, or use
           "decayed interaction count; carted or collected, then recency; for the item task also carted the day "
           "before and not bought); a model whose AUC interval does not clear the best floor is marked. F1, "
           "precision and recall at k: the top k pairs as a next-day submission, k chosen on the validation "
-          "day for each row.")
+          "day for each row. The oracle's figures carry their Monte Carlo error (±: how far each moves between half "
+          "of its rollouts and all of them).")
 
 
 def report_columns(task: Task) -> tuple[str, ...]:
@@ -45,24 +49,29 @@ def report_columns(task: Task) -> tuple[str, ...]:
     if task.target != "item":
         return COLUMNS
     n = min(task.evaluate.n)  # a user has few candidate items: the smallest cut-off is the one that ranks
-    return ("f1_at_k", "k", "precision_at_k", "recall_at_k", "auc", "gauc", "logloss", f"recall_at_{n}", "coverage")
+    return ("f1_at_k", "k", "precision_at_k", "recall_at_k", "auc", "gauc", "auc_per_target", "logloss",
+            f"recall_at_{n}", "coverage")
 
 
-def latest_runs(paths: TaskPaths, select_by: str, columns: tuple[str, ...] = COLUMNS) -> pd.DataFrame:
-    """One row per model (its latest finished run of the task) plus an `oracle` row: first the metric the
-    champion is chosen on, measured on the validation dates (`valid_<select_by>`), then the COLUMNS metrics of
-    the backtest with their intervals (`C_low`, `C_high`) and whether each is among the best (`C_top`).
-    `columns`: report_columns(task); the table keeps them in table.attrs["columns"] for markdown()."""
+def latest_runs(paths: TaskPaths, task: Task) -> pd.DataFrame:
+    """One row per model (its latest finished run of the task on its dataset with its comparison fingerprint:
+    runs measured on other rows are left out) plus floor and `oracle` rows: first the metric the champion is
+    chosen on, measured on the validation dates (`valid_<select_by>`), then report_columns(task) of the
+    backtest with their intervals (`C_low`, `C_high`), whether each is among the best (`C_top`), and the
+    oracle's Monte Carlo error (`C_err`). The table keeps its columns and settings in table.attrs."""
     import mlflow
 
-    from ml.tracking import configure
+    from ml.tracking import COMPARISON_TAG, configure
 
+    select_by, columns, key = task.evaluate.select_by, report_columns(task), task.comparison_fingerprint()
     configure(paths)
-    runs = mlflow.search_runs(experiment_names=[paths.experiment], filter_string="attributes.status = 'FINISHED'",
+    runs = mlflow.search_runs(experiment_names=[paths.experiment],
+                              filter_string=f"attributes.status = 'FINISHED' and tags.{COMPARISON_TAG} = '{key}'",
                               order_by=["attributes.start_time DESC"])
     if runs.empty:
-        raise ValueError(f"no finished runs of task {paths.task} on {paths.dataset} in the MLflow store: "
-                         f"train models first (crowd train --task {paths.task})")
+        raise ValueError(f"no finished runs of task {paths.task} on {paths.dataset} with these settings "
+                         f"(comparison fingerprint {key}) in the MLflow store: train models first "
+                         f"(crowd train --task {paths.task})")
     runs = runs.drop_duplicates("tags.mlflow.runName")
     rows = []
     for _, r in runs.iterrows():
@@ -85,7 +94,8 @@ def latest_runs(paths: TaskPaths, select_by: str, columns: tuple[str, ...] = COL
     if first in runs.columns and runs[first].notna().any():
         o = runs[runs[first].notna()].iloc[0]
         rows.append({"model": "oracle (ceiling)", "run_id": "",
-                     **{c: o.get(f"metrics.oracle_{c}", float("nan")) for c in columns}})
+                     **{c: o.get(f"metrics.oracle_{c}", float("nan")) for c in columns},
+                     **{f"{c}_err": o.get(f"metrics.oracle_{c}_mc_error", float("nan")) for c in columns}})
     table = pd.DataFrame(rows)
     order = {m: i for i, m in enumerate(["lgbm_per_target", "lgbm_few_mixed", "lgbm_all_mixed", "dnn", "deepfm",
                                          "din", "moe", "ple", "lstm", *(f"floor: {f}" for f in FLOORS),
@@ -93,7 +103,19 @@ def latest_runs(paths: TaskPaths, select_by: str, columns: tuple[str, ...] = COL
     table = table.sort_values("model", key=lambda s: s.map(order).fillna(50)).reset_index(drop=True)
     table = flag_below_floor(mark_best(table, _per_target_tables(table), columns))
     table.attrs["columns"] = tuple(columns)
+    table.attrs["settings"] = settings_line(task, runs)
     return table
+
+
+def settings_line(task: Task, runs: pd.DataFrame) -> str:
+    """What the table's runs share, and what each model's training was (epochs, negatives kept)."""
+    epochs = runs.drop_duplicates("tags.mlflow.runName").set_index("tags.mlflow.runName")
+    per_model = ", ".join(f"{m} {e}" for m, e in epochs.get("params.train_epochs", pd.Series(dtype=str)).dropna().items())
+    return (f"Runs of task {task.name} on dataset {task.dataset} with comparison fingerprint "
+            f"{task.comparison_fingerprint()} (warehouse {task.warehouse_fingerprint()}; training dates "
+            f"{task.samples.first} .. {task.samples.last}, validation {', '.join(map(str, task.validation))}, "
+            f"backtest {task.backtest}; negatives of training kept at {task.training.negative_rate:g}"
+            + (f"; epochs: {per_model}" if per_model else "") + ").")
 
 
 def is_reference(model: pd.Series) -> pd.Series:
@@ -135,7 +157,7 @@ def mark_best(table: pd.DataFrame, per_target: dict[str, pd.DataFrame],
     for c in columns:
         table[f"{c}_top"] = False
         models = table[is_model & table[c].notna()]
-        paired = c in PAIRED and len(per_target) > 0
+        paired = any(_pairable(c, per_target, m, m) for m in models["model"])
         has_interval = paired or (f"{c}_low" in models and models[f"{c}_low"].notna().any())
         if c in UNRANKED or len(models) < 2 or not has_interval:
             continue  # with no interval no model is set apart: a difference is claimed only when it is measured
@@ -144,8 +166,8 @@ def mark_best(table: pd.DataFrame, per_target: dict[str, pd.DataFrame],
         for i, r in models.iterrows():
             if i == best_i:
                 table.loc[i, f"{c}_top"] = True
-            elif c in PAIRED and best["model"] in per_target and r["model"] in per_target:
-                column, weight = PAIRED[c]
+            elif _pairable(c, per_target, best["model"], r["model"]):
+                column, weight, _ = PAIRED[c]
                 a, b = per_target[best["model"]], per_target[r["model"]]
                 a, b = a[a["buyers"] > 0], b[b["buyers"] > 0]
                 table.loc[i, f"{c}_top"] = not paired_target_interval(a, b, column, weight=weight).excludes_zero()
@@ -154,11 +176,22 @@ def mark_best(table: pd.DataFrame, per_target: dict[str, pd.DataFrame],
     return table
 
 
+def _pairable(c: str, per_target: dict[str, pd.DataFrame], a: str, b: str) -> bool:
+    """Whether column c of models a and b can be compared paired: both logged the per-group table it needs."""
+    if c not in PAIRED or a not in per_target or b not in per_target:
+        return False
+    groups = PAIRED[c][2]
+    return groups is None or per_target[a].index.name == per_target[b].index.name == groups
+
+
 def _cell(r: pd.Series, c: str) -> str:
     v = r[c]
     if pd.isna(v):
         return "–"
     text = f"{v:.0f}" if c == "k" else f"{v:.4f}"
+    err = r.get(f"{c}_err")
+    if err is not None and pd.notna(err):
+        text += f" ± {err:.4f}"
     low, high = r.get(f"{c}_low"), r.get(f"{c}_high")
     if c not in UNRANKED and low is not None and high is not None and pd.notna(low) and pd.notna(high):
         text += f" ({low:.3f}–{high:.3f})"
@@ -182,5 +215,6 @@ def write_readme(readme: Path, table: pd.DataFrame, note: str, task: str) -> Non
     text = readme.read_text()
     if start not in text or end not in text:
         raise ValueError(f"{readme} has no {start} ... {end} markers to write the comparison between")
-    block = f"{start}\n{note}\n\n{markdown(table)}\n{end}"
+    settings = table.attrs.get("settings", "")
+    block = f"{start}\n{note}{' ' + settings if settings else ''}\n\n{markdown(table)}\n{end}"
     readme.write_text(re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S))

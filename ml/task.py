@@ -77,8 +77,9 @@ class Evaluate(_Settings):
     targets: tuple[int, ...] = ()
     n: tuple[int, ...] = (10, 50, 100, 500)
     # the metric the champion is chosen on, measured on the validation dates (never on the backtest):
-    # gauc (per-target AUC weighted by buyers), auc, or recall_at_N for one of the n values
-    select_by: str = "gauc"
+    # auc_per_target (each target's AUC, weighted by its buyers), gauc (each user's AUC, weighted by the
+    # user's rows), auc (pooled), or recall_at_N for one of the n values
+    select_by: str = "auc_per_target"
 
     @field_validator("n")
     @classmethod
@@ -89,7 +90,7 @@ class Evaluate(_Settings):
 
     @model_validator(mode="after")
     def _known_selection_metric(self) -> Evaluate:
-        allowed = ["gauc", "auc", *(f"recall_at_{n}" for n in self.n)]
+        allowed = ["auc_per_target", "gauc", "auc", *(f"recall_at_{n}" for n in self.n)]
         if self.select_by not in allowed:
             raise ValueError(f"select_by: expected one of {', '.join(allowed)}, got {self.select_by!r}")
         return self
@@ -313,6 +314,14 @@ class Task(_Settings):
         v = self.dbt_vars()
         keep = {k: v[k] for k in v if k not in ("ds", "forward_date", "crowd_population", "crowd_active_days")}
         return _digest({"dataset": self.dataset, **keep})
+
+    def comparison_fingerprint(self) -> str:
+        """What makes two runs' metrics comparable: the same exports (warehouse_fingerprint), the same
+        validation and backtest dates, the same evaluated targets and metrics. The champion alias and the
+        report are keyed to it: a run measured on other rows never competes with, or sits beside, these."""
+        return _digest({"warehouse": self.warehouse_fingerprint(), "target": self.target,
+                        "validation": [str(d) for d in self.validation], "backtest": str(self.backtest),
+                        "evaluate": self.evaluate.model_dump(mode="json")})
 
     def flat(self) -> dict[str, Any]:
         """Every setting as dotted keys (MLflow params, the run's record)."""

@@ -1,7 +1,12 @@
 """MLflow: one SQLite store under the data directory (with an absolute artifact location), one experiment and
-one registered model per task and dataset (ml.task.TaskPaths), whose `champion` alias moves only when a new
-run beats the current champion on the validation dates (`selection_*` metrics; the backtest's `eval_*` metrics
-never choose)."""
+one registered model per task and dataset (ml.task.TaskPaths).
+
+The champion is keyed to the task's comparison fingerprint (Task.comparison_fingerprint: the exports, the
+validation and backtest dates, the evaluated targets and metrics): the alias `champion-KEY` moves only when a
+new run of the same key beats it on the validation dates (`selection_*` metrics; the backtest's `eval_*`
+metrics never choose), and `crowd score` serves the champion of the task's own key. Runs of other settings are
+measured on other rows and never compete. The plain `champion` alias follows the latest promotion, for the
+MLflow UI."""
 
 from __future__ import annotations
 
@@ -20,6 +25,12 @@ from ml.task import TaskPaths
 
 log = logging.getLogger(__name__)
 CHAMPION = "champion"
+COMPARISON_TAG = "comparison"  # runs and registered versions carry their Task.comparison_fingerprint()
+
+
+def champion_alias(key: str) -> str:
+    """The alias of the champion among runs of one comparison fingerprint."""
+    return f"{CHAMPION}-{key}"
 
 
 def selection_metric(name: str) -> str:
@@ -54,10 +65,11 @@ def configure(paths: TaskPaths) -> str:
     return experiment_id
 
 
-def champion_metric(client: MlflowClient, registered_model: str, metric: str) -> tuple[str | None, float]:
-    """The current champion's version and its value of `metric` (none, or a run without it: -inf)."""
+def champion_metric(client: MlflowClient, registered_model: str, metric: str, key: str
+                    ) -> tuple[str | None, float]:
+    """The current champion of key: its version and its value of `metric` (none, or a run without it: -inf)."""
     try:
-        version = client.get_model_version_by_alias(registered_model, CHAMPION)
+        version = client.get_model_version_by_alias(registered_model, champion_alias(key))
     except mlflow.exceptions.MlflowException:
         return None, -math.inf
     run = client.get_run(version.run_id)
@@ -79,17 +91,19 @@ def champion_lock(paths: TaskPaths) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def promote_if_better(paths: TaskPaths, version: str, metric: str, value: float) -> bool:
-    """Move the task's champion alias to this version only if it beats the current champion on `metric`
-    (read and moved under champion_lock)."""
+def promote_if_better(paths: TaskPaths, version: str, metric: str, value: float, key: str) -> bool:
+    """Move the champion alias of key to this version only if it beats the current champion of key on
+    `metric` (read and moved under champion_lock); the plain alias follows."""
     client = MlflowClient()
     name = paths.registered_model
     with champion_lock(paths):
-        current, best = champion_metric(client, name, metric)
+        current, best = champion_metric(client, name, metric, key)
         if value > best:
+            client.set_registered_model_alias(name, champion_alias(key), version)
             client.set_registered_model_alias(name, CHAMPION, version)
-            log.info("%s champion: version %s (%s %.4f) replaces %s (%.4f)", name, version, metric, value, current,
-                     best)
+            log.info("%s champion of settings %s: version %s (%s %.4f) replaces %s (%.4f)", name, key, version,
+                     metric, value, current, best)
             return True
-    log.info("%s champion stays version %s (%s %.4f >= %.4f)", name, current, metric, best, value)
+    log.info("%s champion of settings %s stays version %s (%s %.4f >= %.4f)", name, key, current, metric, best,
+             value)
     return False

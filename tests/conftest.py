@@ -46,7 +46,7 @@ def task_paths(task: Task) -> TaskPaths:
 @pytest.fixture(scope="session")
 def tiny_config(task: Task) -> GeneratorConfig:
     return GeneratorConfig(sizes=PRESETS["tiny"].sizes, seed=11, oracle_dates=tuple(task.labelled_dates),
-                           oracle_label_days=task.windows.label_days, workers=1)
+                           oracle_label_days=task.windows.label_days, ceiling_dates=(task.backtest,), workers=1)
 
 
 @pytest.fixture(scope="session")

@@ -63,7 +63,19 @@ def test_results_do_not_depend_on_row_order_even_with_tied_scores():
     first, _ = evaluate_scores(y, p, g, user, ns=(5, 20))
     order = rng.permutation(n)
     second, _ = evaluate_scores(y[order], p[order], g[order], user[order], ns=(5, 20))
-    assert first == pytest.approx(second)
+    assert first == pytest.approx(second, nan_ok=True)
+
+
+def test_gauc_is_per_user_weighted_by_the_users_rows_and_auc_per_target_by_the_targets_buyers():
+    # user 1: 4 rows, ranks its one buy above 2 of 3 others (AUC 2/3); user 2: 2 rows, AUC 1; user 3: one class
+    y = np.array([1, 0, 0, 0, 1, 0, 0])
+    p = np.array([0.5, 0.9, 0.1, 0.2, 0.8, 0.3, 0.4])
+    user = np.array([1, 1, 1, 1, 2, 2, 3])
+    target = np.array([7, 8, 7, 8, 7, 8, 7])
+    summary, _ = evaluate_scores(y, p, target, user, ns=(1,))
+    assert summary["gauc"] == pytest.approx((4 * 2 / 3 + 2 * 1.0) / 6)
+    # target 8 holds no buyer: no AUC, skipped
+    assert summary["auc_per_target"] == pytest.approx(roc_auc_score(y[target == 7], p[target == 7]))
 
 
 def test_gauc_skips_groups_with_one_class():

@@ -61,7 +61,7 @@ def test_every_model_starts_at_the_training_labels_base_rate(name, fmap, data):
     labels = np.zeros((1000, 2), np.float32)
     labels[:10, 0] = 1  # 1% buy
     labels[:100, 1] = 1  # 10% collect or cart, with every buyer among them (PLE's towers: y3 = 0.1, y2 = 0)
-    model.init_base_rate(labels)
+    model.init_base_rate(labels, np.ones(len(labels)))
     model.eval()
     with torch.no_grad():
         out = model(_first_batch(data))

@@ -64,7 +64,7 @@ def _write(tmp_path: Path, changes: dict, drop: tuple[str, ...] = ()) -> Path:
     ({"windoes": {}}, (), r"windoes: Extra inputs are not permitted"),
     ({}, ("dataset",), r"dataset: Field required"),
     ({"dataset": "../../etc"}, (), r"dataset: String should match pattern"),
-    ({"evaluate.select_by": "recall_at_20"}, (), r"evaluate: .*select_by: expected one of gauc, auc, recall_at_10"),
+    ({"evaluate.select_by": "recall_at_20"}, (), r"evaluate: .*select_by: expected one of auc_per_target, gauc, auc, recall_at_10"),
 ])
 def test_a_bad_task_file_fails_naming_the_file_and_the_field(tmp_path, changes, drop, message):
     path = _write(tmp_path, changes, drop)

@@ -4,6 +4,7 @@ data directory."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shutil
 
 import mlflow
@@ -15,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from ml.cli import main
 from ml.crowds import CROWD_COLUMNS, last_log_day
 from ml.task import TaskPaths
-from ml.tracking import CHAMPION, configure, promote_if_better, selection_metric
+from ml.tracking import CHAMPION, champion_alias, configure, promote_if_better, selection_metric
 from ml.train.pipeline import train_and_evaluate
 from ml.train.trainer import TrainConfig
 
@@ -36,8 +37,13 @@ def test_every_run_is_recorded_with_metrics_plots_table_and_model(outcomes, task
         assert run.info.run_name == name
         assert run.data.params["task.name"] == "tmall-2013" and run.data.params["task.windows.label_days"] == "7"
         metrics = run.data.metrics
-        assert 0.5 < metrics["eval_gauc"] <= 1 and "eval_auc" in metrics, name and "eval_recall_at_100" in metrics
-        assert metrics["oracle_auc"] > 0.5  # the ceiling sits beside every run
+        assert 0.5 < metrics["eval_auc_per_target"] <= 1 and 0.5 < metrics["eval_gauc"] <= 1, name
+        assert {"eval_auc", "eval_recall_at_100", "eval_gauc_ci_low", "eval_auc_per_target_ci_high"} <= set(metrics)
+        assert metrics["oracle_auc"] > 0.5  # the ceiling sits beside every run, with its Monte Carlo error
+        assert 0 <= metrics["oracle_auc_mc_error"] < 0.005
+        # probabilities of the population: expected buyers near the actual ones, Platt-scaled on validation
+        assert 0.6 < metrics["eval_expected_over_actual"] < 1.5 and metrics["eval_ece"] < 0.01, name
+        assert len(json.loads((o.bundle / "config.json").read_text())["platt"]) == 2
         # and the floors: heuristics on the same rows, which beat chance but not the oracle
         assert 0.5 < metrics["floor_decayed_count_auc"] < metrics["oracle_auc"], name
         assert 0.5 < metrics["floor_cart_then_recency_auc"] < metrics["oracle_auc"], name
@@ -61,15 +67,18 @@ def test_the_champion_alias_points_at_the_best_registered_run_on_the_validation_
     configure(task_paths)
     client = MlflowClient()
     name = task_paths.registered_model
-    versions = client.search_model_versions(f"name='{name}'")
+    key = task.comparison_fingerprint()
+    # the versions of the task's settings (other tests of the session register runs of other settings)
+    versions = [v for v in client.search_model_versions(f"name='{name}'") if v.tags.get("comparison") == key]
     metric = selection_metric(task.evaluate.select_by)
     registered = {v.run_id: client.get_run(v.run_id).data.metrics[metric] for v in versions}
     assert all(client.get_run(v.run_id).data.tags["selected_by"] == metric for v in versions)
-    # every family is registered, LightGBM modes included (runs of other tests in the session's store too)
+    # every family is registered, LightGBM modes included, each version saying what it is
     assert {o.run_id for o in outcomes.values()} <= set(registered)
-    champion = client.get_model_version_by_alias(name, CHAMPION)
+    assert {v.tags["model"] for v in versions} >= set(outcomes)
+    champion = client.get_model_version_by_alias(name, champion_alias(key))
     assert registered[champion.run_id] == max(registered.values())
-    loaded = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
+    loaded = mlflow.pyfunc.load_model(f"models:/{name}@{champion_alias(key)}")
     assert loaded is not None
 
 
@@ -174,17 +183,39 @@ def test_the_champion_is_chosen_on_validation_even_when_the_backtest_would_choos
         return client.create_model_version(paths.registered_model, run.info.artifact_uri, run.info.run_id).version
 
     first = register(selection=0.70, backtest=0.95)
-    assert promote_if_better(paths, first, metric, 0.70)
+    assert promote_if_better(paths, first, metric, 0.70, "k1")
     second = register(selection=0.80, backtest=0.60)
-    assert promote_if_better(paths, second, metric, 0.80)
+    assert promote_if_better(paths, second, metric, 0.80, "k1")
     third = register(selection=0.75, backtest=0.99)
-    assert not promote_if_better(paths, third, metric, 0.75)
+    assert not promote_if_better(paths, third, metric, 0.75, "k1")
+    assert client.get_model_version_by_alias(paths.registered_model, champion_alias("k1")).version == second
     assert client.get_model_version_by_alias(paths.registered_model, CHAMPION).version == second
+
+
+def test_runs_of_other_settings_never_compete_for_the_champion(other_store):
+    """A run measured on other validation rows (another comparison fingerprint) gets its own champion, even
+    with a lower figure; the first settings' champion is untouched and still serves them."""
+    paths = other_store
+    client = MlflowClient()
+    client.create_registered_model(paths.registered_model)
+    metric = selection_metric("gauc")
+    versions = []
+    for value in (0.90, 0.60):
+        with mlflow.start_run() as run:
+            mlflow.log_metric(metric, value)
+        versions.append(client.create_model_version(paths.registered_model, run.info.artifact_uri,
+                                                    run.info.run_id).version)
+    assert promote_if_better(paths, versions[0], metric, 0.90, "settings-a")
+    assert promote_if_better(paths, versions[1], metric, 0.60, "settings-b")
+    alias = client.get_model_version_by_alias
+    assert alias(paths.registered_model, champion_alias("settings-a")).version == versions[0]
+    assert alias(paths.registered_model, champion_alias("settings-b")).version == versions[1]
 
 
 def test_every_run_records_the_metrics_it_was_chosen_on(outcomes, task):
     for name, o in outcomes.items():
-        assert 0.5 < o.selection["gauc"] <= 1 and o.selection.keys() >= {"auc", "gauc", "recall_at_100"}, name
+        assert 0.5 < o.selection["auc_per_target"] <= 1
+        assert o.selection.keys() >= {"auc", "auc_per_target", "gauc", "recall_at_100"}, name
 
 
 def test_a_promotion_waits_for_the_one_in_progress(other_store):
@@ -203,7 +234,7 @@ def test_a_promotion_waits_for_the_one_in_progress(other_store):
     done = []
     with champion_lock(paths):
         worker = threading.Thread(target=lambda: done.append(
-            promote_if_better(paths, version, selection_metric("gauc"), 0.9)))
+            promote_if_better(paths, version, selection_metric("gauc"), 0.9, "k")))
         worker.start()
         time.sleep(1.0)
         assert worker.is_alive() and not done  # blocked while another promotion holds the lock
@@ -246,6 +277,10 @@ def test_report_writes_the_comparison_with_intervals_and_the_selection_metric(ou
     assert f"{auc:.4f} ({iv.low:.3f}–{iv.high:.3f})" in din
     assert "Chosen:" in text and "paired interval" in text
     assert "| floor: decayed_count |" in text and "| floor: cart_then_recency |" in text
+    assert task.comparison_fingerprint() in text  # the settings the runs share are printed with them
+    oracle = next(line for line in text.splitlines() if line.startswith("| oracle (ceiling) |"))
+    assert f"{outcomes['din'].oracle['auc']:.4f} ± {outcomes['din'].oracle_error['auc']:.4f}" in oracle
+    assert outcomes["din"].oracle_error["auc"] < 0.005  # 1,024 rollouts on the backtest date
 
 
 def test_the_report_bolds_only_the_models_the_data_cannot_tell_from_the_best():

@@ -117,7 +117,7 @@ def erasure_report(task: Task, paths: TaskPaths, models: list[str]) -> pd.DataFr
         mine = target_ids == tag_id
         summary, _ = evaluate_scores(y[mine], scores[mine], target_ids[mine], users[mine], task.evaluate.n,
                                      buyers=buyers[buyers["target_id"] == tag_id])
-        return {"model": model, "tag": tag_ids[tag_id].name, "input": name, "auc": summary["gauc"],
+        return {"model": model, "tag": tag_ids[tag_id].name, "input": name, "auc": summary["auc_per_target"],
                 **{f"recall_at_{n}": summary[f"recall_at_{n}"] for n in task.evaluate.n}}
 
     truth = tag_truth(paths.dataset_dir, original, task.backtest, task)
@@ -125,7 +125,7 @@ def erasure_report(task: Task, paths: TaskPaths, models: list[str]) -> pd.DataFr
     rows = [row("oracle (ceiling)", tag_id, "full", truth) for tag_id in tag_ids
             if truth is not None and (target_ids == tag_id).any() and not np.isnan(truth[target_ids == tag_id]).any()]
     for model in models:
-        bundle = load_bundle(model, paths)
+        bundle = load_bundle(model, paths, task.comparison_fingerprint())
         full, erased_buys = (_scores_on(bundle, root, task, keys) for root in (paths.exports, no_buys))
         for tag_id in tag_ids:
             rows += [row(model, tag_id, "full", full), row(model, tag_id, "no_buys", erased_buys),

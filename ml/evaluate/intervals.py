@@ -1,6 +1,6 @@
-"""95 % bootstrap intervals for the comparison: over targets for the per-target means (GAUC, recall@N, NDCG@N,
-coverage), over users for the pooled AUC and logloss, and paired between two models (same resamples) for their
-difference.
+"""95 % bootstrap intervals for the comparison: over targets for the per-target means (per-target AUC,
+recall@N, NDCG@N, coverage), over users for the pooled AUC, logloss and GAUC, and paired between two models
+(same resamples) for their difference.
 
 Targets are the unit a merchant sees, so the per-target metrics resample targets. The pooled AUC resamples
 users with Poisson(1) weights (the rows of one user move together), computed from one sort of the scores per
@@ -124,22 +124,29 @@ def logloss_interval(y: np.ndarray, p: np.ndarray, user: np.ndarray, n_boot: int
     return _percentiles(np.concatenate(means))
 
 
-# per-target columns whose summary is their mean over targets with buyers (GAUC: per-target AUC weighted by
-# positives, kept under the name the summary gives it)
+# per-target columns whose summary is their mean over targets with buyers
 PER_TARGET_PREFIXES = ("recall_at_", "precision_at_", "ndcg_at_", "map_at_")
 
 
-def backtest_intervals(y: np.ndarray, p: np.ndarray, user: np.ndarray, per_target: pd.DataFrame,
+def backtest_intervals(y: np.ndarray, p: np.ndarray, target: np.ndarray, user: np.ndarray, per_target: pd.DataFrame,
                        seed: int, n_boot: int = 1000, n_boot_auc: int = 100) -> dict[str, Interval]:
-    """The interval of every summary metric of evaluate_scores: pooled AUC over users, the rest over targets."""
+    """The interval of every summary metric of evaluate_scores: pooled AUC and logloss over users, per-target
+    AUC and the ranking metrics over targets (the table's ranked groups), GAUC over users."""
+    from ml.evaluate.metrics import per_group_auc
+
     has = per_target[per_target["buyers"] > 0]
     columns = [c for c in has.columns if c.startswith(PER_TARGET_PREFIXES)]
     columns += [c for c in ("coverage", "candidate_coverage") if c in has.columns]
-    resamples = target_resamples(len(has), n_boot, seed)  # one draw of targets for every per-target column
+    resamples = target_resamples(len(has), n_boot, seed)  # one draw of groups for every per-group column
     out = {c: _percentiles(per_target_means(has[c].to_numpy(np.float64), None, resamples)) for c in columns}
-    per_target_auc = has["auc"].to_numpy(np.float64)
-    out["gauc"] = _percentiles(per_target_means(per_target_auc, has["positives"].to_numpy(np.float64), resamples))
-    out["gauc_unweighted"] = _percentiles(per_target_means(per_target_auc, None, resamples))
+    for name, group, weight in (("auc_per_target", target, "positives"), ("gauc", user, "rows")):
+        per = per_group_auc(y, p, group)
+        per = per[per["auc"].notna()]
+        draws = target_resamples(len(per), n_boot, seed)
+        values = per["auc"].to_numpy(np.float64)
+        out[name] = _percentiles(per_target_means(values, per[weight].to_numpy(np.float64), draws))
+        if name == "auc_per_target":
+            out["auc_per_target_unweighted"] = _percentiles(per_target_means(values, None, draws))
     out["auc"] = auc_interval(y, p, user, n_boot=n_boot_auc, seed=seed)
     out["logloss"] = logloss_interval(y, p, user, n_boot=n_boot, seed=seed)
     return out

@@ -10,10 +10,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from sklearn.calibration import calibration_curve  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from ml.evaluate.metrics import ranking_metrics  # noqa: E402
+from ml.train.calibration import expected_calibration_error, reliability  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -50,10 +50,12 @@ def evaluation_plots(y: np.ndarray, p: np.ndarray, target: np.ndarray, user: np.
 
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, score in curves.items():
-        frac, mean_p = calibration_curve(y, np.clip(score, 0, 1), n_bins=15, strategy="quantile")
-        ax.plot(mean_p, frac, marker=".", label=name)
-    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set(xscale="log", yscale="log", xlabel="predicted P(buy)", ylabel="observed share", title="calibration")
+        table = reliability(y, np.clip(score, 0, 1))
+        ax.plot(table["mean_score"], table["observed"], marker=".",
+                label=f"{name} (ECE {expected_calibration_error(y, np.clip(score, 0, 1)):.2g})")
+    ax.plot([1e-6, 1], [1e-6, 1], "k:", lw=0.8)
+    ax.set(xscale="log", yscale="log", xlabel="mean predicted P(buy) (20 bins of equal rows)",
+           ylabel="observed share", title="reliability")
     ax.legend()
     paths.append(_save(fig, out / "calibration.png"))
     return paths

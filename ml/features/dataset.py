@@ -23,6 +23,7 @@ import torch
 
 from ml.features.feature_map import FeatureMap
 from ml.task import Task
+from ml.train.calibration import population_weights
 from ml.warehouse.export import export_dir
 
 LABELS = ("label_buy", "label_collect_cart")
@@ -133,6 +134,9 @@ class CrowdData:
         # the forward set has no labels yet: zeros keep one batch layout for training and scoring
         self.labels = np.stack([s[c].to_numpy(dtype=np.float32) if c in s else np.zeros(len(s), np.float32)
                                 for c in LABELS], axis=1)
+        # each row's weight in the population (1 / inclusion probability): the loss then counts a sampled
+        # negative for every user it stands for, and the scores come out calibrated on the whole population
+        self.weights = population_weights(s)
         self.user_id = s["user_id"].to_numpy(dtype=np.int64)
         self.target_id = s["target_id"].to_numpy(dtype=np.int64)
         self.ds = s["ds"].to_numpy()
@@ -160,6 +164,7 @@ class CrowdData:
             "ids": self.ids[idx],
             "dense": self.dense[idx],
             "labels": self.labels[idx],
+            "weight": self.weights[idx],
             "mask": mask,
             "hist_target": np.where(mask, self.hist_target[flat] if len(self.hist_target) else 0, 0),
             "hist_category": np.where(mask, self.hist_category[flat] if len(self.hist_category) else 0, 0),

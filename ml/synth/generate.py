@@ -7,7 +7,8 @@ chunk per worker whatever the total size.
 Layout of a dataset directory:
     events/part-NNNNN.parquet   user_id, item_id, action, ts (sorted by ts inside a part)
     items.parquet               item_id, category_id, parent_category_id, brand_id, shop_id
-    oracle/part-NNNNN.parquet   ds, user_id, brand_id (item_id with item memory), p_buy, p_buy_se, affinity, intent
+    oracle/part-NNNNN.parquet   ds, user_id, brand_id (item_id with item memory), p_buy, p_buy_se, p_buy_half,
+                                affinity, intent
     oracle_tags/part-NNNNN.parquet  ds, user_id, tag_id, p_buy, p_buy_se (with oracle_tags: P(a buy in the tag's
                                 categories in the label window); users absent had no chance of one)
     item_subset.parquet         item_id: the items a task with target item ranks (presets with a subset)
@@ -65,6 +66,9 @@ def plan_chunks(cfg: GeneratorConfig) -> list[tuple[int, int]]:
 
 
 def _oracle_days(cfg: GeneratorConfig) -> dict[int, dt.date]:
+    if cfg.oracle_dates and min(cfg.oracle_rollouts, cfg.ceiling_rollouts) < 2:
+        raise ValueError(f"the oracle needs at least 2 rollouts per date (its error compares their halves), got "
+                         f"{cfg.oracle_rollouts} and {cfg.ceiling_rollouts} on the ceiling's dates")
     days = {}
     for d in cfg.oracle_dates:
         t = (d - cfg.sizes.start).days
@@ -119,7 +123,8 @@ def simulate_chunk(cfg: GeneratorConfig, world: World, chunk: int, first: int, c
             # its own random stream: asking for an oracle never changes the log
             t0 = time.perf_counter()
             rng_o = np.random.default_rng(np.random.SeedSequence([cfg.seed, 3, chunk, t]))
-            frame = oracle_at(sim, state, t, cfg.oracle_label_days, cfg.oracle_rollouts, rng_o, groups=groups)
+            rollouts = cfg.ceiling_rollouts if oracle_days[t] in cfg.ceiling_dates else cfg.oracle_rollouts
+            frame = oracle_at(sim, state, t, cfg.oracle_label_days, rollouts, rng_o, groups=groups)
             if groups is not None:
                 frame, tags = frame
                 tags.insert(0, "ds", oracle_days[t])
@@ -150,14 +155,14 @@ def simulate_chunk(cfg: GeneratorConfig, world: World, chunk: int, first: int, c
             o["item_id"] = world.item_ids[o.pop("item").to_numpy()]
         else:
             o["brand_id"] = world.brand_ids[o.pop("brand").to_numpy()]
-        o = o[["ds", "user_id", entity, "p_buy", "p_buy_se", "affinity", "intent"]]
+        o = o[["ds", "user_id", entity, "p_buy", "p_buy_se", "p_buy_half", "affinity", "intent"]]
         pq.write_table(pa.Table.from_pandas(o, preserve_index=False), out / "oracle" / f"part-{chunk:05d}.parquet",
                        compression="zstd")
     if tag_parts:
         t = pd.concat(tag_parts, ignore_index=True)
         t["user_id"] = users.ids[t.pop("user").to_numpy()]
         t["tag_id"] = tag_ids[t.pop("tag").to_numpy()]
-        t = t[["ds", "user_id", "tag_id", "p_buy", "p_buy_se"]]
+        t = t[["ds", "user_id", "tag_id", "p_buy", "p_buy_se", "p_buy_half"]]
         pq.write_table(pa.Table.from_pandas(t, preserve_index=False),
                        out / "oracle_tags" / f"part-{chunk:05d}.parquet", compression="zstd")
     return {"chunk": chunk, "events": int(counts.sum()), "actions": counts.tolist(), "oracle_seconds": oracle_seconds}
@@ -209,6 +214,19 @@ def brands_truth_table(world: World) -> pa.Table:
     )
 
 
+def oracle_manifest(cfg: GeneratorConfig) -> dict:
+    """What the manifest says of the oracle: a dataset whose oracle differs is another dataset."""
+    return {
+        "dates": [str(d) for d in cfg.oracle_dates],
+        "label_days": cfg.oracle_label_days,
+        "rollouts": cfg.oracle_rollouts,
+        "ceiling_dates": [str(d) for d in cfg.ceiling_dates if d in cfg.oracle_dates],
+        "ceiling_rollouts": cfg.ceiling_rollouts,
+        "target": "item" if cfg.intensities.item_focus > 0 else "brand",
+        "tags": [{"tag_id": t, "categories": list(c)} for t, c in cfg.oracle_tags],
+    }
+
+
 def generate(cfg: GeneratorConfig, out: Path, progress: bool = True) -> dict:
     """Generate a dataset into `out` (replacing what was there). Returns the manifest."""
     t_start = time.perf_counter()
@@ -250,13 +268,7 @@ def generate(cfg: GeneratorConfig, out: Path, progress: bool = True) -> dict:
         "item_brands": cfg.item_brands,
         "sizes": {k: str(v) if isinstance(v, dt.date) else v for k, v in asdict(cfg.sizes).items()},
         "intensities": asdict(cfg.intensities),
-        "oracle": {
-            "dates": [str(d) for d in cfg.oracle_dates],
-            "label_days": cfg.oracle_label_days,
-            "rollouts": cfg.oracle_rollouts,
-            "target": "item" if cfg.intensities.item_focus > 0 else "brand",
-            "tags": [{"tag_id": t, "categories": list(c)} for t, c in cfg.oracle_tags],
-        },
+        "oracle": oracle_manifest(cfg),
         "hourly": cfg.hourly,
         "item_subset_share": cfg.item_subset_share,
         "chunks": len(chunks),

@@ -54,7 +54,8 @@ def oracle_at(
     memory, every (user, focus item of a considered brand) and any item reached.
 
     Columns: user (index in the chunk), brand or item (index), p_buy, p_buy_se (Monte Carlo standard
-    error), affinity and intent at t0 (the hidden state, for signal tests; NaN off the slots).
+    error), p_buy_half (from the first half of the rollouts alone), affinity and intent at t0 (the hidden
+    state, for signal tests; NaN off the slots).
 
     With `groups` ([brands, tags]: the share of a brand's buys that falls in each tag's categories,
     world.brand_category_shares), also the tags' frame: user, tag (column index), p_buy = P(at least one buy
@@ -62,6 +63,8 @@ def oracle_at(
     Exact for a brand wholly inside or outside a tag; for a brand with items on both sides, a buy outside
     the tag sates the brand for its later sessions inside it, which unrealised buys cannot do.
     """
+    if rollouts < 2:
+        raise ValueError(f"the oracle needs at least 2 rollouts (its error compares their halves), got {rollouts}")
     if t0 + label_days > sim.days:
         raise ValueError(f"oracle day {t0} + {label_days} label days runs past the end of the log ({sim.days} days)")
     snap = state.copy()
@@ -76,7 +79,8 @@ def oracle_at(
     slot_aff = snap.aff0[su, sk] + snap.slope[su, sk] * np.float32(t0)
     slot_int = snap.intent[su, sk]
 
-    keys, sum_exp, sum_sq, n_rec = [], [], [], []
+    keys: list[np.ndarray] = []
+    sums: list[np.ndarray] = []
     tag_parts: list[pd.DataFrame] = []
     block_users = max(1, _BLOCK_ROWS // rollouts)
     for first in range(0, n_u, block_users):
@@ -97,25 +101,18 @@ def oracle_at(
             tag_parts.append(_group_no_buy(row, sessions_brand, lnb, groups, first, rollouts))
         # sum log P(no buy) per (rollout row, brand), then average the products over rollouts
         k1, inv = np.unique(row * n_b + brand, return_inverse=True)
-        s = np.bincount(inv, weights=lnb)
-        user_global = first + (k1 // n_b) // rollouts
-        k2_all = user_global * n_b + k1 % n_b
-        k2, inv2 = np.unique(k2_all, return_inverse=True)
-        no_buy = np.exp(s)
+        rollout_row = k1 // n_b
+        k2, inv2 = np.unique((first + rollout_row // rollouts) * n_b + k1 % n_b, return_inverse=True)
         keys.append(k2)
-        sum_exp.append(np.bincount(inv2, weights=no_buy))
-        sum_sq.append(np.bincount(inv2, weights=(1 - no_buy) ** 2))
-        n_rec.append(np.bincount(inv2))
+        sums.append(_rollout_sums(np.exp(np.bincount(inv, weights=lnb)), inv2, len(k2), rollout_row % rollouts,
+                                  rollouts))
 
     hk = np.concatenate(keys) if keys else np.zeros(0, np.int64)
     all_keys = np.union1d(slot_key, hk)
-    r = float(rollouts)
-    p_buy = np.zeros(len(all_keys))
-    se = np.zeros(len(all_keys))
+    p_buy, se, p_half = (np.zeros(len(all_keys)) for _ in range(3))
     if len(hk):
         pos = np.searchsorted(all_keys, hk)
-        p_buy[pos], se[pos] = _from_rollouts(np.concatenate(sum_exp), np.concatenate(sum_sq),
-                                             np.concatenate(n_rec), rollouts)
+        p_buy[pos], se[pos], p_half[pos] = _from_rollouts(np.concatenate(sums, axis=1), rollouts)
     affinity = np.full(len(all_keys), np.nan, np.float32)
     intent = np.full(len(all_keys), np.nan, np.float32)
     pos = np.searchsorted(all_keys, slot_key)
@@ -127,15 +124,14 @@ def oracle_at(
             "item" if by_item else "brand": (all_keys % n_b).astype(np.int64),
             "p_buy": p_buy.astype(np.float32),
             "p_buy_se": se.astype(np.float32),
+            "p_buy_half": p_half.astype(np.float32),
             "affinity": affinity,
             "intent": intent,
         }
     )
     if groups is None:
         return frame
-    tags = pd.concat(tag_parts, ignore_index=True) if tag_parts else pd.DataFrame(
-        {"user": np.zeros(0, np.int64), "tag": np.zeros(0, np.int64), "p_buy": np.zeros(0, np.float32),
-         "p_buy_se": np.zeros(0, np.float32)})
+    tags = pd.concat(tag_parts, ignore_index=True) if tag_parts else _empty_tags()
     return frame, tags
 
 
@@ -153,20 +149,35 @@ def _group_no_buy(row: np.ndarray, brand: np.ndarray, lnb: np.ndarray, groups: n
         k, inv = np.unique(row[m], return_inverse=True)  # rollout rows with a session that could buy in g
         no_buy = np.exp(np.bincount(inv, weights=np.log1p(-np.minimum(p_session[m] * share[m], 1 - 1e-7))))
         users, inv_u = np.unique(first + k // rollouts, return_inverse=True)
-        mean, se = _from_rollouts(np.bincount(inv_u, weights=no_buy), np.bincount(inv_u, weights=(1 - no_buy) ** 2),
-                                  np.bincount(inv_u), rollouts)
+        mean, se, half = _from_rollouts(_rollout_sums(no_buy, inv_u, len(users), k % rollouts, rollouts), rollouts)
         parts.append(pd.DataFrame({"user": users, "tag": g, "p_buy": mean.astype(np.float32),
-                                   "p_buy_se": se.astype(np.float32)}))
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
-        {"user": np.zeros(0, np.int64), "tag": np.zeros(0, np.int64), "p_buy": np.zeros(0, np.float32),
-         "p_buy_se": np.zeros(0, np.float32)})
+                                   "p_buy_se": se.astype(np.float32), "p_buy_half": half.astype(np.float32)}))
+    return pd.concat(parts, ignore_index=True) if parts else _empty_tags()
 
 
-def _from_rollouts(sum_no_buy: np.ndarray, sum_sq: np.ndarray, n: np.ndarray, rollouts: int
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """P(buy) and its Monte Carlo standard error per key, from the sums over the n rollouts that had a session
-    (of P(no buy) and of P(buy)^2); a rollout with no session had P(no buy) = 1."""
-    r = float(rollouts)
+def _empty_tags() -> pd.DataFrame:
+    return pd.DataFrame({"user": np.zeros(0, np.int64), "tag": np.zeros(0, np.int64),
+                         **{c: np.zeros(0, np.float32) for c in ("p_buy", "p_buy_se", "p_buy_half")}})
+
+
+def _rollout_sums(no_buy: np.ndarray, key: np.ndarray, n_keys: int, rollout: np.ndarray, rollouts: int
+                  ) -> np.ndarray:
+    """[4, n_keys]: per key, over the rollouts with a session, the sums of P(no buy) and of P(buy)^2, the
+    number of such rollouts, and the sum of P(no buy) over those in the first half of the rollouts."""
+    first_half = rollout < rollouts // 2
+    return np.stack([np.bincount(key, weights=no_buy, minlength=n_keys),
+                     np.bincount(key, weights=(1 - no_buy) ** 2, minlength=n_keys),
+                     np.bincount(key, minlength=n_keys).astype(np.float64),
+                     np.bincount(key, weights=no_buy * first_half, minlength=n_keys),
+                     np.bincount(key, weights=first_half, minlength=n_keys)])
+
+
+def _from_rollouts(sums: np.ndarray, rollouts: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """P(buy) and its Monte Carlo standard error per key, and P(buy) from the first half of the rollouts
+    alone (how far the estimate still moves with the number of rollouts: the ceiling's Monte Carlo error);
+    a rollout with no session had P(no buy) = 1."""
+    sum_no_buy, sum_sq, n, half_no_buy, n_half = sums
+    r, h = float(rollouts), float(rollouts // 2)
     mean = 1.0 - (sum_no_buy + (r - n)) / r
     var = np.maximum(sum_sq / r - mean**2, 0.0) * r / max(r - 1.0, 1.0)
-    return mean, np.sqrt(var / r)
+    return mean, np.sqrt(var / r), 1.0 - (half_no_buy + (h - n_half)) / h

@@ -129,6 +129,10 @@ class GeneratorConfig:
     oracle_dates: tuple[dt.date, ...] = ()
     oracle_label_days: int = 7
     oracle_rollouts: int = 32
+    # the dates whose ceiling is reported (a task's backtest) get enough rollouts for a Monte Carlo error of
+    # the oracle's AUC under 0.001; the other dates (training, validation) keep oracle_rollouts
+    ceiling_dates: tuple[dt.date, ...] = ()
+    ceiling_rollouts: int = 1024
     # tags whose truth the oracle writes too (oracle_tags/): (tag id, leaf category ids), for the rule "at
     # least one buy in these categories in the label window" (a task's interest tags)
     oracle_tags: tuple[tuple[int, tuple[int, ...]], ...] = ()

@@ -24,15 +24,9 @@ from ml.features.dataset import CrowdData, RawExports, read_exports
 from ml.features.feature_map import FeatureMap, Vocabulary
 from ml.models.zoo import NEEDS_SERIES, ModelConfig, build_model
 from ml.task import GBDT_MODELS, TaskPaths
+from ml.train.calibration import correct_for_sampling, platt_apply
 from ml.train.gbdt import GbdtResult, predict_gbdt
 from ml.train.trainer import predict, resolve_device
-
-
-def correct_for_sampling(p: np.ndarray, negative_rate: float) -> np.ndarray:
-    """Undo negative down-sampling: the model saw negatives at rate r, so its odds are the true odds / r."""
-    if negative_rate >= 1.0:
-        return p
-    return negative_rate * p / (negative_rate * p + 1.0 - p)
 
 
 @dataclass
@@ -59,16 +53,21 @@ class Bundle:
         return read_exports(exports, [ds], part=part, series_shape=shape,
                             fingerprint=self.config.get("warehouse_fingerprint"))
 
+    def probability(self, output: np.ndarray) -> np.ndarray:
+        """The model's output as P(buy) in the population: the negative sampling of training undone, and a
+        focal-loss model's Platt scaling (fitted on the validation dates) applied."""
+        return platt_apply(correct_for_sampling(output, self.config.get("negative_rate", 1.0)),
+                           self.config.get("platt"))
+
     def score(self, raw: RawExports, device: str = "auto") -> np.ndarray:
-        """P(buy) for every row of raw.samples, corrected for the negative sampling of training."""
-        rate = self.config.get("negative_rate", 1.0)
+        """P(buy) for every row of raw.samples (see probability)."""
         if self.name in GBDT_MODELS:
-            return correct_for_sampling(predict_gbdt(self._gbdt(), raw.samples, self.config["dense"]), rate)
+            return self.probability(predict_gbdt(self._gbdt(), raw.samples, self.config["dense"]))
         fmap = FeatureMap.load(self.path / "feature_map.json")
         model = build_model(self.name, fmap, ModelConfig(**self.config["model_config"]))
         dev = resolve_device(device)
         model.load_state_dict(torch.load(self.path / "weights.pt", map_location=dev, weights_only=True))
-        return correct_for_sampling(predict(model.to(dev), CrowdData(raw, fmap), device=dev), rate)
+        return self.probability(predict(model.to(dev), CrowdData(raw, fmap), device=dev))
 
     def score_frame(self, frame: pd.DataFrame) -> np.ndarray:
         """P(buy) for the rows of a samples-like frame (keys and dense features): LightGBM bundles only, whose
@@ -78,8 +77,7 @@ class Bundle:
         missing = [c for c in ["target_id", *self.config["dense"]] if c not in frame.columns]
         if missing:
             raise ValueError(f"{self.name}: the input lacks {len(missing)} feature column(s), first {missing[:5]}")
-        return correct_for_sampling(predict_gbdt(self._gbdt(), frame, self.config["dense"]),
-                                    self.config.get("negative_rate", 1.0))
+        return self.probability(predict_gbdt(self._gbdt(), frame, self.config["dense"]))
 
     def _gbdt(self) -> GbdtResult:
         """The boosters, read once per bundle: a serving pyfunc scores many batches with the same ones."""
@@ -96,21 +94,23 @@ class Bundle:
                           group_targets=meta["group_targets"], prior=meta["prior"], group_priors=meta["group_priors"])
 
 
-def load_bundle(name: str | None, paths: TaskPaths) -> Bundle:
-    """A local bundle of the task (its models/NAME), or the task's registered champion when no name is given;
-    the bundle's config then also carries `version` and `run_id`."""
+def load_bundle(name: str | None, paths: TaskPaths, key: str) -> Bundle:
+    """A local bundle of the task (its models/NAME), or the registered champion of the task's comparison
+    fingerprint `key` when no name is given; the bundle's config then also carries `version` and `run_id`."""
     if name:
         return Bundle.load(paths.models / name)
     import mlflow
 
-    from ml.tracking import CHAMPION, configure
+    from ml.tracking import champion_alias, configure
 
     configure(paths)
     try:
-        version = mlflow.tracking.MlflowClient().get_model_version_by_alias(paths.registered_model, CHAMPION)
+        version = mlflow.tracking.MlflowClient().get_model_version_by_alias(paths.registered_model,
+                                                                            champion_alias(key))
     except mlflow.exceptions.MlflowException:
-        raise ValueError(f"task {paths.task} on {paths.dataset} has no champion model yet: train one with "
-                         f"`crowd train --task {paths.task}`") from None
+        raise ValueError(f"task {paths.task} on {paths.dataset} has no champion model with these settings "
+                         f"(comparison fingerprint {key}) yet: train one with `crowd train --task {paths.task}`"
+                         ) from None
     bundle = Bundle.load(Path(mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="bundle")))
     bundle.config.update(version=str(version.version), run_id=version.run_id)
     return bundle

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ml.features.feature_map import Vocabulary
+from ml.train.calibration import population_weights
 
 log = logging.getLogger(__name__)
 MODES = ("per_target", "few_mixed", "all_mixed")
@@ -77,13 +78,22 @@ def _features(frame: pd.DataFrame, dense: list[str], vocabularies: dict[str, Voc
 def _fit(name: str, cfg: GbdtConfig, train: pd.DataFrame, valid: pd.DataFrame, dense: list[str],
          vocabularies: dict[str, Vocabulary] | None):
     cats = list(vocabularies) if vocabularies else "auto"
-    dtrain = lgb.Dataset(_features(train, dense, vocabularies), train["label_buy"], categorical_feature=cats)
-    dvalid = lgb.Dataset(_features(valid, dense, vocabularies), valid["label_buy"], reference=dtrain)
+    # rows at their population weight (1 / inclusion probability): calibrated on the population, see
+    # ml.train.calibration
+    dtrain = lgb.Dataset(_features(train, dense, vocabularies), train["label_buy"], categorical_feature=cats,
+                         weight=population_weights(train))
+    dvalid = lgb.Dataset(_features(valid, dense, vocabularies), valid["label_buy"], reference=dtrain,
+                         weight=population_weights(valid))
     callbacks = [lgb.early_stopping(cfg.early_stopping, verbose=False)]
     booster = lgb.train(cfg.params(), dtrain, cfg.max_rounds, valid_sets=[dvalid], callbacks=callbacks)
     log.info("lgbm %s: %d rounds, valid AUC %.4f", name, booster.best_iteration,
              booster.best_score["valid_0"]["auc"])
     return booster
+
+
+def _rate(frame: pd.DataFrame) -> float:
+    """The buy rate of the population the rows stand for."""
+    return float(np.average(frame["label_buy"].to_numpy(np.float64), weights=population_weights(frame)))
 
 
 def train_gbdt(cfg: GbdtConfig, train: pd.DataFrame, valid: pd.DataFrame, evaluation: pd.DataFrame,
@@ -98,14 +108,14 @@ def train_gbdt(cfg: GbdtConfig, train: pd.DataFrame, valid: pd.DataFrame, evalua
         groups = [(f"target{t}", [t]) for t in evaluated_targets]
     vocabularies = {c: Vocabulary.fit(train[c].to_numpy()) for c in CATEGORICAL} if cfg.mode != "per_target" else {}
     result = GbdtResult(np.zeros(0), vocabularies=vocabularies, group_targets=dict(groups),
-                        prior=float(train["label_buy"].mean()))
+                        prior=_rate(train))
     importance = pd.Series(0.0, index=_features(train.head(1), dense, vocabularies).columns)
     start = time.perf_counter()
     for name, targets in groups:
         tr = train if targets is None else train[train["target_id"].isin(targets)]
         va = valid if targets is None else valid[valid["target_id"].isin(targets)]
         if tr["label_buy"].sum() == 0 or va["label_buy"].nunique() < 2:
-            result.group_priors[name] = float(tr["label_buy"].mean()) if len(tr) else 0.0
+            result.group_priors[name] = _rate(tr) if len(tr) else 0.0
             log.info("lgbm %s: too few buyers to learn from, scored with its buy rate", name)
             continue
         booster = _fit(name, cfg, tr, va, dense, vocabularies)

@@ -3,8 +3,10 @@
 Dates come from the task: its sample dates train, its validation dates validate (early stopping, and the
 metric the champion is chosen on), and the backtest date's set (every active user x every evaluated target)
 is where AUC, GAUC and recall@N are reported.
-Negatives of the training dates are down-sampled (negative_rate) for speed; scores are corrected back
-(bundle.correct_for_sampling), so logloss and calibration refer to the true rate.
+Training rows count at their population weight (1 / inclusion probability of the warehouse's sampled
+negatives), and negatives of the training dates are down-sampled (negative_rate) for speed, corrected back
+afterwards; a focal loss's scores are Platt-scaled on the validation dates (ml.train.calibration). So
+logloss, calibration and expected buyers refer to the whole population.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from ml.evaluate.plots import evaluation_plots, importance_plot, training_curves
 from ml.features.dataset import CrowdData, RawExports, fit_feature_map, read_buyers, read_exports
 from ml.models.zoo import NEEDS_SERIES, ModelConfig, build_model
 from ml.task import ALL_MODELS, GBDT_MODELS, Task, TaskPaths
-from ml.train.bundle import Bundle, correct_for_sampling, save_deep_bundle, save_gbdt_bundle
+from ml.train.bundle import Bundle, save_deep_bundle, save_gbdt_bundle
+from ml.train.calibration import (CALIBRATION_METRICS, calibration_summary, correct_for_sampling, platt_apply,
+                                  platt_fit, population_weights)
 from ml.train.gbdt import GbdtConfig, predict_gbdt, train_gbdt
 from ml.train.trainer import TrainConfig, Trainer, predict, seed_everything
 from ml.warehouse.export import export_dir
@@ -46,6 +50,7 @@ class Outcome:
     run_id: str | None = None
     champion: bool = False
     oracle: dict[str, float] = field(default_factory=dict)
+    oracle_error: dict[str, float] = field(default_factory=dict)  # the ceiling's Monte Carlo error, per metric
     train_seconds: float = 0.0
     intervals: dict[str, Interval] = field(default_factory=dict)  # 95 % bootstrap, of the backtest's summary
     selection: dict[str, float] = field(default_factory=dict)  # on the validation dates: what the champion is chosen on
@@ -70,26 +75,24 @@ def _subsample(raw: RawExports, rate: float, seed: int) -> RawExports:
 def train_config(task: Task, model: str, **runtime: object) -> TrainConfig:
     """The trainer's settings for one model of a task: the model's budget over the task's training block,
     plus what only the caller knows (progress bars, device)."""
-    return TrainConfig(**task.budget(model), seed=task.training.seed, **runtime)
+    return TrainConfig(**task.budget(model), seed=task.training.seed, negative_rate=task.training.negative_rate,
+                       **runtime)
 
 
-def oracle_scores(dataset_dir: Path, frame: pd.DataFrame, ds: dt.date, task: Task) -> np.ndarray | None:
+def oracle_scores(dataset_dir: Path, frame: pd.DataFrame, ds: dt.date, task: Task, estimate: str = "p_buy"
+                  ) -> np.ndarray | None:
     """The generator's P(buy) for the rows (0 for a pair it never considers); None without an oracle of this
     date and target (the generator writes one per brand, or per item for a log whose items have memory, and
-    per tag for the interest tags it was given: a tag task's ceiling needs every one of its tags)."""
-    import pyarrow.parquet as pq
-
+    per tag for the interest tags it was given: a tag task's ceiling needs every one of its tags).
+    estimate `p_buy_half` is the same from the first half of the rollouts (the ceiling's Monte Carlo error)."""
     if task.target == "tag":
-        p = tag_truth(dataset_dir, frame, ds, task)
+        p = tag_truth(dataset_dir, frame, ds, task, estimate)
         return None if p is None or np.isnan(p).any() else p
-    files = sorted((Path(dataset_dir) / "oracle").glob("*.parquet"))
-    column = f"{task.target}_id"
-    if not files or column not in pq.read_schema(files[0]).names:
-        return None
-    return _join_oracle(Path(dataset_dir) / "oracle", column, frame, ds)
+    return _join_oracle(Path(dataset_dir) / "oracle", f"{task.target}_id", frame, ds, estimate)
 
 
-def tag_truth(dataset_dir: Path, frame: pd.DataFrame, ds: dt.date, task: Task) -> np.ndarray | None:
+def tag_truth(dataset_dir: Path, frame: pd.DataFrame, ds: dt.date, task: Task, estimate: str = "p_buy"
+              ) -> np.ndarray | None:
     """P(the user takes the tag) per row, for the task's interest tags whose truth the generator wrote as the
     task defines them (same id, same categories); NaN on the other tags' rows; None when it knows none."""
     manifest_path = Path(dataset_dir) / "manifest.json"
@@ -102,21 +105,26 @@ def tag_truth(dataset_dir: Path, frame: pd.DataFrame, ds: dt.date, task: Task) -
            if t.min_buys == 1 and t.horizon_days is None and known.get(i + 1) == tuple(t.categories)]
     if not ids:
         return None
-    p = _join_oracle(folder, "tag_id", frame, ds)
+    p = _join_oracle(folder, "tag_id", frame, ds, estimate)
     if p is not None:
         p[~frame["target_id"].isin(ids).to_numpy()] = np.nan
     return p
 
 
-def _join_oracle(folder: Path, column: str, frame: pd.DataFrame, ds: dt.date) -> np.ndarray | None:
-    """P(buy) of an oracle table (keyed by user and `column`) for each row of frame, 0 where it has none;
-    None when it holds nothing for ds."""
-    oracle = pd.read_parquet(folder, filters=[("ds", "==", pd.Timestamp(ds))], columns=["user_id", column, "p_buy"])
+def _join_oracle(folder: Path, column: str, frame: pd.DataFrame, ds: dt.date, estimate: str) -> np.ndarray | None:
+    """The estimate of P(buy) of an oracle table (keyed by user and `column`) for each row of frame, 0 where
+    it has none; None when the table has no such key or estimate (an older dataset) or nothing for ds."""
+    import pyarrow.parquet as pq
+
+    files = sorted(folder.glob("*.parquet"))
+    if not files or not {column, estimate} <= set(pq.read_schema(files[0]).names):
+        return None
+    oracle = pd.read_parquet(folder, filters=[("ds", "==", pd.Timestamp(ds))], columns=["user_id", column, estimate])
     if oracle.empty:
         return None
     merged = frame[["user_id", "target_id"]].merge(
         oracle.rename(columns={column: "target_id"}), on=["user_id", "target_id"], how="left")
-    return merged["p_buy"].fillna(0.0).to_numpy(dtype=np.float64)
+    return merged[estimate].fillna(0.0).to_numpy(dtype=np.float64)
 
 
 def exports_fingerprint(root: Path, dates: list[dt.date]) -> str:
@@ -128,7 +136,7 @@ def exports_fingerprint(root: Path, dates: list[dt.date]) -> str:
 
 
 # the modules whose code decides what a checkpoint's weights mean
-_TRAINING_CODE = ("models/zoo.py", "models/layers.py", "train/trainer.py", "features/dataset.py",
+_TRAINING_CODE = ("models/zoo.py", "models/layers.py", "train/trainer.py", "train/calibration.py", "features/dataset.py",
                   "features/feature_map.py")
 
 
@@ -225,6 +233,12 @@ def train_and_evaluate(
 
     ns, by = task.evaluate.n, task.ranked_by
     valid_scores = correct_for_sampling(valid_scores, negative_rate)
+    # a few epochs or early stopping leave a model's level off (and a focal loss's output is no probability
+    # at all): every model's output is mapped by Platt scaling fitted on the validation dates' rows at their
+    # population weights (never the backtest's); monotone, so no ranking metric moves
+    platt = platt_fit(valid_raw.samples["label_buy"].to_numpy(), valid_scores, population_weights(valid_raw.samples))
+    valid_scores, scores = platt_apply(valid_scores, platt), platt_apply(scores, platt)
+    _add_to_bundle_config(bundle_dir, platt=list(platt))
     selection = _selection_metrics(valid_raw.samples, valid_scores, ev, task)
     y, target, user = ev["label_buy"].to_numpy(), ev["target_id"].to_numpy(), ev["user_id"].to_numpy()
     # the pairs with history together (is_candidate) are the hard part: the untouched pairs of the full
@@ -236,19 +250,20 @@ def train_and_evaluate(
     def evaluate(p: np.ndarray, p_valid: np.ndarray | None) -> tuple[dict[str, float], pd.DataFrame]:
         s, table = evaluate_scores(y, p, target, user, ns, buyers=buyers, by=by)
         s["auc_touched"] = auc(y[touched], p[touched])
+        s.update(calibration_summary(y, p, touched))
         if validation_pairs is not None and p_valid is not None:
             k = choose_k([(vy, p_valid[rows], n) for rows, vy, n in validation_pairs])
             s.update(top_k_metrics(y, p, len(buyers), k))
         return s, table
 
     summary, per_target = evaluate(scores, valid_scores)
-    intervals = backtest_intervals(y, scores, user, per_target, seed=task.training.seed)
+    intervals = backtest_intervals(y, scores, target, user, per_target, seed=task.training.seed)
     intervals["auc_touched"] = auc_interval(y[touched], scores[touched], user[touched], n_boot=100,
                                             seed=task.training.seed)
     if "f1_at_k" in summary:
         intervals["f1_at_k"] = Interval(*f1_interval(y, scores, user, int(summary["k"]),
                                                      buyers["user_id"].to_numpy(), seed=task.training.seed))
-    oracle = {}
+    oracle, oracle_error = {}, {}
     reference = {}
     p_oracle = oracle_scores(paths.dataset_dir, ev, backtest, task)
     if p_oracle is not None:
@@ -256,6 +271,11 @@ def train_and_evaluate(
                         if validation_pairs is not None else None)
         oracle, _ = evaluate(p_oracle, oracle_valid)
         reference["oracle"] = p_oracle
+        p_half = oracle_scores(paths.dataset_dir, ev, backtest, task, estimate="p_buy_half")
+        if p_half is not None:
+            # how far the ceiling still moves from half its rollouts to all of them: its Monte Carlo error
+            half, _ = evaluate(p_half, oracle_valid)
+            oracle_error = {k: abs(v - half[k]) for k, v in oracle.items() if k in half}
     # each floor's own K, chosen on the validation days like the model's
     floors_valid = floor_scores(valid_raw.samples, task.target) if validation_pairs is not None else {}
     floors = {name: evaluate(s, floors_valid.get(name))[0] for name, s in floor_scores(ev, task.target).items()}
@@ -264,7 +284,8 @@ def train_and_evaluate(
                                     buyers=buyer_totals(buyers, by)["buyers"]), *extra_plots]
     if "k" in summary:  # the next-day item task: the submission size chosen on validation goes with the model
         _add_to_bundle_config(bundle_dir, submission_k=int(summary["k"]))
-    outcome = Outcome(model, summary, per_target, bundle_dir, oracle=oracle, train_seconds=train_seconds,
+    outcome = Outcome(model, summary, per_target, bundle_dir, oracle=oracle, oracle_error=oracle_error,
+                      train_seconds=train_seconds,
                       selection=selection, intervals=intervals, floors=floors)
     log.info("%s on the validation dates: %s %.4f", model, task.evaluate.select_by, selection[task.evaluate.select_by])
     log.info("%s on %s: %s", model, backtest, ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
@@ -275,7 +296,7 @@ def train_and_evaluate(
     if track:
         task_params = {f"task.{k}": v for k, v in task.flat().items()}
         _record(outcome, params | {f"rows_{k}": v for k, v in rows.items()} | task_params,
-                epoch_metrics, plot_paths, paths, task.evaluate.select_by)
+                epoch_metrics, plot_paths, paths, task.evaluate.select_by, task.comparison_fingerprint())
     shutil.rmtree(plots_dir, ignore_errors=True)
     return outcome
 
@@ -356,13 +377,15 @@ def _se_importance(model, data: CrowdData, fmap, out: Path) -> Path:  # noqa: AN
 
 
 def _record(outcome: Outcome, params: dict, epochs: list[dict], plots: list[Path], paths: TaskPaths,
-            select_by: str) -> None:
+            select_by: str, key: str) -> None:
+    """The run, its model registered, and the champion of its comparison fingerprint `key` moved if it wins."""
     import mlflow
 
-    from ml.tracking import configure, promote_if_better, selection_metric
+    from ml.tracking import COMPARISON_TAG, configure, promote_if_better, selection_metric
 
     configure(paths)
-    with mlflow.start_run(run_name=outcome.model, tags={"task": paths.task, "dataset": paths.dataset}) as run:
+    tags = {"task": paths.task, "dataset": paths.dataset, "model": outcome.model, COMPARISON_TAG: key}
+    with mlflow.start_run(run_name=outcome.model, tags=tags) as run:
         mlflow.log_params({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in params.items()})
         for row in epochs:
             mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
@@ -370,9 +393,10 @@ def _record(outcome: Outcome, params: dict, epochs: list[dict], plots: list[Path
         mlflow.log_metrics({f"eval_{k}_ci_{end}": getattr(iv, end) for k, iv in outcome.intervals.items()
                             for end in ("low", "high") if np.isfinite(getattr(iv, end))})
         mlflow.log_metrics({f"oracle_{k}": v for k, v in outcome.oracle.items() if np.isfinite(v)})
+        mlflow.log_metrics({f"oracle_{k}_mc_error": v for k, v in outcome.oracle_error.items() if np.isfinite(v)})
         mlflow.log_metrics({selection_metric(k): v for k, v in outcome.selection.items() if np.isfinite(v)})
         mlflow.log_metrics({f"floor_{name}_{k}": v for name, s in outcome.floors.items() for k, v in s.items()
-                            if np.isfinite(v) and k != "logloss"})  # a floor's scores are not probabilities
+                            if np.isfinite(v) and k not in ("logloss", *CALIBRATION_METRICS)})  # no probabilities
         mlflow.set_tag("above_floor", str(outcome.below_floor() is None).lower())
         mlflow.set_tag("selected_by", selection_metric(select_by))
         table = outcome.per_target.reset_index()
@@ -383,9 +407,13 @@ def _record(outcome: Outcome, params: dict, epochs: list[dict], plots: list[Path
         info = _log_flavour(outcome, paths.registered_model)
         outcome.run_id = run.info.run_id
         if info is not None and info.registered_model_version is not None:
-            outcome.champion = promote_if_better(paths, str(info.registered_model_version),
-                                                 selection_metric(select_by), outcome.selection[select_by])
-            mlflow.set_tag("registered_version", info.registered_model_version)
+            version = str(info.registered_model_version)
+            client = mlflow.tracking.MlflowClient()
+            for k, v in {**tags, selection_metric(select_by): outcome.selection[select_by]}.items():
+                client.set_model_version_tag(paths.registered_model, version, k, str(v))
+            outcome.champion = promote_if_better(paths, version, selection_metric(select_by),
+                                                 outcome.selection[select_by], key)
+            mlflow.set_tag("registered_version", version)
         mlflow.set_tag("champion_at_training", str(outcome.champion).lower())
 
 

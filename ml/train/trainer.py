@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from ml.evaluate.metrics import auc, logloss
 from ml.features.dataset import CrowdData
 from ml.models.zoo import CrowdModel
+from ml.train.calibration import correct_for_sampling
 
 log = logging.getLogger(__name__)
 EPS = 1e-7
@@ -42,6 +43,7 @@ class TrainConfig:
     focal_gamma: float = 2.0
     focal_alpha: float = 0.25
     aux_weight: float = 1.0  # weight of the collect-or-cart loss of multi-task models
+    negative_rate: float = 1.0  # the share of training negatives kept (undone in the validation logloss)
     seed: int = 42
     device: str = "auto"  # auto: cuda when present, else cpu
     progress: bool = True
@@ -83,19 +85,26 @@ def seed_everything(seed: int) -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def binary_loss(p: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+def binary_loss(p: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, weight: torch.Tensor | None = None
+                ) -> torch.Tensor:
+    """The batch's loss, each row counted with its population weight (the mean over the population)."""
     p = p.clamp(EPS, 1 - EPS)
     if cfg.loss == "bce":
-        return F.binary_cross_entropy(p, y)
-    pt = torch.where(y > 0.5, p, 1 - p)
-    alpha = torch.where(y > 0.5, torch.full_like(p, cfg.focal_alpha), torch.full_like(p, 1 - cfg.focal_alpha))
-    return (-alpha * (1 - pt).pow(cfg.focal_gamma) * pt.log()).mean()
+        per_row = F.binary_cross_entropy(p, y, reduction="none")
+    else:
+        pt = torch.where(y > 0.5, p, 1 - p)
+        alpha = torch.where(y > 0.5, torch.full_like(p, cfg.focal_alpha), torch.full_like(p, 1 - cfg.focal_alpha))
+        per_row = -alpha * (1 - pt).pow(cfg.focal_gamma) * pt.log()
+    if weight is None:
+        return per_row.mean()
+    return (per_row * weight).sum() / weight.sum()
 
 
-def model_loss(out: dict[str, torch.Tensor], labels: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    loss = binary_loss(out["buy"], labels[:, 0], cfg)
+def model_loss(out: dict[str, torch.Tensor], labels: torch.Tensor, cfg: TrainConfig,
+               weight: torch.Tensor | None = None) -> torch.Tensor:
+    loss = binary_loss(out["buy"], labels[:, 0], cfg, weight)
     if "collect_cart" in out:
-        loss = loss + cfg.aux_weight * binary_loss(out["collect_cart"], labels[:, 1], cfg)
+        loss = loss + cfg.aux_weight * binary_loss(out["collect_cart"], labels[:, 1], cfg, weight)
     return loss
 
 
@@ -147,7 +156,7 @@ class Trainer:
             log.info("resuming from %s at epoch %d (best AUC %.4f at epoch %d)", self.last_path, start_epoch,
                      best_auc, best_epoch)
         elif isinstance(self.model, CrowdModel):
-            self.model.init_base_rate(train.labels)
+            self.model.init_base_rate(train.labels, train.weights)
         writer = None
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -163,18 +172,19 @@ class Trainer:
             batches = train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch, device=self.device)
             for batch in tqdm(batches, total=n_batches, desc=f"epoch {epoch}", disable=not cfg.progress, leave=False):
                 out = self.model(batch)
-                loss = model_loss(out, batch["labels"], cfg)
+                loss = model_loss(out, batch["labels"], cfg, batch["weight"])
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
                 self.optimizer.step()
                 losses.append(loss.item())
                 n_seen += len(batch["labels"])
-            p = predict(self.model, valid, device=self.device)
+            # the population's logloss: the training's negative sampling undone, rows at their population weight
+            p = correct_for_sampling(predict(self.model, valid, device=self.device), cfg.negative_rate)
             y = valid.labels[:, 0]
             # plain Python numbers: the checkpoint then holds only tensors and builtins (weights_only loading)
             row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "valid_auc": float(auc(y, p)),
-                   "valid_logloss": float(logloss(y, p)), "lr": float(self.optimizer.param_groups[0]["lr"])}
+                   "valid_logloss": float(logloss(y, p, valid.weights)), "lr": float(self.optimizer.param_groups[0]["lr"])}
             history.append(row)
             self.scheduler.step(row["valid_auc"])
             if row["valid_auc"] > best_auc:

@@ -1,0 +1,88 @@
+"""Scores as probabilities of the whole population, not of the training sample.
+
+Two samplings stand between the training rows and the population a crowd is drawn from:
+- the warehouse keeps every candidate pair but only about negatives_per_target of the other users per target
+  and date, drawn without looking at labels; each carries its inclusion probability (`inclusion_prob`), and
+  training weights each row by its inverse (population_weights), so a model's expected buyers are the
+  population's (Horvitz-Thompson);
+- the trainers keep a share `negative_rate` of the negatives, which shifts every odds by that rate: undone
+  exactly afterwards (correct_for_sampling).
+What remains (a few epochs, early stopping, a focal loss, which reshapes the output beyond both) is mapped
+back by Platt scaling fitted on the validation dates' rows at their population weights (platt_fit), before
+scores are reported or served as probabilities.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+EPS = 1e-7
+# the metrics of calibration_summary: meaningless for scores that are an order, not probabilities (the floors)
+CALIBRATION_METRICS = ("expected_over_actual", "expected_over_actual_untouched", "ece")
+
+
+def population_weights(samples: pd.DataFrame) -> np.ndarray:
+    """Each row's weight in the population: 1 / its inclusion probability (1 where the export has none)."""
+    if "inclusion_prob" not in samples:
+        return np.ones(len(samples), np.float32)
+    p = samples["inclusion_prob"].to_numpy(np.float64)
+    if not np.all((p > 0) & (p <= 1)):
+        raise ValueError("inclusion_prob must lie in (0, 1]: the exports are damaged or of another build")
+    return (1.0 / p).astype(np.float32)
+
+
+def correct_for_sampling(p: np.ndarray, negative_rate: float) -> np.ndarray:
+    """Undo negative down-sampling: the model saw negatives at rate r, so its odds are the true odds / r."""
+    if negative_rate >= 1.0:
+        return p
+    return negative_rate * p / (negative_rate * p + 1.0 - p)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), EPS, 1 - EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def platt_fit(y: np.ndarray, p: np.ndarray, weights: np.ndarray | None = None) -> tuple[float, float]:
+    """(a, b) of P(buy) = sigmoid(a * logit(p) + b), by weighted maximum likelihood on held-out rows."""
+    from sklearn.linear_model import LogisticRegression
+
+    lr = LogisticRegression(C=1e6, max_iter=1000)
+    lr.fit(_logit(p)[:, None], np.asarray(y) > 0, sample_weight=weights)
+    return float(lr.coef_[0, 0]), float(lr.intercept_[0])
+
+
+def platt_apply(p: np.ndarray, ab: tuple[float, float] | list[float] | None) -> np.ndarray:
+    if ab is None:
+        return p
+    a, b = ab
+    return 1.0 / (1.0 + np.exp(-(a * _logit(p) + b)))
+
+
+def reliability(y: np.ndarray, p: np.ndarray, bins: int = 20) -> pd.DataFrame:
+    """Rows sorted by score into `bins` groups of equal size (rare events put nearly every row in the lowest
+    of equal-width bins): per group the mean score, the observed rate and the rows."""
+    order = np.argsort(p, kind="stable")
+    group = np.empty(len(p), np.int64)
+    group[order] = np.arange(len(p)) * bins // max(len(p), 1)
+    frame = pd.DataFrame({"group": group, "p": p, "y": np.asarray(y, np.float64)})
+    out = frame.groupby("group").agg(mean_score=("p", "mean"), observed=("y", "mean"), rows=("y", "size"))
+    return out.reset_index(drop=True)
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 20) -> float:
+    """Mean over the rows of |mean score - observed rate| of their reliability bin."""
+    table = reliability(y, p, bins)
+    return float(np.average((table["mean_score"] - table["observed"]).abs(), weights=table["rows"]))
+
+
+def calibration_summary(y: np.ndarray, p: np.ndarray, touched: np.ndarray) -> dict[str, float]:
+    """Expected buyers (the sum of scores) over actual, over every row and over the rows with no history
+    together (where the sampled negatives stood for everyone), and the expected calibration error."""
+    y = np.asarray(y, np.float64)
+    untouched = ~np.asarray(touched, bool)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {"expected_over_actual": float(p.sum() / y.sum()),
+                "expected_over_actual_untouched": float(p[untouched].sum() / y[untouched].sum()),
+                "ece": expected_calibration_error(y, p)}
