@@ -206,6 +206,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_erase(args: argparse.Namespace) -> int:
+    from ml.crowds import write_atomically
     from ml.evaluate.erasure import erasure_report
 
     task = _task(args)
@@ -220,9 +221,30 @@ def _cmd_erase(args: argparse.Namespace) -> int:
           "with the tag's own categories erased (labels from the real log):")
     print(wide.round(4).to_string())
     out = paths.reports / "erasure.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out, index=False)
+    write_atomically(table, out)
     print(f"every metric: {out}")
+    return 0
+
+
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from ml.crowds import write_atomically
+    from ml.evaluate.ablation import GROUPS, ablate, log_ablation
+
+    task = _task(args)
+    paths = TaskPaths.of(task)
+    table, run_id = ablate(task, paths, args.model, tuple(args.groups or GROUPS), device=args.device or "auto")
+    shown = table.set_index("inputs")[[c for c in table.columns if c not in ("model", "inputs")]]
+    print(f"{task.name}: {table['model'].iloc[0]} on the backtest {task.backtest} with every input, and with each "
+          "group of inputs erased at scoring time (drop: what the model loses without it):")
+    print(shown.round(4).to_string())
+    out = paths.reports / f"ablation-{table['model'].iloc[0]}.csv"
+    write_atomically(table, out)
+    if run_id and not args.no_track:
+        log_ablation(table, run_id, paths)
+        print(f"logged to MLflow run {run_id} (ablation_* metrics, ablation.json); table: {out}")
+    else:
+        print(f"table: {out} (no MLflow run of this model with the task's settings to log it to)"
+              if not args.no_track else f"table: {out}")
     return 0
 
 
@@ -309,6 +331,8 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ml.evaluate.ablation import GROUPS as ABLATION_GROUPS
+
     from ml.loaders.formats import FORMATS
     from ml.synth.params import PRESETS
     from ml.task import ALL_MODELS, DEFAULT_TASK, OVERRIDES
@@ -395,6 +419,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "from the inputs")
     er.add_argument("--model", nargs="+", help="trained models of the task (default: every model it trains)")
     er.set_defaults(func=_cmd_erase)
+    ab = sub.add_parser("ablate", parents=[tasked], help="what a model learned: the backtest scored with each "
+                        "group of inputs erased (each action, the sequence, the target's own history), the drop "
+                        "in AUC and recall@N logged to the model's MLflow run")
+    ab.add_argument("--model", help="a trained model of the task (default: the task's champion)")
+    ab.add_argument("--groups", nargs="+", choices=ABLATION_GROUPS,
+                    help=f"the input groups to erase, one at a time (default: all: {', '.join(ABLATION_GROUPS)})")
+    ab.add_argument("--device", help="auto (cuda when present), cpu, cuda ... (default: auto)")
+    ab.add_argument("--no-track", action="store_true", help="do not log the drops to MLflow")
+    ab.set_defaults(func=_cmd_ablate)
 
     sc = sub.add_parser("score", parents=[tasked], help="the forward crowds: features as of the day after the "
                         "log's last (or --as-of), scored by the champion, the top users of every target")

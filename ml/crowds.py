@@ -98,7 +98,7 @@ def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | Non
                          run_id=bundle.config.get("run_id", ""), feature_date=as_of, window_start=as_of,
                          window_end=end)[list(CROWD_COLUMNS)]
     target = out or paths.crowds / f"ds={as_of.isoformat()}" / "crowds.parquet"
-    _write_atomically(crowd, target)
+    write_atomically(crowd, target)
     submission = _write_submission(raw.samples, scores, bundle, target) if task.target == "item" else None
     if out is None:
         _publish_table(crowd, paths.warehouse, task.name, as_of)
@@ -118,11 +118,11 @@ def _write_submission(frame: pd.DataFrame, scores: np.ndarray, bundle, crowds: P
     order = np.lexsort((frame["target_id"].to_numpy(), frame["user_id"].to_numpy(), -np.asarray(scores)))[:int(k)]
     pairs = pd.DataFrame({"user_id": frame["user_id"].to_numpy()[order], "item_id": frame["target_id"].to_numpy()[order]})
     path = crowds.with_name("submission.csv")
-    _write_atomically(pairs, path)
+    write_atomically(pairs, path)
     return path
 
 
-def _write_atomically(frame: pd.DataFrame, path: Path) -> None:
+def write_atomically(frame: pd.DataFrame, path: Path) -> None:
     """Parquet, or CSV for a .csv path, written beside and swapped in."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")

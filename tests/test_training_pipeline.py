@@ -311,3 +311,36 @@ def test_the_same_seed_gives_the_same_metrics_to_1e_6(tiny_exports, tiny_dataset
     first, second = summaries
     assert first.keys() == second.keys()
     assert all(abs(first[k] - second[k]) <= 1e-6 for k in first), {k: (first[k], second[k]) for k in first}
+
+
+def test_ablation_erases_each_input_group_and_logs_the_drops_to_the_models_run(outcomes, task, task_paths, capsys):
+    """DIN without the pair's own history loses AUC (it ranks mostly on it); LightGBM reads no sequence, so
+    emptying it changes nothing; the drops land in the model's own MLflow run."""
+    assert main(["ablate", "--model", "din"]) == 0
+    din = pd.read_csv(task_paths.reports / "ablation-din.csv").set_index("inputs")
+    assert set(din.index) == {"all", "no click", "no collect", "no cart", "no buy", "no sequence",
+                              "no target_history"}
+    assert din.loc["all", "auc"] == pytest.approx(outcomes["din"].summary["auc"], abs=1e-6)
+    assert din.loc["no target_history", "auc_drop"] > 0.02
+    metrics = MlflowClient().get_run(outcomes["din"].run_id).data.metrics
+    assert metrics["ablation_target_history_auc_drop"] == pytest.approx(din.loc["no target_history", "auc_drop"])
+    assert main(["ablate", "--model", "lgbm_all_mixed", "--groups", "sequence", "buy", "--no-track"]) == 0
+    lgbm = pd.read_csv(task_paths.reports / "ablation-lgbm_all_mixed.csv").set_index("inputs")
+    assert lgbm.loc["no sequence", "auc_drop"] == 0 and lgbm.loc["no buy", "auc_drop"] != 0
+
+
+def test_erasing_an_action_takes_it_out_of_features_and_sequences(tiny_exports, task):
+    from ml.evaluate.ablation import erase
+    from ml.features.dataset import read_exports
+
+    raw = read_exports(tiny_exports, [task.backtest], part="evaluation")
+    gone = erase(raw, "buy")
+    assert (gone.samples["u_buy_30d"] == 0).all() and gone.samples["ub_recency_buy"].isna().all()
+    assert (gone.samples["u_click_30d"] == raw.samples["u_click_30d"]).all()
+    assert (gone.sequences["hist_action"] != 4).all() and (raw.sequences["hist_action"] == 4).any()
+    # every user keeps the rest of their sequence, in order
+    kept = raw.sequences["hist_action"] != 4
+    for k in range(0, len(raw.keys), max(1, len(raw.keys) // 50)):
+        before = raw.sequences["hist_target_id"][raw.offsets[k]:raw.offsets[k + 1]]
+        after = gone.sequences["hist_target_id"][gone.offsets[k]:gone.offsets[k + 1]]
+        assert after.tolist() == before[kept[raw.offsets[k]:raw.offsets[k + 1]]].tolist()

@@ -126,8 +126,10 @@ def read_buyers(root: Path, ds: dt.date) -> pd.DataFrame:
 class CrowdData:
     """Encoded columns of one split and the collate step that turns a batch of row indices into tensors."""
 
-    def __init__(self, raw: RawExports, fmap: FeatureMap):
+    def __init__(self, raw: RawExports, fmap: FeatureMap, hide_own_target: bool = False):
+        """hide_own_target: a row's sequence shows no behaviour on the row's own target (an ablation)."""
         s = raw.samples
+        self.hide_own_target = hide_own_target
         self.fmap = fmap
         self.ids = fmap.encode_ids(s)
         self.dense = fmap.encode_dense(s)
@@ -160,6 +162,9 @@ class CrowdData:
         pos = np.arange(width)
         mask = pos[None, :] < lens[:, None]
         flat = np.where(mask, start[:, None] + pos[None, :], 0)
+        if self.hide_own_target and len(self.hist_target):
+            own = self.fmap.vocabularies["target"].encode(self.target_id[idx])
+            mask &= self.hist_target[flat] != own[:, None]
         out = {
             "ids": self.ids[idx],
             "dense": self.dense[idx],

@@ -59,15 +59,17 @@ class Bundle:
         return platt_apply(correct_for_sampling(output, self.config.get("negative_rate", 1.0)),
                            self.config.get("platt"))
 
-    def score(self, raw: RawExports, device: str = "auto") -> np.ndarray:
-        """P(buy) for every row of raw.samples (see probability)."""
+    def score(self, raw: RawExports, device: str = "auto", hide_own_target: bool = False) -> np.ndarray:
+        """P(buy) for every row of raw.samples (see probability); hide_own_target: each row's behaviour
+        sequence without the entries on its own target (an ablation: ml.evaluate.ablation)."""
         if self.name in GBDT_MODELS:
             return self.probability(predict_gbdt(self._gbdt(), raw.samples, self.config["dense"]))
         fmap = FeatureMap.load(self.path / "feature_map.json")
         model = build_model(self.name, fmap, ModelConfig(**self.config["model_config"]))
         dev = resolve_device(device)
         model.load_state_dict(torch.load(self.path / "weights.pt", map_location=dev, weights_only=True))
-        return self.probability(predict(model.to(dev), CrowdData(raw, fmap), device=dev))
+        data = CrowdData(raw, fmap, hide_own_target=hide_own_target)
+        return self.probability(predict(model.to(dev), data, device=dev))
 
     def score_frame(self, frame: pd.DataFrame) -> np.ndarray:
         """P(buy) for the rows of a samples-like frame (keys and dense features): LightGBM bundles only, whose

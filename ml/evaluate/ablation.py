@@ -1,0 +1,126 @@
+"""`crowd ablate`: what a trained model actually learned, by erasing one group of its inputs at scoring time
+and measuring what the backtest loses.
+
+Groups (defined by the feature names the warehouse gives, never by position):
+- one per action (click, collect, cart, buy): every dense feature counting, dating or rating that action set
+  to "never happened" (counts and rates 0, recencies empty), and those actions taken out of the behaviour
+  sequences;
+- `sequence`: the behaviour sequence and the category series emptied (a LightGBM model reads neither: 0);
+- `target_history`: the pair's own history, what the user did with this very target: the pair features
+  (`ub_*`, its last-interaction context included) and the sequence entries on the target.
+Labels and the population stay those of the backtest; only the model's view changes. It is an erasure of
+inputs, not a counterfactual log (features mixing actions, such as the recency of any action, keep their
+value): `crowd erase` rebuilds the warehouse from an erased log where that matters.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from ml.config import ACTIONS
+from ml.task import Task, TaskPaths
+
+if TYPE_CHECKING:  # the CLI reads GROUPS for its help: the scoring stack is imported when it runs
+    from ml.features.dataset import RawExports
+
+log = logging.getLogger(__name__)
+
+GROUPS = (*ACTIONS, "sequence", "target_history")
+PAIR_PREFIX = "ub_"
+
+
+def erased_columns(columns: list[str], group: str) -> list[str]:
+    """The dense and context columns a group erases: an action's by the action's name among the column's
+    words (u_buy_rate_7d, ub_recency_buy, b_buy_per_cart_30d), the target's own history by the pair prefix."""
+    if group == "target_history":
+        return [c for c in columns if c.startswith(PAIR_PREFIX)]
+    if group in ACTIONS:
+        return [c for c in columns if group in c.split("_")[1:]]
+    return []
+
+
+def erase(raw: RawExports, group: str) -> RawExports:
+    """A copy of raw as the model would see it without the group (see the module's docstring)."""
+    if group not in GROUPS:
+        raise ValueError(f"unknown input group {group!r}: expected one of {', '.join(GROUPS)}")
+    samples = raw.samples.copy()
+    for c in erased_columns(list(samples.columns), group):
+        never = "recency" in c or c.startswith(f"{PAIR_PREFIX}last_") or c.endswith("hours_since_last")
+        samples[c] = np.nan if never else 0
+    sequences, offsets, series = raw.sequences, raw.offsets, raw.series
+    if group == "sequence":
+        sequences = {k: v[:0] for k, v in raw.sequences.items()}
+        offsets = np.zeros_like(raw.offsets)
+        series = {k: np.zeros_like(v) for k, v in raw.series.items()}
+    elif group in ACTIONS:
+        keep = raw.sequences["hist_action"] != ACTIONS.index(group) + 1
+        sequences = {k: v[keep] for k, v in raw.sequences.items()}
+        kept = np.concatenate([[0], np.cumsum(keep)])
+        offsets = kept[raw.offsets]  # each user's slice, counted in kept entries
+    return replace(raw, samples=samples, sequences=sequences, offsets=offsets, series=series)
+
+
+def ablate(task: Task, paths: TaskPaths, model: str | None, groups: tuple[str, ...] = GROUPS,
+           device: str = "auto") -> tuple[pd.DataFrame, str | None]:
+    """The backtest's AUC, per-target AUC and recall@N with every input and with each group erased, and the
+    drop; returns the table and the MLflow run it belongs to (the champion's or the named model's latest)."""
+    from ml.evaluate.metrics import evaluate_scores
+    from ml.features.dataset import read_buyers
+    from ml.train.bundle import load_bundle
+
+    bundle = load_bundle(model, paths, task.comparison_fingerprint())
+    raw = bundle.read_population(paths.exports, task.backtest)
+    ev = raw.samples
+    y, target, user = ev["label_buy"].to_numpy(), ev["target_id"].to_numpy(), ev["user_id"].to_numpy()
+    buyers = read_buyers(paths.exports, task.backtest)
+    keys = ("auc", "auc_per_target", *(f"recall_at_{n}" for n in task.evaluate.n))
+
+    def measured(inputs: str, scores: np.ndarray) -> dict:
+        summary, _ = evaluate_scores(y, scores, target, user, task.evaluate.n, buyers=buyers, by=task.ranked_by)
+        return {"model": bundle.name, "inputs": inputs, **{k: summary[k] for k in keys}}
+
+    rows = [measured("all", bundle.score(raw, device=device))]
+    for group in groups:
+        log.info("%s: scoring the backtest without %s", bundle.name, group)
+        rows.append(measured(f"no {group}", bundle.score(erase(raw, group), device=device,
+                                                        hide_own_target=group == "target_history")))
+    table = pd.DataFrame(rows)
+    for k in keys:
+        table[f"{k}_drop"] = table[k].iloc[0] - table[k]
+    return table, bundle.config.get("run_id") or _latest_run(paths, task, bundle.name)
+
+
+def _latest_run(paths: TaskPaths, task: Task, model: str) -> str | None:
+    """The latest finished run of a local model with the task's settings (a bundle not from the registry)."""
+    import mlflow
+
+    from ml.tracking import COMPARISON_TAG, configure
+
+    configure(paths)
+    runs = mlflow.search_runs(experiment_names=[paths.experiment], order_by=["attributes.start_time DESC"],
+                              filter_string=f"tags.mlflow.runName = '{model}' and "
+                                            f"tags.{COMPARISON_TAG} = '{task.comparison_fingerprint()}'")
+    return None if runs.empty else str(runs["run_id"].iloc[0])
+
+
+def log_ablation(table: pd.DataFrame, run_id: str, paths: TaskPaths) -> None:
+    """Into the model's own run: `ablation_<group>_<metric>_drop` metrics and the table."""
+    import mlflow
+
+    from ml.tracking import configure
+
+    configure(paths)
+    client = mlflow.tracking.MlflowClient()
+    for _, r in table.iloc[1:].iterrows():
+        group = r["inputs"].removeprefix("no ")
+        for c in table.columns:
+            if c.endswith("_drop") and np.isfinite(r[c]):
+                client.log_metric(run_id, f"ablation_{group}_{c}", float(r[c]))
+    client.log_table(run_id, table, artifact_file="ablation.json")
+
+
