@@ -20,10 +20,10 @@ def markers(task: str) -> tuple[str, str]:
 
 
 COLUMNS = ("auc", "auc_touched", "auc_per_target", "gauc", "logloss", "recall_at_50", "recall_at_100", "coverage",
-           "ndcg_at_100", "precision_at_100")
+           "ndcg_at_100", "precision_at_100", "expected_over_actual", "ece")
 # the share of buyers the evaluated population holds is a property of the task, and K a choice made on the
-# validation day: neither is a model's score (never bold)
-UNRANKED = ("coverage", "k")
+# validation day: neither is a model's score; calibration is good near 1 and 0, not at a maximum (never bold)
+UNRANKED = ("coverage", "k", "expected_over_actual", "ece")
 # columns that are means over the ranked groups: two models are compared on the same resampled groups
 # (paired), from the per-group table each run logs; the column of that table, its weight, and the groups it
 # needs (per-target AUC from a table of targets, GAUC from a table of users; None: either)
@@ -40,7 +40,8 @@ LEGEND = ("Figures with their 95 % bootstrap interval (targets resampled, or use
           "decayed interaction count; carted or collected, then recency; for the item task also carted the day "
           "before and not bought); a model whose AUC interval does not clear the best floor is marked. F1, "
           "precision and recall at k: the top k pairs as a next-day submission, k chosen on the validation "
-          "day for each row. The oracle's figures carry their Monte Carlo error (±: how far each moves between half "
+          "day for each row. expected_over_actual: the sum of scores over the buyers (1: calibrated on the "
+          "population), ece: the expected calibration error. The oracle's figures carry their Monte Carlo error (±: how far each moves between half "
           "of its rollouts and all of them).")
 
 
@@ -50,7 +51,7 @@ def report_columns(task: Task) -> tuple[str, ...]:
         return COLUMNS
     n = min(task.evaluate.n)  # a user has few candidate items: the smallest cut-off is the one that ranks
     return ("f1_at_k", "k", "precision_at_k", "recall_at_k", "auc", "gauc", "auc_per_target", "logloss",
-            f"recall_at_{n}", "coverage")
+            f"recall_at_{n}", "coverage", "expected_over_actual", "ece")
 
 
 def latest_runs(paths: TaskPaths, task: Task) -> pd.DataFrame:
@@ -151,6 +152,7 @@ def mark_best(table: pd.DataFrame, per_target: dict[str, pd.DataFrame],
               columns: tuple[str, ...] = COLUMNS) -> pd.DataFrame:
     """`C_top` per column: the best model, and every model the data cannot tell from it."""
     from ml.evaluate.intervals import paired_target_interval
+    from ml.evaluate.metrics import averaged_over
 
     table = table.copy()
     is_model = ~is_reference(table["model"])
@@ -169,7 +171,7 @@ def mark_best(table: pd.DataFrame, per_target: dict[str, pd.DataFrame],
             elif _pairable(c, per_target, best["model"], r["model"]):
                 column, weight, _ = PAIRED[c]
                 a, b = per_target[best["model"]], per_target[r["model"]]
-                a, b = a[a["buyers"] > 0], b[b["buyers"] > 0]
+                a, b = a[averaged_over(a, column)], b[averaged_over(b, column)]
                 table.loc[i, f"{c}_top"] = not paired_target_interval(a, b, column, weight=weight).excludes_zero()
             else:
                 table.loc[i, f"{c}_top"] = bool(r[f"{c}_low"] <= best[f"{c}_high"] and best[f"{c}_low"] <= r[f"{c}_high"])
@@ -193,7 +195,7 @@ def _cell(r: pd.Series, c: str) -> str:
     if err is not None and pd.notna(err):
         text += f" ± {err:.4f}"
     low, high = r.get(f"{c}_low"), r.get(f"{c}_high")
-    if c not in UNRANKED and low is not None and high is not None and pd.notna(low) and pd.notna(high):
+    if c not in ("coverage", "k") and low is not None and high is not None and pd.notna(low) and pd.notna(high):
         text += f" ({low:.3f}–{high:.3f})"
     return f"**{text}**" if r.get(f"{c}_top") is True else text
 

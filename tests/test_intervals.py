@@ -71,3 +71,16 @@ def test_the_logloss_interval_covers_the_logloss_and_resamples_users_whole():
     assert by_user.low < log_loss(y, p) < by_user.high
     # resampling rows would pretend 4,000 observations: an interval about sqrt(10) ~ 3x too narrow
     assert (by_user.high - by_user.low) > 2 * (by_row.high - by_row.low)
+
+
+def test_the_expected_buyers_interval_covers_the_ratio_and_a_miscalibration_is_told_apart():
+    from ml.evaluate.intervals import ratio_interval
+
+    rng = np.random.default_rng(4)
+    user = np.repeat(np.arange(3000), 20)
+    p = rng.beta(0.5, 40, len(user))
+    y = (rng.random(len(p)) < p).astype(float)
+    calibrated = ratio_interval(p, y, user, n_boot=500, seed=1)
+    assert calibrated.low < p.sum() / y.sum() < calibrated.high and calibrated.low < 1 < calibrated.high
+    doubled = ratio_interval(2 * p, y, user, n_boot=500, seed=1)
+    assert doubled.low > 1.5

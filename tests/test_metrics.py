@@ -78,6 +78,15 @@ def test_gauc_is_per_user_weighted_by_the_users_rows_and_auc_per_target_by_the_t
     assert summary["auc_per_target"] == pytest.approx(roc_auc_score(y[target == 7], p[target == 7]))
 
 
+def test_precision_counts_every_crowd_and_recall_only_those_with_a_buyer():
+    # target 1: a buyer at the top; target 2: no buyer at all (its crowd of 1 holds no buyer: precision 0)
+    y = np.array([1, 0, 0, 0])
+    p = np.array([0.9, 0.1, 0.8, 0.2])
+    g = np.array([1, 1, 2, 2])
+    summary, _ = evaluate_scores(y, p, g, np.arange(4), ns=(1,))
+    assert summary["precision_at_1"] == 0.5 and summary["recall_at_1"] == 1.0
+
+
 def test_gauc_skips_groups_with_one_class():
     y = np.array([1, 0, 1, 1, 0, 0])
     p = np.array([0.9, 0.1, 0.2, 0.3, 0.4, 0.5])

@@ -124,6 +124,18 @@ def logloss_interval(y: np.ndarray, p: np.ndarray, user: np.ndarray, n_boot: int
     return _percentiles(np.concatenate(means))
 
 
+def ratio_interval(numerator: np.ndarray, denominator: np.ndarray, user: np.ndarray, n_boot: int = 1000,
+                   seed: int = 0) -> Interval:
+    """The interval of sum(numerator) / sum(denominator) (expected over actual buyers), users resampled with
+    Poisson(1) weights over their per-user sums."""
+    codes, uniques = pd.factorize(np.asarray(user))
+    num = np.bincount(codes, weights=np.asarray(numerator, np.float64), minlength=len(uniques))
+    den = np.bincount(codes, weights=np.asarray(denominator, np.float64), minlength=len(uniques))
+    w = np.random.default_rng(seed).poisson(1.0, size=(n_boot, len(uniques))).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return _percentiles((w @ num) / (w @ den))
+
+
 # per-target columns whose summary is their mean over targets with buyers
 PER_TARGET_PREFIXES = ("recall_at_", "precision_at_", "ndcg_at_", "map_at_")
 
@@ -134,11 +146,14 @@ def backtest_intervals(y: np.ndarray, p: np.ndarray, target: np.ndarray, user: n
     AUC and the ranking metrics over targets (the table's ranked groups), GAUC over users."""
     from ml.evaluate.metrics import per_group_auc
 
-    has = per_target[per_target["buyers"] > 0]
-    columns = [c for c in has.columns if c.startswith(PER_TARGET_PREFIXES)]
-    columns += [c for c in ("coverage", "candidate_coverage") if c in has.columns]
-    resamples = target_resamples(len(has), n_boot, seed)  # one draw of groups for every per-group column
-    out = {c: _percentiles(per_target_means(has[c].to_numpy(np.float64), None, resamples)) for c in columns}
+    from ml.evaluate.metrics import averaged_over
+
+    columns = [c for c in per_target.columns if c.startswith(PER_TARGET_PREFIXES)]
+    columns += [c for c in ("coverage", "candidate_coverage") if c in per_target.columns]
+    out = {}
+    for c in columns:  # each over the groups its mean is taken over
+        values = per_target.loc[averaged_over(per_target, c), c].to_numpy(np.float64)
+        out[c] = _percentiles(per_target_means(values, None, target_resamples(len(values), n_boot, seed)))
     for name, group, weight in (("auc_per_target", target, "positives"), ("gauc", user, "rows")):
         per = per_group_auc(y, p, group)
         per = per[per["auc"].notna()]
@@ -149,4 +164,5 @@ def backtest_intervals(y: np.ndarray, p: np.ndarray, target: np.ndarray, user: n
             out["auc_per_target_unweighted"] = _percentiles(per_target_means(values, None, draws))
     out["auc"] = auc_interval(y, p, user, n_boot=n_boot_auc, seed=seed)
     out["logloss"] = logloss_interval(y, p, user, n_boot=n_boot, seed=seed)
+    out["expected_over_actual"] = ratio_interval(p, y, user, n_boot=n_boot, seed=seed)
     return out

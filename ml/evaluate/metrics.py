@@ -68,7 +68,16 @@ def group_auc(y: np.ndarray, p: np.ndarray, group: np.ndarray, weight: str = "po
 @dataclass
 class RankingMetrics:
     per_group: pd.DataFrame  # index: group; columns n, positives, buyers, recall@N, precision@N, ndcg@N, map@N
-    mean: dict[str, float]  # averaged over groups with at least one buyer
+    mean: dict[str, float]  # averaged over the groups averaged_over() says
+
+
+def averaged_over(per_group: pd.DataFrame, column: str) -> pd.Series:
+    """The groups a per-group metric is averaged over: precision@N over every ranked group (a crowd with no
+    buyer in it has precision 0, and leaving it out would flatter the mean), the rest (recall, NDCG, MAP,
+    coverage: undefined without a buyer) over the groups with at least one buyer."""
+    if column.startswith("precision_at_"):
+        return pd.Series(True, index=per_group.index)
+    return per_group["buyers"] > 0
 
 
 def ranking_metrics(y: np.ndarray, p: np.ndarray, group: np.ndarray, ns: tuple[int, ...] = DEFAULT_NS,
@@ -116,8 +125,7 @@ def ranking_metrics(y: np.ndarray, p: np.ndarray, group: np.ndarray, ns: tuple[i
             out[f"ndcg_at_{n}"] = np.where(total > 0, dcg / ideal, np.nan)
             out[f"map_at_{n}"] = np.where(total > 0, ap / ideal_k, np.nan)
     per_group = pd.DataFrame(out, index=pd.Index(groups, name="group"))
-    has = per_group["buyers"] > 0
-    mean = {c: float(per_group.loc[has, c].mean()) for c in per_group.columns if "_at_" in c}
+    mean = {c: float(per_group.loc[averaged_over(per_group, c), c].mean()) for c in per_group.columns if "_at_" in c}
     return RankingMetrics(per_group, mean)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ml.evaluate.floors import floor_scores
-from ml.evaluate.intervals import Interval, auc_interval, backtest_intervals
+from ml.evaluate.intervals import Interval, auc_interval, backtest_intervals, ratio_interval
 from ml.evaluate.metrics import auc, buyer_totals, evaluate_scores, ranking_groups
 from ml.evaluate.pairs import choose_k, f1_interval, top_k_metrics
 from ml.evaluate.plots import evaluation_plots, importance_plot, training_curves
@@ -260,6 +260,9 @@ def train_and_evaluate(
     intervals = backtest_intervals(y, scores, target, user, per_target, seed=task.training.seed)
     intervals["auc_touched"] = auc_interval(y[touched], scores[touched], user[touched], n_boot=100,
                                             seed=task.training.seed)
+    if (~touched).any():
+        intervals["expected_over_actual_untouched"] = ratio_interval(scores[~touched], y[~touched], user[~touched],
+                                                                     seed=task.training.seed)
     if "f1_at_k" in summary:
         intervals["f1_at_k"] = Interval(*f1_interval(y, scores, user, int(summary["k"]),
                                                      buyers["user_id"].to_numpy(), seed=task.training.seed))
