@@ -189,7 +189,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from ml.crowds import build_forward, forward_date, score_forward
+    from ml.crowds import build_forward, expected_buyers_path, forward_date, score_forward
 
     task = _task(args, as_of=args.as_of, crowd_size=args.size)
     paths = TaskPaths.of(task)
@@ -200,6 +200,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     result = score_forward(task, paths, as_of, model=args.model, out=args.out)
     print(f"{task.name}: crowds of {result.targets:,} {task.target} targets for {result.feature_date} .. "
           f"{result.window_end - dt.timedelta(days=1)} by {result.model} ({result.rows:,} rows) -> {result.path}")
+    print(f"buyers to expect: {result.expected_in_crowds:,.1f} in the crowds, {result.expected_in_population:,.1f} in "
+          f"the whole scored population (per target: {expected_buyers_path(result.path)})")
     if result.submission:
         print(f"submission (the top pairs, as many as the F1 was best at on validation): {result.submission}")
     return 0

@@ -4,7 +4,8 @@ Features are built as of the forward date (by default the day after the log's la
 event counts), with no label: the period they predict has not happened yet. The task's champion scores the
 forward population (samples_forward: which pairs is the task's `crowds` setting), and the top users of each
 target are written as parquet and as the warehouse table crowds.forward_crowds, with the model version that
-made them and the window they predict. A backtest on a labelled date is a separate thing (crowd evaluate).
+made them and the window they predict; beside them, crowds_expected_buyers.parquet: per target, the buyers to expect
+in the crowd and in the whole population (sums of the calibrated scores). A backtest on a labelled date is a separate thing (crowd evaluate).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class CrowdsResult:
     feature_date: dt.date
     window_end: dt.date  # exclusive
     submission: Path | None = None  # the next-day item task: the top-K pairs, as the competition took them
+    expected_in_crowds: float = 0.0  # buyers to expect in all the crowds, and in the whole scored population
+    expected_in_population: float = 0.0
 
 
 def last_log_day(dataset_dir: Path) -> dt.date:
@@ -79,6 +82,20 @@ def top_users(frame: pd.DataFrame, scores: np.ndarray, size: int) -> pd.DataFram
     return df[df["rank"] <= size][["target_id", "rank", "user_id", "score"]].reset_index(drop=True)
 
 
+def expected_buyers(frame: pd.DataFrame, scores: np.ndarray, crowd: pd.DataFrame) -> pd.DataFrame:
+    """Per target, the buyers a merchant can expect: in its crowd, and in the whole scored population (sums of
+    calibrated scores: ml.train.calibration), with the population's size."""
+    population = pd.DataFrame({"target_id": frame["target_id"].to_numpy(), "score": np.asarray(scores, np.float64)})
+    total = population.groupby("target_id")["score"].agg(expected_buyers_population="sum", population="size")
+    in_crowd = crowd.groupby("target_id")["score"].agg(expected_buyers_in_crowd="sum", crowd_size="size")
+    return in_crowd.join(total).reset_index()
+
+
+def expected_buyers_path(crowds: Path) -> Path:
+    """Beside the crowds, named after them (a sibling of a user's --out never takes a name they did not give)."""
+    return crowds.with_name(f"{crowds.stem}_expected_buyers.parquet")
+
+
 def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | None = None,
                   size: int | None = None, out: Path | None = None) -> CrowdsResult:
     """Score the forward population of as_of with the champion (or a local model) and publish the crowds."""
@@ -99,12 +116,16 @@ def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | Non
                          window_end=end)[list(CROWD_COLUMNS)]
     target = out or paths.crowds / f"ds={as_of.isoformat()}" / "crowds.parquet"
     write_atomically(crowd, target)
+    expected = expected_buyers(raw.samples, scores, crowd)
+    write_atomically(expected, expected_buyers_path(target))
     submission = _write_submission(raw.samples, scores, bundle, target) if task.target == "item" else None
     if out is None:
         _publish_table(crowd, paths.warehouse, task.name, as_of)
     log.debug("%s: crowds of %d %s targets (top %d) for %s..%s by %s v%s -> %s", task.name, crowd["target_id"].nunique(),
              task.target, size, as_of, end, bundle.name, crowd["model_version"].iloc[0] if len(crowd) else "-", target)
-    return CrowdsResult(target, len(crowd), int(crowd["target_id"].nunique()), bundle.name, as_of, end, submission)
+    return CrowdsResult(target, len(crowd), int(crowd["target_id"].nunique()), bundle.name, as_of, end, submission,
+                        float(expected["expected_buyers_in_crowd"].sum()),
+                        float(expected["expected_buyers_population"].sum()))
 
 
 def _write_submission(frame: pd.DataFrame, scores: np.ndarray, bundle, crowds: Path) -> Path | None:  # noqa: ANN001

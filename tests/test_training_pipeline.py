@@ -103,6 +103,12 @@ def test_score_publishes_forward_crowds_after_the_end_of_the_log(outcomes, task,
     first = crowd[crowd["rank"] == 1].set_index("target_id")["score"]
     last = crowd[crowd["rank"] == 25].set_index("target_id")["score"]
     assert (first >= last).all()
+    # the buyers to expect per target: the crowd's share of the population's, from the same scores
+    expected = pd.read_parquet(tmp_path / "crowd_expected_buyers.parquet").set_index("target_id")
+    in_crowd = crowd.groupby("target_id")["score"].sum()
+    assert expected["expected_buyers_in_crowd"].to_dict() == pytest.approx(in_crowd.to_dict())
+    assert (expected["expected_buyers_in_crowd"] <= expected["expected_buyers_population"] + 1e-9).all()
+    assert (expected["crowd_size"] == 25).all() and (expected["population"] >= 25).all()
     # the champion, from the registry, into the task's crowds and warehouse table
     assert main(["score", "--no-build", "--set", "crowd_size=5"]) == 0
     published = pd.read_parquet(task_paths.crowds / f"ds={last_day + dt.timedelta(days=1)}" / "crowds.parquet")
