@@ -84,3 +84,17 @@ def test_the_expected_buyers_interval_covers_the_ratio_and_a_miscalibration_is_t
     assert calibrated.low < p.sum() / y.sum() < calibrated.high and calibrated.low < 1 < calibrated.high
     doubled = ratio_interval(2 * p, y, user, n_boot=500, seed=1)
     assert doubled.low > 1.5
+
+
+def test_the_ece_interval_covers_the_ece_and_separates_a_miscalibrated_score():
+    from ml.evaluate.intervals import ece_interval
+    from ml.train.calibration import expected_calibration_error
+
+    rng = np.random.default_rng(6)
+    user = np.repeat(np.arange(2000), 25)
+    p = rng.beta(0.5, 30, len(user))
+    y = (rng.random(len(p)) < p).astype(float)
+    good = ece_interval(y, p, user, n_boot=100, seed=2)
+    assert good.low <= expected_calibration_error(y, p) <= good.high
+    bad = ece_interval(y, np.minimum(2 * p, 1), user, n_boot=100, seed=2)
+    assert bad.low > good.high

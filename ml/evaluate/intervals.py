@@ -136,6 +136,33 @@ def ratio_interval(numerator: np.ndarray, denominator: np.ndarray, user: np.ndar
         return _percentiles((w @ num) / (w @ den))
 
 
+def ece_interval(y: np.ndarray, p: np.ndarray, user: np.ndarray, n_boot: int = 200, seed: int = 0,
+                 chunk: int = 10) -> Interval:
+    """The expected calibration error's interval, users resampled (Poisson(1) weights), the bins those of the
+    full set: per resample, three weighted sums per bin."""
+    from ml.train.calibration import reliability_bins
+
+    bins = reliability_bins(p)
+    n_bins = int(bins.max(initial=0)) + 1
+    codes, uniques = pd.factorize(np.asarray(user))
+    key = bins * len(uniques) + codes  # (bin, user) cells: the resample weights users, the sums run over cells
+    cells, inv = np.unique(key, return_inverse=True)
+    sum_p = np.bincount(inv, weights=np.asarray(p, np.float64))
+    sum_y = np.bincount(inv, weights=np.asarray(y, np.float64))
+    rows = np.bincount(inv).astype(np.float64)
+    cell_bin, cell_user = cells // len(uniques), cells % len(uniques)
+    rng = np.random.default_rng(seed)
+    out = []
+    for start in range(0, n_boot, chunk):
+        w = rng.poisson(1.0, size=(min(chunk, n_boot - start), len(uniques))).astype(np.float64)[:, cell_user]
+        for wk in w:
+            n = np.bincount(cell_bin, weights=wk * rows, minlength=n_bins)
+            gap = np.abs(np.bincount(cell_bin, weights=wk * sum_p, minlength=n_bins)
+                         - np.bincount(cell_bin, weights=wk * sum_y, minlength=n_bins))
+            out.append(gap.sum() / n.sum())
+    return _percentiles(np.asarray(out))
+
+
 # per-target columns whose summary is their mean over targets with buyers
 PER_TARGET_PREFIXES = ("recall_at_", "precision_at_", "ndcg_at_", "map_at_")
 
@@ -165,4 +192,5 @@ def backtest_intervals(y: np.ndarray, p: np.ndarray, target: np.ndarray, user: n
     out["auc"] = auc_interval(y, p, user, n_boot=n_boot_auc, seed=seed)
     out["logloss"] = logloss_interval(y, p, user, n_boot=n_boot, seed=seed)
     out["expected_over_actual"] = ratio_interval(p, y, user, n_boot=n_boot, seed=seed)
+    out["ece"] = ece_interval(y, p, user, seed=seed)
     return out

@@ -60,13 +60,18 @@ def platt_apply(p: np.ndarray, ab: tuple[float, float] | list[float] | None) -> 
     return 1.0 / (1.0 + np.exp(-(a * _logit(p) + b)))
 
 
-def reliability(y: np.ndarray, p: np.ndarray, bins: int = 20) -> pd.DataFrame:
-    """Rows sorted by score into `bins` groups of equal size (rare events put nearly every row in the lowest
-    of equal-width bins): per group the mean score, the observed rate and the rows."""
+def reliability_bins(p: np.ndarray, bins: int = 20) -> np.ndarray:
+    """Each row's bin: rows sorted by score into `bins` groups of equal size."""
     order = np.argsort(p, kind="stable")
     group = np.empty(len(p), np.int64)
     group[order] = np.arange(len(p)) * bins // max(len(p), 1)
-    frame = pd.DataFrame({"group": group, "p": p, "y": np.asarray(y, np.float64)})
+    return group
+
+
+def reliability(y: np.ndarray, p: np.ndarray, bins: int = 20) -> pd.DataFrame:
+    """Rows sorted by score into `bins` groups of equal size (rare events put nearly every row in the lowest
+    of equal-width bins): per group the mean score, the observed rate and the rows."""
+    frame = pd.DataFrame({"group": reliability_bins(p, bins), "p": p, "y": np.asarray(y, np.float64)})
     out = frame.groupby("group").agg(mean_score=("p", "mean"), observed=("y", "mean"), rows=("y", "size"))
     return out.reset_index(drop=True)
 
