@@ -9,7 +9,8 @@ import pytest
 
 from ml.features.dataset import read_exports
 from ml.train.calibration import (calibration_summary, correct_for_sampling, expected_calibration_error,
-                                  platt_apply, platt_fit, population_weights, reliability)
+                                  platt_apply, platt_fit, population_weights, reliability, stratified_platt_apply,
+                                  stratified_platt_fit)
 from ml.train.gbdt import GbdtConfig, train_gbdt
 from ml.train.pipeline import _subsample, oracle_scores
 
@@ -23,6 +24,33 @@ def test_platt_scaling_recovers_a_known_distortion():
     a, b = platt_fit(y, distorted)
     assert a == pytest.approx(2.0, rel=0.05) and b == pytest.approx(-2.0, abs=0.15)
     assert expected_calibration_error(y, platt_apply(distorted, (a, b))) < 0.2 * expected_calibration_error(y, distorted)
+
+
+def test_stratified_platt_corrects_two_strata_off_in_opposite_directions():
+    """Pairs with history over-predicted, the others under-predicted: one mapping per stratum brings both
+    sums of scores to their buyers; a stratum with few buyers gets its level only, one with none is kept."""
+    rng = np.random.default_rng(2)
+    n = 100_000
+    touched = rng.random(n) < 0.3
+    true = np.where(touched, rng.beta(1, 20, n), rng.beta(0.5, 400, n))
+    y = rng.random(n) < true
+    model = np.where(touched, np.minimum(2 * true, 0.99), true / 3)
+    params = stratified_platt_fit(y, model, np.ones(n), touched)
+    fixed = stratified_platt_apply(model, touched, params)
+    for rows in (touched, ~touched):
+        assert fixed[rows].sum() / y[rows].sum() == pytest.approx(1.0, abs=0.1)
+        assert abs(model[rows].sum() / y[rows].sum() - 1) > 0.4
+    rows = touched | (rng.random(n) < 0.2)  # the untouched stratum shrinks to a few buyers: level only
+    assert 0 < y[rows & ~touched].sum() < 30
+    params = stratified_platt_fit(y[rows], model[rows], np.ones(rows.sum()), touched[rows])
+    assert params["untouched"][0] == 1.0
+    fixed = stratified_platt_apply(model[rows], touched[rows], params)
+    assert fixed[~touched[rows]].sum() == pytest.approx(y[rows & ~touched].sum(), rel=0.01)
+    assert "untouched" not in stratified_platt_fit(y & touched, model, np.ones(n), touched)
+    # told the stratum's whole count of buyers, its level is fitted to that instead of its sampled labels
+    told = stratified_platt_fit(y & touched, model, np.ones(n), touched, untouched_buyers=float(y[~touched].sum()))
+    level = stratified_platt_apply(model, touched, told)[~touched].sum()
+    assert level == pytest.approx(y[~touched].sum(), rel=0.01)
 
 
 def test_reliability_bins_hold_equal_rows_and_a_calibrated_score_has_a_small_error():

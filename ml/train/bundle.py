@@ -24,7 +24,7 @@ from ml.features.dataset import CrowdData, RawExports, read_exports
 from ml.features.feature_map import FeatureMap, Vocabulary
 from ml.models.zoo import NEEDS_SERIES, ModelConfig, build_model
 from ml.task import GBDT_MODELS, TaskPaths
-from ml.train.calibration import correct_for_sampling, platt_apply
+from ml.train.calibration import correct_for_sampling, stratified_platt_apply
 from ml.train.gbdt import GbdtResult, predict_gbdt
 from ml.train.trainer import predict, resolve_device
 
@@ -53,23 +53,26 @@ class Bundle:
         return read_exports(exports, [ds], part=part, series_shape=shape,
                             fingerprint=self.config.get("warehouse_fingerprint"))
 
-    def probability(self, output: np.ndarray) -> np.ndarray:
-        """The model's output as P(buy) in the population: the negative sampling of training undone, and a
-        focal-loss model's Platt scaling (fitted on the validation dates) applied."""
-        return platt_apply(correct_for_sampling(output, self.config.get("negative_rate", 1.0)),
-                           self.config.get("platt"))
+    def probability(self, output: np.ndarray, frame: pd.DataFrame) -> np.ndarray:
+        """The model's output for the rows of frame as P(buy) in the population: the negative sampling of
+        training undone, and the Platt scaling fitted on the validation dates applied per stratum (frame's
+        is_candidate; a frame without it is taken as pairs with history)."""
+        touched = (frame["is_candidate"].to_numpy(dtype=bool) if "is_candidate" in frame
+                   else np.ones(len(frame), dtype=bool))
+        return stratified_platt_apply(correct_for_sampling(output, self.config.get("negative_rate", 1.0)), touched,
+                                      self.config.get("platt"))
 
     def score(self, raw: RawExports, device: str = "auto", hide_own_target: bool = False) -> np.ndarray:
         """P(buy) for every row of raw.samples (see probability); hide_own_target: each row's behaviour
         sequence without the entries on its own target (an ablation: ml.evaluate.ablation)."""
         if self.name in GBDT_MODELS:
-            return self.probability(predict_gbdt(self._gbdt(), raw.samples, self.config["dense"]))
+            return self.probability(predict_gbdt(self._gbdt(), raw.samples, self.config["dense"]), raw.samples)
         fmap = FeatureMap.load(self.path / "feature_map.json")
         model = build_model(self.name, fmap, ModelConfig(**self.config["model_config"]))
         dev = resolve_device(device)
         model.load_state_dict(torch.load(self.path / "weights.pt", map_location=dev, weights_only=True))
         data = CrowdData(raw, fmap, hide_own_target=hide_own_target)
-        return self.probability(predict(model.to(dev), data, device=dev))
+        return self.probability(predict(model.to(dev), data, device=dev), raw.samples)
 
     def score_frame(self, frame: pd.DataFrame) -> np.ndarray:
         """P(buy) for the rows of a samples-like frame (keys and dense features): LightGBM bundles only, whose
@@ -79,7 +82,7 @@ class Bundle:
         missing = [c for c in ["target_id", *self.config["dense"]] if c not in frame.columns]
         if missing:
             raise ValueError(f"{self.name}: the input lacks {len(missing)} feature column(s), first {missing[:5]}")
-        return self.probability(predict_gbdt(self._gbdt(), frame, self.config["dense"]))
+        return self.probability(predict_gbdt(self._gbdt(), frame, self.config["dense"]), frame)
 
     def _gbdt(self) -> GbdtResult:
         """The boosters, read once per bundle: a serving pyfunc scores many batches with the same ones."""

@@ -8,8 +8,9 @@ Two samplings stand between the training rows and the population a crowd is draw
 - the trainers keep a share `negative_rate` of the negatives, which shifts every odds by that rate: undone
   exactly afterwards (correct_for_sampling).
 What remains (a few epochs, early stopping, a focal loss, which reshapes the output beyond both) is mapped
-back by Platt scaling fitted on the validation dates' rows at their population weights (platt_fit), before
-scores are reported or served as probabilities.
+back by Platt scaling fitted on the validation dates' rows at their population weights, one mapping for the
+pairs with history together and one for the others (stratified_platt_fit): the two are sampled differently
+and a model can be off in opposite directions on them, which one mapping would trade against each other.
 """
 
 from __future__ import annotations
@@ -58,6 +59,63 @@ def platt_apply(p: np.ndarray, ab: tuple[float, float] | list[float] | None) -> 
         return p
     a, b = ab
     return 1.0 / (1.0 + np.exp(-(a * _logit(p) + b)))
+
+
+# below this many buyers (at their weights, rounded) a stratum's slope is noise: only its level is fitted
+MIN_BUYERS_FOR_SLOPE = 30
+STRATA = ("touched", "untouched")
+
+
+def level_fit(p: np.ndarray, weights: np.ndarray, target: float) -> tuple[float, float]:
+    """(1, b): the shift of the logits that makes the weighted sum of scores `target` (the buyers)."""
+    z = _logit(p)
+    lo, hi = -20.0, 20.0
+    for _ in range(60):  # the sum is increasing in b: bisection
+        b = (lo + hi) / 2
+        if np.sum(weights / (1 + np.exp(-(z + b)))) < target:
+            lo = b
+        else:
+            hi = b
+    return 1.0, (lo + hi) / 2
+
+
+def stratified_platt_fit(y: np.ndarray, p: np.ndarray, weights: np.ndarray, touched: np.ndarray,
+                         untouched_buyers: float | None = None) -> dict[str, list[float]]:
+    """{stratum: [a, b]} for the pairs with history together and the others, each from its own rows (a
+    stratum with no buyer keeps the model's output; one with few, only its level).
+
+    The untouched rows are a thin sample (a week's few buyers among them stand for a hundred and more each),
+    so when the caller knows how many untouched buyers the population held (`untouched_buyers`: the
+    validation dates' buyers table counts them all), that stratum's level is fitted to the count instead:
+    the sum of its rows' scores at their population weights equals it."""
+    y, touched = np.asarray(y) > 0, np.asarray(touched, bool)
+    out = {}
+    for name, rows in zip(STRATA, (touched, ~touched)):
+        if not rows.any():
+            continue
+        if name == "untouched" and untouched_buyers is not None:
+            if untouched_buyers > 0:
+                out[name] = list(level_fit(p[rows], weights[rows], untouched_buyers))
+            continue
+        if not y[rows].any() or y[rows].all():
+            continue
+        if y[rows].sum() >= MIN_BUYERS_FOR_SLOPE:
+            out[name] = list(platt_fit(y[rows], p[rows], weights[rows]))
+        else:
+            out[name] = list(level_fit(p[rows], weights[rows], float(np.sum(weights[rows] * y[rows]))))
+    return out
+
+
+def stratified_platt_apply(p: np.ndarray, touched: np.ndarray, params: dict[str, list[float]] | None
+                           ) -> np.ndarray:
+    if not params:
+        return p
+    out = np.array(p, dtype=np.float64, copy=True)
+    touched = np.asarray(touched, bool)
+    for name, rows in zip(STRATA, (touched, ~touched)):
+        if name in params and rows.any():
+            out[rows] = platt_apply(out[rows], params[name])
+    return out
 
 
 def reliability_bins(p: np.ndarray, bins: int = 20) -> np.ndarray:

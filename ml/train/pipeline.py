@@ -32,8 +32,8 @@ from ml.features.dataset import CrowdData, RawExports, fit_feature_map, read_buy
 from ml.models.zoo import NEEDS_SERIES, ModelConfig, build_model
 from ml.task import ALL_MODELS, GBDT_MODELS, Task, TaskPaths
 from ml.train.bundle import Bundle, save_deep_bundle, save_gbdt_bundle
-from ml.train.calibration import (CALIBRATION_METRICS, calibration_summary, correct_for_sampling, platt_apply,
-                                  platt_fit, population_weights)
+from ml.train.calibration import (CALIBRATION_METRICS, calibration_summary, correct_for_sampling,
+                                  population_weights, stratified_platt_apply, stratified_platt_fit)
 from ml.train.gbdt import GbdtConfig, predict_gbdt, train_gbdt
 from ml.train.trainer import TrainConfig, Trainer, predict, seed_everything
 from ml.warehouse.export import export_dir
@@ -236,9 +236,19 @@ def train_and_evaluate(
     # a few epochs or early stopping leave a model's level off (and a focal loss's output is no probability
     # at all): every model's output is mapped by Platt scaling fitted on the validation dates' rows at their
     # population weights (never the backtest's); monotone, so no ranking metric moves
-    platt = platt_fit(valid_raw.samples["label_buy"].to_numpy(), valid_scores, population_weights(valid_raw.samples))
-    valid_scores, scores = platt_apply(valid_scores, platt), platt_apply(scores, platt)
-    _add_to_bundle_config(bundle_dir, platt=list(platt))
+    # fitted on the rows the backtest is about (the evaluated targets' rows: the per-target boosters score
+    # other targets with a constant)
+    v, keep = valid_raw.samples, _selection_rows(valid_raw.samples, ev, task)
+    valid_touched = v["is_candidate"].to_numpy(dtype=bool)
+    # the untouched buyers of the evaluated targets, every one of them, from the validation dates' buyers table
+    untouched_buyers = (None if task.target == "item" else
+                        float(sum(int((b["in_population"] & ~b["is_candidate"]).sum())
+                                  for b in (read_buyers(paths.exports, d) for d in valid_dates))))
+    platt = stratified_platt_fit(v["label_buy"].to_numpy()[keep], valid_scores[keep], population_weights(v)[keep],
+                                 valid_touched[keep], untouched_buyers)
+    valid_scores = stratified_platt_apply(valid_scores, valid_touched, platt)
+    scores = stratified_platt_apply(scores, ev["is_candidate"].to_numpy(dtype=bool), platt)
+    _add_to_bundle_config(bundle_dir, platt=platt)
     selection = _selection_metrics(valid_raw.samples, valid_scores, ev, task)
     y, target, user = ev["label_buy"].to_numpy(), ev["target_id"].to_numpy(), ev["user_id"].to_numpy()
     # the pairs with history together (is_candidate) are the hard part: the untouched pairs of the full
@@ -314,10 +324,7 @@ def _selection_metrics(valid: pd.DataFrame, scores: np.ndarray, ev: pd.DataFrame
     the backtest covers, chosen from history before it), so that no label of the backtest decides anything.
     The per-target and few-mixed boosters cover only those targets; other targets would get a constant score.
     For the next-day item task: the validation days' candidate pairs, the population the backtest scores."""
-    if task.target == "item":
-        keep = valid["is_candidate"].to_numpy(dtype=bool)
-    else:
-        keep = valid["target_id"].isin(np.unique(ev["target_id"].to_numpy())).to_numpy()
+    keep = _selection_rows(valid, ev, task)
     v = valid[keep]
     if v["label_buy"].sum() == 0:
         raise ValueError("the validation dates hold no buyer of an evaluated target: nothing to choose a champion "
@@ -325,6 +332,14 @@ def _selection_metrics(valid: pd.DataFrame, scores: np.ndarray, ev: pd.DataFrame
     summary, _ = evaluate_scores(v["label_buy"].to_numpy(), scores[keep], v["target_id"].to_numpy(),
                                  v["user_id"].to_numpy(), task.evaluate.n, by=task.ranked_by)
     return summary
+
+
+def _selection_rows(valid: pd.DataFrame, ev: pd.DataFrame, task: Task) -> np.ndarray:
+    """The validation rows the backtest's population corresponds to: the evaluated targets' rows, or for
+    the next-day item task the candidate pairs."""
+    if task.target == "item":
+        return valid["is_candidate"].to_numpy(dtype=bool)
+    return valid["target_id"].isin(np.unique(ev["target_id"].to_numpy())).to_numpy()
 
 
 def _validation_pairs(valid: pd.DataFrame, paths: TaskPaths, dates: list[dt.date]
