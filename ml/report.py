@@ -109,14 +109,22 @@ def latest_runs(paths: TaskPaths, task: Task) -> pd.DataFrame:
 
 
 def settings_line(task: Task, runs: pd.DataFrame) -> str:
-    """What the table's runs share, and what each model's training was (epochs, negatives kept)."""
-    epochs = runs.drop_duplicates("tags.mlflow.runName").set_index("tags.mlflow.runName")
-    per_model = ", ".join(f"{m} {e}" for m, e in epochs.get("params.train_epochs", pd.Series(dtype=str)).dropna().items())
+    """What the table's runs share, and how each model was trained (from the runs' own parameters: training
+    settings are not part of the comparison fingerprint, so runs of one table may differ in them)."""
+    latest = runs.drop_duplicates("tags.mlflow.runName").set_index("tags.mlflow.runName")
+
+    def per_model(column: str) -> str:
+        values = latest.get(column, pd.Series(dtype=str)).dropna()
+        if values.nunique() == 1:
+            return str(values.iloc[0])
+        return ", ".join(f"{m} {v}" for m, v in values.items())
+
     return (f"Runs of task {task.name} on dataset {task.dataset} with comparison fingerprint "
-            f"{task.comparison_fingerprint()} (warehouse {task.warehouse_fingerprint()}; training dates "
-            f"{task.samples.first} .. {task.samples.last}, validation {', '.join(map(str, task.validation))}, "
-            f"backtest {task.backtest}; negatives of training kept at {task.training.negative_rate:g}"
-            + (f"; epochs: {per_model}" if per_model else "") + ").")
+            f"{task.comparison_fingerprint()} (warehouse {task.warehouse_fingerprint()}; validation "
+            f"{', '.join(map(str, task.validation))}, backtest {task.backtest}); as trained: sample dates "
+            f"{per_model('params.task.samples.first') or '-'} .. {per_model('params.task.samples.last') or '-'} every "
+            f"{per_model('params.task.windows.step_days') or '-'} days, negatives kept {per_model('params.task.training.negative_rate') or '-'}, "
+            f"deep models' epochs {per_model('params.train_epochs') or '-'}.")
 
 
 def is_reference(model: pd.Series) -> pd.Series:
@@ -196,7 +204,8 @@ def _cell(r: pd.Series, c: str) -> str:
         text += f" ± {err:.4f}"
     low, high = r.get(f"{c}_low"), r.get(f"{c}_high")
     if c not in ("coverage", "k") and low is not None and high is not None and pd.notna(low) and pd.notna(high):
-        text += f" ({low:.3f}–{high:.3f})"
+        digits = 4 if c == "ece" else 3  # errors of a few 1e-4
+        text += f" ({low:.{digits}f}–{high:.{digits}f})"
     return f"**{text}**" if r.get(f"{c}_top") is True else text
 
 
