@@ -73,13 +73,18 @@ def test_the_logloss_interval_covers_the_logloss_and_resamples_users_whole():
     assert (by_user.high - by_user.low) > 2 * (by_row.high - by_row.low)
 
 
+def _calibrated_scores(seed: int, users: int, rows_per_user: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(user, p, y) with y drawn from p: rare buys, several rows per user."""
+    rng = np.random.default_rng(seed)
+    user = np.repeat(np.arange(users), rows_per_user)
+    p = rng.beta(0.5, 35, len(user))
+    return user, p, (rng.random(len(p)) < p).astype(float)
+
+
 def test_the_expected_buyers_interval_covers_the_ratio_and_a_miscalibration_is_told_apart():
     from ml.evaluate.intervals import ratio_interval
 
-    rng = np.random.default_rng(4)
-    user = np.repeat(np.arange(3000), 20)
-    p = rng.beta(0.5, 40, len(user))
-    y = (rng.random(len(p)) < p).astype(float)
+    user, p, y = _calibrated_scores(4, 3000, 20)
     calibrated = ratio_interval(p, y, user, n_boot=500, seed=1)
     assert calibrated.low < p.sum() / y.sum() < calibrated.high and calibrated.low < 1 < calibrated.high
     doubled = ratio_interval(2 * p, y, user, n_boot=500, seed=1)
@@ -90,10 +95,7 @@ def test_the_ece_interval_covers_the_ece_and_separates_a_miscalibrated_score():
     from ml.evaluate.intervals import ece_interval
     from ml.train.calibration import expected_calibration_error
 
-    rng = np.random.default_rng(6)
-    user = np.repeat(np.arange(2000), 25)
-    p = rng.beta(0.5, 30, len(user))
-    y = (rng.random(len(p)) < p).astype(float)
+    user, p, y = _calibrated_scores(6, 2000, 25)
     good = ece_interval(y, p, user, n_boot=100, seed=2)
     assert good.low <= expected_calibration_error(y, p) <= good.high
     bad = ece_interval(y, np.minimum(2 * p, 1), user, n_boot=100, seed=2)
