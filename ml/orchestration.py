@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -310,7 +311,9 @@ def build_training_dag(task: Task):  # noqa: ANN201
             run_task = load_task(task.name, planned["overrides"])
             cfg = train_config(run_task, model, progress=False)
             o = train_and_evaluate(model, run_task, TaskPaths.of(run_task), train_cfg=cfg)
-            return {"model": model, "run_id": o.run_id, "champion": o.champion, **o.summary}
+            # an XCom is JSON: a metric with no value (NaN, e.g. no untouched pair in the population) is left out
+            return {"model": model, "run_id": o.run_id, "champion": o.champion,
+                    **{k: v for k, v in o.summary.items() if math.isfinite(v)}}
 
         @af_task(pool=DUCKDB_POOL)
         def crowds(results: list[dict], planned: dict) -> dict:

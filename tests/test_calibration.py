@@ -93,3 +93,10 @@ def test_expected_buyers_match_the_population_only_with_the_inclusion_weights(ti
         ratios[weighted] = correct_for_sampling(result.scores, rate)[untouched].sum() / expected
     assert abs(ratios[True] - 1) < 0.35, ratios
     assert ratios[False] > 3, ratios
+
+
+def test_a_population_of_candidates_only_has_no_untouched_calibration_figure():
+    """The next-day item task scores candidate pairs only: no NaN figure (an XCom must be JSON)."""
+    y, p = np.array([0, 1, 0, 0]), np.array([0.1, 0.6, 0.2, 0.1])
+    s = calibration_summary(y, p, touched=np.ones(4, bool))
+    assert "expected_over_actual_untouched" not in s and np.isfinite(list(s.values())).all()

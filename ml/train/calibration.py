@@ -146,6 +146,7 @@ def calibration_summary(y: np.ndarray, p: np.ndarray, touched: np.ndarray) -> di
     y = np.asarray(y, np.float64)
     untouched = ~np.asarray(touched, bool)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return {"expected_over_actual": float(p.sum() / y.sum()),
-                "expected_over_actual_untouched": float(p[untouched].sum() / y[untouched].sum()),
-                "ece": expected_calibration_error(y, p)}
+        out = {"expected_over_actual": float(p.sum() / y.sum()), "ece": expected_calibration_error(y, p)}
+        if untouched.any():  # the next-day item task scores candidates only
+            out["expected_over_actual_untouched"] = float(p[untouched].sum() / y[untouched].sum())
+    return out
