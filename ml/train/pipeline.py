@@ -172,6 +172,12 @@ def train_and_evaluate(
                            negative_rate, train_cfg.seed)
     valid_raw = read_exports(paths.exports, valid_dates, series_shape=shape, fingerprint=fp)
     eval_raw = read_exports(paths.exports, [backtest], part="evaluation", series_shape=shape, fingerprint=fp)
+    if task.target == "item":
+        # the next-day item task scores its candidate pairs only: the sampled non-candidates stand for no one
+        # in that population, so they train as plain negatives instead of at their population weight (which
+        # made them outweigh the candidates: LightGBM's backtest AUC fell from 0.92 to 0.76)
+        for raw in (train_raw, valid_raw):
+            raw.samples["inclusion_prob"] = 1.0
     ev = eval_raw.samples
     buyers = read_buyers(paths.exports, backtest)
     rows = {"train": len(train_raw.samples), "valid": len(valid_raw.samples), "evaluation": len(ev)}
