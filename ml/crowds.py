@@ -4,8 +4,9 @@ Features are built as of the forward date (by default the day after the log's la
 event counts), with no label: the period they predict has not happened yet. The task's champion scores the
 forward population (samples_forward: which pairs is the task's `crowds` setting), and the top users of each
 target are written as parquet and as the warehouse table crowds.forward_crowds, with the model version that
-made them and the window they predict; beside them, crowds_expected_buyers.parquet: per target, the buyers to expect
-in the crowd and in the whole population (sums of the calibrated scores). A backtest on a labelled date is a separate thing (crowd evaluate).
+made them and the window they predict; beside them, crowds_expected_buyers.parquet: per target, the buyers
+to expect in the crowd and in the whole population (sums of the calibrated scores). A backtest on a labelled
+date is a separate thing (crowd evaluate).
 """
 
 from __future__ import annotations

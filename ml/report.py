@@ -41,7 +41,8 @@ LEGEND = ("Figures with their 95 % bootstrap interval (targets resampled, or use
           "before and not bought); a model whose AUC interval does not clear the best floor is marked. F1, "
           "precision and recall at k: the top k pairs as a next-day submission, k chosen on the validation "
           "day for each row. expected_over_actual: the sum of scores over the buyers (1: calibrated on the "
-          "population), ece: the expected calibration error. The oracle's figures carry their Monte Carlo error (±: how far each moves between half "
+          "population), ece: the expected calibration error. "
+          "The oracle's figures carry their Monte Carlo error (±: how far each moves between half "
           "of its rollouts and all of them).")
 
 
@@ -123,7 +124,8 @@ def settings_line(task: Task, runs: pd.DataFrame) -> str:
             f"{task.comparison_fingerprint()} (warehouse {task.warehouse_fingerprint()}; validation "
             f"{', '.join(map(str, task.validation))}, backtest {task.backtest}); as trained: sample dates "
             f"{per_model('params.task.samples.first') or '-'} .. {per_model('params.task.samples.last') or '-'} every "
-            f"{per_model('params.task.windows.step_days') or '-'} days, negatives kept {per_model('params.task.training.negative_rate') or '-'}, "
+            f"{per_model('params.task.windows.step_days') or '-'} days, negatives kept "
+            f"{per_model('params.task.training.negative_rate') or '-'}, "
             f"deep models' epochs {per_model('params.train_epochs') or '-'}.")
 
 

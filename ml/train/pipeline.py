@@ -5,8 +5,8 @@ metric the champion is chosen on), and the backtest date's set (every active use
 is where AUC, GAUC and recall@N are reported.
 Training rows count at their population weight (1 / inclusion probability of the warehouse's sampled
 negatives), and negatives of the training dates are down-sampled (negative_rate) for speed, corrected back
-afterwards; a focal loss's scores are Platt-scaled on the validation dates (ml.train.calibration). So
-logloss, calibration and expected buyers refer to the whole population.
+afterwards; every model's scores are then Platt-scaled on the validation dates, per stratum
+(ml.train.calibration). So logloss, calibration and expected buyers refer to the whole population.
 """
 
 from __future__ import annotations
@@ -136,8 +136,8 @@ def exports_fingerprint(root: Path, dates: list[dt.date]) -> str:
 
 
 # the modules whose code decides what a checkpoint's weights mean
-_TRAINING_CODE = ("models/zoo.py", "models/layers.py", "train/trainer.py", "train/calibration.py", "features/dataset.py",
-                  "features/feature_map.py")
+_TRAINING_CODE = ("models/zoo.py", "models/layers.py", "train/trainer.py", "train/calibration.py",
+                  "features/dataset.py", "features/feature_map.py")
 
 
 def code_version() -> str:
@@ -240,10 +240,9 @@ def train_and_evaluate(
     ns, by = task.evaluate.n, task.ranked_by
     valid_scores = correct_for_sampling(valid_scores, negative_rate)
     # a few epochs or early stopping leave a model's level off (and a focal loss's output is no probability
-    # at all): every model's output is mapped by Platt scaling fitted on the validation dates' rows at their
-    # population weights (never the backtest's); monotone, so no ranking metric moves
-    # fitted on the rows the backtest is about (the evaluated targets' rows: the per-target boosters score
-    # other targets with a constant)
+    # at all): every model's output is mapped by Platt scaling per stratum (ml.train.calibration), fitted on
+    # the validation dates (never the backtest) and on the rows the backtest is about (the evaluated targets'
+    # rows: the per-target boosters score other targets with a constant)
     v, keep = valid_raw.samples, _selection_rows(valid_raw.samples, ev, task)
     valid_touched = v["is_candidate"].to_numpy(dtype=bool)
     # the untouched buyers of the evaluated targets, every one of them, from the validation dates' buyers table

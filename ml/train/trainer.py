@@ -184,7 +184,8 @@ class Trainer:
             y = valid.labels[:, 0]
             # plain Python numbers: the checkpoint then holds only tensors and builtins (weights_only loading)
             row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "valid_auc": float(auc(y, p)),
-                   "valid_logloss": float(logloss(y, p, valid.weights)), "lr": float(self.optimizer.param_groups[0]["lr"])}
+                   "valid_logloss": float(logloss(y, p, valid.weights)),
+                   "lr": float(self.optimizer.param_groups[0]["lr"])}
             history.append(row)
             self.scheduler.step(row["valid_auc"])
             if row["valid_auc"] > best_auc:
