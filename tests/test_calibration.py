@@ -47,10 +47,19 @@ def test_stratified_platt_corrects_two_strata_off_in_opposite_directions():
     fixed = stratified_platt_apply(model[rows], touched[rows], params)
     assert fixed[~touched[rows]].sum() == pytest.approx(y[rows & ~touched].sum(), rel=0.01)
     assert "untouched" not in stratified_platt_fit(y & touched, model, np.ones(n), touched)
-    # told the stratum's whole count of buyers, its level is fitted to that instead of its sampled labels
-    told = stratified_platt_fit(y & touched, model, np.ones(n), touched, untouched_buyers=float(y[~touched].sum()))
-    level = stratified_platt_apply(model, touched, told)[~touched].sum()
-    assert level == pytest.approx(y[~touched].sum(), rel=0.01)
+
+
+def test_platt_scaling_of_rare_events_matches_the_buyers_exactly():
+    """Untouched pairs: logits near -14, about a buyer in five thousand, a model far too spread out. At the
+    maximum of the likelihood the scores add up to the buyers (a solver stopped early left them 1.5x off)."""
+    rng = np.random.default_rng(3)
+    logit = rng.normal(-9.5, 1.0, 500_000)
+    y = rng.random(len(logit)) < 1 / (1 + np.exp(-logit))
+    assert 50 < y.sum() < 200
+    model = 1 / (1 + np.exp(-(3.0 * (logit + 9.5) - 14.0)))  # three times too spread, far too low
+    a, b = platt_fit(y, model)
+    assert platt_apply(model, (a, b)).sum() == pytest.approx(y.sum(), rel=1e-6)
+    assert 0.2 < a < 0.5
 
 
 def test_reliability_bins_hold_equal_rows_and_a_calibrated_score_has_a_small_error():

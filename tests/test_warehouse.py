@@ -128,13 +128,19 @@ def test_samples_hold_every_active_pair_plus_sampled_negatives(built):
 
 def test_evaluation_set_is_every_active_user_times_every_evaluated_target(built):
     warehouse, _ = built
-    ev = _query(warehouse, "select * from samples.samples_evaluation")
-    assert set(ev.ds.dt.date) == {TASK.backtest}
-    users = _query(warehouse, f"select count(*) as n from ads.ads_user_features "
-                              f"where ds = cast('{TASK.backtest}' as date)")["n"][0]
-    n_targets = TASK.evaluate.top_targets
-    assert len(ev) == users * n_targets == len(ev.drop_duplicates(["user_id", "target_id"]))
-    assert 0 < ev.label_buy.sum() and ev.is_candidate.mean() < 0.5
+    every_date = _query(warehouse, "select * from samples.samples_evaluation")
+    # the backtest's, and the validation dates' (where scores are calibrated and the champion chosen)
+    days = every_date.ds.dt.date
+    assert set(days) == {*TASK.validation, TASK.backtest}
+    for day in set(days):
+        ev = every_date[days == day]
+        users = _query(warehouse, f"select count(*) as n from ads.ads_user_features "
+                                  f"where ds = cast('{day}' as date)")["n"][0]
+        n_targets = TASK.evaluate.top_targets
+        assert len(ev) == users * n_targets == len(ev.drop_duplicates(["user_id", "target_id"]))
+        assert 0 < ev.label_buy.sum() and ev.is_candidate.mean() < 0.5
+    # one set of targets on every date: the backtest's, chosen from the history before it
+    assert len({frozenset(every_date[days == day].target_id) for day in set(days)}) == 1
 
 
 def test_every_buyer_of_an_evaluated_target_is_counted_even_outside_the_evaluation_set(built):
@@ -146,7 +152,8 @@ def test_every_buyer_of_an_evaluated_target_is_counted_even_outside_the_evaluati
     days = pd.to_datetime(every_date.ds).dt.date
     assert set(days) == {*TASK.validation, TASK.backtest}
     buyers = every_date[days == TASK.backtest]
-    ev = _query(warehouse, "select user_id, target_id, label_buy from samples.samples_evaluation")
+    ev = _query(warehouse, f"select user_id, target_id, label_buy from samples.samples_evaluation "
+                           f"where ds = cast('{TASK.backtest}' as date)")
     positives = ev[ev.label_buy == 1]
     reachable = buyers[buyers.in_population]
     assert len(reachable) == len(positives) > 0
@@ -214,10 +221,8 @@ def test_exports_one_directory_per_date_with_the_evaluation_set_beside_it(built,
     for e in exports:
         names = sorted(p.name for p in e.path.iterdir())
         expected = ["category_series.parquet", "samples.parquet", "schema.json", "sequences.parquet"]
-        if e.ds == TASK.backtest:
+        if e.ds == TASK.backtest or e.ds in TASK.validation:
             expected = sorted([*expected, "evaluation.parquet", "buyers.parquet"])
-        elif e.ds in TASK.validation:
-            expected = sorted([*expected, "buyers.parquet"])
         assert names == expected
         assert pq.read_metadata(e.path / "samples.parquet").num_rows == e.rows["samples"]
     schema = json.loads((exports[0].path / "schema.json").read_text())

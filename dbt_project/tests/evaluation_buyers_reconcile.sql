@@ -1,14 +1,14 @@
 -- The buyers of the evaluation set are exactly the in-population rows of samples_evaluation_buyers: every
 -- label_buy = 1 row has a buyer row marked in_population, and every in_population buyer is a labelled row.
--- (Otherwise recall@N's denominator and the evaluation set's positives would disagree.) The validation
--- dates' buyers have no evaluation set to reconcile with.
+-- (Otherwise recall@N's denominator and the evaluation set's positives would disagree.) On the backtest
+-- and on the validation dates alike: both have their evaluation set.
 with positives as (
     select ds, target_id, user_id from {{ ref('samples_evaluation') }} where label_buy = 1
 ),
 
 reachable as (
     select ds, target_id, user_id from {{ ref('samples_evaluation_buyers') }}
-    where in_population and ds = cast('{{ crowd_config()['evaluation_date'] }}' as date)
+    where in_population
 )
 
 select 'positive with no buyer row' as problem, p.*

@@ -8,9 +8,11 @@ Two samplings stand between the training rows and the population a crowd is draw
 - the trainers keep a share `negative_rate` of the negatives, which shifts every odds by that rate: undone
   exactly afterwards (correct_for_sampling).
 What remains (a few epochs, early stopping, a focal loss, which reshapes the output beyond both) is mapped
-back by Platt scaling fitted on the validation dates' rows at their population weights, one mapping for the
-pairs with history together and one for the others (stratified_platt_fit): the two are sampled differently
-and a model can be off in opposite directions on them, which one mapping would trade against each other.
+back by Platt scaling fitted on the validation dates' whole population (the evaluation set a week before the
+backtest), one mapping for the pairs with history together and one for the others (stratified_platt_fit):
+a model can be off in opposite directions on the two, which one mapping would trade against each other.
+The whole population, not the sampled negatives: their few rare high scores, each standing for a hundred
+users and more, left the untouched level off by a factor of two.
 """
 
 from __future__ import annotations
@@ -46,12 +48,35 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 
 def platt_fit(y: np.ndarray, p: np.ndarray, weights: np.ndarray | None = None) -> tuple[float, float]:
-    """(a, b) of P(buy) = sigmoid(a * logit(p) + b), by weighted maximum likelihood on held-out rows."""
-    from sklearn.linear_model import LogisticRegression
+    """(a, b) of P(buy) = sigmoid(a * logit(p) + b), by weighted maximum likelihood on held-out rows.
 
-    lr = LogisticRegression(C=1e6, max_iter=1000)
-    lr.fit(_logit(p)[:, None], np.asarray(y) > 0, sample_weight=weights)
-    return float(lr.coef_[0, 0]), float(lr.intercept_[0])
+    Newton's method on the two parameters, to convergence: at the optimum the scores' weighted sum equals
+    the buyers' exactly (the intercept's score equation), which a general-purpose solver stopped early on
+    rare events (logits near -14, a buyer in thousands) leaves off by half."""
+    z = _logit(p)
+    y = (np.asarray(y) > 0).astype(np.float64)
+    w = np.ones(len(z)) if weights is None else np.asarray(weights, np.float64)
+    theta = np.array([1.0, 0.0])
+    x = np.column_stack([z, np.ones_like(z)])
+
+    def loss(t: np.ndarray) -> float:
+        u = x @ t
+        return float(np.sum(w * (np.logaddexp(0.0, u) - y * u)))
+
+    current = loss(theta)
+    for _ in range(100):
+        q = 1.0 / (1.0 + np.exp(-(x @ theta)))
+        grad = x.T @ (w * (q - y))
+        hess = (x * (w * q * (1 - q))[:, None]).T @ x + 1e-9 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        scale = 1.0
+        while scale > 1e-6 and loss(theta - scale * step) > current:  # halve the step until the loss falls
+            scale /= 2
+        theta = theta - scale * step
+        previous, current = current, loss(theta)
+        if np.max(np.abs(scale * step)) < 1e-10 or previous - current < 1e-12 * max(abs(current), 1.0):
+            break
+    return float(theta[0]), float(theta[1])
 
 
 def platt_apply(p: np.ndarray, ab: tuple[float, float] | list[float] | None) -> np.ndarray:
@@ -79,24 +104,13 @@ def level_fit(p: np.ndarray, weights: np.ndarray, target: float) -> tuple[float,
     return 1.0, (lo + hi) / 2
 
 
-def stratified_platt_fit(y: np.ndarray, p: np.ndarray, weights: np.ndarray, touched: np.ndarray,
-                         untouched_buyers: float | None = None) -> dict[str, list[float]]:
+def stratified_platt_fit(y: np.ndarray, p: np.ndarray, weights: np.ndarray, touched: np.ndarray
+                         ) -> dict[str, list[float]]:
     """{stratum: [a, b]} for the pairs with history together and the others, each from its own rows (a
-    stratum with no buyer keeps the model's output; one with few, only its level).
-
-    The untouched rows are a thin sample (a week's few buyers among them stand for a hundred and more each),
-    so when the caller knows how many untouched buyers the population held (`untouched_buyers`: the
-    validation dates' buyers table counts them all), that stratum's level is fitted to the count instead:
-    the sum of its rows' scores at their population weights equals it."""
+    stratum with no buyer keeps the model's output; one with few, only its level)."""
     y, touched = np.asarray(y) > 0, np.asarray(touched, bool)
     out = {}
     for name, rows in zip(STRATA, (touched, ~touched)):
-        if not rows.any():
-            continue
-        if name == "untouched" and untouched_buyers is not None:
-            if untouched_buyers > 0:
-                out[name] = list(level_fit(p[rows], weights[rows], untouched_buyers))
-            continue
         if not y[rows].any() or y[rows].all():
             continue
         if y[rows].sum() >= MIN_BUYERS_FOR_SLOPE:

@@ -1,11 +1,12 @@
 """Train one model of a task on its exports, backtest it, record it in MLflow.
 
-Dates come from the task: its sample dates train, its validation dates validate (early stopping, and the
-metric the champion is chosen on), and the backtest date's set (every active user x every evaluated target)
-is where AUC, GAUC and recall@N are reported.
+Dates come from the task: its sample dates train, its validation dates validate (early stopping on their
+samples; calibration and the metric the champion is chosen on over their evaluation set, the population the
+backtest measures), and the backtest date's evaluation set (every active user x every evaluated target) is
+where AUC, GAUC and recall@N are reported.
 Training rows count at their population weight (1 / inclusion probability of the warehouse's sampled
 negatives), and negatives of the training dates are down-sampled (negative_rate) for speed, corrected back
-afterwards; every model's scores are then Platt-scaled on the validation dates, per stratum
+afterwards; every model's scores are then Platt-scaled on the validation dates' population, per stratum
 (ml.train.calibration). So logloss, calibration and expected buyers refer to the whole population.
 """
 
@@ -180,7 +181,11 @@ def train_and_evaluate(
             raw.samples["inclusion_prob"] = 1.0
     ev = eval_raw.samples
     buyers = read_buyers(paths.exports, backtest)
-    rows = {"train": len(train_raw.samples), "valid": len(valid_raw.samples), "evaluation": len(ev)}
+    # the validation dates' population, scored after training: calibration and the champion's metric
+    valid_pop = read_exports(paths.exports, valid_dates, part="evaluation", series_shape=shape, fingerprint=fp)
+    valid_buyers = pd.concat([read_buyers(paths.exports, d) for d in valid_dates], ignore_index=True)
+    rows = {"train": len(train_raw.samples), "valid": len(valid_raw.samples),
+            "valid_population": len(valid_pop.samples), "evaluation": len(ev)}
     log.info("%s/%s: %s rows (negatives of training kept at rate %.2f)", task.name, model, rows, negative_rate)
     extra = {"task": task.name, "dataset": task.dataset, "target": task.target, "negative_rate": negative_rate,
              "dense": train_raw.dense, "series_shape": task.series_shape(), "warehouse_fingerprint": fp,
@@ -197,7 +202,7 @@ def train_and_evaluate(
         targets = _evaluated_targets(ev, train_raw.samples)
         result = train_gbdt(cfg, train_raw.samples, valid_raw.samples, ev, train_raw.dense, targets)
         scores = correct_for_sampling(result.scores, negative_rate)
-        valid_scores = predict_gbdt(result, valid_raw.samples, train_raw.dense)
+        valid_scores = predict_gbdt(result, valid_pop.samples, train_raw.dense)
         params = {"model": model, **{f"gbdt_{k}": v for k, v in cfg.__dict__.items()},
                   "train_seconds": round(result.seconds, 1)}
         shutil.rmtree(bundle_dir, ignore_errors=True)
@@ -223,7 +228,7 @@ def train_and_evaluate(
         valid_data = CrowdData(valid_raw, fmap)
         fit = trainer.fit(CrowdData(train_raw, fmap), valid_data)
         history, train_seconds = fit.history, fit.seconds
-        valid_scores = predict(trainer.model, valid_data)
+        valid_scores = predict(trainer.model, CrowdData(valid_pop, fmap))
         ev_data = CrowdData(eval_raw, fmap)
         scores = correct_for_sampling(predict(trainer.model, ev_data), negative_rate)
         params = {"model": model, **{f"train_{k}": v for k, v in train_cfg.to_dict().items()},
@@ -241,26 +246,21 @@ def train_and_evaluate(
     valid_scores = correct_for_sampling(valid_scores, negative_rate)
     # a few epochs or early stopping leave a model's level off (and a focal loss's output is no probability
     # at all): every model's output is mapped by Platt scaling per stratum (ml.train.calibration), fitted on
-    # the validation dates (never the backtest) and on the rows the backtest is about (the evaluated targets'
-    # rows: the per-target boosters score other targets with a constant)
-    v, keep = valid_raw.samples, _selection_rows(valid_raw.samples, ev, task)
+    # the validation dates' population (never the backtest's), every row of it: a sample of the untouched
+    # pairs holds too few of the rare high scores to pin their level (LightGBM's came out 0.65x the buyers)
+    v = valid_pop.samples
     valid_touched = v["is_candidate"].to_numpy(dtype=bool)
-    # the untouched buyers of the evaluated targets, every one of them, from the validation dates' buyers table
-    untouched_buyers = (None if task.target == "item" else
-                        float(sum(int((b["in_population"] & ~b["is_candidate"]).sum())
-                                  for b in (read_buyers(paths.exports, d) for d in valid_dates))))
-    platt = stratified_platt_fit(v["label_buy"].to_numpy()[keep], valid_scores[keep], population_weights(v)[keep],
-                                 valid_touched[keep], untouched_buyers)
+    platt = stratified_platt_fit(v["label_buy"].to_numpy(), valid_scores, population_weights(v), valid_touched)
     valid_scores = stratified_platt_apply(valid_scores, valid_touched, platt)
     scores = stratified_platt_apply(scores, ev["is_candidate"].to_numpy(dtype=bool), platt)
     _add_to_bundle_config(bundle_dir, platt=platt)
-    selection = _selection_metrics(valid_raw.samples, valid_scores, ev, task)
+    selection = _selection_metrics(v, valid_scores, valid_buyers, task)
     y, target, user = ev["label_buy"].to_numpy(), ev["target_id"].to_numpy(), ev["user_id"].to_numpy()
     # the pairs with history together (is_candidate) are the hard part: the untouched pairs of the full
     # population are mostly easy negatives that flatter every AUC
     touched = ev["is_candidate"].to_numpy(dtype=bool)
     # the next-day pair task: F1 of a top-K submission, K chosen on the validation days' candidates
-    validation_pairs = _validation_pairs(valid_raw.samples, paths, valid_dates) if task.target == "item" else None
+    validation_pairs = _validation_pairs(v, paths, valid_dates) if task.target == "item" else None
 
     def evaluate(p: np.ndarray, p_valid: np.ndarray | None) -> tuple[dict[str, float], pd.DataFrame]:
         s, table = evaluate_scores(y, p, target, user, ns, buyers=buyers, by=by)
@@ -285,7 +285,7 @@ def train_and_evaluate(
     reference = {}
     p_oracle = oracle_scores(paths.dataset_dir, ev, backtest, task)
     if p_oracle is not None:
-        oracle_valid = (_oracle_validation(paths, valid_raw.samples, valid_dates, task)
+        oracle_valid = (_oracle_validation(paths, v, valid_dates, task)
                         if validation_pairs is not None else None)
         oracle, _ = evaluate(p_oracle, oracle_valid)
         reference["oracle"] = p_oracle
@@ -295,7 +295,7 @@ def train_and_evaluate(
             half, _ = evaluate(p_half, oracle_valid)
             oracle_error = {k: abs(v - half[k]) for k, v in oracle.items() if k in half}
     # each floor's own K, chosen on the validation days like the model's
-    floors_valid = floor_scores(valid_raw.samples, task.target) if validation_pairs is not None else {}
+    floors_valid = floor_scores(v, task.target) if validation_pairs is not None else {}
     floors = {name: evaluate(s, floors_valid.get(name))[0] for name, s in floor_scores(ev, task.target).items()}
     group, other = ranking_groups(target, user, by)
     plot_paths = [*evaluation_plots(y, scores, group, other, plots_dir, model, reference,
@@ -324,27 +324,16 @@ def _add_to_bundle_config(bundle_dir: Path, **values: object) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), **values}, indent=2))
 
 
-def _selection_metrics(valid: pd.DataFrame, scores: np.ndarray, ev: pd.DataFrame, task: Task) -> dict[str, float]:
-    """The metrics the champion is chosen on: the validation dates' samples of the evaluated targets (the ones
-    the backtest covers, chosen from history before it), so that no label of the backtest decides anything.
-    The per-target and few-mixed boosters cover only those targets; other targets would get a constant score.
-    For the next-day item task: the validation days' candidate pairs, the population the backtest scores."""
-    keep = _selection_rows(valid, ev, task)
-    v = valid[keep]
-    if v["label_buy"].sum() == 0:
+def _selection_metrics(valid: pd.DataFrame, scores: np.ndarray, buyers: pd.DataFrame, task: Task
+                       ) -> dict[str, float]:
+    """The metrics the champion is chosen on: the validation dates' evaluation set (the backtest's population,
+    a week earlier), so that no label of the backtest decides anything."""
+    if valid["label_buy"].sum() == 0:
         raise ValueError("the validation dates hold no buyer of an evaluated target: nothing to choose a champion "
                          "on (add validation dates, or evaluate more targets)")
-    summary, _ = evaluate_scores(v["label_buy"].to_numpy(), scores[keep], v["target_id"].to_numpy(),
-                                 v["user_id"].to_numpy(), task.evaluate.n, by=task.ranked_by)
+    summary, _ = evaluate_scores(valid["label_buy"].to_numpy(), scores, valid["target_id"].to_numpy(),
+                                 valid["user_id"].to_numpy(), task.evaluate.n, buyers=buyers, by=task.ranked_by)
     return summary
-
-
-def _selection_rows(valid: pd.DataFrame, ev: pd.DataFrame, task: Task) -> np.ndarray:
-    """The validation rows the backtest's population corresponds to: the evaluated targets' rows, or for
-    the next-day item task the candidate pairs."""
-    if task.target == "item":
-        return valid["is_candidate"].to_numpy(dtype=bool)
-    return valid["target_id"].isin(np.unique(ev["target_id"].to_numpy())).to_numpy()
 
 
 def _validation_pairs(valid: pd.DataFrame, paths: TaskPaths, dates: list[dt.date]
