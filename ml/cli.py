@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from ml.config import Paths, parse_date
@@ -95,7 +96,8 @@ def _cmd_load(args: argparse.Namespace) -> int:
     out = args.out or Paths.default().dataset(args.name or args.format)
     m = load(args.format, args.paths, out, items_paths=args.items, year=args.year, start=args.start, end=args.end)
     for f in m["files"]:
-        print(f"{f['path']}: read {f['read']:,} = accepted {f['accepted']:,} + rejected {f['rejected']:,}")
+        print(f"{f['path']}: {f['lines']:,} lines: read {f['read']:,} = accepted {f['accepted']:,} + "
+              f"rejected {f['rejected']:,}")
         for reason, n in sorted(f["reasons"].items(), key=lambda kv: -kv[1]):
             print(f"    {n:>10,}  {reason}")
     print(
@@ -136,10 +138,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from ml.outputs import check_writable
     from ml.train.pipeline import train_and_evaluate, train_config
+    from ml.train.trainer import resolve_device
 
     task = _task(args, models=None if not args.model or "all" in args.model else args.model, epochs=args.epochs)
     paths = TaskPaths.of(task)
+    if args.device:
+        resolve_device(args.device)  # a device that is not here fails now, not after loading the data
+    check_writable(paths.models, "training")
+    if not args.no_track:
+        check_writable(paths.shared.mlflow_db.parent, "training")
     for model in task.model_names():
         cfg = train_config(task, model, **({"device": args.device} if args.device else {}))
         o = train_and_evaluate(model, task, paths, train_cfg=cfg, track=not args.no_track)
@@ -231,9 +240,12 @@ def _cmd_erase(args: argparse.Namespace) -> int:
 def _cmd_ablate(args: argparse.Namespace) -> int:
     from ml.crowds import write_atomically
     from ml.evaluate.ablation import GROUPS, ablate, log_ablation
+    from ml.train.trainer import resolve_device
 
     task = _task(args)
     paths = TaskPaths.of(task)
+    if args.device:
+        resolve_device(args.device)
     table, run_id = ablate(task, paths, args.model, tuple(args.groups or GROUPS), device=args.device or "auto")
     shown = table.set_index("inputs")[[c for c in table.columns if c not in ("model", "inputs")]]
     print(f"{task.name}: {table['model'].iloc[0]} on the backtest {task.backtest} with every input, and with each "
@@ -341,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="crowd", description="Purchase crowd prediction pipeline.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     tasked = argparse.ArgumentParser(add_help=False)
@@ -475,12 +488,29 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except ValueError as e:  # includes FormatError and TaskError: a clear message, no traceback
-        print(f"crowd {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:  # WarehouseError and other failures of a real component, named
-        print(f"crowd {args.command}: failed: {e}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        print(f"crowd {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one clear line and a non-zero exit; --debug shows where
+        if args.debug:
+            traceback.print_exc()
+        print(f"crowd {args.command}: {_one_line(e)}", file=sys.stderr)
+        return 2 if isinstance(e, ValueError) else 1
+
+
+def _one_line(e: Exception) -> str:
+    """ValueError (FormatError, TaskError, OutputError): the input is wrong, the message says how.
+    RuntimeError (WarehouseError...): a real component failed, named. OSError: the file and what the system
+    said. Anything else is a bug: its type is named and --debug shows the traceback."""
+    if isinstance(e, ValueError):
+        text = f"error: {e}"
+    elif isinstance(e, RuntimeError):
+        text = f"failed: {e}"
+    elif isinstance(e, OSError):
+        text = f"failed: {e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+    else:
+        text = f"failed: {type(e).__name__}: {e} (run with --debug for the traceback)"
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

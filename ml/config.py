@@ -53,8 +53,11 @@ class Paths:
         return cls(data_dir())
 
     def dataset(self, name: str) -> Path:
-        """Canonical tables of one dataset: events/ (parquet parts), items.parquet, rejects, manifest."""
-        return self.root / "raw" / name
+        """Canonical tables of one dataset: events/ (parquet parts), items.parquet, rejects, manifest. The name
+        is one plain folder name (a name such as `..` would have put the whole data directory in its place)."""
+        from ml.outputs import checked_name
+
+        return self.root / "raw" / checked_name(name, "dataset name")
 
     @property
     def mlflow_db(self) -> Path:

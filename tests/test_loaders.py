@@ -216,3 +216,73 @@ def test_item_votes_are_compacted_without_changing_the_items(tmp_path, monkeypat
     a = pq.read_table(tmp_path / "a" / "items.parquet")
     b = pq.read_table(tmp_path / "b" / "items.parquet")
     assert a.equals(b) and a.num_rows > 0
+
+
+TIANCHI_HEADER = b"user_id,item_id,behavior_type,user_geohash,item_category,time\n"
+
+
+def _tianchi(tmp_path: Path, lines: list[bytes]) -> Path:
+    path = tmp_path / "log.csv"
+    path.write_bytes(TIANCHI_HEADER + b"".join(lines))
+    return path
+
+
+def _reasons(tmp_path: Path, m: dict) -> dict[int, str]:
+    rejects = pq.read_table(tmp_path / "o" / "rejects.parquet").to_pandas()
+    assert len(rejects) == m["rejected"]
+    return dict(zip(rejects.line, rejects.reason))
+
+
+def test_impossible_calendar_days_are_rejects_not_the_next_month(tmp_path):
+    log = _tianchi(tmp_path, [b"1,2,1,,3,2014-02-30 01\n", b"1,2,1,,3,2014-04-31 05\n", b"1,2,1,,3,2014-12-06 01\n",
+                              b"1,2,1,,3,2014-12-6 2\n"])
+    m = load("tianchi-mobile", [log], tmp_path / "o")
+    reasons = _reasons(tmp_path, m)
+    assert set(reasons) == {2, 3} and all("no such calendar day" in r for r in reasons.values())
+    assert sorted(_events(tmp_path / "o").ts.astype(str)) == ["2014-12-06 01:00:00", "2014-12-06 02:00:00"]
+    mmdd = tmp_path / "repeat.csv"
+    mmdd.write_text("user_id,item_id,cat_id,seller_id,brand_id,time_stamp,action_type\n"
+                    "1,2,3,4,5,0229,0\n1,2,3,4,5,0228,0\n")
+    m = load("tmall-repeat", [mmdd], tmp_path / "o", year=2015)
+    assert m["accepted"] == 1 and "no such calendar day" in next(iter(m["files"][0]["reasons"]))
+
+
+def test_timestamps_outside_the_plausible_range_are_rejects_unless_the_range_is_given(tmp_path):
+    f = tmp_path / "UserBehavior.csv"
+    f.write_text("1,2,3,pv,1511544070\n1,2,3,pv,0\n1,2,3,pv,4102444800\n1,2,3,pv,99999999999\n")
+    m = load("taobao-userbehavior", [f], tmp_path / "o")
+    assert m["accepted"] == 1 and m["rejected"] == 3
+    assert all("plausible range" in k for k in m["files"][0]["reasons"])
+    m = load("taobao-userbehavior", [f], tmp_path / "o", start=dt.date(1970, 1, 1), end=dt.date(2101, 1, 1))
+    assert m["accepted"] == 3  # an explicit range wins: 1970 and 2100 are in it now
+
+
+def test_ids_not_of_the_formats_shape_are_rejects(tmp_path):
+    log = _tianchi(tmp_path, [b"x77,2,1,,3,2014-12-06 01\n", b"007,2,1,,3,2014-12-06 01\n", b"77,2,1,,3,2014-12-06 01\n",
+                              b"0,2.0,1,,3,2014-12-06 01\n"])
+    m = load("tianchi-mobile", [log], tmp_path / "o")
+    reasons = _reasons(tmp_path, m)
+    assert sorted(reasons) == [2, 3, 5] and all("not an id" in r for r in reasons.values())
+    assert list(_events(tmp_path / "o").user_id) == [77]
+
+
+def test_a_byte_that_is_not_utf8_rejects_its_row_not_the_file(tmp_path):
+    log = _tianchi(tmp_path, [b"1,2,1,,3,2014-12-06 01\n", b"1\xff,2,1,,3,2014-12-06 01\n",
+                              b"4,5,1,geo\xfe,3,2014-12-06 02\n"])
+    m = load("tianchi-mobile", [log], tmp_path / "o")
+    reasons = _reasons(tmp_path, m)
+    assert list(reasons) == [3] and "\ufffd" in reasons[3]  # shown, replaced
+    assert list(_events(tmp_path / "o").user_id) == [1, 4]  # a skipped column may hold anything
+    assert m["reconciled"]
+
+
+def test_an_unterminated_quote_merges_no_lines_and_physical_lines_reconcile(tmp_path, capsys):
+    log = _tianchi(tmp_path, [b'1,2,1,"geo,3,2014-12-06 01\n', b"4,5,1,,3,2014-12-06 02\n", b"6,7,1,,3,2014-12-06 03"])
+    m = load("tianchi-mobile", [log], tmp_path / "o")
+    # the quote is a character of a skipped column: each line is its own record (it used to swallow the next)
+    assert m["files"][0]["lines"] == 3 == m["read"] == m["accepted"] and m["reconciled"]
+    assert list(_events(tmp_path / "o").user_id) == [1, 4, 6]
+    log.write_bytes(TIANCHI_HEADER + b'1,2,1,,3,2014-12-06 01\n"4,5,1,,3,2014-12-06 02,x\n6,7,1,,3,2014-12-06 03')
+    assert main(["load", "--format", "tianchi-mobile", str(log), "--out", str(tmp_path / "o")]) == 0
+    assert "3 lines: read 3 = accepted 2 + rejected 1" in capsys.readouterr().out
+    assert list(_events(tmp_path / "o").user_id) == [1, 6]

@@ -7,6 +7,13 @@ number of fields is caught by the parser and rejected the same way. A file that
 is not of the declared format fails at once (FormatError) instead of producing a
 table of rejects: missing header columns, a wrong field count on the first line,
 or a first block where most values of a column are not of the expected kind.
+
+What cannot be a real event is a reject too: a calendar date that does not exist (30 Feb is not read as
+2 Mar), a time outside the format's plausible range (1970, 9999) unless --start/--end widen it, an id that
+is not of the format's shape (a letter prefix or a leading zero where the format has none), a byte that is
+not UTF-8 (the row is refused, not the file). None of the formats quotes its fields, so a quote is an
+ordinary character and every physical line is one record: the report reconciles the file's lines with
+the rows read (a stray quote used to merge lines into one).
 """
 
 from __future__ import annotations
@@ -42,13 +49,24 @@ class FileReport:
     accepted: int = 0
     rejected: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    lines: int = 0  # physical data lines of the file (header excluded): each is one record read
 
     def check(self) -> None:
-        if self.read != self.accepted + self.rejected:
+        if self.read != self.accepted + self.rejected or self.read != self.lines:
             raise RuntimeError(
-                f"{self.path}: counts do not reconcile: read {self.read} != "
+                f"{self.path}: counts do not reconcile: {self.lines} data lines, read {self.read}, "
                 f"accepted {self.accepted} + rejected {self.rejected}"
             )
+
+
+def count_lines(path: Path) -> int:
+    """Physical lines (a last line without its newline counts), in blocks of bounded memory."""
+    n, last = 0, b"\n"
+    with open(path, "rb") as f:
+        while block := f.read(_BLOCK_BYTES):
+            n += block.count(b"\n")
+            last = block[-1:]
+    return n + (last != b"\n")
 
 
 @dataclass(frozen=True)
@@ -103,18 +121,30 @@ def sniff(path: Path, ff: FileFormat) -> Layout:
 
 
 def _text(col: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """The values without surrounding blanks and quotes; trimmed as bytes, since a value may not be UTF-8
+    (the reader does not check it: such a value fails its column's check like any other bad value)."""
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    return pc.utf8_trim(arr, characters=' "\t\r')
+    try:
+        return pc.utf8_trim(arr, characters=' "\t\r')
+    except pa.ArrowInvalid:  # not UTF-8 somewhere: the slower trim of bytes, for this block only
+        trimmed = pc.replace_substring_regex(arr.view(pa.binary()), r'^[ "\t\r]+|[ "\t\r]+$', "")
+        return trimmed.view(pa.string())
 
 
 def _empty(s: pa.Array) -> np.ndarray:
     return pc.fill_null(pc.equal(s, ""), True).to_numpy(zero_copy_only=False)
 
 
-def parse_ids(s: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
-    """Integer ids; tolerate a letter prefix (u123) and a float look (123.0). Returns values, empty, bad."""
-    stripped = pc.replace_substring_regex(s, r"^[A-Za-z]+|\.0+$", "")
-    good = pc.fill_null(pc.match_substring_regex(stripped, r"^\d{1,18}$"), False)
+def parse_ids(s: pa.Array, prefix: bool = False, float_look: bool = False
+              ) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """Integer ids without leading zeros (007 is no id: it would silently become 7); a letter prefix (u123)
+    and a float look (123.0) only where the format has them. Returns values, empty, bad."""
+    stripped = s
+    if prefix:
+        stripped = pc.replace_substring_regex(stripped, r"^[A-Za-z]+", "")
+    if float_look:
+        stripped = pc.replace_substring_regex(stripped, r"\.0+$", "")
+    good = pc.fill_null(pc.match_substring_regex(stripped, r"^(0|[1-9]\d{0,17})$"), False)
     values = pc.cast(pc.if_else(good, stripped, None), pa.int64())
     empty = _empty(s)
     bad = ~good.to_numpy(zero_copy_only=False) & ~empty
@@ -125,22 +155,68 @@ def _negative(s: pa.Array) -> np.ndarray:
     return pc.fill_null(pc.match_substring_regex(s, r"^-\d"), False).to_numpy(zero_copy_only=False)
 
 
-def parse_time(s: pa.Array, rule: str, year: int | None) -> tuple[pa.Array, np.ndarray]:
-    """Timestamps (us, naive) and the mask of values that could not be read."""
+def parse_time(s: pa.Array, rule: str, year: int | None) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """Timestamps (us, naive), the mask of values that could not be read, and of those that name no real
+    calendar day (strptime rolls 30 Feb over to 2 Mar: a value is kept only when its month and day are the
+    ones written)."""
     if rule == "unix_seconds_utc8":
         good = pc.fill_null(pc.match_substring_regex(s, r"^\d{1,11}$"), False)
         sec = pc.cast(pc.if_else(good, s, None), pa.int64())
         ts = pc.cast(pc.multiply(pc.add(sec, _UTC8), 1_000_000), pa.timestamp("us"))
-    elif rule == "mmdd":
+        return ts, pc.is_null(ts).to_numpy(zero_copy_only=False), np.zeros(len(s), bool)
+    if rule == "mmdd":
         if year is None:
             raise ValueError("this format stores dates as mmdd: give the year (--year)")
         short = pc.fill_null(pc.match_substring_regex(s, r"^\d{3,4}$"), False)
-        padded = pc.utf8_lpad(pc.if_else(short, s, None), width=4, padding="0")
-        ts = pc.strptime(pc.binary_join_element_wise(str(year), padded, ""), format="%Y%m%d", unit="us",
+        s = pc.utf8_lpad(pc.if_else(short, s, None), width=4, padding="0")
+        ts = pc.strptime(pc.binary_join_element_wise(str(year), s, ""), format="%Y%m%d", unit="us",
                          error_is_null=True)
+        rule = "%m%d"
     else:
         ts = pc.strptime(s, format=rule, unit="us", error_is_null=True)
-    return ts, pc.is_null(ts).to_numpy(zero_copy_only=False)
+    read = pc.is_valid(ts).to_numpy(zero_copy_only=False)
+    same = _month_and_day_as_written(s, ts, rule, read)
+    return pc.if_else(pa.array(same), ts, None), ~read, read & ~same
+
+
+_FIELD_WIDTHS = {"Y": 4, "m": 2, "d": 2, "H": 2, "M": 2, "S": 2}
+
+
+def _month_and_day_as_written(s: pa.Array, ts: pa.Array, rule: str, read: np.ndarray) -> np.ndarray:
+    """Where the value was read, whether its month and day are those written. A value of the rule's full
+    width has them at fixed places (sliced, no regex: this runs on every row); one written without leading
+    zeros, rare, is printed back and compared."""
+    offsets, width, i = {}, 0, 0
+    while i < len(rule):
+        if rule[i] == "%" and i + 1 < len(rule):
+            code = rule[i + 1]
+            if code not in _FIELD_WIDTHS:
+                raise ValueError(f"time rule {rule!r}: %{code} has no fixed width")
+            offsets[code], width, i = width, width + _FIELD_WIDTHS[code], i + 2
+        else:
+            width, i = width + 1, i + 1
+    fixed = read & pc.fill_null(pc.equal(pc.utf8_length(s), width), False).to_numpy(zero_copy_only=False)
+    same = np.zeros(len(s), bool)
+    mask = pa.array(fixed)
+
+    def written(code: str) -> np.ndarray:
+        start = offsets[code]
+        part = pc.if_else(mask, pc.utf8_slice_codeunits(s, start, start + 2), None)
+        return pc.fill_null(pc.cast(part, pa.int64()), -1).to_numpy(zero_copy_only=False)
+
+    same[fixed] = ((pc.month(ts).to_numpy(zero_copy_only=False) == written("m"))
+                   & (pc.day(ts).to_numpy(zero_copy_only=False) == written("d")))[fixed]
+    loose = np.flatnonzero(read & ~fixed)
+    if len(loose):
+        idx = pa.array(loose)
+        seconds = ts.take(idx).cast(pa.timestamp("s"))  # (at "us", %S prints fractions)
+        printed = pc.strftime(seconds, format=rule)
+        same[loose] = pc.equal(_unpadded(printed), _unpadded(s.take(idx))).to_numpy(zero_copy_only=False)
+    return same
+
+
+def _unpadded(s: pa.Array) -> pa.Array:
+    return pc.replace_substring_regex(s, r"\b0+(\d)", r"\1")
 
 
 def parse_category_path(s: pa.Array) -> tuple[pa.Array, pa.Array, np.ndarray, np.ndarray]:
@@ -172,7 +248,7 @@ class _Reasons:
         mask = mask & np.equal(self.reason, None)
         idx = np.flatnonzero(mask)
         if len(idx):
-            shown = values.take(pa.array(idx)).to_pylist()
+            shown = _as_text(values.take(pa.array(idx)))
             self.reason[idx] = [f"{column}: {message} {v!r}" for v in shown]
             self.kind[idx] = f"{column}: {message}"
 
@@ -185,11 +261,16 @@ def _check_shape(path: Path, first: bool, column: Column, bad: np.ndarray, empty
     filled = ~empty
     n = int(filled.sum())
     if n >= _FORMAT_CHECK_MIN_VALUES and bad[filled].mean() > 0.5:
-        example = values.take(pa.array(np.flatnonzero(bad)[:1])).to_pylist()[0]
+        example = _as_text(values.take(pa.array(np.flatnonzero(bad)[:1])))[0]
         raise FormatError(
             f"{path}: column {column.name!r} does not look like {expected}: "
             f"{bad[filled].mean():.0%} of the first {n} values fail (e.g. {example!r})"
         )
+
+
+def _as_text(values: pa.Array) -> list[str]:
+    """Rejected values as Python text, bytes that are not UTF-8 replaced (rejects only: few rows)."""
+    return [b.decode("utf-8", "replace") for b in values.view(pa.binary()).to_pylist()]
 
 
 def _parser_rejects(path: Path, rows: list[tuple[int, str, str]]) -> pa.Table:
@@ -243,12 +324,19 @@ def read_file(
         use_threads=False,
     )
     parse_opts = pacsv.ParseOptions(
-        delimiter=layout.delimiter, quote_char='"', ignore_empty_lines=False, invalid_row_handler=on_invalid
+        delimiter=layout.delimiter, quote_char=False, ignore_empty_lines=False, invalid_row_handler=on_invalid
     )
+    # bytes that are not UTF-8 fail the checks of the row's values (and are shown replaced), not the file
     convert = pacsv.ConvertOptions(
-        column_types={n: pa.string() for n in layout.names}, strings_can_be_null=False, quoted_strings_can_be_null=False
+        column_types={n: pa.string() for n in layout.names}, strings_can_be_null=False,
+        quoted_strings_can_be_null=False, check_utf8=False,
     )
-    by_name = {c.name: c for c in ff.columns}
+    lo, hi = ts_range
+    plausible = lo is None and hi is None
+    lo = lo or dt.date.fromisoformat(fmt.plausible_start)
+    hi = hi or dt.date.today() + dt.timedelta(days=1)
+    where = (f"outside the plausible range [{lo}, {hi}) of {fmt.name} (widen it with --start/--end)" if plausible
+             else f"outside [{lo}, {hi})")
     targets_order = [c for c in ff.columns if c.kind != "skip"]
     rows_seen = 0
     flushed_invalid = 0
@@ -283,7 +371,7 @@ def read_file(
                 continue
             s = _text(rb.column(col.name))
             if col.kind == "id":
-                values, empty, bad = parse_ids(s)
+                values, empty, bad = parse_ids(s, fmt.id_prefix, fmt.id_float_look)
                 if not col.nullable:
                     reasons.add(empty, col.name, "missing", s)
                 neg = _negative(s)
@@ -299,20 +387,16 @@ def read_file(
                 _check_shape(path, first, col, unknown, _empty(s), s, f"action codes {list(fmt.actions)}")
                 out[col.target] = pa.array(list(fmt.actions.values()), pa.string()).take(idx)
             elif col.kind == "time":
-                ts, bad = parse_time(s, fmt.time_rule, year)
+                ts, bad, no_day = parse_time(s, fmt.time_rule, year)
                 empty = _empty(s)
                 reasons.add(empty, col.name, "missing time", s)
                 reasons.add(bad, col.name, f"unparseable time (expected {fmt.time_rule})", s)
+                reasons.add(no_day, col.name, "no such calendar day", s)
                 _check_shape(path, first, col, bad, empty, s, f"times as {fmt.time_rule}")
-                lo, hi = ts_range
-                if lo is not None or hi is not None:
-                    tsn = ts.cast(pa.int64()).to_numpy(zero_copy_only=False)
-                    out_of = np.zeros(n, bool)
-                    if lo is not None:
-                        out_of |= tsn < np.datetime64(lo, "us").astype(np.int64)
-                    if hi is not None:
-                        out_of |= tsn >= np.datetime64(hi, "us").astype(np.int64)
-                    reasons.add(out_of & ~bad, col.name, f"outside [{lo}, {hi})", s)
+                tsn = pc.fill_null(ts.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
+                out_of = (tsn < np.datetime64(lo, "us").astype(np.int64)) | \
+                         (tsn >= np.datetime64(hi, "us").astype(np.int64))
+                reasons.add(out_of & ~bad & ~no_day, col.name, where, s)
                 out[col.target] = ts
             elif col.kind == "category_path":
                 leaf, parent, empty, bad = parse_category_path(s)
@@ -337,7 +421,7 @@ def read_file(
                     "source_file": pa.array([str(path)] * len(bad_idx), pa.string()),
                     "line": pa.array(lines[bad_idx], pa.int64()),
                     "reason": pa.array(reasons.reason[bad_idx].tolist(), pa.string()),
-                    "raw": raw.take(pa.array(bad_idx)) if len(bad_idx) else raw,
+                    "raw": pa.array(_as_text(raw.take(pa.array(bad_idx))), pa.string()) if len(bad_idx) else raw,
                 },
                 schema=REJECTS_SCHEMA,
             )
@@ -358,4 +442,5 @@ def read_file(
         yield Batch(pa.table({}), _parser_rejects(path, tail))
     if report.read == 0:
         raise FormatError(f"{path}: no data rows after the header; expected columns {', '.join(ff.names)}")
+    report.lines = count_lines(path) - (1 if layout.header else 0)
     report.check()

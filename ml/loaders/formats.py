@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 class Column:
     """One column of a source file.
 
-    kind: id (a non-negative integer, optionally behind a letter prefix or with a ".0"),
+    kind: id (a non-negative integer without leading zeros; behind a letter prefix or with a ".0" only where
+    the format says its ids look so),
     action (mapped by the format's action codes), time (parsed by the format's time rule),
     category_path ("parent-leaf"), or skip. target: the canonical column it fills.
     """
@@ -48,6 +49,11 @@ class LogFormat:
     # the item file lists the items a task ranks, not every item of the log (Tianchi's item set P): its ids are
     # also written as the dataset's item_subset.parquet (a task with target item and item_subset: dataset)
     items_are_subset: bool = False
+    id_prefix: bool = False             # ids may carry a letter prefix (u9774184): read as 9774184
+    id_float_look: bool = False         # ids may look like floats (7069.0): read as 7069
+    # events outside [first, last day + 1) are rejects unless --start/--end say otherwise: no e-commerce log
+    # predates 2000, and none comes from after the day it is loaded (an epoch of 0 or a year 9999 is a fault)
+    plausible_start: str = "2000-01-01"
 
 
 _ID = "id"
@@ -79,6 +85,7 @@ FORMATS: dict[str, LogFormat] = {
             delimiters=("\x01", ",", "\t"),
         ),
         notes=("ids may carry a letter prefix (u9774184, b89366, s86799)", "category is parent-leaf"),
+        id_prefix=True,
     ),
     "tianchi-mobile": LogFormat(
         name="tianchi-mobile",
@@ -142,5 +149,6 @@ FORMATS: dict[str, LogFormat] = {
         time_rule="mmdd",
         needs_year=True,
         notes=("time_stamp is mmdd: the year is given with --year", "brand ids look like floats (7069.0)"),
+        id_float_look=True,
     ),
 }

@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -29,6 +28,7 @@ import pyarrow.parquet as pq
 
 from ml.loaders.csv_reader import REJECTS_SCHEMA, FileReport, FormatError, read_file
 from ml.loaders.formats import FORMATS, FileFormat, LogFormat
+from ml.outputs import discard, publish, staging
 from ml.synth.generate import EVENTS_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,10 @@ def load(
     start: dt.date | None = None,
     end: dt.date | None = None,
 ) -> dict:
-    """Read the files of one format into a canonical dataset directory. Returns the manifest."""
+    """Read the files of one format into a canonical dataset directory. Returns the manifest.
+
+    `out` is replaced only when it is a dataset folder the project made (ml.outputs), and only once the new
+    one is complete and holds events: a bad range or a log with nothing accepted keeps the old dataset."""
     if format_name not in FORMATS:
         raise FormatError(f"unknown format {format_name!r}: expected one of {sorted(FORMATS)}")
     fmt: LogFormat = FORMATS[format_name]
@@ -119,9 +122,28 @@ def load(
         raise ValueError(f"{format_name} has no separate item table: its item attributes are in the log")
     if not paths:
         raise ValueError("no input files")
+    if start is not None and end is not None and start > end:
+        raise ValueError(f"--start {start} is after --end {end}: no event could be kept")
+    for path in [*paths, *(items_paths or [])]:
+        if not Path(path).is_file():
+            raise ValueError(f"{path}: not a file (give the log's files, not a folder)")
     t0 = time.perf_counter()
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging(out, inputs=[*paths, *(items_paths or [])])
+    try:
+        manifest = _load_into(tmp, fmt, paths, items_paths, year, start, end, t0)
+    except BaseException:
+        discard(tmp)
+        raise
+    if manifest["events"] == 0:
+        discard(tmp)
+        raise ValueError(f"no event of {len(paths)} file(s) was accepted (read {manifest['read']:,}, rejected "
+                         f"{manifest['rejected']:,}): nothing written, {out} is as it was")
+    publish(tmp, out)
+    return manifest
+
+
+def _load_into(tmp: Path, fmt: LogFormat, paths: list[Path], items_paths: list[Path] | None, year: int | None,
+               start: dt.date | None, end: dt.date | None, t0: float) -> dict:
     (tmp / "events").mkdir(parents=True)
     reports: list[FileReport] = []
     log_votes: list[pa.Table] = []
@@ -181,8 +203,9 @@ def load(
         subset = file_items.num_rows
     con.register("items", items)
 
-    events = f"read_parquet('{tmp / 'events' / '*.parquet'}')"
+    events = "loaded_events"
     if writers:
+        con.register(events, con.read_parquet(str(tmp / "events" / "*.parquet")))
         n_events, ts_min, ts_max = con.execute(f"select count(*), min(ts), max(ts) from {events}").fetchall()[0]
         # identical rows are kept (they can be real repeats, e.g. within Tianchi's hour), only counted
         dups = n_events - con.execute(f"select count(*) from (select distinct * from {events})").fetchall()[0][0]
@@ -202,7 +225,7 @@ def load(
         "range": [str(start) if start else None, str(end) if end else None],
         "files": [asdict(r) for r in reports],
         **totals,
-        "reconciled": all(r.read == r.accepted + r.rejected for r in reports),
+        "reconciled": all(r.lines == r.read == r.accepted + r.rejected for r in reports),
         "events": int(n_events),
         "actions": {k: int(v) for k, v in sorted(actions.items())},
         "exact_duplicates": int(dups),
@@ -215,6 +238,4 @@ def load(
         "seconds": round(time.perf_counter() - t0, 3),
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
     return manifest

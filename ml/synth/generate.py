@@ -25,7 +25,6 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -37,6 +36,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from ml.config import ACTIONS
+from ml.outputs import discard, publish, staging
 from ml.synth.oracle import check_oracle_is_exact, oracle_at
 from ml.synth.params import GeneratorConfig
 from ml.synth.simulate import DayEvents, Simulator
@@ -228,12 +228,24 @@ def oracle_manifest(cfg: GeneratorConfig) -> dict:
 
 
 def generate(cfg: GeneratorConfig, out: Path, progress: bool = True) -> dict:
-    """Generate a dataset into `out` (replacing what was there). Returns the manifest."""
+    """Generate a dataset into `out` (replacing a dataset the project made there, once the new one is
+    complete: ml.outputs). Returns the manifest."""
     t_start = time.perf_counter()
     _oracle_days(cfg)  # fail on a bad date before any work
+    tmp = staging(out)
+    try:
+        manifest = _generate_into(tmp, cfg, progress, t_start)
+    except BaseException:
+        discard(tmp)
+        raise
+    publish(tmp, out)
+    log.info("generated %d events for %d users in %.1fs (%.0f events/s) into %s",
+             manifest["events"], cfg.sizes.users, manifest["seconds"], manifest["events_per_second"], out)
+    return manifest
+
+
+def _generate_into(tmp: Path, cfg: GeneratorConfig, progress: bool, t_start: float) -> dict:
     world = build_world(cfg.sizes, cfg.intensities, cfg.seed)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
     for sub in ("events", "oracle", "oracle_tags", "truth/users"):
         (tmp / sub).mkdir(parents=True)
     pq.write_table(items_table(world, cfg.item_brands), tmp / "items.parquet")
@@ -282,8 +294,4 @@ def generate(cfg: GeneratorConfig, out: Path, progress: bool = True) -> dict:
         "events_per_second": round(float(actions.sum()) / max(elapsed, 1e-9)),
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    log.info("generated %d events for %d users in %.1fs (%.0f events/s) into %s",
-             manifest["events"], cfg.sizes.users, elapsed, manifest["events_per_second"], out)
     return manifest

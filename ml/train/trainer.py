@@ -70,9 +70,20 @@ class TrainResult:
 
 
 def resolve_device(name: str) -> torch.device:
+    """`auto` is CUDA when present, else the CPU; a device that is not here is an error before any work."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            raise ValueError(f"device {name!r}: this machine has {count} CUDA device(s); use cpu or auto")
+    elif device.type != "cpu":
+        raise ValueError(f"device {name!r}: expected auto, cpu, cuda or cuda:N")
+    return device
 
 
 def seed_everything(seed: int) -> None:

@@ -1,0 +1,106 @@
+"""Folders the project writes whole (a dataset, an erased copy of one): made aside, swapped in atomically,
+and never put in the place of anything the project did not make.
+
+A folder the project made carries a marker file. Replacing a folder is allowed only when it is absent or
+carries the marker, and only once the new content is complete: the new folder is written beside the old
+(`staging`), then renamed over it (`publish`). A kill at any moment leaves either the old folder or the new
+one, never a mix or nothing; a leftover staging folder is the only litter, and the next run of the same
+output removes it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+MARKER = ".purchase-crowd"
+# a name that becomes one folder under the data directory: no separator, no `..`, no quote, no leading dot
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+class OutputError(ValueError):
+    """An output that would replace, or a name that would reach, something the project does not own."""
+
+
+def checked_name(name: str, what: str = "name") -> str:
+    """`name` when it is safe as one folder name (letters, digits, `_`, `-`, `.`; not `..`), else an error."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        raise OutputError(f"{what} {name!r} is not a plain name: use letters, digits, '_', '-' and '.' "
+                          f"(no path separator, no '..', no quote, at most 100 characters)")
+    return name
+
+
+# what a dataset folder holds (ml.loaders.load, ml.synth.generate): one made before the marker existed, with
+# a manifest and nothing else, is recognised as the project's
+DATASET_ENTRIES = frozenset({"events", "items.parquet", "item_subset.parquet", "rejects.parquet", "manifest.json",
+                             "oracle", "oracle_tags", "truth"})
+
+
+def is_ours(path: Path) -> bool:
+    path = Path(path)
+    if (path / MARKER).is_file():
+        return True
+    entries = {p.name for p in path.iterdir()} if path.is_dir() else set()
+    return "manifest.json" in entries and "events" in entries and entries <= DATASET_ENTRIES
+
+
+def check_replaceable(out: Path, inputs: list[Path] = ()) -> None:
+    """Fail, before any work, when `out` exists and is not a folder the project made, or when an input lies
+    inside it (replacing `out` would delete the input)."""
+    out = Path(out).resolve()
+    if out.exists() and not (out.is_dir() and is_ours(out)):
+        raise OutputError(f"refusing to replace {out}: it exists and is not a folder Purchase Crowd made (no "
+                          f"{MARKER} marker in it); choose another output folder, or move it away yourself")
+    for p in inputs:
+        p = Path(p).resolve()
+        if p == out or out in p.parents:
+            raise OutputError(f"refusing to write into {out}: the input {p} is inside it")
+
+
+def staging(out: Path, inputs: list[Path] = ()) -> Path:
+    """A new, empty folder beside `out` (marked as the project's) to write the new content into."""
+    out = Path(out).resolve()
+    check_replaceable(out, inputs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.partial-*"):  # a killed run's leftovers of this output
+        if is_ours(stale):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    (tmp / MARKER).write_text("made by Purchase Crowd: the project may replace this folder\n")
+    return tmp
+
+
+def publish(tmp: Path, out: Path) -> Path:
+    """Swap the complete `tmp` in at `out`: the old folder is renamed away first, then removed."""
+    out = Path(out).resolve()
+    check_replaceable(out)
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def check_writable(folder: Path, doing: str) -> None:
+    """Fail before `doing` (hours of training, say) when its outputs could not be written at the end."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe-{uuid.uuid4().hex[:8]}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise OutputError(f"{folder}: cannot write there ({e.strerror or e}): not {doing}") from None
+
+
+def discard(tmp: Path) -> None:
+    """Remove a staging folder whose content was not published (a failed or empty run)."""
+    if is_ours(tmp):
+        shutil.rmtree(tmp, ignore_errors=True)
