@@ -295,3 +295,27 @@ def test_a_warehouse_of_another_model_version_fails_saying_what_to_do(tiny_datas
     with pytest.raises(WarehouseError, match="built by another version of the dbt models: delete it"):
         run_dbt("run", dataset_dir=tiny_dataset, warehouse=warehouse, dbt_vars=_vars([PIT_DS]),
                 select=["ads_user_features"], quiet=True)
+
+
+def test_a_failed_build_of_a_date_leaves_no_rows_of_it_and_no_stray_event_covers_a_window(tiny_dataset, tmp_path):
+    """A date whose label window runs past the log fails its build, and its rows are purged from every
+    per-date table (they used to stay, all labels zero, and poison every build after): the good date built
+    before is untouched. One event planted in 2099 does not make the missing days covered."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    events = pq.read_table(data / "events").to_pandas()
+    last_day = events.ts.max().date()
+    late = last_day - dt.timedelta(days=2)
+    planted = events.head(1).assign(ts=pd.Timestamp("2099-01-01 12:00"))
+    pq.write_table(pa.Table.from_pandas(planted, preserve_index=False).cast(
+        pq.read_schema(next((tiny_dataset / "events").glob("*.parquet")))), data / "events" / "part-planted.parquet")
+    warehouse = tmp_path / "wh" / "crowd.duckdb"
+    run_dbt("build", dataset_dir=data, warehouse=warehouse, dbt_vars=_vars([PIT_DS]), quiet=True)
+    before = {t: _query(warehouse, f"select count(*) as n from {t}")["n"][0] for t in PER_DS_TABLES}
+    with pytest.raises(WarehouseError, match="label_windows_are_covered_by_the_log"):
+        run_dbt("build", dataset_dir=data, warehouse=warehouse, dbt_vars=_vars([late]), quiet=True)
+    for table in PER_DS_TABLES:
+        assert _query(warehouse, f"select count(*) as n from {table} "
+                                 f"where ds = cast('{late}' as date)")["n"][0] == 0, table
+        assert _query(warehouse, f"select count(*) as n from {table}")["n"][0] == before[table], table
+    assert before["samples.samples"] > 0
