@@ -122,7 +122,7 @@ def _cmd_warehouse(args: argparse.Namespace) -> int:
           f"into {paths.warehouse}")
     if not args.no_export:
         for e in export_dates(paths.warehouse, paths.exports, args.ds or task.labelled_dates,
-                              fingerprint=task.warehouse_fingerprint()):
+                              fingerprint=task.warehouse_fingerprint(), dataset_dir=paths.dataset_dir):
             print(f"exported {e.path}: " + ", ".join(f"{k} {v:,}" for k, v in e.rows.items()))
     return 0
 
@@ -132,7 +132,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     task = _task(args)
     paths = TaskPaths.of(task)
-    for e in export_dates(paths.warehouse, paths.exports, args.ds, fingerprint=task.warehouse_fingerprint()):
+    for e in export_dates(paths.warehouse, paths.exports, args.ds, fingerprint=task.warehouse_fingerprint(),
+                          dataset_dir=paths.dataset_dir):
         print(f"exported {e.path}: " + ", ".join(f"{k} {v:,}" for k, v in e.rows.items()))
     return 0
 

@@ -232,7 +232,7 @@ def build_periods_dag(task: Task):  # noqa: ANN201
             run_task = load_task(task.name, planned["overrides"])  # the plan's task: one decision per run
             paths = TaskPaths.of(run_task)
             e = export_dates(paths.warehouse, paths.exports, [dt.date.fromisoformat(planned["ds"])],
-                             fingerprint=run_task.warehouse_fingerprint())[0]
+                             fingerprint=run_task.warehouse_fingerprint(), dataset_dir=paths.dataset_dir)[0]
             return {"ds": str(e.ds), "path": str(e.path), "rows": e.rows, "mode": planned["mode"],
                     "backtest": e.ds == run_task.backtest}
 

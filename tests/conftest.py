@@ -89,7 +89,8 @@ def tiny_exports(tiny_warehouse, task: Task, task_paths: TaskPaths) -> Path:
     """The tiny warehouse exported where the default task's trainers look."""
     from ml.warehouse.export import export_dates
 
-    export_dates(tiny_warehouse[0], task_paths.exports, task.labelled_dates, fingerprint=task.warehouse_fingerprint())
+    export_dates(tiny_warehouse[0], task_paths.exports, task.labelled_dates, fingerprint=task.warehouse_fingerprint(),
+                 dataset_dir=task_paths.dataset_dir)
     return task_paths.exports
 
 

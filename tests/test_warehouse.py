@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from ml.features.dataset import read_exports
 from ml.task import DEFAULT_TASK, load_task
 from ml.warehouse.build import DBT_PROJECT_DIR, WarehouseError, run_dbt
 from ml.warehouse.export import export_dates
@@ -319,3 +320,21 @@ def test_a_failed_build_of_a_date_leaves_no_rows_of_it_and_no_stray_event_covers
                                  f"where ds = cast('{late}' as date)")["n"][0] == 0, table
         assert _query(warehouse, f"select count(*) as n from {table}")["n"][0] == before[table], table
     assert before["samples.samples"] > 0
+
+
+def test_exports_of_two_builds_are_refused_as_a_mix(built, tiny_dataset, tmp_path):
+    """New data, then a kill between re-exports: some dates of the old data, some of the new. Reading them
+    together (as training does) fails naming both builds; one build reads."""
+    warehouse, _ = built
+    d1, d2 = TASK.sample_dates[:2]
+    old = tmp_path / "old_data"
+    shutil.copytree(tiny_dataset, old)
+    export_dates(warehouse, tmp_path / "exports", [d1, d2], dataset_dir=old)
+    assert len(read_exports(tmp_path / "exports", [d1, d2]).samples) > 0
+    manifest = json.loads((old / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps({**manifest, "events": manifest["events"] + 1}))  # new data
+    export_dates(warehouse, tmp_path / "exports", [d2], dataset_dir=old)  # ... and the kill before d1
+    with pytest.raises(ValueError, match="mix builds of the warehouse"):
+        read_exports(tmp_path / "exports", [d1, d2])
+    export_dates(warehouse, tmp_path / "exports", [d1], dataset_dir=old)
+    assert read_exports(tmp_path / "exports", [d1, d2]).build

@@ -88,7 +88,8 @@ def _erased_population(task: Task, paths: TaskPaths, name: str, condition: str) 
             select=["+samples_evaluation", "+ads_user_sequences", "+ads_user_category_series"],
             extra_args=["--exclude", *KEEP], quiet=True,
             item_subset=item_subset_path(task, paths))
-    export_dates(warehouse, base / "exports", [task.backtest], fingerprint=task.warehouse_fingerprint())
+    export_dates(warehouse, base / "exports", [task.backtest], fingerprint=task.warehouse_fingerprint(),
+                 dataset_dir=base / "raw")
     log.info("erasure %s: %d events erased before %s", name, n, task.backtest)
     return base / "exports", n
 

@@ -40,6 +40,7 @@ class RawExports:
     sequences: dict[str, np.ndarray]  # per key: flat values of each sequence column
     offsets: np.ndarray  # per key: start of its sequence in the flat values (len = keys + 1)
     series: dict[str, np.ndarray]  # timescale -> uint8 [keys, steps, slots]
+    build: str = ""  # the warehouse build the exports come from (ml.warehouse.export.build_id)
 
 
 def _key(ds: np.ndarray, user: np.ndarray) -> np.ndarray:
@@ -60,6 +61,7 @@ def read_exports(root: Path, dates: list[dt.date], part: str = "samples",
     With a fingerprint (Task.warehouse_fingerprint()), exports built with other settings are refused."""
     with_series = series_shape is not None
     frames, seq_tables, series_tables, dense = [], [], [], None
+    builds: dict[str, dt.date] = {}
     for ds in dates:
         d = export_dir(root, ds)
         if not (d / f"{part}.parquet").exists():
@@ -69,6 +71,7 @@ def read_exports(root: Path, dates: list[dt.date], part: str = "samples",
             raise ValueError(f"the export of ds {ds} under {root} was built with other warehouse settings than "
                              f"this run's (fingerprint {schema.get('fingerprint') or 'none'} != {fingerprint}): "
                              f"rebuild it with the same task and overrides (crowd warehouse --task ... --ds {ds})")
+        builds.setdefault(schema.get("build", ""), ds)
         dense = dense or schema["dense"]
         frames.append(pq.read_table(d / f"{part}.parquet"))
         seq_tables.append(pq.read_table(d / "sequences.parquet"))
@@ -109,7 +112,16 @@ def read_exports(root: Path, dates: list[dt.date], part: str = "samples",
             m = ok & (cells["timescale"].to_numpy() == timescale)
             arr[pos[m], cells["step"].to_numpy()[m], cells["slot"].to_numpy()[m]] = np.minimum(cells["n"].to_numpy()[m], 255)
             series[timescale] = arr
-    return RawExports(samples, dense or [], keys, sequences, offsets, series)
+    check_one_build({build: f"ds {d}" for build, d in builds.items()}, root)
+    return RawExports(samples, dense or [], keys, sequences, offsets, series, next(iter(builds), ""))
+
+
+def check_one_build(builds: dict[str, str], root: Path) -> None:
+    """{build id: what carries it}: more than one build is a mix of data or models, refused."""
+    if len(builds) > 1:
+        shown = ", ".join(f"{what} from build {build or 'unrecorded'}" for build, what in builds.items())
+        raise ValueError(f"the exports under {root} mix builds of the warehouse ({shown}): other data or models "
+                         f"built some of them; rebuild and export every date again (crowd warehouse --task ...)")
 
 
 def read_buyers(root: Path, ds: dt.date) -> pd.DataFrame:

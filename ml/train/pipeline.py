@@ -18,7 +18,7 @@ import json
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,8 @@ from ml.evaluate.intervals import Interval, auc_interval, backtest_intervals, ra
 from ml.evaluate.metrics import auc, buyer_totals, evaluate_scores, ranking_groups
 from ml.evaluate.pairs import choose_k, f1_interval, top_k_metrics
 from ml.evaluate.plots import evaluation_plots, importance_plot, training_curves
-from ml.features.dataset import CrowdData, RawExports, fit_feature_map, read_buyers, read_exports
+from ml.features.dataset import (CrowdData, RawExports, check_one_build, fit_feature_map, read_buyers,
+                                 read_exports)
 from ml.models.zoo import NEEDS_SERIES, ModelConfig, build_model
 from ml.task import ALL_MODELS, GBDT_MODELS, Task, TaskPaths
 from ml.train.bundle import Bundle, save_deep_bundle, save_gbdt_bundle
@@ -70,7 +71,7 @@ def _subsample(raw: RawExports, rate: float, seed: int) -> RawExports:
         return raw
     s = raw.samples
     keep = (s["label_buy"].to_numpy() > 0) | (np.random.default_rng(seed).random(len(s)) < rate)
-    return RawExports(s[keep].reset_index(drop=True), raw.dense, raw.keys, raw.sequences, raw.offsets, raw.series)
+    return replace(raw, samples=s[keep].reset_index(drop=True))
 
 
 def train_config(task: Task, model: str, **runtime: object) -> TrainConfig:
@@ -183,6 +184,9 @@ def train_and_evaluate(
     buyers = read_buyers(paths.exports, backtest)
     # the validation dates' population, scored after training: calibration and the champion's metric
     valid_pop = read_exports(paths.exports, valid_dates, part="evaluation", series_shape=shape, fingerprint=fp)
+    # one build of the warehouse for every date: a mix of old and new data trains on nothing real
+    check_one_build({raw.build: name for name, raw in (("the training dates", train_raw), ("the validation dates",
+                     valid_raw), ("the backtest", eval_raw))}, paths.exports)
     valid_buyers = pd.concat([read_buyers(paths.exports, d) for d in valid_dates], ignore_index=True)
     rows = {"train": len(train_raw.samples), "valid": len(valid_raw.samples),
             "valid_population": len(valid_pop.samples), "evaluation": len(ev)}

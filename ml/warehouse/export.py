@@ -8,6 +8,7 @@ a training run refuses exports built with other settings instead of mixing them 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -58,10 +59,22 @@ def read_schema(root: Path, ds: dt.date) -> dict:
     return json.loads(path.read_text())
 
 
+def build_id(dataset_dir: Path | None) -> str:
+    """Which data and which models built the warehouse: the dataset's manifest (a new load or generation is
+    new data) and the dbt project's sources. Exports record it, and training refuses dates of different
+    builds (a kill between re-exports used to leave some dates of the old data, trained on without a word)."""
+    from ml.warehouse.build import project_digest
+
+    manifest = Path(dataset_dir) / "manifest.json" if dataset_dir is not None else None
+    data = manifest.read_bytes() if manifest is not None and manifest.exists() else b""
+    return hashlib.sha1(data + project_digest().encode()).hexdigest()[:12]
+
+
 def export_dates(warehouse: Path, out_root: Path, dates: list[dt.date] | None = None,
-                 fingerprint: str = "") -> list[Export]:
+                 fingerprint: str = "", dataset_dir: Path | None = None) -> list[Export]:
     """Write exports/ds=YYYY-MM-DD/{samples,evaluation,buyers,forward,sequences,category_series}.parquet and
-    schema.json."""
+    schema.json (with the settings' fingerprint and the build id of dataset_dir's data)."""
+    build = build_id(dataset_dir)
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
     dates = dates if dates is not None else built_dates(warehouse)
@@ -69,7 +82,7 @@ def export_dates(warehouse: Path, out_root: Path, dates: list[dt.date] | None = 
     # dbt-duckdb may hold this file open in the same process: connect with the default configuration
     with duckdb.connect(str(warehouse)) as con:
         for ds in dates:
-            done.append(_export_one(con, ds, out_root, fingerprint))
+            done.append(_export_one(con, ds, out_root, fingerprint, build))
     return done
 
 
@@ -78,7 +91,8 @@ def sql_path(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
-def _export_one(con: duckdb.DuckDBPyConnection, ds: dt.date, out_root: Path, fingerprint: str) -> Export:
+def _export_one(con: duckdb.DuckDBPyConnection, ds: dt.date, out_root: Path, fingerprint: str,
+                build: str) -> Export:
     final = export_dir(out_root, ds)
     partial = out_root / f".{final.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
@@ -101,6 +115,7 @@ def _export_one(con: duckdb.DuckDBPyConnection, ds: dt.date, out_root: Path, fin
         "ds": ds.isoformat(),
         "rows": rows,
         "fingerprint": fingerprint,
+        "build": build,
         "keys": [c for c in columns if c in KEY_COLUMNS],
         "labels": list(LABEL_COLUMNS),
         "dense": [c for c in columns if c not in KEY_COLUMNS and c not in LABEL_COLUMNS],
