@@ -10,10 +10,12 @@ output removes it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 MARKER = ".purchase-crowd"
@@ -98,6 +100,19 @@ def check_writable(folder: Path, doing: str) -> None:
         probe.unlink()
     except OSError as e:
         raise OutputError(f"{folder}: cannot write there ({e.strerror or e}): not {doing}") from None
+
+
+@contextlib.contextmanager
+def replacing(out: Path, inputs: list[Path] = ()) -> Iterator[Path]:
+    """`with replacing(out) as tmp:` write into tmp; swapped in at out when the block ends, discarded when it
+    raises (out then stays as it was)."""
+    tmp = staging(out, inputs)
+    try:
+        yield tmp
+    except BaseException:
+        discard(tmp)
+        raise
+    publish(tmp, out)
 
 
 def discard(tmp: Path) -> None:

@@ -321,7 +321,10 @@ class Task(_Settings):
         report are keyed to it: a run measured on other rows never competes with, or sits beside, these."""
         return _digest({"warehouse": self.warehouse_fingerprint(), "target": self.target,
                         "validation": [str(d) for d in self.validation], "backtest": str(self.backtest),
-                        "evaluate": self.evaluate.model_dump(mode="json")})
+                        "evaluate": self.evaluate.model_dump(mode="json"),
+                        # how the selection metric is measured: on the validation dates' whole population
+                        # (runs of earlier versions measured it on the sampled rows: another scale)
+                        "selection_rows": "validation population"})
 
     def flat(self) -> dict[str, Any]:
         """Every setting as dotted keys (MLflow params, the run's record)."""

@@ -28,7 +28,7 @@ import pandas as pd
 
 from ml.evaluate.metrics import evaluate_scores
 from ml.features.dataset import read_buyers, read_exports
-from ml.outputs import discard, publish, staging
+from ml.outputs import replacing
 from ml.task import Task, TaskPaths
 from ml.train.pipeline import tag_truth
 from ml.warehouse.export import sql_path
@@ -42,14 +42,8 @@ KEEP = ("dim_top_categories", "dim_evaluated_targets")
 def erase_log(source: Path, out: Path, before: dt.date, condition: str) -> int:
     """Copy a dataset with the events matching `condition` (SQL over the events and items' columns) and
     dated before `before` left out. Returns the number of events erased. `out` is replaced once complete."""
-    tmp = staging(out, inputs=[source])
-    try:
-        erased = _erase_into(source, tmp, before, condition)
-    except BaseException:
-        discard(tmp)
-        raise
-    publish(tmp, out)
-    return erased
+    with replacing(out, inputs=[source]) as tmp:
+        return _erase_into(source, tmp, before, condition)
 
 
 def _erase_into(source: Path, out: Path, before: dt.date, condition: str) -> int:

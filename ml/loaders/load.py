@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from ml.loaders.csv_reader import REJECTS_SCHEMA, FileReport, FormatError, read_file
 from ml.loaders.formats import FORMATS, FileFormat, LogFormat
-from ml.outputs import discard, publish, staging
+from ml.outputs import replacing
 from ml.synth.generate import EVENTS_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -128,17 +128,11 @@ def load(
         if not Path(path).is_file():
             raise ValueError(f"{path}: not a file (give the log's files, not a folder)")
     t0 = time.perf_counter()
-    tmp = staging(out, inputs=[*paths, *(items_paths or [])])
-    try:
+    with replacing(out, inputs=[*paths, *(items_paths or [])]) as tmp:
         manifest = _load_into(tmp, fmt, paths, items_paths, year, start, end, t0)
-    except BaseException:
-        discard(tmp)
-        raise
-    if manifest["events"] == 0:
-        discard(tmp)
-        raise ValueError(f"no event of {len(paths)} file(s) was accepted (read {manifest['read']:,}, rejected "
-                         f"{manifest['rejected']:,}): nothing written, {out} is as it was")
-    publish(tmp, out)
+        if manifest["events"] == 0:
+            raise ValueError(f"no event of {len(paths)} file(s) was accepted (read {manifest['read']:,}, rejected "
+                             f"{manifest['rejected']:,}): nothing written, {out} is as it was")
     return manifest
 
 

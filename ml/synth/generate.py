@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from ml.config import ACTIONS
-from ml.outputs import discard, publish, staging
+from ml.outputs import replacing
 from ml.synth.oracle import check_oracle_is_exact, oracle_at
 from ml.synth.params import GeneratorConfig
 from ml.synth.simulate import DayEvents, Simulator
@@ -232,13 +232,8 @@ def generate(cfg: GeneratorConfig, out: Path, progress: bool = True) -> dict:
     complete: ml.outputs). Returns the manifest."""
     t_start = time.perf_counter()
     _oracle_days(cfg)  # fail on a bad date before any work
-    tmp = staging(out)
-    try:
+    with replacing(out) as tmp:
         manifest = _generate_into(tmp, cfg, progress, t_start)
-    except BaseException:
-        discard(tmp)
-        raise
-    publish(tmp, out)
     log.info("generated %d events for %d users in %.1fs (%.0f events/s) into %s",
              manifest["events"], cfg.sizes.users, manifest["seconds"], manifest["events_per_second"], out)
     return manifest
