@@ -100,8 +100,10 @@ def _export_one(con: duckdb.DuckDBPyConnection, ds: dt.date, out_root: Path, fin
     rows: dict[str, int] = {}
     for name, (table, keys) in EXPORTS.items():
         n = con.execute(f"select count(*) from {table} where ds = ?", [ds]).fetchall()[0][0]
+        # samples on labelled dates, the evaluation set on the backtest and the validation dates, forward on
+        # the forward date
         if n == 0 and name in POPULATIONS:
-            continue  # samples on labelled dates, the evaluation set on the backtest, forward on the forward date
+            continue
         if name == "buyers" and n == 0:
             continue  # recall's denominator, on the backtest and the validation dates
         con.execute(f"copy (select * from {table} where ds = $ds order by {keys}) "
