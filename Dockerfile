@@ -12,7 +12,7 @@ WORKDIR /opt/purchase-crowd
 # dependencies first, so that a code change does not reinstall them; torch is the CPU build
 COPY requirements.lock ./
 RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -r requirements.lock \
-    && pip install "apache-airflow[celery,postgres]==3.3.2" psycopg2-binary   # the multi-process deployment only
+    && pip install "apache-airflow[celery,postgres]==3.3.2" "mlflow[auth]==3.17.2" psycopg2-binary   # the multi-process deployment only
 
 COPY pyproject.toml README.md ./
 COPY ml ./ml

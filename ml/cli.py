@@ -174,12 +174,13 @@ def _print_outcome(o, select_by: str) -> None:  # noqa: ANN001
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ml.evaluate.metrics import evaluate_scores
     from ml.features.dataset import read_buyers
+    from ml.tracking import comparison_key
     from ml.train.bundle import load_bundle
     from ml.train.pipeline import oracle_scores
 
     task = _task(args)
     paths = TaskPaths.of(task)
-    bundle = load_bundle(args.model, paths, task.comparison_fingerprint())
+    bundle = load_bundle(args.model, paths, comparison_key(task, paths.exports))
     raw = bundle.read_population(paths.exports, task.backtest)
     ev = raw.samples
     y, t, u = ev["label_buy"].to_numpy(), ev["target_id"].to_numpy(), ev["user_id"].to_numpy()
@@ -210,6 +211,10 @@ def _cmd_score(args: argparse.Namespace) -> int:
     result = score_forward(task, paths, as_of, model=args.model, out=args.out)
     print(f"{task.name}: crowds of {result.targets:,} {task.target} targets for {result.feature_date} .. "
           f"{result.window_end - dt.timedelta(days=1)} by {result.model} ({result.rows:,} rows) -> {result.path}")
+    print(f"model: {result.model} version {result.model_version}" + (f", run {result.run_id}" if result.run_id else "")
+          + f", trained on build {result.model_build or 'unknown'}; data: dataset {task.dataset}, build "
+          f"{result.data_build or 'unknown'}, features as of {result.feature_date}"
+          + ("" if result.model_build == result.data_build else " (NOT the build the model was trained on)"))
     print(f"buyers to expect: {result.expected_in_crowds:,.1f} in the crowds, {result.expected_in_population:,.1f} in "
           f"the whole scored population (per target: {expected_buyers_path(result.path)})")
     if result.submission:

@@ -25,7 +25,7 @@ from ml.task import Task, TaskPaths
 
 log = logging.getLogger(__name__)
 CROWD_COLUMNS = ("task", "target", "target_id", "rank", "user_id", "score", "model", "model_version", "run_id",
-                 "feature_date", "window_start", "window_end")
+                 "feature_date", "window_start", "window_end", "data_build")
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,10 @@ class CrowdsResult:
     submission: Path | None = None  # the next-day item task: the top-K pairs, as the competition took them
     expected_in_crowds: float = 0.0  # buyers to expect in all the crowds, and in the whole scored population
     expected_in_population: float = 0.0
+    model_version: str = "local"  # the registered version, or "local" for a bundle named by --model
+    run_id: str = ""
+    data_build: str = ""  # the warehouse build the features come from (ml.warehouse.export.build_id)
+    model_build: str = ""  # the build the model was trained on: the same, unless a local model was named
 
 
 def last_log_day(dataset_dir: Path) -> dt.date:
@@ -101,12 +105,19 @@ def expected_buyers_path(crowds: Path) -> Path:
 def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | None = None,
                   size: int | None = None, out: Path | None = None) -> CrowdsResult:
     """Score the forward population of as_of with the champion (or a local model) and publish the crowds."""
+    from ml.tracking import comparison_key
     from ml.train.bundle import load_bundle
 
-    bundle = load_bundle(model, paths, task.comparison_fingerprint())
+    # the champion of the forward export's build: new data, or changed dbt models, has none until trained on
+    bundle = load_bundle(model, paths, comparison_key(task, paths.exports, as_of))
     if bundle.config.get("task", task.name) != task.name:
         raise ValueError(f"model {bundle.name} was trained for task {bundle.config['task']}, not {task.name}")
     raw = bundle.read_population(paths.exports, as_of, part="forward")
+    model_build = bundle.config.get("build", "")
+    if model_build != raw.build:
+        log.warning("%s was trained on warehouse build %s, the features of %s are of build %s (other data or "
+                    "dbt models): scoring with it because it was named", bundle.name, model_build or "unknown",
+                    as_of, raw.build or "unknown")
     size = size or task.crowds.size
     scores = bundle.score(raw)
     crowd = top_users(raw.samples, scores, size)
@@ -115,7 +126,7 @@ def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | Non
     crowd.insert(1, "target", task.target)
     crowd = crowd.assign(model=bundle.name, model_version=bundle.config.get("version", "local"),
                          run_id=bundle.config.get("run_id", ""), feature_date=as_of, window_start=as_of,
-                         window_end=end)[list(CROWD_COLUMNS)]
+                         window_end=end, data_build=raw.build)[list(CROWD_COLUMNS)]
     target = out or paths.crowds / f"ds={as_of.isoformat()}" / "crowds.parquet"
     write_atomically(crowd, target)
     expected = expected_buyers(raw.samples, scores, crowd)
@@ -127,7 +138,9 @@ def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | Non
              task.target, size, as_of, end, bundle.name, crowd["model_version"].iloc[0] if len(crowd) else "-", target)
     return CrowdsResult(target, len(crowd), int(crowd["target_id"].nunique()), bundle.name, as_of, end, submission,
                         float(expected["expected_buyers_in_crowd"].sum()),
-                        float(expected["expected_buyers_population"].sum()))
+                        float(expected["expected_buyers_population"].sum()),
+                        model_version=str(bundle.config.get("version", "local")),
+                        run_id=str(bundle.config.get("run_id", "")), data_build=raw.build, model_build=model_build)
 
 
 def _write_submission(frame: pd.DataFrame, scores: np.ndarray, bundle, crowds: Path) -> Path | None:  # noqa: ANN001
@@ -162,6 +175,8 @@ def _publish_table(crowd: pd.DataFrame, warehouse: Path, task: str, as_of: dt.da
         con.register("crowd_frame", crowd)
         con.execute("create schema if not exists crowds")
         con.execute("create table if not exists crowds.forward_crowds as select * from crowd_frame where false")
+        # a table made before the crowds said which build they come from
+        con.execute("alter table crowds.forward_crowds add column if not exists data_build varchar")
         con.execute("begin transaction")
         con.execute("delete from crowds.forward_crowds where task = ? and feature_date = ?", [task, as_of])
         con.execute("insert into crowds.forward_crowds by name select * from crowd_frame")

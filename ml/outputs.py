@@ -41,12 +41,17 @@ DATASET_ENTRIES = frozenset({"events", "items.parquet", "item_subset.parquet", "
                              "oracle", "oracle_tags", "truth"})
 
 
+# what a model bundle holds (ml.train.bundle): one made before the marker existed is recognised by them
+BUNDLE_ENTRIES = frozenset({"config.json", "weights.pt", "feature_map.json", "lgbm", "gbdt.json"})
+
+
 def is_ours(path: Path) -> bool:
     path = Path(path)
     if (path / MARKER).is_file():
         return True
     entries = {p.name for p in path.iterdir()} if path.is_dir() else set()
-    return "manifest.json" in entries and "events" in entries and entries <= DATASET_ENTRIES
+    return (("manifest.json" in entries and "events" in entries and entries <= DATASET_ENTRIES)
+            or ("config.json" in entries and entries <= BUNDLE_ENTRIES))
 
 
 def check_replaceable(out: Path, inputs: list[Path] = ()) -> None:

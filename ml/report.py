@@ -63,9 +63,9 @@ def latest_runs(paths: TaskPaths, task: Task) -> pd.DataFrame:
     oracle's Monte Carlo error (`C_err`). The table keeps its columns and settings in table.attrs."""
     import mlflow
 
-    from ml.tracking import COMPARISON_TAG, configure
+    from ml.tracking import COMPARISON_TAG, comparison_key, configure
 
-    select_by, columns, key = task.evaluate.select_by, report_columns(task), task.comparison_fingerprint()
+    select_by, columns, key = task.evaluate.select_by, report_columns(task), comparison_key(task, paths.exports)
     configure(paths)
     runs = mlflow.search_runs(experiment_names=[paths.experiment],
                               filter_string=f"attributes.status = 'FINISHED' and tags.{COMPARISON_TAG} = '{key}'",
@@ -105,11 +105,11 @@ def latest_runs(paths: TaskPaths, task: Task) -> pd.DataFrame:
     table = table.sort_values("model", key=lambda s: s.map(order).fillna(50)).reset_index(drop=True)
     table = flag_below_floor(mark_best(table, _per_target_tables(table), columns))
     table.attrs["columns"] = tuple(columns)
-    table.attrs["settings"] = settings_line(task, runs)
+    table.attrs["settings"] = settings_line(task, runs, key)
     return table
 
 
-def settings_line(task: Task, runs: pd.DataFrame) -> str:
+def settings_line(task: Task, runs: pd.DataFrame, key: str) -> str:
     """What the table's runs share, and how each model was trained (from the runs' own parameters: training
     settings are not part of the comparison fingerprint, so runs of one table may differ in them)."""
     latest = runs.drop_duplicates("tags.mlflow.runName").set_index("tags.mlflow.runName")
@@ -121,7 +121,7 @@ def settings_line(task: Task, runs: pd.DataFrame) -> str:
         return ", ".join(f"{m} {v}" for m, v in values.items())
 
     return (f"Runs of task {task.name} on dataset {task.dataset} with comparison fingerprint "
-            f"{task.comparison_fingerprint()} (warehouse {task.warehouse_fingerprint()}; validation "
+            f"{key} (warehouse {task.warehouse_fingerprint()}, build {runs.get('tags.crowd.build', pd.Series(['-'])).iloc[0]}; validation "
             f"{', '.join(map(str, task.validation))}, backtest {task.backtest}); as trained: sample dates "
             f"{per_model('params.task.samples.first') or '-'} .. {per_model('params.task.samples.last') or '-'} every "
             f"{per_model('params.task.windows.step_days') or '-'} days, negatives kept "

@@ -315,11 +315,13 @@ class Task(_Settings):
         keep = {k: v[k] for k in v if k not in ("ds", "forward_date", "crowd_population", "crowd_active_days")}
         return _digest({"dataset": self.dataset, **keep})
 
-    def comparison_fingerprint(self) -> str:
-        """What makes two runs' metrics comparable: the same exports (warehouse_fingerprint), the same
+    def comparison_fingerprint(self, build: str) -> str:
+        """What makes two runs' metrics comparable: the same exports (warehouse_fingerprint) of the same
+        warehouse build (`build`: the data and the dbt models, ml.warehouse.export.build_id), the same
         validation and backtest dates, the same evaluated targets and metrics. The champion alias and the
-        report are keyed to it: a run measured on other rows never competes with, or sits beside, these."""
-        return _digest({"warehouse": self.warehouse_fingerprint(), "target": self.target,
+        report are keyed to it: a run measured on other rows never competes with, or sits beside, these, and
+        new data or a changed task has no champion until a model is trained on it."""
+        return _digest({"warehouse": self.warehouse_fingerprint(), "build": build, "target": self.target,
                         "validation": [str(d) for d in self.validation], "backtest": str(self.backtest),
                         "evaluate": self.evaluate.model_dump(mode="json"),
                         # how the selection metric is measured: on the validation dates' whole population

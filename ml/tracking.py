@@ -1,31 +1,89 @@
 """MLflow: one SQLite store under the data directory (with an absolute artifact location), one experiment and
 one registered model per task and dataset (ml.task.TaskPaths).
 
-The champion is keyed to the task's comparison fingerprint (Task.comparison_fingerprint: the exports, the
-validation and backtest dates, the evaluated targets and metrics): the alias `champion-KEY` moves only when a
+The champion is keyed to the task's comparison fingerprint (Task.comparison_fingerprint: the exports' settings
+and warehouse build, the validation and backtest dates, the evaluated targets and metrics): new data or a
+changed task has no champion until a model is trained on it. The alias `champion-KEY` moves only when a
 new run of the same key beats it on the validation dates (`selection_*` metrics; the backtest's `eval_*`
 metrics never choose), and `crowd score` serves the champion of the task's own key. Runs of other settings are
 measured on other rows and never compete. The plain `champion` alias follows the latest promotion, for the
-MLflow UI."""
+MLflow UI.
+
+A training's run is open while it trains and carries the process that runs it (`crowd.process`: host, pid and
+the process's start time); a process killed mid-way leaves its run RUNNING, and the next training of the
+experiment on the same host marks it FAILED (abandoned_runs_failed)."""
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import logging
 import math
 import os
+import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
 from ml.config import Paths
-from ml.task import TaskPaths
+from ml.task import Task, TaskPaths
 
 log = logging.getLogger(__name__)
 CHAMPION = "champion"
 COMPARISON_TAG = "comparison"  # runs and registered versions carry their Task.comparison_fingerprint()
+PROCESS_TAG = "crowd.process"  # the process a run is open in: host:pid:start time (abandoned_runs_failed)
+BUILD_TAG = "crowd.build"  # the warehouse build the run's exports come from
+
+
+def comparison_key(task: Task, exports: Path, ds: dt.date | None = None) -> str:
+    """The task's comparison fingerprint for the warehouse build of its exports of ds (the backtest's by
+    default): the key of the runs and the champion that were measured on these exports."""
+    from ml.warehouse.export import exports_build
+
+    return task.comparison_fingerprint(exports_build(exports, ds or task.backtest))
+
+
+def process_token(pid: int | None = None) -> str:
+    """This process (or pid) as host:pid:start time; the start time tells a reused pid from the original."""
+    import psutil
+
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{int(psutil.Process(pid).create_time() * 1000)}"
+
+
+def process_alive(token: str) -> bool:
+    """Whether the process of a token may still run: a process of another host is taken as alive (this one
+    cannot tell), one of this host only when its pid runs with the same start time."""
+    import psutil
+
+    try:
+        host, pid, started = token.rsplit(":", 2)
+        pid, started = int(pid), int(started)
+    except ValueError:
+        return True  # not a token of ours: leave it be
+    if host != socket.gethostname():
+        return True
+    try:
+        return int(psutil.Process(pid).create_time() * 1000) == started
+    except psutil.Error:
+        return False
+
+
+def abandoned_runs_failed(experiment_id: str) -> list[str]:
+    """Mark FAILED the experiment's runs left RUNNING by a process of this host that no longer runs (a kill
+    mid-training or mid-logging); returns their ids. Runs of live processes and other hosts are untouched."""
+    client = MlflowClient()
+    runs = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
+    dead = [r for r in runs if PROCESS_TAG in r.data.tags and not process_alive(r.data.tags[PROCESS_TAG])]
+    for r in dead:
+        client.set_terminated(r.info.run_id, status="FAILED")
+        client.set_tag(r.info.run_id, "crowd.failed_because", "its process ended without closing the run")
+        log.warning("run %s (%s) was left RUNNING by a process that has ended: marked FAILED", r.info.run_id,
+                    r.info.run_name)
+    return [r.info.run_id for r in dead]
 
 
 def champion_alias(key: str) -> str:

@@ -88,12 +88,12 @@ def test_the_training_dag_trains_promotes_a_champion_and_publishes_forward_crowd
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from ml.tracking import champion_alias, configure
+    from ml.tracking import champion_alias, comparison_key, configure
 
     configure(task_paths)
     # the Params changed models, epochs and the crowd size: the same comparison fingerprint as the task's
     champion = MlflowClient().get_model_version_by_alias(task_paths.registered_model,
-                                                         champion_alias(task.comparison_fingerprint()))
+                                                         champion_alias(comparison_key(task, task_paths.exports)))
     assert str(champion.version) == crowd["model_version"].iloc[0]
     runs = mlflow.search_runs(experiment_names=[task_paths.experiment])
     assert {"lgbm_all_mixed", "dnn"} <= set(runs["tags.mlflow.runName"])

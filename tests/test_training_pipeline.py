@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from ml.cli import main
 from ml.crowds import CROWD_COLUMNS, last_log_day
 from ml.task import TaskPaths
-from ml.tracking import CHAMPION, champion_alias, configure, promote_if_better, selection_metric
+from ml.tracking import CHAMPION, champion_alias, comparison_key, configure, promote_if_better, selection_metric
 from ml.train.pipeline import train_and_evaluate
 from ml.train.trainer import TrainConfig
 
@@ -68,7 +68,7 @@ def test_the_champion_alias_points_at_the_best_registered_run_on_the_validation_
     configure(task_paths)
     client = MlflowClient()
     name = task_paths.registered_model
-    key = task.comparison_fingerprint()
+    key = comparison_key(task, task_paths.exports)
     # the versions of the task's settings (other tests of the session register runs of other settings)
     versions = [v for v in client.search_model_versions(f"name='{name}'") if v.tags.get("comparison") == key]
     metric = selection_metric(task.evaluate.select_by)
@@ -269,7 +269,8 @@ def test_a_checkpoint_of_other_data_is_not_resumed(tiny_exports, task, task_path
     assert "are of other data, settings or code: not resumed" in caplog.text
 
 
-def test_report_writes_the_comparison_with_intervals_and_the_selection_metric(outcomes, task, tmp_path, capsys):
+def test_report_writes_the_comparison_with_intervals_and_the_selection_metric(outcomes, task, task_paths, tmp_path,
+                                                                            capsys):
     readme = tmp_path / "README.md"
     readme.write_text(f"before\n<!-- comparison:{task.name}:start -->\nSTALE-TABLE\n"
                       f"<!-- comparison:{task.name}:end -->\nafter\n")
@@ -284,7 +285,7 @@ def test_report_writes_the_comparison_with_intervals_and_the_selection_metric(ou
     assert f"{auc:.4f} ({iv.low:.3f}–{iv.high:.3f})" in din
     assert "Chosen:" in text and "paired interval" in text
     assert "| floor: decayed_count |" in text and "| floor: cart_then_recency |" in text
-    assert task.comparison_fingerprint() in text  # the settings the runs share are printed with them
+    assert comparison_key(task, task_paths.exports) in text  # the settings the runs share are printed with them
     oracle = next(line for line in text.splitlines() if line.startswith("| oracle (ceiling) |"))
     assert f"{outcomes['din'].oracle['auc']:.4f} ± {outcomes['din'].oracle_error['auc']:.4f}" in oracle
     assert outcomes["din"].oracle_error["auc"] < 0.005  # 1,024 rollouts on the backtest date

@@ -338,3 +338,68 @@ def test_exports_of_two_builds_are_refused_as_a_mix(built, tiny_dataset, tmp_pat
         read_exports(tmp_path / "exports", [d1, d2])
     export_dates(warehouse, tmp_path / "exports", [d1], dataset_dir=old)
     assert read_exports(tmp_path / "exports", [d1, d2]).build
+
+
+def test_a_dataset_path_with_quotes_and_braces_is_read_as_that_path(tiny_dataset, tmp_path):
+    """A path reaches dbt's SQL as a quoted literal: a folder named q'||' once made the build read the folder
+    q beside it (and braces broke dbt-duckdb's formatting). Here q holds a decoy of one day's events."""
+    raw = tmp_path / "it's {data}" / "raw"
+    crafted, decoy = raw / "q'||'", raw / "q"
+    shutil.copytree(tiny_dataset, crafted)
+    shutil.copytree(tiny_dataset, decoy)
+    events = pq.read_table(tiny_dataset / "events")
+    for part in (decoy / "events").glob("*.parquet"):
+        part.unlink()
+    pq.write_table(events.slice(0, 10), decoy / "events" / "part-0.parquet")
+    warehouse = tmp_path / "wh {x} it's" / "crowd.duckdb"
+    run_dbt("run", dataset_dir=crafted, warehouse=warehouse, dbt_vars=_vars([PIT_DS]), select=["ods"], quiet=True)
+    n = _query(warehouse, "select sum(n_raw) as n from ods.ods_events")["n"][0]
+    rejected = _query(warehouse, "select count(*) as n from ods.ods_event_rejects")["n"][0]
+    assert n + rejected == events.num_rows > 10
+
+
+LEAKAGE = DBT_PROJECT_DIR / "models" / "ads" / "ads_leakage.yml"
+
+
+def test_the_leakage_fixtures_expect_every_column_of_their_models(built):
+    """The dbt leakage tests compare whole rows: a column left out of their expected rows could leak unseen."""
+    warehouse, _ = built
+    tests = yaml.safe_load(LEAKAGE.read_text())["unit_tests"]
+    assert {t["model"] for t in tests} == {"ads_user_features", "ads_target_features", "ads_user_target_features"}
+    for t in tests:
+        settings = t["overrides"]["vars"]
+        assert settings["feature_windows"] == TASK.dbt_vars()["feature_windows"]  # the same columns as built
+        columns = set(_query(warehouse, f"select * from ads.{t['model']} limit 0").columns)
+        for row in t["expect"]["rows"]:
+            assert set(row) == columns, (t["name"], columns ^ set(row))
+        assert any(r["day"] >= settings["ds"] for r in t["given"][0]["rows"])  # the future is in the fixture
+
+
+def test_a_leak_planted_in_the_features_fails_the_dbt_build(tiny_dataset, tmp_path):
+    """Features that also read the label week (the history window's end moved past ds): the dbt build fails
+    on the leakage fixtures, as it would in Airflow, before any sample is written."""
+    project = tmp_path / "project"
+    shutil.copytree(DBT_PROJECT_DIR, project, ignore=shutil.ignore_patterns("target", "logs", ".user.yml"))
+    macro = project / "macros" / "crowd_features.sql"
+    text = macro.read_text()
+    assert text.count("and h.day < d.ds") == 1
+    macro.write_text(text.replace("and h.day < d.ds", "and h.day < cast({{ dbt.dateadd('day', 7, 'd.ds') }} as date)"))
+    with pytest.raises(WarehouseError, match="ignore_every_event_on_or_after_ds"):
+        run_dbt("build", dataset_dir=tiny_dataset, warehouse=tmp_path / "wh" / "crowd.duckdb",
+                dbt_vars=_vars([PIT_DS]), select=["+ads_user_features"], project_dir=project, quiet=True)
+
+
+@pytest.mark.parametrize("column, value, failing", [
+    ("user_id", "null", "crowd_in_range_samples_user_id"),
+    ("ds", "cast('2001-01-01' as date)", "crowd_date_in_the_log_samples_ds"),
+])
+def test_a_bad_key_or_date_in_the_samples_fails_their_tests(built, tiny_dataset, tmp_path, column, value, failing):
+    """The samples' keys and dates are checked against the run's vars: a null user or a date outside the
+    task's (from the inputs, not the SQL) fails `dbt test`."""
+    warehouse, _ = built
+    copy = tmp_path / "crowd.duckdb"
+    shutil.copy(warehouse, copy)
+    with duckdb.connect(str(copy)) as con:
+        con.execute(f"update samples.samples set {column} = {value} where rowid = (select min(rowid) from samples.samples)")
+    with pytest.raises(WarehouseError, match=failing):
+        run_dbt("test", dataset_dir=tiny_dataset, warehouse=copy, dbt_vars=_vars(), select=["samples"], quiet=True)

@@ -71,9 +71,10 @@ def ablate(task: Task, paths: TaskPaths, model: str | None, groups: tuple[str, .
     drop; returns the table and the MLflow run it belongs to (the champion's or the named model's latest)."""
     from ml.evaluate.metrics import evaluate_scores
     from ml.features.dataset import read_buyers
+    from ml.tracking import comparison_key
     from ml.train.bundle import load_bundle
 
-    bundle = load_bundle(model, paths, task.comparison_fingerprint())
+    bundle = load_bundle(model, paths, comparison_key(task, paths.exports))
     raw = bundle.read_population(paths.exports, task.backtest)
     ev = raw.samples
     y, target, user = ev["label_buy"].to_numpy(), ev["target_id"].to_numpy(), ev["user_id"].to_numpy()
@@ -99,12 +100,12 @@ def _latest_run(paths: TaskPaths, task: Task, model: str) -> str | None:
     """The latest finished run of a local model with the task's settings (a bundle not from the registry)."""
     import mlflow
 
-    from ml.tracking import COMPARISON_TAG, configure
+    from ml.tracking import COMPARISON_TAG, comparison_key, configure
 
     configure(paths)
     runs = mlflow.search_runs(experiment_names=[paths.experiment], order_by=["attributes.start_time DESC"],
                               filter_string=f"tags.mlflow.runName = '{model}' and "
-                                            f"tags.{COMPARISON_TAG} = '{task.comparison_fingerprint()}'")
+                                            f"tags.{COMPARISON_TAG} = '{comparison_key(task, paths.exports)}'")
     return None if runs.empty else str(runs["run_id"].iloc[0])
 
 

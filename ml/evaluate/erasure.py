@@ -99,6 +99,7 @@ def _scores_on(bundle, exports: Path, task: Task, keys: pd.DataFrame) -> np.ndar
 
 def erasure_report(task: Task, paths: TaskPaths, models: list[str]) -> pd.DataFrame:
     """One row per model, input and tag: AUC (the tag's users ranked), recall@N, on the real labels."""
+    from ml.tracking import comparison_key
     from ml.train.bundle import load_bundle
 
     if task.target != "tag":
@@ -130,7 +131,7 @@ def erasure_report(task: Task, paths: TaskPaths, models: list[str]) -> pd.DataFr
     rows = [row("oracle (ceiling)", tag_id, "full", truth) for tag_id in tag_ids
             if truth is not None and (target_ids == tag_id).any() and not np.isnan(truth[target_ids == tag_id]).any()]
     for model in models:
-        bundle = load_bundle(model, paths, task.comparison_fingerprint())
+        bundle = load_bundle(model, paths, comparison_key(task, paths.exports))
         full, erased_buys = (_scores_on(bundle, root, task, keys) for root in (paths.exports, no_buys))
         for tag_id in tag_ids:
             rows += [row(model, tag_id, "full", full), row(model, tag_id, "no_buys", erased_buys),

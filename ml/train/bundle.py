@@ -103,19 +103,27 @@ def load_bundle(name: str | None, paths: TaskPaths, key: str) -> Bundle:
     """A local bundle of the task (its models/NAME), or the registered champion of the task's comparison
     fingerprint `key` when no name is given; the bundle's config then also carries `version` and `run_id`."""
     if name:
-        return Bundle.load(paths.models / name)
+        from ml.outputs import checked_name
+
+        return Bundle.load(paths.models / checked_name(name, "model"))
     import mlflow
 
-    from ml.tracking import champion_alias, configure
+    from ml.tracking import CHAMPION, champion_alias, configure
 
     configure(paths)
+    client = mlflow.tracking.MlflowClient()
     try:
-        version = mlflow.tracking.MlflowClient().get_model_version_by_alias(paths.registered_model,
-                                                                            champion_alias(key))
+        version = client.get_model_version_by_alias(paths.registered_model, champion_alias(key))
     except mlflow.exceptions.MlflowException:
-        raise ValueError(f"task {paths.task} on {paths.dataset} has no champion model with these settings "
-                         f"(comparison fingerprint {key}) yet: train one with `crowd train --task {paths.task}`"
-                         ) from None
+        try:  # the latest champion, of other data or settings: say so, it is what a user expects to be served
+            latest = client.get_model_version_by_alias(paths.registered_model, CHAMPION)
+            before = (f"; the latest champion (version {latest.version}, {latest.tags.get('model', '?')}) was "
+                      "trained on other data, dbt models or settings and is not served on these")
+        except mlflow.exceptions.MlflowException:
+            before = ""
+        raise ValueError(f"task {paths.task} on {paths.dataset} has no champion model for the current data and "
+                         f"settings (comparison fingerprint {key}){before}: train one with "
+                         f"`crowd train --task {paths.task}`") from None
     bundle = Bundle.load(Path(mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="bundle")))
     bundle.config.update(version=str(version.version), run_id=version.run_id)
     return bundle

@@ -18,6 +18,7 @@ import json
 import logging
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -162,9 +163,70 @@ def train_and_evaluate(
     track: bool = True,
 ) -> Outcome:
     """train_cfg defaults to train_config(task, model); model_cfg and gbdt_cfg are the models' own
-    hyper-parameters (their dataclass defaults)."""
+    hyper-parameters (their dataclass defaults). Tracked, the MLflow run is open from the first read to the
+    last artifact (a kill leaves it RUNNING until the next training marks it FAILED: ml.tracking), and the
+    model is written into a folder of its own run, published as models/MODEL once it is logged: two trainings
+    of one model at once never log each other's files."""
     if model not in ALL_MODELS:
         raise ValueError(f"unknown model {model!r}: expected one of {', '.join(ALL_MODELS)}")
+    sweep_abandoned_run_folders(paths)
+    if not track:
+        return _cleaned_up(model, task, paths, f"local-{uuid.uuid4().hex[:12]}", train_cfg, model_cfg, gbdt_cfg,
+                           track=False)
+    import mlflow
+
+    from ml.tracking import PROCESS_TAG, abandoned_runs_failed, configure, process_token
+
+    abandoned_runs_failed(configure(paths))
+    tags = {"task": paths.task, "dataset": paths.dataset, "model": model, PROCESS_TAG: process_token()}
+    with mlflow.start_run(run_name=model, tags=tags) as run:
+        return _cleaned_up(model, task, paths, run.info.run_id, train_cfg, model_cfg, gbdt_cfg, track=True)
+
+
+def _cleaned_up(model: str, task: Task, paths: TaskPaths, run_key: str, *args: object, track: bool) -> Outcome:
+    """The training, its run folder removed when it fails (a kill leaves it to sweep_abandoned_run_folders)."""
+    try:
+        return _train_and_evaluate(model, task, paths, run_key, *args, track=track)
+    except BaseException:
+        shutil.rmtree(_run_path(paths, model, run_key), ignore_errors=True)
+        raise
+
+
+def _run_path(paths: TaskPaths, model: str, run_key: str) -> Path:
+    return paths.models / "runs" / f"{model}-{run_key}"
+
+
+def run_folder(paths: TaskPaths, model: str, run_key: str) -> Path:
+    """A new folder for one training (runs/MODEL-RUN), marked with the process that writes it; the bundle is
+    written into its bundle/."""
+    from ml.outputs import MARKER
+    from ml.tracking import process_token
+
+    folder = _run_path(paths, model, run_key)
+    (folder / "bundle").mkdir(parents=True)
+    (folder / OWNER).write_text(process_token())
+    (folder / "bundle" / MARKER).write_text("made by Purchase Crowd: the project may replace this folder\n")
+    return folder
+
+
+OWNER = "owner"  # in a run folder: the process writing it (ml.tracking.process_token)
+
+
+def sweep_abandoned_run_folders(paths: TaskPaths) -> list[Path]:
+    """Remove the run folders whose training process ended without publishing them (a kill, a crash)."""
+    from ml.tracking import process_alive
+
+    gone = []
+    for folder in sorted((paths.models / "runs").glob("*/")):
+        owner = folder / OWNER
+        if owner.is_file() and not process_alive(owner.read_text().strip()):
+            shutil.rmtree(folder, ignore_errors=True)
+            gone.append(folder)
+    return gone
+
+
+def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, train_cfg: TrainConfig | None,
+                        model_cfg: ModelConfig | None, gbdt_cfg: GbdtConfig | None, track: bool) -> Outcome:
     negative_rate = task.training.negative_rate
     train_cfg, model_cfg = train_cfg or train_config(task, model), model_cfg or ModelConfig()
     train_dates, valid_dates, backtest = task.sample_dates, list(task.validation), task.backtest
@@ -191,11 +253,20 @@ def train_and_evaluate(
     rows = {"train": len(train_raw.samples), "valid": len(valid_raw.samples),
             "valid_population": len(valid_pop.samples), "evaluation": len(ev)}
     log.info("%s/%s: %s rows (negatives of training kept at rate %.2f)", task.name, model, rows, negative_rate)
+    key = task.comparison_fingerprint(train_raw.build)
     extra = {"task": task.name, "dataset": task.dataset, "target": task.target, "negative_rate": negative_rate,
              "dense": train_raw.dense, "series_shape": task.series_shape(), "warehouse_fingerprint": fp,
-             "train_dates": [str(d) for d in train_dates], "valid_dates": [str(d) for d in valid_dates],
-             "evaluation_date": str(backtest)}
-    bundle_dir = paths.models / model
+             "build": train_raw.build, "comparison": key, "train_dates": [str(d) for d in train_dates],
+             "valid_dates": [str(d) for d in valid_dates], "evaluation_date": str(backtest),
+             **({"run_id": run_key} if track else {})}
+    if track:
+        import mlflow
+
+        from ml.tracking import BUILD_TAG, COMPARISON_TAG
+
+        mlflow.set_tags({COMPARISON_TAG: key, BUILD_TAG: train_raw.build})
+    folder = run_folder(paths, model, run_key)
+    bundle_dir = folder / "bundle"
     history: list[dict] = []
     epoch_metrics: list[dict] = []
     extra_plots: list[Path] = []
@@ -209,7 +280,6 @@ def train_and_evaluate(
         valid_scores = predict_gbdt(result, valid_pop.samples, train_raw.dense)
         params = {"model": model, **{f"gbdt_{k}": v for k, v in cfg.__dict__.items()},
                   "train_seconds": round(result.seconds, 1)}
-        shutil.rmtree(bundle_dir, ignore_errors=True)
         save_gbdt_bundle(bundle_dir, model, result, extra)
         if result.importance is not None and len(result.importance):
             extra_plots.append(importance_plot(list(result.importance.index), result.importance.to_numpy(),
@@ -220,15 +290,15 @@ def train_and_evaluate(
         fmap = fit_feature_map(train_raw, task)
         net = build_model(model, fmap, model_cfg)
         # a checkpoint is resumed only by the same data, settings and code: anything else starts afresh
-        key = _fingerprint(task.name, model, train_cfg.to_dict(), model_cfg.to_dict(), negative_rate, rows,
-                           train_raw.dense, fp, exports_fingerprint(paths.exports, [*train_dates, *valid_dates]),
-                           code_version())
-        workdir = paths.models / "checkpoints" / f"{model}-{key}"
+        resume = _fingerprint(task.name, model, train_cfg.to_dict(), model_cfg.to_dict(), negative_rate, rows,
+                              train_raw.dense, fp, exports_fingerprint(paths.exports, [*train_dates, *valid_dates]),
+                              code_version())
+        workdir = paths.models / "checkpoints" / f"{model}-{resume}"
         stale = [d.name for d in workdir.parent.glob(f"{model}-*") if d != workdir]
         if stale and not workdir.exists():
             log.info("%s: checkpoints %s are of other data, settings or code: not resumed; training afresh",
                      model, ", ".join(sorted(stale)))
-        trainer = Trainer(net, train_cfg, workdir, on_epoch=epoch_metrics.append)
+        trainer = Trainer(net, train_cfg, workdir, on_epoch=_epoch_logger(epoch_metrics, track))
         valid_data = CrowdData(valid_raw, fmap)
         fit = trainer.fit(CrowdData(train_raw, fmap), valid_data)
         history, train_seconds = fit.history, fit.seconds
@@ -238,7 +308,6 @@ def train_and_evaluate(
         params = {"model": model, **{f"train_{k}": v for k, v in train_cfg.to_dict().items()},
                   **{f"model_{k}": v for k, v in model_cfg.to_dict().items()}, "best_epoch": fit.best_epoch,
                   "train_samples_per_second": round(fit.samples_per_second), "train_seconds": round(fit.seconds, 1)}
-        shutil.rmtree(bundle_dir, ignore_errors=True)
         save_deep_bundle(bundle_dir, model, trainer.model, fmap, model_cfg, extra)
         if history:
             extra_plots.append(training_curves(history, plots_dir))
@@ -318,9 +387,25 @@ def train_and_evaluate(
     if track:
         task_params = {f"task.{k}": v for k, v in task.flat().items()}
         _record(outcome, params | {f"rows_{k}": v for k, v in rows.items()} | task_params,
-                epoch_metrics, plot_paths, paths, task.evaluate.select_by, task.comparison_fingerprint())
+                plot_paths, paths, task.evaluate.select_by, key)
     shutil.rmtree(plots_dir, ignore_errors=True)
+    from ml.outputs import publish
+
+    # the run's own bundle, logged as it is, becomes the model's local bundle (the latest trained wins)
+    outcome.bundle = publish(bundle_dir, paths.models / model)
+    shutil.rmtree(folder, ignore_errors=True)
     return outcome
+
+
+def _epoch_logger(rows: list[dict], track: bool):  # noqa: ANN202
+    """Keep each epoch's metrics, and log them to the open run as they come (the MLflow UI follows training)."""
+    def on_epoch(row: dict) -> None:
+        rows.append(row)
+        if track:
+            import mlflow
+
+            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+    return on_epoch
 
 
 def _add_to_bundle_config(bundle_dir: Path, **values: object) -> None:
@@ -392,45 +477,42 @@ def _se_importance(model, data: CrowdData, fmap, out: Path) -> Path:  # noqa: AN
     return importance_plot(names, sums / n, out / "se_field_importance.png", "PLE: mean SE weight per field")
 
 
-def _record(outcome: Outcome, params: dict, epochs: list[dict], plots: list[Path], paths: TaskPaths,
-            select_by: str, key: str) -> None:
-    """The run, its model registered, and the champion of its comparison fingerprint `key` moved if it wins."""
+def _record(outcome: Outcome, params: dict, plots: list[Path], paths: TaskPaths, select_by: str, key: str) -> None:
+    """Into the open run: its metrics and artifacts, its model registered, and the champion of its comparison
+    fingerprint `key` moved if it wins."""
     import mlflow
 
-    from ml.tracking import COMPARISON_TAG, configure, promote_if_better, selection_metric
+    from ml.tracking import COMPARISON_TAG, promote_if_better, selection_metric
 
-    configure(paths)
+    run = mlflow.active_run()
     tags = {"task": paths.task, "dataset": paths.dataset, "model": outcome.model, COMPARISON_TAG: key}
-    with mlflow.start_run(run_name=outcome.model, tags=tags) as run:
-        mlflow.log_params({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in params.items()})
-        for row in epochs:
-            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
-        mlflow.log_metrics({f"eval_{k}": v for k, v in outcome.summary.items() if np.isfinite(v)})
-        mlflow.log_metrics({f"eval_{k}_ci_{end}": getattr(iv, end) for k, iv in outcome.intervals.items()
-                            for end in ("low", "high") if np.isfinite(getattr(iv, end))})
-        mlflow.log_metrics({f"oracle_{k}": v for k, v in outcome.oracle.items() if np.isfinite(v)})
-        mlflow.log_metrics({f"oracle_{k}_mc_error": v for k, v in outcome.oracle_error.items() if np.isfinite(v)})
-        mlflow.log_metrics({selection_metric(k): v for k, v in outcome.selection.items() if np.isfinite(v)})
-        mlflow.log_metrics({f"floor_{name}_{k}": v for name, s in outcome.floors.items() for k, v in s.items()
-                            if np.isfinite(v) and k not in ("logloss", *CALIBRATION_METRICS)})  # no probabilities
-        mlflow.set_tag("above_floor", str(outcome.below_floor() is None).lower())
-        mlflow.set_tag("selected_by", selection_metric(select_by))
-        table = outcome.per_target.reset_index()
-        mlflow.log_table(table, artifact_file="per_target_metrics.json")
-        for p in plots:
-            mlflow.log_artifact(str(p), artifact_path="plots")
-        mlflow.log_artifacts(str(outcome.bundle), artifact_path="bundle")
-        info = _log_flavour(outcome, paths.registered_model)
-        outcome.run_id = run.info.run_id
-        if info is not None and info.registered_model_version is not None:
-            version = str(info.registered_model_version)
-            client = mlflow.tracking.MlflowClient()
-            for k, v in {**tags, selection_metric(select_by): outcome.selection[select_by]}.items():
-                client.set_model_version_tag(paths.registered_model, version, k, str(v))
-            outcome.champion = promote_if_better(paths, version, selection_metric(select_by),
-                                                 outcome.selection[select_by], key)
-            mlflow.set_tag("registered_version", version)
-        mlflow.set_tag("champion_at_training", str(outcome.champion).lower())
+    mlflow.log_params({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in params.items()})
+    mlflow.log_metrics({f"eval_{k}": v for k, v in outcome.summary.items() if np.isfinite(v)})
+    mlflow.log_metrics({f"eval_{k}_ci_{end}": getattr(iv, end) for k, iv in outcome.intervals.items()
+                        for end in ("low", "high") if np.isfinite(getattr(iv, end))})
+    mlflow.log_metrics({f"oracle_{k}": v for k, v in outcome.oracle.items() if np.isfinite(v)})
+    mlflow.log_metrics({f"oracle_{k}_mc_error": v for k, v in outcome.oracle_error.items() if np.isfinite(v)})
+    mlflow.log_metrics({selection_metric(k): v for k, v in outcome.selection.items() if np.isfinite(v)})
+    mlflow.log_metrics({f"floor_{name}_{k}": v for name, s in outcome.floors.items() for k, v in s.items()
+                        if np.isfinite(v) and k not in ("logloss", *CALIBRATION_METRICS)})  # no probabilities
+    mlflow.set_tag("above_floor", str(outcome.below_floor() is None).lower())
+    mlflow.set_tag("selected_by", selection_metric(select_by))
+    table = outcome.per_target.reset_index()
+    mlflow.log_table(table, artifact_file="per_target_metrics.json")
+    for p in plots:
+        mlflow.log_artifact(str(p), artifact_path="plots")
+    mlflow.log_artifacts(str(outcome.bundle), artifact_path="bundle")
+    info = _log_flavour(outcome, paths.registered_model)
+    outcome.run_id = run.info.run_id
+    if info is not None and info.registered_model_version is not None:
+        version = str(info.registered_model_version)
+        client = mlflow.tracking.MlflowClient()
+        for k, v in {**tags, selection_metric(select_by): outcome.selection[select_by]}.items():
+            client.set_model_version_tag(paths.registered_model, version, k, str(v))
+        outcome.champion = promote_if_better(paths, version, selection_metric(select_by),
+                                             outcome.selection[select_by], key)
+        mlflow.set_tag("registered_version", version)
+    mlflow.set_tag("champion_at_training", str(outcome.champion).lower())
 
 
 def _log_flavour(outcome: Outcome, registered: str):  # noqa: ANN202

@@ -70,6 +70,11 @@ def build_id(dataset_dir: Path | None) -> str:
     return hashlib.sha1(data + project_digest().encode()).hexdigest()[:12]
 
 
+def exports_build(root: Path, ds: dt.date) -> str:
+    """The warehouse build an export of ds was made from ("" for an export older than build ids)."""
+    return str(read_schema(root, ds).get("build", ""))
+
+
 def export_dates(warehouse: Path, out_root: Path, dates: list[dt.date] | None = None,
                  fingerprint: str = "", dataset_dir: Path | None = None) -> list[Export]:
     """Write exports/ds=YYYY-MM-DD/{samples,evaluation,buyers,forward,sequences,category_series}.parquet and

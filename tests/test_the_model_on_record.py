@@ -1,0 +1,131 @@
+"""The model on record is the one trained: per-run model folders, runs of killed processes marked FAILED, the
+champion tied to the data it was trained on, and `crowd score` saying which model and data it used."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from ml.cli import main
+from ml.crowds import last_log_day
+from ml.tracking import PROCESS_TAG, abandoned_runs_failed, comparison_key, configure, process_alive, process_token
+from ml.train.gbdt import GbdtConfig
+from ml.train.pipeline import sweep_abandoned_run_folders, train_and_evaluate
+from ml.warehouse.export import export_dir
+
+KILLED_MID_RUN = """
+import os, sys
+from ml.task import load_task, TaskPaths
+from ml.tracking import PROCESS_TAG, configure, process_token
+import mlflow
+configure(TaskPaths.of(load_task("tmall-2013")))
+with mlflow.start_run(run_name="killed", tags={PROCESS_TAG: process_token()}) as run:
+    print(run.info.run_id, flush=True)
+    os.kill(os.getpid(), 9)  # SIGKILL: no handler, no context manager closes the run
+"""
+
+
+def test_a_run_whose_process_was_killed_is_marked_failed_on_the_next_start(task_paths):
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_RUN], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert killed.returncode == -9, killed.stderr
+    run_id = killed.stdout.split()[0]
+    experiment = configure(task_paths)
+    client = MlflowClient()
+    assert client.get_run(run_id).info.status == "RUNNING"  # stuck, as a kill leaves it
+    other_host = client.create_run(experiment, tags={PROCESS_TAG: "some-other-host:1:1"}).info.run_id
+    with mlflow.start_run(tags={PROCESS_TAG: process_token()}) as alive:  # this process's own open run
+        failed = abandoned_runs_failed(experiment)
+        assert run_id in failed and alive.info.run_id not in failed and other_host not in failed
+    assert client.get_run(run_id).info.status == "FAILED"
+    assert client.get_run(other_host).info.status == "RUNNING"  # another host's process: this one cannot tell
+    client.set_terminated(other_host)
+
+
+def test_a_reused_pid_is_not_taken_for_the_process_that_died():
+    host, pid, started = process_token().rsplit(":", 2)
+    assert process_alive(process_token())
+    assert not process_alive(f"{host}:{pid}:{int(started) - 5000}")  # same pid, started at another time
+
+
+def _train_lgbm(task, task_paths, leaves: int, out: dict) -> None:
+    out[leaves] = train_and_evaluate("lgbm_all_mixed", task, task_paths,
+                                     gbdt_cfg=GbdtConfig(mode="all_mixed", num_leaves=leaves, seed=1))
+
+
+@pytest.fixture(scope="module")
+def concurrent(tiny_exports, tiny_dataset, task, task_paths) -> dict:
+    """Two trainings of one model at once, with different settings, in one process (as a DAG's parallel
+    tasks would be in separate ones)."""
+    out: dict = {}
+    threads = [threading.Thread(target=_train_lgbm, args=(task, task_paths, leaves, out)) for leaves in (4, 31)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert set(out) == {4, 31}
+    return out
+
+
+def test_two_trainings_of_one_model_at_once_each_log_their_own_model(concurrent, task_paths):
+    configure(task_paths)
+    for leaves, outcome in concurrent.items():
+        run = MlflowClient().get_run(outcome.run_id)
+        assert run.data.params["gbdt_num_leaves"] == str(leaves)
+        bundle = Path(mlflow.artifacts.download_artifacts(run_id=outcome.run_id, artifact_path="bundle"))
+        assert json.loads((bundle / "config.json").read_text())["run_id"] == outcome.run_id
+        booster = (bundle / "lgbm" / "all.txt").read_text()
+        assert f"[num_leaves: {leaves}]" in booster  # the booster trained with this run's settings
+        assert run.info.end_time - run.info.start_time >= 1000 * outcome.train_seconds  # open the whole time
+    # the run folders are gone once published; the local bundle is one of the two, whole
+    assert not list((task_paths.models / "runs").glob("lgbm_all_mixed-*"))
+    local = json.loads((task_paths.models / "lgbm_all_mixed" / "config.json").read_text())
+    assert local["run_id"] in {o.run_id for o in concurrent.values()}
+
+
+def test_a_killed_trainings_folder_is_swept_by_the_next_one(task_paths):
+    folder = task_paths.models / "runs" / "dnn-killed"
+    (folder / "bundle").mkdir(parents=True)
+    host, _, _ = process_token().rsplit(":", 2)
+    (folder / "owner").write_text(f"{host}:{2 ** 22 + 7}:1")  # no such process
+    mine = task_paths.models / "runs" / "dnn-mine"
+    (mine / "bundle").mkdir(parents=True)
+    (mine / "owner").write_text(process_token())
+    assert sweep_abandoned_run_folders(task_paths) == [folder]
+    assert mine.exists() and not folder.exists()
+    mine.joinpath("owner").unlink()
+    mine.joinpath("bundle").rmdir()
+    mine.rmdir()
+
+
+def test_new_data_has_no_champion_until_a_model_is_trained_on_it(concurrent, task, task_paths, tmp_path, capsys):
+    """The champion is keyed to the warehouse build: scoring features of another build (a new load, changed
+    dbt models) with it is refused; a model named with --model scores them, and the output says so."""
+    out = tmp_path / "crowd.parquet"
+    assert main(["score", "--out", str(out)]) == 0  # the champion, on the data it was trained on
+    printed = capsys.readouterr().out
+    as_of = last_log_day(task_paths.dataset_dir) + dt.timedelta(days=1)
+    schema_path = export_dir(task_paths.exports, as_of) / "schema.json"
+    schema = json.loads(schema_path.read_text())
+    assert f"data: dataset {task.dataset}, build {schema['build']}" in printed
+    assert f"trained on build {schema['build']}" in printed and "NOT the build" not in printed
+    assert "run " in printed and "version " in printed
+    assert comparison_key(task, task_paths.exports) == task.comparison_fingerprint(schema["build"])
+    original = schema_path.read_text()
+    try:
+        schema_path.write_text(json.dumps({**schema, "build": "newdata00000"}))
+        assert main(["score", "--no-build", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "no champion model for the current data" in err and "latest champion (version" in err
+        assert main(["score", "--no-build", "--model", "lgbm_all_mixed", "--out", str(out)]) == 0
+        assert "NOT the build the model was trained on" in capsys.readouterr().out
+    finally:
+        schema_path.write_text(original)
