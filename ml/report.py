@@ -63,12 +63,12 @@ def latest_runs(paths: TaskPaths, task: Task) -> pd.DataFrame:
     oracle's Monte Carlo error (`C_err`). The table keeps its columns and settings in table.attrs."""
     import mlflow
 
-    from ml.tracking import COMPARISON_TAG, comparison_key, configure
+    from ml.tracking import COMPARISON_TAG, comparison_key, configure, filter_value
 
     select_by, columns, key = task.evaluate.select_by, report_columns(task), comparison_key(task, paths.exports)
     configure(paths)
     runs = mlflow.search_runs(experiment_names=[paths.experiment],
-                              filter_string=f"attributes.status = 'FINISHED' and tags.{COMPARISON_TAG} = '{key}'",
+                              filter_string=f"attributes.status = 'FINISHED' and tags.{COMPARISON_TAG} = {filter_value(key)}",
                               order_by=["attributes.start_time DESC"])
     if runs.empty:
         raise ValueError(f"no finished runs of task {paths.task} on {paths.dataset} with these settings "

@@ -21,6 +21,7 @@ import fcntl
 import logging
 import math
 import os
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,14 @@ CHAMPION = "champion"
 COMPARISON_TAG = "comparison"  # runs and registered versions carry their Task.comparison_fingerprint()
 PROCESS_TAG = "crowd.process"  # the process a run is open in: host:pid:start time (abandoned_runs_failed)
 BUILD_TAG = "crowd.build"  # the warehouse build the run's exports come from
+
+
+def filter_value(value: str) -> str:
+    """A value for an MLflow search filter, quoted: MLflow's filters take no bound parameters, so only plain
+    names (a model, a fingerprint) may reach one, never text from a file."""
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,200}", value):
+        raise ValueError(f"{value!r} is not a plain name: it cannot be searched for in MLflow")
+    return f"'{value}'"
 
 
 def comparison_key(task: Task, exports: Path, ds: dt.date | None = None) -> str:

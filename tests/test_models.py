@@ -149,3 +149,25 @@ def test_a_resumed_run_reproduces_the_uninterrupted_one(fmap, data, tmp_path):
     assert [h["epoch"] for h in resumed.history] == [0, 1, 2]
     assert [h["valid_auc"] for h in resumed.history] == [h["valid_auc"] for h in whole.history]
     np.testing.assert_array_equal(predict(resumed_trainer.model, data), predict(whole_trainer.model, data))
+
+
+class _RunsCode:
+    """What a crafted checkpoint would hold: unpickling it calls a function of the attacker's choosing."""
+
+    def __init__(self, marker) -> None:  # noqa: ANN001
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        return (self.marker.touch, ())
+
+
+def test_a_crafted_checkpoint_is_refused_and_runs_nothing(fmap, data, tmp_path):
+    marker = tmp_path / "the-payload-ran"
+    workdir = tmp_path / "checkpoints"
+    workdir.mkdir()
+    torch.save({"model": _RunsCode(marker)}, workdir / "last.pt")
+    trainer = Trainer(build_model("dnn", fmap, SMALL), TrainConfig(epochs=1, progress=False, tensorboard=False),
+                      workdir)
+    with pytest.raises(ValueError, match="holds more than weights .*refusing to load it"):
+        trainer.fit(data, data)
+    assert not marker.exists()

@@ -129,3 +129,12 @@ def test_new_data_has_no_champion_until_a_model_is_trained_on_it(concurrent, tas
         assert "NOT the build the model was trained on" in capsys.readouterr().out
     finally:
         schema_path.write_text(original)
+
+
+def test_only_plain_names_reach_an_mlflow_search():
+    from ml.tracking import filter_value
+
+    assert filter_value("lgbm_all_mixed") == "'lgbm_all_mixed'"
+    for crafted in ("din' or '1' = '1", "", "a b", "x\n"):
+        with pytest.raises(ValueError, match="not a plain name"):
+            filter_value(crafted)

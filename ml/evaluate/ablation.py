@@ -100,12 +100,12 @@ def _latest_run(paths: TaskPaths, task: Task, model: str) -> str | None:
     """The latest finished run of a local model with the task's settings (a bundle not from the registry)."""
     import mlflow
 
-    from ml.tracking import COMPARISON_TAG, comparison_key, configure
+    from ml.tracking import COMPARISON_TAG, comparison_key, configure, filter_value
 
     configure(paths)
     runs = mlflow.search_runs(experiment_names=[paths.experiment], order_by=["attributes.start_time DESC"],
-                              filter_string=f"tags.mlflow.runName = '{model}' and "
-                                            f"tags.{COMPARISON_TAG} = '{comparison_key(task, paths.exports)}'")
+                              filter_string=f"tags.mlflow.runName = {filter_value(model)} and "
+                                            f"tags.{COMPARISON_TAG} = {filter_value(comparison_key(task, paths.exports))}")
     return None if runs.empty else str(runs["run_id"].iloc[0])
 
 

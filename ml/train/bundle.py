@@ -26,7 +26,7 @@ from ml.models.zoo import NEEDS_SERIES, ModelConfig, build_model
 from ml.task import GBDT_MODELS, TaskPaths
 from ml.train.calibration import correct_for_sampling, stratified_platt_apply
 from ml.train.gbdt import GbdtResult, predict_gbdt
-from ml.train.trainer import predict, resolve_device
+from ml.train.trainer import load_weights, predict, resolve_device
 
 
 @dataclass
@@ -70,7 +70,7 @@ class Bundle:
         fmap = FeatureMap.load(self.path / "feature_map.json")
         model = build_model(self.name, fmap, ModelConfig(**self.config["model_config"]))
         dev = resolve_device(device)
-        model.load_state_dict(torch.load(self.path / "weights.pt", map_location=dev, weights_only=True))
+        model.load_state_dict(load_weights(self.path / "weights.pt", dev))
         data = CrowdData(raw, fmap, hide_own_target=hide_own_target)
         return self.probability(predict(model.to(dev), data, device=dev), raw.samples)
 

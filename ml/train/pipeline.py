@@ -38,7 +38,7 @@ from ml.train.bundle import Bundle, save_deep_bundle, save_gbdt_bundle
 from ml.train.calibration import (CALIBRATION_METRICS, calibration_summary, correct_for_sampling,
                                   population_weights, stratified_platt_apply, stratified_platt_fit)
 from ml.train.gbdt import GbdtConfig, predict_gbdt, train_gbdt
-from ml.train.trainer import TrainConfig, Trainer, predict, seed_everything
+from ml.train.trainer import TrainConfig, Trainer, load_weights, predict, seed_everything
 from ml.warehouse.export import export_dir
 
 log = logging.getLogger(__name__)
@@ -533,12 +533,10 @@ def _log_flavour(outcome: Outcome, registered: str):  # noqa: ANN202
         return mlflow.pyfunc.log_model(name="model", python_model=GbdtBundleModel(),
                                        artifacts={"bundle": str(outcome.bundle)}, registered_model_name=registered,
                                        pip_requirements=["lightgbm==4.7.0", "mlflow==3.17.2"])
-    import torch
-
     from ml.features.feature_map import FeatureMap
 
     fmap = FeatureMap.load(outcome.bundle / "feature_map.json")
     net = build_model(bundle.name, fmap, ModelConfig(**bundle.config["model_config"]))
-    net.load_state_dict(torch.load(outcome.bundle / "weights.pt", map_location="cpu", weights_only=True))
+    net.load_state_dict(load_weights(outcome.bundle / "weights.pt"))
     return mlflow.pytorch.log_model(net, name="model", registered_model_name=registered, serialization_format="pickle",
                                     pip_requirements=["torch==2.13.0"])

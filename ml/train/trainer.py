@@ -9,6 +9,7 @@ checkpoint carries the torch RNG state (dropout) along with the model, optimiser
 from __future__ import annotations
 
 import logging
+import pickle
 import random
 import time
 from collections.abc import Callable
@@ -67,6 +68,17 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     samples_per_second: float = 0.0
+
+
+def load_weights(path: Path, device: torch.device | str = "cpu") -> dict:
+    """A checkpoint or state dict: tensors and plain values only (torch's weights-only unpickler). A file that
+    holds anything else (objects, code: a crafted file in the data volume) is refused, never run."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path} holds more than weights ({first}): refusing to load it; delete it to train "
+                         "afresh") from None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -157,7 +169,7 @@ class Trainer:
         cfg = self.cfg
         start_epoch, best_auc, best_epoch, bad, history = 0, -1.0, -1, 0, []
         if self.last_path.exists():
-            state = torch.load(self.last_path, map_location=self.device, weights_only=True)
+            state = load_weights(self.last_path, self.device)
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
@@ -224,6 +236,6 @@ class Trainer:
         if writer:
             writer.close()
         if self.best_path.exists():
-            self.model.load_state_dict(torch.load(self.best_path, map_location=self.device, weights_only=True))
+            self.model.load_state_dict(load_weights(self.best_path, self.device))
         seconds = time.perf_counter() - t_start
         return TrainResult(best_epoch, best_auc, history, seconds, n_seen / seconds if seconds else 0.0)
