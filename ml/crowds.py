@@ -124,9 +124,9 @@ def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | Non
     end = as_of + dt.timedelta(days=task.windows.label_days)
     crowd.insert(0, "task", task.name)
     crowd.insert(1, "target", task.target)
-    crowd = crowd.assign(model=bundle.name, model_version=bundle.config.get("version", "local"),
-                         run_id=bundle.config.get("run_id", ""), feature_date=as_of, window_start=as_of,
-                         window_end=end, data_build=raw.build)[list(CROWD_COLUMNS)]
+    version, run_id = str(bundle.config.get("version", "local")), str(bundle.config.get("run_id", ""))
+    crowd = crowd.assign(model=bundle.name, model_version=version, run_id=run_id, feature_date=as_of,
+                         window_start=as_of, window_end=end, data_build=raw.build)[list(CROWD_COLUMNS)]
     target = out or paths.crowds / f"ds={as_of.isoformat()}" / "crowds.parquet"
     write_atomically(crowd, target)
     expected = expected_buyers(raw.samples, scores, crowd)
@@ -139,8 +139,7 @@ def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | Non
     return CrowdsResult(target, len(crowd), int(crowd["target_id"].nunique()), bundle.name, as_of, end, submission,
                         float(expected["expected_buyers_in_crowd"].sum()),
                         float(expected["expected_buyers_population"].sum()),
-                        model_version=str(bundle.config.get("version", "local")),
-                        run_id=str(bundle.config.get("run_id", "")), data_build=raw.build, model_build=model_build)
+                        model_version=version, run_id=run_id, data_build=raw.build, model_build=model_build)
 
 
 def _write_submission(frame: pd.DataFrame, scores: np.ndarray, bundle, crowds: Path) -> Path | None:  # noqa: ANN001

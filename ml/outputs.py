@@ -77,8 +77,13 @@ def staging(out: Path, inputs: list[Path] = ()) -> Path:
             shutil.rmtree(stale, ignore_errors=True)
     tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
-    (tmp / MARKER).write_text("made by Purchase Crowd: the project may replace this folder\n")
-    return tmp
+    return mark(tmp)
+
+
+def mark(folder: Path) -> Path:
+    """Mark a folder as the project's: one it may replace later."""
+    (Path(folder) / MARKER).write_text("made by Purchase Crowd: the project may replace this folder\n")
+    return Path(folder)
 
 
 def publish(tmp: Path, out: Path) -> Path:

@@ -112,6 +112,8 @@ def latest_runs(paths: TaskPaths, task: Task) -> pd.DataFrame:
 def settings_line(task: Task, runs: pd.DataFrame, key: str) -> str:
     """What the table's runs share, and how each model was trained (from the runs' own parameters: training
     settings are not part of the comparison fingerprint, so runs of one table may differ in them)."""
+    from ml.tracking import BUILD_TAG
+
     latest = runs.drop_duplicates("tags.mlflow.runName").set_index("tags.mlflow.runName")
 
     def per_model(column: str) -> str:
@@ -121,7 +123,7 @@ def settings_line(task: Task, runs: pd.DataFrame, key: str) -> str:
         return ", ".join(f"{m} {v}" for m, v in values.items())
 
     return (f"Runs of task {task.name} on dataset {task.dataset} with comparison fingerprint "
-            f"{key} (warehouse {task.warehouse_fingerprint()}, build {runs.get('tags.crowd.build', pd.Series(['-'])).iloc[0]}; validation "
+            f"{key} (warehouse {task.warehouse_fingerprint()}, build {runs.get(f'tags.{BUILD_TAG}', pd.Series(['-'])).iloc[0]}; validation "
             f"{', '.join(map(str, task.validation))}, backtest {task.backtest}); as trained: sample dates "
             f"{per_model('params.task.samples.first') or '-'} .. {per_model('params.task.samples.last') or '-'} every "
             f"{per_model('params.task.windows.step_days') or '-'} days, negatives kept "

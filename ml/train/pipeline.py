@@ -196,20 +196,20 @@ def _run_path(paths: TaskPaths, model: str, run_key: str) -> Path:
     return paths.models / "runs" / f"{model}-{run_key}"
 
 
+OWNER = "owner"  # in a run folder: the process writing it (ml.tracking.process_token)
+
+
 def run_folder(paths: TaskPaths, model: str, run_key: str) -> Path:
     """A new folder for one training (runs/MODEL-RUN), marked with the process that writes it; the bundle is
     written into its bundle/."""
-    from ml.outputs import MARKER
+    from ml.outputs import mark
     from ml.tracking import process_token
 
     folder = _run_path(paths, model, run_key)
     (folder / "bundle").mkdir(parents=True)
     (folder / OWNER).write_text(process_token())
-    (folder / "bundle" / MARKER).write_text("made by Purchase Crowd: the project may replace this folder\n")
+    mark(folder / "bundle")
     return folder
-
-
-OWNER = "owner"  # in a run folder: the process writing it (ml.tracking.process_token)
 
 
 def sweep_abandoned_run_folders(paths: TaskPaths) -> list[Path]:
@@ -268,7 +268,6 @@ def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, 
     folder = run_folder(paths, model, run_key)
     bundle_dir = folder / "bundle"
     history: list[dict] = []
-    epoch_metrics: list[dict] = []
     extra_plots: list[Path] = []
     plots_dir = Path(tempfile.mkdtemp(prefix=f"crowd-{model}-"))
 
@@ -298,7 +297,7 @@ def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, 
         if stale and not workdir.exists():
             log.info("%s: checkpoints %s are of other data, settings or code: not resumed; training afresh",
                      model, ", ".join(sorted(stale)))
-        trainer = Trainer(net, train_cfg, workdir, on_epoch=_epoch_logger(epoch_metrics, track))
+        trainer = Trainer(net, train_cfg, workdir, on_epoch=_log_epoch if track else None)
         valid_data = CrowdData(valid_raw, fmap)
         fit = trainer.fit(CrowdData(train_raw, fmap), valid_data)
         history, train_seconds = fit.history, fit.seconds
@@ -397,15 +396,11 @@ def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, 
     return outcome
 
 
-def _epoch_logger(rows: list[dict], track: bool):  # noqa: ANN202
-    """Keep each epoch's metrics, and log them to the open run as they come (the MLflow UI follows training)."""
-    def on_epoch(row: dict) -> None:
-        rows.append(row)
-        if track:
-            import mlflow
+def _log_epoch(row: dict) -> None:
+    """An epoch's metrics into the open run as they come (the MLflow UI follows training)."""
+    import mlflow
 
-            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
-    return on_epoch
+    mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
 
 
 def _add_to_bundle_config(bundle_dir: Path, **values: object) -> None:
