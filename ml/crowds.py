@@ -68,11 +68,12 @@ def build_forward(task: Task, paths: TaskPaths, as_of: dt.date, quiet: bool = Tr
     from ml.warehouse.export import export_dates
     from ml.warehouse.subset import item_subset_path
 
-    run_dbt("build", dataset_dir=paths.dataset_dir, warehouse=paths.warehouse,
+    engine = task.warehouse.engine
+    run_dbt("build", dataset_dir=paths.dataset_dir, warehouse=paths.warehouse_of(engine),
             dbt_vars=task.dbt_vars(ds=[as_of], forward=as_of), select=["+samples_forward"], quiet=quiet,
-            item_subset=item_subset_path(task, paths))
-    export = export_dates(paths.warehouse, paths.exports, [as_of], fingerprint=task.warehouse_fingerprint(),
-                          dataset_dir=paths.dataset_dir)[0]
+            item_subset=item_subset_path(task, paths), engine=engine)
+    export = export_dates(paths.warehouse_of(engine), paths.exports, [as_of], fingerprint=task.warehouse_fingerprint(),
+                          dataset_dir=paths.dataset_dir, engine=engine)[0]
     if "forward" not in export.rows:
         raise ValueError(f"no forward population at {as_of}: no user was active in the "
                          f"{task.crowds.active_days} days before it")

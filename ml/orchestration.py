@@ -202,16 +202,22 @@ def build_periods_dag(task: Task):  # noqa: ANN201
             if mode.startswith("skip"):
                 log.warning("%s %s", ds, mode)
                 return False
+            engine = run_task.warehouse.engine
+            if engine != task.warehouse.engine:
+                raise ValueError(f"warehouse.engine: this DAG's dbt tasks run on {task.warehouse.engine} (the task "
+                                 f"file's engine); set it there, not for one run, so every date is in one warehouse")
             paths.warehouse.parent.mkdir(parents=True, exist_ok=True)  # dbt-duckdb will not create it
             forward = ds if mode == "forward" else None
-            env = dbt_environment(paths.dataset_dir, paths.warehouse, item_subset_path(run_task, paths))
+            env = dbt_environment(paths.dataset_dir, paths.warehouse_of(engine), item_subset_path(run_task, paths),
+                                  engine)
             return {"ds": ds.isoformat(), "mode": mode, "overrides": overrides, "env": env,
                     "dbt_vars": run_task.dbt_vars(ds=[ds], forward=forward)}
 
         warehouse = DbtTaskGroup(
             group_id="warehouse",
             project_config=ProjectConfig(project_dir, manifest_path=manifest),
-            profile_config=ProfileConfig(profile_name="purchase_crowd", target_name="duckdb",
+            # the task file's engine: every run of this DAG writes one warehouse (a Param cannot move a week)
+            profile_config=ProfileConfig(profile_name="purchase_crowd", target_name=task.warehouse.engine,
                                          profiles_yml_filepath=project_dir / "profiles.yml"),
             execution_config=ExecutionConfig(invocation_mode=InvocationMode.DBT_RUNNER),
             # the graph comes from the cached manifest: parsing the DAG file runs no dbt command
@@ -231,8 +237,10 @@ def build_periods_dag(task: Task):  # noqa: ANN201
 
             run_task = load_task(task.name, planned["overrides"])  # the plan's task: one decision per run
             paths = TaskPaths.of(run_task)
-            e = export_dates(paths.warehouse, paths.exports, [dt.date.fromisoformat(planned["ds"])],
-                             fingerprint=run_task.warehouse_fingerprint(), dataset_dir=paths.dataset_dir)[0]
+            engine = run_task.warehouse.engine
+            e = export_dates(paths.warehouse_of(engine), paths.exports, [dt.date.fromisoformat(planned["ds"])],
+                             fingerprint=run_task.warehouse_fingerprint(), dataset_dir=paths.dataset_dir,
+                             engine=engine)[0]
             return {"ds": str(e.ds), "path": str(e.path), "rows": e.rows, "mode": planned["mode"],
                     "backtest": e.ds == run_task.backtest}
 

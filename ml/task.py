@@ -34,6 +34,8 @@ GBDT_MODELS: tuple[str, ...] = ("lgbm_per_target", "lgbm_few_mixed", "lgbm_all_m
 DEEP_MODELS: tuple[str, ...] = ("dnn", "deepfm", "din", "moe", "ple", "lstm")
 ALL_MODELS: tuple[str, ...] = (*GBDT_MODELS, *DEEP_MODELS)
 TARGETS: tuple[str, ...] = ("brand", "category", "item", "tag")
+Engine = Literal["duckdb", "spark"]  # what runs the dbt project (ml/warehouse/engine.py)
+ENGINES: tuple[str, ...] = ("duckdb", "spark")
 
 
 class TaskError(ValueError):
@@ -101,7 +103,11 @@ class Warehouse(_Settings):
 
     candidate_days: the candidates are the pairs active together in the last N days (default: the whole
     history window). item_subset (target item): the items that may be ranked, `dataset` for the subset the
-    dataset carries or a file of item ids (ml/warehouse/subset.py); default: every item."""
+    dataset carries or a file of item ids (ml/warehouse/subset.py); default: every item. engine: what runs the
+    dbt project, duckdb (one file) or spark (dbt-spark; ml/warehouse/engine.py). Both build the same rows (a
+    test says so), so the engine is not part of the fingerprints: exports do not care which one made them."""
+
+    engine: Engine = "duckdb"
 
     feature_windows: tuple[int, ...] = (1, 3, 7, 30, 90)
     sequence_length: int = Field(default=50, ge=1)
@@ -126,6 +132,7 @@ class Training(_Settings):
     lr: float = Field(default=1e-3, gt=0)
     seed: int = 42
     negative_rate: float = Field(default=0.2, gt=0, le=1, description="share of training negatives kept")
+    processes: int = Field(default=1, ge=1, description="deep models train as this many DDP processes (torchrun)")
 
 
 class ModelBudget(_Settings):
@@ -363,10 +370,12 @@ OVERRIDES: dict[str, str] = {
     "sequence_days": "windows.sequence_days",
     "label_days": "windows.label_days",
     "negatives_per_target": "warehouse.negatives_per_target",
+    "engine": "warehouse.engine",
     "top_targets": "evaluate.top_targets",
     "models": "models",
     "epochs": "training.epochs",
     "negative_rate": "training.negative_rate",
+    "nproc": "training.processes",
     "crowd_size": "crowds.size",
     "crowd_population": "crowds.population",
     "as_of": "crowds.as_of",
@@ -477,7 +486,15 @@ class TaskPaths:
 
     @property
     def warehouse(self) -> Path:
-        return self.base / "warehouse" / "crowd.duckdb"
+        """The DuckDB warehouse file (also where the published crowds' table lives, whichever engine built
+        the features)."""
+        return self.warehouse_of("duckdb")
+
+    def warehouse_of(self, engine: str) -> Path:
+        """Where `engine` keeps this task's warehouse: the DuckDB file or the Spark warehouse directory."""
+        from ml.warehouse.engine import warehouse_location
+
+        return warehouse_location(self.base / "warehouse", engine)
 
     @property
     def exports(self) -> Path:

@@ -83,9 +83,10 @@
     {%- for w in crowd_config()['windows'] if w >= 7 -%}
         {%- set p = prefix ~ '_' -%}
         {%- set s = '_' ~ w ~ 'd' -%}
-        {%- do exprs.append(p ~ 'cart' ~ s ~ ' / (' ~ p ~ 'click' ~ s ~ ' + 1.0) as ' ~ p ~ 'cart_rate' ~ s) -%}
-        {%- do exprs.append(p ~ 'buy' ~ s ~ ' / (' ~ p ~ 'click' ~ s ~ ' + 1.0) as ' ~ p ~ 'buy_rate' ~ s) -%}
-        {%- do exprs.append(p ~ 'buy' ~ s ~ ' / (' ~ p ~ 'cart' ~ s ~ ' + 1.0) as ' ~ p ~ 'buy_per_cart' ~ s) -%}
+        {#- in double on every engine (Spark divides by a decimal literal in decimal) -#}
+        {%- do exprs.append('cast(' ~ p ~ 'cart' ~ s ~ ' as double) / cast(' ~ p ~ 'click' ~ s ~ ' + 1 as double) as ' ~ p ~ 'cart_rate' ~ s) -%}
+        {%- do exprs.append('cast(' ~ p ~ 'buy' ~ s ~ ' as double) / cast(' ~ p ~ 'click' ~ s ~ ' + 1 as double) as ' ~ p ~ 'buy_rate' ~ s) -%}
+        {%- do exprs.append('cast(' ~ p ~ 'buy' ~ s ~ ' as double) / cast(' ~ p ~ 'cart' ~ s ~ ' + 1 as double) as ' ~ p ~ 'buy_per_cart' ~ s) -%}
     {%- endfor -%}
     {{ exprs | join(',\n    ') }}
 {% endmacro %}

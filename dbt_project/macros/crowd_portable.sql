@@ -12,19 +12,39 @@
 
 {% macro duckdb__crowd_list_agg(expr, order_by) %}list({{ expr }} order by {{ order_by }}){% endmacro %}
 
-{#- A deterministic pseudo-random bucket in [0, n) of some columns (negative sampling). -#}
+{#- Spark 3.5 has no ordered aggregate: collect (key, value) structs, sort them by key, keep the values. -#}
+{% macro spark__crowd_list_agg(expr, order_by) -%}
+    transform(array_sort(collect_list(named_struct('k', {{ order_by }}, 'v', {{ expr }}))), s -> s.v)
+{%- endmacro %}
+
+{#- A deterministic pseudo-random bucket in [0, n) of some columns (negative sampling): the first 60 bits of the
+    md5 of the values joined by '|', so that DuckDB and Spark draw the same users (md5 and the text of an
+    integer or a date are the same in both; only reading hex differs). -#}
 {% macro crowd_bucket(exprs, n) %}
-    {{ return(adapter.dispatch('crowd_bucket', 'purchase_crowd')(exprs, n)) }}
+    {%- set text = [] -%}
+    {%- for e in exprs -%}
+        {%- if not loop.first -%}{%- do text.append("'|'") -%}{%- endif -%}
+        {%- do text.append('cast(' ~ e ~ ' as ' ~ dbt.type_string() ~ ')') -%}
+    {%- endfor -%}
+    ({{ crowd_hex_to_bigint('substr(md5(' ~ dbt.concat(text) ~ '), 1, 15)') }} % cast({{ n }} as {{ dbt.type_bigint() }}))
 {% endmacro %}
 
-{% macro default__crowd_bucket(exprs, n) %}
-    {{ exceptions.raise_compiler_error("crowd_bucket has no implementation for the adapter '" ~ adapter.type() ~ "': add one in macros/crowd_portable.sql") }}
+{#- A hexadecimal text of at most 15 digits as a bigint. -#}
+{% macro crowd_hex_to_bigint(hex) %}
+    {{ return(adapter.dispatch('crowd_hex_to_bigint', 'purchase_crowd')(hex)) }}
 {% endmacro %}
 
-{% macro duckdb__crowd_bucket(exprs, n) %}cast(hash({{ exprs | join(', ') }}) % cast({{ n }} as ubigint) as bigint){% endmacro %}
+{% macro default__crowd_hex_to_bigint(hex) %}
+    {{ exceptions.raise_compiler_error("crowd_hex_to_bigint has no implementation for the adapter '" ~ adapter.type() ~ "': add one in macros/crowd_portable.sql") }}
+{% endmacro %}
 
-{#- Whole days from an earlier date or timestamp to a later date, counted in calendar days. -#}
-{% macro crowd_age_days(earlier, later) %}{{ dbt.datediff('cast(' ~ earlier ~ ' as date)', later, 'day') }}{% endmacro %}
+{% macro duckdb__crowd_hex_to_bigint(hex) %}cast(('0x' || {{ hex }}) as bigint){% endmacro %}
+
+{% macro spark__crowd_hex_to_bigint(hex) %}cast(conv({{ hex }}, 16, 10) as bigint){% endmacro %}
+
+{#- Whole days from an earlier date or timestamp to a later date, counted in calendar days (a bigint on every
+    engine: Spark's datediff is an int). -#}
+{% macro crowd_age_days(earlier, later) %}cast({{ dbt.datediff('cast(' ~ earlier ~ ' as date)', later, 'day') }} as {{ dbt.type_bigint() }}){% endmacro %}
 
 {#- The code of an action in sequences: 1 click, 2 collect, 3 cart, 4 buy (0 is the models' padding). -#}
 {% macro crowd_action_code(column) %}
@@ -45,3 +65,19 @@
 {% macro crowd_day_of_week(ts) %}{{ return(adapter.dispatch('crowd_day_of_week', 'purchase_crowd')(ts)) }}{% endmacro %}
 {% macro default__crowd_day_of_week(ts) %}extract(dow from {{ ts }}){% endmacro %}
 {% macro spark__crowd_day_of_week(ts) %}(dayofweek({{ ts }}) - 1){% endmacro %}
+
+{#- A raw table of the dataset (models/ods/sources.yml): the source relation itself on DuckDB (read through its
+    external_location), the parquet files at meta.path on Spark. source() is called on every adapter so the
+    lineage stays in the manifest. -#}
+{% macro crowd_source(table) %}
+    {%- set relation = source('raw', table) -%}
+    {{ return(adapter.dispatch('crowd_source', 'purchase_crowd')(table, relation)) }}
+{% endmacro %}
+
+{% macro default__crowd_source(table, relation) %}{{ return(relation) }}{% endmacro %}
+
+{% macro spark__crowd_source(table, relation) %}
+    {%- if not execute -%}{{ return(relation) }}{%- endif -%}
+    {%- set path = graph.sources['source.purchase_crowd.raw.' ~ table].meta['path'] -%}
+    {{ return('parquet.`' ~ path | replace('`', '``') ~ '`') }}
+{% endmacro %}

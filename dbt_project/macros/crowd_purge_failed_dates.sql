@@ -18,7 +18,7 @@
                 {%- set relation = adapter.get_relation(database=node.database, schema=node.schema,
                                                         identifier=node.alias) -%}
                 {%- if relation is not none -%}
-                    {%- do run_query('delete from ' ~ relation ~ ' where ' ~ crowd_in_run_dates('ds', dates)) -%}
+                    {%- do run_query(crowd_delete_dates_sql(relation, dates)) -%}
                     {%- do purged.append(node.name) -%}
                 {%- endif -%}
             {%- endfor -%}
@@ -30,4 +30,20 @@
             {%- endif -%}
         {%- endif -%}
     {%- endif -%}
+{% endmacro %}
+
+{#- The statement that removes the rows of some dates from a per-date table: a delete, or on Spark (whose parquet
+    tables take no DELETE) dropping the tables' ds partitions. -#}
+{% macro crowd_delete_dates_sql(relation, dates) %}
+    {{ return(adapter.dispatch('crowd_delete_dates_sql', 'purchase_crowd')(relation, dates)) }}
+{% endmacro %}
+
+{% macro default__crowd_delete_dates_sql(relation, dates) %}
+    {{ return('delete from ' ~ relation ~ ' where ' ~ crowd_in_run_dates('ds', dates)) }}
+{% endmacro %}
+
+{% macro spark__crowd_delete_dates_sql(relation, dates) %}
+    {%- set partitions = [] -%}
+    {%- for d in dates -%}{%- do partitions.append("partition (ds = date '" ~ d ~ "')") -%}{%- endfor -%}
+    {{ return('alter table ' ~ relation ~ ' drop if exists ' ~ partitions | join(', ')) }}
 {% endmacro %}

@@ -3,7 +3,7 @@
 with events as (
     select
         'events' as source_table,
-        (select count(*) from {{ source('raw', 'events') }}) as n_read,
+        (select count(*) from {{ crowd_source('events') }}) as n_read,
         (select coalesce(sum(n_raw), 0) from {{ ref('ods_events') }})
             + (select count(*) from {{ ref('ods_event_rejects') }}) as n_accounted
 ),
@@ -11,7 +11,7 @@ with events as (
 items as (
     select
         'items' as source_table,
-        (select count(*) from {{ source('raw', 'items') }}) as n_read,
+        (select count(*) from {{ crowd_source('items') }}) as n_read,
         (select count(*) from {{ ref('ods_items') }})
             + (select count(*) from {{ ref('ods_item_rejects') }}) as n_accounted
 )

@@ -69,15 +69,21 @@ def run_dbt(
     quiet: bool = False,
     extra_args: Sequence[str] = (),
     item_subset: Path | None = None,
+    engine: str = "duckdb",
 ) -> DbtReport:
-    """Run `dbt <command>` (build, run, test, ...) over one dataset into one warehouse file; item_subset: the
-    checked file of item ids a task with target item ranks (ml.warehouse.subset.prepare_item_subset)."""
+    """Run `dbt <command>` (build, run, test, ...) over one dataset into one warehouse: `warehouse` is the
+    DuckDB file, or for engine spark the Spark warehouse directory (ml.warehouse.engine.warehouse_location);
+    item_subset: the checked file of item ids a task with target item ranks
+    (ml.warehouse.subset.prepare_item_subset)."""
     from dbt.cli.main import dbtRunner
 
     warehouse = Path(warehouse).resolve()
     dataset_dir = Path(dataset_dir).resolve()
     if not (dataset_dir / "items.parquet").exists():
         raise WarehouseError(f"{dataset_dir} holds no dataset (no items.parquet): run `crowd generate` or `crowd load`")
+    if engine == "spark":
+        _check_spark_session(warehouse)
+        warehouse.mkdir(parents=True, exist_ok=True)
     warehouse.parent.mkdir(parents=True, exist_ok=True)  # dbt-duckdb does not create it
     work = warehouse.parent / "dbt"
     args = [
@@ -93,7 +99,7 @@ def run_dbt(
     if quiet:
         args.append("--quiet")
     args += list(extra_args)
-    env = dbt_environment(dataset_dir, warehouse, item_subset)
+    env = dbt_environment(dataset_dir, warehouse, item_subset, engine)
     start = time.perf_counter()
     with _environment(env):
         result = dbtRunner().invoke(args)
@@ -116,12 +122,37 @@ def run_dbt(
     return report
 
 
-def dbt_environment(dataset_dir: Path, warehouse: Path, item_subset: Path | None = None) -> dict[str, str]:
-    """What the profile and the sources read: the dataset, the warehouse file, and the item subset if any."""
-    env = {"CROWD_DATASET_DIR": str(Path(dataset_dir).resolve()), "CROWD_WAREHOUSE": str(Path(warehouse).resolve())}
+def dbt_environment(dataset_dir: Path, warehouse: Path, item_subset: Path | None = None,
+                    engine: str = "duckdb") -> dict[str, str]:
+    """What the profile and the sources read: the dataset, the engine and its warehouse (file or directory),
+    and the item subset if any."""
+    from ml.warehouse.engine import dbt_target_environment
+
+    env = {"CROWD_DATASET_DIR": str(Path(dataset_dir).resolve()), **dbt_target_environment(engine, warehouse)}
     if item_subset is not None:
         env["CROWD_ITEM_SUBSET"] = str(Path(item_subset).resolve())
     return env
+
+
+def _check_spark_session(location: Path) -> None:
+    """A Spark session's warehouse and metastore are fixed when it starts, and dbt-spark reuses the process's
+    session: building another warehouse in the same process would write into the first one."""
+    import sys
+
+    if "pyspark" not in sys.modules:
+        return
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is None:
+        return
+    from urllib.parse import urlparse
+
+    configured = active.conf.get("spark.sql.warehouse.dir")
+    current = Path(urlparse(configured).path if configured.startswith("file:") else configured).resolve()
+    if current != location:
+        raise WarehouseError(f"this process's Spark session serves the warehouse {current}; build {location} "
+                             "in another process (crowd warehouse --engine spark)")
 
 
 def project_digest(project_dir: Path = DBT_PROJECT_DIR) -> str:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import duckdb
 
+from ml.warehouse.engine import open_warehouse
+
 log = logging.getLogger(__name__)
 
 # file name -> (warehouse table, sort keys)
@@ -45,8 +47,8 @@ def export_dir(root: Path, ds: dt.date) -> Path:
     return Path(root) / f"ds={ds.isoformat()}"
 
 
-def built_dates(warehouse: Path) -> list[dt.date]:
-    with duckdb.connect(str(warehouse)) as con:
+def built_dates(warehouse: Path, engine: str = "duckdb") -> list[dt.date]:
+    with open_warehouse(engine, warehouse) as con:
         rows = con.execute("select distinct ds from samples.samples union select distinct ds "
                            "from samples.samples_forward order by ds").fetchall()
     return [r[0] for r in rows]
@@ -76,16 +78,16 @@ def exports_build(root: Path, ds: dt.date) -> str:
 
 
 def export_dates(warehouse: Path, out_root: Path, dates: list[dt.date] | None = None,
-                 fingerprint: str = "", dataset_dir: Path | None = None) -> list[Export]:
+                 fingerprint: str = "", dataset_dir: Path | None = None, engine: str = "duckdb") -> list[Export]:
     """Write exports/ds=YYYY-MM-DD/{samples,evaluation,buyers,forward,sequences,category_series}.parquet and
-    schema.json (with the settings' fingerprint and the build id of dataset_dir's data)."""
+    schema.json (with the settings' fingerprint and the build id of dataset_dir's data). `warehouse` is where
+    `engine` built it (ml.warehouse.engine): the same files come out whichever engine it was."""
     build = build_id(dataset_dir)
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
-    dates = dates if dates is not None else built_dates(warehouse)
+    dates = dates if dates is not None else built_dates(warehouse, engine)
     done = []
-    # dbt-duckdb may hold this file open in the same process: connect with the default configuration
-    with duckdb.connect(str(warehouse)) as con:
+    with open_warehouse(engine, warehouse) as con:
         for ds in dates:
             done.append(_export_one(con, ds, out_root, fingerprint, build))
     return done
@@ -117,7 +119,9 @@ def _export_one(con: duckdb.DuckDBPyConnection, ds: dt.date, out_root: Path, fin
     if not any(p in rows for p in POPULATIONS):
         shutil.rmtree(partial, ignore_errors=True)
         raise ValueError(f"the warehouse has no samples for ds {ds}: build it first (crowd warehouse --ds {ds})")
-    columns = [r[0] for r in con.execute("describe samples.samples_forward").fetchall()]
+    # the columns of a population this date has (an empty Spark table has no files to describe)
+    population = next(EXPORTS[p][0] for p in POPULATIONS if p in rows)
+    columns = [r[0] for r in con.execute(f"describe {population}").fetchall()]
     schema = {
         "ds": ds.isoformat(),
         "rows": rows,

@@ -7,5 +7,5 @@
 select t.target_id
 from {{ ref('dim_targets') }} as t
 {%- if c['item_level'] %}
-where t.target_id in (select cast(item_id as {{ dbt.type_bigint() }}) from {{ source('raw', 'item_subset') }})
+where t.target_id in (select cast(item_id as {{ dbt.type_bigint() }}) from {{ crowd_source('item_subset') }})
 {%- endif %}

@@ -7,7 +7,7 @@ with raw_events as (
         cast(item_id as {{ dbt.type_bigint() }}) as item_id,
         cast(action as {{ dbt.type_string() }}) as action,
         cast(ts as {{ dbt.type_timestamp() }}) as ts
-    from {{ source('raw', 'events') }}
+    from {{ crowd_source('events') }}
 ),
 
 known_items as (

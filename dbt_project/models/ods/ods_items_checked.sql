@@ -8,7 +8,7 @@ with raw_items as (
         cast(parent_category_id as {{ dbt.type_bigint() }}) as parent_category_id,
         cast(brand_id as {{ dbt.type_bigint() }}) as brand_id,
         cast(shop_id as {{ dbt.type_bigint() }}) as shop_id
-    from {{ source('raw', 'items') }}
+    from {{ crowd_source('items') }}
 ),
 
 ranked as (

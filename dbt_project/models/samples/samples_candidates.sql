@@ -81,7 +81,7 @@ select ds, user_id, target_id, true as is_candidate, cast(1.0 as double) as incl
 union all
 select
     n.ds, n.user_id, n.target_id, false as is_candidate,
-    cast(least(1.0, {{ n_neg }} / greatest(e.n_eligible, 1.0)) as double) as inclusion_prob
+    least(cast(1 as double), cast({{ n_neg }} as double) / greatest(cast(e.n_eligible as double), cast(1 as double))) as inclusion_prob
 from negatives as n
 inner join eligible as e on n.ds = e.ds and n.target_id = e.target_id
 where n.negative_number <= {{ n_neg }}

