@@ -32,13 +32,15 @@ from ml.evaluate.pairs import choose_k, f1_interval, top_k_metrics
 from ml.evaluate.plots import evaluation_plots, importance_plot, training_curves
 from ml.features.dataset import (CrowdData, RawExports, check_one_build, fit_feature_map, read_buyers,
                                  read_exports)
+from ml.features.feature_map import FeatureMap
 from ml.models.zoo import NEEDS_SERIES, ModelConfig, build_model
 from ml.task import ALL_MODELS, GBDT_MODELS, Task, TaskPaths
 from ml.train.bundle import Bundle, save_deep_bundle, save_gbdt_bundle
 from ml.train.calibration import (CALIBRATION_METRICS, calibration_summary, correct_for_sampling,
                                   population_weights, stratified_platt_apply, stratified_platt_fit)
 from ml.train.gbdt import GbdtConfig, predict_gbdt, train_gbdt
-from ml.train.trainer import TrainConfig, Trainer, load_weights, predict, seed_everything
+from ml.train.distributed import Rank, current_rank, shard
+from ml.train.trainer import TrainConfig, Trainer, TrainResult, load_weights, predict, seed_everything
 from ml.warehouse.export import export_dir
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ class Outcome:
     intervals: dict[str, Interval] = field(default_factory=dict)  # 95 % bootstrap, of the backtest's summary
     selection: dict[str, float] = field(default_factory=dict)  # on the validation dates: what the champion is chosen on
     floors: dict[str, dict[str, float]] = field(default_factory=dict)  # heuristic floor -> its backtest summary
+    history: list[dict] = field(default_factory=list)  # a deep model's epochs (ml.train.trainer)
 
     def below_floor(self) -> tuple[str, float] | None:
         """The best floor by AUC when this model does not beat it by more than its interval, else None."""
@@ -161,14 +164,24 @@ def train_and_evaluate(
     model_cfg: ModelConfig | None = None,
     gbdt_cfg: GbdtConfig | None = None,
     track: bool = True,
-) -> Outcome:
+) -> Outcome | None:
     """train_cfg defaults to train_config(task, model); model_cfg and gbdt_cfg are the models' own
     hyper-parameters (their dataclass defaults). Tracked, the MLflow run is open from the first read to the
     last artifact (a kill leaves it RUNNING until the next training marks it FAILED: ml.tracking), and the
     model is written into a folder of its own run, published as models/MODEL once it is logged: two trainings
-    of one model at once never log each other's files."""
+    of one model at once never log each other's files.
+
+    Under torchrun (ml.train.distributed), rank 0 does all of that; the other ranks train their shard of a
+    deep model alongside it and return None (and skip LightGBM, which rank 0 trains alone)."""
     if model not in ALL_MODELS:
         raise ValueError(f"unknown model {model!r}: expected one of {', '.join(ALL_MODELS)}")
+    rank = current_rank()
+    if not rank.main:
+        if model not in GBDT_MODELS:
+            train_cfg = train_cfg or train_config(task, model)
+            train_raw, valid_raw = _training_rows(task, paths, model, train_cfg.seed)
+            _fit_deep(model, task, paths, train_raw, valid_raw, train_cfg, model_cfg or ModelConfig(), None, rank)
+        return None
     sweep_abandoned_run_folders(paths)
     if not track:
         return _cleaned_up(model, task, paths, f"local-{uuid.uuid4().hex[:12]}", train_cfg, model_cfg, gbdt_cfg,
@@ -232,16 +245,8 @@ def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, 
     train_dates, valid_dates, backtest = task.sample_dates, list(task.validation), task.backtest
     shape = task.series_shape() if model in NEEDS_SERIES else None
     fp = task.warehouse_fingerprint()
-    train_raw = _subsample(read_exports(paths.exports, train_dates, series_shape=shape, fingerprint=fp),
-                           negative_rate, train_cfg.seed)
-    valid_raw = read_exports(paths.exports, valid_dates, series_shape=shape, fingerprint=fp)
+    train_raw, valid_raw = _training_rows(task, paths, model, train_cfg.seed)
     eval_raw = read_exports(paths.exports, [backtest], part="evaluation", series_shape=shape, fingerprint=fp)
-    if task.target == "item":
-        # the next-day item task scores its candidate pairs only: the sampled non-candidates stand for no one
-        # in that population, so they train as plain negatives instead of at their population weight (which
-        # made them outweigh the candidates: LightGBM's backtest AUC fell from 0.92 to 0.76)
-        for raw in (train_raw, valid_raw):
-            raw.samples["inclusion_prob"] = 1.0
     ev = eval_raw.samples
     buyers = read_buyers(paths.exports, backtest)
     # the validation dates' population, scored after training: calibration and the champion's metric
@@ -285,27 +290,15 @@ def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, 
                                                plots_dir / "feature_importance.png", f"{model}: total gain"))
         train_seconds = result.seconds
     else:
-        seed_everything(train_cfg.seed)
-        fmap = fit_feature_map(train_raw, task)
-        net = build_model(model, fmap, model_cfg)
-        # a checkpoint is resumed only by the same data, settings and code: anything else starts afresh
-        resume = _fingerprint(task.name, model, train_cfg.to_dict(), model_cfg.to_dict(), negative_rate, rows,
-                              train_raw.dense, fp, exports_fingerprint(paths.exports, [*train_dates, *valid_dates]),
-                              code_version())
-        workdir = paths.models / "checkpoints" / f"{model}-{resume}"
-        stale = [d.name for d in workdir.parent.glob(f"{model}-*") if d != workdir]
-        if stale and not workdir.exists():
-            log.info("%s: checkpoints %s are of other data, settings or code: not resumed; training afresh",
-                     model, ", ".join(sorted(stale)))
-        trainer = Trainer(net, train_cfg, workdir, on_epoch=_log_epoch if track else None)
-        valid_data = CrowdData(valid_raw, fmap)
-        fit = trainer.fit(CrowdData(train_raw, fmap), valid_data)
+        fmap, trainer, valid_data, fit = _fit_deep(model, task, paths, train_raw, valid_raw, train_cfg, model_cfg,
+                                                   _log_epoch if track else None, current_rank())
         history, train_seconds = fit.history, fit.seconds
         valid_scores = predict(trainer.model, CrowdData(valid_pop, fmap))
         ev_data = CrowdData(eval_raw, fmap)
         scores = correct_for_sampling(predict(trainer.model, ev_data), negative_rate)
         params = {"model": model, **{f"train_{k}": v for k, v in train_cfg.to_dict().items()},
                   **{f"model_{k}": v for k, v in model_cfg.to_dict().items()}, "best_epoch": fit.best_epoch,
+                  "train_processes": trainer.rank.world,
                   "train_samples_per_second": round(fit.samples_per_second), "train_seconds": round(fit.seconds, 1)}
         save_deep_bundle(bundle_dir, model, trainer.model, fmap, model_cfg, extra)
         if history:
@@ -376,7 +369,7 @@ def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, 
         _add_to_bundle_config(bundle_dir, submission_k=int(summary["k"]))
     outcome = Outcome(model, summary, per_target, bundle_dir, oracle=oracle, oracle_error=oracle_error,
                       train_seconds=train_seconds,
-                      selection=selection, intervals=intervals, floors=floors)
+                      selection=selection, intervals=intervals, floors=floors, history=history)
     log.info("%s on the validation dates: %s %.4f", model, task.evaluate.select_by, selection[task.evaluate.select_by])
     log.info("%s on %s: %s", model, backtest, ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
     floor = outcome.below_floor()
@@ -394,6 +387,48 @@ def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, 
     outcome.bundle = publish(bundle_dir, paths.models / model)
     shutil.rmtree(folder, ignore_errors=True)
     return outcome
+
+
+def _training_rows(task: Task, paths: TaskPaths, model: str, seed: int) -> tuple[RawExports, RawExports]:
+    """The training rows (negatives kept at the task's rate, drawn with the training seed: the same rows in
+    every rank) and the validation rows."""
+    shape = task.series_shape() if model in NEEDS_SERIES else None
+    fp = task.warehouse_fingerprint()
+    train_raw = _subsample(read_exports(paths.exports, task.sample_dates, series_shape=shape, fingerprint=fp),
+                           task.training.negative_rate, seed)
+    valid_raw = read_exports(paths.exports, list(task.validation), series_shape=shape, fingerprint=fp)
+    if task.target == "item":
+        # the next-day item task scores its candidate pairs only: the sampled non-candidates stand for no one
+        # in that population, so they train as plain negatives instead of at their population weight (which
+        # made them outweigh the candidates: LightGBM's backtest AUC fell from 0.92 to 0.76)
+        for raw in (train_raw, valid_raw):
+            raw.samples["inclusion_prob"] = 1.0
+    return train_raw, valid_raw
+
+
+def _fit_deep(model: str, task: Task, paths: TaskPaths, train_raw: RawExports, valid_raw: RawExports,
+              train_cfg: TrainConfig, model_cfg: ModelConfig, on_epoch, rank: Rank  # noqa: ANN001
+              ) -> tuple[FeatureMap, Trainer, CrowdData, TrainResult]:
+    """A deep model trained on this rank's shard of the training rows (all of them in one process), with the
+    feature map of all of them (every rank's embeddings the same)."""
+    seed_everything(train_cfg.seed)
+    fmap = fit_feature_map(train_raw, task)
+    net = build_model(model, fmap, model_cfg)
+    # a checkpoint is resumed only by the same data, settings, code and number of processes
+    resume = _fingerprint(task.name, model, train_cfg.to_dict(), model_cfg.to_dict(), task.training.negative_rate,
+                          len(train_raw.samples), len(valid_raw.samples), train_raw.dense,
+                          task.warehouse_fingerprint(),
+                          exports_fingerprint(paths.exports, [*task.sample_dates, *task.validation]), code_version(),
+                          rank.world)
+    workdir = paths.models / "checkpoints" / f"{model}-{resume}"
+    stale = [d.name for d in workdir.parent.glob(f"{model}-*") if d != workdir]
+    if stale and not workdir.exists() and rank.main:
+        log.info("%s: checkpoints %s are of other data, settings or code: not resumed; training afresh",
+                 model, ", ".join(sorted(stale)))
+    trainer = Trainer(net, train_cfg, workdir, on_epoch=on_epoch, rank=rank)
+    valid_data = CrowdData(valid_raw, fmap)
+    fit = trainer.fit(CrowdData(shard(train_raw, rank), fmap), valid_data)
+    return fmap, trainer, valid_data, fit
 
 
 def _log_epoch(row: dict) -> None:
@@ -528,7 +563,6 @@ def _log_flavour(outcome: Outcome, registered: str):  # noqa: ANN202
         return mlflow.pyfunc.log_model(name="model", python_model=GbdtBundleModel(),
                                        artifacts={"bundle": str(outcome.bundle)}, registered_model_name=registered,
                                        pip_requirements=["lightgbm==4.7.0", "mlflow==3.17.2"])
-    from ml.features.feature_map import FeatureMap
 
     fmap = FeatureMap.load(outcome.bundle / "feature_map.json")
     net = build_model(bundle.name, fmap, ModelConfig(**bundle.config["model_config"]))

@@ -8,6 +8,7 @@ checkpoint carries the torch RNG state (dropout) along with the model, optimiser
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
 import random
@@ -25,6 +26,7 @@ from ml.evaluate.metrics import auc, logloss
 from ml.features.dataset import CrowdData
 from ml.models.zoo import CrowdModel
 from ml.train.calibration import correct_for_sampling
+from ml.train.distributed import Rank, all_sum, init_process_group, rank_device
 
 log = logging.getLogger(__name__)
 EPS = 1e-7
@@ -140,10 +142,17 @@ def predict(model: CrowdModel, data: CrowdData, batch_size: int = 8192, device: 
 
 
 class Trainer:
+    """rank: this process's place in a torchrun launch (ml.train.distributed). Distributed, each rank trains on
+    batch_size / world rows of its shard per step and DDP averages the gradients; rank 0 alone writes the
+    checkpoints, the TensorBoard scalars and calls on_epoch."""
+
     def __init__(self, model: CrowdModel, cfg: TrainConfig, workdir: Path,
-                 on_epoch: Callable[[dict], None] | None = None):
-        self.cfg, self.workdir, self.on_epoch = cfg, Path(workdir), on_epoch
-        self.device = resolve_device(cfg.device)
+                 on_epoch: Callable[[dict], None] | None = None, rank: Rank | None = None):
+        self.cfg, self.workdir = cfg, Path(workdir)
+        self.rank = rank or Rank()
+        self.on_epoch = on_epoch if self.rank.main else None
+        self.device = rank_device(self.rank, resolve_device(cfg.device))
+        init_process_group(self.rank, self.device)
         self.model = model.to(self.device)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -159,6 +168,8 @@ class Trainer:
         return self.workdir / "best.pt"
 
     def _save_last(self, state: dict) -> None:
+        if not self.rank.main:
+            return
         tmp = self.last_path.with_suffix(".partial")
         torch.save(state, tmp)
         tmp.replace(self.last_path)
@@ -180,44 +191,53 @@ class Trainer:
                      best_auc, best_epoch)
         elif isinstance(self.model, CrowdModel):
             self.model.init_base_rate(train.labels, train.weights)
+        net = self._replicated()
+        batch_size = max(1, cfg.batch_size // self.rank.world)  # the same global batch, the same steps
         writer = None
-        if cfg.tensorboard:
+        if cfg.tensorboard and self.rank.main:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(str(self.workdir / "tensorboard"))
         t_start, n_seen = time.perf_counter(), 0
+        steps = history[-1].get("steps", 0) if history else 0
         done = bad >= cfg.patience or start_epoch >= cfg.epochs
         epoch = start_epoch
         while not done:
             self.model.train()
             losses = []
-            n_batches = (len(train) + cfg.batch_size - 1) // cfg.batch_size
-            batches = train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch, device=self.device)
-            for batch in tqdm(batches, total=n_batches, desc=f"epoch {epoch}", disable=not cfg.progress, leave=False):
-                out = self.model(batch)
-                loss = model_loss(out, batch["labels"], cfg, batch["weight"])
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
-                self.optimizer.step()
-                losses.append(loss.item())
-                n_seen += len(batch["labels"])
+            n_batches = (len(train) + batch_size - 1) // batch_size
+            batches = train.batches(batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch, device=self.device)
+            with self._joined(net):
+                for batch in tqdm(batches, total=n_batches, desc=f"epoch {epoch}",
+                                  disable=not (cfg.progress and self.rank.main), leave=False):
+                    out = net(batch)
+                    loss = model_loss(out, batch["labels"], cfg, batch["weight"])
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
+                    self.optimizer.step()
+                    steps += 1
+                    losses.append(loss.item())
+                    n_seen += len(batch["labels"])
             # the population's logloss: the training's negative sampling undone, rows at their population weight
             p = correct_for_sampling(predict(self.model, valid, device=self.device), cfg.negative_rate)
             y = valid.labels[:, 0]
             # plain Python numbers: the checkpoint then holds only tensors and builtins (weights_only loading)
-            row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "valid_auc": float(auc(y, p)),
+            train_loss = all_sum(float(np.mean(losses)) if losses else 0.0, self.rank) / self.rank.world
+            row = {"epoch": epoch, "train_loss": train_loss, "valid_auc": float(auc(y, p)),
                    "valid_logloss": float(logloss(y, p, valid.weights)),
-                   "lr": float(self.optimizer.param_groups[0]["lr"])}
+                   "lr": float(self.optimizer.param_groups[0]["lr"]), "steps": steps}
             history.append(row)
             self.scheduler.step(row["valid_auc"])
             if row["valid_auc"] > best_auc:
                 best_auc, best_epoch, bad = row["valid_auc"], epoch, 0
-                torch.save(self.model.state_dict(), self.best_path)
+                if self.rank.main:
+                    torch.save(self.model.state_dict(), self.best_path)
             else:
                 bad += 1
-            log.info("epoch %d: loss %.4f, valid AUC %.4f, logloss %.4f", epoch, row["train_loss"],
-                     row["valid_auc"], row["valid_logloss"])
+            if self.rank.main:
+                log.info("epoch %d: loss %.4f, valid AUC %.4f, logloss %.4f", epoch, row["train_loss"],
+                         row["valid_auc"], row["valid_logloss"])
             if writer:
                 for k, v in row.items():
                     if k != "epoch":
@@ -235,7 +255,29 @@ class Trainer:
                 raise KeyboardInterrupt(f"stopped after epoch {epoch - 1} (simulated interruption)")
         if writer:
             writer.close()
-        if self.best_path.exists():
+        if self.best_path.exists() and self.rank.main:
             self.model.load_state_dict(load_weights(self.best_path, self.device))
         seconds = time.perf_counter() - t_start
+        n_seen = all_sum(n_seen, self.rank)  # every rank's rows: the launch's throughput
         return TrainResult(best_epoch, best_auc, history, seconds, n_seen / seconds if seconds else 0.0)
+
+    def _replicated(self) -> torch.nn.Module:
+        """The module the steps run through: DDP over the model when distributed. Made once the weights are
+        set (resumed or initialised), since DDP starts every replica from rank 0's."""
+        if not self.rank.distributed:
+            return self.model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # a model holds embeddings its forward may not use (a DNN has the sequence tables of the shared
+        # feature map): DDP must not wait for their gradients
+        return DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=True)
+
+    def _joined(self, net: torch.nn.Module) -> contextlib.AbstractContextManager:
+        """Shards differ by a row, so one rank may run out of batches first: Join lets it shadow the others'
+        gradient averaging instead of leaving them waiting forever."""
+        if not self.rank.distributed:
+            return contextlib.nullcontext()
+        from torch.distributed.algorithms.join import Join
+
+        return Join([net])
