@@ -20,7 +20,12 @@ $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/pip download --quiet --disable-pip-version-check --no-deps -d $(VENV)/wheels $(COMPOSE_SPEC_WHEEL)
 	@touch $(STAMP)
+
+# The compose specification's JSON schema, as the docker-compose wheel carries it (compose/config/compose_spec.json):
+# downloaded, never installed (its old pins would clash); tests/test_deployment_config.py validates against it.
+COMPOSE_SPEC_WHEEL := docker-compose==1.29.2
 
 # Regenerate the lock from requirements.in in a scratch venv (needs the package registry).
 lock:
@@ -50,8 +55,10 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest
 
+# DB=postgres runs the metadata DB on a real Postgres server (the pgserver wheel), as deployed
+DB ?= sqlite
 airflow: setup
-	$(BIN)/crowd airflow --host 127.0.0.1 --port 8080
+	$(BIN)/crowd airflow --host 127.0.0.1 --port 8080 --db $(DB)
 
 mlflow: setup
 	@mkdir -p $(CROWD_DATA_DIR)/mlflow/artifacts

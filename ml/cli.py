@@ -175,6 +175,7 @@ def _write_outcome(o, path: Path | None) -> None:  # noqa: ANN001
     path = Path(path)
     tmp = path.with_name(f".{path.name}.partial")
     tmp.write_text(json.dumps({"model": o.model, "run_id": o.run_id, "champion": o.champion, "history": o.history,
+                               "train_seconds": o.train_seconds, "samples_per_second": o.samples_per_second,
                                "summary": {k: v for k, v in o.summary.items() if v == v}}))  # NaN left out
     tmp.replace(path)
 
@@ -353,7 +354,7 @@ def _cmd_run_dags(args: argparse.Namespace) -> int:
 def _cmd_airflow(args: argparse.Namespace) -> int:
     from ml.local_airflow import standalone
 
-    return standalone(host=args.host, port=args.port)
+    return standalone(host=args.host, port=args.port, db=args.db)
 
 
 def _cmd_paths(args: argparse.Namespace) -> int:
@@ -507,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "`make airflow` does")
     af.add_argument("--host", default="127.0.0.1", help="the api-server's address (default %(default)s)")
     af.add_argument("--port", type=int, default=8080, help="the api-server's port (default %(default)s)")
+    af.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite",
+                    help="the metadata DB: SQLite under DATA/airflow, or a real Postgres server (from the pgserver "
+                         "wheel, data in DATA/airflow/postgres, a Unix socket only), as deployed (default %(default)s)")
     af.set_defaults(func=_cmd_airflow)
 
     pa = sub.add_parser("paths", parents=[tasked], help="print where a task keeps its outputs")

@@ -33,25 +33,58 @@ log = logging.getLogger(__name__)
 DAGS_FOLDER = Path(__file__).resolve().parents[1] / "dags"
 
 
+SHARED_SETTINGS = DAGS_FOLDER.parent / "airflow.env"
+DATABASES = ("sqlite", "postgres")
+
+
+def shared_settings(path: Path = SHARED_SETTINGS) -> dict[str, str]:
+    """The Airflow settings every deployment shares (airflow.env, also docker-compose.yaml's env_file)."""
+    settings = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{path}:{n}: expected KEY=VALUE, got {line!r}")
+        settings[key.strip()] = value.strip()
+    return settings
+
+
 def airflow_environment(paths: Paths) -> dict[str, str]:
     """The settings of a local Airflow over the project's DAGs; set before airflow is first imported."""
     return {
+        **shared_settings(),
         "AIRFLOW_HOME": str(paths.airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
         "CROWD_DATA_DIR": str(paths.root),
-        "DO_NOT_TRACK": "true",
-        "SCARF_ANALYTICS": "false",
     }
 
 
-def prepare_metadata_db(paths: Paths) -> None:
+@contextlib.contextmanager
+def postgres_metadata_db(paths: Paths) -> Iterator[str]:
+    """A real Postgres server (the pgserver wheel's binaries) for Airflow's metadata DB, its data under
+    DATA/airflow/postgres, listening on a Unix socket in that folder only (no TCP port); yields the
+    SQLAlchemy URL and stops the server when done. The database `airflow` is created on first use."""
+    import pgserver
+
+    pgdata = paths.airflow_home / "postgres"
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    try:
+        if "airflow" not in server.psql("select datname from pg_database;"):
+            server.psql("create database airflow;")
+        yield f"postgresql+psycopg2://postgres@/airflow?host={pgdata}"
+    finally:
+        server.cleanup()
+
+
+def prepare_metadata_db(paths: Paths, extra_env: dict[str, str] | None = None) -> None:
     """`airflow db migrate` and the one-slot DuckDB pool, through the CLI as an operator would run them."""
     from ml.orchestration import DUCKDB_POOL
 
     paths.airflow_home.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **airflow_environment(paths)}
+    env = {**os.environ, **airflow_environment(paths), **(extra_env or {})}
     airflow = str(Path(sys.executable).parent / "airflow")
     for cmd in ([airflow, "db", "migrate"],
                 [airflow, "pools", "set", DUCKDB_POOL, "1", "DuckDB takes one writer: dbt tasks and warehouse writes"]):
@@ -170,22 +203,36 @@ COMPONENTS: dict[str, list[str]] = {
 
 
 def standalone(paths: Paths | None = None, host: str = "127.0.0.1", port: int = 8080,
-               stop_timeout: float = 30.0, ready_timeout: float = 300.0) -> int:
+               stop_timeout: float = 30.0, ready_timeout: float = 300.0, db: str = "sqlite") -> int:
     """A local Airflow over the project's DAGs (what `make airflow` does): api-server on host:port, scheduler
-    (LocalExecutor), dag-processor and triggerer, in one process group of their own.
+    (LocalExecutor), dag-processor and triggerer, in one process group of their own. db: the metadata DB,
+    SQLite under DATA/airflow, or a real Postgres server started here (postgres_metadata_db), as deployed.
 
     The group is kept out of the terminal's signals and stopped as a whole (SIGTERM, then SIGKILL after
     stop_timeout): a Ctrl-C that reached only some components would leave the others holding the port and the
     SQLite DB. A component that exits stops the rest, and the command fails naming it and its log."""
+    if db not in DATABASES:
+        raise ValueError(f"--db: expected one of {', '.join(DATABASES)}, got {db!r}")
     paths = paths or Paths.default()
     _require_free_port(host, port)
-    prepare_metadata_db(paths)
+    if db == "sqlite":
+        return _standalone(paths, host, port, stop_timeout, ready_timeout, {})
+    with postgres_metadata_db(paths) as url:
+        log.info("Airflow's metadata DB: Postgres at %s", url)
+        return _standalone(paths, host, port, stop_timeout, ready_timeout,
+                           {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": url})
+
+
+def _standalone(paths: Paths, host: str, port: int, stop_timeout: float, ready_timeout: float,
+                db_env: dict[str, str]) -> int:
+    prepare_metadata_db(paths, db_env)
     bin_dir = Path(sys.executable).parent  # Cosmos needs `dbt` on PATH when the DAG file is parsed
-    env = {**os.environ, **airflow_environment(paths), "AIRFLOW__API__HOST": host, "AIRFLOW__API__PORT": str(port),
+    env = {**os.environ, **airflow_environment(paths), **db_env,
+           "AIRFLOW__API__HOST": host, "AIRFLOW__API__PORT": str(port),
            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-           # one worker process per core, not Airflow's 32: dbt tasks share one DuckDB writer anyway
-           "AIRFLOW__CORE__PARALLELISM": str(os.cpu_count() or 2),
-           "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+           # a worker process per core and at least two, not Airflow's 32: the dbt tasks share one DuckDB
+           # writer anyway (the pool), the trainings run side by side
+           "AIRFLOW__CORE__PARALLELISM": str(max(2, os.cpu_count() or 2)),
            # task processes report to the api-server's execution API, which defaults to localhost:8080
            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{host}:{port}/execution/",
            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}

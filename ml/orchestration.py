@@ -27,7 +27,7 @@ import math
 import os
 from pathlib import Path
 
-from ml.task import ALL_MODELS, TARGETS, Task, TaskPaths, load_task
+from ml.task import ALL_MODELS, DEEP_MODELS, TARGETS, Task, TaskPaths, load_task
 
 log = logging.getLogger(__name__)
 DUCKDB_POOL = "crowd_duckdb"
@@ -317,6 +317,8 @@ def build_training_dag(task: Task):  # noqa: ANN201
             from ml.train.pipeline import train_and_evaluate, train_config
 
             run_task = load_task(task.name, planned["overrides"])
+            if run_task.training.processes > 1 and model in DEEP_MODELS:
+                return _train_distributed(run_task, model, planned["overrides"])
             cfg = train_config(run_task, model, progress=False)
             o = train_and_evaluate(model, run_task, TaskPaths.of(run_task), train_cfg=cfg)
             # an XCom is JSON: a metric with no value (NaN, e.g. no untouched pair in the population) is left out
@@ -339,6 +341,25 @@ def build_training_dag(task: Task):  # noqa: ANN201
         results = train.partial(planned=planned).expand(model=models_of(planned))
         crowds(results, planned)
     return dag
+
+
+def _train_distributed(task: Task, model: str, overrides: dict) -> dict:
+    """A deep model trained as training.processes ranks (torchrun, ml.train.distributed): the same `crowd
+    train` a user runs, with the run's overrides; rank 0 writes its result for this task's XCom."""
+    import json
+    import tempfile
+
+    from ml.train.distributed import launch
+
+    with tempfile.TemporaryDirectory(prefix="crowd-train-") as tmp:
+        outcome = Path(tmp) / "outcome.json"
+        argv = ["train", "--task", task.name, "--model", model, "--outcome", str(outcome),
+                *[a for k, v in overrides.items() for a in ("--set", f"{k}={json.dumps(v)}")]]
+        code = launch(argv, task.training.processes)
+        if code != 0 or not outcome.exists():
+            raise RuntimeError(f"distributed training of {model} failed (exit code {code}): see the task log")
+        result = json.loads(outcome.read_text())
+    return {"model": model, "run_id": result["run_id"], "champion": result["champion"], **result["summary"]}
 
 
 def build_task_dags(task: Task) -> list:

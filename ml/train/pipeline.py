@@ -61,6 +61,7 @@ class Outcome:
     selection: dict[str, float] = field(default_factory=dict)  # on the validation dates: what the champion is chosen on
     floors: dict[str, dict[str, float]] = field(default_factory=dict)  # heuristic floor -> its backtest summary
     history: list[dict] = field(default_factory=list)  # a deep model's epochs (ml.train.trainer)
+    samples_per_second: float = 0.0  # a deep model's training throughput, every rank together
 
     def below_floor(self) -> tuple[str, float] | None:
         """The best floor by AUC when this model does not beat it by more than its interval, else None."""
@@ -274,6 +275,7 @@ def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, 
     bundle_dir = folder / "bundle"
     history: list[dict] = []
     extra_plots: list[Path] = []
+    samples_per_second = 0.0
     plots_dir = Path(tempfile.mkdtemp(prefix=f"crowd-{model}-"))
 
     if model in GBDT_MODELS:
@@ -292,7 +294,7 @@ def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, 
     else:
         fmap, trainer, valid_data, fit = _fit_deep(model, task, paths, train_raw, valid_raw, train_cfg, model_cfg,
                                                    _log_epoch if track else None, current_rank())
-        history, train_seconds = fit.history, fit.seconds
+        history, train_seconds, samples_per_second = fit.history, fit.seconds, fit.samples_per_second
         valid_scores = predict(trainer.model, CrowdData(valid_pop, fmap))
         ev_data = CrowdData(eval_raw, fmap)
         scores = correct_for_sampling(predict(trainer.model, ev_data), negative_rate)
@@ -369,7 +371,8 @@ def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, 
         _add_to_bundle_config(bundle_dir, submission_k=int(summary["k"]))
     outcome = Outcome(model, summary, per_target, bundle_dir, oracle=oracle, oracle_error=oracle_error,
                       train_seconds=train_seconds,
-                      selection=selection, intervals=intervals, floors=floors, history=history)
+                      selection=selection, intervals=intervals, floors=floors, history=history,
+                      samples_per_second=samples_per_second)
     log.info("%s on the validation dates: %s %.4f", model, task.evaluate.select_by, selection[task.evaluate.select_by])
     log.info("%s on %s: %s", model, backtest, ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
     floor = outcome.below_floor()
