@@ -12,27 +12,19 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from airflow_helpers import free_port, wait_for
 
 from ml.task import Task
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 BIN = Path(sys.executable).parent
 DUCKDB_POOL = "crowd_duckdb"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Api:
@@ -49,19 +41,6 @@ class Api:
             return json.load(resp)
 
 
-def _wait_for(condition, timeout: float, what: str):  # noqa: ANN001, ANN202
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-            if value:
-                return value
-        except (urllib.error.URLError, ConnectionError, KeyError, OSError):
-            pass
-        time.sleep(2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def _overlapping(intervals: list[tuple[str, str, str]]) -> list[tuple[str, str]]:
     ordered = sorted(intervals, key=lambda t: t[1])
     return [(a[0], b[0]) for a, b in zip(ordered, ordered[1:]) if b[1] < a[2]]
@@ -71,7 +50,7 @@ def test_a_rest_backfill_runs_on_postgres_with_the_local_executor_and_serial_duc
         tmp_path: Path, tiny_dataset: Path, task: Task) -> None:
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / task.dataset).symlink_to(tiny_dataset, target_is_directory=True)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "CROWD_DATA_DIR": str(tmp_path), "AIRFLOW_HOME": str(tmp_path / "airflow")}
     log = tmp_path / "airflow.log"
     with open(log, "w") as sink:
@@ -79,12 +58,12 @@ def test_a_rest_backfill_runs_on_postgres_with_the_local_executor_and_serial_duc
                                 stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     api = Api(f"http://127.0.0.1:{port}")
     try:
-        _wait_for(lambda: "is ready" in log.read_text(), 300, "Airflow on Postgres:\n" + log.read_text()[-2000:])
+        wait_for(lambda: "is ready" in log.read_text(), 300, "Airflow on Postgres:\n" + log.read_text()[-2000:])
         assert "metadata DB: Postgres at postgresql+psycopg2://" in log.read_text()
         password = json.loads((tmp_path / "airflow" / "simple_auth_manager_passwords.json.generated").read_text())
         api.token = api.call("POST", "/auth/token", {"username": "admin", "password": password["admin"]})["access_token"]
         periods = f"{task.name}.periods"
-        _wait_for(lambda: periods in {d["dag_id"] for d in api.call("GET", "/api/v2/dags")["dags"]}, 180, "the DAGs")
+        wait_for(lambda: periods in {d["dag_id"] for d in api.call("GET", "/api/v2/dags")["dags"]}, 180, "the DAGs")
         # the metadata lives in Postgres: the server the command started answers for it on its socket
         import psycopg2
 
@@ -99,7 +78,7 @@ def test_a_rest_backfill_runs_on_postgres_with_the_local_executor_and_serial_duc
         backfill = api.call("POST", "/api/v2/backfills", {
             "dag_id": periods, "from_date": f"{first}T00:00:00Z", "to_date": f"{task.backtest}T00:00:00Z",
             "run_backwards": False, "reprocess_behavior": "completed", "max_active_runs": 1})
-        runs = _wait_for(lambda: [r for r in api.call("GET", f"/api/v2/dags/{periods}/dagRuns")["dag_runs"]
+        runs = wait_for(lambda: [r for r in api.call("GET", f"/api/v2/dags/{periods}/dagRuns")["dag_runs"]
                                   if r["run_type"] == "backfill"] or None, 60, "the backfill's runs")
         assert sorted(r["logical_date"][:10] for r in runs) == [str(first), str(task.backtest)]
         assert backfill["dag_id"] == periods
@@ -114,7 +93,7 @@ def test_a_rest_backfill_runs_on_postgres_with_the_local_executor_and_serial_duc
             done = [t for t in tis if t["task_id"].startswith("warehouse.") and t["state"] == "success"]
             return tis if len(done) >= 12 else None
 
-        tis = _wait_for(finished_dbt_tasks, 420, "a dozen warehouse tasks of the first week")
+        tis = wait_for(finished_dbt_tasks, 420, "a dozen warehouse tasks of the first week")
         executors = {t["executor"] or "" for t in tis if t["state"] == "success"}
         pooled = [(t["task_id"], t["start_date"], t["end_date"]) for t in tis
                   if t["pool"] == DUCKDB_POOL and t["start_date"] and t["end_date"]]

@@ -11,9 +11,10 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
+
+from airflow_helpers import free_port, wait_for
 
 from ml.local_airflow import COMPONENTS
 from ml.task import available_tasks
@@ -21,29 +22,10 @@ from ml.task import available_tasks
 BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(url: str, token: str | None = None) -> dict:
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.load(resp)
-
-
-def _wait_for(condition, timeout: float, what: str):  # noqa: ANN001, ANN202
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-            if value:
-                return value
-        except (urllib.error.URLError, ConnectionError, KeyError, OSError):
-            pass
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _group_alive(pgid: int) -> bool:
@@ -55,7 +37,7 @@ def _group_alive(pgid: int) -> bool:
 
 
 def test_crowd_airflow_serves_the_dags_with_the_shown_password_and_ctrl_c_stops_every_component(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "CROWD_DATA_DIR": str(tmp_path)}
     log = tmp_path / "standalone.log"  # a file, not a pipe: standalone's output would fill a pipe nobody reads
     with open(log, "w") as sink:
@@ -66,9 +48,9 @@ def test_crowd_airflow_serves_the_dags_with_the_shown_password_and_ctrl_c_stops_
     base = f"http://127.0.0.1:{port}"
     standalone_pgid, leftover, password = None, False, None
     try:
-        health = _wait_for(lambda: _get(f"{base}/api/v2/monitor/health"), 180, "the api-server")
+        health = wait_for(lambda: _get(f"{base}/api/v2/monitor/health"), 180, "the api-server")
         assert health["metadatabase"]["status"] == "healthy"
-        _wait_for(lambda: all(_get(f"{base}/api/v2/monitor/health")[c]["status"] == "healthy"
+        wait_for(lambda: all(_get(f"{base}/api/v2/monitor/health")[c]["status"] == "healthy"
                               for c in ("scheduler", "triggerer", "dag_processor")), 120, "every component")
         # the four components are crowd's children, together in one process group that is not crowd's
         import psutil
@@ -92,7 +74,7 @@ def test_crowd_airflow_serves_the_dags_with_the_shown_password_and_ctrl_c_stops_
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=10) as resp:
             token = json.load(resp)["access_token"]
-        dags = _wait_for(lambda: {d["dag_id"] for d in _get(f"{base}/api/v2/dags", token)["dags"]} or None,
+        dags = wait_for(lambda: {d["dag_id"] for d in _get(f"{base}/api/v2/dags", token)["dags"]} or None,
                          120, "the DAGs to be parsed")
         assert dags == {f"{t}.{k}" for t in available_tasks() for k in ("periods", "training")}  # no examples
         assert _get(f"{base}/api/v2/importErrors", token)["total_entries"] == 0
