@@ -8,11 +8,9 @@ import pandas as pd
 import pytest
 
 from ml.features.dataset import read_exports
-from ml.train.calibration import (calibration_summary, correct_for_sampling, expected_calibration_error,
-                                  platt_apply, platt_fit, population_weights, reliability, stratified_platt_apply,
-                                  stratified_platt_fit)
-from ml.train.gbdt import GbdtConfig, train_gbdt
-from ml.train.pipeline import _subsample, oracle_scores
+from ml.train.calibration import (calibration_summary, expected_calibration_error, platt_apply, platt_fit,
+                                  population_weights, reliability, stratified_platt_apply, stratified_platt_fit)
+from ml.train.pipeline import oracle_scores
 
 
 def test_platt_scaling_recovers_a_known_distortion():
@@ -81,27 +79,25 @@ def test_inclusion_probabilities_become_weights_and_bad_ones_are_refused():
         population_weights(pd.DataFrame({"inclusion_prob": [0.5, 0.0]}))
 
 
-def test_expected_buyers_match_the_population_only_with_the_inclusion_weights(tiny_exports, tiny_dataset, task):
-    """LightGBM on the tiny task, trained as the pipeline does (a share of the negatives kept, undone after;
-    before Platt scaling): over the pairs with no history together, where the warehouse kept about one user in
-    six, the sum of scores is the oracle's expected buyers within 35 % with the weights, and several times too
-    many without them (the sampled rows taken for the population)."""
-    rate, seed = task.training.negative_rate, task.training.seed
-    raw = read_exports(tiny_exports, task.sample_dates)
-    train, dense = _subsample(raw, rate, seed).samples, raw.dense
-    valid = read_exports(tiny_exports, list(task.validation)).samples
-    ev = read_exports(tiny_exports, [task.backtest], part="evaluation").samples
-    untouched = ~ev["is_candidate"].to_numpy(bool)
-    expected = oracle_scores(tiny_dataset, ev, task.backtest, task)[untouched].sum()
-    targets = sorted(ev["target_id"].unique().tolist())
-    ratios = {}
-    for weighted in (True, False):
-        tr, va = (train, valid) if weighted else (train.drop(columns="inclusion_prob"),
-                                                   valid.drop(columns="inclusion_prob"))
-        result = train_gbdt(GbdtConfig(mode="all_mixed", seed=seed), tr, va, ev, dense, targets)
-        ratios[weighted] = correct_for_sampling(result.scores, rate)[untouched].sum() / expected
-    assert abs(ratios[True] - 1) < 0.35, ratios
-    assert ratios[False] > 3, ratios
+def test_the_sampled_negatives_stand_for_the_population_only_with_their_inclusion_weights(tiny_exports, tiny_dataset,
+                                                                                           task):
+    """On the validation and backtest dates, where the warehouse wrote both the sampled rows and the whole
+    population: the sampled untouched pairs of the evaluated targets, each weighted by 1 / inclusion_prob,
+    carry the population's untouched expected buyers (the oracle's, a low-noise truth) within 15 % and its size
+    within 1 %; unweighted they carry a few times too few. (A LightGBM trained on them was the measure before:
+    its untouched total moved from 0.9x to 1.8x the truth with its own seed alone, and to 4.7x on another draw
+    of the negatives, so it pinned that model's luck, not the weights.)"""
+    for ds in [*task.validation, task.backtest]:
+        ev = read_exports(tiny_exports, [ds], part="evaluation").samples
+        population = ev[~ev["is_candidate"].to_numpy(bool)]
+        s = read_exports(tiny_exports, [ds]).samples
+        sampled = s[~s["is_candidate"].to_numpy(bool) & s["target_id"].isin(set(population["target_id"]))]
+        weights = 1 / sampled["inclusion_prob"].to_numpy()
+        truth = oracle_scores(tiny_dataset, population, ds, task).sum()
+        drawn = oracle_scores(tiny_dataset, sampled, ds, task)
+        assert abs((drawn * weights).sum() / truth - 1) < 0.15, (ds, (drawn * weights).sum(), truth)
+        assert abs(weights.sum() / len(population) - 1) < 0.01, ds
+        assert drawn.sum() / truth < 0.4, ds
 
 
 def test_a_population_of_candidates_only_has_no_untouched_calibration_figure():
