@@ -72,7 +72,7 @@ def postgres_metadata_db(paths: Paths) -> Iterator[str]:
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(pgdata, cleanup_mode="stop")
     try:
-        if "airflow" not in server.psql("select datname from pg_database;"):
+        if "(0 rows)" in server.psql("select 1 from pg_database where datname = 'airflow';"):
             server.psql("create database airflow;")
         yield f"postgresql+psycopg2://postgres@/airflow?host={pgdata}"
     finally:

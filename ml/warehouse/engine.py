@@ -12,15 +12,12 @@ A cluster (Thrift, Databricks) is the same `spark` profile output with another m
 from __future__ import annotations
 
 import contextlib
-import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
 import duckdb
 
 from ml.task import ENGINES, Engine
-
-log = logging.getLogger(__name__)
 
 DUCKDB_FILE = "crowd.duckdb"
 SPARK_DIR = "spark"
@@ -58,13 +55,6 @@ def dbt_target_environment(engine: str, location: Path) -> dict[str, str]:
     return {"CROWD_DBT_TARGET": "spark", "CROWD_SPARK_WAREHOUSE": str(location), "JAVA_HOME": java_home()}
 
 
-def spark_table_files(location: Path, schema: str, table: str) -> Path:
-    """The folder of a Spark table of the local session's warehouse (managed tables: SCHEMA.db/TABLE)."""
-    if not (_NAME.match(schema) and _NAME.match(table)):
-        raise ValueError(f"not a warehouse table name: {schema}.{table}")
-    return Path(location) / f"{schema}.db" / table
-
-
 def _quoted(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
@@ -82,8 +72,9 @@ def attach_spark_tables(con: duckdb.DuckDBPyConnection, location: Path,
             continue
         con.execute(f'create schema if not exists "{schema}"')
         for table_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
-            table = table_dir.name
-            spark_table_files(location, schema, table)  # validates the names before they reach SQL
+            table = table_dir.name  # a managed table's folder: SCHEMA.db/TABLE
+            if not (_NAME.match(schema) and _NAME.match(table)):  # only plain names reach SQL
+                raise ValueError(f"not a warehouse table name: {schema}.{table} (in {folder})")
             parts = table_dir.rglob("*.parquet")
             if next(parts, None) is None:
                 body = "select cast(null as date) as ds where false"
