@@ -17,10 +17,9 @@
     transform(array_sort(collect_list(named_struct('k', {{ order_by }}, 'v', {{ expr }}))), s -> s.v)
 {%- endmacro %}
 
-{#- A deterministic pseudo-random bucket in [0, n) of some columns (negative sampling). DuckDB keeps its own hash;
-    Spark takes the first 60 bits of the md5 of the values joined by '|'. The two engines therefore draw
-    different negative users (an md5 draw on DuckDB too made the loaded Taobao task's LightGBM rank below
-    random: not understood yet, so DuckDB's draw is unchanged); everything else they build is equal (a test). -#}
+{#- A deterministic pseudo-random bucket in [0, n) of some columns (negative sampling): the first 60 bits of the
+    md5 of the values joined by '|', so every engine draws the same users (DuckDB's own hash is another
+    function on Spark). -#}
 {% macro crowd_bucket(exprs, n) %}
     {{ return(adapter.dispatch('crowd_bucket', 'purchase_crowd')(exprs, n)) }}
 {% endmacro %}
@@ -33,8 +32,6 @@
     {%- endfor -%}
     ({{ crowd_hex_to_bigint('substr(md5(' ~ dbt.concat(text) ~ '), 1, 15)') }} % cast({{ n }} as {{ dbt.type_bigint() }}))
 {% endmacro %}
-
-{% macro duckdb__crowd_bucket(exprs, n) %}cast(hash({{ exprs | join(', ') }}) % cast({{ n }} as ubigint) as bigint){% endmacro %}
 
 {#- A hexadecimal text of at most 15 digits as a bigint. -#}
 {% macro crowd_hex_to_bigint(hex) %}

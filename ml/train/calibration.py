@@ -2,9 +2,11 @@
 
 Two samplings stand between the training rows and the population a crowd is drawn from:
 - the warehouse keeps every candidate pair but only about negatives_per_target of the other users per target
-  and date, drawn without looking at labels; each carries its inclusion probability (`inclusion_prob`), and
-  training weights each row by its inverse (population_weights), so a model's expected buyers are the
-  population's (Horvitz-Thompson);
+  and date, drawn without looking at labels; each carries its inclusion probability (`inclusion_prob`). The
+  deep models' loss weighs each row by its inverse (population_weights), so their expected buyers are the
+  population's (Horvitz-Thompson); LightGBM fits the rows as drawn (the draw depends on candidacy alone,
+  which its features see; at these weights its early rounds followed a few heavy rows: ml.train.gbdt);
+  validation metrics weigh every model's rows by it;
 - the trainers keep a share `negative_rate` of the negatives, which shifts every odds by that rate: undone
   exactly afterwards (correct_for_sampling).
 What remains (a few epochs, early stopping, a focal loss, which reshapes the output beyond both) is mapped
