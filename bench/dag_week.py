@@ -1,14 +1,15 @@
-"""Benchmark one week of the crowd_weekly DAG through dag.test(), the way `make run` drives it: every Cosmos
-dbt task (one run and one test per model) in one process, on the default dataset.
+"""Benchmark one week of the periods DAG through dag.test(), the way `make run` drives it, against the same dbt
+build (and export) run alone: what orchestration costs on top of the work.
 
-    python bench/dag_week.py                 # ds 2013-08-05, with and without the gc freeze, 2 runs each
-    python bench/dag_week.py --runs 3
+    python bench/dag_week.py                 # ds 2013-08-05 of tmall-2013 on the default dataset, 2 runs each
+    python bench/dag_week.py --runs 3 --ds 2013-07-15
 
-Cosmos runs a full gc.collect() after every in-process dbt invocation; the DAG's callback
-(ml.orchestration.freeze_surviving_objects) freezes what survived so the next collection stays small. The
-"without" rows replace that callback by a no-op (and collect without freezing between runs), everything
-else equal. Each variant runs in its own
-process over a scratch data directory that links the dataset, so the numbers do not depend on what ran before.
+"alone" is `crowd warehouse --ds DS`'s work in a process of its own: dbt build of every model and test (one
+dbtRunner invocation, as a user's `dbt build` would run) then the export of that date. "DAG" is one run of
+<task>.periods for the same date: plan, the Cosmos task group (one `dbt build` by the producer task, then one
+watcher task per model and per model's tests), the export. Each side runs in its own process over its own
+scratch data directory linking the dataset, so neither warms the other's warehouse; run k of each side is
+compared with run k of the other (the first run builds the incremental tables from nothing).
 """
 
 from __future__ import annotations
@@ -17,64 +18,81 @@ import argparse
 import datetime as dt
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+TASK = "tmall-2013"
 
 
-def one_variant(freeze: bool, ds: dt.date, runs: int) -> list[float]:
-    """Runs in a child process (see main): the metadata DB, then `runs` dag.test() of the week."""
+def alone(ds: dt.date, runs: int) -> list[dict]:
+    from ml.task import TaskPaths, load_task
+    from ml.warehouse.build import run_dbt
+    from ml.warehouse.export import export_dates
+
+    task = load_task(TASK)
+    paths = TaskPaths.of(task)
+    paths.warehouse.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        run_dbt("build", dataset_dir=paths.dataset_dir, warehouse=paths.warehouse, dbt_vars=task.dbt_vars(ds=[ds]),
+                quiet=True)
+        t1 = time.perf_counter()
+        export_dates(paths.warehouse, paths.exports, [ds], fingerprint=task.warehouse_fingerprint(),
+                     dataset_dir=paths.dataset_dir)
+        out.append({"build": t1 - t0, "export": time.perf_counter() - t1})
+    return out
+
+
+def dag(ds: dt.date, runs: int) -> list[dict]:
     from ml.local_airflow import run_pipeline
     from ml.task import load_task
 
-    if not freeze:  # Cosmos alone: no freeze after the dbt tasks, none between runs either
-        import gc
-
-        import ml.local_airflow
-        import ml.orchestration
-
-        ml.orchestration.freeze_surviving_objects = lambda *args, **kwargs: None
-        ml.local_airflow._collect_garbage = gc.collect
-    results = run_pipeline(load_task("tmall-2013"), dates=[ds] * runs, training=False, quiet=True)
-    return [round(r.seconds, 1) for r in results]
+    results = run_pipeline(load_task(TASK), dates=[ds] * runs, training=False, quiet=True)
+    bad = [r for r in results if r.state != "success"]
+    if bad:
+        raise SystemExit(f"a DAG run did not succeed: {bad}")
+    return [{"dag": r.seconds} for r in results]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ds", default="2013-08-05")
     parser.add_argument("--runs", type=int, default=2)
-    parser.add_argument("--child", choices=["freeze", "no-freeze"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["alone", "dag"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     ds = dt.date.fromisoformat(args.ds)
     if args.child:
-        print(json.dumps(one_variant(args.child == "freeze", ds, args.runs)))
+        print(json.dumps((alone if args.child == "alone" else dag)(ds, args.runs)))
         return
 
     from ml.config import Paths
 
     dataset = Paths.default().dataset("synthetic")
     if not (dataset / "events").exists():
-        sys.exit(f"no dataset at {dataset}: run `crowd generate --preset default` first")
-    print(f"tmall-2013.periods, period {ds}, dag.test() in one process, default dataset ({dataset})")
-    print("| callback | run | seconds |\n|---|---|---|")
-    for variant in ("freeze", "no-freeze"):
+        sys.exit(f"no dataset at {dataset}: run `crowd generate --task {TASK}` first")
+    print(f"{TASK}.periods, period {ds}, default dataset ({dataset}), {os.cpu_count()} cores")
+    measured = {}
+    for side in ("alone", "dag"):
         with tempfile.TemporaryDirectory(prefix="crowd-bench-dag-") as scratch:
             (Path(scratch) / "raw").mkdir()
             os.symlink(dataset, Path(scratch) / "raw" / "synthetic")
-            env = {**os.environ, "CROWD_DATA_DIR": scratch}
-            done = subprocess.run([sys.executable, __file__, "--child", variant, "--ds", str(ds),
-                                   "--runs", str(args.runs)], env=env, capture_output=True, text=True, cwd=ROOT)
+            done = subprocess.run([sys.executable, __file__, "--child", side, "--ds", str(ds), "--runs", str(args.runs)],
+                                  env={**os.environ, "CROWD_DATA_DIR": scratch}, capture_output=True, text=True,
+                                  cwd=ROOT)
             if done.returncode != 0:
                 sys.exit(done.stderr[-3000:])
-            seconds = json.loads(done.stdout.strip().splitlines()[-1])
-            shutil.rmtree(Path(scratch) / "warehouse", ignore_errors=True)
-        for i, s in enumerate(seconds, 1):
-            print(f"| {'gc.freeze after each dbt task' if variant == 'freeze' else 'none (Cosmos alone)'} "
-                  f"| {i} | {s} |")
+            measured[side] = json.loads(done.stdout.strip().splitlines()[-1])
+    print("| run | dbt build alone | + export | DAG run | DAG - (build + export) | DAG / (build + export) |")
+    print("|---|---|---|---|---|---|")
+    for i, (a, d) in enumerate(zip(measured["alone"], measured["dag"]), 1):
+        work = a["build"] + a["export"]
+        print(f"| {i} | {a['build']:.1f} s | {work:.1f} s | {d['dag']:.1f} s | {d['dag'] - work:+.1f} s "
+              f"| {d['dag'] / work:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -6,9 +6,9 @@
                  Features use the events before ds, so the run can build as soon as ds begins. `plan` decides what ds is: a labelled date of the task (samples; the backtest
                  date also builds the evaluation set and announces it with an asset event that carries the
                  run's overrides), a forward date after the backtest (features only, then crowds by the
-                 champion), or neither (skipped, saying why). Then the dbt project as Cosmos tasks (one per
-                 model, its tests after it) in a pool of one slot because DuckDB takes one writer, and the
-                 date's parquet export.
+                 champion), or neither (skipped, saying why). Then the date's one `dbt build` (dbt_build; or,
+                 with warehouse.airflow_tasks per_model, Cosmos's watcher tasks around the same build) in a
+                 pool of one slot because DuckDB takes one writer, and the date's parquet export.
 <task>.training  scheduled on that asset (so a backfill over the task's dates ends by training), or
                  triggered by hand: every model of the task in parallel from the exports, each resuming from its
                  checkpoint on retry; then the forward crowds as of the day after the log's last day.
@@ -27,7 +27,7 @@ import math
 import os
 from pathlib import Path
 
-from ml.task import ALL_MODELS, DEEP_MODELS, TARGETS, Task, TaskPaths, load_task
+from ml.task import ALL_MODELS, DEEP_MODELS, TARGETS, Task, TaskPaths, available_tasks, load_task
 
 log = logging.getLogger(__name__)
 DUCKDB_POOL = "crowd_duckdb"
@@ -151,24 +151,73 @@ def _dbt_on_path() -> None:
         os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
+def _watch_after_the_build(group) -> None:  # noqa: ANN001
+    """The watcher tasks of a Cosmos task group start once its producer (the one `dbt build`) is done, whatever
+    its outcome (as Cosmos wires a DbtDag, not a task group): each then finds its node's status at its first
+    look, so no sensor holds a worker slot or a triggerer while dbt runs, and `dag.test()`, which runs one task
+    at a time, never waits on a sensor that runs before the build. A failed node fails its task; the task's
+    retry runs that node alone (Cosmos's fallback), outside the DuckDB pool: a retry after a failed build."""
+    from cosmos.constants import PRODUCER_WATCHER_TASK_ID
+
+    producer = group.children[f"{group.group_id}.{PRODUCER_WATCHER_TASK_ID}"]
+    for root in group.get_roots():
+        if root is not producer:
+            producer >> root
+            root.trigger_rule = "always"
+
+
+def _watched_dbt_build(task: Task):  # noqa: ANN202
+    """The date's one `dbt build` as Cosmos's watcher mode shows it (warehouse.airflow_tasks per_model): a
+    producer task runs the build in the DuckDB pool, then a task per model and per model's tests reports that
+    node's outcome. What it costs over one build task: the producer's per-node XComs and a task per node
+    (about 30 s a week under dag.test on 2 cores, bench/dag_week.py)."""
+    _dbt_on_path()  # before cosmos is imported: it resolves the executable at import
+    from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
+    from cosmos.constants import ExecutionMode, InvocationMode, LoadMode, TestBehavior
+
+    from ml.config import Paths
+    from ml.warehouse.build import ensure_manifest
+
+    project_dir = _dbt_project_dir()
+    manifest = ensure_manifest(Paths.default().root / "dbt" / "manifests", project_dir)
+    group = DbtTaskGroup(
+        group_id="warehouse",
+        project_config=ProjectConfig(project_dir, manifest_path=manifest),
+        # the task file's engine: every run of this DAG writes one warehouse (a Param cannot move a week)
+        profile_config=ProfileConfig(profile_name="purchase_crowd", target_name=task.warehouse.engine,
+                                     profiles_yml_filepath=project_dir / "profiles.yml"),
+        execution_config=ExecutionConfig(
+            execution_mode=ExecutionMode.WATCHER, invocation_mode=InvocationMode.DBT_RUNNER,
+            setup_operator_args={"pool": DUCKDB_POOL, "callback": "ml.orchestration.freeze_surviving_objects"}),
+        # the graph comes from the cached manifest: parsing the DAG file runs no dbt command
+        render_config=RenderConfig(load_method=LoadMode.DBT_MANIFEST, test_behavior=TestBehavior.AFTER_EACH),
+        operator_args={"vars": "{{ ti.xcom_pull(task_ids='plan')['dbt_vars'] }}",
+                       "env": "{{ ti.xcom_pull(task_ids='plan')['env'] }}", "install_deps": False,
+                       # the watchers start once the producer is done (below): one look, no triggerer
+                       "deferrable": False, "mode": "reschedule", "poke_interval": 5},
+        default_args=default_args(),
+    )
+    _watch_after_the_build(group)
+    return group
+
+
 def period_start(day: dt.date) -> dt.datetime:
     """A period's logical date (and, for local runs, its run_after): midnight UTC of its ds."""
     return dt.datetime.combine(day, dt.time(), dt.timezone.utc)
 
 
+def _dbt_project_dir() -> Path:
+    """$CROWD_DBT_PROJECT_DIR points the DAGs at another copy of the dbt project (a fork, or a test's)."""
+    from ml.warehouse.build import DBT_PROJECT_DIR
+
+    return Path(os.environ.get("CROWD_DBT_PROJECT_DIR", DBT_PROJECT_DIR))
+
+
 def build_periods_dag(task: Task):  # noqa: ANN201
-    _dbt_on_path()  # before cosmos is imported: it resolves the executable at import
     from airflow.sdk import DAG, Asset, task as af_task
     from airflow.timetables.trigger import DeltaTriggerTimetable
-    from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
-    from cosmos.constants import InvocationMode, LoadMode, TestBehavior
 
-    from ml.config import Paths
-    from ml.warehouse.build import DBT_PROJECT_DIR, ensure_manifest
-
-    # $CROWD_DBT_PROJECT_DIR points the DAG at another copy of the dbt project (a fork, or a test's)
-    project_dir = Path(os.environ.get("CROWD_DBT_PROJECT_DIR", DBT_PROJECT_DIR))
-    manifest = ensure_manifest(Paths.default().root / "dbt" / "manifests", project_dir)
+    project_dir = _dbt_project_dir()
     backtest_ready = Asset(backtest_asset_uri(task))
     step = dt.timedelta(days=task.windows.step_days)
     with DAG(
@@ -213,23 +262,21 @@ def build_periods_dag(task: Task):  # noqa: ANN201
             return {"ds": ds.isoformat(), "mode": mode, "overrides": overrides, "env": env,
                     "dbt_vars": run_task.dbt_vars(ds=[ds], forward=forward)}
 
-        warehouse = DbtTaskGroup(
-            group_id="warehouse",
-            project_config=ProjectConfig(project_dir, manifest_path=manifest),
-            # the task file's engine: every run of this DAG writes one warehouse (a Param cannot move a week)
-            profile_config=ProfileConfig(profile_name="purchase_crowd", target_name=task.warehouse.engine,
-                                         profiles_yml_filepath=project_dir / "profiles.yml"),
-            execution_config=ExecutionConfig(invocation_mode=InvocationMode.DBT_RUNNER),
-            # the graph comes from the cached manifest: parsing the DAG file runs no dbt command
-            render_config=RenderConfig(load_method=LoadMode.DBT_MANIFEST, test_behavior=TestBehavior.AFTER_EACH,
-                                       # singular tests reading several models run once all of them are built
-                                       should_detach_multiple_parents_tests=True),
-            operator_args={"vars": "{{ ti.xcom_pull(task_ids='plan')['dbt_vars'] }}",
-                           "env": "{{ ti.xcom_pull(task_ids='plan')['env'] }}",
-                           "pool": DUCKDB_POOL, "install_deps": False,
-                           "callback": "ml.orchestration.freeze_surviving_objects"},
-            default_args={**default_args(), "pool": DUCKDB_POOL},
-        )
+        @af_task(pool=DUCKDB_POOL)
+        def dbt_build(planned: dict) -> dict:
+            """The date's warehouse in one `dbt build`: every model, each followed by its tests, in dependency
+            order (dbt's lines for each node are this task's log). A failing model or test fails the task, and
+            the project's end hook removes the date's rows."""
+            from ml.warehouse.build import run_dbt
+            from ml.warehouse.subset import item_subset_path
+
+            run_task = load_task(task.name, planned["overrides"])
+            paths = TaskPaths.of(run_task)
+            engine = run_task.warehouse.engine
+            report = run_dbt("build", dataset_dir=paths.dataset_dir, warehouse=paths.warehouse_of(engine),
+                             dbt_vars=planned["dbt_vars"], project_dir=project_dir,
+                             item_subset=item_subset_path(run_task, paths), engine=engine)
+            return {"models": report.n_models, "tests": report.n_tests, "seconds": round(report.seconds, 1)}
 
         @af_task(pool=DUCKDB_POOL)
         def export(planned: dict) -> dict:
@@ -273,7 +320,10 @@ def build_periods_dag(task: Task):  # noqa: ANN201
 
         p = plan()
         exported = export(p)
-        p >> warehouse >> exported
+        if task.warehouse.airflow_tasks == "per_model":
+            p >> _watched_dbt_build(task) >> exported
+        else:
+            dbt_build(p) >> exported
         branch = next_step(exported)
         branch >> [publish_backtest_ready(p), forward_crowds(p)]
     return dag
@@ -364,3 +414,22 @@ def _train_distributed(task: Task, model: str, overrides: dict) -> dict:
 
 def build_task_dags(task: Task) -> list:
     return [build_periods_dag(task), build_training_dag(task)]
+
+
+def build_dags_to_parse() -> list:
+    """Every task file's pair of DAGs; but when Airflow parses the file to run one task instance (its parsing
+    context names the DAG), that DAG alone. Each task process of an executor parses the DAG file: building
+    all six DAGs (three Cosmos graphs) there cost seconds per task instance, for one DAG it needs."""
+    from airflow.sdk import get_parsing_context
+
+    _dbt_on_path()  # before anything imports cosmos (a task may ask for its watcher mode)
+    wanted = get_parsing_context().dag_id
+    dags = []
+    for name in available_tasks():
+        if wanted is None:
+            dags += build_task_dags(load_task(name))
+        elif wanted == periods_dag_id(name):
+            dags.append(build_periods_dag(load_task(name)))
+        elif wanted == training_dag_id(name):
+            dags.append(build_training_dag(load_task(name)))
+    return dags

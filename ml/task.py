@@ -105,9 +105,14 @@ class Warehouse(_Settings):
     history window). item_subset (target item): the items that may be ranked, `dataset` for the subset the
     dataset carries or a file of item ids (ml/warehouse/subset.py); default: every item. engine: what runs the
     dbt project, duckdb (one file) or spark (dbt-spark; ml/warehouse/engine.py). Both build the same rows (a
-    test says so), so the engine is not part of the fingerprints: exports do not care which one made them."""
+    test says so), so the engine is not part of the fingerprints: exports do not care which one made them.
+    airflow_tasks: how the periods DAG shows a date's build, `build` (one task running one dbt build: within
+    seconds of dbt alone) or `per_model` (Cosmos's watcher mode: the same one build, then a task per model and
+    per model's tests reading its outcome; about half a minute more per run under dag.test on 2 cores,
+    bench/dag_week.py). Neither changes a row."""
 
     engine: Engine = "duckdb"
+    airflow_tasks: Literal["build", "per_model"] = "build"
 
     feature_windows: tuple[int, ...] = (1, 3, 7, 30, 90)
     sequence_length: int = Field(default=50, ge=1)

@@ -120,16 +120,32 @@ def configure(paths: TaskPaths) -> str:
         shared.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)  # the registry in the same store, also when another one was configured before
-    experiment = mlflow.get_experiment_by_name(paths.experiment)
-    if experiment is None:
-        # a local store needs an absolute artifact location; a server decides its own (--artifacts-destination)
-        location = (shared.mlflow_artifacts / paths.task / paths.dataset).resolve().as_uri() if local else None
-        experiment_id = mlflow.create_experiment(paths.experiment, artifact_location=location,
-                                                 tags={"task": paths.task, "dataset": paths.dataset})
-    else:
-        experiment_id = experiment.experiment_id
+    # The first touch of a SQLite store creates and migrates its tables, and the experiment is made once: the
+    # training DAG's models start together, and two processes migrating one new store at once left alembic's
+    # temporary tables behind and failed every retry. One process at a time here (a file lock beside it).
+    with _file_lock(shared.mlflow_db.with_name("store.lock")) if local else contextlib.nullcontext():
+        experiment = mlflow.get_experiment_by_name(paths.experiment)
+        if experiment is None:
+            # a local store needs an absolute artifact location; a server decides its own (--artifacts-destination)
+            location = (shared.mlflow_artifacts / paths.task / paths.dataset).resolve().as_uri() if local else None
+            experiment_id = mlflow.create_experiment(paths.experiment, artifact_location=location,
+                                                     tags={"task": paths.task, "dataset": paths.dataset})
+        else:
+            experiment_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on a file of the data directory, shared by every local process and compose service."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def champion_metric(client: MlflowClient, registered_model: str, metric: str, key: str
@@ -148,14 +164,8 @@ def champion_lock(paths: TaskPaths) -> Iterator[None]:
     """One promotion at a time per registered model: the training DAG trains models in parallel, and two that
     both read the old champion's metric before either moved the alias could leave the worse one champion.
     A file lock in the data directory, which every local process and the compose services share."""
-    lock = paths.shared.root / "mlflow" / f"{paths.registered_model}.champion.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with _file_lock(paths.shared.root / "mlflow" / f"{paths.registered_model}.champion.lock"):
+        yield
 
 
 def promote_if_better(paths: TaskPaths, version: str, metric: str, value: float, key: str) -> bool:

@@ -27,18 +27,34 @@ def test_every_task_file_has_its_pair_of_dags_and_none_fails_to_import(dagbag):
     assert set(dagbag.dag_ids) == expected
 
 
-def test_the_dag_file_parses_in_under_two_seconds_from_the_cached_manifest(dagbag):
-    """The first parse caches the dbt manifest; later parses run no dbt command (Cosmos LoadMode.DBT_MANIFEST)."""
+def _parse_in_a_fresh_process(env: dict | None = None) -> tuple[float, list[str]]:
+    import os
     import subprocess
     import sys
 
-    code = ("import time; t = time.perf_counter(); from airflow.dag_processing.dagbag import DagBag; "
+    code = ("import time; from airflow.dag_processing.dagbag import DagBag; "
             "t = time.perf_counter(); b = DagBag(dag_folder=%r); assert not b.import_errors, b.import_errors; "
-            "print(time.perf_counter() - t)") % str(DAGS)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+            "print(time.perf_counter() - t); print(','.join(sorted(b.dag_ids)))") % str(DAGS)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
     assert done.returncode == 0, done.stderr[-2000:]
-    seconds = float(done.stdout.strip().splitlines()[-1])
-    assert seconds < 2.0, f"parsing the DAG file took {seconds:.2f} s"
+    seconds, dag_ids = done.stdout.strip().splitlines()[-2:]
+    return float(seconds), dag_ids.split(",")
+
+
+def test_the_dag_file_parses_in_under_two_seconds_from_the_cached_manifest(dagbag):
+    """The first parse caches the dbt manifest; later parses run no dbt command (Cosmos LoadMode.DBT_MANIFEST)."""
+    seconds, dag_ids = _parse_in_a_fresh_process()
+    assert seconds < 2.0 and len(dag_ids) == 2 * len(available_tasks()), f"parsing the DAG file took {seconds:.2f} s"
+
+
+def test_a_task_process_parses_only_the_dag_it_runs(dagbag):
+    """What an executor's task process sees (Airflow's parsing context): one DAG built, not every task's."""
+    whole, _ = _parse_in_a_fresh_process()
+    seconds, dag_ids = _parse_in_a_fresh_process({"_AIRFLOW_PARSING_CONTEXT_DAG_ID": "tmall-2013.periods",
+                                                  "_AIRFLOW_PARSING_CONTEXT_TASK_ID": "export"})
+    assert dag_ids == ["tmall-2013.periods"]
+    assert seconds < whole, (seconds, whole)
 
 
 @pytest.mark.parametrize("name", ["tmall-2013", "taobao-2017-category"])
@@ -66,18 +82,32 @@ def test_the_periods_dag_runs_on_the_tasks_cadence_dated_at_each_period(dagbag, 
     assert all(params.get_param(k).description for k in params)  # every Param says what it is
 
 
-def test_the_periods_dag_plans_then_runs_each_dbt_model_then_its_tests_then_exports(dagbag):
+def test_the_periods_dag_plans_then_builds_the_date_in_one_dbt_build_then_exports(dagbag):
     dag = dagbag.get_dag("tmall-2013.periods")
+    build = dag.get_task("dbt_build")
+    assert build.pool == "crowd_duckdb" and build.retries >= 1 and build.upstream_task_ids == {"plan"}
+    assert {"plan", "dbt_build", "export", "next_step", "publish_backtest_ready", "forward_crowds"} == set(dag.task_ids)
+    assert "dbt_build" in dag.get_task("export").upstream_task_ids
+    assert dag.get_task("publish_backtest_ready").outlets  # the training DAG's trigger
+
+
+def test_per_model_tasks_watch_the_one_build_when_the_task_asks_for_them():
+    from ml.orchestration import build_periods_dag
+
+    dag = build_periods_dag(load_task("tmall-2013", {"warehouse.airflow_tasks": "per_model"}))
+    producer = dag.get_task("warehouse.dbt_producer_watcher")  # the run's one `dbt build`
+    assert producer.pool == "crowd_duckdb" and "plan" in producer.upstream_task_ids
+    after_build = producer.get_flat_relative_ids(upstream=False)
     for model in ("ods_events", "dim_targets", "dw_buy_events", "ads_user_target_features", "samples",
                   "samples_evaluation", "samples_forward"):
         run, test = dag.get_task(f"warehouse.{model}.run"), dag.get_task(f"warehouse.{model}.test")
-        assert test.task_id in run.downstream_task_ids
-        assert run.pool == "crowd_duckdb" and run.retries >= 1
-    assert {"plan", "export", "next_step", "publish_backtest_ready", "forward_crowds"} <= set(dag.task_ids)
+        assert test.task_id in run.downstream_task_ids and run.task_id in after_build
+        # watchers read the producer's result: no dbt, no DuckDB slot, unless a retry runs the model alone
+        assert run.pool != "crowd_duckdb" and run.retries >= 1 and run.mode == "reschedule"
+    watchers = {t for t in dag.task_ids if t.startswith("warehouse.")} - {producer.task_id}
+    assert watchers <= after_build and len(watchers) > 50
     before_export = dag.get_task("export").get_flat_relative_ids(upstream=True)
     assert {t for t in dag.task_ids if t.startswith("warehouse.")} <= before_export  # every dbt task first
-    assert "plan" in before_export
-    assert dag.get_task("publish_backtest_ready").outlets  # the training DAG's trigger
 
 
 def test_the_training_dag_is_scheduled_on_the_tasks_backtest_asset_and_fans_out_per_model(dagbag):

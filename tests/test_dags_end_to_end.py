@@ -1,4 +1,4 @@
-"""The real DAGs run in-process with dag.test() on the tiny dataset: periods through Cosmos and dbt, then the
+"""The real DAGs run in-process with dag.test() on the tiny dataset: periods through one dbt build each, then the
 training DAG, with a real metadata DB, DuckDB file and MLflow store. A period's logical date is its ds."""
 
 from __future__ import annotations
@@ -48,14 +48,30 @@ def test_the_backtest_period_builds_and_exports_its_date_and_announces_it(backte
     ds, run = backtest_period
     assert str(run.state) == "success" and run.logical_date.date() == ds and ds.isoformat() in run.run_id
     states = _states(run)
-    assert states["warehouse.samples_evaluation.run"] == "success"
-    assert states["warehouse.samples.test"] == "success"
+    assert states["dbt_build"] == "success"
     assert states["publish_backtest_ready"] == "success" and states["forward_crowds"] == "skipped"
     with duckdb.connect(str(task_paths.warehouse)) as con:
         dates = {r[0] for r in con.execute("select distinct ds from samples.samples_evaluation").fetchall()}
     assert ds in dates and dates <= {ds, *task.validation}  # the validation dates have their evaluation set too
     export = task_paths.exports / f"ds={ds}"
     assert {"samples.parquet", "evaluation.parquet", "sequences.parquet"} <= {p.name for p in export.iterdir()}
+
+
+def test_per_model_tasks_report_each_node_of_the_one_build(dags, task, task_paths):
+    """warehouse.airflow_tasks per_model: Cosmos's watcher tasks, one per model and per model's tests, each
+    report its node of the producer's one dbt build."""
+    from ml.orchestration import build_periods_dag
+    from ml.task import load_task
+
+    ds = task.validation[0]
+    dag = build_periods_dag(load_task(task.name, {"warehouse.airflow_tasks": "per_model"}))
+    run = dag.test(logical_date=_at(ds), run_after=_at(ds))
+    states = _states(run)
+    assert str(run.state) == "success", {t: s for t, s in states.items() if s != "success"}
+    watchers = [t for t in states if t.startswith("warehouse.") and "producer" not in t]
+    assert len(watchers) > 50 and all(states[t] == "success" for t in watchers)
+    assert states["warehouse.samples.run"] == states["warehouse.samples.test"] == "success"
+    assert (task_paths.exports / f"ds={ds}" / "samples.parquet").exists()
 
 
 def test_a_period_that_is_not_the_backtest_does_not_trigger_training(dags, task):
@@ -125,11 +141,11 @@ def test_a_failing_dbt_test_fails_the_dag_run_and_leaves_no_rows_of_its_date(dag
     states = _states(run)
     assert str(run.state) == "failed"
     failed = [t for t, s in states.items() if s == "failed"]
-    assert failed == ["warehouse.dim_targets.test"]  # Cosmos runs a model's singular tests in its test task
+    assert failed == ["dbt_build"]
     assert states["export"] in ("upstream_failed", "skipped")
     ds = task.samples.first
-    # the failed task purged its date's rows; models on other branches of the DAG run after it and rebuild
-    # their own, but the samples (downstream of the failure) are gone and no export was made
+    # the failed build purged its date's rows (dbt went on with the models on other branches, and skipped
+    # those downstream of the failure): no samples of the date and no export
     with duckdb.connect(str(task_paths.warehouse)) as con:
         assert con.execute("select count(*) from samples.samples where ds = ?", [ds]).fetchone()[0] == 0
     # rebuilt once fixed (the tests after this one share the warehouse)
