@@ -19,7 +19,8 @@ setup: $(STAMP)
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@# setuptools warns on every editable install that a folder named like the package could shadow it (none does)
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	$(BIN)/pip download --quiet --disable-pip-version-check --no-deps -d $(VENV)/wheels $(COMPOSE_SPEC_WHEEL)
 	@touch $(STAMP)
 
@@ -48,12 +49,16 @@ RUN_EPOCHS ?= 2
 RUN_NEGATIVE_RATE ?= 0.1
 endif
 RUN_SETTINGS := $(if $(RUN_EPOCHS),--set epochs=$(RUN_EPOCHS)) $(if $(RUN_NEGATIVE_RATE),--set negative_rate=$(RUN_NEGATIVE_RATE))
+# PRESET generates the task's dataset at another preset's sizes (`make run PRESET=tiny`: the whole path on a small log)
 run: setup
-	$(BIN)/crowd generate --task $(TASK) --skip-if-present
+	$(BIN)/crowd generate --task $(TASK) --skip-if-present $(if $(PRESET),--preset $(PRESET))
 	$(BIN)/crowd run-dags --task $(TASK) $(RUN_SETTINGS)
 
+# the test files spread over the cores (pytest-xdist; a file's tests stay together, on one worker, with its
+# fixtures); TEST_WORKERS=0 runs them in this process, one after another
+TEST_WORKERS ?= auto
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # DB=postgres runs the metadata DB on a real Postgres server (the pgserver wheel), as deployed
 DB ?= sqlite
@@ -62,6 +67,7 @@ airflow: setup
 
 mlflow: setup
 	@mkdir -p $(CROWD_DATA_DIR)/mlflow/artifacts
+	@echo "MLflow UI: http://127.0.0.1:5000 (store $(CROWD_DATA_DIR)/mlflow; Ctrl-C stops it)"
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 \
 	  --backend-store-uri sqlite:///$(CROWD_DATA_DIR)/mlflow/mlflow.db \
 	  --default-artifact-root $(CROWD_DATA_DIR)/mlflow/artifacts

@@ -94,7 +94,8 @@ def _train(model: str, nproc: int, out: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--events", type=float, nargs="+", default=[10e6, 100e6])
+    ap.add_argument("--events", type=float, nargs="*", default=[10e6, 100e6],
+                    help="log sizes of the warehouse part (none: training only)")
     ap.add_argument("--model", default="din", help="the deep model trained at 1 and 2 processes")
     ap.add_argument("--keep", type=Path, help="keep the generated datasets here (reused by a later run)")
     ap.add_argument("--skip-training", action="store_true")

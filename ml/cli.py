@@ -188,10 +188,8 @@ def _print_outcome(o, select_by: str) -> None:  # noqa: ANN001
           + (f"   | oracle auc {o.oracle['auc']:.4f}" if o.oracle else "")
           + (f" ± {o.oracle_error['auc']:.4f}" if "auc" in o.oracle_error else "")
           + (f"   run {o.run_id}" if o.run_id else "") + ("  (new champion)" if o.champion else ""))
-    floor = o.below_floor()
-    if floor:
-        print(f"warning: {o.model} does not beat the heuristic floor {floor[0]} (backtest AUC {o.summary['auc']:.4f}, "
-              f"interval {o.intervals['auc'].low:.4f}-{o.intervals['auc'].high:.4f}, floor {floor[1]:.4f})")
+    if o.verdict():
+        print(f"warning: {o.verdict()}")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -373,6 +371,49 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Every option's default in its help (unless the help says it already); examples kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.default not in (None, False, argparse.SUPPRESS) and "default" not in text
+                and action.option_strings):
+            text += " (default: %(default)s)"
+        return text
+
+
+# what each command is most often run as: shown under its --help
+EXAMPLES = {
+    "generate": ["crowd generate --task tmall-2013                 # the task's preset and seed",
+                 "crowd generate --preset tiny --name tiny --no-oracle"],
+    "load": ["crowd load --format taobao-userbehavior UserBehavior.csv",
+             "crowd load --format tianchi-mobile user.csv --items item.csv --name tianchi-mobile"],
+    "warehouse": ["crowd warehouse --task tmall-2013                # every labelled date, then the exports",
+                  "crowd warehouse --ds 2013-09-23 --select +samples_evaluation",
+                  "crowd warehouse --engine spark --no-export"],
+    "export": ["crowd export --ds 2013-09-16 2013-09-23"],
+    "train": ["crowd train --model lgbm_all_mixed din --epochs 2",
+              "crowd train --model all --set training.negative_rate=0.5",
+              "crowd train --model din --nproc 2                # DistributedDataParallel over 2 processes"],
+    "evaluate": ["crowd evaluate --model din --per-target din.csv"],
+    "erase": ["crowd erase --task tmall-2013-tags"],
+    "ablate": ["crowd ablate --model din --groups sequence target_history"],
+    "score": ["crowd score                                      # the champion's crowds for tomorrow",
+              "crowd score --model lgbm_all_mixed --size 500 --as-of 2013-09-30"],
+    "report": ["crowd report --readme README.md"],
+    "run-dags": ["crowd run-dags --task taobao-2017-category",
+                 "crowd run-dags --ds 2013-09-16 2013-09-23 --no-training --set label_days=3"],
+    "airflow": ["crowd airflow                                    # http://127.0.0.1:8080, SQLite metadata",
+                "crowd airflow --db postgres --port 8081"],
+    "paths": ["crowd paths --task taobao-2017-category"],
+    "tasks": ["crowd tasks"],
+}
+
+
+def _examples(command: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[command])
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ml.evaluate.ablation import GROUPS as ABLATION_GROUPS
 
@@ -380,7 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
     from ml.synth.params import PRESETS
     from ml.task import ALL_MODELS, DEFAULT_TASK, OVERRIDES
 
-    parser = argparse.ArgumentParser(prog="crowd", description="Purchase crowd prediction pipeline.")
+    parser = argparse.ArgumentParser(
+        prog="crowd", formatter_class=_Help,
+        description="Purchase crowd prediction pipeline: which users will buy a brand, category, item or tag.",
+        epilog="a task end to end:\n  crowd generate && crowd warehouse && crowd train --model all && crowd score\n"
+               "the same through the real Airflow DAGs:\n  crowd run-dags\n"
+               "`crowd COMMAND --help` shows a command's options, defaults and examples.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -392,13 +438,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"change one setting of the task for this run (repeatable): a dotted path such as "
                              f"windows.label_days=2, or one of {', '.join(OVERRIDES)}")
 
-    g = sub.add_parser("generate", parents=[tasked], help="write a synthetic log (with its oracle) as canonical parquet")
+    g = sub.add_parser("generate", formatter_class=_Help, epilog=_examples("generate"), parents=[tasked], help="write a synthetic log (with its oracle) as canonical parquet")
     g.add_argument("--preset", choices=sorted(PRESETS),
                    help="sizes: tiny (tests), default (tmall-2013), taobao (taobao-2017-category), large "
                         "(benchmarks, ~100M events); default: the task's generate.preset")
-    g.add_argument("--users", type=int)
-    g.add_argument("--items", type=int)
-    g.add_argument("--brands", type=int)
+    g.add_argument("--users", type=int, help="users in the log (default: the preset's)")
+    g.add_argument("--items", type=int, help="items in the log (default: the preset's)")
+    g.add_argument("--brands", type=int, help="brands the items belong to (default: the preset's)")
     g.add_argument("--start", type=_date, help="first day of the log (default: the preset's)")
     g.add_argument("--end", type=_date, help="day after the last day of the log (default: the preset's)")
     g.add_argument("--seed", type=int, help="default: the task's generate.seed")
@@ -419,9 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "sizes and seed")
     g.set_defaults(func=_cmd_generate)
 
-    ld = sub.add_parser("load", help="convert a real log (tmall, tianchi-mobile, taobao-userbehavior, "
+    ld = sub.add_parser("load", formatter_class=_Help, epilog=_examples("load"), help="convert a real log (tmall, tianchi-mobile, taobao-userbehavior, "
                         "tmall-repeat) into canonical parquet, with rejects")
-    ld.add_argument("--format", required=True, choices=sorted(FORMATS))
+    ld.add_argument("--format", required=True, choices=sorted(FORMATS), help="the log's format (one of %(choices)s)")
     ld.add_argument("paths", nargs="+", type=Path, help="log files (parts of one log)")
     ld.add_argument("--items", nargs="*", type=Path, help="item table files (tmall, tianchi-mobile)")
     ld.add_argument("--year", type=int, help="year of mmdd dates (tmall-repeat)")
@@ -431,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--out", type=Path, help="output directory (default DATA/raw/NAME)")
     ld.set_defaults(func=_cmd_load)
 
-    w = sub.add_parser("warehouse", parents=[tasked], help="build the task's dbt warehouse (ODS, DIM, DW, ADS, "
+    w = sub.add_parser("warehouse", formatter_class=_Help, epilog=_examples("warehouse"), parents=[tasked], help="build the task's dbt warehouse (ODS, DIM, DW, ADS, "
                        "samples) and export each date as parquet for the trainers")
     w.add_argument("--ds", type=_date, nargs="+", help="dates to build (default: every labelled date of the task)")
     w.add_argument("--select", nargs="+", help="dbt node selection (default: everything)")
@@ -441,13 +487,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "warehouse.engine, duckdb): spark builds the same tables with dbt-spark on a local PySpark")
     w.set_defaults(func=_cmd_warehouse)
 
-    ex = sub.add_parser("export", parents=[tasked], help="write the task's exports/ds=YYYY-MM-DD/*.parquet "
+    ex = sub.add_parser("export", formatter_class=_Help, epilog=_examples("export"), parents=[tasked], help="write the task's exports/ds=YYYY-MM-DD/*.parquet "
                         "from its built warehouse")
     ex.add_argument("--ds", type=_date, nargs="+", help="dates to export (default: every built date)")
     ex.add_argument("--engine", choices=ENGINES, help="which engine's warehouse to read (default: the task's)")
     ex.set_defaults(func=_cmd_export)
 
-    tr = sub.add_parser("train", parents=[tasked], help="train the task's models on its exports, backtest them, "
+    tr = sub.add_parser("train", formatter_class=_Help, epilog=_examples("train"), parents=[tasked], help="train the task's models on its exports, backtest them, "
                         "record them in MLflow")
     tr.add_argument("--model", nargs="+", choices=[*ALL_MODELS, "all"], metavar="MODEL",
                     help=f"one or more of: {', '.join(ALL_MODELS)}, or all (default: the task's models)")
@@ -460,17 +506,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--outcome", type=Path, help=argparse.SUPPRESS)  # the launcher's result file (JSON)
     tr.set_defaults(func=_cmd_train)
 
-    ev = sub.add_parser("evaluate", parents=[tasked], help="backtest a model on the task's backtest date and "
+    ev = sub.add_parser("evaluate", formatter_class=_Help, epilog=_examples("evaluate"), parents=[tasked], help="backtest a model on the task's backtest date and "
                         "print every metric")
     ev.add_argument("--model", help="a trained model of the task (default: the task's champion)")
     ev.add_argument("--per-target", type=Path, help="also write the per-target metrics to this CSV")
     ev.set_defaults(func=_cmd_evaluate)
-    er = sub.add_parser("erase", parents=[tasked], help="a tag task's check of what its models learned beyond "
+    er = sub.add_parser("erase", formatter_class=_Help, epilog=_examples("erase"), parents=[tasked], help="a tag task's check of what its models learned beyond "
                         "the rule: the backtest scored with every buy, and with each tag's own categories, erased "
                         "from the inputs")
     er.add_argument("--model", nargs="+", help="trained models of the task (default: every model it trains)")
     er.set_defaults(func=_cmd_erase)
-    ab = sub.add_parser("ablate", parents=[tasked], help="what a model learned: the backtest scored with each "
+    ab = sub.add_parser("ablate", formatter_class=_Help, epilog=_examples("ablate"), parents=[tasked], help="what a model learned: the backtest scored with each "
                         "group of inputs erased (each action, the sequence, the target's own history), the drop "
                         "in AUC and recall@N logged to the model's MLflow run")
     ab.add_argument("--model", help="a trained model of the task (default: the task's champion)")
@@ -480,30 +526,31 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--no-track", action="store_true", help="do not log the drops to MLflow")
     ab.set_defaults(func=_cmd_ablate)
 
-    sc = sub.add_parser("score", parents=[tasked], help="the forward crowds: features as of the day after the "
+    sc = sub.add_parser("score", formatter_class=_Help, epilog=_examples("score"), parents=[tasked], help="the forward crowds: features as of the day after the "
                         "log's last (or --as-of), scored by the champion, the top users of every target")
     sc.add_argument("--as-of", type=_date, help="feature date (default: the task's crowds.as_of, else the day "
                     "after the log's last day)")
     sc.add_argument("--model", help="a trained model of the task (default: the task's champion)")
-    sc.add_argument("--size", type=int, help="users per target (default: the task's crowds.size)")
+    sc.add_argument("--size", type=int, help="users per target, capped by the population (default: the task's "
+                    "crowds.size, at most its crowds.share of the scored users)")
     sc.add_argument("--no-build", action="store_true", help="score the existing forward export; build nothing")
     sc.add_argument("--out", type=Path, help="output parquet (default: the task's crowds/ds=DATE/crowds.parquet "
                     "and the warehouse table crowds.forward_crowds)")
     sc.set_defaults(func=_cmd_score)
 
-    rp = sub.add_parser("report", parents=[tasked], help="the task's model comparison (latest run of each model, "
+    rp = sub.add_parser("report", formatter_class=_Help, epilog=_examples("report"), parents=[tasked], help="the task's model comparison (latest run of each model, "
                         "and the oracle)")
     rp.add_argument("--readme", type=Path, help="also write it into this README between its comparison markers")
     rp.set_defaults(func=_cmd_report)
 
-    rd = sub.add_parser("run-dags", parents=[tasked], help="the whole task through its real Airflow DAGs in this "
+    rd = sub.add_parser("run-dags", formatter_class=_Help, epilog=_examples("run-dags"), parents=[tasked], help="the whole task through its real Airflow DAGs in this "
                         "process (dag.test): every period, then training and the forward crowds; what `make run` does")
     rd.add_argument("--ds", type=_date, nargs="+", help="periods to build (default: every labelled date of the task)")
     rd.add_argument("--no-training", action="store_true", help="only the period runs")
     rd.add_argument("--quiet", action="store_true", help="no progress bar")
     rd.set_defaults(func=_cmd_run_dags)
 
-    af = sub.add_parser("airflow", help="a local Airflow over the project's DAGs and metadata DB (api-server, "
+    af = sub.add_parser("airflow", formatter_class=_Help, epilog=_examples("airflow"), help="a local Airflow over the project's DAGs and metadata DB (api-server, "
                         "scheduler, dag-processor, triggerer) in one process group: Ctrl-C stops all of it; what "
                         "`make airflow` does")
     af.add_argument("--host", default="127.0.0.1", help="the api-server's address (default %(default)s)")
@@ -513,10 +560,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "wheel, data in DATA/airflow/postgres, a Unix socket only), as deployed (default %(default)s)")
     af.set_defaults(func=_cmd_airflow)
 
-    pa = sub.add_parser("paths", parents=[tasked], help="print where a task keeps its outputs")
+    pa = sub.add_parser("paths", formatter_class=_Help, epilog=_examples("paths"), parents=[tasked], help="print where a task keeps its outputs")
     pa.set_defaults(func=_cmd_paths)
 
-    ta = sub.add_parser("tasks", help="list the tasks under tasks/")
+    ta = sub.add_parser("tasks", formatter_class=_Help, epilog=_examples("tasks"), help="list the tasks under tasks/")
     ta.set_defaults(func=_cmd_tasks)
     return parser
 
@@ -527,6 +574,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv  # what a launcher repeats in each process (crowd train --nproc)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # each result is printed once, as the command's own line (its verdict with it)
+        logging.getLogger("ml.train.results").setLevel(logging.ERROR)
     try:
         return args.func(args)
     except KeyboardInterrupt:

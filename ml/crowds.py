@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,7 +120,8 @@ def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | Non
         log.warning("%s was trained on warehouse build %s, the features of %s are of build %s (other data or "
                     "dbt models): scoring with it because it was named", bundle.name, model_build or "unknown",
                     as_of, raw.build or "unknown")
-    size = size or task.crowds.size
+    # an asked size is kept (the population caps it); the task's is also capped by its share of the scored users
+    size = size or min(task.crowds.size, max(1, math.ceil(task.crowds.share * raw.samples["user_id"].nunique())))
     scores = bundle.score(raw)
     crowd = top_users(raw.samples, scores, size)
     end = as_of + dt.timedelta(days=task.windows.label_days)

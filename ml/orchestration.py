@@ -133,10 +133,10 @@ def plan_period(task: Task, ds: dt.date, last_day: dt.date) -> str:
 
 
 def freeze_surviving_objects(project_dir: str, **_: object) -> None:
-    """A Cosmos callback after every dbt task. Cosmos runs a full gc.collect() after each in-process dbt
-    invocation (to release dbt's adapter semaphores); in a process as large as Airflow's that costs 0.3-0.6 s,
-    more than most models take to build. Freezing what survived keeps the next collection to what the next
-    task creates: a week went from 66 s to 30 s in `make run`. Harmless in a worker's short-lived task process;
+    """The Cosmos callback of a dbt invocation (the watcher mode's producer, warehouse.airflow_tasks per_model).
+    Cosmos runs a full gc.collect() after each in-process dbt invocation (to release dbt's adapter semaphores);
+    in a process as large as Airflow's that costs 0.3-0.6 s. Freezing what survived keeps the next collection
+    to what the next task creates (when every model was a Cosmos task: a week went from 66 s to 30 s). Harmless in a worker's short-lived task process;
     the local runner (ml.local_airflow) unfreezes and collects between DAG runs."""
     gc.freeze()
 

@@ -74,10 +74,10 @@ def latest_runs(paths: TaskPaths, task: Task) -> pd.DataFrame:
         raise ValueError(f"no finished runs of task {paths.task} on {paths.dataset} with these settings "
                          f"(comparison fingerprint {key}) in the MLflow store: train models first "
                          f"(crowd train --task {paths.task})")
-    runs = runs.drop_duplicates("tags.mlflow.runName")
+    runs = runs.drop_duplicates("tags.model")
     rows = []
     for _, r in runs.iterrows():
-        row = {"model": r["tags.mlflow.runName"], "run_id": r["run_id"],
+        row = {"model": r["tags.model"], "run_id": r["run_id"],
                "train_s": r.get("params.train_seconds"),
                f"valid_{select_by}": r.get(f"metrics.selection_{select_by}", float("nan"))}
         for c in columns:
@@ -114,7 +114,7 @@ def settings_line(task: Task, runs: pd.DataFrame, key: str) -> str:
     settings are not part of the comparison fingerprint, so runs of one table may differ in them)."""
     from ml.tracking import BUILD_TAG
 
-    latest = runs.drop_duplicates("tags.mlflow.runName").set_index("tags.mlflow.runName")
+    latest = runs.drop_duplicates("tags.model").set_index("tags.model")
 
     def per_model(column: str) -> str:
         values = latest.get(column, pd.Series(dtype=str)).dropna()

@@ -151,9 +151,12 @@ class Crowds(_Settings):
 
     population `touched`: the (user, target) pairs active together in the history window, for users active
     in the last `active_days`; `evaluated`: those users x the evaluated targets (the backtest's population).
+    A crowd holds at most `size` users and at most a `share` of the scored users: a list of everyone is no
+    target list (1000 users of a log with 796 active ones put every user in every crowd).
     """
 
-    size: int = Field(default=1000, ge=1, description="users per target, capped by the population")
+    size: int = Field(default=1000, ge=1, description="users per target at most, capped by the population")
+    share: float = Field(default=0.1, gt=0, le=1, description="at most this share of the scored users per target")
     population: Literal["touched", "evaluated"] = "evaluated"
     active_days: int = Field(default=30, ge=1)
     as_of: dt.date | None = Field(default=None, description="feature date; default: the day after the log's last")
@@ -382,6 +385,7 @@ OVERRIDES: dict[str, str] = {
     "negative_rate": "training.negative_rate",
     "nproc": "training.processes",
     "crowd_size": "crowds.size",
+    "crowd_share": "crowds.share",
     "crowd_population": "crowds.population",
     "as_of": "crowds.as_of",
 }

@@ -26,6 +26,7 @@ def _isolated_data_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
     mp.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     mp.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(Path(__file__).resolve().parents[1] / "dags"))
     mp.setenv("AIRFLOW__COSMOS__ENABLE_TELEMETRY", "False")
+    mp.setenv("AIRFLOW__COSMOS__CACHE_DIR", str(data / "cosmos"))  # not /tmp/cosmos, shared by parallel workers
     mp.setenv("DO_NOT_TRACK", "true")
     mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     yield

@@ -29,6 +29,28 @@ def test_help_lists_the_subcommands():
         assert command in text
 
 
+def test_every_command_shows_its_defaults_and_examples_that_parse():
+    import shlex
+
+    from ml.cli import EXAMPLES
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert set(commands) == set(EXAMPLES)
+    for name, sub in commands.items():
+        text = sub.format_help()
+        assert "examples:" in text, name
+        for action in sub._actions:  # an option with a default says it
+            if action.option_strings and action.default not in (None, False, "==SUPPRESS=="):
+                assert "default" in (action.help or "") or "(default: " in text, (name, action.dest)
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"crowd {name} {action.option_strings[0]} has no help"
+        for line in EXAMPLES[name]:  # each example is a command line the parser takes
+            args = shlex.split(line.split("#")[0])
+            assert args[:2] == ["crowd", name], line
+            parser.parse_args(args[1:])
+
+
 def test_generate_command_writes_a_dataset_and_skips_it_when_present(tmp_path, capsys):
     args = ["generate", "--preset", "tiny", "--users", "50", "--items", "80", "--brands", "8",
             "--no-oracle", "--quiet", "--out", str(tmp_path / "d")]

@@ -3,7 +3,6 @@ the expected tasks, order, timetable and Params."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest

@@ -112,8 +112,8 @@ def test_the_training_dag_trains_promotes_a_champion_and_publishes_forward_crowd
                                                          champion_alias(comparison_key(task, task_paths.exports)))
     assert str(champion.version) == crowd["model_version"].iloc[0]
     runs = mlflow.search_runs(experiment_names=[task_paths.experiment])
-    assert {"lgbm_all_mixed", "dnn"} <= set(runs["tags.mlflow.runName"])
-    assert (runs.loc[runs["tags.mlflow.runName"] == "dnn", "params.task.training.epochs"] == "1").any()
+    assert {"lgbm_all_mixed", "dnn"} <= set(runs["tags.model"])
+    assert (runs.loc[runs["tags.model"] == "dnn", "params.task.training.epochs"] == "1").any()
 
 
 def test_a_bad_parameter_fails_before_any_work(dags):

@@ -45,3 +45,18 @@ def test_the_report_marks_a_model_that_does_not_clear_the_best_floor():
     flagged = flag_below_floor(table).set_index("model")["below_floor"].to_dict()
     assert flagged == {"good": False, "weak": True, "floor: decayed_count": False,
                        "floor: cart_then_recency": False, "oracle (ceiling)": False}
+
+
+def test_a_model_no_better_than_random_or_than_the_best_floor_gets_a_one_line_verdict(tmp_path):
+    from ml.evaluate.intervals import Interval
+    from ml.train.pipeline import Outcome
+
+    def outcome(auc: float, low: float, high: float, floor: float) -> Outcome:
+        return Outcome("ple", {"auc": auc}, pd.DataFrame(), tmp_path, intervals={"auc": Interval(low, high)},
+                       floors={"decayed_count": {"auc": floor}})
+
+    assert "no better than random" in outcome(0.51, 0.47, 0.55, 0.45).verdict()
+    assert "no better than random" in outcome(0.30, 0.25, 0.35, 0.45).verdict()
+    assert "does not beat the heuristic floor decayed_count" in outcome(0.80, 0.76, 0.84, 0.81).verdict()
+    assert outcome(0.85, 0.82, 0.88, 0.81).verdict() is None
+    assert "\n" not in outcome(0.51, 0.47, 0.55, 0.45).verdict()

@@ -147,7 +147,7 @@ def test_the_tianchi_task_trains_reports_f1_at_k_and_publishes_tomorrows_crowds(
     from ml.tracking import configure
 
     configure(tianchi_built)
-    runs = mlflow.search_runs(experiment_names=[tianchi_built.experiment]).set_index("tags.mlflow.runName")
+    runs = mlflow.search_runs(experiment_names=[tianchi_built.experiment]).set_index("tags.model")
     for m in ("lgbm_all_mixed", "din"):
         r = runs.loc[m]
         k, f1 = r["metrics.eval_k"], r["metrics.eval_f1_at_k"]

@@ -83,7 +83,7 @@ def test_the_taobao_category_task_runs_from_a_loaded_log_to_tomorrows_crowds(tao
     assert (runs["metrics.eval_coverage"] < 1).all()
     # both models rank buyers first even after one epoch (a deep model used to start at P = 0.5 and rank
     # backwards: AUC 0.18)
-    assert (runs["metrics.eval_auc"] > 0.7).all(), runs[["tags.mlflow.runName", "metrics.eval_auc"]]
+    assert (runs["metrics.eval_auc"] > 0.7).all(), runs[["tags.model", "metrics.eval_auc"]]
     for n in task.evaluate.n:
         assert (runs[f"metrics.eval_recall_at_{n}"] <= runs["metrics.eval_coverage"] + 1e-12).all()
     # the default task in the same data directory is untouched

@@ -34,7 +34,8 @@ def test_every_run_is_recorded_with_metrics_plots_table_and_model(outcomes, task
     client = MlflowClient()
     for name, o in outcomes.items():
         run = client.get_run(o.run_id)
-        assert run.info.run_name == name
+        # the name says model, task and backtest (reruns apart by their time); the tag selects the model
+        assert run.data.tags["model"] == name and run.info.run_name.startswith(f"{name} tmall-2013 2013-")
         assert run.data.params["task.name"] == "tmall-2013" and run.data.params["task.windows.label_days"] == "7"
         metrics = run.data.metrics
         assert 0.5 < metrics["eval_auc_per_target"] <= 1 and 0.5 < metrics["eval_gauc"] <= 1, name
@@ -121,6 +122,12 @@ def test_score_publishes_forward_crowds_after_the_end_of_the_log(outcomes, task,
     assert n == len(published)
     assert main(["score", "--no-build", "--set", "crowd_size=0"]) == 2
     assert "crowds.size" in capsys.readouterr().err
+    # by default a crowd is at most a tenth of the scored users (crowds.share), not all of them
+    assert main(["score", "--no-build"]) == 0
+    folder = task_paths.crowds / f"ds={last_day + dt.timedelta(days=1)}"
+    sizes = pd.read_parquet(folder / "crowds.parquet").groupby("target_id").size()
+    users = pd.read_parquet(folder / "crowds_expected_buyers.parquet").set_index("target_id")["population"]
+    assert (sizes == np.ceil(0.1 * users.max())).all() and sizes.max() < task.crowds.size
 
 
 def test_evaluate_recomputes_the_recorded_metrics_from_the_bundle(outcomes, capsys, tiny_dataset):

@@ -44,6 +44,8 @@ from ml.train.trainer import TrainConfig, Trainer, TrainResult, load_weights, pr
 from ml.warehouse.export import export_dir
 
 log = logging.getLogger(__name__)
+# a model's result and its verdict: a task's log keeps them; the CLI prints its own summary line instead
+results_log = logging.getLogger("ml.train.results")
 
 
 @dataclass
@@ -69,6 +71,21 @@ class Outcome:
             return None
         name, best = max(((n, s["auc"]) for n, s in self.floors.items()), key=lambda x: x[1])
         return (name, best) if self.intervals["auc"].low <= best else None
+
+    def verdict(self) -> str | None:
+        """One line when the model is not worth its training: no better than random ranking (its AUC interval
+        reaches 0.5), or no better than the best heuristic floor. None when it clears both."""
+        auc, ci = self.summary.get("auc"), self.intervals.get("auc")
+        if auc is None or ci is None:
+            return None
+        if ci.low <= 0.5:
+            return (f"{self.model} ranks no better than random: backtest AUC {auc:.4f} "
+                    f"(interval {ci.low:.4f}-{ci.high:.4f})")
+        floor = self.below_floor()
+        if floor:
+            return (f"{self.model} does not beat the heuristic floor {floor[0]}: backtest AUC {auc:.4f} "
+                    f"(interval {ci.low:.4f}-{ci.high:.4f}) against {floor[1]:.4f}")
+        return None
 
 
 def _subsample(raw: RawExports, rate: float, seed: int) -> RawExports:
@@ -193,7 +210,10 @@ def train_and_evaluate(
 
     abandoned_runs_failed(configure(paths))
     tags = {"task": paths.task, "dataset": paths.dataset, "model": model, PROCESS_TAG: process_token()}
-    with mlflow.start_run(run_name=model, tags=tags) as run:
+    # a name that says which model, task and backtest, and when: reruns stay apart in the runs table (the
+    # `model` tag is what the report and the ablation select by)
+    name = f"{model} {paths.task} {task.backtest} {dt.datetime.now():%m%d-%H%M%S}"
+    with mlflow.start_run(run_name=name, tags=tags) as run:
         return _cleaned_up(model, task, paths, run.info.run_id, train_cfg, model_cfg, gbdt_cfg, track=True)
 
 
@@ -373,12 +393,11 @@ def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, 
                       train_seconds=train_seconds,
                       selection=selection, intervals=intervals, floors=floors, history=history,
                       samples_per_second=samples_per_second)
-    log.info("%s on the validation dates: %s %.4f", model, task.evaluate.select_by, selection[task.evaluate.select_by])
-    log.info("%s on %s: %s", model, backtest, ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
-    floor = outcome.below_floor()
-    if floor:
-        log.warning("%s does not beat the heuristic floor %s: backtest AUC %.4f (%.4f-%.4f) against %.4f", model,
-                    floor[0], summary["auc"], intervals["auc"].low, intervals["auc"].high, floor[1])
+    results_log.info("%s: validation %s %.4f | backtest %s: %s", model, task.evaluate.select_by,
+                     selection[task.evaluate.select_by], backtest,
+                     ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
+    if outcome.verdict():
+        results_log.warning("%s", outcome.verdict())
     if track:
         task_params = {f"task.{k}": v for k, v in task.flat().items()}
         _record(outcome, params | {f"rows_{k}": v for k, v in rows.items()} | task_params,
