@@ -110,6 +110,11 @@ def tracking_uri(paths: Paths) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.mlflow_db}"
 
 
+# what MLflow 3's UI reads to open an experiment on its model-training view (runs, metrics, models) rather
+# than the GenAI one (traces, prompts) it shows an experiment of unknown kind
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def configure(paths: TaskPaths) -> str:
     """Point MLflow at the project's store and the task's experiment; return its id (creating both when needed)."""
     shared = paths.shared
@@ -129,9 +134,12 @@ def configure(paths: TaskPaths) -> str:
             # a local store needs an absolute artifact location; a server decides its own (--artifacts-destination)
             location = (shared.mlflow_artifacts / paths.task / paths.dataset).resolve().as_uri() if local else None
             experiment_id = mlflow.create_experiment(paths.experiment, artifact_location=location,
-                                                     tags={"task": paths.task, "dataset": paths.dataset})
+                                                     tags={"task": paths.task, "dataset": paths.dataset,
+                                                           EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         else:
             experiment_id = experiment.experiment_id
+            if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # made before the tag was set
+                MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 

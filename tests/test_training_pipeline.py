@@ -32,6 +32,9 @@ def outcomes(tiny_exports, tiny_dataset, task, task_paths):
 def test_every_run_is_recorded_with_metrics_plots_table_and_model(outcomes, task_paths):
     configure(task_paths)
     client = MlflowClient()
+    # the UI opens the experiment on its model-training view, not the GenAI one
+    assert client.get_experiment_by_name(task_paths.experiment).tags["mlflow.experimentKind"] == \
+        "custom_model_development"
     for name, o in outcomes.items():
         run = client.get_run(o.run_id)
         # the name says model, task and backtest (reruns apart by their time); the tag selects the model
