@@ -403,3 +403,14 @@ def test_a_bad_key_or_date_in_the_samples_fails_their_tests(built, tiny_dataset,
         con.execute(f"update samples.samples set {column} = {value} where rowid = (select min(rowid) from samples.samples)")
     with pytest.raises(WarehouseError, match=failing):
         run_dbt("test", dataset_dir=tiny_dataset, warehouse=copy, dbt_vars=_vars(), select=["samples"], quiet=True)
+
+
+def test_every_model_is_described_and_the_docs_site_opens_on_the_projects_overview(tmp_path):
+    from ml.warehouse.build import ensure_manifest
+
+    manifest = json.loads(ensure_manifest(tmp_path).read_text())
+    models = [n for n in manifest["nodes"].values() if n["resource_type"] == "model"]
+    assert len(models) > 30
+    assert [n["name"] for n in models if not n["description"].strip()] == []
+    overview = manifest["docs"]["doc.purchase_crowd.__overview__"]["block_contents"]  # replaces dbt's welcome page
+    assert "Purchase Crowd" in overview and "samples" in overview
