@@ -188,8 +188,9 @@ def _print_outcome(o, select_by: str) -> None:  # noqa: ANN001
           + (f"   | oracle auc {o.oracle['auc']:.4f}" if o.oracle else "")
           + (f" ± {o.oracle_error['auc']:.4f}" if "auc" in o.oracle_error else "")
           + (f"   run {o.run_id}" if o.run_id else "") + ("  (new champion)" if o.champion else ""))
-    if o.verdict():
-        print(f"warning: {o.verdict()}")
+    verdict = o.verdict()
+    if verdict:
+        print(f"warning: {verdict}")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -410,8 +411,10 @@ EXAMPLES = {
 }
 
 
-def _examples(command: str) -> str:
-    return "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[command])
+def _command(sub: argparse._SubParsersAction, name: str, **kwargs: object) -> argparse.ArgumentParser:
+    """A subcommand whose --help shows its defaults and, below its options, its EXAMPLES."""
+    examples = "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[name])
+    return sub.add_parser(name, formatter_class=_Help, epilog=examples, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -438,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"change one setting of the task for this run (repeatable): a dotted path such as "
                              f"windows.label_days=2, or one of {', '.join(OVERRIDES)}")
 
-    g = sub.add_parser("generate", formatter_class=_Help, epilog=_examples("generate"), parents=[tasked], help="write a synthetic log (with its oracle) as canonical parquet")
+    g = _command(sub, "generate", parents=[tasked], help="write a synthetic log (with its oracle) as canonical parquet")
     g.add_argument("--preset", choices=sorted(PRESETS),
                    help="sizes: tiny (tests), default (tmall-2013), taobao (taobao-2017-category), large "
                         "(benchmarks, ~100M events); default: the task's generate.preset")
@@ -465,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "sizes and seed")
     g.set_defaults(func=_cmd_generate)
 
-    ld = sub.add_parser("load", formatter_class=_Help, epilog=_examples("load"), help="convert a real log (tmall, tianchi-mobile, taobao-userbehavior, "
+    ld = _command(sub, "load", help="convert a real log (tmall, tianchi-mobile, taobao-userbehavior, "
                         "tmall-repeat) into canonical parquet, with rejects")
     ld.add_argument("--format", required=True, choices=sorted(FORMATS), help="the log's format (one of %(choices)s)")
     ld.add_argument("paths", nargs="+", type=Path, help="log files (parts of one log)")
@@ -477,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--out", type=Path, help="output directory (default DATA/raw/NAME)")
     ld.set_defaults(func=_cmd_load)
 
-    w = sub.add_parser("warehouse", formatter_class=_Help, epilog=_examples("warehouse"), parents=[tasked], help="build the task's dbt warehouse (ODS, DIM, DW, ADS, "
+    w = _command(sub, "warehouse", parents=[tasked], help="build the task's dbt warehouse (ODS, DIM, DW, ADS, "
                        "samples) and export each date as parquet for the trainers")
     w.add_argument("--ds", type=_date, nargs="+", help="dates to build (default: every labelled date of the task)")
     w.add_argument("--select", nargs="+", help="dbt node selection (default: everything)")
@@ -487,13 +490,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "warehouse.engine, duckdb): spark builds the same tables with dbt-spark on a local PySpark")
     w.set_defaults(func=_cmd_warehouse)
 
-    ex = sub.add_parser("export", formatter_class=_Help, epilog=_examples("export"), parents=[tasked], help="write the task's exports/ds=YYYY-MM-DD/*.parquet "
+    ex = _command(sub, "export", parents=[tasked], help="write the task's exports/ds=YYYY-MM-DD/*.parquet "
                         "from its built warehouse")
     ex.add_argument("--ds", type=_date, nargs="+", help="dates to export (default: every built date)")
     ex.add_argument("--engine", choices=ENGINES, help="which engine's warehouse to read (default: the task's)")
     ex.set_defaults(func=_cmd_export)
 
-    tr = sub.add_parser("train", formatter_class=_Help, epilog=_examples("train"), parents=[tasked], help="train the task's models on its exports, backtest them, "
+    tr = _command(sub, "train", parents=[tasked], help="train the task's models on its exports, backtest them, "
                         "record them in MLflow")
     tr.add_argument("--model", nargs="+", choices=[*ALL_MODELS, "all"], metavar="MODEL",
                     help=f"one or more of: {', '.join(ALL_MODELS)}, or all (default: the task's models)")
@@ -506,17 +509,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--outcome", type=Path, help=argparse.SUPPRESS)  # the launcher's result file (JSON)
     tr.set_defaults(func=_cmd_train)
 
-    ev = sub.add_parser("evaluate", formatter_class=_Help, epilog=_examples("evaluate"), parents=[tasked], help="backtest a model on the task's backtest date and "
+    ev = _command(sub, "evaluate", parents=[tasked], help="backtest a model on the task's backtest date and "
                         "print every metric")
     ev.add_argument("--model", help="a trained model of the task (default: the task's champion)")
     ev.add_argument("--per-target", type=Path, help="also write the per-target metrics to this CSV")
     ev.set_defaults(func=_cmd_evaluate)
-    er = sub.add_parser("erase", formatter_class=_Help, epilog=_examples("erase"), parents=[tasked], help="a tag task's check of what its models learned beyond "
+    er = _command(sub, "erase", parents=[tasked], help="a tag task's check of what its models learned beyond "
                         "the rule: the backtest scored with every buy, and with each tag's own categories, erased "
                         "from the inputs")
     er.add_argument("--model", nargs="+", help="trained models of the task (default: every model it trains)")
     er.set_defaults(func=_cmd_erase)
-    ab = sub.add_parser("ablate", formatter_class=_Help, epilog=_examples("ablate"), parents=[tasked], help="what a model learned: the backtest scored with each "
+    ab = _command(sub, "ablate", parents=[tasked], help="what a model learned: the backtest scored with each "
                         "group of inputs erased (each action, the sequence, the target's own history), the drop "
                         "in AUC and recall@N logged to the model's MLflow run")
     ab.add_argument("--model", help="a trained model of the task (default: the task's champion)")
@@ -526,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--no-track", action="store_true", help="do not log the drops to MLflow")
     ab.set_defaults(func=_cmd_ablate)
 
-    sc = sub.add_parser("score", formatter_class=_Help, epilog=_examples("score"), parents=[tasked], help="the forward crowds: features as of the day after the "
+    sc = _command(sub, "score", parents=[tasked], help="the forward crowds: features as of the day after the "
                         "log's last (or --as-of), scored by the champion, the top users of every target")
     sc.add_argument("--as-of", type=_date, help="feature date (default: the task's crowds.as_of, else the day "
                     "after the log's last day)")
@@ -538,19 +541,19 @@ def build_parser() -> argparse.ArgumentParser:
                     "and the warehouse table crowds.forward_crowds)")
     sc.set_defaults(func=_cmd_score)
 
-    rp = sub.add_parser("report", formatter_class=_Help, epilog=_examples("report"), parents=[tasked], help="the task's model comparison (latest run of each model, "
+    rp = _command(sub, "report", parents=[tasked], help="the task's model comparison (latest run of each model, "
                         "and the oracle)")
     rp.add_argument("--readme", type=Path, help="also write it into this README between its comparison markers")
     rp.set_defaults(func=_cmd_report)
 
-    rd = sub.add_parser("run-dags", formatter_class=_Help, epilog=_examples("run-dags"), parents=[tasked], help="the whole task through its real Airflow DAGs in this "
+    rd = _command(sub, "run-dags", parents=[tasked], help="the whole task through its real Airflow DAGs in this "
                         "process (dag.test): every period, then training and the forward crowds; what `make run` does")
     rd.add_argument("--ds", type=_date, nargs="+", help="periods to build (default: every labelled date of the task)")
     rd.add_argument("--no-training", action="store_true", help="only the period runs")
     rd.add_argument("--quiet", action="store_true", help="no progress bar")
     rd.set_defaults(func=_cmd_run_dags)
 
-    af = sub.add_parser("airflow", formatter_class=_Help, epilog=_examples("airflow"), help="a local Airflow over the project's DAGs and metadata DB (api-server, "
+    af = _command(sub, "airflow", help="a local Airflow over the project's DAGs and metadata DB (api-server, "
                         "scheduler, dag-processor, triggerer) in one process group: Ctrl-C stops all of it; what "
                         "`make airflow` does")
     af.add_argument("--host", default="127.0.0.1", help="the api-server's address (default %(default)s)")
@@ -560,10 +563,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "wheel, data in DATA/airflow/postgres, a Unix socket only), as deployed (default %(default)s)")
     af.set_defaults(func=_cmd_airflow)
 
-    pa = sub.add_parser("paths", formatter_class=_Help, epilog=_examples("paths"), parents=[tasked], help="print where a task keeps its outputs")
+    pa = _command(sub, "paths", parents=[tasked], help="print where a task keeps its outputs")
     pa.set_defaults(func=_cmd_paths)
 
-    ta = sub.add_parser("tasks", formatter_class=_Help, epilog=_examples("tasks"), help="list the tasks under tasks/")
+    ta = _command(sub, "tasks", help="list the tasks under tasks/")
     ta.set_defaults(func=_cmd_tasks)
     return parser
 

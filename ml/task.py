@@ -108,8 +108,8 @@ class Warehouse(_Settings):
     test says so), so the engine is not part of the fingerprints: exports do not care which one made them.
     airflow_tasks: how the periods DAG shows a date's build, `build` (one task running one dbt build: within
     seconds of dbt alone) or `per_model` (Cosmos's watcher mode: the same one build, then a task per model and
-    per model's tests reading its outcome; about half a minute more per run under dag.test on 2 cores,
-    bench/dag_week.py). Neither changes a row."""
+    per model's tests reading its outcome; about half a minute more per run under dag.test on 2 cores).
+    Neither changes a row."""
 
     engine: Engine = "duckdb"
     airflow_tasks: Literal["build", "per_model"] = "build"

@@ -396,8 +396,9 @@ def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, 
     results_log.info("%s: validation %s %.4f | backtest %s: %s", model, task.evaluate.select_by,
                      selection[task.evaluate.select_by], backtest,
                      ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
-    if outcome.verdict():
-        results_log.warning("%s", outcome.verdict())
+    verdict = outcome.verdict()
+    if verdict:
+        results_log.warning("%s", verdict)
     if track:
         task_params = {f"task.{k}": v for k, v in task.flat().items()}
         _record(outcome, params | {f"rows_{k}": v for k, v in rows.items()} | task_params,
