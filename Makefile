@@ -79,6 +79,8 @@ bench: setup
 	$(BIN)/crowd generate --task tmall-2013 --skip-if-present --quiet
 	$(BIN)/crowd warehouse --task tmall-2013 --skip-tests
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/score.py
 	$(BIN)/python bench/floors.py --task tmall-2013
 	$(BIN)/python bench/dag_week.py
 

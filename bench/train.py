@@ -28,7 +28,7 @@ from ml.task import TaskPaths, load_task
 from ml.evaluate.metrics import auc
 from ml.features.dataset import CrowdData, fit_feature_map, read_exports
 from ml.models.zoo import ModelConfig, build_model
-from ml.train.pipeline import _subsample
+from ml.train.prepared import subsample
 from ml.train.trainer import model_loss, predict, seed_everything, TrainConfig
 
 
@@ -36,7 +36,7 @@ def _data(n_dates: int):
     task = load_task("tmall-2013")
     paths = TaskPaths.of(task)
     dates = task.sample_dates[-n_dates:]
-    train_raw = _subsample(read_exports(paths.exports, dates), 0.2, 42)
+    train_raw = subsample(read_exports(paths.exports, dates), 0.2, 42)
     valid_raw = read_exports(paths.exports, list(task.validation))
     fmap = fit_feature_map(train_raw, task)
     return fmap, CrowdData(train_raw, fmap), CrowdData(valid_raw, fmap)
@@ -79,8 +79,9 @@ def run_rechub(model_name: str, batch_size: int, epochs: int, n_dates: int) -> d
 
     def x_dict(data: CrowdData) -> dict[str, np.ndarray]:
         x = {"target_id": data.ids[:, 1], "target_category_id": data.ids[:, 2]}
+        encoded = data.encoded_dense()
         for i, name in enumerate(fmap.dense):
-            x[name] = data.dense[:, i]
+            x[name] = encoded[:, i]
         parts = {"hist_target_id": [], "hist_category_id": []}
         for start in range(0, len(data), 65536):
             b = data.batch(np.arange(start, min(start + 65536, len(data))))

@@ -10,6 +10,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -145,6 +146,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from ml.outputs import check_writable
     from ml.train.distributed import current_rank, launch, without_nproc
     from ml.train.pipeline import train_and_evaluate, train_config
+    from ml.train.prepared import prepare
     from ml.train.trainer import resolve_device
 
     task = _task(args, models=None if not args.model or "all" in args.model else args.model, epochs=args.epochs,
@@ -159,9 +161,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     check_writable(paths.models, "training")
     if not args.no_track:
         check_writable(paths.shared.mlflow_db.parent, "training")
+    data = prepare(task, paths)  # read and encoded once for every model
     for model in task.model_names():
         cfg = train_config(task, model, **({"device": args.device} if args.device else {}))
-        o = train_and_evaluate(model, task, paths, train_cfg=cfg, track=not args.no_track)
+        o = train_and_evaluate(model, task, paths, train_cfg=cfg, track=not args.no_track, data=data)
         if o is not None:  # rank 0 (or the only process) reports; the other ranks trained beside it
             _print_outcome(o, task.evaluate.select_by)
             _write_outcome(o, args.outcome)
@@ -579,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # each result is printed once, as the command's own line (its verdict with it)
         logging.getLogger("ml.train.results").setLevel(logging.ERROR)
+        # MLflow's INFO lines (creating tables, validating an input example) are its own progress, not results
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -362,6 +362,16 @@ def build_training_dag(task: Task):  # noqa: ANN201
         def models_of(planned: dict) -> list[str]:
             return planned["models"]
 
+        @af_task
+        def prepare(planned: dict) -> dict:
+            """The task's training rows read and encoded once (ml.train.prepared): each model's task memory-maps
+            them instead of reading its own copy."""
+            from ml.train.prepared import prepare as prepare_rows
+
+            run_task = load_task(task.name, planned["overrides"])
+            data = prepare_rows(run_task, TaskPaths.of(run_task))
+            return {"folder": str(data.folder), **data.rows}
+
         @af_task(max_active_tis_per_dag=2)
         def train(model: str, planned: dict) -> dict:
             """Retries resume from the model's last epoch checkpoint (same data and settings, same key)."""
@@ -389,7 +399,10 @@ def build_training_dag(task: Task):  # noqa: ANN201
             return {"path": str(r.path), "rows": r.rows, "model": r.model, "feature_date": str(as_of)}
 
         planned = plan()
-        results = train.partial(planned=planned).expand(model=models_of(planned))
+        prepared = prepare(planned)
+        models = models_of(planned)
+        prepared >> models
+        results = train.partial(planned=planned).expand(model=models)
         crowds(results, planned)
     return dag
 

@@ -11,6 +11,7 @@ output removes it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import shutil
@@ -129,3 +130,15 @@ def discard(tmp: Path) -> None:
     """Remove a staging folder whose content was not published (a failed or empty run)."""
     if is_ours(tmp):
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on a file of the data directory, shared by every local process and compose service."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -78,7 +78,7 @@ def latest_runs(paths: TaskPaths, task: Task) -> pd.DataFrame:
     rows = []
     for _, r in runs.iterrows():
         row = {"model": r["tags.model"], "run_id": r["run_id"],
-               "train_s": r.get("params.train_seconds"),
+               "train_s": r.get("metrics.seconds_train"),
                f"valid_{select_by}": r.get(f"metrics.selection_{select_by}", float("nan"))}
         for c in columns:
             row[c] = r.get(f"metrics.eval_{c}", float("nan"))

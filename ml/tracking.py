@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
+import functools
 import logging
 import math
 import os
 import re
 import socket
+import subprocess
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +32,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from ml.config import Paths
+from ml.outputs import file_lock
 from ml.task import Task, TaskPaths
 
 log = logging.getLogger(__name__)
@@ -118,6 +121,9 @@ EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_de
 def configure(paths: TaskPaths) -> str:
     """Point MLflow at the project's store and the task's experiment; return its id (creating both when needed)."""
     shared = paths.shared
+    # MLflow draws a progress bar for every artifact upload and download (dozens per model); a user may turn
+    # them back on with the variable
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = tracking_uri(shared)
     local = uri.startswith("sqlite:")
     if local:
@@ -128,7 +134,7 @@ def configure(paths: TaskPaths) -> str:
     # The first touch of a SQLite store creates and migrates its tables, and the experiment is made once: the
     # training DAG's models start together, and two processes migrating one new store at once left alembic's
     # temporary tables behind and failed every retry. One process at a time here (a file lock beside it).
-    with _file_lock(shared.mlflow_db.with_name("store.lock")) if local else contextlib.nullcontext():
+    with file_lock(shared.mlflow_db.with_name("store.lock")) if local else contextlib.nullcontext():
         experiment = mlflow.get_experiment_by_name(paths.experiment)
         if experiment is None:
             # a local store needs an absolute artifact location; a server decides its own (--artifacts-destination)
@@ -142,18 +148,6 @@ def configure(paths: TaskPaths) -> str:
                 MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock on a file of the data directory, shared by every local process and compose service."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def champion_metric(client: MlflowClient, registered_model: str, metric: str, key: str
@@ -172,8 +166,25 @@ def champion_lock(paths: TaskPaths) -> Iterator[None]:
     """One promotion at a time per registered model: the training DAG trains models in parallel, and two that
     both read the old champion's metric before either moved the alias could leave the worse one champion.
     A file lock in the data directory, which every local process and the compose services share."""
-    with _file_lock(paths.shared.root / "mlflow" / f"{paths.registered_model}.champion.lock"):
+    with file_lock(paths.shared.root / "mlflow" / f"{paths.registered_model}.champion.lock"):
         yield
+
+
+def register_version(name: str, info, tags: dict) -> str:  # noqa: ANN001
+    """A new version of the registered model `name` (created when absent) for a logged model (its ModelInfo),
+    carrying `tags`; through the client, which prints nothing (the fluent API's registration prints two lines
+    per model)."""
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        client.create_registered_model(name)
+    except MlflowException as e:
+        if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    version = client.create_model_version(name, source=info.model_uri, run_id=info.run_id, model_id=info.model_id,
+                                          tags={k: str(v) for k, v in tags.items()})
+    return str(version.version)
 
 
 def promote_if_better(paths: TaskPaths, version: str, metric: str, value: float, key: str) -> bool:
@@ -192,3 +203,48 @@ def promote_if_better(paths: TaskPaths, version: str, metric: str, value: float,
     log.info("%s champion of settings %s stays version %s (%s %.4f >= %.4f)", name, key, current, metric, best,
              value)
     return False
+
+
+@functools.cache
+def source_tags() -> dict[str, str]:
+    """The code a run ran: the checkout's git commit (MLflow's own tag, which its UI shows) and whether the
+    checkout had uncommitted changes; none outside a git checkout (an installed package, the image)."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"mlflow.source.git.commit": commit, "git_dirty": str(bool(dirty)).lower()}
+
+
+def log_dataset_inputs(exports: Path, task: str, digest: str, rows: dict[str, int]) -> None:
+    """The run's inputs in MLflow's dataset tracking: each split of the task's exports (rows at the prepared
+    key `digest`) with what the run used it for."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():  # MLflow registers its local artifact source twice, then warns it is ambiguous
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        source = resolve_dataset_source(Path(exports).resolve().as_uri())
+    for split, n in rows.items():
+        dataset = MetaDataset(source, name=f"{task}.{split}", digest=digest)
+        for attempt in range(3):
+            try:
+                mlflow.log_input(dataset, context=DATASET_CONTEXTS.get(split, split), tags={"rows": str(n)})
+                break
+            except mlflow.exceptions.MlflowException as e:
+                # two runs logging a new dataset at once: the store's check-then-insert lets both insert, one
+                # fails on the unique key; again, it finds the other's row and links to it
+                if "unique constraint" not in str(e).lower() or attempt == 2:  # SQLite and Postgres say so
+                    raise
+
+
+# what a run uses each prepared split for (ml.train.prepared.SPLITS)
+DATASET_CONTEXTS = {"train": "training", "valid": "validation", "valid_population": "calibration",
+                    "evaluation": "backtest"}

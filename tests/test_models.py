@@ -8,6 +8,7 @@ import torch
 
 from ml.features.dataset import CrowdData, fit_feature_map, read_exports
 from ml.features.feature_map import OOV, FeatureMap
+from ml.models.layers import LocalActivation
 from ml.models.zoo import MODELS, ModelConfig, build_model
 from ml.train.trainer import TrainConfig, Trainer, model_loss, predict, seed_everything
 
@@ -96,6 +97,23 @@ def test_extra_padding_never_changes_the_output(name, fmap, data):
         assert not torch.allclose(model(batch)["buy"], model(shuffled)["buy"])
 
 
+def test_din_attention_computes_the_papers_concatenated_input_exactly():
+    """LocalActivation splits its first layer's weight instead of concatenating [q, k, q - k, q * k]: the same
+    scores and gradients as the paper's form, from the same parameters."""
+    torch.manual_seed(0)
+    unit = LocalActivation(8, (16, 4))
+    q, k = torch.randn(32, 8, requires_grad=True), torch.randn(32, 11, 8)
+    mask = torch.rand(32, 11) > 0.3
+    pooled, scores = unit(q, k, mask)
+    expanded = q.unsqueeze(1).expand_as(k)
+    reference = unit.net(torch.cat([expanded, k, expanded - k, expanded * k], dim=-1)).squeeze(-1) * mask
+    torch.testing.assert_close(scores, reference, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(pooled, (reference.unsqueeze(-1) * k).sum(dim=1), rtol=1e-5, atol=1e-6)
+    grad, = torch.autograd.grad(pooled.sum(), q, retain_graph=True)
+    reference_grad, = torch.autograd.grad((reference.unsqueeze(-1) * k).sum(dim=1).sum(), q)
+    torch.testing.assert_close(grad, reference_grad, rtol=1e-4, atol=1e-6)
+
+
 def test_ids_never_seen_in_training_map_to_oov_at_scoring(raw, fmap, data):
     unseen = raw.samples.head(50).copy()
     unseen["user_id"] = unseen["user_id"] + 10**12
@@ -122,7 +140,7 @@ def test_loss_decreases_on_a_learnable_toy(fmap, data, tmp_path):
     toy = CrowdData.__new__(CrowdData)
     toy.__dict__.update(data.__dict__)
     toy.labels = data.labels.copy()
-    toy.labels[:, 0] = (data.dense[:, fmap.dense.index("ub_click_30d")] > 0.5).astype(np.float32)
+    toy.labels[:, 0] = (data.encoded_dense()[:, fmap.dense.index("ub_click_30d")] > 0.5).astype(np.float32)
     model = build_model("dnn", fmap, SMALL)
     trainer = Trainer(model, TrainConfig(epochs=3, batch_size=512, lr=3e-3, patience=5, progress=False,
                                          tensorboard=False), tmp_path)

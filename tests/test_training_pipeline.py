@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+import subprocess
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -16,7 +18,8 @@ from mlflow.tracking import MlflowClient
 from ml.cli import main
 from ml.crowds import CROWD_COLUMNS, last_log_day
 from ml.task import TaskPaths
-from ml.tracking import CHAMPION, champion_alias, comparison_key, configure, promote_if_better, selection_metric
+from ml.tracking import (BUILD_TAG, CHAMPION, COMPARISON_TAG, champion_alias, comparison_key, configure,
+                         promote_if_better, selection_metric)
 from ml.train.pipeline import train_and_evaluate
 from ml.train.trainer import TrainConfig
 
@@ -66,6 +69,41 @@ def test_every_run_is_recorded_with_metrics_plots_table_and_model(outcomes, task
     assert "se_field_importance.png" in {a.path.split("/")[-1] for a in client.list_artifacts(outcomes["ple"].run_id, "plots")}
     assert "feature_importance.png" in {
         a.path.split("/")[-1] for a in client.list_artifacts(outcomes["lgbm_all_mixed"].run_id, "plots")}
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[1]), "rev-parse", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None  # a copy of the tree without its history: runs then carry no commit
+
+
+def test_runs_compare_at_a_glance_own_settings_timings_inputs_code_and_a_described_model(outcomes, task_paths):
+    configure(task_paths)
+    client = MlflowClient()
+    own = {"din": ({"model_attention_hidden", "model_hidden", "train_lr"},
+                   {"model_n_experts", "model_lstm_hidden", "model_ple_layers", "train_aux_weight", "train_device"}),
+           "ple": ({"model_ple_layers", "train_aux_weight"}, {"model_hidden", "model_lstm_hidden", "train_focal_gamma"}),
+           "lgbm_all_mixed": ({"gbdt_num_leaves", "gbdt_learning_rate"}, {"gbdt_group_size", "gbdt_threads"})}
+    for name, o in outcomes.items():
+        run = client.get_run(o.run_id)
+        params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+        if name in own:  # the model's own hyper-parameters only: none of another architecture's
+            present, absent = own[name]
+            assert present <= set(params) and not absent & set(params), name
+        # timings and sizes are metrics (sortable, plottable), not params
+        assert metrics["seconds_train"] > 0 and metrics["seconds_score"] > 0 and metrics["seconds_evaluate"] > 0
+        assert metrics["rows_train"] > 0 and metrics["rows_evaluation"] > 0 and "train_seconds" not in params
+        assert metrics["parameters"] > 0 if name in ("din", "ple") else metrics["boosting_rounds"] >= 1
+        assert tags.get("mlflow.source.git.commit") == _git_commit()
+        contexts = {next(t.value for t in d.tags if t.key == "mlflow.data.context") for d in run.inputs.dataset_inputs}
+        assert contexts == {"training", "validation", "calibration", "backtest"}
+        version = client.get_model_version(task_paths.registered_model, tags["registered_version"])
+        assert {"task", "target", "model", "model_kind", BUILD_TAG, COMPARISON_TAG} <= set(version.tags)
+        assert version.tags["target"] == "brand" and version.tags[BUILD_TAG] == tags[BUILD_TAG]
+        info = mlflow.models.get_model_info(version.source)
+        assert info.signature is not None and info.saved_input_example_info is not None, name
 
 
 def test_the_champion_alias_points_at_the_best_registered_run_on_the_validation_dates(outcomes, task, task_paths):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,12 +55,15 @@ def _key(ds: np.ndarray, user: np.ndarray) -> np.ndarray:
 
 
 def read_exports(root: Path, dates: list[dt.date], part: str = "samples",
-                 series_shape: dict[str, tuple[int, int]] | None = None, fingerprint: str | None = None) -> RawExports:
+                 series_shape: dict[str, tuple[int, int]] | None = None, fingerprint: str | None = None,
+                 keep: Callable[[pa.Table], np.ndarray] | None = None) -> RawExports:
     """Read samples (or the evaluation or forward set) of some dates with the sequences of their users, and
     their LSTM series when series_shape (Task.series_shape(): steps and slots per timescale) is given.
-    With a fingerprint (Task.warehouse_fingerprint()), exports built with other settings are refused."""
+    With a fingerprint (Task.warehouse_fingerprint()), exports built with other settings are refused.
+    keep: which rows of each date's table to keep (a boolean mask, called date by date in order), applied
+    before the dates are joined and converted: the rows left out never reach memory as a frame."""
     with_series = series_shape is not None
-    frames, seq_tables, series_tables, dense = [], [], [], None
+    frames, seq_tables, series_tables, dense, table = [], [], [], None, None
     builds: dict[str, dt.date] = {}
     for ds in dates:
         d = export_dir(root, ds)
@@ -73,12 +76,17 @@ def read_exports(root: Path, dates: list[dt.date], part: str = "samples",
                              f"rebuild it with the same task and overrides (crowd warehouse --task ... --ds {ds})")
         builds.setdefault(schema.get("build", ""), ds)
         dense = dense or schema["dense"]
-        frames.append(pq.read_table(d / f"{part}.parquet"))
+        table = pq.read_table(d / f"{part}.parquet")
+        frames.append(table if keep is None else table.filter(pa.array(keep(table))))
         seq_tables.append(pq.read_table(d / "sequences.parquet"))
         if with_series:
             series_tables.append(pq.read_table(d / "category_series.parquet"))
     # one conversion of the concatenated Arrow tables: a pandas concat of wide frames would copy every block again
-    samples = pa.concat_tables(frames, promote_options="permissive").to_pandas()
+    joined = pa.concat_tables(frames, promote_options="permissive")
+    del frames, table
+    # each column's Arrow memory is released as it is converted: the peak is one copy, not two
+    samples = joined.to_pandas(self_destruct=True, split_blocks=True)
+    del joined
     keys = np.unique(_key(samples["ds"].to_numpy(), samples["user_id"].to_numpy()))
 
     # sequences: map each exported row onto its key, then lay the lists out flat in key order
@@ -136,35 +144,60 @@ def read_buyers(root: Path, ds: dt.date) -> pd.DataFrame:
 
 
 class CrowdData:
-    """Encoded columns of one split and the collate step that turns a batch of row indices into tensors."""
+    """One split's rows as the models read them, and the collate step that turns a batch of row indices into
+    tensors.
+
+    The ids and the behaviour sequences are encoded once. The dense features are kept as read (`features`:
+    float32, NaN where missing, every exported dense column: LightGBM's input too) and scaled per batch by the
+    feature map: a few milliseconds a batch, against a second float copy of every row (1.2 GB over the four
+    splits of the default task). Every array is a plain numpy array, so a split can be written once and
+    memory-mapped by every model and process that trains on it (ml.train.prepared)."""
+
+    # per row, and per (ds, user) key (the sequences, laid out flat, and the LSTM series): what a split holds
+    ROW_ARRAYS = ("ids", "features", "labels", "weights", "inclusion_prob", "user_id", "target_id",
+                  "target_category_id", "is_candidate", "ds", "row")
+    KEY_ARRAYS = ("offsets", "hist_target", "hist_category", "hist_action", "hist_age")
 
     def __init__(self, raw: RawExports, fmap: FeatureMap, hide_own_target: bool = False):
         """hide_own_target: a row's sequence shows no behaviour on the row's own target (an ablation)."""
-        s = raw.samples
-        self.hide_own_target = hide_own_target
-        self.fmap = fmap
-        self.ids = fmap.encode_ids(s)
-        self.dense = fmap.encode_dense(s)
-        # the forward set has no labels yet: zeros keep one batch layout for training and scoring
-        self.labels = np.stack([s[c].to_numpy(dtype=np.float32) if c in s else np.zeros(len(s), np.float32)
-                                for c in LABELS], axis=1)
-        # each row's weight in the population (1 / inclusion probability): the loss then counts a sampled
-        # negative for every user it stands for, and the scores come out calibrated on the whole population
-        self.weights = population_weights(s)
-        self.user_id = s["user_id"].to_numpy(dtype=np.int64)
-        self.target_id = s["target_id"].to_numpy(dtype=np.int64)
-        self.ds = s["ds"].to_numpy()
-        self.row = np.searchsorted(raw.keys, _key(s["ds"].to_numpy(), s["user_id"].to_numpy()))
-        self.offsets = raw.offsets
-        seq = raw.sequences
-        self.hist_target = fmap.vocabularies["target"].encode(seq["hist_target_id"])
-        self.hist_category = fmap.vocabularies["category"].encode(seq["hist_category_id"])
-        self.hist_action = np.clip(seq["hist_action"], 0, 4)
-        self.hist_age = np.clip(seq[fmap.age_column], 1, fmap.max_age)
-        self.series = raw.series
+        self._set(encode_split(raw, fmap), fmap, list(raw.dense), hide_own_target)
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], fmap: FeatureMap, columns: list[str],
+                    hide_own_target: bool = False) -> "CrowdData":
+        """A split from its arrays (encode_split's, or the same memory-mapped from disk); columns names the
+        columns of `features`."""
+        data = cls.__new__(cls)
+        data._set(arrays, fmap, columns, hide_own_target)
+        return data
+
+    def _set(self, arrays: dict[str, np.ndarray], fmap: FeatureMap, columns: list[str], hide_own_target: bool) -> None:
+        missing = [c for c in fmap.dense if c not in columns]
+        if missing:
+            raise ValueError(f"the samples lack dense features the model was trained with: {missing[:5]}")
+        self.fmap, self.columns, self.hide_own_target = fmap, list(columns), hide_own_target
+        self.dense_index = np.asarray([self.columns.index(c) for c in fmap.dense], dtype=np.int64)
+        self.series = {k.removeprefix("series_"): v for k, v in arrays.items() if k.startswith("series_")}
+        for name in (*self.ROW_ARRAYS, *self.KEY_ARRAYS):
+            setattr(self, name, arrays[name])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every array of the split by name (the series as series_TIMESCALE): what from_arrays takes."""
+        return {**{n: getattr(self, n) for n in (*self.ROW_ARRAYS, *self.KEY_ARRAYS)},
+                **{f"series_{k}": v for k, v in self.series.items()}}
+
+    def take(self, rows: np.ndarray) -> "CrowdData":
+        """These rows only (a rank's shard); the sequences stay whole, rows look theirs up by key."""
+        arrays = self.arrays()
+        arrays.update({n: np.asarray(arrays[n])[rows] for n in self.ROW_ARRAYS})
+        return CrowdData.from_arrays(arrays, self.fmap, self.columns, self.hide_own_target)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def encoded_dense(self, idx: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """The models' dense inputs of these rows: the feature map's columns, scaled."""
+        return self.fmap.scale_dense(np.take(np.asarray(self.features[idx]), self.dense_index, axis=1))
 
     def batch(self, idx: np.ndarray, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         """The collate step: gather rows, pad the sequences to the batch's longest, build the mask."""
@@ -179,7 +212,7 @@ class CrowdData:
             mask &= self.hist_target[flat] != own[:, None]
         out = {
             "ids": self.ids[idx],
-            "dense": self.dense[idx],
+            "dense": self.encoded_dense(idx),
             "labels": self.labels[idx],
             "weight": self.weights[idx],
             "mask": mask,
@@ -197,6 +230,46 @@ class CrowdData:
         order = np.random.default_rng(seed).permutation(len(self)) if shuffle else np.arange(len(self))
         for i in range(0, len(order), batch_size):
             yield self.batch(order[i:i + batch_size], device)
+
+
+def encode_split(raw: RawExports, fmap: FeatureMap) -> dict[str, np.ndarray]:
+    """The arrays of CrowdData for the rows of raw (see there), from one pass over its samples."""
+    s = raw.samples
+    seq = raw.sequences
+    arrays = {
+        "ids": fmap.encode_ids(s),
+        "features": dense_matrix(s, list(raw.dense)),
+        # the forward set has no labels yet: zeros keep one batch layout for training and scoring
+        "labels": np.stack([s[c].to_numpy(dtype=np.float32) if c in s else np.zeros(len(s), np.float32)
+                            for c in LABELS], axis=1),
+        # each row's weight in the population (1 / inclusion probability): the loss then counts a sampled
+        # negative for every user it stands for, and the scores come out calibrated on the whole population
+        "weights": population_weights(s),
+        "inclusion_prob": (s["inclusion_prob"].to_numpy(np.float64) if "inclusion_prob" in s
+                           else np.ones(len(s), np.float64)),
+        "user_id": s["user_id"].to_numpy(dtype=np.int64),
+        "target_id": s["target_id"].to_numpy(dtype=np.int64),
+        "target_category_id": s["target_category_id"].to_numpy(dtype=np.int64),
+        "is_candidate": (s["is_candidate"].to_numpy(dtype=bool) if "is_candidate" in s
+                         else np.ones(len(s), dtype=bool)),
+        "ds": pd.to_datetime(s["ds"]).to_numpy().astype("datetime64[D]"),
+        "row": np.searchsorted(raw.keys, _key(s["ds"].to_numpy(), s["user_id"].to_numpy())),
+        "offsets": raw.offsets,
+        "hist_target": fmap.vocabularies["target"].encode(seq["hist_target_id"]),
+        "hist_category": fmap.vocabularies["category"].encode(seq["hist_category_id"]),
+        "hist_action": np.clip(seq["hist_action"], 0, 4),
+        "hist_age": np.clip(seq[fmap.age_column], 1, fmap.max_age),
+    }
+    return arrays | {f"series_{k}": v for k, v in raw.series.items()}
+
+
+def dense_matrix(samples: pd.DataFrame, columns: list[str], block_rows: int = 65_536) -> np.ndarray:
+    """[rows, columns] float32, NaN where missing; converted in row blocks so the temporaries stay small."""
+    out = np.empty((len(samples), len(columns)), dtype=np.float32)
+    for start in range(0, len(samples), block_rows):
+        block = samples.iloc[start:start + block_rows][columns]
+        out[start:start + len(block)] = block.to_numpy(dtype=np.float32, na_value=np.nan)
+    return out
 
 
 def fit_feature_map(raw: RawExports, task: Task) -> FeatureMap:

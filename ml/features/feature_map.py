@@ -98,18 +98,25 @@ class FeatureMap:
         if missing:
             raise ValueError(f"the samples lack dense features the model was trained with: {missing[:5]}")
         out = np.empty((len(samples), len(self.dense)), dtype=np.float32)
-        fill, mean, std = (a.astype(np.float32) for a in (self.fill, self.mean, self.std))
         # in row blocks, so that the temporaries stay small and the passes run over cached memory
         for start in range(0, len(samples), ENCODE_BLOCK_ROWS):
             block = samples.iloc[start:start + ENCODE_BLOCK_ROWS][self.dense]
-            x = block.to_numpy(dtype=np.float32, na_value=np.nan)
-            np.copyto(x, fill, where=np.isnan(x))
-            np.maximum(x, 0.0, out=x)
-            np.log1p(x, out=x)
-            x -= mean
-            x /= std
-            np.clip(x, -DENSE_CLIP, DENSE_CLIP, out=out[start:start + len(x)])
+            out[start:start + len(block)] = self.scale_dense(block.to_numpy(dtype=np.float32, na_value=np.nan))
         return out
+
+    def scale_dense(self, x: np.ndarray) -> np.ndarray:
+        """Raw dense values [rows, dense] as float32 (NaN where missing) -> the models' inputs, in place: the
+        missing filled, log1p, standardised with the training statistics, clipped. CrowdData calls it per
+        batch, so a split keeps one float copy of its features (the raw one, LightGBM's input too)."""
+        x = np.asarray(x, dtype=np.float32)
+        fill, mean, std = (a.astype(np.float32) for a in (self.fill, self.mean, self.std))
+        np.copyto(x, fill, where=np.isnan(x))
+        np.maximum(x, 0.0, out=x)
+        np.log1p(x, out=x)
+        x -= mean
+        x /= std
+        np.clip(x, -DENSE_CLIP, DENSE_CLIP, out=x)
+        return x
 
     @property
     def sizes(self) -> dict[str, int]:

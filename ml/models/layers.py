@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ml.features.feature_map import N_ACTIONS, PAD, FeatureMap
@@ -82,11 +83,19 @@ class LocalActivation(nn.Module):
 
     def __init__(self, dim: int, hidden: tuple[int, ...] = (64, 32)):
         super().__init__()
+        self.dim = dim
         self.net = nn.Sequential(mlp([4 * dim, *hidden], activation=nn.PReLU), nn.Linear(hidden[-1], 1))
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        q = query.unsqueeze(1).expand_as(keys)
-        scores = self.net(torch.cat([q, keys, q - keys, q * keys], dim=-1)).squeeze(-1)
+        # The first layer reads [q, k, q - k, q * k] (the DIN paper's input). With its weight in four blocks,
+        # W [q, k, q - k, q * k] = (Wq + Wd) q + (Wk - Wd) k + Wp (q * k): the query's part once per row, not
+        # once per behaviour, and no [B, L, 4 dim] concatenation. The same function and parameters (a
+        # checkpoint loads either way), half the first layer's work, which is most of DIN's.
+        first = self.net[0][0]
+        wq, wk, wd, wp = first.weight.split(self.dim, dim=1)
+        hidden = (F.linear(keys, wk - wd) + F.linear(query.unsqueeze(1) * keys, wp)
+                  + F.linear(query, wq + wd, first.bias).unsqueeze(1))
+        scores = self.net[1](self.net[0][1:](hidden)).squeeze(-1)
         scores = scores * mask.to(scores.dtype)
         return (scores.unsqueeze(-1) * keys).sum(dim=1), scores
 

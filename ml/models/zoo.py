@@ -260,6 +260,22 @@ def _logit(rate: float) -> float:
     return math.log(rate / (1 - rate))
 
 
+# the ModelConfig fields each model reads: its MLflow run logs these, not every architecture's
+_BASE = ("embed_dim", "user_embedding", "dropout")
+MODEL_FIELDS: dict[str, tuple[str, ...]] = {
+    "dnn": (*_BASE, "hidden"),
+    "deepfm": (*_BASE, "hidden"),
+    "din": (*_BASE, "hidden", "attention_hidden"),
+    "moe": (*_BASE, "attention_hidden", "n_experts", "expert_hidden"),
+    "ple": (*_BASE, "attention_hidden", "expert_hidden", "ple_layers", "ple_specific_experts", "ple_shared_experts"),
+    "lstm": (*_BASE, "hidden", "lstm_hidden"),
+}
+
+
+def model_hyper_parameters(name: str, cfg: ModelConfig) -> dict:
+    return {k: getattr(cfg, k) for k in MODEL_FIELDS[name]}
+
+
 MODELS: dict[str, type[CrowdModel]] = {
     "dnn": DNN, "deepfm": DeepFM, "din": DIN, "moe": MoE, "ple": PLE, "lstm": TwoTimescaleLSTM,
 }

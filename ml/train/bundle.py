@@ -66,7 +66,7 @@ class Bundle:
         """P(buy) for every row of raw.samples (see probability); hide_own_target: each row's behaviour
         sequence without the entries on its own target (an ablation: ml.evaluate.ablation)."""
         if self.name in GBDT_MODELS:
-            return self.probability(predict_gbdt(self._gbdt(), raw.samples, self.config["dense"]), raw.samples)
+            return self.probability(predict_gbdt(self.gbdt(), raw.samples, self.config["dense"]), raw.samples)
         fmap = FeatureMap.load(self.path / "feature_map.json")
         model = build_model(self.name, fmap, ModelConfig(**self.config["model_config"]))
         dev = resolve_device(device)
@@ -79,12 +79,13 @@ class Bundle:
         inputs are all columns (the deep models also read the behaviour sequences, see score)."""
         if self.name not in GBDT_MODELS:
             raise ValueError(f"{self.name} reads behaviour sequences too: score it with Bundle.score")
-        missing = [c for c in ["target_id", *self.config["dense"]] if c not in frame.columns]
+        needed = dict.fromkeys(["target_id", *self.gbdt().vocabularies, *self.config["dense"]])  # mixed: the category
+        missing = [c for c in needed if c not in frame.columns]
         if missing:
             raise ValueError(f"{self.name}: the input lacks {len(missing)} feature column(s), first {missing[:5]}")
-        return self.probability(predict_gbdt(self._gbdt(), frame, self.config["dense"]), frame)
+        return self.probability(predict_gbdt(self.gbdt(), frame, self.config["dense"]), frame)
 
-    def _gbdt(self) -> GbdtResult:
+    def gbdt(self) -> GbdtResult:
         """The boosters, read once per bundle: a serving pyfunc scores many batches with the same ones."""
         if self._boosters is None:
             self._boosters = self._read_gbdt()

@@ -22,13 +22,11 @@ import logging
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as torch_dist
-
-from ml.features.dataset import RawExports
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +72,10 @@ def rank_device(rank: Rank, device: torch.device) -> torch.device:
     return device
 
 
-def shard(raw: RawExports, rank: Rank) -> RawExports:
-    """This rank's rows: every world-th row from its rank (shards differ by at most one row; the trainer joins
-    uneven ends). The sequences stay whole: rows look theirs up by (ds, user)."""
-    if not rank.distributed:
-        return raw
-    rows = np.arange(rank.rank, len(raw.samples), rank.world)
-    return replace(raw, samples=raw.samples.iloc[rows].reset_index(drop=True))
+def shard(rows: int, rank: Rank) -> np.ndarray:
+    """This rank's rows of `rows`: every world-th row from its rank (shards differ by at most one row; the
+    trainer joins uneven ends)."""
+    return np.arange(rank.rank, rows, rank.world)
 
 
 def all_sum(value: float, rank: Rank) -> float:

@@ -25,6 +25,7 @@ from ml.train.calibration import population_weights
 log = logging.getLogger(__name__)
 MODES = ("per_target", "few_mixed", "all_mixed")
 CATEGORICAL = ["target_id", "target_category_id"]
+PREDICT_BLOCK_ROWS = 131_072
 
 
 @dataclass
@@ -44,6 +45,11 @@ class GbdtConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {self.mode!r}")
+
+    def hyper_parameters(self) -> dict:
+        """What decides the boosters, as a run logs it: not the threads, nor the group size outside few_mixed."""
+        skip = {"threads"} | (set() if self.mode == "few_mixed" else {"group_size"})
+        return {k: v for k, v in self.__dict__.items() if k not in skip}
 
     def params(self) -> dict:
         return {"objective": "binary", "metric": "auc", "learning_rate": self.learning_rate,
@@ -66,13 +72,12 @@ class GbdtResult:
     seconds: float = 0.0
 
 
-def _features(frame: pd.DataFrame, dense: list[str], vocabularies: dict[str, Vocabulary] | None) -> pd.DataFrame:
+def booster_inputs(frame: pd.DataFrame, dense: list[str], vocabularies: dict[str, Vocabulary] | None) -> pd.DataFrame:
     """Dense features as float32 (missing stays NaN, which trees handle); in the mixed modes the target and
     its category as small category codes (raw ids can reach 2^31, beyond what LightGBM bins well)."""
-    x = frame[dense].astype("float32")
-    for c, vocab in (vocabularies or {}).items():
-        x[c] = vocab.encode(frame[c].to_numpy()).astype("int32")
-    return x
+    x = pd.DataFrame(frame[dense].to_numpy(dtype=np.float32, na_value=np.nan), columns=dense, index=frame.index)
+    codes = {c: vocab.encode(frame[c].to_numpy()).astype("int32") for c, vocab in (vocabularies or {}).items()}
+    return pd.concat([x, pd.DataFrame(codes, index=frame.index)], axis=1) if codes else x
 
 
 def _fit(name: str, cfg: GbdtConfig, train: pd.DataFrame, valid: pd.DataFrame, dense: list[str],
@@ -85,8 +90,8 @@ def _fit(name: str, cfg: GbdtConfig, train: pd.DataFrame, valid: pd.DataFrame, d
     # moved on a few heavy rows: with another equally fair draw, early stopping kept round 1 and the backtest
     # AUC fell from 0.83 to 0.41. Early stopping still reads the validation dates at their population
     # weights: the criterion is the population's AUC.
-    dtrain = lgb.Dataset(_features(train, dense, vocabularies), train["label_buy"], categorical_feature=cats)
-    dvalid = lgb.Dataset(_features(valid, dense, vocabularies), valid["label_buy"], reference=dtrain,
+    dtrain = lgb.Dataset(booster_inputs(train, dense, vocabularies), train["label_buy"], categorical_feature=cats)
+    dvalid = lgb.Dataset(booster_inputs(valid, dense, vocabularies), valid["label_buy"], reference=dtrain,
                          weight=population_weights(valid))
     callbacks = [lgb.early_stopping(cfg.early_stopping, verbose=False)]
     booster = lgb.train(cfg.params(), dtrain, cfg.max_rounds, valid_sets=[dvalid], callbacks=callbacks)
@@ -113,7 +118,7 @@ def train_gbdt(cfg: GbdtConfig, train: pd.DataFrame, valid: pd.DataFrame, evalua
     vocabularies = {c: Vocabulary.fit(train[c].to_numpy()) for c in CATEGORICAL} if cfg.mode != "per_target" else {}
     result = GbdtResult(np.zeros(0), vocabularies=vocabularies, group_targets=dict(groups),
                         prior=_rate(train))
-    importance = pd.Series(0.0, index=_features(train.head(1), dense, vocabularies).columns)
+    importance = pd.Series(0.0, index=booster_inputs(train.head(1), dense, vocabularies).columns)
     start = time.perf_counter()
     for name, targets in groups:
         tr = train if targets is None else train[train["target_id"].isin(targets)]
@@ -144,6 +149,8 @@ def predict_gbdt(result: GbdtResult, frame: pd.DataFrame, dense: list[str]) -> n
         if booster is None:
             out[rows] = result.group_priors.get(name, result.prior)
             continue
-        out[rows] = booster.predict(_features(frame.iloc[rows], dense, result.vocabularies),
-                                    num_iteration=booster.best_iteration)
+        # in blocks of rows: LightGBM converts a frame of mixed types to one float64 matrix first
+        for block in np.array_split(rows, -(-len(rows) // PREDICT_BLOCK_ROWS)):
+            out[block] = booster.predict(booster_inputs(frame.iloc[block], dense, result.vocabularies),
+                                         num_iteration=booster.best_iteration)
     return out

@@ -12,14 +12,16 @@ afterwards; every model's scores are then Platt-scaled on the validation dates' 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-import hashlib
 import json
 import logging
 import shutil
 import tempfile
+import time
 import uuid
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,18 +32,17 @@ from ml.evaluate.intervals import Interval, auc_interval, backtest_intervals, ra
 from ml.evaluate.metrics import auc, buyer_totals, evaluate_scores, ranking_groups
 from ml.evaluate.pairs import choose_k, f1_interval, top_k_metrics
 from ml.evaluate.plots import evaluation_plots, importance_plot, training_curves
-from ml.features.dataset import (CrowdData, RawExports, check_one_build, fit_feature_map, read_buyers,
-                                 read_exports)
+from ml.features.dataset import CrowdData, read_buyers
 from ml.features.feature_map import FeatureMap
-from ml.models.zoo import NEEDS_SERIES, ModelConfig, build_model
+from ml.models.zoo import ModelConfig, build_model, model_hyper_parameters
 from ml.task import ALL_MODELS, GBDT_MODELS, Task, TaskPaths
 from ml.train.bundle import Bundle, save_deep_bundle, save_gbdt_bundle
 from ml.train.calibration import (CALIBRATION_METRICS, calibration_summary, correct_for_sampling,
                                   population_weights, stratified_platt_apply, stratified_platt_fit)
-from ml.train.gbdt import GbdtConfig, predict_gbdt, train_gbdt
+from ml.train.gbdt import GbdtConfig, booster_inputs, predict_gbdt, train_gbdt
 from ml.train.distributed import Rank, current_rank, shard
+from ml.train.prepared import Prepared, fingerprint, prepare, release_freed_memory
 from ml.train.trainer import TrainConfig, Trainer, TrainResult, load_weights, predict, seed_everything
-from ml.warehouse.export import export_dir
 
 log = logging.getLogger(__name__)
 # a model's result and its verdict: a task's log keeps them; the CLI prints its own summary line instead
@@ -86,14 +87,6 @@ class Outcome:
             return (f"{self.model} does not beat the heuristic floor {floor[0]}: backtest AUC {auc:.4f} "
                     f"(interval {ci.low:.4f}-{ci.high:.4f}) against {floor[1]:.4f}")
         return None
-
-
-def _subsample(raw: RawExports, rate: float, seed: int) -> RawExports:
-    if rate >= 1.0:
-        return raw
-    s = raw.samples
-    keep = (s["label_buy"].to_numpy() > 0) | (np.random.default_rng(seed).random(len(s)) < rate)
-    return replace(raw, samples=s[keep].reset_index(drop=True))
 
 
 def train_config(task: Task, model: str, **runtime: object) -> TrainConfig:
@@ -151,28 +144,6 @@ def _join_oracle(folder: Path, column: str, frame: pd.DataFrame, ds: dt.date, es
     return merged[estimate].fillna(0.0).to_numpy(dtype=np.float64)
 
 
-def exports_fingerprint(root: Path, dates: list[dt.date]) -> str:
-    """The exported files of these dates as they are on disk (name, size, modification time): a re-export,
-    even of the same rows, counts as other data. Cheap: no file is read."""
-    files = sorted(p for ds in dates for p in export_dir(root, ds).iterdir() if p.is_file())
-    stats = [(p, p.stat()) for p in files]
-    return _fingerprint(*[(p.parent.name, p.name, s.st_size, s.st_mtime_ns) for p, s in stats])
-
-
-# the modules whose code decides what a checkpoint's weights mean
-_TRAINING_CODE = ("models/zoo.py", "models/layers.py", "train/trainer.py", "train/calibration.py",
-                  "features/dataset.py", "features/feature_map.py")
-
-
-def code_version() -> str:
-    package = Path(__file__).resolve().parents[1]  # ml/, in a checkout or installed
-    return hashlib.sha1(b"".join((package / f).read_bytes() for f in _TRAINING_CODE)).hexdigest()[:12]
-
-
-def _fingerprint(*parts: object) -> str:
-    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
 def train_and_evaluate(
     model: str,
     task: Task,
@@ -182,10 +153,13 @@ def train_and_evaluate(
     model_cfg: ModelConfig | None = None,
     gbdt_cfg: GbdtConfig | None = None,
     track: bool = True,
+    data: Prepared | None = None,
 ) -> Outcome | None:
     """train_cfg defaults to train_config(task, model); model_cfg and gbdt_cfg are the models' own
-    hyper-parameters (their dataclass defaults). Tracked, the MLflow run is open from the first read to the
-    last artifact (a kill leaves it RUNNING until the next training marks it FAILED: ml.tracking), and the
+    hyper-parameters (their dataclass defaults). data: the task's prepared rows (ml.train.prepared), which a
+    caller training several models passes to each; prepared, or found on disk, when not given. Tracked, the
+    MLflow run is open from the model's first step to its last artifact (a kill leaves it RUNNING until the
+    next training marks it FAILED: ml.tracking), and the
     model is written into a folder of its own run, published as models/MODEL once it is logged: two trainings
     of one model at once never log each other's files.
 
@@ -197,24 +171,26 @@ def train_and_evaluate(
     if not rank.main:
         if model not in GBDT_MODELS:
             train_cfg = train_cfg or train_config(task, model)
-            train_raw, valid_raw = _training_rows(task, paths, model, train_cfg.seed)
-            _fit_deep(model, task, paths, train_raw, valid_raw, train_cfg, model_cfg or ModelConfig(), None, rank)
+            _fit_deep(model, task, paths, data or prepare(task, paths), train_cfg, model_cfg or ModelConfig(), None,
+                      rank)
         return None
     sweep_abandoned_run_folders(paths)
+    data = data or prepare(task, paths)
     if not track:
-        return _cleaned_up(model, task, paths, f"local-{uuid.uuid4().hex[:12]}", train_cfg, model_cfg, gbdt_cfg,
-                           track=False)
+        return _cleaned_up(model, task, paths, f"local-{uuid.uuid4().hex[:12]}", data, train_cfg, model_cfg,
+                           gbdt_cfg, track=False)
     import mlflow
 
-    from ml.tracking import PROCESS_TAG, abandoned_runs_failed, configure, process_token
+    from ml.tracking import PROCESS_TAG, abandoned_runs_failed, configure, process_token, source_tags
 
     abandoned_runs_failed(configure(paths))
-    tags = {"task": paths.task, "dataset": paths.dataset, "model": model, PROCESS_TAG: process_token()}
+    tags = {"task": paths.task, "dataset": paths.dataset, "model": model, PROCESS_TAG: process_token(),
+            **source_tags()}
     # a name that says which model, task and backtest, and when: reruns stay apart in the runs table (the
     # `model` tag is what the report and the ablation select by)
     name = f"{model} {paths.task} {task.backtest} {dt.datetime.now():%m%d-%H%M%S}"
     with mlflow.start_run(run_name=name, tags=tags) as run:
-        return _cleaned_up(model, task, paths, run.info.run_id, train_cfg, model_cfg, gbdt_cfg, track=True)
+        return _cleaned_up(model, task, paths, run.info.run_id, data, train_cfg, model_cfg, gbdt_cfg, track=True)
 
 
 def _cleaned_up(model: str, task: Task, paths: TaskPaths, run_key: str, *args: object, track: bool) -> Outcome:
@@ -259,38 +235,33 @@ def sweep_abandoned_run_folders(paths: TaskPaths) -> list[Path]:
     return gone
 
 
-def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, train_cfg: TrainConfig | None,
-                        model_cfg: ModelConfig | None, gbdt_cfg: GbdtConfig | None, track: bool) -> Outcome:
+def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, data: Prepared,
+                        train_cfg: TrainConfig | None, model_cfg: ModelConfig | None, gbdt_cfg: GbdtConfig | None,
+                        track: bool) -> Outcome:
     negative_rate = task.training.negative_rate
     train_cfg, model_cfg = train_cfg or train_config(task, model), model_cfg or ModelConfig()
     train_dates, valid_dates, backtest = task.sample_dates, list(task.validation), task.backtest
-    shape = task.series_shape() if model in NEEDS_SERIES else None
     fp = task.warehouse_fingerprint()
-    train_raw, valid_raw = _training_rows(task, paths, model, train_cfg.seed)
-    eval_raw = read_exports(paths.exports, [backtest], part="evaluation", series_shape=shape, fingerprint=fp)
-    ev = eval_raw.samples
-    buyers = read_buyers(paths.exports, backtest)
+    ev = data.frame("evaluation")
+    buyers = data.buyers
     # the validation dates' population, scored after training: calibration and the champion's metric
-    valid_pop = read_exports(paths.exports, valid_dates, part="evaluation", series_shape=shape, fingerprint=fp)
-    # one build of the warehouse for every date: a mix of old and new data trains on nothing real
-    check_one_build({raw.build: name for name, raw in (("the training dates", train_raw), ("the validation dates",
-                     valid_raw), ("the backtest", eval_raw))}, paths.exports)
-    valid_buyers = pd.concat([read_buyers(paths.exports, d) for d in valid_dates], ignore_index=True)
-    rows = {"train": len(train_raw.samples), "valid": len(valid_raw.samples),
-            "valid_population": len(valid_pop.samples), "evaluation": len(ev)}
+    v = data.frame("valid_population")
+    valid_buyers = data.valid_buyers
+    rows = data.rows
     log.info("%s/%s: %s rows (negatives of training kept at rate %.2f)", task.name, model, rows, negative_rate)
-    key = task.comparison_fingerprint(train_raw.build)
+    key = task.comparison_fingerprint(data.build)
     extra = {"task": task.name, "dataset": task.dataset, "target": task.target, "negative_rate": negative_rate,
-             "dense": train_raw.dense, "series_shape": task.series_shape(), "warehouse_fingerprint": fp,
-             "build": train_raw.build, "comparison": key, "train_dates": [str(d) for d in train_dates],
+             "dense": data.dense, "series_shape": task.series_shape(), "warehouse_fingerprint": fp,
+             "build": data.build, "comparison": key, "train_dates": [str(d) for d in train_dates],
              "valid_dates": [str(d) for d in valid_dates], "evaluation_date": str(backtest),
              **({"run_id": run_key} if track else {})}
     if track:
         import mlflow
 
-        from ml.tracking import BUILD_TAG, COMPARISON_TAG
+        from ml.tracking import BUILD_TAG, COMPARISON_TAG, log_dataset_inputs
 
-        mlflow.set_tags({COMPARISON_TAG: key, BUILD_TAG: train_raw.build})
+        mlflow.set_tags({COMPARISON_TAG: key, BUILD_TAG: data.build})
+        log_dataset_inputs(paths.exports, paths.task, data.folder.name, rows)
     folder = run_folder(paths, model, run_key)
     bundle_dir = folder / "bundle"
     history: list[dict] = []
@@ -298,30 +269,40 @@ def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, 
     samples_per_second = 0.0
     plots_dir = Path(tempfile.mkdtemp(prefix=f"crowd-{model}-"))
 
+    seconds: dict[str, float] = {}  # each stage's wall time, logged as metrics (seconds_STAGE)
+    sizes: dict[str, float] = {}  # what was trained, as metrics
+    t0 = time.perf_counter()
     if model in GBDT_MODELS:
         cfg = gbdt_cfg or GbdtConfig(mode=model.removeprefix("lgbm_"), seed=task.training.seed)
-        targets = _evaluated_targets(ev, train_raw.samples)
-        result = train_gbdt(cfg, train_raw.samples, valid_raw.samples, ev, train_raw.dense, targets)
+        train_frame = data.frame("train")
+        targets = _evaluated_targets(ev, train_frame)
+        result = train_gbdt(cfg, train_frame, data.frame("valid"), ev, data.dense, targets)
         scores = correct_for_sampling(result.scores, negative_rate)
-        valid_scores = predict_gbdt(result, valid_pop.samples, train_raw.dense)
-        params = {"model": model, **{f"gbdt_{k}": v for k, v in cfg.__dict__.items()},
-                  "train_seconds": round(result.seconds, 1)}
+        valid_scores = predict_gbdt(result, v, data.dense)
+        seconds |= {"train": result.seconds, "score": time.perf_counter() - t0 - result.seconds}
+        params = {"model": model, **{f"gbdt_{k}": v for k, v in cfg.hyper_parameters().items()}}
+        sizes = {"boosters": len(result.boosters), "boosting_rounds": sum(result.best_iterations.values())}
         save_gbdt_bundle(bundle_dir, model, result, extra)
         if result.importance is not None and len(result.importance):
             extra_plots.append(importance_plot(list(result.importance.index), result.importance.to_numpy(),
                                                plots_dir / "feature_importance.png", f"{model}: total gain"))
         train_seconds = result.seconds
     else:
-        fmap, trainer, valid_data, fit = _fit_deep(model, task, paths, train_raw, valid_raw, train_cfg, model_cfg,
-                                                   _log_epoch if track else None, current_rank())
+        trainer, fit = _fit_deep(model, task, paths, data, train_cfg, model_cfg, _log_epoch if track else None,
+                                 current_rank())
+        fmap, valid_data = data.fmap, data.splits["valid"]
         history, train_seconds, samples_per_second = fit.history, fit.seconds, fit.samples_per_second
-        valid_scores = predict(trainer.model, CrowdData(valid_pop, fmap))
-        ev_data = CrowdData(eval_raw, fmap)
-        scores = correct_for_sampling(predict(trainer.model, ev_data), negative_rate)
-        params = {"model": model, **{f"train_{k}": v for k, v in train_cfg.to_dict().items()},
-                  **{f"model_{k}": v for k, v in model_cfg.to_dict().items()}, "best_epoch": fit.best_epoch,
-                  "train_processes": trainer.rank.world,
-                  "train_samples_per_second": round(fit.samples_per_second), "train_seconds": round(fit.seconds, 1)}
+        t1 = time.perf_counter()
+        valid_scores = predict(trainer.model, data.splits["valid_population"])
+        scores = correct_for_sampling(predict(trainer.model, data.splits["evaluation"]), negative_rate)
+        seconds |= {"train": fit.seconds, "score": time.perf_counter() - t1}
+        multi_task = len(getattr(trainer.model, "tasks", ("buy",))) > 1
+        params = {"model": model,
+                  **{f"train_{k}": v for k, v in train_cfg.hyper_parameters(multi_task).items()},
+                  **{f"model_{k}": v for k, v in model_hyper_parameters(model, model_cfg).items()},
+                  "train_processes": trainer.rank.world}
+        sizes = {"best_epoch": fit.best_epoch, "samples_per_second": fit.samples_per_second,
+                 "parameters": sum(p.numel() for p in trainer.model.parameters())}
         save_deep_bundle(bundle_dir, model, trainer.model, fmap, model_cfg, extra)
         if history:
             extra_plots.append(training_curves(history, plots_dir))
@@ -329,13 +310,13 @@ def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, 
             # on the validation week: held-out rows, a quarter of the evaluation set's forward passes
             extra_plots.append(_se_importance(trainer.model, valid_data, fmap, plots_dir))
 
+    t_evaluate = time.perf_counter()
     ns, by = task.evaluate.n, task.ranked_by
     valid_scores = correct_for_sampling(valid_scores, negative_rate)
     # a few epochs or early stopping leave a model's level off (and a focal loss's output is no probability
     # at all): every model's output is mapped by Platt scaling per stratum (ml.train.calibration), fitted on
     # the validation dates' population (never the backtest's), every row of it: a sample of the untouched
     # pairs holds too few of the rare high scores to pin their level (LightGBM's came out 0.65x the buyers)
-    v = valid_pop.samples
     valid_touched = v["is_candidate"].to_numpy(dtype=bool)
     platt = stratified_platt_fit(v["label_buy"].to_numpy(), valid_scores, population_weights(v), valid_touched)
     valid_scores = stratified_platt_apply(valid_scores, valid_touched, platt)
@@ -368,22 +349,27 @@ def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, 
     if "f1_at_k" in summary:
         intervals["f1_at_k"] = Interval(*f1_interval(y, scores, user, int(summary["k"]),
                                                      buyers["user_id"].to_numpy(), seed=task.training.seed))
-    oracle, oracle_error = {}, {}
-    reference = {}
-    p_oracle = oracle_scores(paths.dataset_dir, ev, backtest, task)
-    if p_oracle is not None:
-        oracle_valid = (_oracle_validation(paths, v, valid_dates, task)
-                        if validation_pairs is not None else None)
-        oracle, _ = evaluate(p_oracle, oracle_valid)
-        reference["oracle"] = p_oracle
-        p_half = oracle_scores(paths.dataset_dir, ev, backtest, task, estimate="p_buy_half")
-        if p_half is not None:
-            # how far the ceiling still moves from half its rollouts to all of them: its Monte Carlo error
-            half, _ = evaluate(p_half, oracle_valid)
-            oracle_error = {k: abs(v - half[k]) for k, v in oracle.items() if k in half}
-    # each floor's own K, chosen on the validation days like the model's
-    floors_valid = floor_scores(v, task.target) if validation_pairs is not None else {}
-    floors = {name: evaluate(s, floors_valid.get(name))[0] for name, s in floor_scores(ev, task.target).items()}
+
+    def references() -> tuple[dict, dict, dict, dict]:
+        oracle, oracle_error, reference = {}, {}, {}
+        p_oracle = oracle_scores(paths.dataset_dir, ev, backtest, task)
+        if p_oracle is not None:
+            oracle_valid = (_oracle_validation(paths, v, valid_dates, task)
+                            if validation_pairs is not None else None)
+            oracle, _ = evaluate(p_oracle, oracle_valid)
+            reference["oracle"] = p_oracle
+            p_half = oracle_scores(paths.dataset_dir, ev, backtest, task, estimate="p_buy_half")
+            if p_half is not None:
+                # how far the ceiling still moves from half its rollouts to all of them: its Monte Carlo error
+                half, _ = evaluate(p_half, oracle_valid)
+                oracle_error = {k: abs(v - half[k]) for k, v in oracle.items() if k in half}
+        # each floor's own K, chosen on the validation days like the model's
+        floors_valid = floor_scores(v, task.target) if validation_pairs is not None else {}
+        floors = {name: evaluate(s, floors_valid.get(name))[0] for name, s in floor_scores(ev, task.target).items()}
+        return oracle, oracle_error, reference, floors
+
+    # the ceiling and the floors are the same for every model of the data: evaluated once per process
+    oracle, oracle_error, reference, floors = data.cached(("references", tuple(ns), by), references)
     group, other = ranking_groups(target, user, by)
     plot_paths = [*evaluation_plots(y, scores, group, other, plots_dir, model, reference,
                                     buyers=buyer_totals(buyers, by)["buyers"]), *extra_plots]
@@ -399,59 +385,47 @@ def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, 
     verdict = outcome.verdict()
     if verdict:
         results_log.warning("%s", verdict)
+    seconds["evaluate"] = time.perf_counter() - t_evaluate
     if track:
+        from ml.tracking import BUILD_TAG, COMPARISON_TAG
+
         task_params = {f"task.{k}": v for k, v in task.flat().items()}
-        _record(outcome, params | {f"rows_{k}": v for k, v in rows.items()} | task_params,
-                plot_paths, paths, task.evaluate.select_by, key)
+        metrics = ({f"rows_{k}": n for k, n in rows.items()} | {f"seconds_{k}": t for k, t in seconds.items()}
+                   | sizes)
+        tags = {"task": paths.task, "dataset": paths.dataset, "target": task.target, "model": model,
+                "model_kind": "lightgbm" if model in GBDT_MODELS else "pytorch", COMPARISON_TAG: key,
+                BUILD_TAG: data.build}
+        _record(outcome, params | task_params, metrics, tags, plot_paths, paths, task.evaluate.select_by, key,
+                data)
     shutil.rmtree(plots_dir, ignore_errors=True)
     from ml.outputs import publish
 
     # the run's own bundle, logged as it is, becomes the model's local bundle (the latest trained wins)
     outcome.bundle = publish(bundle_dir, paths.models / model)
     shutil.rmtree(folder, ignore_errors=True)
+    release_freed_memory()  # this model's scores, activations and frames: the next model starts from the data
     return outcome
 
 
-def _training_rows(task: Task, paths: TaskPaths, model: str, seed: int) -> tuple[RawExports, RawExports]:
-    """The training rows (negatives kept at the task's rate, drawn with the training seed: the same rows in
-    every rank) and the validation rows."""
-    shape = task.series_shape() if model in NEEDS_SERIES else None
-    fp = task.warehouse_fingerprint()
-    train_raw = _subsample(read_exports(paths.exports, task.sample_dates, series_shape=shape, fingerprint=fp),
-                           task.training.negative_rate, seed)
-    valid_raw = read_exports(paths.exports, list(task.validation), series_shape=shape, fingerprint=fp)
-    if task.target == "item":
-        # the next-day item task scores its candidate pairs only: the sampled non-candidates stand for no one
-        # in that population, so they train as plain negatives instead of at their population weight (which
-        # made them outweigh the candidates: LightGBM's backtest AUC fell from 0.92 to 0.76)
-        for raw in (train_raw, valid_raw):
-            raw.samples["inclusion_prob"] = 1.0
-    return train_raw, valid_raw
-
-
-def _fit_deep(model: str, task: Task, paths: TaskPaths, train_raw: RawExports, valid_raw: RawExports,
-              train_cfg: TrainConfig, model_cfg: ModelConfig, on_epoch, rank: Rank  # noqa: ANN001
-              ) -> tuple[FeatureMap, Trainer, CrowdData, TrainResult]:
+def _fit_deep(model: str, task: Task, paths: TaskPaths, data: Prepared, train_cfg: TrainConfig,
+              model_cfg: ModelConfig, on_epoch, rank: Rank  # noqa: ANN001
+              ) -> tuple[Trainer, TrainResult]:
     """A deep model trained on this rank's shard of the training rows (all of them in one process), with the
     feature map of all of them (every rank's embeddings the same)."""
     seed_everything(train_cfg.seed)
-    fmap = fit_feature_map(train_raw, task)
-    net = build_model(model, fmap, model_cfg)
+    net = build_model(model, data.fmap, model_cfg)
     # a checkpoint is resumed only by the same data, settings, code and number of processes
-    resume = _fingerprint(task.name, model, train_cfg.to_dict(), model_cfg.to_dict(), task.training.negative_rate,
-                          len(train_raw.samples), len(valid_raw.samples), train_raw.dense,
-                          task.warehouse_fingerprint(),
-                          exports_fingerprint(paths.exports, [*task.sample_dates, *task.validation]), code_version(),
-                          rank.world)
+    resume = fingerprint(task.name, model, train_cfg.to_dict(), model_cfg.to_dict(), data.folder.name, rank.world)
     workdir = paths.models / "checkpoints" / f"{model}-{resume}"
     stale = [d.name for d in workdir.parent.glob(f"{model}-*") if d != workdir]
     if stale and not workdir.exists() and rank.main:
         log.info("%s: checkpoints %s are of other data, settings or code: not resumed; training afresh",
                  model, ", ".join(sorted(stale)))
     trainer = Trainer(net, train_cfg, workdir, on_epoch=on_epoch, rank=rank)
-    valid_data = CrowdData(valid_raw, fmap)
-    fit = trainer.fit(CrowdData(shard(train_raw, rank), fmap), valid_data)
-    return fmap, trainer, valid_data, fit
+    train = data.splits["train"]
+    if rank.distributed:
+        train = train.take(shard(len(train), rank))
+    return trainer, trainer.fit(train, data.splits["valid"])
 
 
 def _log_epoch(row: dict) -> None:
@@ -530,16 +504,18 @@ def _se_importance(model, data: CrowdData, fmap, out: Path) -> Path:  # noqa: AN
     return importance_plot(names, sums / n, out / "se_field_importance.png", "PLE: mean SE weight per field")
 
 
-def _record(outcome: Outcome, params: dict, plots: list[Path], paths: TaskPaths, select_by: str, key: str) -> None:
-    """Into the open run: its metrics and artifacts, its model registered, and the champion of its comparison
-    fingerprint `key` moved if it wins."""
+def _record(outcome: Outcome, params: dict, metrics: dict, tags: dict, plots: list[Path], paths: TaskPaths,
+            select_by: str, key: str, data: Prepared) -> None:
+    """Into the open run: its metrics and artifacts, its model registered with `tags` (what it is and what it
+    was trained on), and the champion of its comparison fingerprint `key` moved if it wins."""
     import mlflow
 
-    from ml.tracking import COMPARISON_TAG, promote_if_better, selection_metric
+    from ml.tracking import promote_if_better, register_version, selection_metric
 
     run = mlflow.active_run()
-    tags = {"task": paths.task, "dataset": paths.dataset, "model": outcome.model, COMPARISON_TAG: key}
+    mlflow.set_tags(tags)
     mlflow.log_params({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in params.items()})
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
     mlflow.log_metrics({f"eval_{k}": v for k, v in outcome.summary.items() if np.isfinite(v)})
     mlflow.log_metrics({f"eval_{k}_ci_{end}": getattr(iv, end) for k, iv in outcome.intervals.items()
                         for end in ("low", "high") if np.isfinite(getattr(iv, end))})
@@ -555,40 +531,90 @@ def _record(outcome: Outcome, params: dict, plots: list[Path], paths: TaskPaths,
     for p in plots:
         mlflow.log_artifact(str(p), artifact_path="plots")
     mlflow.log_artifacts(str(outcome.bundle), artifact_path="bundle")
-    info = _log_flavour(outcome, paths.registered_model)
+    info = _log_flavour(outcome, data)
     outcome.run_id = run.info.run_id
-    if info is not None and info.registered_model_version is not None:
-        version = str(info.registered_model_version)
-        client = mlflow.tracking.MlflowClient()
-        for k, v in {**tags, selection_metric(select_by): outcome.selection[select_by]}.items():
-            client.set_model_version_tag(paths.registered_model, version, k, str(v))
-        outcome.champion = promote_if_better(paths, version, selection_metric(select_by),
-                                             outcome.selection[select_by], key)
-        mlflow.set_tag("registered_version", version)
+    version = register_version(paths.registered_model, info,
+                               {**tags, selection_metric(select_by): outcome.selection[select_by]})
+    outcome.champion = promote_if_better(paths, version, selection_metric(select_by), outcome.selection[select_by], key)
+    mlflow.set_tag("registered_version", version)
     mlflow.set_tag("champion_at_training", str(outcome.champion).lower())
 
 
-def _log_flavour(outcome: Outcome, registered: str):  # noqa: ANN202
-    """The model in its MLflow flavour (PyTorch, or LightGBM for the single all-mixed booster), registered.
-    The per-target and few-mixed baselines are many boosters: the bundle behind a pyfunc (ml.train.serving)."""
+def _log_flavour(outcome: Outcome, data: Prepared, example_rows: int = 3):  # noqa: ANN202
+    """The model in its MLflow flavour (PyTorch, or LightGBM for the single all-mixed booster) with its signature
+    and an input example: the first rows of the backtest as the model reads them. The per-target and
+    few-mixed baselines are many boosters: the bundle behind a pyfunc (ml.train.serving), logged from its code
+    file (MLflow's models from code: nothing pickled)."""
     import mlflow
 
     bundle = Bundle.load(outcome.bundle)
+    rows = np.arange(min(example_rows, len(data.splits["evaluation"])))
     if outcome.model == "lgbm_all_mixed":
         import lightgbm as lgb
 
         booster = lgb.Booster(model_file=str(outcome.bundle / "lgbm" / "all.txt"))
-        return mlflow.lightgbm.log_model(booster, name="model", registered_model_name=registered,
+        gbdt = bundle.gbdt()
+        x = _as_double(booster_inputs(data.frame("evaluation").iloc[rows], bundle.config["dense"], gbdt.vocabularies))
+        return mlflow.lightgbm.log_model(booster, name="model",
+                                         signature=_signature(x, booster.predict(x)), input_example=x,
                                          pip_requirements=["lightgbm==4.7.0"])
     if outcome.model in GBDT_MODELS:  # many boosters and their routing: the bundle behind a pyfunc
-        from ml.train.serving import GbdtBundleModel
-
-        return mlflow.pyfunc.log_model(name="model", python_model=GbdtBundleModel(),
-                                       artifacts={"bundle": str(outcome.bundle)}, registered_model_name=registered,
+        keys = ["target_id", "target_category_id", "is_candidate"]
+        x = _as_double(data.frame("evaluation").iloc[rows][[*keys, *bundle.config["dense"]]])
+        return mlflow.pyfunc.log_model(name="model", python_model=str(Path(__file__).with_name("serving.py")),
+                                       artifacts={"bundle": str(outcome.bundle)},
+                                       signature=_signature(x, bundle.score_frame(x)), input_example=x,
                                        pip_requirements=["lightgbm==4.7.0", "mlflow==3.17.2"])
+
+    import torch
 
     fmap = FeatureMap.load(outcome.bundle / "feature_map.json")
     net = build_model(bundle.name, fmap, ModelConfig(**bundle.config["model_config"]))
     net.load_state_dict(load_weights(outcome.bundle / "weights.pt"))
-    return mlflow.pytorch.log_model(net, name="model", registered_model_name=registered, serialization_format="pickle",
-                                    pip_requirements=["torch==2.13.0"])
+    net.eval()
+    batch = data.splits["evaluation"].batch(rows)
+    with torch.no_grad():
+        output = net(batch)["buy"].numpy()
+    example = {k: v.numpy() for k, v in batch.items()}
+    # the PyTorch flavour's pyfunc takes one array, these models a dict of them (ids, dense features, the
+    # padded sequences and their mask): the example documents the input, and the warning of MLflow's serving
+    # check, which cannot pass a dict, is known and dropped (crowd score and Bundle.score serve these models)
+    # MLflow warns that its PyTorch flavour pickles the module: known, and the project never loads it that way
+    # (crowd score reads the bundle's weights.pt with torch.load(weights_only=True))
+    with (_dropped(logging.getLogger("mlflow.models.model"), "Failed to validate serving input example"),
+          _dropped(logging.getLogger("mlflow.pytorch"), "Saving pytorch model by Pickle")):
+        return mlflow.pytorch.log_model(net, name="model", serialization_format="pickle",
+                                        signature=_signature(example, output), input_example=example,
+                                        pip_requirements=["torch==2.13.0"])
+
+
+def _as_double(frame: pd.DataFrame) -> pd.DataFrame:
+    """The example's features as float64: the signature then takes the exports' int32 counts, float32 and double
+    features alike (MLflow converts an input to the signature's type only when that loses nothing)."""
+    floats = frame.select_dtypes("float").columns
+    return pd.concat([frame.drop(columns=floats), frame[floats].astype("float64")], axis=1)[list(frame.columns)]
+
+
+def _signature(inputs: object, output: np.ndarray):  # noqa: ANN202
+    """MLflow's signature of a model's input example and its output. MLflow hints that an integer column cannot
+    hold a missing value: known here (ids and codes are never missing), so the hint is not shown."""
+    import warnings
+
+    from mlflow.models import infer_signature
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+        return infer_signature(inputs, output)
+
+
+@contextlib.contextmanager
+def _dropped(logger: logging.Logger, prefix: str) -> Iterator[None]:
+    """The records of `logger` whose message starts with `prefix` are not emitted inside the block."""
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(prefix)
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)

@@ -1,0 +1,94 @@
+"""Peak resident memory and time of each stage of training, in one process, as `make run` trains: the task's rows
+prepared once (ml.train.prepared), then every model in turn, each tracked in MLflow.
+
+    python bench/memory.py                                   # tmall-2013, make run's settings
+    python bench/memory.py --set epochs=4 --set negative_rate=0.2 --model lgbm_all_mixed din
+
+The peak of a stage is the process's high-water mark of resident memory (VmHWM) over that stage alone: the
+kernel's counter is reset before each stage (/proc/self/clear_refs). It counts every resident page, the
+memory-mapped splits included (file pages the kernel may drop under pressure, unlike the heap). The task's
+exports must exist (`make run`, or `crowd warehouse`); the bench reads them through a scratch data directory
+that links them and the dataset, so the models, checkpoints and MLflow runs it writes never reach yours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+GIB = 2**30
+
+
+def _status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status (Linux only)")
+
+
+def _reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM starts again from the current resident size
+
+
+def _scratch(task_name: str, settings: list[str]) -> Path:
+    """A data directory whose dataset and exports are links to the real ones (read only)."""
+    from ml.config import data_dir
+    from ml.task import TaskPaths, load_task, parse_assignments
+
+    real = TaskPaths.of(load_task(task_name, parse_assignments(settings)), data_dir())
+    if not real.exports.is_dir():
+        raise SystemExit(f"no exports under {real.exports}: run `make run` or `crowd warehouse --task {task_name}`")
+    root = Path(tempfile.mkdtemp(prefix="crowd-memory-"))
+    scratch = TaskPaths(root, real.task, real.dataset)
+    scratch.base.mkdir(parents=True)
+    scratch.exports.symlink_to(real.exports, target_is_directory=True)
+    scratch.dataset_dir.parent.mkdir(parents=True)
+    scratch.dataset_dir.symlink_to(real.dataset_dir, target_is_directory=True)
+    return root
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", default="tmall-2013")
+    ap.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
+                    help="a task setting, as `crowd --set` (default: make run's epochs=2, negative_rate=0.1)")
+    ap.add_argument("--model", nargs="+", help="the models (default: the task's)")
+    args = ap.parse_args()
+    settings = args.set if args.set is not None else ["epochs=2", "negative_rate=0.1"]
+    if args.model:
+        settings.append(f"models=[{', '.join(args.model)}]")
+    os.environ["CROWD_DATA_DIR"] = str(_scratch(args.task, settings))
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # as `crowd train` runs it
+
+    from ml.task import TaskPaths, load_task, parse_assignments
+    from ml.train.pipeline import train_and_evaluate, train_config
+    from ml.train.prepared import prepare
+
+    task = load_task(args.task, parse_assignments(settings))
+    paths = TaskPaths.of(task)
+    print(f"{task.name}: {', '.join(settings)}; scratch data directory {paths.root}", flush=True)
+    print(f"{'stage':<18} {'seconds':>8} {'peak GiB':>9} {'resident after':>15}", flush=True)
+    stages = []
+
+    def stage(name: str, work) -> object:  # noqa: ANN001
+        _reset_peak()
+        t0 = time.perf_counter()
+        out = work()
+        stages.append((name, time.perf_counter() - t0, _status("VmHWM") / GIB))
+        print(f"{name:<18} {stages[-1][1]:>8.1f} {stages[-1][2]:>9.2f} {_status('VmRSS') / GIB:>15.2f}", flush=True)
+        return out
+
+    data = stage("prepare", lambda: prepare(task, paths))
+    for model in task.model_names():
+        cfg = train_config(task, model, progress=False)
+        stage(model, lambda: train_and_evaluate(model, task, paths, train_cfg=cfg, data=data))
+    total = sum(s for _, s, _ in stages)
+    print(f"{'all':<18} {total:>8.1f} {max(p for _, _, p in stages):>9.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

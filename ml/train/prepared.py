@@ -1,0 +1,234 @@
+"""A task's training rows, read from the exports and encoded once, then shared by every model trained on them.
+
+Each model used to read the four splits itself (about 8 s at the default size), encode them again and hold
+them as pandas frames: `make run`'s resident memory grew to 11.5 GB over its nine models. Now the first
+training of a task writes its splits as numpy arrays (ml.features.dataset.CrowdData's) under
+models/prepared/KEY/, and every model memory-maps them: in one process (`crowd train`, `make run`), one open
+serves them all; across processes (the training DAG's tasks, torchrun's ranks) the page cache holds one copy.
+
+KEY covers what the rows depend on: the exports as they are on disk, the warehouse settings, the training
+dates and their negative sampling (rate and seed), the series (when a model reads them) and the code that
+encodes them. Another key is another folder; the folders of older keys are removed once a new one is
+complete, and a folder is published whole (written beside, then renamed) under a file lock, so a second
+process waits for the first one's instead of writing its own.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime as dt
+import gc
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import pandas as pd
+
+from ml.features.dataset import CrowdData, RawExports, check_one_build, fit_feature_map, read_buyers, read_exports
+from ml.features.feature_map import FeatureMap
+from ml.models.zoo import NEEDS_SERIES
+from ml.outputs import file_lock
+from ml.task import Task, TaskPaths
+from ml.warehouse.export import export_dir
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "valid", "valid_population", "evaluation")
+FORMAT = 1  # bump when the folder's layout changes
+T = TypeVar("T")
+
+
+@dataclass
+class Prepared:
+    """The splits of one key: train (negatives kept at the task's rate), valid (the validation dates' samples:
+    early stopping), valid_population (the validation dates' evaluation set: calibration and the champion's
+    metric) and evaluation (the backtest's), with the feature map fitted on train and the buyers."""
+
+    folder: Path
+    fmap: FeatureMap
+    dense: list[str]  # every exported dense column, in the order of each split's `features`
+    build: str  # the warehouse build the exports come from
+    splits: dict[str, CrowdData]
+    buyers: pd.DataFrame  # every buyer of the backtest's label window
+    valid_buyers: pd.DataFrame  # the same for the validation dates
+    cache: dict = field(default_factory=dict, repr=False)  # what does not depend on the model, once per process
+
+    @property
+    def rows(self) -> dict[str, int]:
+        return {name: len(d) for name, d in self.splits.items()}
+
+    def cached(self, key: object, compute: Callable[[], T]) -> T:
+        """compute() the first time `key` is asked for in this process, the same object after."""
+        if key not in self.cache:
+            self.cache[key] = compute()
+        return self.cache[key]
+
+    def frame(self, split: str) -> pd.DataFrame:
+        """The split as a samples-like frame (keys, labels, inclusion_prob and every dense column), for LightGBM,
+        the floors and the evaluation: a view of the arrays, not a copy."""
+        if split not in self.cache.setdefault("frames", {}):
+            d = self.splits[split]
+            meta = pd.DataFrame({
+                "ds": d.ds, "user_id": d.user_id, "target_id": d.target_id, "target_category_id": d.target_category_id,
+                "is_candidate": d.is_candidate, "inclusion_prob": d.inclusion_prob, "label_buy": np.ascontiguousarray(d.labels[:, 0]),  # a column of its own: LightGBM copies a strided one
+                "label_collect_cart": np.ascontiguousarray(d.labels[:, 1])}, copy=False)
+            features = pd.DataFrame(d.features, columns=d.columns, copy=False)
+            self.cache["frames"][split] = pd.concat([meta, features], axis=1)  # copy-on-write: no copy made
+        return self.cache["frames"][split]
+
+
+def with_series(task: Task) -> bool:
+    return any(m in NEEDS_SERIES for m in task.model_names())
+
+
+def exports_fingerprint(root: Path, dates: list[dt.date]) -> str:
+    """The exported files of these dates as they are on disk (name, size, modification time): a re-export,
+    even of the same rows, counts as other data. Cheap: no file is read."""
+    files = sorted(p for ds in dates for p in export_dir(root, ds).iterdir() if p.is_file())
+    stats = [(p, p.stat()) for p in files]
+    return fingerprint(*[(p.parent.name, p.name, s.st_size, s.st_mtime_ns) for p, s in stats])
+
+
+# the modules whose code decides what the prepared arrays and a checkpoint's weights mean
+_TRAINING_CODE = ("models/zoo.py", "models/layers.py", "train/trainer.py", "train/calibration.py",
+                  "train/prepared.py", "features/dataset.py", "features/feature_map.py")
+
+
+def code_version() -> str:
+    package = Path(__file__).resolve().parents[1]  # ml/, in a checkout or installed
+    return hashlib.sha1(b"".join((package / f).read_bytes() for f in _TRAINING_CODE)).hexdigest()[:12]
+
+
+def fingerprint(*parts: object) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def prepared_key(task: Task, paths: TaskPaths) -> str:
+    dates = [*task.sample_dates, *task.validation, task.backtest]
+    return fingerprint(FORMAT, task.warehouse_fingerprint(), exports_fingerprint(paths.exports, dates),
+                        [str(d) for d in dates], task.target, task.training.negative_rate, task.training.seed,
+                        with_series(task), code_version())
+
+
+_opened: dict[Path, Prepared] = {}  # the latest open of this process: the next model of the task reuses it
+
+
+def prepare(task: Task, paths: TaskPaths) -> Prepared:
+    """The task's prepared splits: written when no process wrote them for this key yet, then opened."""
+    folder = paths.models / "prepared" / prepared_key(task, paths)
+    if folder in _opened:
+        return _opened[folder]
+    with file_lock(paths.models / "prepared.lock"):
+        if not (folder / "meta.json").exists():
+            _write(task, paths, folder)
+        data = _open(folder)
+    _opened.clear()
+    _opened[folder] = data
+    return data
+
+
+def _write(task: Task, paths: TaskPaths, folder: Path) -> None:
+    """Read, encode and write every split, one at a time (the peak is the largest split's frame), into a folder
+    beside the final one, renamed into place once whole; older keys and abandoned folders are removed."""
+    start = time.perf_counter()
+    root = folder.parent
+    root.mkdir(parents=True, exist_ok=True)
+    for old in root.iterdir():  # under the lock: every other folder is of another key or left by a crash
+        if old.is_dir() and old != folder:
+            shutil.rmtree(old, ignore_errors=True)
+    tmp = root / f".{folder.name}.partial"
+    tmp.mkdir()
+    shape = task.series_shape() if with_series(task) else None
+    fp = task.warehouse_fingerprint()
+
+    def read(dates: list, part: str = "samples", keep: Callable | None = None) -> RawExports:
+        raw = read_exports(paths.exports, dates, part=part, series_shape=shape, fingerprint=fp, keep=keep)
+        if task.target == "item" and part == "samples":
+            # the next-day item task scores its candidate pairs only: the sampled non-candidates stand for no
+            # one in that population, so they train as plain negatives instead of at their population weight
+            # (which made them outweigh the candidates: LightGBM's backtest AUC fell from 0.92 to 0.76)
+            raw.samples["inclusion_prob"] = 1.0
+        return raw
+
+    train = read(task.sample_dates, keep=negatives_kept(task.training.negative_rate, task.training.seed))
+    valid = read(list(task.validation))
+    fmap = fit_feature_map(train, task)
+    # one build of the warehouse for every date: a mix of old and new data trains on nothing real
+    builds = {train.build: "the training dates", valid.build: "the validation dates"}
+    check_one_build(builds, paths.exports)
+    dense, build = list(train.dense), train.build
+    _write_split(tmp / "train", CrowdData(train, fmap))
+    _write_split(tmp / "valid", CrowdData(valid, fmap))
+    del train, valid
+    for name, dates in (("valid_population", list(task.validation)), ("evaluation", [task.backtest])):
+        raw = read(dates, part="evaluation")
+        builds.setdefault(raw.build, f"the {name.replace('_', ' ')}")
+        check_one_build(builds, paths.exports)
+        _write_split(tmp / name, CrowdData(raw, fmap))
+        del raw
+    fmap.save(tmp / "feature_map.json")
+    read_buyers(paths.exports, task.backtest).to_parquet(tmp / "buyers.parquet")
+    pd.concat([read_buyers(paths.exports, d) for d in task.validation], ignore_index=True).to_parquet(
+        tmp / "valid_buyers.parquet")
+    (tmp / "meta.json").write_text(json.dumps({"dense": dense, "build": build, "task": task.name}))
+    os.replace(tmp, folder)
+    release_freed_memory()
+    log.info("%s: training rows read and encoded once for every model in %.1f s (%s)", task.name,
+             time.perf_counter() - start, folder)
+
+
+def release_freed_memory() -> None:
+    """Hand the heap memory Python and numpy freed back to the system (glibc keeps it for reuse otherwise, and
+    a process that trains nine models in turn then looks as large as all of them together)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        pass
+
+
+def _write_split(folder: Path, data: CrowdData) -> None:
+    folder.mkdir()
+    for name, array in data.arrays().items():
+        np.save(folder / f"{name}.npy", np.ascontiguousarray(array))
+
+
+def _open(folder: Path) -> Prepared:
+    meta = json.loads((folder / "meta.json").read_text())
+    fmap = FeatureMap.load(folder / "feature_map.json")
+    splits = {}
+    for name in SPLITS:
+        arrays = {p.stem: np.load(p, mmap_mode="r") for p in sorted((folder / name).glob("*.npy"))}
+        splits[name] = CrowdData.from_arrays(arrays, fmap, meta["dense"])
+    return Prepared(folder, fmap, meta["dense"], meta["build"], splits,
+                    pd.read_parquet(folder / "buyers.parquet"), pd.read_parquet(folder / "valid_buyers.parquet"))
+
+
+def subsample(raw: RawExports, rate: float, seed: int) -> RawExports:
+    """Every buyer, and each other row with probability `rate` (drawn with `seed`: the same rows in every
+    process); the scores are corrected for it afterwards (ml.train.calibration.correct_for_sampling)."""
+    if rate >= 1.0:
+        return raw
+    s = raw.samples
+    keep = (s["label_buy"].to_numpy() > 0) | (np.random.default_rng(seed).random(len(s)) < rate)
+    return replace(raw, samples=s[keep].reset_index(drop=True))
+
+
+def negatives_kept(rate: float, seed: int) -> Callable | None:
+    """subsample's draw as read_exports' `keep`, date by date: the same rows (one generator, drawn in the
+    dates' order, gives the numbers one draw over all of them would), without the dropped ones ever held."""
+    if rate >= 1.0:
+        return None
+    rng = np.random.default_rng(seed)
+
+    def keep(table) -> np.ndarray:  # noqa: ANN001
+        buyers = table["label_buy"].to_numpy(zero_copy_only=False) > 0
+        return buyers | (rng.random(table.num_rows) < rate)
+    return keep

@@ -1,0 +1,83 @@
+"""A task's training rows are read and encoded once, written as arrays, and memory-mapped by every model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ml.features.dataset import CrowdData, read_exports
+from ml.task import TaskPaths, load_task
+from ml.train import prepared
+from ml.train.prepared import negatives_kept, prepare, prepared_key, subsample
+
+
+@pytest.fixture
+def fresh_process(monkeypatch):
+    """What another process sees: no split opened yet (the folder on disk is shared)."""
+    monkeypatch.setattr(prepared, "_opened", {})
+
+
+def test_the_rows_are_written_once_and_every_later_open_maps_the_same_files(tiny_exports, task, task_paths,
+                                                                           fresh_process):
+    first = prepare(task, task_paths)
+    assert prepare(task, task_paths) is first  # the next model in this process: the same open
+    assert all(isinstance(d.features, np.memmap) and isinstance(d.ids, np.memmap) for d in first.splits.values())
+    written = {p: p.stat().st_mtime_ns for p in first.folder.rglob("*.npy")}
+    prepared._opened.clear()  # another process: it opens the folder and writes nothing
+    again = prepare(task, task_paths)
+    assert again is not first and again.folder == first.folder
+    assert {p: p.stat().st_mtime_ns for p in again.folder.rglob("*.npy")} == written
+    assert again.rows == first.rows
+
+
+def test_a_prepared_split_is_what_encoding_a_direct_read_gives(tiny_exports, task, task_paths):
+    data = prepare(task, task_paths)
+    raw = read_exports(task_paths.exports, list(task.validation), series_shape=task.series_shape(),
+                       fingerprint=task.warehouse_fingerprint())
+    direct, mapped = CrowdData(raw, data.fmap), data.splits["valid"]
+    for name in ("ids", "features", "labels", "weights", "user_id", "target_id", "row", "offsets", "hist_target",
+                 "hist_age", "series_month"):
+        np.testing.assert_array_equal(direct.arrays()[name], np.asarray(mapped.arrays()[name]), err_msg=name)
+    rows = np.arange(0, len(mapped), 7)
+    a, b = direct.batch(rows), mapped.batch(rows)
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    # the dense inputs, scaled per batch, are the feature map's encoding of the samples
+    np.testing.assert_allclose(b["dense"].numpy(), data.fmap.encode_dense(raw.samples)[rows], rtol=1e-6)
+    # and the frame LightGBM and the evaluation read is a view of the same arrays
+    frame = data.frame("valid")
+    assert np.shares_memory(frame[data.dense[0]].to_numpy(), mapped.features)
+    assert (frame["label_buy"].to_numpy() == raw.samples["label_buy"].to_numpy()).all()
+
+
+def test_other_training_settings_prepare_other_rows_and_replace_the_old_folder(tiny_exports, task, task_paths,
+                                                                               fresh_process):
+    first = prepare(task, task_paths)
+    other = load_task(task.name, {"negative_rate": min(1.0, task.training.negative_rate * 2)})
+    assert prepared_key(other, task_paths) != prepared_key(task, task_paths)
+    second = prepare(other, TaskPaths.of(other))
+    assert second.folder != first.folder and not first.folder.exists()
+    assert len(second.splits["train"]) > len(first.splits["train"])
+    # the populations the models are measured on do not depend on the training's sampling
+    assert second.rows["evaluation"] == first.rows["evaluation"]
+    prepare(task, task_paths)  # back to the task's own for the tests after this one
+
+
+def test_a_preparation_killed_halfway_is_discarded_by_the_next(tiny_exports, task, task_paths, fresh_process):
+    folder = task_paths.models / "prepared" / prepared_key(task, task_paths)
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    partial = folder.with_name(f".{folder.name}.partial")
+    (partial / "train").mkdir(parents=True)
+    (partial / "train" / "ids.npy").write_bytes(b"half a file")
+    data = prepare(task, task_paths)
+    assert not partial.exists() and data.folder == folder and len(data.splits["train"]) > 0
+
+
+def test_the_negatives_drawn_date_by_date_while_reading_are_those_of_one_draw_over_all_dates(tiny_exports, task):
+    dates = task.sample_dates[:3]
+    whole = subsample(read_exports(tiny_exports, dates), 0.3, 7).samples
+    streamed = read_exports(tiny_exports, dates, keep=negatives_kept(0.3, 7)).samples
+    assert 0 < len(streamed) < len(read_exports(tiny_exports, dates).samples)
+    assert (streamed[["ds", "user_id", "target_id"]].to_numpy() == whole[["ds", "user_id", "target_id"]].to_numpy()).all()
