@@ -27,9 +27,11 @@ from ml.features.dataset import CrowdData
 from ml.models.zoo import CrowdModel
 from ml.train.calibration import correct_for_sampling
 from ml.train.distributed import Rank, all_sum, init_process_group, rank_device
+from ml.train.prepared import trim_heap
 
 log = logging.getLogger(__name__)
 EPS = 1e-7
+TRIM_EVERY = 16  # scoring batches between two returns of the freed heap to the system (ml.train.prepared.trim_heap)
 
 
 @dataclass
@@ -156,7 +158,11 @@ def predict(model: CrowdModel, data: CrowdData, batch_size: int = 2048, device: 
     model.eval()
     batches = tqdm(data.batches(batch_size, device=device), total=-(-len(data) // batch_size), desc=desc,
                    unit="batch", leave=False, disable=None)
-    parts = [model(b)["buy"].float().cpu().numpy() for b in batches]
+    parts = []
+    for i, b in enumerate(batches):
+        parts.append(model(b)["buy"].float().cpu().numpy())
+        if i % TRIM_EVERY == TRIM_EVERY - 1:
+            trim_heap()
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
