@@ -28,6 +28,10 @@ def test_the_rows_are_written_once_and_every_later_open_maps_the_same_files(tiny
     assert again is not first and again.folder == first.folder
     assert {p: p.stat().st_mtime_ns for p in again.folder.rglob("*.npy")} == written
     assert again.rows == first.rows
+    # pages dropped from the process's resident set are read again from the page cache, unchanged
+    before = np.asarray(again.splits["valid"].features[:50]).copy()
+    again.release_pages()
+    np.testing.assert_array_equal(np.asarray(again.splits["valid"].features[:50]), before)
 
 
 def test_a_prepared_split_is_what_encoding_a_direct_read_gives(tiny_exports, task, task_paths):

@@ -403,7 +403,9 @@ def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, 
     # the run's own bundle, logged as it is, becomes the model's local bundle (the latest trained wins)
     outcome.bundle = publish(bundle_dir, paths.models / model)
     shutil.rmtree(folder, ignore_errors=True)
-    release_freed_memory()  # this model's scores, activations and frames: the next model starts from the data
+    # this model's scores, activations and frames: the next model starts from the data alone
+    data.release_pages()
+    release_freed_memory()
     return outcome
 
 
