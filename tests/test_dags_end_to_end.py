@@ -4,6 +4,7 @@ training DAG, with a real metadata DB, DuckDB file and MLflow store. A period's 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 
 import duckdb
@@ -114,6 +115,10 @@ def test_the_training_dag_trains_promotes_a_champion_and_publishes_forward_crowd
     runs = mlflow.search_runs(experiment_names=[task_paths.experiment])
     assert {"lgbm_all_mixed", "dnn"} <= set(runs["tags.model"])
     assert (runs.loc[runs["tags.model"] == "dnn", "params.task.training.epochs"] == "1").any()
+    # the run's own HTML report, after the crowds: named by the run, showing the models it trained
+    report = task_paths.reports / "runs" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', run.run_id)}.html"
+    text = report.read_text()
+    assert "<td>dnn" in text and "20 to 20 (median 20)" in text and 'id="chart-gain"' in text
 
 
 def test_a_bad_parameter_fails_before_any_work(dags):
@@ -167,6 +172,7 @@ def test_run_dags_drives_the_periods_and_training_dags_and_ends_with_the_compari
     assert "| lgbm_all_mixed " in out and "| floor: decayed_count |" in out and "| oracle (ceiling) |" in out
     crowds = sorted(task_paths.crowds.glob("ds=*/crowds.parquet"))[-1]
     assert f"crowds:  {crowds}" in out and str(task_paths.shared.mlflow_db) in out
+    assert f"report:  {task_paths.reports / 'runs'}" in out
     crowd = pd.read_parquet(crowds)
     assert (crowd.groupby("target_id").size() == 10).all()
     log = (task_paths.shared.airflow_home / "local_run.log").read_text()

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, ndcg_score, roc_auc_score
 
+from ml.evaluate.curves import gain_points, lift, roc_points, series_curves
 from ml.evaluate.metrics import evaluate_scores, group_auc, ranking_metrics
 
 
@@ -130,3 +131,41 @@ def test_a_buyers_table_with_fewer_buyers_than_the_scored_positives_is_refused()
     buyers = pd.DataFrame({"target_id": [1], "user_id": [0], "in_population": [True], "is_candidate": [True]})
     with pytest.raises(ValueError, match="fewer buyers"):
         evaluate_scores(np.array([1, 1]), np.array([0.5, 0.4]), np.array([1, 1]), np.arange(2), ns=(1,), buyers=buyers)
+
+
+def test_the_gain_curve_takes_tied_pairs_together_and_reaches_every_buyer():
+    y = np.array([1, 0, 0, 1, 0, 0, 0, 0], dtype=float)
+    p = np.array([0.9, 0.9, 0.5, 0.5, 0.1, 0.1, 0.1, 0.1])
+    x, found = gain_points(y, p)
+    at = dict(zip(np.round(x, 6), found))
+    # the top two (tied) hold one of two buyers: a quarter of the pairs finds half, an eighth a quarter
+    assert at[0.25] == pytest.approx(0.5) and np.interp(0.125, x, found) == pytest.approx(0.25)
+    assert at[0.5] == pytest.approx(1.0) and at[1.0] == pytest.approx(1.0)
+    # any row order gives the same curve
+    order = np.random.default_rng(0).permutation(len(y))
+    assert np.allclose(gain_points(y[order], p[order])[1], found)
+    lifted = lift(pd.DataFrame({"x": x, "y": found}))
+    assert lifted.loc[np.isclose(lifted["x"], 0.25), "y"].iloc[0] == pytest.approx(2.0)  # twice random
+
+
+def test_the_roc_points_lie_on_scikit_learns_curve_and_integrate_to_its_auc(rng=np.random.default_rng(5)):
+    y = (rng.random(20_000) < 0.05).astype(float)
+    p = rng.random(20_000) + y * 0.3
+    x, tpr = roc_points(y, p)
+    assert x[0] == 0 and x[-1] == 1 and np.all(np.diff(tpr) >= 0)
+    assert np.trapezoid(tpr, x) == pytest.approx(roc_auc_score(y, p), abs=0.01)
+
+
+def test_series_curves_hold_recall_at_n_of_the_ranking_metrics_and_reliability_only_for_probabilities(
+        rng=np.random.default_rng(6)):
+    n = 5_000
+    y = (rng.random(n) < 0.05).astype(float)
+    p = np.clip(rng.random(n) * 0.1 + y * 0.05, 0, 1)
+    target, user = rng.integers(0, 20, n), np.arange(n)
+    curves = series_curves("m", y, p, target, user, None)
+    recall = curves[curves["curve"] == "recall_at_n"].set_index("x")["y"]
+    expected = ranking_metrics(y, p, target, (100,), tie_break=user).mean["recall_at_100"]
+    assert recall[100.0] == pytest.approx(expected)
+    assert {"roc", "gain", "reliability", "ece"} <= set(curves["curve"]) and set(curves["series"]) == {"m"}
+    floor = series_curves("floor: f", y, p, target, user, None, probabilities=False)
+    assert not {"reliability", "ece"} & set(floor["curve"])

@@ -63,7 +63,14 @@ def test_every_run_is_recorded_with_metrics_plots_table_and_model(outcomes, task
         artifacts = {a.path for a in client.list_artifacts(o.run_id)}
         assert {"plots", "bundle", "per_target_metrics.json"} <= artifacts
         plots = {a.path.split("/")[-1] for a in client.list_artifacts(o.run_id, "plots")}
-        assert {"roc.png", "recall_at_n.png", "calibration.png"} <= plots
+        assert {"roc.png", "recall_at_n.png", "gain.png", "lift.png", "calibration.png"} <= plots
+        # the numbers behind them: this model's curves beside the floors' and the ceiling's, for the report
+        curves = mlflow.load_table("curves.json", run_ids=[o.run_id])
+        assert {name, "oracle", "floor: decayed_count", "floor: cart_then_recency"} <= set(curves["series"])
+        gain = curves[(curves["series"] == name) & (curves["curve"] == "gain")]
+        assert np.all(np.diff(gain["y"]) >= -1e-12) and gain["y"].iloc[-1] == pytest.approx(1.0)
+        floor_curves = set(curves.loc[curves["series"] == "floor: decayed_count", "curve"])
+        assert "reliability" not in floor_curves and "roc" in floor_curves  # a floor's score is no probability
     din_history = client.get_metric_history(outcomes["din"].run_id, "valid_auc")
     assert [m.step for m in din_history] == [0, 1]
     assert "se_field_importance.png" in {a.path.split("/")[-1] for a in client.list_artifacts(outcomes["ple"].run_id, "plots")}
@@ -337,6 +344,39 @@ def test_report_writes_the_comparison_with_intervals_and_the_selection_metric(ou
     oracle = next(line for line in text.splitlines() if line.startswith("| oracle (ceiling) |"))
     assert f"{outcomes['din'].oracle['auc']:.4f} ± {outcomes['din'].oracle_error['auc']:.4f}" in oracle
     assert outcomes["din"].oracle_error["auc"] < 0.005  # 1,024 rollouts on the backtest date
+
+
+def test_the_html_report_renders_in_chromium_with_every_model_curve_and_the_crowds(outcomes, task, task_paths,
+                                                                                tmp_path, capsys):
+    from browser import rendered
+    from matplotlib.image import imread
+
+    assert main(["score", "--set", "crowd_size=7"]) == 0
+    out = tmp_path / "report.html"
+    assert main(["report", "--html", str(out)]) == 0
+    assert f"report: {out}" in capsys.readouterr().out
+    text = out.read_text()
+    # self-contained: nothing fetched from anywhere when it is opened
+    assert "http://" not in text.replace("http://www.w3.org", "") and "https://" not in text and "<script" not in text
+    page = rendered(out, tmp_path / "chromium")
+    charts = {i["id"]: i for i in page["images"]}
+    assert set(charts) == {"chart-roc", "chart-recall_at_n", "chart-gain", "chart-lift", "chart-calibration"}
+    for chart in charts.values():  # every SVG decoded and laid out at a readable size
+        assert chart["complete"] and chart["width"] > 300 and chart["shown"][0] > 300, chart
+    comparison = page["tables"][0]
+    assert comparison["rows"] == 1 + len(outcomes) + 2 + 1 and comparison["shown"][1] > 100  # models, floors, ceiling
+    assert {"Curves", "Crowds"} <= set(page["headings"])
+    # the crowds just published: their size and the model that made them
+    assert "7 to 7 (median 7)" in text and "buyers to expect" in text
+    pixels = imread(page["screenshot"])[..., :3]
+    # text, table and axes (about 6 % of the pixels dark) and the models' coloured lines: not a blank page
+    assert (pixels.mean(axis=2) < 0.9).mean() > 0.02 and (pixels.std(axis=2) > 0.05).mean() > 0.002
+    # a rerun replaces its own report; a file it did not write is never replaced
+    assert main(["report", "--html", str(out)]) == 0
+    other = tmp_path / "notes.html"
+    other.write_text("<p>mine</p>")
+    assert main(["report", "--html", str(other)]) == 2
+    assert other.read_text() == "<p>mine</p>" and "refusing to replace" in capsys.readouterr().err
 
 
 def test_the_report_bolds_only_the_models_the_data_cannot_tell_from_the_best():

@@ -1,7 +1,9 @@
-"""PNG plots of an evaluation: ROC, recall@N against N, calibration, training curves, importances."""
+"""Plots of an evaluation: ROC, recall@N, gain and lift, calibration (from a curves table, ml.evaluate.curves),
+training curves, importances; PNG files for a run's artifacts, SVG text for the HTML report."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -10,10 +12,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
-
-from ml.evaluate.metrics import ranking_metrics  # noqa: E402
-from ml.train.calibration import expected_calibration_error, reliability  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -23,42 +21,93 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def evaluation_plots(y: np.ndarray, p: np.ndarray, target: np.ndarray, user: np.ndarray, out: Path,
-                     label: str, reference: dict[str, np.ndarray] | None = None,
-                     buyers: pd.Series | None = None) -> list[Path]:
-    """ROC, recall@N for N up to 1000 (of every buyer per target when `buyers` is given), calibration;
-    `reference` adds curves (the oracle) for comparison."""
-    out.mkdir(parents=True, exist_ok=True)
-    curves = {label: p, **(reference or {})}
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for name, score in curves.items():
-        fpr, tpr, _ = roc_curve(y, score)
-        ax.plot(fpr, tpr, label=name)
-    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+def svg(fig: plt.Figure) -> str:
+    """The figure as SVG text (for a self-contained HTML page), closed afterwards."""
+    fig.tight_layout()
+    out = io.StringIO()
+    fig.savefig(out, format="svg")
+    plt.close(fig)
+    return out.getvalue()
+
+
+def _style(series: str, models: list[str]) -> dict:
+    """Learned models in colour, solid; the heuristic floors grey and dashed; the ceiling black and dotted."""
+    if series == "oracle":
+        return {"color": "black", "ls": ":", "lw": 1.6, "label": "oracle (ceiling)"}
+    if series.startswith("floor: "):
+        return {"color": "0.55", "ls": "--", "lw": 1.0, "label": series}
+    return {"color": plt.get_cmap("tab10")(models.index(series) % 10), "ls": "-", "lw": 1.3, "label": series}
+
+
+def curve_figures(curves: pd.DataFrame, by: str = "target") -> dict[str, plt.Figure]:
+    """ROC, recall@N, cumulative gain, lift and reliability, each series of `curves` (ml.evaluate.curves)
+    one line: every model of a comparison on one chart, against the floors and the ceiling."""
+    from ml.evaluate.curves import lift
+
+    names = list(dict.fromkeys(curves["series"]))
+    models = [n for n in names if n != "oracle" and not n.startswith("floor: ")]
+    ordered = models + [n for n in names if n not in models]
+    ranked = "users targeted per target" if by == "target" else "items per user"
+
+    def lines(ax: plt.Axes, curve: str, transform=None) -> None:  # noqa: ANN001
+        for name in ordered:
+            part = curves[(curves["series"] == name) & (curves["curve"] == curve)]
+            if transform is not None:
+                part = transform(part)
+            if len(part):
+                ax.plot(part["x"], part["y"], **_style(name, models))
+
+    figures = {}
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    lines(ax, "roc")
+    ax.plot([0, 1], [0, 1], color="0.8", lw=0.8)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
-    ax.legend()
-    paths = [_save(fig, out / "roc.png")]
+    ax.legend(fontsize=7)
+    figures["roc"] = fig
 
-    ns = tuple(int(n) for n in np.unique(np.geomspace(1, 1000, 25).astype(int)))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, score in curves.items():
-        mean = ranking_metrics(y, score, target, ns, tie_break=user, buyers=buyers).mean
-        ax.plot(ns, [mean[f"recall_at_{n}"] for n in ns], label=name)
-    ax.set(xscale="log", xlabel="N (users targeted per brand)", ylabel="mean recall@N", title="recall@N")
-    ax.legend()
-    paths.append(_save(fig, out / "recall_at_n.png"))
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    lines(ax, "recall_at_n")
+    ax.set(xscale="log", xlabel=f"N ({ranked})", ylabel="mean recall@N", title="recall@N")
+    ax.legend(fontsize=7)
+    figures["recall_at_n"] = fig
 
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for name, score in curves.items():
-        table = reliability(y, np.clip(score, 0, 1))
-        ax.plot(table["mean_score"], table["observed"], marker=".",
-                label=f"{name} (ECE {expected_calibration_error(y, np.clip(score, 0, 1)):.2g})")
-    ax.plot([1e-6, 1], [1e-6, 1], "k:", lw=0.8)
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    lines(ax, "gain")
+    ax.plot([1e-5, 1], [1e-5, 1], color="0.8", lw=0.8)
+    ax.set(xscale="log", xlim=(1e-4, 1), xlabel="share of the scored pairs targeted, highest scores first",
+           ylabel="share of the buyers found", title="cumulative gain")
+    ax.legend(fontsize=7)
+    figures["gain"] = fig
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    lines(ax, "gain", lift)
+    ax.axhline(1.0, color="0.8", lw=0.8)
+    ax.set(xscale="log", yscale="log", xlim=(1e-4, 1), xlabel="share of the scored pairs targeted",
+           ylabel="lift (share found / share targeted)", title="lift")
+    ax.legend(fontsize=7)
+    figures["lift"] = fig
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ece = curves[curves["curve"] == "ece"].set_index("series")["y"]
+
+    for name in ordered:
+        part = curves[(curves["series"] == name) & (curves["curve"] == "reliability")]
+        if len(part):
+            style = _style(name, models)
+            style["label"] += f" (ECE {ece.get(name, float('nan')):.2g})"
+            ax.plot(part["x"], part["y"], marker=".", **style)
+    ax.plot([1e-6, 1], [1e-6, 1], color="0.8", lw=0.8)
     ax.set(xscale="log", yscale="log", xlabel="mean predicted P(buy) (20 bins of equal rows)",
            ylabel="observed share", title="reliability")
-    ax.legend()
-    paths.append(_save(fig, out / "calibration.png"))
-    return paths
+    ax.legend(fontsize=7)
+    figures["calibration"] = fig
+    return figures
+
+
+def evaluation_plots(curves: pd.DataFrame, out: Path, by: str = "target") -> list[Path]:
+    """A run's PNG plots of its backtest curves (its model against the floors and the ceiling)."""
+    out.mkdir(parents=True, exist_ok=True)
+    return [_save(fig, out / f"{name}.png") for name, fig in curve_figures(curves, by).items()]
 
 
 def training_curves(history: list[dict], out: Path) -> Path:

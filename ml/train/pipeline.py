@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ml.evaluate.curves import CURVES_ARTIFACT, series_curves
 from ml.evaluate.floors import floor_scores
 from ml.evaluate.intervals import Interval, auc_interval, backtest_intervals, ratio_interval
 from ml.evaluate.metrics import auc, buyer_totals, evaluate_scores, ranking_groups
@@ -65,6 +66,8 @@ class Outcome:
     floors: dict[str, dict[str, float]] = field(default_factory=dict)  # heuristic floor -> its backtest summary
     history: list[dict] = field(default_factory=list)  # a deep model's epochs (ml.train.trainer)
     samples_per_second: float = 0.0  # a deep model's training throughput, every rank together
+    # the backtest's curves (ml.evaluate.curves): the model's, the floors' and the ceiling's
+    curves: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def below_floor(self) -> tuple[str, float] | None:
         """The best floor by AUC when this model does not beat it by more than its interval, else None."""
@@ -350,14 +353,17 @@ def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, 
         intervals["f1_at_k"] = Interval(*f1_interval(y, scores, user, int(summary["k"]),
                                                      buyers["user_id"].to_numpy(), seed=task.training.seed))
 
-    def references() -> tuple[dict, dict, dict, dict]:
-        oracle, oracle_error, reference = {}, {}, {}
+    group, other = ranking_groups(target, user, by)
+    group_buyers = buyer_totals(buyers, by)["buyers"]
+
+    def references() -> tuple[dict, dict, pd.DataFrame, dict]:
+        oracle, oracle_error, curves = {}, {}, []
         p_oracle = oracle_scores(paths.dataset_dir, ev, backtest, task)
         if p_oracle is not None:
             oracle_valid = (_oracle_validation(paths, v, valid_dates, task)
                             if validation_pairs is not None else None)
             oracle, _ = evaluate(p_oracle, oracle_valid)
-            reference["oracle"] = p_oracle
+            curves.append(series_curves("oracle", y, p_oracle, group, other, group_buyers))
             p_half = oracle_scores(paths.dataset_dir, ev, backtest, task, estimate="p_buy_half")
             if p_half is not None:
                 # how far the ceiling still moves from half its rollouts to all of them: its Monte Carlo error
@@ -365,20 +371,23 @@ def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, 
                 oracle_error = {k: abs(v - half[k]) for k, v in oracle.items() if k in half}
         # each floor's own K, chosen on the validation days like the model's
         floors_valid = floor_scores(v, task.target) if validation_pairs is not None else {}
-        floors = {name: evaluate(s, floors_valid.get(name))[0] for name, s in floor_scores(ev, task.target).items()}
-        return oracle, oracle_error, reference, floors
+        floors = {}
+        for name, s in floor_scores(ev, task.target).items():
+            floors[name] = evaluate(s, floors_valid.get(name))[0]
+            curves.append(series_curves(f"floor: {name}", y, s, group, other, group_buyers, probabilities=False))
+        return oracle, oracle_error, pd.concat(curves, ignore_index=True) if curves else None, floors
 
     # the ceiling and the floors are the same for every model of the data: evaluated once per process
-    oracle, oracle_error, reference, floors = data.cached(("references", tuple(ns), by), references)
-    group, other = ranking_groups(target, user, by)
-    plot_paths = [*evaluation_plots(y, scores, group, other, plots_dir, model, reference,
-                                    buyers=buyer_totals(buyers, by)["buyers"]), *extra_plots]
+    oracle, oracle_error, reference_curves, floors = data.cached(("references", tuple(ns), by), references)
+    curves = pd.concat([series_curves(model, y, scores, group, other, group_buyers), reference_curves],
+                       ignore_index=True)
+    plot_paths = [*evaluation_plots(curves, plots_dir, by), *extra_plots]
     if "k" in summary:  # the next-day item task: the submission size chosen on validation goes with the model
         _add_to_bundle_config(bundle_dir, submission_k=int(summary["k"]))
     outcome = Outcome(model, summary, per_target, bundle_dir, oracle=oracle, oracle_error=oracle_error,
                       train_seconds=train_seconds,
                       selection=selection, intervals=intervals, floors=floors, history=history,
-                      samples_per_second=samples_per_second)
+                      samples_per_second=samples_per_second, curves=curves)
     results_log.info("%s: validation %s %.4f | backtest %s: %s", model, task.evaluate.select_by,
                      selection[task.evaluate.select_by], backtest,
                      ", ".join(f"{k} {v:.4f}" for k, v in summary.items()))
@@ -530,6 +539,7 @@ def _record(outcome: Outcome, params: dict, metrics: dict, tags: dict, plots: li
     mlflow.set_tag("selected_by", selection_metric(select_by))
     table = outcome.per_target.reset_index()
     mlflow.log_table(table, artifact_file="per_target_metrics.json")
+    mlflow.log_table(outcome.curves, artifact_file=CURVES_ARTIFACT)
     for p in plots:
         mlflow.log_artifact(str(p), artifact_path="plots")
     mlflow.log_artifacts(str(outcome.bundle), artifact_path="bundle")

@@ -1,0 +1,75 @@
+"""The curves of one backtest, as a small table: ROC, recall@N, cumulative gain (and lift) and reliability.
+
+Each run logs its model's curves beside the floors' and the ceiling's (`curves.json` in MLflow), so the PNG
+plots of a run and the HTML report of a whole comparison (ml.report_html) draw from the same numbers without
+re-scoring anything. Curves are sampled on fixed grids: a few hundred points per series, whatever the
+population's size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_curve
+
+from ml.evaluate.metrics import ranking_metrics
+from ml.train.calibration import expected_calibration_error, reliability
+
+CURVE_COLUMNS = ("series", "curve", "x", "y")
+CURVES_ARTIFACT = "curves.json"  # the table's name in each MLflow run
+# ROC's false positive rate and the gain curve's share targeted: linear over the whole range, and log-spaced
+# near zero, where a crowd of a few hundred users out of a population of millions lies
+GRID = np.unique(np.concatenate([np.linspace(0.0, 1.0, 101), np.geomspace(1e-5, 1.0, 61)]))
+RECALL_NS = tuple(int(n) for n in np.unique(np.geomspace(1, 1000, 25).astype(int)))
+
+
+def roc_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """TPR at each FPR of GRID (ties in score count as one step, as roc_curve draws them)."""
+    fpr, tpr, _ = roc_curve(y, p)
+    return GRID, np.interp(GRID, fpr, tpr)
+
+
+def gain_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The cumulative gain: the share of the population's buyers found in the top x of its pairs, by score.
+
+    Pairs tied in score are taken together, the gain growing linearly across them: the expected gain of a
+    random order inside the tie, so a heuristic with many ties is neither flattered nor punished by row order.
+    """
+    y = np.asarray(y, np.float64)
+    order = np.argsort(-np.asarray(p, np.float64), kind="stable")
+    ranked = np.asarray(p, np.float64)[order]
+    last_of_tie = np.r_[ranked[1:] != ranked[:-1], True]
+    hits = np.cumsum(y[order])[last_of_tie]
+    taken = (np.flatnonzero(last_of_tie) + 1) / len(y)
+    found = hits / max(hits[-1], 1.0)
+    return GRID, np.interp(GRID, np.r_[0.0, taken], np.r_[0.0, found])
+
+
+def series_curves(name: str, y: np.ndarray, p: np.ndarray, group: np.ndarray, tie_break: np.ndarray,
+                  buyers: pd.Series | None, probabilities: bool = True) -> pd.DataFrame:
+    """Every curve of one scored backtest: `roc`, `recall_at_n` (mean over the ranked groups, of every buyer
+    when `buyers` is given), `gain` and, for scores that are probabilities, `reliability` (20 bins of equal
+    rows; its ECE in the `ece` row). A heuristic floor's score is an order, not a probability: no
+    reliability."""
+    parts = []
+    x, tpr = roc_points(y, p)
+    parts.append(pd.DataFrame({"curve": "roc", "x": x, "y": tpr}))
+    mean = ranking_metrics(y, p, group, RECALL_NS, tie_break=tie_break, buyers=buyers).mean
+    parts.append(pd.DataFrame({"curve": "recall_at_n", "x": np.asarray(RECALL_NS, np.float64),
+                               "y": [mean[f"recall_at_{n}"] for n in RECALL_NS]}))
+    x, found = gain_points(y, p)
+    parts.append(pd.DataFrame({"curve": "gain", "x": x, "y": found}))
+    if probabilities:
+        clipped = np.clip(p, 0.0, 1.0)
+        table = reliability(y, clipped)
+        parts.append(pd.DataFrame({"curve": "reliability", "x": table["mean_score"], "y": table["observed"]}))
+        parts.append(pd.DataFrame({"curve": ["ece"], "x": [np.nan], "y": [expected_calibration_error(y, clipped)]}))
+    out = pd.concat(parts, ignore_index=True)
+    out.insert(0, "series", name)
+    return out[list(CURVE_COLUMNS)]
+
+
+def lift(gain: pd.DataFrame) -> pd.DataFrame:
+    """Lift from a gain curve: the share of buyers found over the share targeted (1: no better than random)."""
+    g = gain[gain["x"] > 0]
+    return g.assign(y=g["y"] / g["x"])

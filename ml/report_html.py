@@ -1,0 +1,199 @@
+"""One self-contained HTML page per task run, for the people who use the crowds rather than build them: the
+comparison table with its intervals, the backtest's curves of every model against the heuristic floors and
+the ceiling (ROC, recall@N, cumulative gain, lift, calibration), and the published crowds' sizes.
+
+Everything is inside the file (charts are SVG in data URIs, no script, no remote font or stylesheet), so it
+can be mailed, attached to a ticket or opened from a bucket. The numbers are the ones in the MLflow store:
+the table is ml.report's, the curves each run's `curves.json` (ml.evaluate.curves).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from ml.report import LEGEND, _cell, is_reference
+from ml.task import Task, TaskPaths
+
+log = logging.getLogger(__name__)
+# in every report: the mark that lets a rerun replace a file it wrote, and only such a file
+GENERATOR = '<meta name="generator" content="Purchase Crowd report">'
+
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1200px;
+       color: #1d1d1f; padding: 0 1rem; }
+h1 { font-size: 1.5rem; } h2 { font-size: 1.15rem; margin-top: 2rem; border-bottom: 1px solid #ddd; }
+p.settings, p.legend { color: #555; font-size: 0.85rem; }
+table { border-collapse: collapse; font-size: 0.8rem; margin: 0.5rem 0; }
+th, td { border: 1px solid #ddd; padding: 0.25rem 0.45rem; text-align: right; white-space: nowrap; }
+th:first-child, td:first-child { text-align: left; }
+tr.reference td { color: #666; font-style: italic; }
+tr.below td:first-child { color: #b00020; }
+.warning { background: #fff4e5; border-left: 4px solid #f0a020; padding: 0.4rem 0.8rem; margin: 0.3rem 0; }
+.charts { display: flex; flex-wrap: wrap; gap: 1rem; }
+.charts figure { margin: 0; width: 580px; max-width: 100%; } .charts img { max-width: 100%; height: auto; }
+figcaption { color: #555; font-size: 0.8rem; text-align: center; }
+.scroll { overflow-x: auto; }
+"""
+
+
+def load_curves(table: pd.DataFrame) -> pd.DataFrame:
+    """Every model's curves from its run (the model's own series), and the floors' and the ceiling's from the
+    first run that logged them; a run logged before curves were recorded adds nothing."""
+    import mlflow
+
+    from ml.evaluate.curves import CURVE_COLUMNS, CURVES_ARTIFACT
+
+    own, references = [], None
+    for _, r in table[~is_reference(table["model"]) & (table["run_id"].fillna("") != "")].iterrows():
+        try:
+            frame = mlflow.load_table(CURVES_ARTIFACT, run_ids=[r["run_id"]])
+        except Exception:  # noqa: BLE001  (MLflow raises a bare MlflowException when a run has no such table)
+            log.info("run %s of %s logged no curves", r["run_id"], r["model"])
+            continue
+        frame = frame.drop(columns=[c for c in frame.columns if c not in CURVE_COLUMNS])
+        own.append(frame[frame["series"] == r["model"]])
+        if references is None:
+            references = frame[is_reference(frame["series"])]
+    parts = [*own, *([references] if references is not None else [])]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(CURVE_COLUMNS))
+
+
+def latest_crowds(paths: TaskPaths) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """The newest published crowds (crowds/ds=DATE/crowds.parquet) and their expected buyers per target."""
+    from ml.crowds import expected_buyers_path
+
+    published = sorted(paths.crowds.glob("ds=*/crowds.parquet"))
+    if not published:
+        return None
+    crowds = pd.read_parquet(published[-1])
+    expected_file = expected_buyers_path(published[-1])
+    expected = pd.read_parquet(expected_file) if expected_file.exists() else pd.DataFrame()
+    return crowds, expected
+
+
+def _table_html(table: pd.DataFrame) -> str:
+    selection = [c for c in table.columns if c.startswith("valid_")]
+    metrics = list(table.attrs.get("columns", ()))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["model", *selection, *metrics, "train s"])
+    rows = []
+    for _, r in table.iterrows():
+        cells = []
+        for c in selection + metrics:
+            text = _cell(r, c) if c in metrics else ("–" if pd.isna(r[c]) else f"{r[c]:.4f}")
+            bold = text.startswith("**")
+            text = html.escape(text.strip("*"))
+            cells.append(f"<td><strong>{text}</strong></td>" if bold else f"<td>{text}</td>")
+        seconds = r.get("train_s")
+        cells.append(f"<td>{'–' if seconds is None or pd.isna(seconds) else f'{seconds:.0f}'}</td>")
+        below = r.get("below_floor") is True
+        kind = "reference" if is_reference(pd.Series([r["model"]])).iloc[0] else ("below" if below else "model")
+        name = html.escape(r["model"] + (" (not above the floor)" if below else ""))
+        rows.append(f'<tr class="{kind}"><td>{name}</td>{"".join(cells)}</tr>')
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+
+
+def _warnings(table: pd.DataFrame) -> list[str]:
+    """The one-line verdicts a reader must not miss: a model below random, or not above the best floor."""
+    out = []
+    for _, r in table[~is_reference(table["model"])].iterrows():
+        if pd.notna(r.get("auc")) and r["auc"] <= 0.5:
+            out.append(f"{r['model']} ranks no better than random: backtest AUC {r['auc']:.4f}.")
+        elif r.get("below_floor") is True:
+            out.append(f"{r['model']} does not beat the best heuristic floor: its AUC interval reaches the floor's.")
+    return out
+
+
+def _charts_html(curves: pd.DataFrame, by: str) -> str:
+    from ml.evaluate.plots import curve_figures, svg
+
+    if curves.empty:
+        return "<p>No curves: the runs in this table were logged before curves were recorded; train again.</p>"
+    captions = {"roc": "ROC on the backtest", "recall_at_n": "mean recall@N over the ranked groups",
+                "gain": "cumulative gain: buyers found in the top share of the scored pairs",
+                "lift": "lift: the gain over random targeting", "calibration": "calibration (reliability)"}
+    figures = []
+    for name, fig in curve_figures(curves, by).items():
+        data = base64.b64encode(svg(fig).encode()).decode()
+        figures.append(f'<figure><img id="chart-{name}" alt="{html.escape(captions[name])}" '
+                       f'src="data:image/svg+xml;base64,{data}"><figcaption>{html.escape(captions[name])}'
+                       f"</figcaption></figure>")
+    return f'<div class="charts">{"".join(figures)}</div>'
+
+
+def _crowds_html(crowds: tuple[pd.DataFrame, pd.DataFrame] | None, task: Task) -> str:
+    if crowds is None:
+        return f"<p>No forward crowds published yet (<code>crowd score --task {html.escape(task.name)}</code>).</p>"
+    frame, expected = crowds
+    if frame.empty:
+        return "<p>The latest crowds are empty: the forward population held no pair.</p>"
+    sizes = frame.groupby("target_id").size()
+    first = frame.iloc[0]
+    facts = {
+        "model": f"{first['model']} (version {first['model_version']}, run {first['run_id'] or '-'})",
+        "features as of": str(first["feature_date"])[:10],
+        "window predicted": f"{str(first['window_start'])[:10]} to {str(first['window_end'])[:10]} (exclusive)",
+        f"{task.target}s with a crowd": f"{len(sizes):,}",
+        "users per crowd": f"{sizes.min():,} to {sizes.max():,} (median {sizes.median():,.0f})",
+        "rows (target, user)": f"{len(frame):,}; {frame['user_id'].nunique():,} distinct users",
+    }
+    top = ""
+    if not expected.empty:
+        facts["buyers to expect"] = (f"{expected['expected_buyers_in_crowd'].sum():,.1f} in the crowds, "
+                                     f"{expected['expected_buyers_population'].sum():,.1f} in the whole scored "
+                                     "population (sums of calibrated scores)")
+        best = expected.sort_values("expected_buyers_in_crowd", ascending=False).head(15)
+        rows = "".join(f"<tr><td>{int(r.target_id)}</td><td>{int(r.crowd_size):,}</td><td>{int(r.population):,}</td>"
+                       f"<td>{r.expected_buyers_in_crowd:,.2f}</td><td>{r.expected_buyers_population:,.2f}</td></tr>"
+                       for r in best.itertuples())
+        top = (f"<p>The {len(best)} {task.target}s with the most buyers to expect in their crowd:</p><table><thead><tr>"
+               f"<th>{task.target}</th><th>crowd</th><th>population</th><th>expected in crowd</th>"
+               f"<th>expected in population</th></tr></thead><tbody>{rows}</tbody></table>")
+    listed = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts.items())
+    return f'<table class="facts" id="crowd-facts"><tbody>{listed}</tbody></table>{top}'
+
+
+def render(task: Task, table: pd.DataFrame, curves: pd.DataFrame,
+           crowds: tuple[pd.DataFrame, pd.DataFrame] | None, run: str = "") -> str:
+    """The report's HTML text."""
+    title = f"Purchase Crowd: {task.name}" + (f", run {run}" if run else "")
+    warnings = "".join(f'<div class="warning">{html.escape(w)}</div>' for w in _warnings(table))
+    made = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+{GENERATOR}
+<title>{html.escape(title)}</title><style>{STYLE}</style></head>
+<body>
+<h1>{html.escape(title)}</h1>
+<p>{html.escape(task.description or "")} Target: {html.escape(task.target)}. Made {made} from the MLflow store.</p>
+<p class="settings">{html.escape(table.attrs.get("settings", ""))}</p>
+{warnings}
+<h2 id="comparison">Models on the backtest {html.escape(str(task.backtest))}</h2>
+{_table_html(table)}
+<p class="legend">{html.escape(LEGEND)}</p>
+<h2 id="curves">Curves</h2>
+<p class="legend">Every model against the heuristic floors (grey, dashed) and the generator's ceiling (black, dotted)
+on the same backtest rows.</p>
+{_charts_html(curves, task.ranked_by)}
+<h2 id="crowds">Crowds</h2>
+{_crowds_html(crowds, task)}
+</body></html>
+"""
+
+
+def write_report(task: Task, paths: TaskPaths, out: Path | None = None, run: str = "",
+                 table: pd.DataFrame | None = None) -> Path:
+    """The task's report from the MLflow store (`table`: ml.report.latest_runs, read when not given) and its
+    latest crowds, written atomically to `out` (default: the task's reports/report.html)."""
+    from ml.outputs import write_text_atomically
+    from ml.report import latest_runs
+
+    table = latest_runs(paths, task) if table is None else table
+    text = render(task, table, load_curves(table), latest_crowds(paths), run)
+    target = out or paths.reports / "report.html"
+    return write_text_atomically(target, text, GENERATOR)
