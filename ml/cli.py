@@ -123,6 +123,13 @@ def _cmd_warehouse(args: argparse.Namespace) -> int:
                      item_subset=item_subset_path(task, paths), engine=engine)
     print(f"dbt {report.command} on {engine}: {report.n_models} models, {report.n_tests} tests passed in "
           f"{report.seconds:.1f}s into {location}")
+    if args.document:
+        from ml.warehouse.build import DBT_PROJECT_DIR
+        from ml.warehouse.docs import document_warehouse
+
+        unknown = document_warehouse(engine, location, DBT_PROJECT_DIR)
+        print(f"described the ADS and samples columns in {DBT_PROJECT_DIR / 'models'}"
+              + (f"; no description for {', '.join(unknown)} (outside the feature grammar: write one)" if unknown else ""))
     if not args.no_export:
         for e in export_dates(location, paths.exports, args.ds or task.labelled_dates,
                               fingerprint=task.warehouse_fingerprint(), dataset_dir=paths.dataset_dir, engine=engine):
@@ -402,7 +409,8 @@ EXAMPLES = {
              "crowd load --format tianchi-mobile user.csv --items item.csv --name tianchi-mobile"],
     "warehouse": ["crowd warehouse --task tmall-2013                # every labelled date, then the exports",
                   "crowd warehouse --ds 2013-09-23 --select +samples_evaluation",
-                  "crowd warehouse --engine spark --no-export"],
+                  "crowd warehouse --engine spark --no-export",
+                  "crowd warehouse --task tianchi-mobile-2014 --document   # new feature columns get descriptions"],
     "export": ["crowd export --ds 2013-09-16 2013-09-23"],
     "train": ["crowd train --model lgbm_all_mixed din --epochs 2",
               "crowd train --model all --set training.negative_rate=0.5",
@@ -498,6 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--select", nargs="+", help="dbt node selection (default: everything)")
     w.add_argument("--skip-tests", action="store_true", help="dbt run instead of dbt build")
     w.add_argument("--no-export", action="store_true", help="build only; do not write exports/ds=...")
+    w.add_argument("--document", action="store_true", help="after the build, describe every ADS and samples "
+                   "column in the dbt project's properties files (from the feature grammar, ml/warehouse/docs.py), "
+                   "keeping the hand-written descriptions and tests")
     w.add_argument("--engine", choices=ENGINES, help="what runs the dbt project (default: the task's "
                    "warehouse.engine, duckdb): spark builds the same tables with dbt-spark on a local PySpark")
     w.set_defaults(func=_cmd_warehouse)

@@ -78,6 +78,15 @@ def test_the_item_oracle_ranks_the_next_days_buyers(tianchi_dataset, tianchi_tas
     assert abs(o.p_buy.sum() - len(bought)) < 4 * np.sqrt(len(bought)) + 5
 
 
+def test_every_ads_and_samples_column_of_the_item_task_is_described(tianchi_built):
+    """The item task's own columns (the user's last week day by day, the leaf category's, the last
+    interaction's context) are described too."""
+    from ml.warehouse.build import DBT_PROJECT_DIR
+    from ml.warehouse.docs import undescribed
+
+    assert undescribed("duckdb", tianchi_built.warehouse, DBT_PROJECT_DIR) == []
+
+
 def test_item_samples_read_only_events_before_ds(tianchi_built, tianchi_dataset, tianchi_task):
     """Every pair feature recomputed from the raw events with ts < ds: a buy at ds or later (the label) never
     reaches a count, a recency, the last-interaction context or a sequence."""

@@ -414,3 +414,37 @@ def test_every_model_is_described_and_the_docs_site_opens_on_the_projects_overvi
     assert [n["name"] for n in models if not n["description"].strip()] == []
     overview = manifest["docs"]["doc.purchase_crowd.__overview__"]["block_contents"]  # replaces dbt's welcome page
     assert "Purchase Crowd" in overview and "samples" in overview
+
+
+def test_every_ads_and_samples_column_of_a_build_is_described(built):
+    from ml.warehouse.build import DBT_PROJECT_DIR
+    from ml.warehouse.docs import undescribed
+
+    assert undescribed("duckdb", built[0], DBT_PROJECT_DIR) == []
+
+
+def test_column_descriptions_are_read_from_the_feature_grammar_and_keep_what_was_written_by_hand(tmp_path):
+    from ml.warehouse.build import DBT_PROJECT_DIR
+    from ml.warehouse.docs import describe_column, document
+
+    assert describe_column("ub_cart_30d") == "Count of add-to-carts by the user on the target in the 30 days before ds."
+    assert describe_column("u_buy_1d") == "Count of buys by the user on the day before ds."
+    assert "null when there is none" in describe_column("uc_recency_any")
+    assert describe_column("b_buyers_7d").startswith("Distinct users who bought the target")
+    assert describe_column("x_mystery") is None and describe_column("u_click_7") is None
+    props = tmp_path / "samples.yml"
+    props.write_text((DBT_PROJECT_DIR / "models" / "samples" / "samples.yml").read_text())
+    before = yaml.safe_load(props.read_text())
+    unknown = document(props, {"samples_candidates": ["ds", "inclusion_prob", "u_click_90d", "x_mystery"]})
+    assert unknown == ["samples_candidates.x_mystery"]  # left for a person to write, never invented
+    after = yaml.safe_load(props.read_text())
+    model = next(m for m in after["models"] if m["name"] == "samples_candidates")
+    columns = {c["name"]: c for c in model["columns"]}
+    old = {c["name"]: c for c in next(m for m in before["models"] if m["name"] == "samples_candidates")["columns"]}
+    assert columns["inclusion_prob"] == old["inclusion_prob"]  # its hand-written description and its test
+    assert columns["u_click_90d"]["description"] == "Count of clicks by the user in the 90 days before ds."
+    assert "description" not in columns["x_mystery"]
+    assert [m["name"] for m in after["models"]] == [m["name"] for m in before["models"]]
+    text = props.read_text()
+    document(props, {"samples_candidates": ["ds", "inclusion_prob", "u_click_90d", "x_mystery"]})
+    assert props.read_text() == text  # written once, the same the next time
