@@ -222,6 +222,22 @@ def test_the_per_target_boosters_serve_from_the_registry_as_their_bundle_scores(
     assert len(np.unique(expected)) > 10  # boosters, not only the prior
 
 
+def test_scoring_from_one_float32_matrix_gives_the_boosters_own_predictions(outcomes, tiny_exports, task):
+    """predict_gbdt hands LightGBM one float32 matrix, not the frame it was trained on: the same scores."""
+    from ml.train.bundle import Bundle
+    from ml.train.gbdt import booster_inputs, booster_matrix, predict_gbdt
+
+    ev = pd.read_parquet(tiny_exports / f"ds={task.backtest}" / "evaluation.parquet").head(3000)
+    bundle = Bundle.load(outcomes["lgbm_all_mixed"].bundle)
+    gbdt, dense = bundle.gbdt(), bundle.config["dense"]
+    frame = booster_inputs(ev, dense, gbdt.vocabularies)
+    matrix = booster_matrix(ev, dense, gbdt.vocabularies)
+    assert matrix.dtype == np.float32 and matrix.flags.c_contiguous and matrix.shape == frame.shape
+    ((name, booster),) = gbdt.boosters.items()
+    np.testing.assert_allclose(predict_gbdt(gbdt, ev, dense),
+                               booster.predict(frame, num_iteration=booster.best_iteration), rtol=1e-6)
+
+
 @pytest.fixture
 def other_store(task, task_paths, tmp_path, request):
     """A task namespace of its own in its own MLflow store; the session's store is configured again afterwards."""

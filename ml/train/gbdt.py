@@ -80,6 +80,18 @@ def booster_inputs(frame: pd.DataFrame, dense: list[str], vocabularies: dict[str
     return pd.concat([x, pd.DataFrame(codes, index=frame.index)], axis=1) if codes else x
 
 
+def booster_matrix(frame: pd.DataFrame, dense: list[str], vocabularies: dict[str, Vocabulary] | None) -> np.ndarray:
+    """booster_inputs as one C-ordered float32 matrix, for scoring: LightGBM reads it as it is, where a frame
+    of mixed types is first copied into a float64 matrix (half the scoring time). The category codes are
+    small integers, exact in float32, and the columns keep booster_inputs' order."""
+    codes = list(vocabularies or {})
+    out = np.empty((len(frame), len(dense) + len(codes)), dtype=np.float32)
+    out[:, :len(dense)] = frame[dense].to_numpy(dtype=np.float32, na_value=np.nan)
+    for i, c in enumerate(codes):
+        out[:, len(dense) + i] = vocabularies[c].encode(frame[c].to_numpy())
+    return out
+
+
 def _fit(name: str, cfg: GbdtConfig, train: pd.DataFrame, valid: pd.DataFrame, dense: list[str],
          vocabularies: dict[str, Vocabulary] | None):
     cats = list(vocabularies) if vocabularies else "auto"
@@ -149,8 +161,8 @@ def predict_gbdt(result: GbdtResult, frame: pd.DataFrame, dense: list[str]) -> n
         if booster is None:
             out[rows] = result.group_priors.get(name, result.prior)
             continue
-        # in blocks of rows: LightGBM converts a frame of mixed types to one float64 matrix first
+        # in blocks of rows, each one float32 matrix (bounded memory whatever the population's size)
         for block in np.array_split(rows, -(-len(rows) // PREDICT_BLOCK_ROWS)):
-            out[block] = booster.predict(booster_inputs(frame.iloc[block], dense, result.vocabularies),
+            out[block] = booster.predict(booster_matrix(frame.iloc[block], dense, result.vocabularies),
                                          num_iteration=booster.best_iteration)
     return out

@@ -21,7 +21,6 @@ import gc
 import hashlib
 import json
 import logging
-import mmap
 import os
 import shutil
 import time
@@ -70,10 +69,7 @@ class Prepared:
         data stays in the page cache, shared with every process, and a later read maps it again without
         reading the disk; the process's resident size then says what it holds itself."""
         for split in self.splits.values():
-            for array in split.arrays().values():
-                handle = getattr(array, "_mmap", None)
-                if handle is not None and hasattr(mmap, "MADV_DONTNEED"):
-                    handle.madvise(mmap.MADV_DONTNEED)
+            split.release_pages()
 
     def cached(self, key: object, compute: Callable[[], T]) -> T:
         """compute() the first time `key` is asked for in this process, the same object after."""
