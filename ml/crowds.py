@@ -21,10 +21,14 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from ml.task import Task, TaskPaths
 
 log = logging.getLogger(__name__)
+# rows of the forward population scored at a time: what bounds scoring's memory (a million pairs of the
+# default task's 117 features are 0.5 GB as float32)
+SCORE_CHUNK_ROWS = 262_144
 CROWD_COLUMNS = ("task", "target", "target_id", "rank", "user_id", "score", "model", "model_version", "run_id",
                  "feature_date", "window_start", "window_end", "data_build")
 
@@ -90,13 +94,19 @@ def top_users(frame: pd.DataFrame, scores: np.ndarray, size: int) -> pd.DataFram
     return df[df["rank"] <= size][["target_id", "rank", "user_id", "score"]].reset_index(drop=True)
 
 
-def expected_buyers(frame: pd.DataFrame, scores: np.ndarray, crowd: pd.DataFrame) -> pd.DataFrame:
+def top_pairs(frame: pd.DataFrame, scores: np.ndarray, k: int) -> pd.DataFrame:
+    """The k (user, target) pairs with the highest scores over every target; ties by user id, then target id."""
+    order = np.lexsort((frame["target_id"].to_numpy(), frame["user_id"].to_numpy(), -np.asarray(scores)))[:k]
+    return pd.DataFrame({"user_id": frame["user_id"].to_numpy()[order], "target_id": frame["target_id"].to_numpy()[order],
+                         "score": np.asarray(scores, np.float64)[order]})
+
+
+def expected_buyers(population: pd.DataFrame, crowd: pd.DataFrame) -> pd.DataFrame:
     """Per target, the buyers a merchant can expect: in its crowd, and in the whole scored population (sums of
-    calibrated scores: ml.train.calibration), with the population's size."""
-    population = pd.DataFrame({"target_id": frame["target_id"].to_numpy(), "score": np.asarray(scores, np.float64)})
-    total = population.groupby("target_id")["score"].agg(expected_buyers_population="sum", population="size")
+    calibrated scores: ml.train.calibration), with the population's size. `population`: per target_id (the
+    index), expected_buyers_population and population, summed over the scored chunks."""
     in_crowd = crowd.groupby("target_id")["score"].agg(expected_buyers_in_crowd="sum", crowd_size="size")
-    return in_crowd.join(total).reset_index()
+    return in_crowd.join(population).reset_index()
 
 
 def expected_buyers_path(crowds: Path) -> Path:
@@ -114,27 +124,50 @@ def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | Non
     bundle = load_bundle(model, paths, comparison_key(task, paths.exports, as_of))
     if bundle.config.get("task", task.name) != task.name:
         raise ValueError(f"model {bundle.name} was trained for task {bundle.config['task']}, not {task.name}")
-    raw = bundle.read_population(paths.exports, as_of, part="forward")
-    model_build = bundle.config.get("build", "")
-    if model_build != raw.build:
-        log.warning("%s was trained on warehouse build %s, the features of %s are of build %s (other data or "
-                    "dbt models): scoring with it because it was named", bundle.name, model_build or "unknown",
-                    as_of, raw.build or "unknown")
+    # the population in chunks: memory bounded by a chunk, the users and the crowds kept so far, whatever the
+    # number of pairs; each chunk's best users per target merged into the running best (the top N of a union
+    # is the top N of the parts' top Ns)
+    limit, model_build = size or task.crowds.size, bundle.config.get("build", "")
+    best, totals, users, pairs, build = None, [], [], None, None
+    k = int(bundle.config.get("submission_k") or 0) if task.target == "item" else 0
+    chunks = bundle.iter_population(paths.exports, as_of, part="forward", rows=SCORE_CHUNK_ROWS)
+    for raw in tqdm(chunks, desc="crowds", unit="chunk", leave=False, disable=None):
+        if build is None:
+            build = raw.build
+            if model_build != build:
+                log.warning("%s was trained on warehouse build %s, the features of %s are of build %s (other data "
+                            "or dbt models): scoring with it because it was named", bundle.name,
+                            model_build or "unknown", as_of, build or "unknown")
+        scores = bundle.score(raw)
+        chunk = top_users(raw.samples, scores, limit)
+        best = chunk if best is None else top_users(pd.concat([best, chunk]), np.r_[best["score"], chunk["score"]], limit)
+        totals.append(pd.DataFrame({"target_id": raw.samples["target_id"].to_numpy(), "score": scores})
+                      .groupby("target_id")["score"].agg(expected_buyers_population="sum", population="size"))
+        users.append(np.unique(raw.samples["user_id"].to_numpy()))
+        if k:
+            found = top_pairs(raw.samples, scores, k)
+            pairs = found if pairs is None else top_pairs(pd.concat([pairs, found]), np.r_[pairs["score"], found["score"]], k)
+    build = build or ""
+    if best is None:
+        best = pd.DataFrame({"target_id": pd.Series(dtype="int64"), "rank": pd.Series(dtype="int64"),
+                             "user_id": pd.Series(dtype="int64"), "score": pd.Series(dtype="float64")})
+    population = (pd.concat(totals).groupby(level=0).sum() if totals else
+                  pd.DataFrame(columns=["expected_buyers_population", "population"]))
+    n_users = len(np.unique(np.concatenate(users))) if users else 0
     # an asked size is kept (the population caps it); the task's is also capped by its share of the scored users
-    size = size or min(task.crowds.size, max(1, math.ceil(task.crowds.share * raw.samples["user_id"].nunique())))
-    scores = bundle.score(raw)
-    crowd = top_users(raw.samples, scores, size)
+    size = size or min(task.crowds.size, max(1, math.ceil(task.crowds.share * n_users)))
+    crowd = best[best["rank"] <= size].reset_index(drop=True)
     end = as_of + dt.timedelta(days=task.windows.label_days)
     crowd.insert(0, "task", task.name)
     crowd.insert(1, "target", task.target)
     version, run_id = str(bundle.config.get("version", "local")), str(bundle.config.get("run_id", ""))
     crowd = crowd.assign(model=bundle.name, model_version=version, run_id=run_id, feature_date=as_of,
-                         window_start=as_of, window_end=end, data_build=raw.build)[list(CROWD_COLUMNS)]
+                         window_start=as_of, window_end=end, data_build=build)[list(CROWD_COLUMNS)]
     target = out or paths.crowds / f"ds={as_of.isoformat()}" / "crowds.parquet"
     write_atomically(crowd, target)
-    expected = expected_buyers(raw.samples, scores, crowd)
+    expected = expected_buyers(population, crowd)
     write_atomically(expected, expected_buyers_path(target))
-    submission = _write_submission(raw.samples, scores, bundle, target) if task.target == "item" else None
+    submission = _write_submission(pairs, bundle, target) if task.target == "item" else None
     if out is None:
         _publish_table(crowd, paths.warehouse, task.name, as_of)
     log.debug("%s: crowds of %d %s targets (top %d) for %s..%s by %s v%s -> %s", task.name, crowd["target_id"].nunique(),
@@ -142,21 +175,20 @@ def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | Non
     return CrowdsResult(target, len(crowd), int(crowd["target_id"].nunique()), bundle.name, as_of, end, submission,
                         float(expected["expected_buyers_in_crowd"].sum()),
                         float(expected["expected_buyers_population"].sum()),
-                        model_version=version, run_id=run_id, data_build=raw.build, model_build=model_build)
+                        model_version=version, run_id=run_id, data_build=build, model_build=model_build)
 
 
-def _write_submission(frame: pd.DataFrame, scores: np.ndarray, bundle, crowds: Path) -> Path | None:  # noqa: ANN001
+def _write_submission(pairs: pd.DataFrame | None, bundle, crowds: Path) -> Path | None:  # noqa: ANN001
     """submission.csv beside the crowds: the K pairs with the highest scores (user_id,item_id, the Tianchi
     format), K being the size the model's F1 was best at on the validation day (bundle config submission_k)."""
-    k = bundle.config.get("submission_k")
-    if not k:
+    if not bundle.config.get("submission_k"):
         log.warning("%s has no submission size (trained before K was chosen on validation): no submission.csv",
                     bundle.name)
         return None
-    order = np.lexsort((frame["target_id"].to_numpy(), frame["user_id"].to_numpy(), -np.asarray(scores)))[:int(k)]
-    pairs = pd.DataFrame({"user_id": frame["user_id"].to_numpy()[order], "item_id": frame["target_id"].to_numpy()[order]})
+    if pairs is None:
+        pairs = pd.DataFrame({"user_id": pd.Series(dtype="int64"), "target_id": pd.Series(dtype="int64")})
     path = crowds.with_name("submission.csv")
-    write_atomically(pairs, path)
+    write_atomically(pairs[["user_id", "target_id"]].rename(columns={"target_id": "item_id"}), path)
     return path
 
 

@@ -178,6 +178,25 @@ def test_score_publishes_forward_crowds_after_the_end_of_the_log(outcomes, task,
     assert (sizes == np.ceil(0.1 * users.max())).all() and sizes.max() < task.crowds.size
 
 
+def test_the_forward_population_scored_in_small_chunks_gives_the_same_crowds(outcomes, tmp_path, monkeypatch):
+    """Scoring streams the population chunk by chunk (bounded memory); the crowds, their order and the buyers
+    to expect do not depend on where the chunks fall."""
+    from ml import crowds
+
+    whole, chunked = tmp_path / "whole.parquet", tmp_path / "chunked.parquet"
+    assert main(["score", "--model", "lgbm_all_mixed", "--size", "12", "--out", str(whole)]) == 0
+    monkeypatch.setattr(crowds, "SCORE_CHUNK_ROWS", 997)  # a prime: chunks end inside targets and users
+    assert main(["score", "--model", "lgbm_all_mixed", "--size", "12", "--out", str(chunked), "--no-build"]) == 0
+    a, b = pd.read_parquet(whole), pd.read_parquet(chunked)
+    assert len(a) > 100
+    pd.testing.assert_frame_equal(a.drop(columns="score"), b.drop(columns="score"))
+    np.testing.assert_allclose(a["score"], b["score"], rtol=1e-12)
+    ea = pd.read_parquet(tmp_path / "whole_expected_buyers.parquet")
+    eb = pd.read_parquet(tmp_path / "chunked_expected_buyers.parquet")
+    pd.testing.assert_frame_equal(ea, eb, rtol=1e-9)
+    assert ea["population"].sum() > 10 * 997  # many chunks, each target's users spread over them
+
+
 def test_evaluate_recomputes_the_recorded_metrics_from_the_bundle(outcomes, capsys, tiny_dataset):
     assert main(["evaluate", "--model", "lgbm_all_mixed"]) == 0
     printed = capsys.readouterr().out

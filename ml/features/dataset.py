@@ -55,6 +55,19 @@ def _key(ds: np.ndarray, user: np.ndarray) -> np.ndarray:
     return (days << 32) | np.asarray(user, dtype=np.int64)
 
 
+def _checked_schema(root: Path, ds: dt.date, part: str, fingerprint: str | None) -> dict:
+    """The export's schema.json, after checking the part exists and was built with these settings."""
+    d = export_dir(root, ds)
+    if not (d / f"{part}.parquet").exists():
+        raise ValueError(f"no {part} export for ds {ds} under {root}: run `crowd warehouse --ds {ds}` first")
+    schema = json.loads((d / "schema.json").read_text())
+    if fingerprint is not None and schema.get("fingerprint") != fingerprint:
+        raise ValueError(f"the export of ds {ds} under {root} was built with other warehouse settings than "
+                         f"this run's (fingerprint {schema.get('fingerprint') or 'none'} != {fingerprint}): "
+                         f"rebuild it with the same task and overrides (crowd warehouse --task ... --ds {ds})")
+    return schema
+
+
 def read_exports(root: Path, dates: list[dt.date], part: str = "samples",
                  series_shape: dict[str, tuple[int, int]] | None = None, fingerprint: str | None = None,
                  keep: Callable[[pa.Table], np.ndarray] | None = None) -> RawExports:
@@ -63,24 +76,17 @@ def read_exports(root: Path, dates: list[dt.date], part: str = "samples",
     With a fingerprint (Task.warehouse_fingerprint()), exports built with other settings are refused.
     keep: which rows of each date's table to keep (a boolean mask, called date by date in order), applied
     before the dates are joined and converted: the rows left out never reach memory as a frame."""
-    with_series = series_shape is not None
     frames, seq_tables, series_tables, dense, table = [], [], [], None, None
     builds: dict[str, dt.date] = {}
     for ds in dates:
         d = export_dir(root, ds)
-        if not (d / f"{part}.parquet").exists():
-            raise ValueError(f"no {part} export for ds {ds} under {root}: run `crowd warehouse --ds {ds}` first")
-        schema = json.loads((d / "schema.json").read_text())
-        if fingerprint is not None and schema.get("fingerprint") != fingerprint:
-            raise ValueError(f"the export of ds {ds} under {root} was built with other warehouse settings than "
-                             f"this run's (fingerprint {schema.get('fingerprint') or 'none'} != {fingerprint}): "
-                             f"rebuild it with the same task and overrides (crowd warehouse --task ... --ds {ds})")
+        schema = _checked_schema(root, ds, part, fingerprint)
         builds.setdefault(schema.get("build", ""), ds)
         dense = dense or schema["dense"]
         table = pq.read_table(d / f"{part}.parquet")
         frames.append(table if keep is None else table.filter(pa.array(keep(table))))
         seq_tables.append(pq.read_table(d / "sequences.parquet"))
-        if with_series:
+        if series_shape is not None:
             series_tables.append(pq.read_table(d / "category_series.parquet"))
     # one conversion of the concatenated Arrow tables: a pandas concat of wide frames would copy every block again
     joined = pa.concat_tables(frames, promote_options="permissive")
@@ -88,6 +94,28 @@ def read_exports(root: Path, dates: list[dt.date], part: str = "samples",
     # each column's Arrow memory is released as it is converted: the peak is one copy, not two
     samples = joined.to_pandas(self_destruct=True, split_blocks=True)
     del joined
+    check_one_build({build: f"ds {d}" for build, d in builds.items()}, root)
+    return _with_users(samples, dense or [], seq_tables, series_tables, series_shape, next(iter(builds), ""))
+
+
+def iter_exports(root: Path, ds: dt.date, part: str, rows: int,
+                 series_shape: dict[str, tuple[int, int]] | None = None, fingerprint: str | None = None,
+                 ) -> Iterator[RawExports]:
+    """One date's export (the forward population, say) in chunks of at most `rows` rows, each with the
+    sequences and series of its own users: memory bounded by the chunk and the users, not by the pairs
+    (users x targets), whatever the population's size."""
+    d = export_dir(root, ds)
+    schema = _checked_schema(root, ds, part, fingerprint)
+    seq_tables = [pq.read_table(d / "sequences.parquet")]
+    series_tables = [pq.read_table(d / "category_series.parquet")] if series_shape is not None else []
+    for batch in pq.ParquetFile(d / f"{part}.parquet").iter_batches(batch_size=rows):
+        samples = pa.Table.from_batches([batch]).to_pandas(self_destruct=True, split_blocks=True)
+        yield _with_users(samples, schema["dense"], seq_tables, series_tables, series_shape, schema.get("build", ""))
+
+
+def _with_users(samples: pd.DataFrame, dense: list[str], seq_tables: list[pa.Table], series_tables: list[pa.Table],
+                series_shape: dict[str, tuple[int, int]] | None, build: str) -> RawExports:
+    """The samples with the sequences (and series) of their (ds, user) keys, taken from the exports' tables."""
     keys = np.unique(_key(samples["ds"].to_numpy(), samples["user_id"].to_numpy()))
 
     # sequences: map each exported row onto its key, then lay the lists out flat in key order
@@ -98,6 +126,8 @@ def read_exports(root: Path, dates: list[dt.date], part: str = "samples",
         k = _key(t["ds"].to_numpy(), t["user_id"].to_numpy())
         pos = np.searchsorted(keys, k)
         ok = (pos < len(keys)) & (keys[np.minimum(pos, len(keys) - 1)] == k)
+        if not ok.all():  # a chunk's users only: the others' lists are never flattened
+            t, pos, ok = t.filter(pa.array(ok)), pos[ok], ok[ok]
         lens = pc.list_value_length(t["hist_target_id"]).to_numpy(zero_copy_only=False).astype(np.int64)
         lengths[pos[ok]] = lens[ok]
         owners.append(np.repeat(np.where(ok, pos, -1), lens))
@@ -110,19 +140,17 @@ def read_exports(root: Path, dates: list[dt.date], part: str = "samples",
     offsets = np.concatenate([[0], np.cumsum(lengths)])
 
     series: dict[str, np.ndarray] = {}
-    if with_series:
-        shape = series_shape
+    if series_shape is not None:
         cells = pd.concat([t.to_pandas() for t in series_tables], ignore_index=True)
         k = _key(cells["ds"].to_numpy(), cells["user_id"].to_numpy())
         pos = np.searchsorted(keys, k)
         ok = (pos < len(keys)) & (keys[np.minimum(pos, len(keys) - 1)] == k)
-        for timescale, (steps, slots) in shape.items():
+        for timescale, (steps, slots) in series_shape.items():
             arr = np.zeros((len(keys), steps, slots), dtype=np.uint8)
             m = ok & (cells["timescale"].to_numpy() == timescale)
             arr[pos[m], cells["step"].to_numpy()[m], cells["slot"].to_numpy()[m]] = np.minimum(cells["n"].to_numpy()[m], 255)
             series[timescale] = arr
-    check_one_build({build: f"ds {d}" for build, d in builds.items()}, root)
-    return RawExports(samples, dense or [], keys, sequences, offsets, series, next(iter(builds), ""))
+    return RawExports(samples, dense, keys, sequences, offsets, series, build)
 
 
 def check_one_build(builds: dict[str, str], root: Path) -> None:

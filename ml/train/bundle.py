@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ml.features.dataset import CrowdData, RawExports, read_exports
+from ml.features.dataset import CrowdData, RawExports, iter_exports, read_exports
 from ml.features.feature_map import FeatureMap, Vocabulary
 from ml.models.zoo import NEEDS_SERIES, ModelConfig, build_model
 from ml.task import GBDT_MODELS, TaskPaths
@@ -34,6 +35,7 @@ class Bundle:
     path: Path
     config: dict
     _boosters: GbdtResult | None = field(default=None, repr=False, compare=False)
+    _networks: dict = field(default_factory=dict, repr=False, compare=False)  # device -> (feature map, network)
 
     @property
     def name(self) -> str:
@@ -49,9 +51,17 @@ class Bundle:
     def read_population(self, exports: Path, ds: dt.date, part: str = "evaluation") -> RawExports:
         """A population export of ds (evaluation: the backtest's; forward: the crowds'), as this model reads it;
         refused when it was built with other warehouse settings than the model was trained on."""
-        shape = {k: tuple(v) for k, v in self.config["series_shape"].items()} if self.name in NEEDS_SERIES else None
-        return read_exports(exports, [ds], part=part, series_shape=shape,
+        return read_exports(exports, [ds], part=part, series_shape=self._series_shape(),
                             fingerprint=self.config.get("warehouse_fingerprint"))
+
+    def iter_population(self, exports: Path, ds: dt.date, part: str, rows: int) -> Iterator[RawExports]:
+        """read_population in chunks of at most `rows` rows (ml.features.dataset.iter_exports): bounded memory
+        for a population of any size."""
+        return iter_exports(exports, ds, part, rows, series_shape=self._series_shape(),
+                            fingerprint=self.config.get("warehouse_fingerprint"))
+
+    def _series_shape(self) -> dict[str, tuple[int, int]] | None:
+        return {k: tuple(v) for k, v in self.config["series_shape"].items()} if self.name in NEEDS_SERIES else None
 
     def probability(self, output: np.ndarray, frame: pd.DataFrame) -> np.ndarray:
         """The model's output for the rows of frame as P(buy) in the population: the negative sampling of
@@ -67,12 +77,15 @@ class Bundle:
         sequence without the entries on its own target (an ablation: ml.evaluate.ablation)."""
         if self.name in GBDT_MODELS:
             return self.probability(predict_gbdt(self.gbdt(), raw.samples, self.config["dense"]), raw.samples)
-        fmap = FeatureMap.load(self.path / "feature_map.json")
-        model = build_model(self.name, fmap, ModelConfig(**self.config["model_config"]))
         dev = resolve_device(device)
-        model.load_state_dict(load_weights(self.path / "weights.pt", dev))
+        if str(dev) not in self._networks:  # read once: a population scored in chunks reuses it
+            fmap = FeatureMap.load(self.path / "feature_map.json")
+            model = build_model(self.name, fmap, ModelConfig(**self.config["model_config"]))
+            model.load_state_dict(load_weights(self.path / "weights.pt", dev))
+            self._networks[str(dev)] = (fmap, model.to(dev))
+        fmap, model = self._networks[str(dev)]
         data = CrowdData(raw, fmap, hide_own_target=hide_own_target)
-        return self.probability(predict(model.to(dev), data, device=dev), raw.samples)
+        return self.probability(predict(model, data, device=dev), raw.samples)
 
     def score_frame(self, frame: pd.DataFrame) -> np.ndarray:
         """P(buy) for the rows of a samples-like frame (keys and dense features): LightGBM bundles only, whose
