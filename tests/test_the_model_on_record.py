@@ -57,8 +57,11 @@ def test_a_reused_pid_is_not_taken_for_the_process_that_died():
 
 
 def _train_lgbm(task, task_paths, leaves: int, out: dict) -> None:
-    out[leaves] = train_and_evaluate("lgbm_all_mixed", task, task_paths,
-                                     gbdt_cfg=GbdtConfig(mode="all_mixed", num_leaves=leaves, seed=1))
+    try:
+        out[leaves] = train_and_evaluate("lgbm_all_mixed", task, task_paths,
+                                         gbdt_cfg=GbdtConfig(mode="all_mixed", num_leaves=leaves, seed=1))
+    except BaseException as e:  # noqa: BLE001  (raised again by the fixture, in the test's own thread)
+        out.setdefault("errors", []).append(e)
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +74,8 @@ def concurrent(tiny_exports, tiny_dataset, task, task_paths) -> dict:
         t.start()
     for t in threads:
         t.join(timeout=600)
+    if out.get("errors"):
+        raise out["errors"][0]
     assert set(out) == {4, 31}
     return out
 

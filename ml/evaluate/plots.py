@@ -4,29 +4,39 @@ training curves, importances; PNG files for a run's artifacts, SVG text for the 
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+# Figures are made with the object API, never pyplot: pyplot's global state breaks when two trainings of one
+# process (threads) plot at once. The lock keeps the drawing of one figure whole: Matplotlib's text layout
+# and renderer caches are shared by every figure of the process.
+_DRAWING = threading.Lock()
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def _figure(*shape: int, figsize: tuple[float, float]) -> tuple[Figure, object]:
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*shape)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    with _DRAWING:
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
     return path
 
 
-def svg(fig: plt.Figure) -> str:
-    """The figure as SVG text (for a self-contained HTML page), closed afterwards."""
-    fig.tight_layout()
+def svg(fig: Figure) -> str:
+    """The figure as SVG text (for a self-contained HTML page)."""
     out = io.StringIO()
-    fig.savefig(out, format="svg")
-    plt.close(fig)
+    with _DRAWING:
+        fig.tight_layout()
+        fig.savefig(out, format="svg")
     return out.getvalue()
 
 
@@ -36,10 +46,10 @@ def _style(series: str, models: list[str]) -> dict:
         return {"color": "black", "ls": ":", "lw": 1.6, "label": "oracle (ceiling)"}
     if series.startswith("floor: "):
         return {"color": "0.55", "ls": "--", "lw": 1.0, "label": series}
-    return {"color": plt.get_cmap("tab10")(models.index(series) % 10), "ls": "-", "lw": 1.3, "label": series}
+    return {"color": matplotlib.colormaps["tab10"](models.index(series) % 10), "ls": "-", "lw": 1.3, "label": series}
 
 
-def curve_figures(curves: pd.DataFrame, by: str = "target") -> dict[str, plt.Figure]:
+def curve_figures(curves: pd.DataFrame, by: str = "target") -> dict[str, Figure]:
     """ROC, recall@N, cumulative gain, lift and reliability, each series of `curves` (ml.evaluate.curves)
     one line: every model of a comparison on one chart, against the floors and the ceiling."""
     from ml.evaluate.curves import lift
@@ -49,7 +59,7 @@ def curve_figures(curves: pd.DataFrame, by: str = "target") -> dict[str, plt.Fig
     ordered = models + [n for n in names if n not in models]
     ranked = "users targeted per target" if by == "target" else "items per user"
 
-    def lines(ax: plt.Axes, curve: str, transform=None) -> None:  # noqa: ANN001
+    def lines(ax: Axes, curve: str, transform=None) -> None:  # noqa: ANN001
         for name in ordered:
             part = curves[(curves["series"] == name) & (curves["curve"] == curve)]
             if transform is not None:
@@ -58,20 +68,20 @@ def curve_figures(curves: pd.DataFrame, by: str = "target") -> dict[str, plt.Fig
                 ax.plot(part["x"], part["y"], **_style(name, models))
 
     figures = {}
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = _figure(figsize=(5.5, 5))
     lines(ax, "roc")
     ax.plot([0, 1], [0, 1], color="0.8", lw=0.8)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
     ax.legend(fontsize=7)
     figures["roc"] = fig
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = _figure(figsize=(6, 4.5))
     lines(ax, "recall_at_n")
     ax.set(xscale="log", xlabel=f"N ({ranked})", ylabel="mean recall@N", title="recall@N")
     ax.legend(fontsize=7)
     figures["recall_at_n"] = fig
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = _figure(figsize=(6, 4.5))
     lines(ax, "gain")
     ax.plot([1e-5, 1], [1e-5, 1], color="0.8", lw=0.8)
     ax.set(xscale="log", xlim=(1e-4, 1), xlabel="share of the scored pairs targeted, highest scores first",
@@ -79,7 +89,7 @@ def curve_figures(curves: pd.DataFrame, by: str = "target") -> dict[str, plt.Fig
     ax.legend(fontsize=7)
     figures["gain"] = fig
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = _figure(figsize=(6, 4.5))
     lines(ax, "gain", lift)
     ax.axhline(1.0, color="0.8", lw=0.8)
     ax.set(xscale="log", yscale="log", xlim=(1e-4, 1), xlabel="share of the scored pairs targeted",
@@ -87,7 +97,7 @@ def curve_figures(curves: pd.DataFrame, by: str = "target") -> dict[str, plt.Fig
     ax.legend(fontsize=7)
     figures["lift"] = fig
 
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = _figure(figsize=(5.5, 5))
     ece = curves[curves["curve"] == "ece"].set_index("series")["y"]
 
     for name in ordered:
@@ -112,7 +122,7 @@ def evaluation_plots(curves: pd.DataFrame, out: Path, by: str = "target") -> lis
 
 def training_curves(history: list[dict], out: Path) -> Path:
     frame = pd.DataFrame(history)
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, ax = _figure(1, 2, figsize=(9, 3.5))
     ax[0].plot(frame["epoch"], frame["train_loss"], marker="o")
     ax[0].set(xlabel="epoch", ylabel="training loss")
     ax[1].plot(frame["epoch"], frame["valid_auc"], marker="o")
@@ -122,7 +132,7 @@ def training_curves(history: list[dict], out: Path) -> Path:
 
 def importance_plot(names: list[str], values: np.ndarray, out: Path, title: str, top: int = 30) -> Path:
     order = np.argsort(values)[::-1][:top][::-1]
-    fig, ax = plt.subplots(figsize=(7, 0.25 * len(order) + 1))
+    fig, ax = _figure(figsize=(7, 0.25 * len(order) + 1))
     ax.barh([names[i] for i in order], np.asarray(values)[order])
     ax.set(title=title)
     return _save(fig, out)
