@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import re
+import warnings
 from pathlib import Path
 
 from ml.task import ALL_MODELS, DEEP_MODELS, TARGETS, Task, TaskPaths, available_tasks, load_task
@@ -183,23 +184,27 @@ def _watched_dbt_build(task: Task):  # noqa: ANN202
 
     project_dir = _dbt_project_dir()
     manifest = ensure_manifest(Paths.default().root / "dbt" / "manifests", project_dir)
-    group = DbtTaskGroup(
-        group_id="warehouse",
-        project_config=ProjectConfig(project_dir, manifest_path=manifest),
-        # the task file's engine: every run of this DAG writes one warehouse (a Param cannot move a week)
-        profile_config=ProfileConfig(profile_name="purchase_crowd", target_name=task.warehouse.engine,
-                                     profiles_yml_filepath=project_dir / "profiles.yml"),
-        execution_config=ExecutionConfig(
-            execution_mode=ExecutionMode.WATCHER, invocation_mode=InvocationMode.DBT_RUNNER,
-            setup_operator_args={"pool": DUCKDB_POOL, "callback": "ml.orchestration.freeze_surviving_objects"}),
-        # the graph comes from the cached manifest: parsing the DAG file runs no dbt command
-        render_config=RenderConfig(load_method=LoadMode.DBT_MANIFEST, test_behavior=TestBehavior.AFTER_EACH),
-        operator_args={"vars": "{{ ti.xcom_pull(task_ids='plan')['dbt_vars'] }}",
-                       "env": "{{ ti.xcom_pull(task_ids='plan')['env'] }}", "install_deps": False,
-                       # the watchers start once the producer is done (below): one look, no triggerer
-                       "deferrable": False, "mode": "reschedule", "poke_interval": 5},
-        default_args=default_args(),
-    )
+    with warnings.catch_warnings():
+        # Cosmos deprecates operator_args' `env` for ProjectConfig.env_vars, which is fixed when the DAG is
+        # parsed: each run's environment (its dataset and warehouse) is templated from `plan`, so it stays here
+        warnings.filterwarnings("ignore", message="operator_args with 'env' is deprecated", category=DeprecationWarning)
+        group = DbtTaskGroup(
+            group_id="warehouse",
+            project_config=ProjectConfig(project_dir, manifest_path=manifest, install_dbt_deps=False),
+            # the task file's engine: every run of this DAG writes one warehouse (a Param cannot move a week)
+            profile_config=ProfileConfig(profile_name="purchase_crowd", target_name=task.warehouse.engine,
+                                         profiles_yml_filepath=project_dir / "profiles.yml"),
+            execution_config=ExecutionConfig(
+                execution_mode=ExecutionMode.WATCHER, invocation_mode=InvocationMode.DBT_RUNNER,
+                setup_operator_args={"pool": DUCKDB_POOL, "callback": "ml.orchestration.freeze_surviving_objects"}),
+            # the graph comes from the cached manifest: parsing the DAG file runs no dbt command
+            render_config=RenderConfig(load_method=LoadMode.DBT_MANIFEST, test_behavior=TestBehavior.AFTER_EACH),
+            operator_args={"vars": "{{ ti.xcom_pull(task_ids='plan')['dbt_vars'] }}",
+                           "env": "{{ ti.xcom_pull(task_ids='plan')['env'] }}",
+                           # the watchers start once the producer is done (below): one look, no triggerer
+                           "deferrable": False, "mode": "reschedule", "poke_interval": 5},
+            default_args=default_args(),
+        )
     _watch_after_the_build(group)
     return group
 
