@@ -82,7 +82,8 @@ def _table_html(table: pd.DataFrame) -> str:
     metrics = list(table.attrs.get("columns", ()))
     head = "".join(f"<th>{html.escape(c)}</th>" for c in ["model", *selection, *metrics, "train s"])
     rows = []
-    for _, r in table.iterrows():
+    reference = is_reference(table["model"])
+    for i, r in table.iterrows():
         cells = []
         for c in selection + metrics:
             text = _cell(r, c) if c in metrics else ("–" if pd.isna(r[c]) else f"{r[c]:.4f}")
@@ -92,7 +93,7 @@ def _table_html(table: pd.DataFrame) -> str:
         seconds = r.get("train_s")
         cells.append(f"<td>{'–' if seconds is None or pd.isna(seconds) else f'{seconds:.0f}'}</td>")
         below = r.get("below_floor") is True
-        kind = "reference" if is_reference(pd.Series([r["model"]])).iloc[0] else ("below" if below else "model")
+        kind = "reference" if reference[i] else ("below" if below else "model")
         name = html.escape(r["model"] + (" (not above the floor)" if below else ""))
         rows.append(f'<tr class="{kind}"><td>{name}</td>{"".join(cells)}</tr>')
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
