@@ -182,6 +182,10 @@ def test_the_tianchi_task_trains_reports_f1_at_k_and_publishes_tomorrows_crowds(
     forward = pd.read_parquet(tianchi_built.exports / "ds=2014-12-19" / "forward.parquet")
     assert list(submission.columns) == ["user_id", "item_id"] and len(submission) == min(k, len(forward))
     assert set(zip(submission.user_id, submission.item_id)) <= set(zip(forward.user_id, forward.target_id))
+    # the HTML report of the pair task: its F1 column and every chart, the users ranking their items
+    assert main(["report", "--task", TIANCHI, "--html"]) == 0
+    page = (tianchi_built.reports / "report.html").read_text()
+    assert "<th>f1_at_k</th>" in page and page.count('<img id="chart-') == 5 and "items with a crowd" in page
 
 
 @pytest.mark.slow
