@@ -42,7 +42,8 @@ from ml.train.calibration import (CALIBRATION_METRICS, calibration_summary, corr
                                   population_weights, stratified_platt_apply, stratified_platt_fit)
 from ml.train.gbdt import GbdtConfig, booster_inputs, predict_gbdt, train_gbdt
 from ml.train.distributed import Rank, current_rank, shard
-from ml.train.prepared import Prepared, fingerprint, prepare, release_freed_memory
+from ml.train.memory import release_freed_memory
+from ml.train.prepared import Prepared, fingerprint, prepare
 from ml.train.trainer import TrainConfig, Trainer, TrainResult, load_weights, predict, seed_everything
 
 log = logging.getLogger(__name__)

@@ -15,9 +15,7 @@ process waits for the first one's instead of writing its own.
 
 from __future__ import annotations
 
-import ctypes
 import datetime as dt
-import gc
 import hashlib
 import json
 import logging
@@ -37,6 +35,7 @@ from ml.features.feature_map import FeatureMap
 from ml.models.zoo import NEEDS_SERIES
 from ml.outputs import file_lock
 from ml.task import Task, TaskPaths
+from ml.train.memory import release_freed_memory
 from ml.warehouse.export import export_dir
 
 log = logging.getLogger(__name__)
@@ -189,22 +188,6 @@ def _write(task: Task, paths: TaskPaths, folder: Path) -> None:
     release_freed_memory()
     log.info("%s: training rows read and encoded once for every model in %.1f s (%s)", task.name,
              time.perf_counter() - start, folder)
-
-
-def release_freed_memory() -> None:
-    """Hand the heap memory Python and numpy freed back to the system (glibc keeps it for reuse otherwise, and
-    a process that trains nine models in turn then looks as large as all of them together)."""
-    gc.collect()
-    trim_heap()
-
-
-def trim_heap() -> None:
-    """glibc's malloc_trim: the free pages of the heap go back to the system. A loop of tensors of a few to
-    a few tens of MB (DIN's attention over 2048 rows) otherwise grew the heap by 3 GB while scoring."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
-        pass
 
 
 def _write_split(folder: Path, data: CrowdData) -> None:

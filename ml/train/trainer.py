@@ -27,11 +27,11 @@ from ml.features.dataset import CrowdData
 from ml.models.zoo import CrowdModel
 from ml.train.calibration import correct_for_sampling
 from ml.train.distributed import Rank, all_sum, init_process_group, rank_device
-from ml.train.prepared import trim_heap
+from ml.train.memory import trim_heap
 
 log = logging.getLogger(__name__)
 EPS = 1e-7
-# scoring batches between two returns of the freed heap to the system (ml.train.prepared.trim_heap) and of the
+# scoring batches between two returns of the freed heap to the system (ml.train.memory.trim_heap) and of the
 # scored rows' mapped pages (CrowdData.release_pages)
 TRIM_EVERY = 16
 
