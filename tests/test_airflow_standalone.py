@@ -80,6 +80,9 @@ def test_crowd_airflow_serves_the_dags_with_the_shown_password_and_ctrl_c_stops_
         assert _get(f"{base}/api/v2/importErrors", token)["total_entries"] == 0
         pools = {p["name"]: p["slots"] for p in _get(f"{base}/api/v2/pools", token)["pools"]}
         assert pools["crowd_duckdb"] == 1
+        # crowd polls the same health once a second: on a busy machine this test can be done first, so it
+        # waits for crowd to say so before Ctrl-C (the line is checked below)
+        wait_for(lambda: "is ready" in log.read_text(), 60, "crowd's ready line:\n" + log.read_text()[-2000:])
     finally:
         proc.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends to crowd
         stopping = time.monotonic()
