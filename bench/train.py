@@ -28,7 +28,7 @@ from ml.task import TaskPaths, load_task
 from ml.evaluate.metrics import auc
 from ml.features.dataset import CrowdData, fit_feature_map, read_exports
 from ml.models.zoo import ModelConfig, build_model
-from ml.train.prepared import subsample
+from ml.train.prepared import negatives_kept
 from ml.train.trainer import model_loss, predict, seed_everything, TrainConfig
 
 
@@ -36,7 +36,7 @@ def _data(n_dates: int):
     task = load_task("tmall-2013")
     paths = TaskPaths.of(task)
     dates = task.sample_dates[-n_dates:]
-    train_raw = subsample(read_exports(paths.exports, dates), 0.2, 42)
+    train_raw = read_exports(paths.exports, dates, keep=negatives_kept(0.2, 42))
     valid_raw = read_exports(paths.exports, list(task.validation))
     fmap = fit_feature_map(train_raw, task)
     return fmap, CrowdData(train_raw, fmap), CrowdData(valid_raw, fmap)

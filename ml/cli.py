@@ -357,9 +357,11 @@ def _cmd_run_dags(args: argparse.Namespace) -> int:
           f"(task logs: {shared.airflow_home / 'local_run.log'})")
     if not args.no_training:
         print(markdown(latest_runs(paths, task)))
-        crowds = sorted(paths.crowds.glob("ds=*/crowds.parquet"))
+        from ml.crowds import latest_published
+
+        crowds = latest_published(paths)
         if crowds:
-            print(f"crowds:  {crowds[-1]}  (and the table crowds.forward_crowds in {paths.warehouse})")
+            print(f"crowds:  {crowds}  (and the table crowds.forward_crowds in {paths.warehouse})")
         reports = sorted((paths.reports / "runs").glob("*.html"), key=lambda f: f.stat().st_mtime)
         if reports:
             print(f"report:  {reports[-1]}  (open it in a browser)")

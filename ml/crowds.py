@@ -109,6 +109,12 @@ def expected_buyers(population: pd.DataFrame, crowd: pd.DataFrame) -> pd.DataFra
     return in_crowd.join(population).reset_index()
 
 
+def latest_published(paths: TaskPaths) -> Path | None:
+    """The newest forward crowds the task published (crowds/ds=DATE/crowds.parquet), or None."""
+    published = sorted(paths.crowds.glob("ds=*/crowds.parquet"))
+    return published[-1] if published else None
+
+
 def expected_buyers_path(crowds: Path) -> Path:
     """Beside the crowds, named after them (a sibling of a user's --out never takes a name they did not give)."""
     return crowds.with_name(f"{crowds.stem}_expected_buyers.parquet")

@@ -198,10 +198,11 @@ def _pairable(c: str, per_target: dict[str, pd.DataFrame], a: str, b: str) -> bo
     return groups is None or per_target[a].index.name == per_target[b].index.name == groups
 
 
-def _cell(r: pd.Series, c: str) -> str:
+def _cell(r: pd.Series, c: str) -> tuple[str, bool]:
+    """A metric's text (with its interval or Monte Carlo error) and whether it is among the best."""
     v = r[c]
     if pd.isna(v):
-        return "–"
+        return "–", False
     text = f"{v:.0f}" if c == "k" else f"{v:.4f}"
     err = r.get(f"{c}_err")
     if err is not None and pd.notna(err):
@@ -210,19 +211,45 @@ def _cell(r: pd.Series, c: str) -> str:
     if c not in ("coverage", "k") and low is not None and high is not None and pd.notna(low) and pd.notna(high):
         digits = 4 if c == "ece" else 3  # errors of a few 1e-4
         text += f" ({low:.{digits}f}–{high:.{digits}f})"
-    return f"**{text}**" if r.get(f"{c}_top") is True else text
+    return text, r.get(f"{c}_top") is True
 
 
-def markdown(table: pd.DataFrame) -> str:
+def rows(table: pd.DataFrame) -> tuple[list[str], list[tuple[pd.Series, str, list[tuple[str, bool]]]]]:
+    """The table as it is shown (README, terminal, HTML report): its columns, then per row the row, the model's
+    name as shown and each cell's text with whether it is bold."""
     selection = [c for c in table.columns if c.startswith("valid_")]
     metrics = tuple(table.attrs.get("columns", COLUMNS))
     columns = selection + list(metrics)
-    lines = ["| model | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    shown = []
     for _, r in table.iterrows():
-        cells = [_cell(r, c) if c in metrics else ("–" if pd.isna(r[c]) else f"{r[c]:.4f}") for c in columns]
-        name = r["model"] + (" (not above the floor)" if r.get("below_floor") is True else "")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        cells = [_cell(r, c) if c in metrics else ("–" if pd.isna(r[c]) else f"{r[c]:.4f}", False) for c in columns]
+        shown.append((r, r["model"] + (" (not above the floor)" if r.get("below_floor") is True else ""), cells))
+    return columns, shown
+
+
+def markdown(table: pd.DataFrame) -> str:
+    columns, shown = rows(table)
+    lines = ["| model | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for _, name, cells in shown:
+        lines.append(f"| {name} | " + " | ".join(f"**{t}**" if bold else t for t, bold in cells) + " |")
     return "\n".join(lines) + "\n\n" + LEGEND
+
+
+def verdicts(table: pd.DataFrame) -> list[str]:
+    """The training's warning line (ml.evaluate.floors.verdict) for each learned model of the table that has
+    one: no better than random, or not above the best floor."""
+    from ml.evaluate.floors import verdict
+
+    floors = table[table["model"].str.startswith("floor: ")]
+    best = floors.loc[floors["auc"].idxmax()] if floors["auc"].notna().any() else None
+    out = []
+    for _, r in table[~is_reference(table["model"])].dropna(subset=["auc", "auc_low", "auc_high"]).iterrows():
+        floor = ((best["model"].removeprefix("floor: "), best["auc"])
+                 if best is not None and r.get("below_floor") is True else None)
+        line = verdict(r["model"], r["auc"], r["auc_low"], r["auc_high"], floor)
+        if line:
+            out.append(line)
+    return out
 
 
 def write_readme(readme: Path, table: pd.DataFrame, note: str, task: str) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ml.report import LEGEND, _cell, is_reference
+from ml.report import LEGEND, is_reference, rows, verdicts
 from ml.task import Task, TaskPaths
 
 log = logging.getLogger(__name__)
@@ -66,48 +66,29 @@ def load_curves(table: pd.DataFrame) -> pd.DataFrame:
 
 def latest_crowds(paths: TaskPaths) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """The newest published crowds (crowds/ds=DATE/crowds.parquet) and their expected buyers per target."""
-    from ml.crowds import expected_buyers_path
+    from ml.crowds import expected_buyers_path, latest_published
 
-    published = sorted(paths.crowds.glob("ds=*/crowds.parquet"))
-    if not published:
+    published = latest_published(paths)
+    if published is None:
         return None
-    crowds = pd.read_parquet(published[-1])
-    expected_file = expected_buyers_path(published[-1])
+    crowds = pd.read_parquet(published)
+    expected_file = expected_buyers_path(published)
     expected = pd.read_parquet(expected_file) if expected_file.exists() else pd.DataFrame()
     return crowds, expected
 
 
 def _table_html(table: pd.DataFrame) -> str:
-    selection = [c for c in table.columns if c.startswith("valid_")]
-    metrics = list(table.attrs.get("columns", ()))
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["model", *selection, *metrics, "train s"])
-    rows = []
-    reference = is_reference(table["model"])
-    for i, r in table.iterrows():
-        cells = []
-        for c in selection + metrics:
-            text = _cell(r, c) if c in metrics else ("–" if pd.isna(r[c]) else f"{r[c]:.4f}")
-            bold = text.startswith("**")
-            text = html.escape(text.strip("*"))
-            cells.append(f"<td><strong>{text}</strong></td>" if bold else f"<td>{text}</td>")
+    columns, shown = rows(table)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["model", *columns, "train s"])
+    references, body = set(table.loc[is_reference(table["model"]), "model"]), []
+    for r, name, cells in shown:
+        tds = [f"<td><strong>{html.escape(t)}</strong></td>" if bold else f"<td>{html.escape(t)}</td>"
+               for t, bold in cells]
         seconds = r.get("train_s")
-        cells.append(f"<td>{'–' if seconds is None or pd.isna(seconds) else f'{seconds:.0f}'}</td>")
-        below = r.get("below_floor") is True
-        kind = "reference" if reference[i] else ("below" if below else "model")
-        name = html.escape(r["model"] + (" (not above the floor)" if below else ""))
-        rows.append(f'<tr class="{kind}"><td>{name}</td>{"".join(cells)}</tr>')
-    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
-
-
-def _warnings(table: pd.DataFrame) -> list[str]:
-    """The one-line verdicts a reader must not miss: a model below random, or not above the best floor."""
-    out = []
-    for _, r in table[~is_reference(table["model"])].iterrows():
-        if pd.notna(r.get("auc")) and r["auc"] <= 0.5:
-            out.append(f"{r['model']} ranks no better than random: backtest AUC {r['auc']:.4f}.")
-        elif r.get("below_floor") is True:
-            out.append(f"{r['model']} does not beat the best heuristic floor: its AUC interval reaches the floor's.")
-    return out
+        tds.append(f"<td>{'–' if seconds is None or pd.isna(seconds) else f'{seconds:.0f}'}</td>")
+        kind = "reference" if r["model"] in references else "below" if r.get("below_floor") is True else "model"
+        body.append(f'<tr class="{kind}"><td>{html.escape(name)}</td>{"".join(tds)}</tr>')
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
 def _charts_html(curves: pd.DataFrame, by: str) -> str:
@@ -163,7 +144,7 @@ def render(task: Task, table: pd.DataFrame, curves: pd.DataFrame,
            crowds: tuple[pd.DataFrame, pd.DataFrame] | None, run: str = "") -> str:
     """The report's HTML text."""
     title = f"Purchase Crowd: {task.name}" + (f", run {run}" if run else "")
-    warnings = "".join(f'<div class="warning">{html.escape(w)}</div>' for w in _warnings(table))
+    warnings = "".join(f'<div class="warning">{html.escape(w)}</div>' for w in verdicts(table))
     made = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">

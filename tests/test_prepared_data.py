@@ -8,7 +8,7 @@ import pytest
 from ml.features.dataset import CrowdData, read_exports
 from ml.task import TaskPaths, load_task
 from ml.train import prepared
-from ml.train.prepared import negatives_kept, prepare, prepared_key, subsample
+from ml.train.prepared import negatives_kept, prepare, prepared_key
 
 
 @pytest.fixture
@@ -79,9 +79,15 @@ def test_a_preparation_killed_halfway_is_discarded_by_the_next(tiny_exports, tas
     assert not partial.exists() and data.folder == folder and len(data.splits["train"]) > 0
 
 
+def _one_draw(samples, rate: float, seed: int):  # noqa: ANN001, ANN202
+    """Every buyer and each other row with probability `rate`, in one draw over the rows of every date."""
+    keep = (samples["label_buy"].to_numpy() > 0) | (np.random.default_rng(seed).random(len(samples)) < rate)
+    return samples[keep].reset_index(drop=True)
+
+
 def test_the_negatives_drawn_date_by_date_while_reading_are_those_of_one_draw_over_all_dates(tiny_exports, task):
     dates = task.sample_dates[:3]
-    whole = subsample(read_exports(tiny_exports, dates), 0.3, 7).samples
+    whole = _one_draw(read_exports(tiny_exports, dates).samples, 0.3, 7)
     streamed = read_exports(tiny_exports, dates, keep=negatives_kept(0.3, 7)).samples
     assert 0 < len(streamed) < len(read_exports(tiny_exports, dates).samples)
     assert (streamed[["ds", "user_id", "target_id"]].to_numpy() == whole[["ds", "user_id", "target_id"]].to_numpy()).all()

@@ -21,6 +21,18 @@ ACTIONS = ("click", "collect", "cart", "buy")
 HALF_LIFE_DAYS = 7.0
 
 
+def verdict(model: str, auc: float, low: float, high: float, floor: tuple[str, float] | None) -> str | None:
+    """One line when a model is not worth its training: no better than random ranking (its AUC interval
+    reaches 0.5), or no better than the best heuristic floor (`floor`: its name and AUC, given when the
+    model's interval reaches it). None when it clears both."""
+    if low <= 0.5:
+        return f"{model} ranks no better than random: backtest AUC {auc:.4f} (interval {low:.4f}-{high:.4f})"
+    if floor:
+        return (f"{model} does not beat the heuristic floor {floor[0]}: backtest AUC {auc:.4f} "
+                f"(interval {low:.4f}-{high:.4f}) against {floor[1]:.4f}")
+    return None
+
+
 def _windows(frame: pd.DataFrame) -> list[int]:
     return sorted(int(c.removeprefix("ub_click_").removesuffix("d")) for c in frame.columns
                   if c.startswith("ub_click_") and c.endswith("d"))

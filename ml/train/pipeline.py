@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ml.evaluate.curves import CURVES_ARTIFACT, series_curves
-from ml.evaluate.floors import floor_scores
+from ml.evaluate.floors import floor_scores, verdict
 from ml.evaluate.intervals import Interval, auc_interval, backtest_intervals, ratio_interval
 from ml.evaluate.metrics import auc, buyer_totals, evaluate_scores, ranking_groups
 from ml.evaluate.pairs import choose_k, f1_interval, top_k_metrics
@@ -83,14 +83,7 @@ class Outcome:
         auc, ci = self.summary.get("auc"), self.intervals.get("auc")
         if auc is None or ci is None:
             return None
-        if ci.low <= 0.5:
-            return (f"{self.model} ranks no better than random: backtest AUC {auc:.4f} "
-                    f"(interval {ci.low:.4f}-{ci.high:.4f})")
-        floor = self.below_floor()
-        if floor:
-            return (f"{self.model} does not beat the heuristic floor {floor[0]}: backtest AUC {auc:.4f} "
-                    f"(interval {ci.low:.4f}-{ci.high:.4f}) against {floor[1]:.4f}")
-        return None
+        return verdict(self.model, auc, ci.low, ci.high, self.below_floor())
 
 
 def train_config(task: Task, model: str, **runtime: object) -> TrainConfig:

@@ -23,7 +23,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -207,19 +207,11 @@ def _open(folder: Path) -> Prepared:
                     pd.read_parquet(folder / "buyers.parquet"), pd.read_parquet(folder / "valid_buyers.parquet"))
 
 
-def subsample(raw: RawExports, rate: float, seed: int) -> RawExports:
-    """Every buyer, and each other row with probability `rate` (drawn with `seed`: the same rows in every
-    process); the scores are corrected for it afterwards (ml.train.calibration.correct_for_sampling)."""
-    if rate >= 1.0:
-        return raw
-    s = raw.samples
-    keep = (s["label_buy"].to_numpy() > 0) | (np.random.default_rng(seed).random(len(s)) < rate)
-    return replace(raw, samples=s[keep].reset_index(drop=True))
-
-
 def negatives_kept(rate: float, seed: int) -> Callable | None:
-    """subsample's draw as read_exports' `keep`, date by date: the same rows (one generator, drawn in the
-    dates' order, gives the numbers one draw over all of them would), without the dropped ones ever held."""
+    """Every buyer, and each other row with probability `rate` (drawn with `seed`: the same rows in every
+    process), as read_exports' `keep`, date by date: one generator drawn in the dates' order gives the numbers
+    one draw over all of them would, and the dropped rows are never held. The scores are corrected for it
+    afterwards (ml.train.calibration.correct_for_sampling)."""
     if rate >= 1.0:
         return None
     rng = np.random.default_rng(seed)
