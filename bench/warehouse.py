@@ -1,11 +1,14 @@
 """Benchmark one weekly warehouse build: events/s and peak memory at 1M, 10M and 100M generated events,
-and the speed against the independent pandas reference (ml/warehouse/reference.py) in the same run.
+against the DuckDB floor and the independent pandas reference (ml/warehouse/reference.py) in the same run.
 
     python bench/warehouse.py                       # 1M, 10M, 100M events; pandas at 1M and 10M
     python bench/warehouse.py --events 1e6 10e6     # a subset
 
 A weekly build is what the Airflow DAG runs for one week: `dbt build` (every model and data test) for one
-sample date into a fresh warehouse, then the parquet export of that date. Two ratios against pandas:
+sample date into a fresh warehouse, then the parquet export of that date. The floor is the least any build of
+these features could cost: one DuckDB scan-aggregate of the history window over the same event files (every
+(user, target)'s count per action, the item table joined for the target), in a process of its own with the
+same memory cap; ratio = (build + export) / floor. Two ratios against pandas:
   whole build  dbt build + export   vs  pandas reading the log, deduplicating, joining items, features
   features     dbt run of the ADS models (ODS..DW already built)  vs  pandas features from events in memory
 Each measurement runs in its own process, so its peak resident memory (ru_maxrss) is its own.
@@ -50,6 +53,30 @@ def step_dbt(dataset: Path, warehouse: Path, exports: Path) -> dict:
     return {"build_s": t1 - t0, "export_s": t2 - t1, "ads_s": t3 - t2, "peak_gib": _peak_gib()}
 
 
+def step_floor(dataset: Path) -> dict:
+    """One scan-aggregate of the history window: read every event once, keep the window's, join the item
+    table for the target, count per (user, target) and action. No validation, deduplication, tests or export."""
+    import os
+
+    import duckdb
+
+    task = load_task("tmall-2013")
+    column = {"brand": "brand_id", "category": "category_id"}[task.target]
+    con = duckdb.connect(config={"memory_limit": os.environ.get("CROWD_DUCKDB_MEMORY", "8GB")})
+    counts = ", ".join(f"count(*) filter (where e.action = '{a}') as n_{a}" for a in ("click", "collect", "cart", "buy"))
+    t0 = time.perf_counter()
+    con.execute(
+        f"create table floor as select e.user_id, i.{column} as target_id, {counts} "
+        "from read_parquet(?) as e join read_parquet(?) as i on e.item_id = i.item_id "
+        "where e.ts >= ? and e.ts < ? group by all",
+        [str(dataset / "events" / "*.parquet"), str(dataset / "items.parquet"),
+         dt.datetime.combine(DS - dt.timedelta(days=task.windows.history_days), dt.time()),
+         dt.datetime.combine(DS, dt.time())])
+    seconds = time.perf_counter() - t0
+    rows = con.execute("select count(*) from floor").fetchone()[0]
+    return {"floor_s": seconds, "rows": rows, "peak_gib": _peak_gib()}
+
+
 def step_pandas(dataset: Path) -> dict:
     from ml.warehouse.reference import load_events, reference_features
 
@@ -90,6 +117,9 @@ def main() -> None:
     if args.step == "dbt":
         print(json.dumps(step_dbt(*args.paths)))
         return
+    if args.step == "floor":
+        print(json.dumps(step_floor(*args.paths)))
+        return
     if args.step == "pandas":
         print(json.dumps(step_pandas(*args.paths)))
         return
@@ -98,14 +128,16 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     print(f"one weekly build (ds {DS}), 2-core figures are this machine's; datasets under {root}")
     print(f"{'events':>12} {'build+export':>13} {'events/s':>12} {'peak':>9} {'ADS only':>9} | "
+          f"{'floor':>7} {'x floor':>8} | "
           f"{'pandas all':>11} {'pandas ADS':>11} {'peak':>9} | {'ratio all':>9} {'ratio ADS':>9}")
     for n in args.events:
         dataset, n_events = _dataset(n, root)
         work = Path(tempfile.mkdtemp(prefix="wh-", dir=root))
         d = _child("dbt", dataset, work / "crowd.duckdb", work / "exports")
         total = d["build_s"] + d["export_s"]
+        f = _child("floor", dataset)
         line = (f"{n_events:>12,} {total:>12.1f}s {n_events / total:>12,.0f} {d['peak_gib']:>7.2f}Gi "
-                f"{d['ads_s']:>8.1f}s | ")
+                f"{d['ads_s']:>8.1f}s | {f['floor_s']:>6.2f}s {total / f['floor_s']:>7.1f}x | ")
         if n <= args.pandas_up_to:
             p = _child("pandas", dataset)
             p_total = p["load_s"] + p["features_s"]

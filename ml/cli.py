@@ -110,7 +110,7 @@ def _cmd_load(args: argparse.Namespace) -> int:
 
 
 def _cmd_warehouse(args: argparse.Namespace) -> int:
-    from ml.warehouse.build import run_dbt
+    from ml.warehouse.build import build_dates, run_dbt
     from ml.warehouse.export import export_dates
     from ml.warehouse.subset import item_subset_path
 
@@ -118,9 +118,12 @@ def _cmd_warehouse(args: argparse.Namespace) -> int:
     paths = TaskPaths.of(task)
     engine = task.warehouse.engine
     location = paths.warehouse_of(engine)
-    report = run_dbt("run" if args.skip_tests else "build", dataset_dir=paths.dataset_dir, warehouse=location,
-                     dbt_vars=task.dbt_vars(ds=args.ds), select=args.select or (),
-                     item_subset=item_subset_path(task, paths), engine=engine)
+    common = dict(dataset_dir=paths.dataset_dir, warehouse=location, dbt_vars=task.dbt_vars(ds=args.ds),
+                  item_subset=item_subset_path(task, paths), engine=engine)
+    if args.skip_tests or args.select:  # exactly what was asked: dbt run, or the nodes selected
+        report = run_dbt("run" if args.skip_tests else "build", select=args.select or (), **common)
+    else:  # ODS, DIM and DW only when not already built from this dataset and these settings
+        report = build_dates(**common)
     print(f"dbt {report.command} on {engine}: {report.n_models} models, {report.n_tests} tests passed in "
           f"{report.seconds:.1f}s into {location}")
     if args.document:

@@ -273,17 +273,18 @@ def build_periods_dag(task: Task):  # noqa: ANN201
         @af_task(pool=DUCKDB_POOL)
         def dbt_build(planned: dict) -> dict:
             """The date's warehouse in one `dbt build`: every model, each followed by its tests, in dependency
-            order (dbt's lines for each node are this task's log). A failing model or test fails the task, and
-            the project's end hook removes the date's rows."""
-            from ml.warehouse.build import run_dbt
+            order (dbt's lines for each node are this task's log); ODS, DIM and DW only when the warehouse does
+            not already hold them from this dataset and these settings (ml.warehouse.build.build_dates). A
+            failing model or test fails the task, and the project's end hook removes the date's rows."""
+            from ml.warehouse.build import build_dates
             from ml.warehouse.subset import item_subset_path
 
             run_task = load_task(task.name, planned["overrides"])
             paths = TaskPaths.of(run_task)
             engine = run_task.warehouse.engine
-            report = run_dbt("build", dataset_dir=paths.dataset_dir, warehouse=paths.warehouse_of(engine),
-                             dbt_vars=planned["dbt_vars"], project_dir=project_dir,
-                             item_subset=item_subset_path(run_task, paths), engine=engine)
+            report = build_dates(dataset_dir=paths.dataset_dir, warehouse=paths.warehouse_of(engine),
+                                 dbt_vars=planned["dbt_vars"], project_dir=project_dir,
+                                 item_subset=item_subset_path(run_task, paths), engine=engine)
             return {"models": report.n_models, "tests": report.n_tests, "seconds": round(report.seconds, 1)}
 
         @af_task(pool=DUCKDB_POOL)

@@ -100,3 +100,24 @@ def test_the_ece_interval_covers_the_ece_and_separates_a_miscalibrated_score():
     assert good.low <= expected_calibration_error(y, p) <= good.high
     bad = ece_interval(y, np.minimum(2 * p, 1), user, n_boot=100, seed=2)
     assert bad.low > good.high
+
+
+def test_the_shared_user_draw_gives_the_same_intervals_whatever_was_resampled_before():
+    """Every user-level interval reads one cached Poisson draw; a smaller n_boot takes its first rows. That is
+    the draw a fresh generator makes, so an interval does not depend on which ones ran before it."""
+    from ml.evaluate import intervals
+
+    rng = np.random.default_rng(4)
+    user = rng.integers(0, 300, 6000)
+    y = (rng.random(len(user)) < 0.1).astype(int)
+    p = np.clip(rng.random(len(user)) * 0.3 + 0.3 * y, 0, 1)
+    intervals._USER_WEIGHTS.clear()
+    first = [intervals.ece_interval(y, p, user, n_boot=50, seed=9), intervals.auc_interval(y, p, user, n_boot=20, seed=9)]
+    intervals.logloss_interval(y, p, user, n_boot=400, seed=9)  # a larger draw replaces the cached one
+    intervals.ratio_interval(p[:100], y[:100], user[:100], seed=9)  # another population
+    again = [intervals.ece_interval(y, p, user, n_boot=50, seed=9), intervals.auc_interval(y, p, user, n_boot=20, seed=9)]
+    assert first == again
+    n_users = len(np.unique(user))
+    fresh = np.random.default_rng(9).poisson(1.0, size=(30, n_users))
+    assert np.array_equal(intervals.user_weights(n_users, 30, 9), fresh)
+    assert len(intervals._USER_WEIGHTS) <= intervals._KEEP_DRAWS

@@ -8,7 +8,7 @@ import torch
 
 from ml.features.dataset import CrowdData, fit_feature_map, read_exports
 from ml.features.feature_map import OOV, FeatureMap
-from ml.models.layers import LocalActivation
+from ml.models.layers import LocalActivation, fm_second_order, gate
 from ml.models.zoo import MODELS, ModelConfig, build_model
 from ml.train.trainer import TrainConfig, Trainer, model_loss, predict, seed_everything
 
@@ -51,6 +51,53 @@ def test_every_model_runs_forward_and_backward(name, fmap, data):
     if name == "ple":
         assert set(out) == {"buy", "collect_cart"}
         assert model.last_se_weights.shape == (256, 2 + len(fmap.dense))
+
+
+def _deepfm_with_every_field(model, batch):
+    """DeepFM as written in the paper's terms: the [B, fields, dim] tensor built, flattened into the DNN."""
+    ids = batch["ids"]
+    linear = model.linear_dense(batch["dense"]).squeeze(-1)
+    for i, v in enumerate(model.emb.fields_of):
+        if v != "user" or model.cfg.user_embedding:
+            linear = linear + model.linear_ids[v](ids[:, i]).squeeze(-1)
+    fields = torch.cat([model.id_fields(ids), model.dense_fields(batch["dense"])], dim=1)
+    return torch.sigmoid(linear + fm_second_order(fields) + model.deep(fields.flatten(1)).squeeze(-1))
+
+
+def _ple_with_every_field(model, batch):
+    fields = torch.cat([model.id_fields(batch["ids"]), model.dense_fields(batch["dense"])], dim=1)
+    fields, _ = model.se(fields)
+    x = torch.cat([fields.flatten(1), model.interest(batch)], dim=-1)
+    h_cc = h_buy = h_shared = x
+    for layer in model.layers:
+        e_cc, e_buy, e_sh = layer["cc"](h_cc), layer["buy"](h_buy), layer["shared"](h_shared)
+        new_cc = gate(layer["gate_cc"](h_cc), torch.cat([e_cc, e_sh], dim=1))
+        new_buy = gate(layer["gate_buy"](h_buy), torch.cat([e_buy, e_sh], dim=1))
+        if "gate_shared" in layer:
+            h_shared = gate(layer["gate_shared"](h_shared), torch.cat([e_cc, e_buy, e_sh], dim=1))
+        h_cc, h_buy = new_cc, new_buy
+    fm = fm_second_order(fields)
+    y = {t: torch.sigmoid(model.towers[t](h).squeeze(-1) + model.fm_scale[t] * fm)
+         for t, h in (("y1", h_cc), ("y2", h_buy), ("y3", h_buy))}
+    return y["y1"] * y["y3"] + (1 - y["y1"]) * y["y2"]
+
+
+@pytest.mark.parametrize("name, reference", [("deepfm", _deepfm_with_every_field), ("ple", _ple_with_every_field)])
+def test_the_dense_fields_are_never_built_and_the_output_is_the_same(name, reference, fmap, data):
+    """DeepFM and PLE compute their Linear and FM over the dense fields from the values and the vectors
+    (ml.models.layers.DenseFields): the same output and gradients as building every field."""
+    torch.manual_seed(0)
+    model = build_model(name, fmap, ModelConfig(ple_layers=2)).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # away from the zero initialisations, so every term counts
+            p.add_(0.05 * torch.randn_like(p))
+    batch = _first_batch(data)
+    fast, slow = model(batch)["buy"], reference(model, batch)
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-6)
+    vectors = model.dense_fields.weight
+    (g_fast,) = torch.autograd.grad(fast.sum(), vectors)
+    (g_slow,) = torch.autograd.grad(reference(model, batch).sum(), vectors)
+    torch.testing.assert_close(g_fast, g_slow, rtol=1e-3, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -16,7 +16,7 @@ import yaml
 
 from ml.features.dataset import read_exports
 from ml.task import DEFAULT_TASK, load_task
-from ml.warehouse.build import DBT_PROJECT_DIR, WarehouseError, run_dbt
+from ml.warehouse.build import DBT_PROJECT_DIR, WarehouseError, build_dates, recorded_upstream, run_dbt, upstream_key
 from ml.warehouse.export import export_dates
 from ml.warehouse.reference import assert_frames_match, load_events, reference_features
 
@@ -213,6 +213,47 @@ def test_rebuilding_a_date_replaces_it_and_never_duplicates(built, tiny_dataset)
     after = _snapshot(warehouse, PIT_DS)
     for table in before:
         pd.testing.assert_frame_equal(before[table], after[table], obj=table)
+
+
+def test_a_dates_build_leaves_out_the_upstream_layers_it_holds_and_builds_the_same_rows(built, tiny_dataset,
+                                                                                        tmp_path):
+    """A week's build reads ODS, DIM and DW as the first complete build left them (a record in the warehouse)
+    and builds the same rows as a build of every layer; a run of an upstream layer without the record's key
+    (by hand) removes the record, so the next date builds everything again."""
+    warehouse, second = tmp_path / "wh" / "crowd.duckdb", TASK.sample_dates[1]
+
+    def layers(report) -> set[str]:
+        return {uid.split(".")[2].split("_")[0] for uid in report.statuses if uid.startswith("model.")}
+
+    first = build_dates(dataset_dir=tiny_dataset, warehouse=warehouse, dbt_vars=_vars([PIT_DS]), quiet=True)
+    assert layers(first) == {"ods", "dim", "dw", "ads", "samples"}
+    assert recorded_upstream(warehouse) == upstream_key(tiny_dataset, _vars([second]))
+    week = build_dates(dataset_dir=tiny_dataset, warehouse=warehouse, dbt_vars=_vars([second]), quiet=True)
+    assert layers(week) == {"ads", "samples"}
+    tests = {uid.split(".")[2] for uid in week.statuses if uid.startswith("test.")}
+    # the tests reading a date's model and an upstream one still run
+    assert {"features_read_only_the_past", "labels_fall_in_their_window", "label_windows_are_covered_by_the_log"} <= tests
+    assert not any(t.startswith(("not_null_ods", "not_null_dw", "ods_reconciles")) for t in tests)
+    expected, got = _snapshot(built[0], second), _snapshot(warehouse, second)
+    for table in expected:
+        pd.testing.assert_frame_equal(got[table], expected[table], obj=table)
+
+    run_dbt("run", dataset_dir=tiny_dataset, warehouse=warehouse, dbt_vars=_vars([second]), select=["dim_users"],
+            quiet=True)
+    assert recorded_upstream(warehouse) is None
+    again = build_dates(dataset_dir=tiny_dataset, warehouse=warehouse, dbt_vars=_vars([second]), quiet=True)
+    assert "ods" in layers(again) and recorded_upstream(warehouse) is not None
+
+
+def test_the_upstream_key_follows_the_dataset_and_the_settings_but_not_the_dates(tiny_dataset, tmp_path):
+    copy = tmp_path / "dataset"
+    shutil.copytree(tiny_dataset, copy)
+    key = upstream_key(copy, _vars([PIT_DS]))
+    assert upstream_key(copy, _vars([TASK.backtest])) == key
+    assert upstream_key(copy, _vars([PIT_DS], negatives_per_target=3)) != key
+    items = copy / "items.parquet"
+    items.write_bytes(items.read_bytes())  # rewritten: another modification time
+    assert upstream_key(copy, _vars([PIT_DS])) != key
 
 
 def test_exports_one_directory_per_date_with_the_evaluation_set_beside_it(built, tmp_path):

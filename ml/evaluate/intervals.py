@@ -4,7 +4,8 @@ recall@N, NDCG@N, coverage), over users for the pooled AUC, logloss and GAUC, an
 
 Targets are the unit a merchant sees, so the per-target metrics resample targets. The pooled AUC resamples
 users with Poisson(1) weights (the rows of one user move together), computed from one sort of the scores per
-model: O(rows) per resample, so a thousand resamples of a million rows take seconds, not minutes.
+model: one cumulative sum over the rows per resample, so a hundred resamples of a million rows take about a
+second. The other user-level intervals are products of the weights with per-user sums.
 """
 
 from __future__ import annotations
@@ -70,44 +71,80 @@ def paired_target_interval(a: pd.DataFrame, b: pd.DataFrame, column: str, n_boot
     return _percentiles(diff)
 
 
+def user_weights(n_users: int, n_boot: int, seed: int) -> np.ndarray:
+    """[n_boot, n_users] Poisson(1) resample weights (uint8, read-only). Every user-level interval of one
+    evaluation draws from the same seed, so they share one draw (a smaller n_boot takes its first rows: the
+    generator's stream is the same in one call or in chunks), and the models scored on one population (the
+    same users in the same order) reuse it: drawing 20 million of them takes a second."""
+    key = (n_users, seed)
+    cached = _USER_WEIGHTS.pop(key, None)
+    if cached is None or len(cached) < n_boot:
+        cached = np.random.default_rng(seed).poisson(1.0, size=(n_boot, n_users)).astype(np.uint8)
+        cached.flags.writeable = False
+    _USER_WEIGHTS[key] = cached  # the most recent last
+    while len(_USER_WEIGHTS) > _KEEP_DRAWS:  # n_boot x users bytes each
+        _USER_WEIGHTS.pop(next(iter(_USER_WEIGHTS)))
+    return cached[:n_boot]
+
+
+# an evaluation resamples three sets of users (all, those of the touched pairs, those of the others)
+_KEEP_DRAWS = 3
+_USER_WEIGHTS: dict[tuple[int, int], np.ndarray] = {}
+
+
+class RankedScores:
+    """The scores sorted once with their ties grouped: each resample's AUC is then one cumulative sum of the
+    negatives' weights in score order, read at the first and one past the last row of each positive's group
+    of tied scores."""
+
+    def __init__(self, y: np.ndarray, p: np.ndarray) -> None:
+        self.order = np.argsort(np.asarray(p), kind="stable")
+        p_sorted = np.asarray(p)[self.order]
+        self.negative = ~(np.asarray(y)[self.order] > 0)
+        self.positives = np.flatnonzero(~self.negative)
+        new_group = np.r_[True, p_sorted[1:] != p_sorted[:-1]]
+        starts = np.flatnonzero(new_group)
+        ends = np.r_[starts[1:], len(p_sorted)]
+        group = np.cumsum(new_group)[self.positives] - 1
+        self.first, self.end = starts[group], ends[group]
+
+    def auc(self, weights_sorted: np.ndarray) -> np.ndarray:
+        """AUC of each row of weights [k, rows], given in score order (weights[:, self.order])."""
+        w = np.asarray(weights_sorted)
+        exact = np.issubdtype(w.dtype, np.integer)  # bootstrap counts: the sums are exact integers
+        negatives = np.zeros((len(w), w.shape[1] + 1), dtype=np.int64 if exact else np.float64)
+        np.cumsum(w * self.negative, axis=1, out=negatives[:, 1:])
+        below, up_to = negatives[:, self.first], negatives[:, self.end]
+        w_pos = w[:, self.positives].astype(np.float64)
+        # a positive beats the negatives below its score and ties half of those at its score
+        wins = (w_pos * (below + 0.5 * (up_to - below))).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return wins / (w_pos.sum(axis=1) * negatives[:, -1])
+
+
 def weighted_auc(y: np.ndarray, p: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """AUC of each row of weights [n_boot, rows] (ties count one half), from one sort of p."""
-    order = np.argsort(p, kind="stable")
-    y, p = np.asarray(y)[order] > 0, np.asarray(p)[order]
-    w = weights[:, order]
-    new_group = np.r_[True, p[1:] != p[:-1]]
-    starts = np.flatnonzero(new_group)
-    group = np.cumsum(new_group) - 1
-    positives = np.flatnonzero(y)
-    neg = w.copy()
-    neg[:, positives] = 0
-    neg_group = np.add.reduceat(neg, starts, axis=1, dtype=np.float64)
-    below = np.cumsum(neg_group, axis=1) - neg_group  # negatives strictly below each group of tied scores
-    g = group[positives]
-    w_pos = w[:, positives].astype(np.float64)
-    # a positive beats the negatives below its score and ties half of those at its score
-    wins = (w_pos * (below[:, g] + 0.5 * neg_group[:, g])).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return wins / (w_pos.sum(axis=1) * neg_group.sum(axis=1))
+    ranked = RankedScores(y, p)
+    return ranked.auc(np.asarray(weights)[:, ranked.order])
 
 
 def auc_interval(y: np.ndarray, p: np.ndarray, user: np.ndarray, n_boot: int = 200, seed: int = 0,
                  chunk: int = 8) -> Interval:
     """The pooled AUC's interval, users resampled; in chunks of resamples to bound memory."""
-    y = np.asarray(y)
-    p = np.asarray(p, dtype=np.float64)
+    ranked = RankedScores(y, np.asarray(p, dtype=np.float64))
     codes, uniques = pd.factorize(np.asarray(user))
-    rng = np.random.default_rng(seed)
-    aucs = []
-    for start in range(0, n_boot, chunk):
-        k = min(chunk, n_boot - start)
-        w = rng.poisson(1.0, size=(k, len(uniques))).astype(np.float32)[:, codes]
-        aucs.append(weighted_auc(y, p, w))
+    codes_sorted = codes[ranked.order]
+    weights = user_weights(len(uniques), n_boot, seed)
+    aucs = [ranked.auc(weights[start:start + chunk][:, codes_sorted]) for start in range(0, n_boot, chunk)]
     return _percentiles(np.concatenate(aucs))
 
 
-def logloss_interval(y: np.ndarray, p: np.ndarray, user: np.ndarray, n_boot: int = 1000, seed: int = 0,
-                     chunk: int = 100) -> Interval:
+def _resampled_sums(weights: np.ndarray, per_user: np.ndarray, chunk: int = 100) -> np.ndarray:
+    """weights [n_boot, users] @ per_user [users, ...] in float64, converting a chunk of weights at a time."""
+    return np.concatenate([weights[s:s + chunk].astype(np.float64) @ per_user for s in range(0, len(weights), chunk)])
+
+
+def logloss_interval(y: np.ndarray, p: np.ndarray, user: np.ndarray, n_boot: int = 1000, seed: int = 0) -> Interval:
     """The pooled logloss's interval, users resampled: a mean of per-row losses, so each resample is two
     weighted sums over users (their losses and their rows), not a pass over the rows."""
     p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
@@ -116,12 +153,8 @@ def logloss_interval(y: np.ndarray, p: np.ndarray, user: np.ndarray, n_boot: int
     codes, uniques = pd.factorize(np.asarray(user))
     sums = np.bincount(codes, weights=loss, minlength=len(uniques))
     rows = np.bincount(codes, minlength=len(uniques)).astype(np.float64)
-    rng = np.random.default_rng(seed)
-    means = []
-    for start in range(0, n_boot, chunk):
-        w = rng.poisson(1.0, size=(min(chunk, n_boot - start), len(uniques))).astype(np.float64)
-        means.append((w @ sums) / (w @ rows))
-    return _percentiles(np.concatenate(means))
+    totals = _resampled_sums(user_weights(len(uniques), n_boot, seed), np.stack([sums, rows], axis=1))
+    return _percentiles(totals[:, 0] / totals[:, 1])
 
 
 def ratio_interval(numerator: np.ndarray, denominator: np.ndarray, user: np.ndarray, n_boot: int = 1000,
@@ -131,36 +164,30 @@ def ratio_interval(numerator: np.ndarray, denominator: np.ndarray, user: np.ndar
     codes, uniques = pd.factorize(np.asarray(user))
     num = np.bincount(codes, weights=np.asarray(numerator, np.float64), minlength=len(uniques))
     den = np.bincount(codes, weights=np.asarray(denominator, np.float64), minlength=len(uniques))
-    w = np.random.default_rng(seed).poisson(1.0, size=(n_boot, len(uniques))).astype(np.float64)
+    totals = _resampled_sums(user_weights(len(uniques), n_boot, seed), np.stack([num, den], axis=1))
     with np.errstate(invalid="ignore", divide="ignore"):
-        return _percentiles((w @ num) / (w @ den))
+        return _percentiles(totals[:, 0] / totals[:, 1])
 
 
-def ece_interval(y: np.ndarray, p: np.ndarray, user: np.ndarray, n_boot: int = 200, seed: int = 0,
-                 chunk: int = 10) -> Interval:
+def ece_interval(y: np.ndarray, p: np.ndarray, user: np.ndarray, n_boot: int = 200, seed: int = 0) -> Interval:
     """The expected calibration error's interval, users resampled (Poisson(1) weights), the bins those of the
-    full set: per resample, three weighted sums per bin."""
+    full set: per resample, three weighted sums per bin, all resamples at once as products of the weights with
+    the [users, bins] tables of rows, scores and buys."""
     from ml.train.calibration import reliability_bins
 
     bins = reliability_bins(p)
     n_bins = int(bins.max(initial=0)) + 1
     codes, uniques = pd.factorize(np.asarray(user))
-    key = bins * len(uniques) + codes  # (bin, user) cells: the resample weights users, the sums run over cells
-    cells, inv = np.unique(key, return_inverse=True)
-    sum_p = np.bincount(inv, weights=np.asarray(p, np.float64))
-    sum_y = np.bincount(inv, weights=np.asarray(y, np.float64))
-    rows = np.bincount(inv).astype(np.float64)
-    cell_bin, cell_user = cells // len(uniques), cells % len(uniques)
-    rng = np.random.default_rng(seed)
-    out = []
-    for start in range(0, n_boot, chunk):
-        w = rng.poisson(1.0, size=(min(chunk, n_boot - start), len(uniques))).astype(np.float64)[:, cell_user]
-        for wk in w:
-            n = np.bincount(cell_bin, weights=wk * rows, minlength=n_bins)
-            gap = np.abs(np.bincount(cell_bin, weights=wk * sum_p, minlength=n_bins)
-                         - np.bincount(cell_bin, weights=wk * sum_y, minlength=n_bins))
-            out.append(gap.sum() / n.sum())
-    return _percentiles(np.asarray(out))
+    cell = codes * n_bins + bins  # the (user, bin) cell of each row
+
+    def table(values: np.ndarray | None) -> np.ndarray:
+        return np.bincount(cell, weights=values, minlength=len(uniques) * n_bins).reshape(len(uniques), n_bins)
+
+    weights = user_weights(len(uniques), n_boot, seed)
+    n = _resampled_sums(weights, table(None))
+    gap = np.abs(_resampled_sums(weights, table(np.asarray(p, np.float64)))
+                 - _resampled_sums(weights, table(np.asarray(y, np.float64))))
+    return _percentiles(gap.sum(axis=1) / n.sum(axis=1))
 
 
 # per-target columns whose summary is their mean over targets with buyers

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from ml.features.feature_map import FeatureMap
-from ml.models.layers import (DenseFields, Embeddings, Experts, LocalActivation, SqueezeExcitation, fm_second_order,
+from ml.models.layers import (DenseFields, Embeddings, Experts, LocalActivation, SqueezeExcitation, first_layer,
+                              fm_second_order_of_fields,
                               gate, mlp)
 
 
@@ -104,8 +105,12 @@ class DeepFM(CrowdModel):
         for i, v in enumerate(self.emb.fields_of):
             if v != "user" or self.cfg.user_embedding:
                 linear = linear + self.linear_ids[v](ids[:, i]).squeeze(-1)
-        fields = torch.cat([self.id_fields(ids), self.dense_fields(batch["dense"])], dim=1)
-        logit = linear + fm_second_order(fields) + self.deep(fields.flatten(1)).squeeze(-1)
+        # the fields [id fields, dense value x vector], never built: see DenseFields
+        id_fields, dense, vectors = self.id_fields(ids), batch["dense"], self.dense_fields.weight
+        mlp_in, first = self.deep[0][0], self.deep[0][1:]
+        (h,) = first_layer([mlp_in], id_fields, dense, vectors)
+        deep = self.deep[1](first(h)).squeeze(-1)
+        logit = linear + fm_second_order_of_fields(id_fields, dense, vectors) + deep
         return {"buy": torch.sigmoid(logit)}
 
     def output_bias(self) -> torch.Tensor:
@@ -194,19 +199,33 @@ class PLE(DIN):
         self.last_se_weights: torch.Tensor | None = None
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        fields = torch.cat([self.id_fields(batch["ids"]), self.dense_fields(batch["dense"])], dim=1)
-        fields, weights = self.se(fields)
+        # the fields [id fields, dense value x vector], re-weighted by SE, are never built (see DenseFields):
+        # SE squeezes each field to its mean, a dense field's is its value times its vector's mean
+        id_fields, dense, vectors = self.id_fields(batch["ids"]), batch["dense"], self.dense_fields.weight
+        weights = self.se.net(torch.cat([id_fields.mean(dim=-1), dense * vectors.mean(dim=-1)], dim=1))
         self.last_se_weights = weights.detach()
-        x = torch.cat([fields.flatten(1), self.interest(batch)], dim=-1)
-        h_cc = h_buy = h_shared = x
-        for layer in self.layers:
-            e_cc, e_buy, e_sh = layer["cc"](h_cc), layer["buy"](h_buy), layer["shared"](h_shared)
-            new_cc = gate(layer["gate_cc"](h_cc), torch.cat([e_cc, e_sh], dim=1))
-            new_buy = gate(layer["gate_buy"](h_buy), torch.cat([e_buy, e_sh], dim=1))
-            if "gate_shared" in layer:
-                h_shared = gate(layer["gate_shared"](h_shared), torch.cat([e_cc, e_buy, e_sh], dim=1))
+        id_fields, dense = id_fields * weights[:, :self.n_id, None], dense * weights[:, self.n_id:]
+        interest = self.interest(batch)
+        h_cc = h_buy = h_shared = None
+        for i, layer in enumerate(self.layers):
+            branches = [layer[b].experts for b in ("cc", "buy", "shared")]
+            gates = [layer[g] for g in ("gate_cc", "gate_buy", "gate_shared") if g in layer]
+            if i == 0:  # every expert and gate reads the same input: their first layers are one product
+                firsts = first_layer([e[0] for experts in branches for e in experts] + gates, id_fields, dense,
+                                     vectors, tail=interest)
+                outs = iter(firsts)
+                e_cc, e_buy, e_sh = (torch.stack([e[1:](next(outs)) for e in experts], dim=1) for experts in branches)
+                g_cc, g_buy, *g_sh = list(outs)
+            else:
+                e_cc, e_buy, e_sh = layer["cc"](h_cc), layer["buy"](h_buy), layer["shared"](h_shared)
+                g_cc, g_buy = layer["gate_cc"](h_cc), layer["gate_buy"](h_buy)
+                g_sh = [layer["gate_shared"](h_shared)] if "gate_shared" in layer else []
+            new_cc = gate(g_cc, torch.cat([e_cc, e_sh], dim=1))
+            new_buy = gate(g_buy, torch.cat([e_buy, e_sh], dim=1))
+            if g_sh:
+                h_shared = gate(g_sh[0], torch.cat([e_cc, e_buy, e_sh], dim=1))
             h_cc, h_buy = new_cc, new_buy
-        fm = fm_second_order(fields)
+        fm = fm_second_order_of_fields(id_fields, dense, vectors)
         logit = {t: self.towers[t](h).squeeze(-1) + self.fm_scale[t] * fm
                  for t, h in (("y1", h_cc), ("y2", h_buy), ("y3", h_buy))}
         y1, y2, y3 = (torch.sigmoid(logit[t]) for t in ("y1", "y2", "y3"))

@@ -122,6 +122,61 @@ def run_dbt(
     return report
 
 
+# ODS, DIM and DW read the dataset and the task's settings, never the run's dates: a date's build selects only
+# these layers when the warehouse already holds the others from the same inputs
+# (macros/crowd_record_upstream.sql records which)
+DATE_LAYERS = ("path:models/ads", "path:models/samples")
+
+
+def upstream_key(dataset_dir: Path, dbt_vars: dict, item_subset: Path | None = None,
+                 project_dir: Path = DBT_PROJECT_DIR) -> str:
+    """What the upstream layers are a function of: the dataset's files and the item subset (name, size,
+    modification time: `crowd generate` and `crowd load` replace them, never edit them in place), every var but
+    the run's dates, the project's sources, and the versions of dbt and DuckDB."""
+    import hashlib
+    from importlib.metadata import version
+
+    files = sorted([*Path(dataset_dir).glob("events/*.parquet"), Path(dataset_dir) / "items.parquet",
+                    *([Path(item_subset)] if item_subset is not None else [])])
+    stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists()]
+    settings = {k: v for k, v in dbt_vars.items() if k not in ("ds", "forward_date")}
+    parts = [stats, settings, project_digest(project_dir), version("dbt-core"), version("duckdb")]
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def recorded_upstream(warehouse: Path) -> str | None:
+    """The key the warehouse's last complete build of the upstream layers recorded, or None (no warehouse, no
+    record, or the file held by a writer: then everything is built, as before there was a record)."""
+    import duckdb
+
+    from ml.warehouse.engine import open_warehouse
+
+    if not Path(warehouse).exists():
+        return None
+    try:
+        with open_warehouse("duckdb", warehouse) as con:  # as the export does: dbt may hold the file open here
+            row = con.execute("select upstream_key from crowd_meta.upstream").fetchone()
+    except duckdb.Error:
+        return None
+    return row[0] if row else None
+
+
+def build_dates(*, dataset_dir: Path, warehouse: Path, dbt_vars: dict, select: Sequence[str] = (),
+                project_dir: Path = DBT_PROJECT_DIR, quiet: bool = False, item_subset: Path | None = None,
+                engine: str = "duckdb") -> DbtReport:
+    """`dbt build` of the run's dates (every layer, or `select`), leaving out ODS, DIM and DW and their own tests
+    when a DuckDB warehouse holds them built from the same inputs (upstream_key): a week's build then reads
+    the daily tables, not the whole log again. The date's layers are selected (not the others excluded), so
+    every test that reads a date's model still runs, the leakage tests that also read DW among them."""
+    key = upstream_key(dataset_dir, dbt_vars, item_subset, project_dir)
+    if engine == "duckdb" and recorded_upstream(warehouse) == key:
+        # each selector intersected with each date layer (dbt's `a,b`); none: the date layers themselves
+        select = [f"{s},{layer}" for s in select for layer in DATE_LAYERS] if select else list(DATE_LAYERS)
+        log.info("dbt build: ODS, DIM and DW are already built from this dataset and these settings: left out")
+    return run_dbt("build", dataset_dir=dataset_dir, warehouse=warehouse, dbt_vars={**dbt_vars, "upstream_key": key},
+                   select=select, project_dir=project_dir, quiet=quiet, item_subset=item_subset, engine=engine)
+
+
 def dbt_environment(dataset_dir: Path, warehouse: Path, item_subset: Path | None = None,
                     engine: str = "duckdb") -> dict[str, str]:
     """What the profile and the sources read: the dataset, the engine and its warehouse (file or directory),
