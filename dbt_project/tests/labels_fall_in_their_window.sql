@@ -1,11 +1,14 @@
 {%- set c = crowd_config() -%}
 -- Labels are recomputed from the buy, collect and cart detail tables over [ds, ds + label_days) and must
 -- match samples and samples_evaluation exactly. For a tag: at least min_buys buy events in the tag's
--- categories over the horizon_days ending with the label window.
+-- categories over the horizon_days ending with the label window. On the rows of this run's dates (the others
+-- were checked when their run wrote them).
 with samples as (
     select ds, user_id, target_id, label_buy, label_collect_cart from {{ ref('samples') }}
+    where {{ crowd_in_run_dates() }}
     union  -- the evaluation date's pairs are in both: once each (a tag's rule counts buys)
     select ds, user_id, target_id, label_buy, label_collect_cart from {{ ref('samples_evaluation') }}
+    where {{ crowd_in_run_dates() }}
 ),
 
 recomputed as (
