@@ -120,12 +120,17 @@ class LocalActivation(nn.Module):
         # W [q, k, q - k, q * k] = (Wq + Wd) q + (Wk - Wd) k + Wp (q * k): the query's part once per row, not
         # once per behaviour, and no [B, L, 4 dim] concatenation. The same function and parameters (a
         # checkpoint loads either way), half the first layer's work, which is most of DIN's.
+        # Only the behaviours the mask keeps go through the MLP, packed into one [kept, ...] batch: a batch is
+        # padded to its longest sequence (50 on the default task, 27-33 behaviours on average), and a padded
+        # behaviour's score is zero whatever the MLP says. The same scores and gradients, a third less work.
         first = self.net[0][0]
         wq, wk, wd, wp = first.weight.split(self.dim, dim=1)
-        hidden = (F.linear(keys, wk - wd) + F.linear(query.unsqueeze(1) * keys, wp)
-                  + F.linear(query, wq + wd, first.bias).unsqueeze(1))
-        scores = self.net[1](self.net[0][1:](hidden)).squeeze(-1)
-        scores = scores * mask.to(scores.dtype)
+        rows, cols = mask.nonzero(as_tuple=True)
+        kept = keys[rows, cols]
+        hidden = (F.linear(kept, wk - wd) + F.linear(query[rows] * kept, wp)
+                  + F.linear(query, wq + wd, first.bias)[rows])
+        kept_scores = self.net[1](self.net[0][1:](hidden)).squeeze(-1)
+        scores = kept_scores.new_zeros(mask.shape).index_put((rows, cols), kept_scores)
         return (scores.unsqueeze(-1) * keys).sum(dim=1), scores
 
 
