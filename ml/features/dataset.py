@@ -263,21 +263,11 @@ class CrowdData:
             out[timescale] = np.log1p(arr[rows].astype(np.float32))
         return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device, non_blocking=True) for k, v in out.items()}
 
-    def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0, order: np.ndarray | None = None,
+    def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                 device: torch.device | str = "cpu") -> Iterator[dict[str, torch.Tensor]]:
-        """Batches of the rows in their order, shuffled, or in `order` (a permutation of the rows)."""
-        if order is None:
-            order = np.random.default_rng(seed).permutation(len(self)) if shuffle else np.arange(len(self))
+        order = np.random.default_rng(seed).permutation(len(self)) if shuffle else np.arange(len(self))
         for i in range(0, len(order), batch_size):
             yield self.batch(order[i:i + batch_size], device)
-
-    def by_sequence_length(self) -> np.ndarray:
-        """The rows ordered by the length of their behaviour sequence (stable: a user's rows stay together).
-        A batch is padded to its longest sequence, so scoring in this order pads little: on the default task's
-        populations every 2048-row batch in row order pads to 50 behaviours, the rows hold 27 on average, and
-        the attention's work is per padded behaviour."""
-        rows = self.row
-        return np.argsort(self.offsets[rows + 1] - self.offsets[rows], kind="stable")
 
 
 def encode_split(raw: RawExports, fmap: FeatureMap) -> dict[str, np.ndarray]:

@@ -158,21 +158,15 @@ def predict(model: CrowdModel, data: CrowdData, batch_size: int = 2048, device: 
     DNN 352k against 376k."""
     device = device or next(model.parameters()).device
     model.eval()
-    # each row's score depends on that row alone (eval mode), so the rows are scored in the order that pads
-    # their sequences least and put back in theirs
-    order = data.by_sequence_length()
-    batches = tqdm(data.batches(batch_size, order=order, device=device), total=-(-len(data) // batch_size),
-                   desc=desc, unit="batch", leave=False, disable=None)
+    batches = tqdm(data.batches(batch_size, device=device), total=-(-len(data) // batch_size), desc=desc,
+                   unit="batch", leave=False, disable=None)
     parts = []
     for i, b in enumerate(batches):
         parts.append(model(b)["buy"].float().cpu().numpy())
         if i % TRIM_EVERY == TRIM_EVERY - 1:
             trim_heap()
             data.release_pages()  # the mapped rows already scored: a million rows' pages are 0.6 GB
-    scores = np.zeros(len(data), np.float32)
-    if parts:
-        scores[order] = np.concatenate(parts)
-    return scores
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
 class Trainer:

@@ -101,8 +101,12 @@ def run_dbt(
     args += list(extra_args)
     env = dbt_environment(dataset_dir, warehouse, item_subset, engine)
     start = time.perf_counter()
-    with _environment(env):
-        result = dbtRunner().invoke(args)
+    try:
+        with _environment(env):
+            result = dbtRunner().invoke(args)
+    finally:
+        if engine == "duckdb":
+            _close_duckdb_instance()
     report = DbtReport(command, time.perf_counter() - start)
     failures: list[str] = []
     for r in result.result or []:
@@ -175,6 +179,20 @@ def build_dates(*, dataset_dir: Path, warehouse: Path, dbt_vars: dict, select: S
         log.info("dbt build: ODS, DIM and DW are already built from this dataset and these settings: left out")
     return run_dbt("build", dataset_dir=dataset_dir, warehouse=warehouse, dbt_vars={**dbt_vars, "upstream_key": key},
                    select=select, project_dir=project_dir, quiet=quiet, item_subset=item_subset, engine=engine)
+
+
+def _close_duckdb_instance() -> None:
+    """dbt-duckdb keeps its DuckDB instance open in the process after an invocation, with its buffer pool (up to
+    CROWD_DUCKDB_MEMORY of the warehouse's pages) and the file's lock: a process that goes on afterwards (the
+    DAG runs of `crowd run-dags`, then their training) would carry both. Closed here; the next invocation opens
+    the file again in milliseconds."""
+    from dbt.adapters.duckdb.connections import DuckDBConnectionManager
+
+    environment = getattr(DuckDBConnectionManager, "_ENV", None)  # no public accessor in dbt-duckdb 1.x
+    if environment is not None:
+        with contextlib.suppress(Exception):  # already closed, or never opened a handle
+            environment.close()
+    DuckDBConnectionManager.close_all_connections()
 
 
 def dbt_environment(dataset_dir: Path, warehouse: Path, item_subset: Path | None = None,
