@@ -12,8 +12,7 @@ from torch import nn
 
 from ml.features.feature_map import FeatureMap
 from ml.models.layers import (DenseFields, Embeddings, Experts, LocalActivation, SqueezeExcitation, first_layer,
-                              fm_second_order_of_fields,
-                              gate, mlp)
+                              fm_second_order_of_fields, gate, mlp)
 
 
 @dataclass
