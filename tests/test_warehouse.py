@@ -488,3 +488,19 @@ def test_column_descriptions_are_read_from_the_feature_grammar_and_keep_what_was
     text = props.read_text()
     document(props, {"samples_candidates": ["ds", "inclusion_prob", "u_click_90d", "x_mystery"]})
     assert props.read_text() == text  # written once, the same the next time
+
+
+def test_the_duckdb_memory_cap_is_the_profiles_and_a_bad_one_is_refused(monkeypatch):
+    """dbt and every Python connection to the warehouse keep to one cap: CROWD_DUCKDB_MEMORY, else the default
+    profiles.yml gives dbt; it reaches SQL only as a validated size."""
+    from ml.warehouse.engine import duckdb_memory_limit
+
+    monkeypatch.delenv("CROWD_DUCKDB_MEMORY", raising=False)
+    profile = yaml.safe_load((DBT_PROJECT_DIR / "profiles.yml").read_text())
+    setting = profile["purchase_crowd"]["outputs"]["duckdb"]["settings"]["memory_limit"]
+    assert f"'{duckdb_memory_limit()}'" in setting
+    monkeypatch.setenv("CROWD_DUCKDB_MEMORY", "512MiB")
+    assert duckdb_memory_limit() == "512MiB"
+    monkeypatch.setenv("CROWD_DUCKDB_MEMORY", "4GB'; drop table ods.ods_events; --")
+    with pytest.raises(ValueError, match="CROWD_DUCKDB_MEMORY: expected a size"):
+        duckdb_memory_limit()
