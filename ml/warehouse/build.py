@@ -142,7 +142,7 @@ def upstream_key(dataset_dir: Path, dbt_vars: dict, item_subset: Path | None = N
 
     files = sorted([*Path(dataset_dir).glob("events/*.parquet"), Path(dataset_dir) / "items.parquet",
                     *([Path(item_subset)] if item_subset is not None else [])])
-    stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists()]
+    stats = [(str(f.resolve()), st.st_size, st.st_mtime_ns) for f in files if f.exists() for st in [f.stat()]]
     settings = {k: v for k, v in dbt_vars.items() if k not in ("ds", "forward_date")}
     parts = [stats, settings, project_digest(project_dir), version("dbt-core"), version("duckdb")]
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -158,7 +158,7 @@ def recorded_upstream(warehouse: Path) -> str | None:
     if not Path(warehouse).exists():
         return None
     try:
-        with open_warehouse("duckdb", warehouse) as con:  # as the export does: dbt may hold the file open here
+        with open_warehouse("duckdb", warehouse) as con:
             row = con.execute("select upstream_key from crowd_meta.upstream").fetchone()
     except duckdb.Error:
         return None
@@ -172,13 +172,15 @@ def build_dates(*, dataset_dir: Path, warehouse: Path, dbt_vars: dict, select: S
     when a DuckDB warehouse holds them built from the same inputs (upstream_key): a week's build then reads
     the daily tables, not the whole log again. The date's layers are selected (not the others excluded), so
     every test that reads a date's model still runs, the leakage tests that also read DW among them."""
-    key = upstream_key(dataset_dir, dbt_vars, item_subset, project_dir)
-    if engine == "duckdb" and recorded_upstream(warehouse) == key:
-        # each selector intersected with each date layer (dbt's `a,b`); none: the date layers themselves
-        select = [f"{s},{layer}" for s in select for layer in DATE_LAYERS] if select else list(DATE_LAYERS)
-        log.info("dbt build: ODS, DIM and DW are already built from this dataset and these settings: left out")
-    return run_dbt("build", dataset_dir=dataset_dir, warehouse=warehouse, dbt_vars={**dbt_vars, "upstream_key": key},
-                   select=select, project_dir=project_dir, quiet=quiet, item_subset=item_subset, engine=engine)
+    if engine == "duckdb":  # Spark records nothing (the hook's layers are DuckDB's only)
+        key = upstream_key(dataset_dir, dbt_vars, item_subset, project_dir)
+        if recorded_upstream(warehouse) == key:
+            # each selector intersected with each date layer (dbt's `a,b`); none: the date layers themselves
+            select = [f"{s},{layer}" for s in select for layer in DATE_LAYERS] if select else list(DATE_LAYERS)
+            log.info("dbt build: ODS, DIM and DW are already built from this dataset and these settings: left out")
+        dbt_vars = {**dbt_vars, "upstream_key": key}
+    return run_dbt("build", dataset_dir=dataset_dir, warehouse=warehouse, dbt_vars=dbt_vars, select=select,
+                   project_dir=project_dir, quiet=quiet, item_subset=item_subset, engine=engine)
 
 
 def _close_duckdb_instance() -> None:
