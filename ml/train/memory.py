@@ -7,20 +7,27 @@ large as all of them together, and scoring in small batches grows the heap by gi
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 
 
 def release_freed_memory() -> None:
-    """Hand the heap memory Python and numpy freed back to the system (glibc keeps it for reuse otherwise, and
-    a process that trains nine models in turn then looks as large as all of them together)."""
+    """Collect what Python still holds in cycles, then hand the freed heap back (trim_heap)."""
     gc.collect()
     trim_heap()
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl)
+        return None
 
 
 def trim_heap() -> None:
     """glibc's malloc_trim: the free pages of the heap go back to the system. A loop of tensors of a few to
     a few tens of MB (DIN's attention over 2048 rows) otherwise grew the heap by 3 GB while scoring."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
-        pass
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
