@@ -85,9 +85,16 @@ def run_rechub(model_name: str, batch_size: int, epochs: int, n_dates: int) -> d
         parts = {"hist_target_id": [], "hist_category_id": []}
         for start in range(0, len(data), 65536):
             b = data.batch(np.arange(start, min(start + 65536, len(data))))
+            # rechub reads whole padded sequences: each collapsed behaviour repeated its count times
+            index = b["hist_index"].numpy()
+            counts = b["hist_count"].numpy()[index].astype(np.int64)
+            owner = np.repeat(b["hist_row"].numpy(), counts)
+            lens = np.bincount(owner, minlength=len(b["ids"]))
+            place = np.arange(len(owner)) - np.repeat(np.cumsum(lens) - lens, lens)
             for key, col in (("hist_target_id", "hist_target"), ("hist_category_id", "hist_category")):
-                arr = b[col].numpy()
-                parts[key].append(np.pad(arr, ((0, 0), (0, width - arr.shape[1]))))
+                arr = np.zeros((len(lens), width), dtype=np.int64)
+                arr[owner, place] = np.repeat(b[col].numpy()[index], counts)
+                parts[key].append(arr)
         x.update({k: np.concatenate(v) for k, v in parts.items()})
         return x
 

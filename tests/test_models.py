@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ml.features.dataset import CrowdData, fit_feature_map, read_exports
+from ml.features.dataset import CrowdData, collapse_repeats, fit_feature_map, read_exports
 from ml.features.feature_map import OOV, FeatureMap
 from ml.models.layers import LocalActivation, fm_second_order, gate
 from ml.models.zoo import MODELS, ModelConfig, build_model
@@ -118,30 +118,75 @@ def test_every_model_starts_at_the_training_labels_base_rate(name, fmap, data):
         assert 0.02 < float(out["collect_cart"].median()) < 0.5
 
 
-def test_the_collate_pads_to_the_longest_sequence_of_the_batch_with_a_mask(data):
-    batch = _first_batch(data, 64)
-    lengths = batch["mask"].sum(dim=1)
-    assert batch["mask"].shape[1] == int(lengths.max()) <= data.fmap.sequence_length
-    assert (batch["hist_target"][~batch["mask"]] == 0).all() and (batch["hist_target"][batch["mask"]] > 0).all()
+def test_the_collate_packs_each_rows_behaviours_and_each_sequence_once(data):
+    idx = np.arange(0, len(data), max(1, len(data) // 64))[:64]
+    idx = np.concatenate([idx, idx[:8]])  # rows that share a sequence: their behaviours are packed once
+    batch = data.batch(idx)
+    rows = data.row[idx]
+    lengths = data.offsets[rows + 1] - data.offsets[rows]
+    assert batch["hist_row"].tolist() == np.repeat(np.arange(len(idx)), lengths).tolist()
+    stored = np.concatenate([data.hist_target[data.offsets[r]:data.offsets[r + 1]] for r in rows])
+    assert batch["hist_target"][batch["hist_index"]].tolist() == stored.tolist()
+    distinct = np.unique(rows)
+    assert len(batch["hist_target"]) == int((data.offsets[distinct + 1] - data.offsets[distinct]).sum()) < len(stored)
+    assert (batch["hist_target"] > 0).all() and (batch["hist_count"] >= 1).all()
     assert batch["ids"].dtype == torch.int64 and batch["dense"].dtype == torch.float32
+    assert "month" not in data.batch(idx, series=False) and "hist_row" not in data.batch(idx, sequences=False)
 
 
 @pytest.mark.parametrize("name", ["din", "moe", "ple"])
-def test_extra_padding_never_changes_the_output(name, fmap, data):
+def test_a_rows_output_is_the_same_alone_as_among_longer_and_shorter_sequences(name, fmap, data):
+    torch.manual_seed(0)
+    model = build_model(name, fmap, SMALL).eval()
+    idx = np.argsort(-(data.offsets[data.row + 1] - data.offsets[data.row]), kind="stable")
+    idx = np.concatenate([idx[:16], idx[-16:]])  # the longest sequences and the shortest (empty ones too)
+    with torch.no_grad():
+        together = model(data.batch(idx))["buy"]
+        alone = torch.cat([model(data.batch(idx[i:i + 1]))["buy"] for i in range(len(idx))])
+        torch.testing.assert_close(together, alone, rtol=0, atol=1e-6)
+        # and the attention does depend on the behaviours themselves
+        batch = data.batch(idx)
+        unseen = dict(batch, hist_target=torch.full_like(batch["hist_target"], OOV))
+        assert not torch.allclose(model(batch)["buy"], model(unseen)["buy"])
+
+
+def test_repeated_behaviours_are_kept_once_with_their_count_at_their_most_recent_place():
+    # three sequences: [a, b, a, c, a], [], [b, b]; a behaviour is equal in every column, not in one
+    offsets = np.array([0, 5, 5, 7])
+    target = np.array([1, 2, 1, 3, 1, 2, 2])
+    action = np.array([1, 1, 1, 1, 2, 1, 1])  # the last "a" was another action: another behaviour
+    new_offsets, kept = collapse_repeats(offsets, {"t": target, "a": action})
+    assert new_offsets.tolist() == [0, 4, 4, 5]
+    assert kept["t"].tolist() == [1, 2, 3, 1, 2] and kept["a"].tolist() == [1, 1, 1, 2, 1]
+    assert kept["hist_count"].tolist() == [2, 1, 1, 1, 2]
+
+
+def _expanded(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch as exported: each row's behaviours its own, each repeated count times, with counts of one."""
+    counts = batch["hist_count"][batch["hist_index"]].long()
+    out = {k: v[batch["hist_index"]].repeat_interleave(counts) if k.startswith("hist_") else v
+           for k, v in batch.items()}
+    out["hist_row"] = batch["hist_row"].repeat_interleave(counts)
+    out["hist_index"] = torch.arange(len(out["hist_row"]))
+    out["hist_count"] = torch.ones(len(out["hist_row"]))
+    return out
+
+
+@pytest.mark.parametrize("name", ["din", "moe", "ple"])
+def test_collapsed_repeats_give_the_output_and_gradients_of_the_whole_sequence(name, fmap, data):
     torch.manual_seed(0)
     model = build_model(name, fmap, SMALL).eval()
     batch = _first_batch(data, 64)
-    padded = dict(batch)
-    extra = 17
-    for k in ("hist_target", "hist_category", "hist_action", "hist_age"):
-        padded[k] = torch.cat([batch[k], torch.zeros(64, extra, dtype=batch[k].dtype)], dim=1)
-    padded["mask"] = torch.cat([batch["mask"], torch.zeros(64, extra, dtype=torch.bool)], dim=1)
-    with torch.no_grad():
-        torch.testing.assert_close(model(batch)["buy"], model(padded)["buy"], rtol=0, atol=1e-6)
-        # and the attention does depend on the behaviours themselves
-        shuffled = dict(batch, hist_target=torch.where(batch["mask"], torch.full_like(batch["hist_target"], OOV),
-                                                       batch["hist_target"]))
-        assert not torch.allclose(model(batch)["buy"], model(shuffled)["buy"])
+    assert (batch["hist_count"] > 1).any(), "the tiny data should repeat some behaviours"
+    whole = _expanded(batch)
+    assert len(whole["hist_row"]) > len(batch["hist_row"])
+    out, reference = model(batch)["buy"], model(whole)["buy"]
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-6)
+    grads = torch.autograd.grad(out.sum(), list(model.parameters()), allow_unused=True)
+    reference_grads = torch.autograd.grad(reference.sum(), list(model.parameters()), allow_unused=True)
+    for g, r in zip(grads, reference_grads):
+        if g is not None:
+            torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
 
 
 def test_din_attention_computes_the_papers_concatenated_input_exactly():

@@ -2,8 +2,9 @@
 
 Columns keep their own types (int64 ids, float32 dense) and tensors are built per batch: never one float
 matrix of everything, where ids above 2^24 would lose precision and memory would explode. Behaviour
-sequences are stored once per (ds, user) as ragged arrays and padded per batch, to the batch's longest,
-in `CrowdData.batch` (the collate step), with a mask.
+sequences are stored once per (ds, user) as ragged arrays, and a batch's are packed one row after another
+in `CrowdData.batch` (the collate step), each behaviour with its row. A behaviour repeated within a sequence (the same target,
+category, action and age: three clicks on a brand in a day) is stored once with its count (`collapse_repeats`).
 """
 
 from __future__ import annotations
@@ -185,7 +186,7 @@ class CrowdData:
     # per row, and per (ds, user) key (the sequences, laid out flat, and the LSTM series): what a split holds
     ROW_ARRAYS = ("ids", "features", "labels", "weights", "inclusion_prob", "user_id", "target_id",
                   "target_category_id", "is_candidate", "ds", "row")
-    KEY_ARRAYS = ("offsets", "hist_target", "hist_category", "hist_action", "hist_age")
+    KEY_ARRAYS = ("offsets", "hist_target", "hist_category", "hist_action", "hist_age", "hist_count")
 
     def __init__(self, raw: RawExports, fmap: FeatureMap, hide_own_target: bool = False):
         """hide_own_target: a row's sequence shows no behaviour on the row's own target (an ablation)."""
@@ -237,43 +238,71 @@ class CrowdData:
         """The models' dense inputs of these rows: the feature map's columns, scaled."""
         return self.fmap.scale_dense(np.take(np.asarray(self.features[idx]), self.dense_index, axis=1))
 
-    def batch(self, idx: np.ndarray, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-        """The collate step: gather rows, pad the sequences to the batch's longest, build the mask."""
+    def batch(self, idx: np.ndarray, device: torch.device | str = "cpu", *, sequences: bool = True,
+              series: bool = True) -> dict[str, torch.Tensor]:
+        """The collate step: gather the rows, and (sequences) the behaviours of their distinct sequences, packed
+        one sequence after another (no padding): hist_target, hist_category, hist_action, hist_age and
+        hist_count [Mu] say what each behaviour was and how many times it occurred. Each row's behaviours are
+        pairs (hist_row [M], hist_index [M]): the row in the batch, the behaviour in the packed ones.
+
+        DIN's attention runs over these M pairs only, where a batch padded to its longest sequence holds several
+        times as many cells (and a mask to build and skip); and the rows of one user on one date share one
+        sequence, whose keys are then built once (scoring orders its rows by sequence: `predict`).
+        series: the LSTM's count series, log1p'd. A model's batches hold what it reads (CrowdModel.reads): the
+        series are most of the collate's work, and only the LSTM reads them."""
         rows = self.row[idx]
-        start, lens = self.offsets[rows], self.offsets[rows + 1] - self.offsets[rows]
-        width = max(int(lens.max(initial=0)), 1)
-        pos = np.arange(width)
-        mask = pos[None, :] < lens[:, None]
-        flat = np.where(mask, start[:, None] + pos[None, :], 0)
-        if self.hide_own_target and len(self.hist_target):
-            own = self.fmap.vocabularies["target"].encode(self.target_id[idx])
-            mask &= self.hist_target[flat] != own[:, None]
         out = {
             "ids": self.ids[idx],
             "dense": self.encoded_dense(idx),
             "labels": self.labels[idx],
             "weight": self.weights[idx],
-            "mask": mask,
-            "hist_target": np.where(mask, self.hist_target[flat] if len(self.hist_target) else 0, 0),
-            "hist_category": np.where(mask, self.hist_category[flat] if len(self.hist_category) else 0, 0),
-            "hist_action": np.where(mask, self.hist_action[flat] if len(self.hist_action) else 0, 0),
-            "hist_age": np.where(mask, self.hist_age[flat] if len(self.hist_age) else 0, 0),
         }
-        for timescale, arr in self.series.items():
-            out[timescale] = np.log1p(arr[rows].astype(np.float32))
+        if sequences:
+            seqs, seq_of = np.unique(rows, return_inverse=True)
+            start, lens = self.offsets[seqs], self.offsets[seqs + 1] - self.offsets[seqs]
+            packed_at = np.cumsum(lens) - lens  # each distinct sequence's first behaviour among the packed ones
+            flat = np.arange(int(lens.sum())) + np.repeat(start - packed_at, lens)
+            row_lens = lens[seq_of]
+            owner = np.repeat(np.arange(len(idx)), row_lens)
+            index = np.arange(len(owner)) + np.repeat(packed_at[seq_of] - (np.cumsum(row_lens) - row_lens), row_lens)
+            if self.hide_own_target and len(index):
+                own = self.fmap.vocabularies["target"].encode(self.target_id[idx])
+                shown = self.hist_target[flat[index]] != own[owner]
+                owner, index = owner[shown], index[shown]
+            out["hist_row"], out["hist_index"] = owner, index
+            for name in ("hist_target", "hist_category", "hist_action", "hist_age"):
+                out[name] = getattr(self, name)[flat]
+            out["hist_count"] = self.hist_count[flat].astype(np.float32)
+        if series:
+            for timescale, arr in self.series.items():
+                out[timescale] = np.log1p(arr[rows].astype(np.float32))
         return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device, non_blocking=True) for k, v in out.items()}
 
-    def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                device: torch.device | str = "cpu") -> Iterator[dict[str, torch.Tensor]]:
-        order = np.random.default_rng(seed).permutation(len(self)) if shuffle else np.arange(len(self))
+    def scoring_order(self, sequences: bool) -> np.ndarray:
+        """The order to score rows in: the rows of one sequence together when the model reads the sequences
+        (their keys are then built once per batch: `batch`), else as stored."""
+        return np.argsort(self.row, kind="stable") if sequences else np.arange(len(self))
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0, device: torch.device | str = "cpu",
+                sequences: bool = True, series: bool = True, order: np.ndarray | None = None,
+                ) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches of the rows in `order` (default: shuffled with `seed`, or as stored)."""
+        if order is None:
+            order = np.random.default_rng(seed).permutation(len(self)) if shuffle else np.arange(len(self))
         for i in range(0, len(order), batch_size):
-            yield self.batch(order[i:i + batch_size], device)
+            yield self.batch(order[i:i + batch_size], device, sequences=sequences, series=series)
 
 
 def encode_split(raw: RawExports, fmap: FeatureMap) -> dict[str, np.ndarray]:
     """The arrays of CrowdData for the rows of raw (see there), from one pass over its samples."""
     s = raw.samples
     seq = raw.sequences
+    offsets, behaviours = collapse_repeats(raw.offsets, {
+        "hist_target": fmap.vocabularies["target"].encode(seq["hist_target_id"]),
+        "hist_category": fmap.vocabularies["category"].encode(seq["hist_category_id"]),
+        "hist_action": np.clip(seq["hist_action"], 0, 4),
+        "hist_age": np.clip(seq[fmap.age_column], 1, fmap.max_age),
+    })
     arrays = {
         "ids": fmap.encode_ids(s),
         "features": dense_matrix(s, list(raw.dense)),
@@ -292,13 +321,38 @@ def encode_split(raw: RawExports, fmap: FeatureMap) -> dict[str, np.ndarray]:
                          else np.ones(len(s), dtype=bool)),
         "ds": pd.to_datetime(s["ds"]).to_numpy().astype("datetime64[D]"),
         "row": np.searchsorted(raw.keys, _key(s["ds"].to_numpy(), s["user_id"].to_numpy())),
-        "offsets": raw.offsets,
-        "hist_target": fmap.vocabularies["target"].encode(seq["hist_target_id"]),
-        "hist_category": fmap.vocabularies["category"].encode(seq["hist_category_id"]),
-        "hist_action": np.clip(seq["hist_action"], 0, 4),
-        "hist_age": np.clip(seq[fmap.age_column], 1, fmap.max_age),
+        "offsets": offsets,
+        **behaviours,
     }
     return arrays | {f"series_{k}": v for k, v in raw.series.items()}
+
+
+def collapse_repeats(offsets: np.ndarray, columns: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Each sequence (a slice of the flat columns, offsets as in RawExports) with its repeated behaviours, equal in
+    every column, kept once at their most recent place, and `hist_count` saying how many there were.
+
+    Why: DIN pools sum_l score(candidate, key_l) x key_l, and a behaviour's key is a function of its columns, so
+    equal behaviours score and weigh equally: count x score x key is the same sum, and its gradients the same.
+    On the default task 529k behaviours of the backtest's users are 170k distinct ones: the attention, most of
+    DIN's, MoE's and PLE's work per row, runs over a third of them."""
+    lengths = np.diff(offsets)
+    owner = np.repeat(np.arange(len(lengths)), lengths)
+    if len(owner) == 0:
+        return offsets, {**columns, "hist_count": np.zeros(0, np.int32)}
+    # sorted by (owner, columns...), ties in their stored order (lexsort is stable): a group's first is its
+    # most recent place
+    order = np.lexsort([*reversed(list(columns.values())), owner])  # the last key is the primary one
+    keys = [owner[order], *(columns[c][order] for c in columns)]
+    starts = np.ones(len(order), dtype=bool)
+    starts[1:] = np.any([k[1:] != k[:-1] for k in keys], axis=0)
+    group_starts = np.flatnonzero(starts)
+    counts = np.diff(np.append(group_starts, len(order)))
+    first = order[group_starts]  # each group's most recent place in the flat columns
+    by_place = np.argsort(first, kind="stable")  # back to (owner, recency) order
+    kept = first[by_place]
+    new_offsets = np.concatenate([[0], np.cumsum(np.bincount(owner[kept], minlength=len(lengths)))])
+    return new_offsets.astype(offsets.dtype, copy=False), {
+        **{c: v[kept] for c, v in columns.items()}, "hist_count": counts[by_place].astype(np.int32)}
 
 
 def dense_matrix(samples: pd.DataFrame, columns: list[str], block_rows: int = 65_536) -> np.ndarray:

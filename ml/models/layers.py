@@ -37,12 +37,6 @@ class Embeddings(nn.Module):
         return torch.cat([self.tables["target"](ids[:, self.target_at]),
                           self.tables["category"](ids[:, self.category_at])], dim=-1)
 
-    def behaviours(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys [B, L, 2 dim] (target and category of each behaviour) and context [B, L, 2 dim] (action, age)."""
-        keys = torch.cat([self.tables["target"](batch["hist_target"]), self.tables["category"](batch["hist_category"])], -1)
-        context = torch.cat([self.action(batch["hist_action"]), self.age(batch["hist_age"])], dim=-1)
-        return keys, context
-
 
 class DenseFields(nn.Module):
     """Each dense feature as a field embedding (value x learned vector), so FM and SE can treat it as a field.
@@ -107,7 +101,7 @@ class LocalActivation(nn.Module):
     """DIN's attention: a small MLP scores each behaviour against the candidate; padding scores exactly zero.
 
     Scores are not normalised over the sequence (as in the DIN paper, so intensity of interest is kept), and
-    the mask multiplies them, so appending padding never changes the pooled interest.
+    only the behaviours the mask keeps are pooled, so appending padding never changes the pooled interest.
     """
 
     def __init__(self, dim: int, hidden: tuple[int, ...] = (64, 32)):
@@ -115,23 +109,42 @@ class LocalActivation(nn.Module):
         self.dim = dim
         self.net = nn.Sequential(mlp([4 * dim, *hidden], activation=nn.PReLU), nn.Linear(hidden[-1], 1))
 
-    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
+                counts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """query [B, D], keys [B, L, D] padded, mask [B, L], counts [B, L] (see `pooled`): the pooled interest
+        [B, D] and each behaviour's score [B, L], zero where masked."""
+        rows, cols = mask.nonzero(as_tuple=True)
+        pooled, kept_scores = self.pooled(query, keys[rows, cols], rows, None if counts is None else counts[rows, cols])
+        return pooled, kept_scores.new_zeros(mask.shape).index_put((rows, cols), kept_scores)
+
+    def pooled(self, query: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor, counts: torch.Tensor | None = None,
+               index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The behaviours packed: keys [Mu, D] of the distinct behaviours, counts [Mu] how many times each
+        occurred (ml.features.dataset.collapse_repeats; None: once); each row's are the pairs (rows [M],
+        index [M]): the row, and the behaviour among the keys (None: the M keys in order). Returns the pooled
+        interest [B, D] and the pairs' scores [M].
+
+        Packed, only the behaviours a row holds go through the MLP: a batch padded to its longest sequence
+        holds several times as many (and a padded behaviour's score would be zero whatever the MLP says). The
+        rows of one user share their keys, whose part of the first layer is then taken once."""
         # The first layer reads [q, k, q - k, q * k] (the DIN paper's input). With its weight in four blocks,
-        # W [q, k, q - k, q * k] = (Wq + Wd) q + (Wk - Wd) k + Wp (q * k): the query's part once per row, not
-        # once per behaviour, and no [B, L, 4 dim] concatenation. The same function and parameters (a
-        # checkpoint loads either way), half the first layer's work, which is most of DIN's.
-        # Only the behaviours the mask keeps go through the MLP, packed into one [kept, ...] batch: a batch is
-        # padded to its longest sequence (50 on the default task, 27-33 behaviours on average), and a padded
-        # behaviour's score is zero whatever the MLP says. The same scores and gradients, a third less work.
+        # W [q, k, q - k, q * k] = (Wq + Wd) q + (Wk - Wd) k + Wp (q * k): the query's part once per row, the
+        # key's once per distinct behaviour, and no [M, 4 dim] concatenation. The same function and parameters
+        # (a checkpoint loads either way).
         first = self.net[0][0]
         wq, wk, wd, wp = first.weight.split(self.dim, dim=1)
-        rows, cols = mask.nonzero(as_tuple=True)
-        kept = keys[rows, cols]
-        hidden = (F.linear(kept, wk - wd) + F.linear(query[rows] * kept, wp)
-                  + F.linear(query, wq + wd, first.bias)[rows])
-        kept_scores = self.net[1](self.net[0][1:](hidden)).squeeze(-1)
-        scores = kept_scores.new_zeros(mask.shape).index_put((rows, cols), kept_scores)
-        return (scores.unsqueeze(-1) * keys).sum(dim=1), scores
+        # gathers by index_select: on the CPU several times faster than indexing with a tensor (tensor[index])
+        by_key = F.linear(keys, wk - wd)
+        if index is not None:
+            keys, by_key = keys.index_select(0, index), by_key.index_select(0, index)
+            counts = None if counts is None else counts.index_select(0, index)
+        by_row = F.linear(query, wq + wd, first.bias).index_select(0, rows)
+        hidden = torch.addmm(by_key.add_(by_row), query.index_select(0, rows) * keys, wp.T)
+        scores = self.net[1](self.net[0][1:](hidden)).squeeze(-1)
+        weights = scores if counts is None else scores * counts
+        # index_add is deterministic on CUDA under torch.use_deterministic_algorithms (ml.train.trainer)
+        pooled = keys.new_zeros(query.shape[0], keys.shape[1]).index_add(0, rows, weights.unsqueeze(-1) * keys)
+        return pooled, scores
 
 
 class SqueezeExcitation(nn.Module):

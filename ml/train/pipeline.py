@@ -501,7 +501,7 @@ def _se_importance(model, data: CrowdData, fmap, out: Path) -> Path:  # noqa: AN
     sums, n = None, 0
     model.eval()
     with torch.no_grad():
-        for b in data.batches(8192, device=next(model.parameters()).device):
+        for b in data.batches(8192, device=next(model.parameters()).device, **model.reads):
             model(b)
             w = model.last_se_weights.sum(dim=0).cpu().numpy()
             sums, n = (w if sums is None else sums + w), n + len(b["labels"])
@@ -578,13 +578,14 @@ def _log_flavour(outcome: Outcome, data: Prepared, example_rows: int = 3):  # no
     net = build_model(bundle.name, fmap, ModelConfig(**bundle.config["model_config"]))
     net.load_state_dict(load_weights(outcome.bundle / "weights.pt"))
     net.eval()
-    batch = data.splits["evaluation"].batch(rows)
+    batch = data.splits["evaluation"].batch(rows, **net.reads)
     with torch.no_grad():
         output = net(batch)["buy"].numpy()
     example = {k: v.numpy() for k, v in batch.items()}
-    # the PyTorch flavour's pyfunc takes one array, these models a dict of them (ids, dense features, the
-    # padded sequences and their mask): the example documents the input, and the warning of MLflow's serving
-    # check, which cannot pass a dict, is known and dropped (crowd score and Bundle.score serve these models)
+    # the PyTorch flavour's pyfunc takes one array, these models a dict of them (ids, dense features, and the
+    # packed sequences or the series for the models that read them): the example documents the input, and the
+    # warning of MLflow's serving check, which cannot pass a dict, is known and dropped (crowd score and
+    # Bundle.score serve these models)
     # MLflow warns that its PyTorch flavour pickles the module: known, and the project never loads it that way
     # (crowd score reads the bundle's weights.pt with torch.load(weights_only=True))
     with (_dropped(logging.getLogger("mlflow.models.model"), "Failed to validate serving input example"),

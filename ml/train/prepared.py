@@ -40,7 +40,7 @@ from ml.warehouse.export import export_dir
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "valid_population", "evaluation")
-FORMAT = 1  # bump when the folder's layout changes
+FORMAT = 2  # bump when the folder's layout changes (2: sequences with their repeats collapsed, hist_count)
 T = TypeVar("T")
 
 
