@@ -132,22 +132,32 @@ def test_the_collate_packs_each_rows_behaviours_and_each_sequence_once(data):
     assert (batch["hist_target"] > 0).all() and (batch["hist_count"] >= 1).all()
     assert batch["ids"].dtype == torch.int64 and batch["dense"].dtype == torch.float32
     assert "month" not in data.batch(idx, series=False) and "hist_row" not in data.batch(idx, sequences=False)
+    # the ablation that hides each row's behaviours on its own target drops those pairs, and only those
+    hidden = CrowdData.from_arrays(data.arrays(), data.fmap, data.columns, hide_own_target=True).batch(idx)
+    own = torch.from_numpy(data.fmap.vocabularies["target"].encode(data.target_id[idx]))
+    on_own = batch["hist_target"][batch["hist_index"]] == own[batch["hist_row"]]
+    assert (hidden["hist_target"][hidden["hist_index"]] != own[hidden["hist_row"]]).all()
+    assert len(hidden["hist_row"]) == int((~on_own).sum())
 
 
-@pytest.mark.parametrize("name", ["din", "moe", "ple"])
-def test_a_rows_output_is_the_same_alone_as_among_longer_and_shorter_sequences(name, fmap, data):
+@pytest.mark.parametrize("name", ["din", "moe", "ple", "lstm"])
+def test_a_rows_output_is_the_same_alone_as_among_other_users_and_the_same_user(name, fmap, data):
+    """The batch holds each user's sequence and series once (CrowdData.batch): a row scores the same alone."""
     torch.manual_seed(0)
     model = build_model(name, fmap, SMALL).eval()
     idx = np.argsort(-(data.offsets[data.row + 1] - data.offsets[data.row]), kind="stable")
-    idx = np.concatenate([idx[:16], idx[-16:]])  # the longest sequences and the shortest (empty ones too)
+    by_user = data.scoring_order(True)
+    # the longest sequences, the shortest (empty ones too), and rows of the same users together
+    idx = np.concatenate([idx[:16], idx[-16:], by_user[:32]])
+    assert len(np.unique(data.row[idx])) < len(idx)
     with torch.no_grad():
         together = model(data.batch(idx))["buy"]
         alone = torch.cat([model(data.batch(idx[i:i + 1]))["buy"] for i in range(len(idx))])
         torch.testing.assert_close(together, alone, rtol=0, atol=1e-6)
-        # and the attention does depend on the behaviours themselves
-        batch = data.batch(idx)
-        unseen = dict(batch, hist_target=torch.full_like(batch["hist_target"], OOV))
-        assert not torch.allclose(model(batch)["buy"], model(unseen)["buy"])
+        if model.reads_sequences:  # and the attention does depend on the behaviours themselves
+            batch = data.batch(idx)
+            unseen = dict(batch, hist_target=torch.full_like(batch["hist_target"], OOV))
+            assert not torch.allclose(model(batch)["buy"], model(unseen)["buy"])
 
 
 def test_repeated_behaviours_are_kept_once_with_their_count_at_their_most_recent_place():

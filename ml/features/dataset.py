@@ -2,9 +2,9 @@
 
 Columns keep their own types (int64 ids, float32 dense) and tensors are built per batch: never one float
 matrix of everything, where ids above 2^24 would lose precision and memory would explode. Behaviour
-sequences are stored once per (ds, user) as ragged arrays, and a batch's are packed one row after another
-in `CrowdData.batch` (the collate step), each behaviour with its row. A behaviour repeated within a sequence (the same target,
-category, action and age: three clicks on a brand in a day) is stored once with its count (`collapse_repeats`).
+sequences are stored once per (ds, user) as ragged arrays, and a batch's are packed without padding in
+`CrowdData.batch` (the collate step). A behaviour repeated within a sequence (the same target, category,
+action and age: three clicks on a brand in a day) is stored once with its count (`collapse_repeats`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from ml.train.calibration import population_weights
 from ml.warehouse.export import export_dir
 
 LABELS = ("label_buy", "label_collect_cart")
+_LOG1P_COUNTS = np.log1p(np.arange(256, dtype=np.float32))  # the series' uint8 counts, log1p'd
 SEQUENCES = ("hist_target_id", "hist_category_id", "hist_action", "hist_age_days", "hist_age_hours")
 
 
@@ -248,8 +249,9 @@ class CrowdData:
         DIN's attention runs over these M pairs only, where a batch padded to its longest sequence holds several
         times as many cells (and a mask to build and skip); and the rows of one user on one date share one
         sequence, whose keys are then built once (scoring orders its rows by sequence: `predict`).
-        series: the LSTM's count series, log1p'd. A model's batches hold what it reads (CrowdModel.reads): the
-        series are most of the collate's work, and only the LSTM reads them."""
+        series: the LSTM's count series, log1p'd, once per distinct sequence too (series_index [B]: each row's).
+        A model's batches hold what it reads (CrowdModel.reads): the series were most of the collate's work,
+        and only the LSTM reads them."""
         rows = self.row[idx]
         out = {
             "ids": self.ids[idx],
@@ -257,8 +259,8 @@ class CrowdData:
             "labels": self.labels[idx],
             "weight": self.weights[idx],
         }
+        seqs, seq_of = np.unique(rows, return_inverse=True) if sequences or series else (None, None)
         if sequences:
-            seqs, seq_of = np.unique(rows, return_inverse=True)
             start, lens = self.offsets[seqs], self.offsets[seqs + 1] - self.offsets[seqs]
             packed_at = np.cumsum(lens) - lens  # each distinct sequence's first behaviour among the packed ones
             flat = np.arange(int(lens.sum())) + np.repeat(start - packed_at, lens)
@@ -273,15 +275,18 @@ class CrowdData:
             for name in ("hist_target", "hist_category", "hist_action", "hist_age"):
                 out[name] = getattr(self, name)[flat]
             out["hist_count"] = self.hist_count[flat].astype(np.float32)
-        if series:
+        if series and self.series:
+            # each distinct (ds, user)'s series once (series_index: each row's), log1p'd through a table of the
+            # 256 values a uint8 count takes: the same float32 numbers, no logarithm per cell
+            out["series_index"] = seq_of
             for timescale, arr in self.series.items():
-                out[timescale] = np.log1p(arr[rows].astype(np.float32))
+                out[timescale] = _LOG1P_COUNTS[arr[seqs]]
         return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device, non_blocking=True) for k, v in out.items()}
 
-    def scoring_order(self, sequences: bool) -> np.ndarray:
-        """The order to score rows in: the rows of one sequence together when the model reads the sequences
-        (their keys are then built once per batch: `batch`), else as stored."""
-        return np.argsort(self.row, kind="stable") if sequences else np.arange(len(self))
+    def scoring_order(self, by_user: bool) -> np.ndarray:
+        """The order to score rows in: by_user, the rows of one (ds, user) together, for a model that reads the
+        sequences or the series (a batch then holds each once: `batch`), else as stored."""
+        return np.argsort(self.row, kind="stable") if by_user else np.arange(len(self))
 
     def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0, device: torch.device | str = "cpu",
                 sequences: bool = True, series: bool = True, order: np.ndarray | None = None,

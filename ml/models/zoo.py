@@ -157,8 +157,9 @@ class DIN(CrowdModel):
         every_age = F.linear(e.age(torch.arange(e.age.num_embeddings, device=rows.device)), w_age, self.context.bias)
         # one table of every (action, age): one lookup per behaviour
         context = (every_action.unsqueeze(1) + every_age.unsqueeze(0)).flatten(0, 1)
-        keys = (torch.cat([e.tables["target"](batch["hist_target"]), e.tables["category"](batch["hist_category"])],
-                          dim=-1) + context.index_select(0, batch["hist_action"] * e.age.num_embeddings + batch["hist_age"]))
+        at = batch["hist_action"] * e.age.num_embeddings + batch["hist_age"]
+        keys = torch.cat([e.tables["target"](batch["hist_target"]), e.tables["category"](batch["hist_category"])],
+                         dim=-1) + context.index_select(0, at)
         pooled, _ = self.attention.pooled(e.candidate(batch["ids"]), keys, rows, batch["hist_count"],
                                           batch["hist_index"])
         return pooled
@@ -289,9 +290,12 @@ class TwoTimescaleLSTM(CrowdModel):
         self.fuse = nn.Sequential(mlp([d_in, *cfg.hidden], cfg.dropout), nn.Linear(cfg.hidden[-1], 1))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # the series are a user's (on a date), batched once per distinct one (CrowdData.batch): each row reads
+        # its user's final states, so a user scored for every target runs the LSTMs once
         _, (h_month, _) = self.monthly(batch["month"])
         _, (h_day, _) = self.daily(batch["day"])
-        x = torch.cat([h_month[-1], h_day[-1], self.id_fields(batch["ids"]).flatten(1), batch["dense"]], dim=-1)
+        series = torch.cat([h_month[-1], h_day[-1]], dim=-1).index_select(0, batch["series_index"])
+        x = torch.cat([series, self.id_fields(batch["ids"]).flatten(1), batch["dense"]], dim=-1)
         return {"buy": torch.sigmoid(self.fuse(x).squeeze(-1))}
 
     def output_bias(self) -> torch.Tensor:

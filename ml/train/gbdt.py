@@ -151,18 +151,26 @@ def train_gbdt(cfg: GbdtConfig, train: pd.DataFrame, valid: pd.DataFrame, evalua
 
 
 def predict_gbdt(result: GbdtResult, frame: pd.DataFrame, dense: list[str]) -> np.ndarray:
-    """Score new rows with trained boosters (crowd score); rows no booster covers get the prior."""
+    """Score new rows with trained boosters (crowd score); rows no booster covers get the prior.
+
+    In blocks of consecutive rows (bounded memory whatever the population's size), each turned into one float32
+    matrix once, which every group's booster then reads its rows of. Taking each group's rows out of the frame
+    first (frame.iloc[rows], every column copied) cost as much as the trees: 1.2-1.4 s for the million rows of
+    the default backtest against 0.64-0.84 s in LightGBM."""
     out = np.full(len(frame), result.prior)
-    for name, targets in result.group_targets.items():
-        rows = np.arange(len(frame)) if targets is None else np.flatnonzero(frame["target_id"].isin(targets))
-        booster = result.boosters.get(name)
-        if len(rows) == 0:
-            continue
-        if booster is None:
-            out[rows] = result.group_priors.get(name, result.prior)
-            continue
-        # in blocks of rows, each one float32 matrix (bounded memory whatever the population's size)
-        for block in np.array_split(rows, -(-len(rows) // PREDICT_BLOCK_ROWS)):
-            out[block] = booster.predict(booster_matrix(frame.iloc[block], dense, result.vocabularies),
-                                         num_iteration=booster.best_iteration)
+    for start in range(0, len(frame), PREDICT_BLOCK_ROWS):
+        block = frame.iloc[start:start + PREDICT_BLOCK_ROWS]
+        matrix = None
+        targets = block["target_id"].to_numpy()
+        for name, group in result.group_targets.items():
+            rows = slice(None) if group is None else np.flatnonzero(np.isin(targets, group))
+            if isinstance(rows, np.ndarray) and len(rows) == 0:
+                continue
+            booster = result.boosters.get(name)
+            if booster is None:
+                out[start:start + len(block)][rows] = result.group_priors.get(name, result.prior)
+                continue
+            if matrix is None:
+                matrix = booster_matrix(block, dense, result.vocabularies)
+            out[start:start + len(block)][rows] = booster.predict(matrix[rows], num_iteration=booster.best_iteration)
     return out

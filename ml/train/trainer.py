@@ -152,15 +152,16 @@ def model_loss(out: dict[str, torch.Tensor], labels: torch.Tensor, cfg: TrainCon
 def predict(model: CrowdModel, data: CrowdData, batch_size: int = 2048, device: torch.device | None = None,
             desc: str = "scoring") -> np.ndarray:
     """P(buy) of every row, in batches, in the rows' order; a progress bar on a terminal (none in a log: tqdm's
-    disable=None). A model that reads the sequences scores the rows of one sequence together
-    (CrowdData.scoring_order): a batch then builds each user's behaviour keys once for all their targets.
+    disable=None). A model that reads the sequences or the series scores the rows of one user together
+    (CrowdData.scoring_order): a batch then builds each user's behaviour keys, or runs their series, once for
+    all their targets.
     2048 rows a batch: the attention's activations then mostly stay in the CPU's caches. Over the 993,750
     backtest rows of the default task (2 cores, three runs each, `python bench/score.py --rows 1000000`): DIN
     221k-248k pairs/s at 2048 against 143k-191k at 4096 and 191k-208k at 1024."""
     device = device or next(model.parameters()).device
     model.eval()
     reads = _reads(model)
-    order = data.scoring_order(reads.get("sequences", True))
+    order = data.scoring_order(reads.get("sequences", True) or reads.get("series", True))
     batches = tqdm(data.batches(batch_size, device=device, order=order, **reads), total=-(-len(data) // batch_size),
                    desc=desc, unit="batch", leave=False, disable=None)
     out = np.zeros(len(data), np.float32)
