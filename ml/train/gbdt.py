@@ -160,17 +160,17 @@ def predict_gbdt(result: GbdtResult, frame: pd.DataFrame, dense: list[str]) -> n
     out = np.full(len(frame), result.prior)
     for start in range(0, len(frame), PREDICT_BLOCK_ROWS):
         block = frame.iloc[start:start + PREDICT_BLOCK_ROWS]
-        matrix = None
+        scores = out[start:start + len(block)]  # a view: written through into out
         targets = block["target_id"].to_numpy()
+        matrix = None
         for name, group in result.group_targets.items():
-            rows = slice(None) if group is None else np.flatnonzero(np.isin(targets, group))
-            if isinstance(rows, np.ndarray) and len(rows) == 0:
-                continue
+            rows = np.arange(len(block)) if group is None else np.flatnonzero(np.isin(targets, group))
             booster = result.boosters.get(name)
-            if booster is None:
-                out[start:start + len(block)][rows] = result.group_priors.get(name, result.prior)
+            if len(rows) == 0 or booster is None:
+                scores[rows] = result.group_priors.get(name, result.prior)
                 continue
             if matrix is None:
                 matrix = booster_matrix(block, dense, result.vocabularies)
-            out[start:start + len(block)][rows] = booster.predict(matrix[rows], num_iteration=booster.best_iteration)
+            scores[rows] = booster.predict(matrix if group is None else matrix[rows],
+                                           num_iteration=booster.best_iteration)
     return out
