@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
 import pytest
+from filelock import FileLock
+
+# `make test` runs a worker per core (pytest-xdist): torch's and LightGBM's thread pools, one per core in every
+# worker, would spin against each other's; each worker's pools get its share of the cores (before torch loads)
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 from ml.config import Paths
 from ml.synth.generate import generate
@@ -13,6 +24,22 @@ from ml.synth.params import PRESETS, GeneratorConfig
 from ml.task import DEFAULT_TASK, Task, TaskPaths, load_task
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> tuple[Path, object]:
+    """A fixture's files built by the first of the parallel workers that needs them, in the folder every worker
+    of the session shares, then read by the others (a file lock orders them): one tiny dataset and one
+    warehouse build per `make test`, not one per worker. build(folder) returns something JSON can hold."""
+    root = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, above each worker's own
+    folder, done = root / "built" / name, root / "built" / f"{name}.json"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a worker that failed halfway left it
+            done.write_text(json.dumps(build(folder)))
+    return folder, json.loads(done.read_text())
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -51,10 +78,13 @@ def tiny_config(task: Task) -> GeneratorConfig:
 
 
 @pytest.fixture(scope="session")
-def tiny_dataset(tiny_config: GeneratorConfig, task: Task) -> Path:
-    """The tiny dataset, where the default task looks for its dataset (the session's data directory)."""
+def tiny_dataset(tiny_config: GeneratorConfig, task: Task, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny dataset, where the default task looks for its dataset (the session's data directory): a link to
+    the one generation all workers share. Read-only: a test that alters a dataset alters a copy."""
+    shared, _ = _built_once(tmp_path_factory, "tiny-dataset", lambda d: generate(tiny_config, d, progress=False))
     out = Paths.default().dataset(task.dataset)
-    generate(tiny_config, out, progress=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.symlink_to(shared, target_is_directory=True)
     return out
 
 
@@ -75,14 +105,26 @@ def tiny_db(tiny_dataset: Path) -> duckdb.DuckDBPyConnection:
 
 
 @pytest.fixture(scope="session")
-def tiny_warehouse(tiny_dataset: Path, task: Task, task_paths: TaskPaths):
-    """A real dbt build of every layer and labelled date of the default task over the tiny dataset, in the
-    task's warehouse: (warehouse path, dbt report)."""
-    from ml.warehouse.build import run_dbt
+def tiny_build(tiny_dataset: Path, task: Task, task_paths: TaskPaths, tmp_path_factory: pytest.TempPathFactory):
+    """A real dbt build of every layer and labelled date of the default task over the tiny dataset, the one all
+    workers share: (its folder, the dbt report). Read-only: tests take copies (tiny_warehouse). The dataset's
+    link resolves to the same files in every worker, so a copy records the upstream key its own build would."""
+    from ml.warehouse.build import DbtReport, run_dbt
 
-    report = run_dbt("build", dataset_dir=tiny_dataset, warehouse=task_paths.warehouse, dbt_vars=task.dbt_vars(),
-                     quiet=True)
-    return task_paths.warehouse, report
+    def build(folder: Path) -> dict:
+        report = run_dbt("build", dataset_dir=tiny_dataset, warehouse=folder / task_paths.warehouse.name,
+                         dbt_vars=task.dbt_vars(), quiet=True)
+        return {"command": report.command, "seconds": report.seconds, "statuses": report.statuses}
+
+    folder, report = _built_once(tmp_path_factory, "tiny-warehouse", build)
+    return folder, DbtReport(**report)
+
+
+@pytest.fixture(scope="session")
+def tiny_warehouse(tiny_build, task_paths: TaskPaths):
+    """The tiny build copied into the task's warehouse: (warehouse path, dbt report)."""
+    shutil.copytree(tiny_build[0], task_paths.warehouse.parent, dirs_exist_ok=True)
+    return task_paths.warehouse, tiny_build[1]
 
 
 @pytest.fixture(scope="session")

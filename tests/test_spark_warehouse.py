@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,6 @@ import pyarrow as pa
 import pytest
 
 from ml.task import Task
-from ml.warehouse.build import run_dbt
 from ml.warehouse.engine import open_warehouse
 from ml.warehouse.export import export_dates
 
@@ -24,15 +24,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def both_warehouses(tiny_dataset: Path, task: Task, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The tiny dataset built by each engine into a data directory of its own: DuckDB in this process, Spark
-    through the CLI in a child process (its JVM goes with it)."""
+def both_warehouses(tiny_dataset: Path, tiny_build, task: Task,  # noqa: ANN001
+                    tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny dataset built by each engine into a data directory of its own: DuckDB's is a copy of the
+    session's build (conftest.tiny_build), Spark builds through the CLI in a child process (its JVM goes with it)."""
     data = tmp_path_factory.mktemp("engines")
     (data / "raw").mkdir()
     (data / "raw" / task.dataset).symlink_to(tiny_dataset, target_is_directory=True)
     base = data / "tasks" / task.name / task.dataset / "warehouse"
+    shutil.copytree(tiny_build[0], base)
     duck = base / "crowd.duckdb"
-    run_dbt("build", dataset_dir=tiny_dataset, warehouse=duck, dbt_vars=task.dbt_vars(), quiet=True)
     env = {**os.environ, "CROWD_DATA_DIR": str(data), "CROWD_SPARK_MEMORY": "1g", "CROWD_SPARK_PARTITIONS": "4"}
     done = subprocess.run([sys.executable, "-m", "ml.cli", "warehouse", "--task", task.name, "--engine", "spark",
                            "--no-export"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)

@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from ml.cli import main
 from ml.crowds import CROWD_COLUMNS, last_log_day
+from ml.report import latest_runs
 from ml.task import TaskPaths
 from ml.tracking import (BUILD_TAG, CHAMPION, COMPARISON_TAG, champion_alias, comparison_key, configure,
                          promote_if_better, selection_metric)
@@ -398,8 +399,10 @@ def test_the_html_report_renders_in_chromium_with_every_model_curve_and_the_crow
     assert set(charts) == {"chart-roc", "chart-recall_at_n", "chart-gain", "chart-lift", "chart-calibration"}
     for chart in charts.values():  # every SVG decoded and laid out at a readable size
         assert chart["complete"] and chart["width"] > 300 and chart["shown"][0] > 300, chart
-    comparison = page["tables"][0]
-    assert comparison["rows"] == 1 + len(outcomes) + 2 + 1 and comparison["shown"][1] > 100  # models, floors, ceiling
+    comparison, table = page["tables"][0], latest_runs(task_paths, task)
+    # a header, then each model's latest run (these, and any a test before trained on these rows), floors, ceiling
+    assert set(outcomes) <= set(table["model"]) and {"floor: decayed_count", "oracle (ceiling)"} <= set(table["model"])
+    assert comparison["rows"] == 1 + len(table) and comparison["shown"][1] > 100
     assert {"Curves", "Crowds"} <= set(page["headings"])
     # the crowds just published: their size and the model that made them
     assert "7 to 7 (median 7)" in text and "buyers to expect" in text
