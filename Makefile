@@ -45,7 +45,7 @@ lock:
 # and the forward crowds; ends with the comparison table and where the crowds and the MLflow store are.
 # TASK is a file under tasks/ (`make run TASK=taobao-2017-category`); its dataset is used when present
 # (loaded or generated) and generated from the task's preset only when absent.
-# For the default task, two epochs and a tenth of the training negatives keep it near 16 minutes on 2 cores;
+# For the default task, two epochs and a tenth of the training negatives keep it near 14 minutes on 2 cores;
 # `make run RUN_EPOCHS=4 RUN_NEGATIVE_RATE=0.2` is the README's comparison setting. Other tasks train as
 # their file says unless RUN_EPOCHS / RUN_NEGATIVE_RATE are given.
 TASK ?= tmall-2013
