@@ -109,12 +109,13 @@ def tiny_build(tiny_dataset: Path, task: Task, task_paths: TaskPaths, tmp_path_f
     """A real dbt build of every layer and labelled date of the default task over the tiny dataset, the one all
     workers share: (its folder, the dbt report). Read-only: tests take copies (tiny_warehouse). The dataset's
     link resolves to the same files in every worker, so a copy records the upstream key its own build would."""
+    from dataclasses import asdict
+
     from ml.warehouse.build import DbtReport, run_dbt
 
     def build(folder: Path) -> dict:
-        report = run_dbt("build", dataset_dir=tiny_dataset, warehouse=folder / task_paths.warehouse.name,
-                         dbt_vars=task.dbt_vars(), quiet=True)
-        return {"command": report.command, "seconds": report.seconds, "statuses": report.statuses}
+        return asdict(run_dbt("build", dataset_dir=tiny_dataset, warehouse=folder / task_paths.warehouse.name,
+                              dbt_vars=task.dbt_vars(), quiet=True))
 
     folder, report = _built_once(tmp_path_factory, "tiny-warehouse", build)
     return folder, DbtReport(**report)
