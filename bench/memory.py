@@ -55,10 +55,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="tmall-2013")
     ap.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
-                    help="a task setting, as `crowd --set` (default: make run's epochs=2, negative_rate=0.1)")
+                    help="a task setting, as `crowd --set` (default: make run's epochs=1, negative_rate=0.1)")
     ap.add_argument("--model", nargs="+", help="the models (default: the task's)")
     args = ap.parse_args()
-    settings = args.set if args.set is not None else ["epochs=2", "negative_rate=0.1"]
+    settings = args.set if args.set is not None else ["epochs=1", "negative_rate=0.1"]
     if args.model:
         settings.append(f"models=[{', '.join(args.model)}]")
     os.environ["CROWD_DATA_DIR"] = str(_scratch(args.task, settings))

@@ -28,14 +28,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="tmall-2013")
     ap.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
-                    help="a task setting (default: make run's epochs=2, negative_rate=0.1: its prepared rows)")
+                    help="a task setting (default: make run's epochs=1, negative_rate=0.1: its prepared rows)")
     ap.add_argument("--rows", type=int, default=200_000, help="backtest rows scored (default 200000)")
     ap.add_argument("--model", nargs="+", default=["lgbm_all_mixed", *MODELS], help="models (default: all)")
     ap.add_argument("--batch-sizes", nargs="+", type=int, default=[512, 2048, 8192],
                     help="deep models' batch sizes (default 512 2048 8192)")
     args = ap.parse_args()
     task = load_task(args.task, parse_assignments(args.set if args.set is not None else
-                                                  ["epochs=2", "negative_rate=0.1"]))
+                                                  ["epochs=1", "negative_rate=0.1"]))
     paths = TaskPaths.of(task)
     data = prepare(task, paths)
     split = data.splits["evaluation"]
