@@ -3,7 +3,8 @@
 A migrated metadata DB (SQLite under DATA/airflow) and the DuckDB pool, then `dag.test()` of the task's
 periods DAG for every labelled date (logical date = ds, as a backfill dates them), then of its training DAG
 (models, champion, forward crowds). The same DAG objects, Cosmos tasks, dbt runs, retries and MLflow store as
-under a scheduler; only the executor differs (tasks run one after another here). The runs are in the metadata
+under a scheduler; only the executor differs: tasks run one after another here, but for those a DAG lets run
+several at a time (the trainings: side_by_side). The runs are in the metadata
 DB afterwards, so `make airflow` shows them, and a UI backfill over the same dates finds them.
 
 Airflow and dbt log every task at length; that goes to DATA/airflow/local_run.log and the terminal shows a
@@ -168,7 +169,9 @@ def run_pipeline(task: Task, overrides: dict | None = None, dates: list[dt.date]
                 bar.set_postfix_str(f"{dag_id}, {label}")
                 _collect_garbage()
                 start = time.perf_counter()
-                run = bag.get_dag(dag_id).test(**kwargs)
+                dag = bag.get_dag(dag_id)
+                with side_by_side(dag, log_file):
+                    run = dag.test(**kwargs)
                 result = _result(run, dag_id, label, time.perf_counter() - start)
                 results.append(result)
                 bar.write(f"{dag_id:<32} {label:<18} {result.state:<8} {result.seconds:6.1f} s", file=terminal)
@@ -181,6 +184,128 @@ def run_pipeline(task: Task, overrides: dict | None = None, dates: list[dt.date]
             gc.unfreeze()
             gc.collect()
     return results
+
+
+# what side_by_side's fork server imports once for all its children: the heavy modules that read no setting of
+# this run at import (Airflow does, at import: each child imports it once its environment is set, about 3 s)
+_PRELOAD = ["numpy", "pandas", "pyarrow.parquet", "sklearn.metrics", "torch", "lightgbm", "mlflow", "ml.train.pipeline"]
+
+
+@contextlib.contextmanager
+def side_by_side(dag, log_file: Path) -> Iterator[None]:  # noqa: ANN001
+    """dag.test() runs one task instance at a time. Here the instances of a task whose max_active_tis_per_dag is
+    above 1 (the training DAG's `train`: two models at a time, as under a scheduler) run that many at a time,
+    each in a process of its own, with the cores shared among them; every other task runs as dag.test runs it.
+
+    Each such instance is handed to a child of a fork server (multiprocessing's forkserver, started clean: no
+    thread, no OpenMP pool, no CUDA context of this process is copied into it), which sets this run's
+    environment, parses the DAG and runs the instance as dag.test would (its state, XComs and log lines the
+    same). dag.test meanwhile waits on the instance's state in the metadata DB; a child that dies without
+    recording an end (killed, out of memory) has its instance marked failed, so the run ends. The children
+    write their task logs to log_file."""
+    import multiprocessing as mp
+    import threading
+    from multiprocessing.connection import wait
+
+    import airflow.sdk.definitions.dag as dag_module
+    from airflow.utils.state import TaskInstanceState
+
+    limits = {t.task_id: t.max_active_tis_per_dag for t in dag.tasks if (t.max_active_tis_per_dag or 0) > 1}
+    if not limits:
+        yield
+        return
+    serial = dag_module._run_task
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)
+    running: dict[str, list] = {task_id: [] for task_id in limits}
+    watchers: list[threading.Thread] = []
+
+    def run_task(*, ti, task, run_triggerer: bool = False):  # noqa: ANN001, ANN202
+        if task.task_id not in limits:
+            return serial(ti=ti, task=task, run_triggerer=run_triggerer)
+        slots = limits[task.task_id]
+        alive = running[task.task_id]
+        while len(alive) >= slots:
+            wait([proc.sentinel for proc in alive])
+            alive[:] = [proc for proc in alive if proc.is_alive()]
+        ti.set_state(TaskInstanceState.QUEUED)  # taken: the loop must not hand it out again
+        key = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": ti.map_index}
+        threads = max(1, _torch_threads() // slots)
+        proc = ctx.Process(target=_run_in_child, args=(key, dict(os.environ), threads, run_triggerer, log_file),
+                           name=f"{ti.task_id}[{ti.map_index}]")
+        proc.start()
+        alive.append(proc)
+        watcher = threading.Thread(target=_fail_if_it_dies, args=(proc, key), daemon=True)
+        watcher.start()
+        watchers.append(watcher)
+        return None
+
+    dag_module._run_task = run_task
+    try:
+        yield
+    finally:
+        dag_module._run_task = serial
+        for watcher in watchers:  # the run is over once every instance has an end state: its child too
+            watcher.join()
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _run_in_child(key: dict, environment: dict[str, str], threads: int, run_triggerer: bool, log_file: Path
+                  ) -> None:
+    """A task instance of side_by_side, in its child: its output to the run's log, this run's environment, its
+    share of the cores (torch's threads, and OpenMP's before LightGBM loads), the DAG as the executor's worker
+    parses it, then dag.test's own way of running an instance."""
+    sink = open(log_file, "a", buffering=1)  # noqa: SIM115 (the child's output until it exits)
+    os.dup2(sink.fileno(), 1), os.dup2(sink.fileno(), 2)
+    sys.stdout = sys.stderr = sink
+    os.environ.clear()
+    os.environ.update(environment)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ["_AIRFLOW_PARSING_CONTEXT_DAG_ID"] = key["dag_id"]  # only this DAG is built (build_dags_to_parse)
+    import torch
+
+    torch.set_num_threads(threads)
+    import airflow.sdk.definitions.dag as dag_module
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS_FOLDER))
+    dag = bag.get_dag(key["dag_id"])
+    if dag is None:
+        raise RuntimeError(f"{key['dag_id']} is not in {DAGS_FOLDER}: {bag.import_errors}")
+    dag_module._run_task(ti=_task_instance(key), task=dag.task_dict[key["task_id"]], run_triggerer=run_triggerer)
+    # the instance's end is recorded: leave without the interpreter's teardown (about 2 s of other libraries'
+    # exit handlers and threads), which would hold the slot
+    sink.flush()
+    os._exit(0)
+
+
+def _task_instance(key: dict):  # noqa: ANN202
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        ti = session.scalar(select(TaskInstance).filter_by(**key))
+        session.expunge(ti)
+    return ti
+
+
+def _fail_if_it_dies(proc, key: dict) -> None:  # noqa: ANN001
+    from airflow.utils.state import State, TaskInstanceState
+
+    proc.join()
+    if proc.exitcode == 0:
+        return
+    ti = _task_instance(key)
+    if ti.state not in State.finished and ti.state != TaskInstanceState.UP_FOR_RETRY:
+        log.error("the process of %s[%s] ended with exit code %s before its task did: marked failed",
+                  key["task_id"], key["map_index"], proc.exitcode)
+        ti.set_state(TaskInstanceState.FAILED)
 
 
 def _collect_garbage() -> None:

@@ -4,6 +4,7 @@ training DAG, with a real metadata DB, DuckDB file and MLflow store. A period's 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from pathlib import Path
 
@@ -164,12 +165,27 @@ def test_run_dags_drives_the_periods_and_training_dags_and_ends_with_the_compari
     """`crowd run-dags` is what `make run` calls: the real DAGs through dag.test(), then the table and paths."""
     from ml.cli import main
 
-    assert main(["run-dags", "--ds", str(task.backtest), "--set", "models=[lgbm_all_mixed]",
+    assert main(["run-dags", "--ds", str(task.backtest), "--set", "models=[lgbm_all_mixed, dnn]",
                  "--set", "crowd_size=10", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "2 DAG runs succeeded" in out
     # (a model row may carry "(not above the floor)" after its name)
-    assert "| lgbm_all_mixed " in out and "| floor: decayed_count |" in out and "| oracle (ceiling) |" in out
+    assert "| lgbm_all_mixed " in out and "| dnn " in out
+    assert "| floor: decayed_count |" in out and "| oracle (ceiling) |" in out
+    # the two trainings ran at the same time (train's max_active_tis_per_dag), each in a process of its own
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        run_id = session.scalar(select(TaskInstance.run_id).filter_by(dag_id=f"{task.name}.training", task_id="train")
+                                .order_by(TaskInstance.start_date.desc()).limit(1))
+        trains = session.scalars(select(TaskInstance).filter_by(run_id=run_id, task_id="train")).all()
+        spans = [(ti.start_date, ti.end_date, ti.pid) for ti in trains]
+    assert len(spans) == 2 and all(str(ti.state) == "success" for ti in trains)
+    (start_a, end_a, pid_a), (start_b, end_b, pid_b) = sorted(spans)
+    assert start_b < end_a, f"the trainings ran one after the other: {spans}"
+    assert pid_a != pid_b and os.getpid() not in (pid_a, pid_b)
     crowds = sorted(task_paths.crowds.glob("ds=*/crowds.parquet"))[-1]
     assert f"crowds:  {crowds}" in out and str(task_paths.shared.mlflow_db) in out
     assert f"report:  {task_paths.reports / 'runs'}" in out

@@ -123,3 +123,28 @@ def test_scoring_hands_back_the_pages_of_the_rows_it_has_scored(tiny_exports, ta
     trainer.predict(model, split, batch_size=max(64, rows // 8))
     # released after each batch: at most the last batch's pages are resident, not the split's
     assert _mapped_kib(features) < 0.5 * features.stat().st_size / 1024
+
+
+def test_what_every_model_shares_is_computed_by_the_first_process_and_read_back_by_the_others(
+        tiny_exports, task, task_paths, fresh_process):
+    import pandas as pd
+
+    from ml.train.pipeline import _read_references, _write_references
+
+    calls = []
+
+    def compute():  # the shape of the ceiling's and the floors' evaluation, NaN included
+        calls.append(1)
+        curves = pd.DataFrame({"series": ["oracle", "floor: x"], "x": [0.5, 1.0], "y": [0.25, float("nan")]})
+        return {"auc": 0.9}, {"auc": 0.001}, curves, {"x": {"auc": 0.8, "logloss": float("nan")}}
+
+    def shared(data):  # noqa: ANN001, ANN202
+        return data.stored("references-k", compute, _write_references, _read_references)
+
+    first = shared(prepare(task, task_paths))
+    prepared._opened.clear()  # another process: it reads what the first one wrote
+    again = shared(prepare(task, task_paths))
+    assert calls == [1]
+    assert again[0] == first[0] and again[1] == first[1]
+    pd.testing.assert_frame_equal(again[2], first[2])
+    assert again[3]["x"]["auc"] == 0.8 and np.isnan(again[3]["x"]["logloss"])

@@ -371,8 +371,11 @@ def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, 
             curves.append(series_curves(f"floor: {name}", y, s, group, other, group_buyers, probabilities=False))
         return oracle, oracle_error, pd.concat(curves, ignore_index=True) if curves else None, floors
 
-    # the ceiling and the floors are the same for every model of the data: evaluated once per process
-    oracle, oracle_error, reference_curves, floors = data.cached(("references", tuple(ns), by), references)
+    # the ceiling and the floors are the same for every model of the data: evaluated once for the prepared rows
+    # (each model's task of the training DAG is a process of its own) and kept beside them
+    references_key = fingerprint(list(ns), by, task.target, str(backtest), [str(d) for d in valid_dates])
+    oracle, oracle_error, reference_curves, floors = data.stored(f"references-{references_key}", references,
+                                                                 _write_references, _read_references)
     curves = pd.concat([series_curves(model, y, scores, group, other, group_buyers), reference_curves],
                        ignore_index=True)
     plot_paths = [*evaluation_plots(curves, plots_dir, by), *extra_plots]
@@ -410,6 +413,21 @@ def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, 
     data.release_pages()
     release_freed_memory()
     return outcome
+
+
+def _write_references(references: tuple[dict, dict, pd.DataFrame | None, dict], folder: Path) -> None:
+    oracle, oracle_error, curves, floors = references
+    (folder / "metrics.json").write_text(json.dumps({"oracle": oracle, "oracle_error": oracle_error,
+                                                     "floors": floors}, default=float))
+    if curves is not None:
+        curves.to_parquet(folder / "curves.parquet")
+
+
+def _read_references(folder: Path) -> tuple[dict, dict, pd.DataFrame | None, dict]:
+    metrics = json.loads((folder / "metrics.json").read_text())
+    curves = folder / "curves.parquet"
+    return (metrics["oracle"], metrics["oracle_error"], pd.read_parquet(curves) if curves.exists() else None,
+            metrics["floors"])
 
 
 def _fit_deep(model: str, task: Task, paths: TaskPaths, data: Prepared, train_cfg: TrainConfig,

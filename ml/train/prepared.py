@@ -76,6 +76,26 @@ class Prepared:
             self.cache[key] = compute()
         return self.cache[key]
 
+    def stored(self, name: str, compute: Callable[[], T], write: Callable[[T, Path], None],
+               read: Callable[[Path], T]) -> T:
+        """compute() once for these rows across processes: the first process writes the result into the folder
+        (derived/NAME, published whole under a file lock; NAME says what else it depends on), every other one
+        reads it. The training DAG's tasks are processes of their own: what does not depend on the model (the
+        ceiling's and the floors' evaluation) is then computed by the first model's task, not by each."""
+        def load() -> T:
+            folder = self.folder / "derived" / name
+            with file_lock(self.folder / "derived" / f"{name}.lock"):
+                if not folder.is_dir():
+                    value = compute()
+                    tmp = folder.with_name(f".{name}.partial")
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    tmp.mkdir(parents=True)
+                    write(value, tmp)
+                    os.replace(tmp, folder)
+                    return value
+            return read(folder)
+        return self.cached(("stored", name), load)
+
     def frame(self, split: str) -> pd.DataFrame:
         """The split as a samples-like frame (keys, labels, inclusion_prob and every dense column), for LightGBM,
         the floors and the evaluation: a view of the arrays, not a copy."""
