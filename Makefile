@@ -37,8 +37,8 @@ $(STAMP): requirements.lock pyproject.toml
 	@touch $(STAMP)
 
 # pip's find-links (its environment, else its configuration), as uv options
-PIP_LINKS := $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
-UV_FIND_LINKS := $(foreach link,$(PIP_LINKS),--find-links $(link))
+PIP_LINKS = $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
+UV_FIND_LINKS = $(foreach link,$(PIP_LINKS),--find-links $(link))
 
 # The compose specification's JSON schema, as the docker-compose wheel carries it (compose/config/compose_spec.json):
 # downloaded, never installed (its old pins would clash); tests/test_deployment_config.py validates against it.
