@@ -372,8 +372,11 @@ def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, 
         return oracle, oracle_error, pd.concat(curves, ignore_index=True) if curves else None, floors
 
     # the ceiling and the floors are the same for every model of the data: evaluated once for the prepared rows
-    # (each model's task of the training DAG is a process of its own) and kept beside them
-    references_key = fingerprint(list(ns), by, task.target, str(backtest), [str(d) for d in valid_dates])
+    # (each model's task of the training DAG is a process of its own) and kept beside them; a dataset generated
+    # again (its oracle's rollouts, say) writes a new manifest, and so makes another key
+    manifest = Path(paths.dataset_dir) / "manifest.json"
+    references_key = fingerprint(list(ns), by, task.target, str(backtest), [str(d) for d in valid_dates],
+                                 manifest.stat().st_mtime_ns if manifest.exists() else None)
     oracle, oracle_error, reference_curves, floors = data.stored(f"references-{references_key}", references,
                                                                  _write_references, _read_references)
     curves = pd.concat([series_curves(model, y, scores, group, other, group_buyers), reference_curves],
