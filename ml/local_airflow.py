@@ -258,7 +258,8 @@ def _torch_threads() -> int:
 def _run_in_child(key: dict, environment: dict[str, str], threads: int, run_triggerer: bool, log_file: Path
                   ) -> None:
     """A task instance of side_by_side, in its child: its output to the run's log, this run's environment, its
-    share of the cores (torch's threads, and OpenMP's before LightGBM loads), the DAG as the executor's worker
+    share of the cores (torch's threads; LightGBM, loaded beside torch, runs on torch's OpenMP runtime and so
+    takes the same count; OMP_NUM_THREADS for any process the task starts), the DAG as the executor's worker
     parses it, then dag.test's own way of running an instance."""
     sink = open(log_file, "a", buffering=1)  # noqa: SIM115 (the child's output until it exits)
     os.dup2(sink.fileno(), 1), os.dup2(sink.fileno(), 2)

@@ -33,7 +33,7 @@ import pandas as pd
 from ml.features.dataset import CrowdData, RawExports, check_one_build, fit_feature_map, read_buyers, read_exports
 from ml.features.feature_map import FeatureMap
 from ml.models.zoo import NEEDS_SERIES
-from ml.outputs import file_lock
+from ml.outputs import file_lock, replacing
 from ml.task import Task, TaskPaths
 from ml.train.memory import release_freed_memory
 from ml.warehouse.export import export_dir
@@ -87,11 +87,8 @@ class Prepared:
             with file_lock(self.folder / "derived" / f"{name}.lock"):
                 if not folder.is_dir():
                     value = compute()
-                    tmp = folder.with_name(f".{name}.partial")
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    tmp.mkdir(parents=True)
-                    write(value, tmp)
-                    os.replace(tmp, folder)
+                    with replacing(folder) as tmp:
+                        write(value, tmp)
                     return value
             return read(folder)
         return self.cached(("stored", name), load)
