@@ -16,7 +16,8 @@ import yaml
 
 from ml.features.dataset import read_exports
 from ml.task import DEFAULT_TASK, load_task
-from ml.warehouse.build import DBT_PROJECT_DIR, WarehouseError, build_dates, recorded_upstream, run_dbt, upstream_key
+from ml.warehouse.build import (DBT_PROJECT_DIR, WarehouseError, build_dates, parse_key, recorded_upstream, run_dbt,
+                                upstream_key)
 from ml.warehouse.export import export_dates
 from ml.warehouse.reference import assert_frames_match, load_events, reference_features
 
@@ -231,6 +232,8 @@ def test_a_dates_build_leaves_out_the_upstream_layers_it_holds_and_builds_the_sa
     assert recorded_upstream(warehouse) == upstream_key(tiny_dataset, _vars([second]))
     week = build_dates(dataset_dir=tiny_dataset, warehouse=warehouse, dbt_vars=_vars([second]), quiet=True)
     assert layers(week) == {"ads", "samples"}
+    # the project as dbt parsed it for the first date's settings, not parsed again: same rows below
+    assert not first.reused_parse and week.reused_parse
     tests = {uid.split(".")[2] for uid in week.statuses if uid.startswith("test.")}
     # the tests reading a date's model and an upstream one still run
     assert {"features_read_only_the_past", "labels_fall_in_their_window", "label_windows_are_covered_by_the_log"} <= tests
@@ -242,6 +245,22 @@ def test_a_dates_build_leaves_out_the_upstream_layers_it_holds_and_builds_the_sa
     run_dbt("run", dataset_dir=tiny_dataset, warehouse=warehouse, dbt_vars=_vars([second]), select=["dim_users"],
             quiet=True)
     assert recorded_upstream(warehouse) is None  # so the next build_dates builds every layer again
+    # a date dbt's parse would refuse is left to it, kept parse or not
+    with pytest.raises(WarehouseError, match="var 'ds': month 13 does not exist"):
+        build_dates(dataset_dir=tiny_dataset, warehouse=warehouse, dbt_vars=_vars(ds=["2013-13-01"]), quiet=True)
+
+
+def test_a_parse_is_kept_for_the_settings_and_the_environment_but_not_the_dates(tmp_path):
+    env = {"CROWD_DATASET_DIR": str(tmp_path / "a"), "CROWD_WAREHOUSE": str(tmp_path / "w.duckdb")}
+    key = parse_key(DBT_PROJECT_DIR, _vars([PIT_DS]), env)
+    assert parse_key(DBT_PROJECT_DIR, _vars([TASK.backtest], forward_date="2013-10-01"), env) == key
+    assert parse_key(DBT_PROJECT_DIR, _vars([PIT_DS], negatives_per_target=3), env) != key
+    assert parse_key(DBT_PROJECT_DIR, _vars([PIT_DS]), {**env, "CROWD_DATASET_DIR": str(tmp_path / "b")}) != key
+    project = tmp_path / "project"
+    shutil.copytree(DBT_PROJECT_DIR, project, ignore=shutil.ignore_patterns("target", "logs", ".user.yml"))
+    model = project / "models" / "dim" / "dim_users.sql"
+    model.write_text("-- edited\n" + model.read_text())
+    assert parse_key(project, _vars([PIT_DS]), env) != key
 
 
 def test_the_upstream_key_follows_the_dataset_and_the_settings_but_not_the_dates(tiny_dataset, tmp_path):
