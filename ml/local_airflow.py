@@ -22,8 +22,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from multiprocessing.connection import Connection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,7 +206,6 @@ def side_by_side(dag, log_file: Path) -> Iterator[None]:  # noqa: ANN001
     recording an end (killed, out of memory) has its instance marked failed, so the run ends. The children
     write their task logs to log_file."""
     import multiprocessing as mp
-    import threading
     from multiprocessing.connection import wait
 
     import airflow.sdk.definitions.dag as dag_module
@@ -218,6 +219,7 @@ def side_by_side(dag, log_file: Path) -> Iterator[None]:  # noqa: ANN001
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(_PRELOAD)
     running: dict[str, list] = {task_id: [] for task_id in limits}
+    alive_r, alive_w = ctx.Pipe(duplex=False)  # the children's way to see this process end (leave_when_orphaned)
     watchers: list[threading.Thread] = []
 
     def run_task(*, ti, task, run_triggerer: bool = False):  # noqa: ANN001, ANN202
@@ -231,7 +233,7 @@ def side_by_side(dag, log_file: Path) -> Iterator[None]:  # noqa: ANN001
         ti.set_state(TaskInstanceState.QUEUED)  # taken: the loop must not hand it out again
         key = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": ti.map_index}
         threads = max(1, _torch_threads() // slots)
-        proc = ctx.Process(target=_run_in_child, args=(key, dict(os.environ), threads, run_triggerer, log_file),
+        proc = ctx.Process(target=_run_in_child, args=(key, dict(os.environ), threads, run_triggerer, log_file, alive_r),
                            name=f"{ti.task_id}[{ti.map_index}]")
         proc.start()
         alive.append(proc)
@@ -247,6 +249,7 @@ def side_by_side(dag, log_file: Path) -> Iterator[None]:  # noqa: ANN001
         dag_module._run_task = serial
         for watcher in watchers:  # the run is over once every instance has an end state: its child too
             watcher.join()
+        alive_r.close(), alive_w.close()
 
 
 def _torch_threads() -> int:
@@ -255,12 +258,13 @@ def _torch_threads() -> int:
     return torch.get_num_threads()
 
 
-def _run_in_child(key: dict, environment: dict[str, str], threads: int, run_triggerer: bool, log_file: Path
-                  ) -> None:
+def _run_in_child(key: dict, environment: dict[str, str], threads: int, run_triggerer: bool, log_file: Path,
+                  runner: Connection) -> None:
     """A task instance of side_by_side, in its child: its output to the run's log, this run's environment, its
     share of the cores (torch's threads; LightGBM, loaded beside torch, runs on torch's OpenMP runtime and so
     takes the same count; OMP_NUM_THREADS for any process the task starts), the DAG as the executor's worker
     parses it, then dag.test's own way of running an instance."""
+    leave_when_orphaned(runner)
     sink = open(log_file, "a", buffering=1)  # noqa: SIM115 (the child's output until it exits)
     os.dup2(sink.fileno(), 1), os.dup2(sink.fileno(), 2)
     sys.stdout = sys.stderr = sink
@@ -283,6 +287,25 @@ def _run_in_child(key: dict, environment: dict[str, str], threads: int, run_trig
     # exit handlers and threads), which would hold the slot
     sink.flush()
     os._exit(0)
+
+
+def leave_when_orphaned(runner: Connection) -> threading.Thread:
+    """A child of side_by_side ends when the runner does (killed, say, by a CI timeout or `kill`): `runner` is
+    the read end of a pipe whose only write end the runner holds, so it reads EOF once the runner is gone.
+    Without this the child's training would go on, an orphan holding cores and memory, after the run was
+    stopped (its fork server stays too: it leaves only after its last child). Ctrl-C reaches the whole process
+    group and ends the children anyway."""
+
+    def watch() -> None:
+        try:
+            while True:
+                runner.recv()
+        except (EOFError, OSError):
+            os._exit(1)
+
+    watcher = threading.Thread(target=watch, name="leave-when-orphaned", daemon=True)
+    watcher.start()
+    return watcher
 
 
 def _task_instance(key: dict):  # noqa: ANN202
