@@ -250,10 +250,33 @@ def test_a_dates_build_leaves_out_the_upstream_layers_it_holds_and_builds_the_sa
         build_dates(dataset_dir=tiny_dataset, warehouse=warehouse, dbt_vars=_vars(ds=["2013-13-01"]), quiet=True)
 
 
+def test_no_models_refs_depend_on_the_run_dates(tmp_path):
+    """What lets a parse of the project serve every date of the same settings (parse_key): every node refs the
+    same models whatever the run's dates, a training date, a validation date, the backtest or all of them."""
+    from dbt.cli.main import dbtRunner
+
+    from ml.warehouse.build import _environment
+
+    def refs(dates: list[dt.date] | None) -> dict[str, list[str]]:
+        out = tmp_path / str(len(list(tmp_path.iterdir())))
+        args = ["parse", "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR), "--quiet",
+                "--target-path", str(out / "target"), "--log-path", str(out / "logs"),
+                "--vars", json.dumps({k: v for k, v in _vars(dates).items() if v is not None})]
+        with _environment({"CROWD_WAREHOUSE": str(out / "w.duckdb"), "CROWD_DATASET_DIR": str(out)}):
+            manifest = dbtRunner().invoke(args).result
+        return {uid: sorted(node.depends_on.nodes) for uid, node in manifest.nodes.items()}
+
+    first = refs([TASK.sample_dates[0]])
+    assert "model.purchase_crowd.ads_user_features" in first["model.purchase_crowd.samples_evaluation"]
+    for dates in ([TASK.validation[0]], [TASK.backtest], None):
+        assert refs(dates) == first, dates
+
+
 def test_a_parse_is_kept_for_the_settings_and_the_environment_but_not_the_dates(tmp_path):
     env = {"CROWD_DATASET_DIR": str(tmp_path / "a"), "CROWD_WAREHOUSE": str(tmp_path / "w.duckdb")}
     key = parse_key(DBT_PROJECT_DIR, _vars([PIT_DS]), env)
-    assert parse_key(DBT_PROJECT_DIR, _vars([TASK.backtest], forward_date="2013-10-01"), env) == key
+    assert parse_key(DBT_PROJECT_DIR, _vars([TASK.backtest]), env) == key
+    assert parse_key(DBT_PROJECT_DIR, _vars([PIT_DS], forward_date="2013-10-01"), env) != key  # refs other models
     assert parse_key(DBT_PROJECT_DIR, _vars([PIT_DS], negatives_per_target=3), env) != key
     assert parse_key(DBT_PROJECT_DIR, _vars([PIT_DS]), {**env, "CROWD_DATASET_DIR": str(tmp_path / "b")}) != key
     project = tmp_path / "project"

@@ -133,9 +133,10 @@ def run_dbt(
     return report
 
 
-# the vars that only reach SQL text (rendered when each node runs), never a node's config or its refs: a project
-# parsed for one date serves every other date of the same settings
-DATE_VARS = ("ds", "forward_date")
+# the var that only reaches SQL text (rendered when each node runs), never a node's config or its refs (a test
+# parses the project for several dates and compares every node's refs): a project parsed for one date serves
+# every other date of the same settings. forward_date is not one: samples_forward refs other models with one.
+PARSE_FREE_VARS = ("ds",)
 PARSED_KEPT = 8  # parsed projects kept per warehouse (one per combination of settings, dataset and engine)
 
 
@@ -143,20 +144,20 @@ def parse_key(project_dir: Path, dbt_vars: dict, env: dict[str, str]) -> str:
     """What dbt's parse of the project is a function of: its sources, every var but the dates, the environment
     the profile and the sources read (the dataset, the engine and its warehouse), and dbt's version. dbt itself
     parses the whole project again whenever any var changes, so each week of a backfill used to cost a full parse
-    (2.5-3 s of a 10-12 s build) for a result that differs only in the SQL the dates render."""
+    (2.5-3 s of a 10-12 s build) for a result that differs only in the SQL the run's dates render."""
     import hashlib
     from importlib.metadata import version
 
-    settings = {k: v for k, v in dbt_vars.items() if k not in DATE_VARS}
+    settings = {k: v for k, v in dbt_vars.items() if k not in PARSE_FREE_VARS}
     parts = [project_digest(project_dir), settings, env, version("dbt-core")]
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _iso_dates(dbt_vars: dict) -> bool:
-    """Whether every date var is absent or YYYY-MM-DD dates (a list, or one date, as the vars take them)."""
+    """Whether every parse-free var is absent or YYYY-MM-DD dates (a list, or one date, as the vars take them)."""
     import datetime as dt
 
-    for name in DATE_VARS:
+    for name in PARSE_FREE_VARS:
         value = dbt_vars.get(name)
         for text in ([] if value is None else value if isinstance(value, list) else str(value).split(",")):
             try:
