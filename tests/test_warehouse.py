@@ -232,8 +232,11 @@ def test_a_dates_build_leaves_out_the_upstream_layers_it_holds_and_builds_the_sa
     assert recorded_upstream(warehouse) == upstream_key(tiny_dataset, _vars([second]))
     week = build_dates(dataset_dir=tiny_dataset, warehouse=warehouse, dbt_vars=_vars([second]), quiet=True)
     assert layers(week) == {"ads", "samples"}
-    # the project as dbt parsed it for the first date's settings, not parsed again: same rows below
+    # the project as dbt parsed it for the first date's settings, not parsed again: same rows below; the unit
+    # tests, which passed with that parse, not run again
     assert not first.reused_parse and week.reused_parse
+    assert any(uid.startswith("unit_test.") for uid in first.statuses)
+    assert not any(uid.startswith("unit_test.") for uid in week.statuses)
     tests = {uid.split(".")[2] for uid in week.statuses if uid.startswith("test.")}
     # the tests reading a date's model and an upstream one still run
     assert {"features_read_only_the_past", "labels_fall_in_their_window", "label_windows_are_covered_by_the_log"} <= tests

@@ -71,11 +71,13 @@ def run_dbt(
     extra_args: Sequence[str] = (),
     item_subset: Path | None = None,
     engine: str = "duckdb",
+    once_per_parse_unit_tests: bool = False,
 ) -> DbtReport:
     """Run `dbt <command>` (build, run, test, ...) over one dataset into one warehouse: `warehouse` is the
     DuckDB file, or for engine spark the Spark warehouse directory (ml.warehouse.engine.warehouse_location);
     item_subset: the checked file of item ids a task with target item ranks
-    (ml.warehouse.subset.prepare_item_subset)."""
+    (ml.warehouse.subset.prepare_item_subset). once_per_parse_unit_tests: leave out the unit tests when every one
+    of them has passed with this parse of the project (parse_key) already (build_dates)."""
     from dbt.cli.main import dbtRunner
 
     warehouse = Path(warehouse).resolve()
@@ -104,6 +106,9 @@ def run_dbt(
     parsed = work / "parsed" / f"{parse_key(project_dir, dbt_vars or {}, env)}.msgpack"
     # dbt checks the dates when it parses (macros/crowd_config.sql): one it would refuse is left to its parse
     manifest = _read_parsed(parsed) if _iso_dates(dbt_vars or {}) else None
+    passed_units = parsed.with_suffix(".unit_tests.json")
+    if once_per_parse_unit_tests and manifest is not None and set(manifest.unit_tests) <= _read_ids(passed_units):
+        args += ["--exclude-resource-type", "unit_test"]
     start = time.perf_counter()
     try:
         with _environment(env):
@@ -122,6 +127,9 @@ def run_dbt(
         report.statuses[node.unique_id] = str(r.status)
         if str(r.status) in _FAILED:
             failures.append(f"{node.unique_id} ({r.status}): {(r.message or '').strip()}")
+    passed = {uid for uid, status in report.statuses.items() if uid.startswith("unit_test.") and status == "pass"}
+    if passed and parsed.exists():
+        _write_ids(passed_units, _read_ids(passed_units) | passed)
     if not result.success:
         reason = "; ".join(failures) if failures else str(result.exception or "dbt reported a failure")
         if "out of sync" in reason:  # an incremental table built by another version of the models
@@ -142,14 +150,15 @@ PARSED_KEPT = 8  # parsed projects kept per warehouse (one per combination of se
 
 def parse_key(project_dir: Path, dbt_vars: dict, env: dict[str, str]) -> str:
     """What dbt's parse of the project is a function of: its sources, every var but the dates, the environment
-    the profile and the sources read (the dataset, the engine and its warehouse), and dbt's version. dbt itself
+    the profile and the sources read (the dataset, the engine and its warehouse), and the versions of dbt and
+    DuckDB (the unit tests that passed are recorded per key, run_dbt). dbt itself
     parses the whole project again whenever any var changes, so each week of a backfill used to cost a full parse
     (2.5-3 s of a 10-12 s build) for a result that differs only in the SQL the run's dates render."""
     import hashlib
     from importlib.metadata import version
 
     settings = {k: v for k, v in dbt_vars.items() if k not in PARSE_FREE_VARS}
-    parts = [project_digest(project_dir), settings, env, version("dbt-core")]
+    parts = [project_digest(project_dir), settings, env, version("dbt-core"), version("duckdb")]
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -165,6 +174,24 @@ def _iso_dates(dbt_vars: dict) -> bool:
             except ValueError:
                 return False
     return True
+
+
+def _read_ids(path: Path) -> set[str]:
+    """The unit tests that passed with one parse of the project (its inputs are fixtures, not the warehouse's
+    rows: with the same SQL, vars and versions, the same outcome)."""
+    try:
+        return set(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return set()
+
+
+def _write_ids(path: Path, ids: set[str]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        tmp.write_text(json.dumps(sorted(ids)))
+        os.replace(tmp, path)
+    except OSError as e:
+        log.debug("dbt: could not record the unit tests that passed (%s)", e)
 
 
 def _read_parsed(path: Path):  # noqa: ANN202
@@ -209,6 +236,7 @@ def _keep_parsed(written: Path, path: Path) -> None:
 
     for old in sorted(path.parent.glob("*.msgpack"), key=written_at, reverse=True)[PARSED_KEPT:]:
         old.unlink(missing_ok=True)
+        old.with_suffix(".unit_tests.json").unlink(missing_ok=True)
 
 
 # ODS, DIM and DW read the dataset and the task's settings, never the run's dates: a date's build selects only
@@ -256,7 +284,9 @@ def build_dates(*, dataset_dir: Path, warehouse: Path, dbt_vars: dict, select: S
     """`dbt build` of the run's dates (every layer, or `select`), leaving out ODS, DIM and DW and their own tests
     when a DuckDB warehouse holds them built from the same inputs (upstream_key): a week's build then reads
     the daily tables, not the whole log again. The date's layers are selected (not the others excluded), so
-    every test that reads a date's model still runs, the leakage tests that also read DW among them."""
+    every test that reads a date's model still runs, the leakage tests that also read DW among them. The unit
+    tests, which read only their fixtures, run until each has passed once with the same parse of the project
+    (its SQL, vars but the dates, and versions: parse_key), not again every date."""
     if engine == "duckdb":  # Spark records nothing (the hook's layers are DuckDB's only)
         key = upstream_key(dataset_dir, dbt_vars, item_subset, project_dir)
         if recorded_upstream(warehouse) == key:
@@ -265,7 +295,8 @@ def build_dates(*, dataset_dir: Path, warehouse: Path, dbt_vars: dict, select: S
             log.info("dbt build: ODS, DIM and DW are already built from this dataset and these settings: left out")
         dbt_vars = {**dbt_vars, "upstream_key": key}
     return run_dbt("build", dataset_dir=dataset_dir, warehouse=warehouse, dbt_vars=dbt_vars, select=select,
-                   project_dir=project_dir, quiet=quiet, item_subset=item_subset, engine=engine)
+                   project_dir=project_dir, quiet=quiet, item_subset=item_subset, engine=engine,
+                   once_per_parse_unit_tests=True)
 
 
 def _close_duckdb_instance() -> None:
