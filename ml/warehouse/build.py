@@ -150,15 +150,23 @@ PARSED_KEPT = 8  # parsed projects kept per warehouse (one per combination of se
 
 def parse_key(project_dir: Path, dbt_vars: dict, env: dict[str, str]) -> str:
     """What dbt's parse of the project is a function of: its sources, every var but the dates, the environment
-    the profile and the sources read (the dataset, the engine and its warehouse), and the versions of dbt and
-    DuckDB (the unit tests that passed are recorded per key, run_dbt). dbt itself
+    the profile and the sources read (the dataset, the engine and its warehouse), and the versions of dbt, its
+    adapters and DuckDB (the unit tests that passed are recorded per key, run_dbt). dbt itself
     parses the whole project again whenever any var changes, so each week of a backfill used to cost a full parse
     (2.5-3 s of a 10-12 s build) for a result that differs only in the SQL the run's dates render."""
     import hashlib
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(package: str) -> str | None:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return None
 
     settings = {k: v for k, v in dbt_vars.items() if k not in PARSE_FREE_VARS}
-    parts = [project_digest(project_dir), settings, env, version("dbt-core"), version("duckdb")]
+    # the adapters' macros are part of the parse
+    parts = [project_digest(project_dir), settings, env,
+             *(installed(p) for p in ("dbt-core", "dbt-duckdb", "dbt-spark", "duckdb"))]
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
