@@ -154,7 +154,6 @@ def parse_key(project_dir: Path, dbt_vars: dict, env: dict[str, str]) -> str:
     adapters and DuckDB (the unit tests that passed are recorded per key, run_dbt). dbt itself
     parses the whole project again whenever any var changes, so each week of a backfill used to cost a full parse
     (2.5-3 s of a 10-12 s build) for a result that differs only in the SQL the run's dates render."""
-    import hashlib
     from importlib.metadata import PackageNotFoundError, version
 
     def installed(package: str) -> str | None:
@@ -165,8 +164,14 @@ def parse_key(project_dir: Path, dbt_vars: dict, env: dict[str, str]) -> str:
 
     settings = {k: v for k, v in dbt_vars.items() if k not in PARSE_FREE_VARS}
     # the adapters' macros are part of the parse
-    parts = [project_digest(project_dir), settings, env,
-             *(installed(p) for p in ("dbt-core", "dbt-duckdb", "dbt-spark", "duckdb"))]
+    return _digest([project_digest(project_dir), settings, env,
+                    *(installed(p) for p in ("dbt-core", "dbt-duckdb", "dbt-spark", "duckdb"))])
+
+
+def _digest(parts: list) -> str:
+    """A short key of JSON-able parts (upstream_key, parse_key)."""
+    import hashlib
+
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -194,12 +199,18 @@ def _read_ids(path: Path) -> set[str]:
 
 
 def _write_ids(path: Path, ids: set[str]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        tmp.write_text(json.dumps(sorted(ids)))
-        os.replace(tmp, path)
+        _write_whole(path, json.dumps(sorted(ids)).encode())
     except OSError as e:
         log.debug("dbt: could not record the unit tests that passed (%s)", e)
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """Written beside and swapped in: a process reading the work folder meanwhile sees the old file or the new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def _read_parsed(path: Path):  # noqa: ANN202
@@ -226,16 +237,12 @@ def _keep_parsed(written: Path, path: Path) -> None:
     """Keep the project as the invocation that just ran nodes parsed it, under its key, published whole: dbt's
     partial-parse file, which it wrote for these vars or found valid for them (unchanged, it is not rewritten).
     The least recently kept beyond PARSED_KEPT are removed."""
-    import shutil
-
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        shutil.copyfile(written, tmp)
-        os.replace(tmp, path)
+        _write_whole(path, written.read_bytes())
     except OSError as e:
         log.debug("dbt: could not keep the parsed project (%s)", e)
         return
+
     def written_at(f: Path) -> int:
         try:
             return f.stat().st_mtime_ns
@@ -258,15 +265,13 @@ def upstream_key(dataset_dir: Path, dbt_vars: dict, item_subset: Path | None = N
     """What the upstream layers are a function of: the dataset's files and the item subset (name, size,
     modification time: `crowd generate` and `crowd load` replace them, never edit them in place), every var but
     the run's dates, the project's sources, and the versions of dbt and DuckDB."""
-    import hashlib
     from importlib.metadata import version
 
     files = sorted([*Path(dataset_dir).glob("events/*.parquet"), Path(dataset_dir) / "items.parquet",
                     *([Path(item_subset)] if item_subset is not None else [])])
     stats = [(str(f.resolve()), st.st_size, st.st_mtime_ns) for f in files if f.exists() for st in [f.stat()]]
     settings = {k: v for k, v in dbt_vars.items() if k not in ("ds", "forward_date")}
-    parts = [stats, settings, project_digest(project_dir), version("dbt-core"), version("duckdb")]
-    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return _digest([stats, settings, project_digest(project_dir), version("dbt-core"), version("duckdb")])
 
 
 def recorded_upstream(warehouse: Path) -> str | None:
