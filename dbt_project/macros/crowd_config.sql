@@ -136,10 +136,10 @@
     {%- set dates = dates if dates is not none else crowd_config()['run_dates'] -%}
     {%- if dates | length == 0 %}
     select cast(null as date) as ds where 1 = 0
+    {%- else %}
+    {#- one inline table, not a union of one-row selects: Spark makes a task of each union branch #}
+    select ds from (values {% for d in dates %}(cast('{{ d }}' as date)){% if not loop.last %}, {% endif %}{% endfor %}) as run_dates (ds)
     {%- endif %}
-    {%- for d in dates %}
-    select cast('{{ d }}' as date) as ds{% if not loop.last %} union all{% endif %}
-    {%- endfor %}
 {% endmacro %}
 
 {#- Keep only the rows of this run's dates (or `dates`) when reading another per-ds model. -#}

@@ -33,11 +33,8 @@ draws as (
     select t.ds, t.target_id, k.draw, n.n_users
     from (select distinct ds, target_id from active_pairs) as t
     inner join (select distinct ds, n_users from active_users) as n on t.ds = n.ds
-    cross join (
-        {%- for k in range(1, 2 * n_neg + 1) %}
-        select {{ k }} as draw{% if not loop.last %} union all{% endif %}
-        {%- endfor %}
-    ) as k
+    -- one inline table, not a union of one-row selects: Spark makes a task of each union branch
+    cross join (values {% for k in range(1, 2 * n_neg + 1) %}({{ k }}){% if not loop.last %}, {% endif %}{% endfor %}) as k (draw)
 ),
 
 drawn as (
