@@ -75,7 +75,7 @@ run: setup
 # fixtures); TEST_WORKERS=0 runs them in this process, one after another; the ten slowest are listed at the end
 TEST_WORKERS ?= auto
 test: setup browser
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=10
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=10
 
 # Debian's Chromium: a test opens the HTML report (`crowd report --html`) in it as a reader would
 # (tests/browser.py); installed once, with sudo when not root

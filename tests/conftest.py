@@ -144,3 +144,15 @@ def airflow_db() -> None:
     from ml.local_airflow import prepare_metadata_db
 
     prepare_metadata_db(Paths.default())
+
+
+# `make test` hands whole files to its workers (--dist loadfile --no-loadscope-reorder) in the order collected:
+# the longest files first, so that none of them starts near the end and runs alone while the other worker idles
+# (seconds of a `make test` on 2 cores, both workers busy)
+LONGEST_FILES = ("test_spark_warehouse.py", "test_airflow_on_postgres.py", "test_dags_end_to_end.py",
+                 "test_warehouse.py", "test_training_pipeline.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order is kept
