@@ -189,10 +189,30 @@ def run_pipeline(task: Task, overrides: dict | None = None, dates: list[dt.date]
 
 
 # what side_by_side's fork server imports once for all its children: the heavy modules that read no setting of
-# this run at import, with the libraries under the execution API that dag.test starts in each child (Airflow
-# itself reads its settings at import: each child imports it once its environment is set, about 3 s)
+# this run at import, then Airflow and dag.test's in-process execution API (ml.airflow_preload), which read
+# Airflow's settings: the fork server is started again when those change (_AIRFLOW_SETTINGS)
 _PRELOAD = ["numpy", "pandas", "pyarrow.parquet", "sklearn.metrics", "torch", "lightgbm", "mlflow", "ml.train.pipeline",
-            "fastapi", "sqlalchemy.orm", "cadwyn"]
+            "fastapi", "sqlalchemy.orm", "cadwyn", "ml.airflow_preload"]
+_forkserver_settings: dict[str, str] | None = None  # the Airflow settings the running fork server preloaded
+
+
+def _airflow_settings() -> dict[str, str]:
+    """What Airflow reads from the environment when first imported."""
+    return {k: v for k, v in os.environ.items() if k in ("AIRFLOW_HOME", "AIRFLOW_CONFIG") or k.startswith("AIRFLOW__")}
+
+
+def _start_fork_server() -> None:
+    """The fork server, started now so that its imports (about 10 s on 2 cores) overlap the DAG's first tasks
+    (the training DAG's plan and prepare) instead of delaying the first child; started again if it preloaded
+    Airflow with other settings than this run's (another AIRFLOW_HOME in the same process)."""
+    global _forkserver_settings
+    from multiprocessing import forkserver
+
+    settings = _airflow_settings()
+    if _forkserver_settings is not None and _forkserver_settings != settings:
+        forkserver._forkserver._stop()  # (the stdlib's own way to stop it, used by its tests)
+    forkserver.ensure_running()
+    _forkserver_settings = settings
 
 
 @contextlib.contextmanager
@@ -220,11 +240,7 @@ def side_by_side(dag, log_file: Path) -> Iterator[None]:  # noqa: ANN001
     serial = dag_module._run_task
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(_PRELOAD)
-    # started now, so that its imports (about 7 s on 2 cores) overlap the DAG's first tasks (the training DAG's
-    # plan and prepare) instead of delaying the first child
-    from multiprocessing import forkserver
-
-    forkserver.ensure_running()
+    _start_fork_server()
     running: dict[str, list] = {task_id: [] for task_id in limits}
     alive_r, alive_w = ctx.Pipe(duplex=False)  # the children's way to see this process end (leave_when_orphaned)
     watchers: list[threading.Thread] = []
@@ -237,12 +253,17 @@ def side_by_side(dag, log_file: Path) -> Iterator[None]:  # noqa: ANN001
         while len(alive) >= slots:
             wait([proc.sentinel for proc in alive])
             alive[:] = [proc for proc in alive if proc.is_alive()]
+        # dag.test hands the scheduled instances out in a set's order; a scheduler takes them by map_index
+        ti = _first_scheduled(ti)
+        if ti is None:  # (not reached: dag.test hands out as many as it found scheduled)
+            return None
         ti.set_state(TaskInstanceState.QUEUED)  # taken: the loop must not hand it out again
         key = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": ti.map_index}
         threads = max(1, _torch_threads() // slots)
         proc = ctx.Process(target=_run_in_child, args=(key, dict(os.environ), threads, run_triggerer, log_file, alive_r),
                            name=f"{ti.task_id}[{ti.map_index}]")
         proc.start()
+        log.info("side by side: %s[%s] started in process %s", ti.task_id, ti.map_index, proc.pid)
         alive.append(proc)
         watcher = threading.Thread(target=_fail_if_it_dies, args=(proc, key), daemon=True)
         watcher.start()
@@ -324,6 +345,23 @@ def _task_instance(key: dict):  # noqa: ANN202
         ti = session.scalar(select(TaskInstance).filter_by(**key))
         session.expunge(ti)
     return ti
+
+
+def _first_scheduled(ti):  # noqa: ANN001, ANN202
+    """The scheduled instance of ti's task in ti's run with the lowest map_index (ti's own if it is not mapped):
+    the order a scheduler queues a mapped task's instances of equal priority."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from airflow.utils.state import TaskInstanceState
+    from sqlalchemy import select
+
+    with create_session() as session:
+        first = session.scalars(select(TaskInstance).filter_by(
+            dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id, state=TaskInstanceState.SCHEDULED)
+            .order_by(TaskInstance.map_index).limit(1)).first()
+        if first is not None:
+            session.expunge(first)
+    return first
 
 
 def _fail_if_it_dies(proc, key: dict) -> None:  # noqa: ANN001

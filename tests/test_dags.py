@@ -121,6 +121,15 @@ def test_the_training_dag_is_scheduled_on_the_tasks_backtest_asset_and_fans_out_
     assert dag.params["models"] == load_task("tmall-2013").model_names()
 
 
+def test_the_trainings_are_mapped_longest_first_and_every_model_has_its_place():
+    from ml.orchestration import LONGEST_FIRST, longest_first
+    from ml.task import ALL_MODELS
+
+    assert sorted(LONGEST_FIRST) == sorted(ALL_MODELS)  # a new model is placed, not left to go first
+    assert longest_first(["dnn", "lgbm_all_mixed", "ple"]) == ["ple", "lgbm_all_mixed", "dnn"]
+    assert longest_first(["dnn", "xgb_new"]) == ["xgb_new", "dnn"]  # an unplaced one is assumed long
+
+
 def test_plan_period_says_what_a_date_is_or_why_it_is_skipped():
     import datetime as dt
 

@@ -161,9 +161,14 @@ def test_a_failing_dbt_test_fails_the_dag_run_and_leaves_no_rows_of_its_date(dag
         assert con.execute("select count(*) from samples.samples where ds = ?", [ds]).fetchone()[0] > 0
 
 
-def test_run_dags_drives_the_periods_and_training_dags_and_ends_with_the_comparison(dags, task, task_paths, capsys):
+def test_run_dags_drives_the_periods_and_training_dags_and_ends_with_the_comparison(dags, task, task_paths, capsys,
+                                                                                    caplog):
     """`crowd run-dags` is what `make run` calls: the real DAGs through dag.test(), then the table and paths."""
+    import logging
+
     from ml.cli import main
+
+    caplog.set_level(logging.INFO, logger="ml.local_airflow")
 
     assert main(["run-dags", "--ds", str(task.backtest), "--set", "models=[lgbm_all_mixed, dnn]",
                  "--set", "crowd_size=10", "--quiet"]) == 0
@@ -186,6 +191,9 @@ def test_run_dags_drives_the_periods_and_training_dags_and_ends_with_the_compari
     (start_a, end_a, pid_a), (start_b, end_b, pid_b) = sorted(spans)
     assert start_b < end_a, f"the trainings ran one after the other: {spans}"
     assert pid_a != pid_b and os.getpid() not in (pid_a, pid_b)
+    # handed out in map_index order, as a scheduler does (dag.test's own order is a set's)
+    started = [r.getMessage() for r in caplog.records if r.getMessage().startswith("side by side: train[")]
+    assert [m.split()[3] for m in started] == ["train[0]", "train[1]"], started
     crowds = sorted(task_paths.crowds.glob("ds=*/crowds.parquet"))[-1]
     assert f"crowds:  {crowds}" in out and str(task_paths.shared.mlflow_db) in out
     assert f"report:  {task_paths.reports / 'runs'}" in out
