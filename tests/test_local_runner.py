@@ -64,3 +64,30 @@ def test_a_child_running_a_task_ends_when_the_runner_is_killed(tmp_path):
         assert not _running(child)
     finally:
         runner.kill()
+
+
+RESTARTS = """
+import os
+from multiprocessing import forkserver
+
+from ml.local_airflow import _start_fork_server
+
+if __name__ == "__main__":
+    pids = []
+    for home in ("a", "a", "b"):
+        os.environ["AIRFLOW_HOME"] = home
+        _start_fork_server()
+        pids.append(forkserver._forkserver._forkserver_pid)
+    print(*pids)
+"""
+
+
+def test_the_fork_server_starts_again_only_when_airflows_settings_change(tmp_path):
+    """Its children run with the Airflow it preloaded, which read AIRFLOW_HOME and AIRFLOW__* when imported."""
+    (tmp_path / "restarts.py").write_text(RESTARTS)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    done = subprocess.run([sys.executable, str(tmp_path / "restarts.py")], capture_output=True, text=True, env=env,
+                          timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    first, same, other = map(int, done.stdout.split())
+    assert first == same and other != first
