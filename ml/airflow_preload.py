@@ -1,6 +1,7 @@
 """What side_by_side's fork server (ml.local_airflow) builds once for all its children: Airflow, and the FastAPI
 app of the execution API that dag.test runs in-process in each child. Imported there, before any child forks,
-instead of in every child: about 4 s of each training task on 2 cores (Airflow's import 1.4 s, the app 2.2 s).
+instead of in every child: about 8 s of each training task on 2 cores (Airflow's import 1.4 s, building the app
+2.2 s and its versioned routes 4.4 s).
 
 Airflow reads its settings (AIRFLOW_HOME, AIRFLOW__*) when first imported, so the fork server holds those of the
 environment it started in: side_by_side starts another one when they change. Only the app is built here; its
@@ -17,5 +18,9 @@ from airflow.sdk.execution_time.supervisor import in_process_api_server
 
 # a failure here is not the task's: the child builds the app itself, as without the preload, and says why then
 with contextlib.suppress(Exception):
-    in_process_api_server().app  # noqa: B018  (a cached property: built on first read)
+    app = in_process_api_server().app  # a cached property: built on first read
+    # Cadwyn makes the API's versioned routes on the app's first request (4.4 s of a child's 6 on 2 cores):
+    # made here instead, with the method its first request calls
+    if getattr(app, "_cadwyn_initialized", True) is False:
+        app._cadwyn_initialize()
 logging.getLogger(__name__).debug("Airflow and the in-process execution API preloaded")
