@@ -190,7 +190,7 @@ def run_pipeline(task: Task, overrides: dict | None = None, dates: list[dt.date]
 
 # what side_by_side's fork server imports once for all its children: the heavy modules that read no setting of
 # this run at import, then Airflow and dag.test's in-process execution API (ml.airflow_preload), which read
-# Airflow's settings: the fork server is started again when those change (_AIRFLOW_SETTINGS)
+# Airflow's settings: the fork server is started again when those change (_start_fork_server)
 _PRELOAD = ["numpy", "pandas", "pyarrow.parquet", "sklearn.metrics", "torch", "lightgbm", "mlflow", "ml.train.pipeline",
             "fastapi", "sqlalchemy.orm", "cadwyn", "ml.airflow_preload"]
 _forkserver_settings: dict[str, str] | None = None  # the Airflow settings the running fork server preloaded

@@ -48,11 +48,12 @@ def backtest_asset_uri(task: Task) -> str:
     return f"crowd://{task.name}/{task.dataset}/backtest"
 
 
-# The models from the longest training task to the shortest (train, score and evaluate): the default task's
-# `make run` on 2 cores took about ple 92 s, moe 49, lstm 46, lgbm_all_mixed 43, din 40, lgbm_few_mixed 39,
-# lgbm_per_target 38, deepfm 28, dnn 20. Only an order of work: no result depends on it.
-LONGEST_FIRST: tuple[str, ...] = ("ple", "moe", "lstm", "lgbm_all_mixed", "din", "lgbm_few_mixed", "lgbm_per_target",
-                                  "deepfm", "dnn")
+# The models from the longest training task to the shortest (train, score and evaluate, two at a time): in two
+# `make run`s of the default task on 2 cores (2026-11-27) their MLflow runs took ple 134 and 138 s, moe 82 and
+# 87, din 58 and 69, lstm 61 and 63, lgbm_few_mixed 52 and 60, lgbm_per_target 48 and 53, deepfm 44 and 40,
+# lgbm_all_mixed 38 and 45, dnn 34 and 31. Only an order of work: no result depends on it.
+LONGEST_FIRST: tuple[str, ...] = ("ple", "moe", "din", "lstm", "lgbm_few_mixed", "lgbm_per_target", "deepfm",
+                                  "lgbm_all_mixed", "dnn")
 
 
 def longest_first(models: list[str]) -> list[str]:
