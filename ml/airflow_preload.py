@@ -10,11 +10,14 @@ transport (an event loop on a thread, which a fork would not copy) starts in the
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 
-import airflow.sdk.definitions.dag  # noqa: F401  (the DAG runner each child calls)
-from airflow.dag_processing.dagbag import DagBag  # noqa: F401  (what each child parses its DAG with)
 from airflow.sdk.execution_time.supervisor import in_process_api_server
+
+# the modules each child then finds imported: the DAG runner it calls and what it parses its DAG with
+for _module in ("airflow.sdk.definitions.dag", "airflow.dag_processing.dagbag"):
+    importlib.import_module(_module)
 
 # a failure here is not the task's: the child builds the app itself, as without the preload, and says why then
 with contextlib.suppress(Exception):
