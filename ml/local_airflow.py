@@ -336,32 +336,28 @@ def leave_when_orphaned(runner: Connection) -> threading.Thread:
     return watcher
 
 
-def _task_instance(key: dict):  # noqa: ANN202
+def _task_instance(key: dict, **more: object):  # noqa: ANN202
+    """The task instance matching key and more (detached from the session), the lowest map_index where several
+    match; None where none does."""
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
     with create_session() as session:
-        ti = session.scalar(select(TaskInstance).filter_by(**key))
-        session.expunge(ti)
+        ti = session.scalars(select(TaskInstance).filter_by(**key, **more).order_by(TaskInstance.map_index)
+                             .limit(1)).first()
+        if ti is not None:
+            session.expunge(ti)
     return ti
 
 
 def _first_scheduled(ti):  # noqa: ANN001, ANN202
     """The scheduled instance of ti's task in ti's run with the lowest map_index (ti's own if it is not mapped):
     the order a scheduler queues a mapped task's instances of equal priority."""
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.utils.session import create_session
     from airflow.utils.state import TaskInstanceState
-    from sqlalchemy import select
 
-    with create_session() as session:
-        first = session.scalars(select(TaskInstance).filter_by(
-            dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id, state=TaskInstanceState.SCHEDULED)
-            .order_by(TaskInstance.map_index).limit(1)).first()
-        if first is not None:
-            session.expunge(first)
-    return first
+    return _task_instance({"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id},
+                          state=TaskInstanceState.SCHEDULED)
 
 
 def _fail_if_it_dies(proc, key: dict) -> None:  # noqa: ANN001
