@@ -67,27 +67,49 @@ def test_a_child_running_a_task_ends_when_the_runner_is_killed(tmp_path):
 
 
 RESTARTS = """
+import multiprocessing as mp
 import os
 from multiprocessing import forkserver
 
-from ml.local_airflow import _start_fork_server
+from ml.local_airflow import _PRELOAD, _start_fork_server
+
+
+def preloaded(out):
+    import sys
+
+    from mlflow.utils import requirements_utils
+
+    from airflow.sdk.execution_time.supervisor import in_process_api_server
+
+    out.send((requirements_utils._PACKAGES_TO_MODULES is not None, "airflow" in sys.modules,
+              in_process_api_server().app._cadwyn_initialized))
+
 
 if __name__ == "__main__":
     pids = []
+    ctx = mp.get_context("forkserver")
     for home in ("a", "a", "b"):
-        os.environ["AIRFLOW_HOME"] = home
+        os.environ["AIRFLOW_HOME"] = os.path.abspath(home)
+        if home == "b":  # the last one as side_by_side starts it, with what it preloads for its children
+            ctx.set_forkserver_preload(_PRELOAD)
         _start_fork_server()
         pids.append(forkserver._forkserver._forkserver_pid)
-    print(*pids)
+    here, there = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=preloaded, args=(there,))
+    child.start()
+    print(*pids, *here.recv())
+    child.join()
 """
 
 
-def test_the_fork_server_starts_again_only_when_airflows_settings_change(tmp_path):
+def test_the_fork_server_preloads_its_children_and_starts_again_only_when_airflows_settings_change(tmp_path):
     """Its children run with the Airflow it preloaded, which read AIRFLOW_HOME and AIRFLOW__* when imported."""
     (tmp_path / "restarts.py").write_text(RESTARTS)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     done = subprocess.run([sys.executable, str(tmp_path / "restarts.py")], capture_output=True, text=True, env=env,
                           timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    first, same, other = map(int, done.stdout.split())
+    first, same, other, *preloaded = done.stdout.split()
     assert first == same and other != first
+    # its children find MLflow's package map, Airflow and the execution API's routes made before they forked
+    assert preloaded == ["True", "True", "True"]

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import average_precision_score, ndcg_score, roc_auc_score
+from sklearn.metrics import average_precision_score, ndcg_score, roc_auc_score, roc_curve
 
 from ml.evaluate.curves import gain_points, lift, roc_points, series_curves
-from ml.evaluate.metrics import evaluate_scores, group_auc, ranking_metrics
+from ml.evaluate.metrics import _ranked_order, auc, evaluate_scores, group_auc, ranking_metrics
 
 
 def test_ranking_metrics_on_a_hand_computed_case():
@@ -54,6 +54,24 @@ def test_ranking_metrics_agree_with_scikit_learn(rng=np.random.default_rng(3)):
     assert per.to_numpy() == pytest.approx(aucs)
     assert unweighted == pytest.approx(aucs.mean())
     assert weighted == pytest.approx(np.average(aucs, weights=[y[g == k].sum() for k in range(groups)]))
+
+
+def test_the_pooled_auc_agrees_with_scikit_learn_with_tied_scores(rng=np.random.default_rng(4)):
+    y = (rng.random(2000) < 0.2).astype(int)
+    p = rng.integers(0, 7, 2000) / 7  # many ties, each counting one half
+    assert auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    assert np.isnan(auc(np.zeros(5), rng.random(5)))
+
+
+def test_the_ranked_order_is_a_lexsort_by_group_descending_score_and_tie_break(rng=np.random.default_rng(6)):
+    n = 4000
+    codes = rng.integers(0, 9, n)
+    p = rng.integers(0, 30, n) / 30  # ties inside groups
+    tie_break = rng.integers(0, 500, n)  # repeated (group, score, tie-break) rows too: input order decides
+    expected = np.lexsort((tie_break, -p, codes))
+    assert np.array_equal(_ranked_order(codes, 9, p, tie_break), expected)
+    unique = rng.permutation(n)
+    assert np.array_equal(_ranked_order(codes, 9, p, unique), np.lexsort((unique, -p, codes)))
 
 
 def test_results_do_not_depend_on_row_order_even_with_tied_scores():
@@ -154,6 +172,9 @@ def test_the_roc_points_lie_on_scikit_learns_curve_and_integrate_to_its_auc(rng=
     x, tpr = roc_points(y, p)
     assert x[0] == 0 and x[-1] == 1 and np.all(np.diff(tpr) >= 0)
     assert np.trapezoid(tpr, x) == pytest.approx(roc_auc_score(y, p), abs=0.01)
+    tied = np.round(p, 1)  # runs of tied scores: one step each, as roc_curve draws them
+    fpr, sk_tpr, _ = roc_curve(y, tied)
+    assert np.allclose(roc_points(y, tied)[1], np.interp(x, fpr, sk_tpr), atol=1e-12)
 
 
 def test_series_curves_hold_recall_at_n_of_the_ranking_metrics_and_reliability_only_for_probabilities(

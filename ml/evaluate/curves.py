@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_curve
-
 from ml.evaluate.metrics import ranking_metrics
-from ml.train.calibration import expected_calibration_error, reliability
+from ml.train.calibration import ece_of, reliability
 
 CURVE_COLUMNS = ("series", "curve", "x", "y")
 CURVES_ARTIFACT = "curves.json"  # the table's name in each MLflow run
@@ -23,9 +21,22 @@ GRID = np.unique(np.concatenate([np.linspace(0.0, 1.0, 101), np.geomspace(1e-5, 
 RECALL_NS = tuple(int(n) for n in np.unique(np.geomspace(1, 1000, 25).astype(int)))
 
 
+def _tie_ends(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows by descending score, read at the last row of each run of tied scores: the rows taken and the buyers
+    among them up to there. One plain sort: inside a tie the order does not matter, as a tie is taken whole."""
+    y = np.asarray(y, np.float64)
+    p = np.asarray(p, np.float64)
+    order = np.argsort(-p)
+    ranked = p[order]
+    last_of_tie = np.flatnonzero(np.r_[ranked[1:] != ranked[:-1], True]) if len(p) else np.zeros(0, np.int64)
+    return last_of_tie + 1.0, np.cumsum(y[order])[last_of_tie]
+
+
 def roc_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """TPR at each FPR of GRID (ties in score count as one step, as roc_curve draws them)."""
-    fpr, tpr, _ = roc_curve(y, p)
+    """TPR at each FPR of GRID (ties in score count as one step, as scikit-learn's roc_curve draws them)."""
+    taken, hits = _tie_ends(y, p)
+    fpr = np.r_[0.0, (taken - hits) / max(taken[-1] - hits[-1], 1.0)]
+    tpr = np.r_[0.0, hits / max(hits[-1], 1.0)]
     return GRID, np.interp(GRID, fpr, tpr)
 
 
@@ -35,14 +46,9 @@ def gain_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Pairs tied in score are taken together, the gain growing linearly across them: the expected gain of a
     random order inside the tie, so a heuristic with many ties is neither flattered nor punished by row order.
     """
-    y = np.asarray(y, np.float64)
-    order = np.argsort(-np.asarray(p, np.float64), kind="stable")
-    ranked = np.asarray(p, np.float64)[order]
-    last_of_tie = np.r_[ranked[1:] != ranked[:-1], True]
-    hits = np.cumsum(y[order])[last_of_tie]
-    taken = (np.flatnonzero(last_of_tie) + 1) / len(y)
+    taken, hits = _tie_ends(y, p)
     found = hits / max(hits[-1], 1.0)
-    return GRID, np.interp(GRID, np.r_[0.0, taken], np.r_[0.0, found])
+    return GRID, np.interp(GRID, np.r_[0.0, taken / len(y)], np.r_[0.0, found])
 
 
 def series_curves(name: str, y: np.ndarray, p: np.ndarray, group: np.ndarray, tie_break: np.ndarray,
@@ -63,7 +69,7 @@ def series_curves(name: str, y: np.ndarray, p: np.ndarray, group: np.ndarray, ti
         clipped = np.clip(p, 0.0, 1.0)
         table = reliability(y, clipped)
         parts.append(pd.DataFrame({"curve": "reliability", "x": table["mean_score"], "y": table["observed"]}))
-        parts.append(pd.DataFrame({"curve": ["ece"], "x": [np.nan], "y": [expected_calibration_error(y, clipped)]}))
+        parts.append(pd.DataFrame({"curve": ["ece"], "x": [np.nan], "y": [ece_of(table)]}))
     out = pd.concat(parts, ignore_index=True)
     out.insert(0, "series", name)
     return out[list(CURVE_COLUMNS)]

@@ -4,8 +4,8 @@ recall@N, NDCG@N, coverage), over users for the pooled AUC, logloss and GAUC, an
 
 Targets are the unit a merchant sees, so the per-target metrics resample targets. The pooled AUC resamples
 users with Poisson(1) weights (the rows of one user move together), computed from one sort of the scores per
-model: one cumulative sum over the rows per resample, so a hundred resamples of a million rows take about a
-second. The other user-level intervals are products of the weights with per-user sums.
+model: per resample, one pass of sums over the rows between the positives' scores, so a hundred resamples of
+a million rows take about half a second. The other user-level intervals are products of the weights with per-user sums.
 """
 
 from __future__ import annotations
@@ -93,12 +93,12 @@ _USER_WEIGHTS: dict[tuple[int, int], np.ndarray] = {}
 
 
 class RankedScores:
-    """The scores sorted once with their ties grouped: each resample's AUC is then one cumulative sum of the
-    negatives' weights in score order, read at the first and one past the last row of each positive's group
-    of tied scores."""
+    """The scores sorted once with their ties grouped: each resample's AUC then needs the negatives' weight
+    below each positive's group of tied scores and up to its end, which are sums over the segments between
+    those groups' bounds (a few thousand), not a running sum over every row."""
 
     def __init__(self, y: np.ndarray, p: np.ndarray) -> None:
-        self.order = np.argsort(np.asarray(p), kind="stable")
+        self.order = np.argsort(np.asarray(p))  # inside a tie any order: a tie is counted whole
         p_sorted = np.asarray(p)[self.order]
         self.negative = ~(np.asarray(y)[self.order] > 0)
         self.positives = np.flatnonzero(~self.negative)
@@ -106,14 +106,22 @@ class RankedScores:
         starts = np.flatnonzero(new_group)
         ends = np.r_[starts[1:], len(p_sorted)]
         group = np.cumsum(new_group)[self.positives] - 1
-        self.first, self.end = starts[group], ends[group]
+        first, end = starts[group], ends[group]
+        # the segments start at row 0 and at every positive group's bounds; the negatives' weight before a
+        # bound is the sum of the segments before it (one past the last segment: the total)
+        self.cuts = np.unique(np.r_[0, first, end])
+        self.cuts = self.cuts[self.cuts < len(p_sorted)]
+        self.first, self.end = np.searchsorted(self.cuts, first), np.searchsorted(self.cuts, end)
 
     def auc(self, weights_sorted: np.ndarray) -> np.ndarray:
         """AUC of each row of weights [k, rows], given in score order (weights[:, self.order])."""
         w = np.asarray(weights_sorted)
         exact = np.issubdtype(w.dtype, np.integer)  # bootstrap counts: the sums are exact integers
-        negatives = np.zeros((len(w), w.shape[1] + 1), dtype=np.int64 if exact else np.float64)
-        np.cumsum(w * self.negative, axis=1, out=negatives[:, 1:])
+        total = np.int64 if exact else np.float64
+        negatives = np.zeros((len(w), len(self.cuts) + 1), dtype=total)
+        if len(self.cuts):
+            np.cumsum(np.add.reduceat(w * self.negative, self.cuts, axis=1, dtype=total), axis=1,
+                      out=negatives[:, 1:])
         below, up_to = negatives[:, self.first], negatives[:, self.end]
         w_pos = w[:, self.positives].astype(np.float64)
         # a positive beats the negatives below its score and ties half of those at its score

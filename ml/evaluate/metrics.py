@@ -1,6 +1,6 @@
 """AUC, logloss, per-target AUC, GAUC and the merchant's ranking metrics per target, vectorised.
 
-AUC and logloss come from scikit-learn. Per-group AUC and recall / precision / NDCG / MAP @N are computed here
+Logloss comes from scikit-learn. AUC, per-group AUC and recall / precision / NDCG / MAP @N are computed here
 over arrays sorted once by (group, score), and checked against scikit-learn and hand-computed cases in tests.
 The README's "Metrics" section defines each once.
 """
@@ -11,13 +11,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import log_loss, roc_auc_score
+from sklearn.metrics import log_loss
 
 DEFAULT_NS = (10, 50, 100, 500)
 
 
 def auc(y: np.ndarray, p: np.ndarray) -> float:
-    return float(roc_auc_score(y, p)) if 0 < np.sum(y) < len(y) else float("nan")
+    """The pooled AUC (ties count one half), as per_group_auc computes it for one group: scikit-learn's
+    roc_auc_score gives the same figure from a stable sort, three times slower on a million rows."""
+    if not 0 < np.sum(np.asarray(y) > 0) < len(y):
+        return float("nan")
+    return float(per_group_auc(y, p, np.zeros(len(y), dtype=np.int8))["auc"].iloc[0])
 
 
 def logloss(y: np.ndarray, p: np.ndarray, weights: np.ndarray | None = None) -> float:
@@ -31,7 +35,7 @@ def per_group_auc(y: np.ndarray, p: np.ndarray, group: np.ndarray) -> pd.DataFra
     y = np.asarray(y, dtype=np.float64) > 0
     p = np.asarray(p, dtype=np.float64)
     codes, groups = pd.factorize(np.asarray(group), sort=True)
-    order = np.lexsort((p, codes))
+    order = _grouped_order(codes, len(groups), np.argsort(p))
     g, ps, ys = codes[order], p[order], y[order]
     n = len(g)
     rows = np.bincount(g, minlength=len(groups)).astype(np.float64)
@@ -65,6 +69,41 @@ def group_auc(y: np.ndarray, p: np.ndarray, group: np.ndarray, weight: str = "po
     return weighted, float(per.loc[ok, "auc"].mean()), per["auc"]
 
 
+def _grouped_order(codes: np.ndarray, n_groups: int, order: np.ndarray) -> np.ndarray:
+    """`order` regrouped by each row's group code, keeping its order inside a group. A stable sort of small
+    integer codes is a radix sort in numpy (16 bits or fewer): with a plain sort of the scores first, this
+    orders a million rows by (group, score) in a fifth of the time of a lexsort of the two."""
+    dtype = np.uint16 if n_groups <= 1 << 16 else np.int64
+    return order[np.argsort(codes[order].astype(dtype), kind="stable")]
+
+
+def _ranked_order(codes: np.ndarray, n_groups: int, p: np.ndarray, tie_break: np.ndarray) -> np.ndarray:
+    """Rows by group, then descending score, then ascending tie-break: the order of
+    np.lexsort((tie_break, -p, codes)), from one sort of the scores and one of a combined integer key (each
+    score replaced by its rank among the distinct scores), at about a third of its cost."""
+    descending = np.argsort(-p)  # inside a run of tied scores, any order: the tie-break settles it
+    ranked = p[descending]
+    run = np.cumsum(np.r_[True, ranked[1:] != ranked[:-1]]) - 1 if len(p) else np.zeros(0, np.int64)
+    score_rank = np.empty(len(p), dtype=np.int64)
+    score_rank[descending] = run
+    tb_codes, tb_values = pd.factorize(tie_break, sort=True)
+    n_runs, n_tb = int(run[-1]) + 1 if len(p) else 1, max(len(tb_values), 1)
+    if n_groups * n_runs * n_tb >= 1 << 62:  # the combined key would not fit in 64 bits
+        return np.lexsort((tie_break, -p, codes))
+    key = (codes.astype(np.int64) * n_runs + score_rank) * n_tb + tb_codes
+    order = np.argsort(key)
+    if np.any(key[order][1:] == key[order][:-1]):  # rows equal in all three keep their input order, as lexsort's
+        order = np.argsort(key, kind="stable")
+    return order
+
+
+def _running(values: np.ndarray) -> np.ndarray:
+    """Running sums with a leading zero: the sum of rows [a, b) is out[b] - out[a]."""
+    out = np.zeros(len(values) + 1)
+    np.cumsum(values, out=out[1:])
+    return out
+
+
 @dataclass
 class RankingMetrics:
     per_group: pd.DataFrame  # index: group; columns n, positives, buyers, recall@N, precision@N, ndcg@N, map@N
@@ -95,30 +134,33 @@ def ranking_metrics(y: np.ndarray, p: np.ndarray, group: np.ndarray, ns: tuple[i
     y = np.asarray(y, dtype=np.float64)
     p = np.asarray(p, dtype=np.float64)
     codes, groups = pd.factorize(np.asarray(group), sort=True)
-    tb = np.arange(len(y)) if tie_break is None else np.asarray(tie_break)
-    order = np.lexsort((tb, -p, codes))
-    g, rel = codes[order], y[order]
-    starts = np.searchsorted(g, np.arange(len(groups)))
-    rank = np.arange(len(g)) - starts[g]  # 0-based rank within the group
     n_groups = len(groups)
+    tb = np.arange(len(y)) if tie_break is None else np.asarray(tie_break)
+    order = _ranked_order(codes, n_groups, p, tb)
+    g, rel = codes[order], y[order]
     size = np.bincount(g, minlength=n_groups)
-    positives = np.bincount(g, weights=rel, minlength=n_groups)
+    starts = np.concatenate([[0], np.cumsum(size)[:-1]]).astype(np.int64)
+    rank = np.arange(len(g)) - starts[g]  # 0-based rank within the group
+    # every per-N sum is a difference of running sums over the ranked rows, read where each group's top N ends:
+    # one pass over the rows for all the Ns, not one per N
+    hits_upto = _running(rel)
+    positives = hits_upto[starts + size] - hits_upto[starts]
     total = positives if buyers is None else buyers.reindex(groups).fillna(0).to_numpy(dtype=np.float64)
     if np.any(total < positives):
         worst = groups[np.argmax(positives - total)]
         raise ValueError(f"target {worst}: the buyers table counts fewer buyers than the scored set's positives "
                          "(exports of different builds?)")
-    cum_hits = np.cumsum(rel) - np.concatenate([[0.0], np.cumsum(rel)])[starts][g]
-    precision_at_rank = cum_hits / (rank + 1)
-    discount = 1.0 / np.log2(rank + 2)
+    precision_at_rank = (hits_upto[1:] - hits_upto[starts][g]) / (rank + 1)
+    dcg_upto = _running(rel / np.log2(rank + 2))
+    ap_upto = _running(rel * precision_at_rank)
     out = {"n": size, "positives": positives, "buyers": total}
     for n in ns:
-        top = rank < n
-        hits = np.bincount(g, weights=rel * top, minlength=n_groups)
-        dcg = np.bincount(g, weights=rel * top * discount, minlength=n_groups)
+        end = starts + np.minimum(size, n)
+        hits = hits_upto[end] - hits_upto[starts]
+        dcg = dcg_upto[end] - dcg_upto[starts]
+        ap = ap_upto[end] - ap_upto[starts]
         ideal_k = np.minimum(total, n).astype(np.int64)
         ideal = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(max(ideal_k.max(initial=0), 1)) + 2))])[ideal_k]
-        ap = np.bincount(g, weights=rel * top * precision_at_rank, minlength=n_groups)
         with np.errstate(invalid="ignore", divide="ignore"):
             out[f"recall_at_{n}"] = np.where(total > 0, hits / total, np.nan)
             out[f"precision_at_{n}"] = hits / n

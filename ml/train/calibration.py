@@ -145,14 +145,22 @@ def reliability_bins(p: np.ndarray, bins: int = 20) -> np.ndarray:
 def reliability(y: np.ndarray, p: np.ndarray, bins: int = 20) -> pd.DataFrame:
     """Rows sorted by score into `bins` groups of equal size (rare events put nearly every row in the lowest
     of equal-width bins): per group the mean score, the observed rate and the rows."""
-    frame = pd.DataFrame({"group": reliability_bins(p, bins), "p": p, "y": np.asarray(y, np.float64)})
-    out = frame.groupby("group").agg(mean_score=("p", "mean"), observed=("y", "mean"), rows=("y", "size"))
-    return out.reset_index(drop=True)
+    group = reliability_bins(p, bins)
+    rows = np.bincount(group, minlength=bins)
+    kept = rows > 0  # fewer rows than bins leave some empty
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_score = np.bincount(group, weights=np.asarray(p, np.float64), minlength=bins) / rows
+        observed = np.bincount(group, weights=np.asarray(y, np.float64), minlength=bins) / rows
+    return pd.DataFrame({"mean_score": mean_score[kept], "observed": observed[kept], "rows": rows[kept]})
 
 
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 20) -> float:
     """Mean over the rows of |mean score - observed rate| of their reliability bin."""
-    table = reliability(y, p, bins)
+    return ece_of(reliability(y, p, bins))
+
+
+def ece_of(table: pd.DataFrame) -> float:
+    """The expected calibration error of a reliability table (ml.train.calibration.reliability)."""
     return float(np.average((table["mean_score"] - table["observed"]).abs(), weights=table["rows"]))
 
 
