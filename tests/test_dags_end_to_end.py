@@ -38,7 +38,13 @@ def dags(airflow_db, tiny_dataset, tiny_exports):
 
 @pytest.fixture(scope="module")
 def backtest_period(dags, task):
-    run = dags.get_dag(PERIODS).test(logical_date=_at(task.backtest), run_after=_at(task.backtest))
+    """The backtest's period with warehouse.airflow_tasks per_model (Cosmos's watcher tasks around the one
+    build); the default one-task build runs in the run-dags test below and in every other period here."""
+    from ml.orchestration import build_periods_dag
+    from ml.task import load_task
+
+    dag = build_periods_dag(load_task(task.name, {"warehouse.airflow_tasks": "per_model"}))
+    run = dag.test(logical_date=_at(task.backtest), run_after=_at(task.backtest))
     return task.backtest, run
 
 
@@ -47,33 +53,21 @@ def _states(run) -> dict[str, str]:
 
 
 def test_the_backtest_period_builds_and_exports_its_date_and_announces_it(backtest_period, task_paths, task):
+    """Through per_model's tasks: one per model and per model's tests, each reporting its node of the
+    producer's one dbt build."""
     ds, run = backtest_period
-    assert str(run.state) == "success" and run.logical_date.date() == ds and ds.isoformat() in run.run_id
     states = _states(run)
-    assert states["dbt_build"] == "success"
+    assert str(run.state) == "success", {t: s for t, s in states.items() if s != "success"}
+    assert run.logical_date.date() == ds and ds.isoformat() in run.run_id
+    watchers = [t for t in states if t.startswith("warehouse.") and "producer" not in t]
+    assert len(watchers) > 50 and all(states[t] == "success" for t in watchers)
+    assert states["warehouse.samples.run"] == states["warehouse.samples.test"] == "success"
     assert states["publish_backtest_ready"] == "success" and states["forward_crowds"] == "skipped"
     with duckdb.connect(str(task_paths.warehouse)) as con:
         dates = {r[0] for r in con.execute("select distinct ds from samples.samples_evaluation").fetchall()}
     assert ds in dates and dates <= {ds, *task.validation}  # the validation dates have their evaluation set too
     export = task_paths.exports / f"ds={ds}"
     assert {"samples.parquet", "evaluation.parquet", "sequences.parquet"} <= {p.name for p in export.iterdir()}
-
-
-def test_per_model_tasks_report_each_node_of_the_one_build(dags, task, task_paths):
-    """warehouse.airflow_tasks per_model: Cosmos's watcher tasks, one per model and per model's tests, each
-    report its node of the producer's one dbt build."""
-    from ml.orchestration import build_periods_dag
-    from ml.task import load_task
-
-    ds = task.validation[0]
-    dag = build_periods_dag(load_task(task.name, {"warehouse.airflow_tasks": "per_model"}))
-    run = dag.test(logical_date=_at(ds), run_after=_at(ds))
-    states = _states(run)
-    assert str(run.state) == "success", {t: s for t, s in states.items() if s != "success"}
-    watchers = [t for t in states if t.startswith("warehouse.") and "producer" not in t]
-    assert len(watchers) > 50 and all(states[t] == "success" for t in watchers)
-    assert states["warehouse.samples.run"] == states["warehouse.samples.test"] == "success"
-    assert (task_paths.exports / f"ds={ds}" / "samples.parquet").exists()
 
 
 def test_a_period_that_is_not_the_backtest_does_not_trigger_training(dags, task):
@@ -88,38 +82,6 @@ def test_a_date_that_is_no_period_of_the_task_is_skipped_and_says_why(dags, task
     run = dags.get_dag(PERIODS).test(logical_date=_at(task.samples.first + dt.timedelta(days=1)))
     states = _states(run)
     assert states["plan"] == "success" and states["export"] == "skipped"
-
-
-def test_the_training_dag_trains_promotes_a_champion_and_publishes_forward_crowds(dags, backtest_period, task,
-                                                                                   task_paths):
-    from ml.crowds import last_log_day
-
-    run = dags.get_dag(TRAINING).test(run_conf={"models": ["lgbm_all_mixed", "dnn"], "epochs": 1,
-                                                "crowd_size": 20})
-    assert str(run.state) == "success"
-    as_of = last_log_day(task_paths.dataset_dir) + dt.timedelta(days=1)
-    crowd = pd.read_parquet(task_paths.crowds / f"ds={as_of}" / "crowds.parquet")
-    assert (crowd.groupby("target_id").size() == 20).all() and (crowd["feature_date"] == as_of).all()
-    with duckdb.connect(str(task_paths.warehouse)) as con:
-        n = con.execute("select count(*) from crowds.forward_crowds where feature_date = ?", [as_of]).fetchone()[0]
-    assert n == len(crowd)
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    from ml.tracking import champion_alias, comparison_key, configure
-
-    configure(task_paths)
-    # the Params changed models, epochs and the crowd size: the same comparison fingerprint as the task's
-    champion = MlflowClient().get_model_version_by_alias(task_paths.registered_model,
-                                                         champion_alias(comparison_key(task, task_paths.exports)))
-    assert str(champion.version) == crowd["model_version"].iloc[0]
-    runs = mlflow.search_runs(experiment_names=[task_paths.experiment])
-    assert {"lgbm_all_mixed", "dnn"} <= set(runs["tags.model"])
-    assert (runs.loc[runs["tags.model"] == "dnn", "params.task.training.epochs"] == "1").any()
-    # the run's own HTML report, after the crowds: named by the run, showing the models it trained
-    report = task_paths.reports / "runs" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', run.run_id)}.html"
-    text = report.read_text()
-    assert "<td>dnn" in text and "20 to 20 (median 20)" in text and 'id="chart-gain"' in text
 
 
 def test_a_bad_parameter_fails_before_any_work(dags):
@@ -163,15 +125,18 @@ def test_a_failing_dbt_test_fails_the_dag_run_and_leaves_no_rows_of_its_date(dag
 
 def test_run_dags_drives_the_periods_and_training_dags_and_ends_with_the_comparison(dags, task, task_paths, capsys,
                                                                                     caplog):
-    """`crowd run-dags` is what `make run` calls: the real DAGs through dag.test(), then the table and paths."""
+    """`crowd run-dags` is what `make run` calls: the real DAGs through dag.test(), then the table and paths. Its
+    training DAG trains two models side by side, promotes a champion, publishes the forward crowds and the
+    run's HTML report."""
     import logging
 
     from ml.cli import main
+    from ml.crowds import last_log_day
 
     caplog.set_level(logging.INFO, logger="ml.local_airflow")
 
     assert main(["run-dags", "--ds", str(task.backtest), "--set", "models=[lgbm_all_mixed, dnn]",
-                 "--set", "crowd_size=10", "--quiet"]) == 0
+                 "--set", "epochs=1", "--set", "crowd_size=10", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "2 DAG runs succeeded" in out
     # (a model row may carry "(not above the floor)" after its name)
@@ -194,11 +159,32 @@ def test_run_dags_drives_the_periods_and_training_dags_and_ends_with_the_compari
     # handed out in map_index order, as a scheduler does (dag.test's own order is a set's)
     started = [r.getMessage() for r in caplog.records if r.getMessage().startswith("side by side: train[")]
     assert [m.split()[3] for m in started] == ["train[0]", "train[1]"], started
-    crowds = sorted(task_paths.crowds.glob("ds=*/crowds.parquet"))[-1]
+    as_of = last_log_day(task_paths.dataset_dir) + dt.timedelta(days=1)
+    crowds = task_paths.crowds / f"ds={as_of}" / "crowds.parquet"
     assert f"crowds:  {crowds}" in out and str(task_paths.shared.mlflow_db) in out
     assert f"report:  {task_paths.reports / 'runs'}" in out
     crowd = pd.read_parquet(crowds)
-    assert (crowd.groupby("target_id").size() == 10).all()
+    assert (crowd.groupby("target_id").size() == 10).all() and (crowd["feature_date"] == as_of).all()
+    with duckdb.connect(str(task_paths.warehouse)) as con:
+        n = con.execute("select count(*) from crowds.forward_crowds where feature_date = ?", [as_of]).fetchone()[0]
+    assert n == len(crowd)
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from ml.tracking import champion_alias, comparison_key, configure
+
+    configure(task_paths)
+    # the run changed models, epochs and the crowd size: the same comparison fingerprint as the task's
+    champion = MlflowClient().get_model_version_by_alias(task_paths.registered_model,
+                                                         champion_alias(comparison_key(task, task_paths.exports)))
+    assert str(champion.version) == crowd["model_version"].iloc[0]
+    runs = mlflow.search_runs(experiment_names=[task_paths.experiment])
+    assert {"lgbm_all_mixed", "dnn"} <= set(runs["tags.model"])
+    assert (runs.loc[runs["tags.model"] == "dnn", "params.task.training.epochs"] == "1").any()
+    # the run's own HTML report, after the crowds: named by the run, showing the models it trained
+    report = task_paths.reports / "runs" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', run_id)}.html"
+    text = report.read_text()
+    assert "<td>dnn" in text and "10 to 10 (median 10)" in text and 'id="chart-gain"' in text
     log = (task_paths.shared.airflow_home / "local_run.log").read_text()
     assert "samples.samples_evaluation" in log and "samples.samples_evaluation" not in out  # dbt's console
     # a run that would build nothing fails before it starts, saying why
