@@ -219,7 +219,9 @@ def _start_fork_server() -> None:
 def side_by_side(dag, log_file: Path) -> Iterator[None]:  # noqa: ANN001
     """dag.test() runs one task instance at a time. Here the instances of a task whose max_active_tis_per_dag is
     above 1 (the training DAG's `train`: two models at a time, as under a scheduler) run that many at a time,
-    each in a process of its own, with the cores shared among them; every other task runs as dag.test runs it.
+    each in a process of its own, with the cores shared among them; a task of ml.orchestration.RUN_BESIDE (the
+    forward features, which wait on no model) starts in a process of its own as soon as it is scheduled, beside
+    whatever dag.test runs next (`prepare`, then the trainings); every other task runs as dag.test runs it.
 
     Each such instance is handed to a child of a fork server (multiprocessing's forkserver, started clean: no
     thread, no OpenMP pool, no CUDA context of this process is copied into it), which sets this run's
@@ -233,7 +235,11 @@ def side_by_side(dag, log_file: Path) -> Iterator[None]:  # noqa: ANN001
     import airflow.sdk.definitions.dag as dag_module
     from airflow.utils.state import TaskInstanceState
 
+    from ml.orchestration import RUN_BESIDE
+
     limits = {t.task_id: t.max_active_tis_per_dag for t in dag.tasks if (t.max_active_tis_per_dag or 0) > 1}
+    beside = [t.task_id for t in dag.tasks if t.task_id in RUN_BESIDE]
+    limits |= {task_id: 1 for task_id in beside}
     if not limits:
         yield
         return
@@ -246,6 +252,15 @@ def side_by_side(dag, log_file: Path) -> Iterator[None]:  # noqa: ANN001
     watchers: list[threading.Thread] = []
 
     def run_task(*, ti, task, run_triggerer: bool = False):  # noqa: ANN001, ANN202
+        # what a scheduler would have started by now, whatever order dag.test takes the others in: a task that
+        # waits on nothing the others make (the training DAG's forward features), in a process of its own
+        for task_id in beside:
+            waiting = _task_instance({"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": task_id},
+                                     state=TaskInstanceState.SCHEDULED)
+            if waiting is not None:
+                start(waiting, 1, run_triggerer)
+        if task.task_id in beside:  # started above, when it was scheduled
+            return None
         if task.task_id not in limits:
             return serial(ti=ti, task=task, run_triggerer=run_triggerer)
         slots = limits[task.task_id]
@@ -255,8 +270,12 @@ def side_by_side(dag, log_file: Path) -> Iterator[None]:  # noqa: ANN001
             alive[:] = [proc for proc in alive if proc.is_alive()]
         # dag.test hands the scheduled instances out in a set's order; a scheduler takes them by map_index
         ti = _first_scheduled(ti)
-        if ti is None:  # (not reached: dag.test hands out as many as it found scheduled)
+        if ti is None:  # taken already (a task run beside), or none left
             return None
+        start(ti, slots, run_triggerer)
+        return None
+
+    def start(ti, slots: int, run_triggerer: bool) -> None:  # noqa: ANN001
         ti.set_state(TaskInstanceState.QUEUED)  # taken: the loop must not hand it out again
         key = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": ti.map_index}
         threads = max(1, _torch_threads() // slots)
@@ -264,11 +283,10 @@ def side_by_side(dag, log_file: Path) -> Iterator[None]:  # noqa: ANN001
                            name=f"{ti.task_id}[{ti.map_index}]")
         proc.start()
         log.info("side by side: %s[%s] started in process %s", ti.task_id, ti.map_index, proc.pid)
-        alive.append(proc)
+        running[ti.task_id].append(proc)
         watcher = threading.Thread(target=_fail_if_it_dies, args=(proc, key), daemon=True)
         watcher.start()
         watchers.append(watcher)
-        return None
 
     dag_module._run_task = run_task
     try:

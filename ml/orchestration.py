@@ -351,6 +351,11 @@ def build_periods_dag(task: Task):  # noqa: ANN201
     return dag
 
 
+# Tasks of the training DAG that wait on nothing the trainings make: a scheduler runs them while the models train,
+# and so does the local runner (ml.local_airflow.side_by_side), in a process of their own
+RUN_BESIDE = ("forward_features",)
+
+
 def build_training_dag(task: Task):  # noqa: ANN201
     from airflow.sdk import DAG, Asset, task as af_task
 
@@ -410,15 +415,25 @@ def build_training_dag(task: Task):  # noqa: ANN201
                     **{k: v for k, v in o.summary.items() if math.isfinite(v)}}
 
         @af_task(pool=DUCKDB_POOL)
-        def crowds(results: list[dict], planned: dict) -> dict:
-            """The forward crowds as of the day after the log's last day (or the task's crowds.as_of)."""
-            from ml.crowds import build_forward, forward_date, score_forward
+        def forward_features(planned: dict) -> dict:
+            """The forward date's features and export (the day after the log's last day, or the task's
+            crowds.as_of): they need no model, so they are built while the models train, and `crowds` only
+            scores them."""
+            from ml.crowds import build_forward, forward_date
 
             run_task = load_task(task.name, planned["overrides"])
             paths = TaskPaths.of(run_task)
             as_of = forward_date(run_task, paths)
-            build_forward(run_task, paths, as_of)
-            r = score_forward(run_task, paths, as_of)
+            return {"feature_date": str(as_of), "rows": build_forward(run_task, paths, as_of)}
+
+        @af_task(pool=DUCKDB_POOL)
+        def crowds(results: list[dict], planned: dict, features: dict) -> dict:
+            """The forward crowds of the features just built, by the champion the trainings left."""
+            from ml.crowds import score_forward
+
+            run_task = load_task(task.name, planned["overrides"])
+            as_of = dt.date.fromisoformat(features["feature_date"])
+            r = score_forward(run_task, TaskPaths.of(run_task), as_of)
             return {"path": str(r.path), "rows": r.rows, "model": r.model, "feature_date": str(as_of)}
 
         @af_task
@@ -438,7 +453,7 @@ def build_training_dag(task: Task):  # noqa: ANN201
         models = models_of(planned)
         prepared >> models
         results = train.partial(planned=planned).expand(model=models)
-        report(crowds(results, planned), planned)
+        report(crowds(results, planned, forward_features(planned)), planned)
     return dag
 
 

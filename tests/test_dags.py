@@ -112,9 +112,13 @@ def test_per_model_tasks_watch_the_one_build_when_the_task_asks_for_them():
 
 def test_the_training_dag_is_scheduled_on_the_tasks_backtest_asset_and_fans_out_per_model(dagbag):
     dag = dagbag.get_dag("tmall-2013.training")
-    assert set(dag.task_ids) == {"plan", "prepare", "models_of", "train", "crowds", "report"}
+    assert set(dag.task_ids) == {"plan", "prepare", "models_of", "train", "forward_features", "crowds", "report"}
     assert "models_of" in dag.get_task("prepare").downstream_task_ids  # the rows are ready before any model
     assert "crowds" in dag.get_task("train").downstream_task_ids
+    # the forward features wait on no model: built while the models train, then scored by the crowds
+    assert dag.get_task("forward_features").upstream_task_ids == {"plan"}
+    assert "crowds" in dag.get_task("forward_features").downstream_task_ids
+    assert dag.get_task("forward_features").pool == dag.get_task("crowds").pool == "crowd_duckdb"
     assert "report" in dag.get_task("crowds").downstream_task_ids  # the report shows the crowds just published
     assert all(t.retries >= 1 for t in dag.tasks)
     assert not dag.is_paused_upon_creation  # a backfill ends by training, with no click in the UI

@@ -157,8 +157,10 @@ def test_run_dags_drives_the_periods_and_training_dags_and_ends_with_the_compari
     assert start_b < end_a, f"the trainings ran one after the other: {spans}"
     assert pid_a != pid_b and os.getpid() not in (pid_a, pid_b)
     # handed out in map_index order, as a scheduler does (dag.test's own order is a set's)
-    started = [r.getMessage() for r in caplog.records if r.getMessage().startswith("side by side: train[")]
-    assert [m.split()[3] for m in started] == ["train[0]", "train[1]"], started
+    started = [r.getMessage().split()[3] for r in caplog.records if r.getMessage().startswith("side by side: ")]
+    assert [s for s in started if s.startswith("train[")] == ["train[0]", "train[1]"], started
+    # the forward features, which wait on no model, started in a process of their own before the trainings
+    assert started.index("forward_features[-1]") < started.index("train[0]"), started
     as_of = last_log_day(task_paths.dataset_dir) + dt.timedelta(days=1)
     crowds = task_paths.crowds / f"ds={as_of}" / "crowds.parquet"
     assert f"crowds:  {crowds}" in out and str(task_paths.shared.mlflow_db) in out
