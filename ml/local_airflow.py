@@ -268,7 +268,7 @@ def side_by_side(dag, log_file: Path) -> Iterator[None]:  # noqa: ANN001
             waiting = _task_instance({"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": task_id},
                                      state=TaskInstanceState.SCHEDULED)
             if waiting is not None:
-                start(waiting, 1, run_triggerer, beside=True)
+                start(waiting, 1, run_triggerer, from_thread=True)
         if task.task_id in beside:  # started above, when it was scheduled
             return None
         if task.task_id not in limits:
@@ -280,12 +280,12 @@ def side_by_side(dag, log_file: Path) -> Iterator[None]:  # noqa: ANN001
             alive[:] = [proc for proc in alive if proc.is_alive()]
         # dag.test hands the scheduled instances out in a set's order; a scheduler takes them by map_index
         ti = _first_scheduled(ti)
-        if ti is None:  # taken already (a task run beside), or none left
+        if ti is None:  # every scheduled instance of the task is taken already
             return None
         start(ti, slots, run_triggerer)
         return None
 
-    def start(ti, slots: int, run_triggerer: bool, beside: bool = False) -> None:  # noqa: ANN001
+    def start(ti, slots: int, run_triggerer: bool, from_thread: bool = False) -> None:  # noqa: ANN001
         ti.set_state(TaskInstanceState.QUEUED)  # taken: the loop must not hand it out again
         key = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": ti.map_index}
         threads = max(1, _torch_threads() // slots)
@@ -297,7 +297,7 @@ def side_by_side(dag, log_file: Path) -> Iterator[None]:  # noqa: ANN001
             log.info("side by side: %s[%s] started in process %s", ti.task_id, ti.map_index, proc.pid)
             _fail_if_it_dies(proc, key)
 
-        if beside:
+        if from_thread:
             # launched from a thread: the first child waits for the fork server's imports (about 10 s), which
             # the task dag.test runs next (`prepare`) overlaps instead of waiting too
             watcher = threading.Thread(target=launch, daemon=True)
