@@ -268,7 +268,7 @@ def side_by_side(dag, log_file: Path) -> Iterator[None]:  # noqa: ANN001
             waiting = _task_instance({"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": task_id},
                                      state=TaskInstanceState.SCHEDULED)
             if waiting is not None:
-                start(waiting, 1, run_triggerer, from_thread=True)
+                start(waiting, 1, run_triggerer)
         if task.task_id in beside:  # started above, when it was scheduled
             return None
         if task.task_id not in limits:
@@ -285,27 +285,16 @@ def side_by_side(dag, log_file: Path) -> Iterator[None]:  # noqa: ANN001
         start(ti, slots, run_triggerer)
         return None
 
-    def start(ti, slots: int, run_triggerer: bool, from_thread: bool = False) -> None:  # noqa: ANN001
+    def start(ti, slots: int, run_triggerer: bool) -> None:  # noqa: ANN001
         ti.set_state(TaskInstanceState.QUEUED)  # taken: the loop must not hand it out again
         key = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": ti.map_index}
         threads = max(1, _torch_threads() // slots)
         proc = ctx.Process(target=_run_in_child, args=(key, dict(os.environ), threads, run_triggerer, log_file, alive_r),
                            name=f"{ti.task_id}[{ti.map_index}]")
-
-        def launch() -> None:
-            proc.start()  # (waits for the fork server's preload when it is not done yet)
-            log.info("side by side: %s[%s] started in process %s", ti.task_id, ti.map_index, proc.pid)
-            _fail_if_it_dies(proc, key)
-
-        if from_thread:
-            # launched from a thread: the first child waits for the fork server's imports (about 10 s), which
-            # the task dag.test runs next (`prepare`) overlaps instead of waiting too
-            watcher = threading.Thread(target=launch, daemon=True)
-        else:
-            proc.start()
-            log.info("side by side: %s[%s] started in process %s", ti.task_id, ti.map_index, proc.pid)
-            running[ti.task_id].append(proc)
-            watcher = threading.Thread(target=_fail_if_it_dies, args=(proc, key), daemon=True)
+        proc.start()
+        log.info("side by side: %s[%s] started in process %s", ti.task_id, ti.map_index, proc.pid)
+        running[ti.task_id].append(proc)
+        watcher = threading.Thread(target=_fail_if_it_dies, args=(proc, key), daemon=True)
         watcher.start()
         watchers.append(watcher)
 
