@@ -173,14 +173,58 @@ def _watch_after_the_build(group) -> None:  # noqa: ANN001
     its outcome (as Cosmos wires a DbtDag, not a task group): each then finds its node's status at its first
     look, so no sensor holds a worker slot or a triggerer while dbt runs, and `dag.test()`, which runs one task
     at a time, never waits on a sensor that runs before the build. A failed node fails its task; the task's
-    retry runs that node alone (Cosmos's fallback), outside the DuckDB pool: a retry after a failed build."""
+    retry runs that node alone (Cosmos's fallback), outside the DuckDB pool: a retry after a failed build.
+    A watcher whose upstream node was left out of the build (skipped: ODS, DIM and DW already held, see
+    _leave_out_held_upstream) still looks at its own node: none failed is enough, as for what follows the group."""
     from cosmos.constants import PRODUCER_WATCHER_TASK_ID
 
     producer = group.children[f"{group.group_id}.{PRODUCER_WATCHER_TASK_ID}"]
-    for root in group.get_roots():
+    roots = list(group.get_roots())
+    for root in roots:
         if root is not producer:
             producer >> root
             root.trigger_rule = "always"
+    for watcher in group.iter_tasks():
+        if watcher is not producer and watcher not in roots and watcher.trigger_rule == "all_success":
+            watcher.trigger_rule = "none_failed"
+
+
+def upstream_models(manifest: Path) -> list[str]:
+    """The models of ODS, DIM and DW in a parsed project (the layers macros/crowd_record_upstream.sql records)."""
+    import json
+
+    nodes = json.loads(Path(manifest).read_text())["nodes"].values()
+    return sorted(n["unique_id"] for n in nodes if n["resource_type"] == "model" and n["fqn"][1] in ("ods", "dim", "dw"))
+
+
+def _leave_out_held_upstream(task_name: str, project_dir: Path, manifest: Path):  # noqa: ANN202
+    """A Cosmos interceptor of the per_model producer, run before its dbt command is built: the date's build
+    leaves out ODS, DIM and DW when the warehouse already holds them from the same inputs, as the one-task build
+    does (ml.warehouse.build.date_selection, in the DuckDB pool like the build). The watchers of the models left
+    out find them skipped (Cosmos's own status for a node its build did not run), and so do their tests'."""
+
+    def intercept(context, producer) -> None:  # noqa: ANN001
+        from ml.warehouse.build import date_selection
+        from ml.warehouse.subset import item_subset_path
+
+        ti = context["ti"]
+        planned = ti.xcom_pull(task_ids="plan")
+        run_task = load_task(task_name, planned["overrides"])
+        paths = TaskPaths.of(run_task)
+        engine = run_task.warehouse.engine
+        chosen = date_selection(dataset_dir=paths.dataset_dir, warehouse=paths.warehouse_of(engine),
+                                dbt_vars=producer.vars, select=producer.select or (), project_dir=project_dir,
+                                item_subset=item_subset_path(run_task, paths), engine=engine)
+        producer.vars = chosen.dbt_vars
+        if not chosen.upstream_held:
+            return
+        producer.select = chosen.select
+        for unique_id in upstream_models(manifest):
+            key = unique_id.replace(".", "__")  # Cosmos's XCom keys of a node's status and its tests' status
+            ti.xcom_push(key=f"{key}_status", value={"status": "skipped", "outlet_uris": []})
+            ti.xcom_push(key=f"{key}_tests_status", value="skipped")
+
+    return intercept
 
 
 def _watched_dbt_build(task: Task):  # noqa: ANN202
@@ -209,7 +253,8 @@ def _watched_dbt_build(task: Task):  # noqa: ANN202
                                          profiles_yml_filepath=project_dir / "profiles.yml"),
             execution_config=ExecutionConfig(
                 execution_mode=ExecutionMode.WATCHER, invocation_mode=InvocationMode.DBT_RUNNER,
-                setup_operator_args={"pool": DUCKDB_POOL, "callback": "ml.orchestration.freeze_surviving_objects"}),
+                setup_operator_args={"pool": DUCKDB_POOL, "callback": "ml.orchestration.freeze_surviving_objects",
+                                     "interceptors": [_leave_out_held_upstream(task.name, project_dir, manifest)]}),
             # the graph comes from the cached manifest: parsing the DAG file runs no dbt command
             render_config=RenderConfig(load_method=LoadMode.DBT_MANIFEST, test_behavior=TestBehavior.AFTER_EACH),
             operator_args={"vars": "{{ ti.xcom_pull(task_ids='plan')['dbt_vars'] }}",
@@ -344,6 +389,7 @@ def build_periods_dag(task: Task):  # noqa: ANN201
         exported = export(p)
         if task.warehouse.airflow_tasks == "per_model":
             p >> _watched_dbt_build(task) >> exported
+            exported.operator.trigger_rule = "none_failed"  # the watchers of upstream layers left out are skipped
         else:
             dbt_build(p) >> exported
         branch = next_step(exported)

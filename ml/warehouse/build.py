@@ -291,22 +291,45 @@ def recorded_upstream(warehouse: Path) -> str | None:
     return row[0] if row else None
 
 
+@dataclass(frozen=True)
+class DateSelection:
+    """What a date's `dbt build` selects and the vars it passes: `upstream_held` when the warehouse already holds
+    ODS, DIM and DW from the same inputs (then `select` names the date's layers only)."""
+    select: list[str]
+    dbt_vars: dict
+    upstream_held: bool
+
+
+def date_selection(*, dataset_dir: Path, warehouse: Path, dbt_vars: dict, select: Sequence[str] = (),
+                   project_dir: Path = DBT_PROJECT_DIR, item_subset: Path | None = None,
+                   engine: str = "duckdb") -> DateSelection:
+    """The one decision of what a date's build leaves out (build_dates, and the per_model producer of the periods
+    DAG): on DuckDB the vars carry the upstream key, which the project's end hook records after a complete build
+    of the upstream layers; a warehouse holding the same key has them left out. Spark records nothing (the
+    hook's layers are DuckDB's only) and builds every layer."""
+    if engine != "duckdb":
+        return DateSelection(list(select), dict(dbt_vars), False)
+    key = upstream_key(dataset_dir, dbt_vars, item_subset, project_dir)
+    held = recorded_upstream(warehouse) == key
+    if held:
+        # each selector intersected with each date layer (dbt's `a,b`); none: the date layers themselves
+        select = [f"{s},{layer}" for s in select for layer in DATE_LAYERS] if select else list(DATE_LAYERS)
+        log.info("dbt build: ODS, DIM and DW are already built from this dataset and these settings: left out")
+    return DateSelection(list(select), {**dbt_vars, "upstream_key": key}, held)
+
+
 def build_dates(*, dataset_dir: Path, warehouse: Path, dbt_vars: dict, select: Sequence[str] = (),
                 project_dir: Path = DBT_PROJECT_DIR, quiet: bool = False, item_subset: Path | None = None,
                 engine: str = "duckdb") -> DbtReport:
     """`dbt build` of the run's dates (every layer, or `select`), leaving out ODS, DIM and DW and their own tests
-    when a DuckDB warehouse holds them built from the same inputs (upstream_key): a week's build then reads
-    the daily tables, not the whole log again. The date's layers are selected (not the others excluded), so
-    every test that reads a date's model still runs, the leakage tests that also read DW among them. The unit
-    tests, which read only their fixtures, run until each has passed once with the same parse of the project
-    (its SQL, vars but the dates, and versions: parse_key), not again every date."""
-    if engine == "duckdb":  # Spark records nothing (the hook's layers are DuckDB's only)
-        key = upstream_key(dataset_dir, dbt_vars, item_subset, project_dir)
-        if recorded_upstream(warehouse) == key:
-            # each selector intersected with each date layer (dbt's `a,b`); none: the date layers themselves
-            select = [f"{s},{layer}" for s in select for layer in DATE_LAYERS] if select else list(DATE_LAYERS)
-            log.info("dbt build: ODS, DIM and DW are already built from this dataset and these settings: left out")
-        dbt_vars = {**dbt_vars, "upstream_key": key}
+    when a DuckDB warehouse holds them built from the same inputs (upstream_key, date_selection): a week's
+    build then reads the daily tables, not the whole log again. The date's layers are selected (not the others
+    excluded), so every test that reads a date's model still runs, the leakage tests that also read DW among
+    them. The unit tests, which read only their fixtures, run until each has passed once with the same parse
+    of the project (its SQL, vars but the dates, and versions: parse_key), not again every date."""
+    chosen = date_selection(dataset_dir=dataset_dir, warehouse=warehouse, dbt_vars=dbt_vars, select=select,
+                            project_dir=project_dir, item_subset=item_subset, engine=engine)
+    select, dbt_vars = chosen.select, chosen.dbt_vars
     return run_dbt("build", dataset_dir=dataset_dir, warehouse=warehouse, dbt_vars=dbt_vars, select=select,
                    project_dir=project_dir, quiet=quiet, item_subset=item_subset, engine=engine,
                    once_per_parse_unit_tests=True)
