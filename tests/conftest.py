@@ -150,10 +150,12 @@ def airflow_db() -> None:
 
 # `make test` hands whole files to its workers (--dist loadfile --no-loadscope-reorder) in the order collected:
 # the longest files first, so that none of them starts near the end and runs alone while the other worker idles
-# (about 250, 230, 270, 180 and 150 s of a `make test` on 2 cores; by default pytest-xdist hands out the files
-# with the most tests first, and these two-test and one-test files came last)
-LONGEST_FILES = ("test_spark_warehouse.py", "test_airflow_on_postgres.py", "test_dags_end_to_end.py",
-                 "test_warehouse.py", "test_training_pipeline.py")
+# (about 170-190, 60-85, 155-185, 145-180, 150-190 and 100-135 s of a `make test` on 2 cores; by default
+# pytest-xdist hands out the files with the most tests first, and the Spark and Postgres files came last). The
+# second is a long file that needs no tiny dataset: the first worker generates and builds it (about 30 s), which
+# the Postgres test would otherwise wait for, idle, on the other worker.
+LONGEST_FILES = ("test_spark_warehouse.py", "test_item_task.py", "test_airflow_on_postgres.py",
+                 "test_dags_end_to_end.py", "test_warehouse.py", "test_training_pipeline.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -108,6 +108,23 @@ def test_per_model_tasks_watch_the_one_build_when_the_task_asks_for_them():
     assert watchers <= after_build and len(watchers) > 50
     before_export = dag.get_task("export").get_flat_relative_ids(upstream=True)
     assert {t for t in dag.task_ids if t.startswith("warehouse.")} <= before_export  # every dbt task first
+    # a watcher of a layer the build left out (held from the same inputs) is skipped; what follows it still
+    # looks at its own node, and the export follows unless a node failed
+    assert dag.get_task("warehouse.ads_user_target_features.run").trigger_rule == "none_failed"
+    assert dag.get_task("export").trigger_rule == "none_failed"
+    assert len(producer.interceptors) == 1  # the decision of what the date's build leaves out
+
+
+def test_the_upstream_models_are_the_layers_a_dates_build_may_leave_out(dagbag):
+    from ml.config import Paths
+    from ml.orchestration import upstream_models
+    from ml.warehouse.build import ensure_manifest
+
+    # the manifest the DAG file's parse cached (the dagbag's)
+    models = upstream_models(ensure_manifest(Paths.default().root / "dbt" / "manifests"))
+    layers = {m.split(".")[-1].split("_")[0] for m in models}
+    assert layers == {"ods", "dim", "dw"} and "model.purchase_crowd.dw_user_target_daily" in models
+    assert not any(m.split(".")[-1].startswith(("ads_", "samples")) for m in models)
 
 
 def test_the_training_dag_is_scheduled_on_the_tasks_backtest_asset_and_fans_out_per_model(dagbag):
