@@ -190,11 +190,13 @@ def _watch_after_the_build(group) -> None:  # noqa: ANN001
 
 
 def upstream_models(manifest: Path) -> list[str]:
-    """The models of ODS, DIM and DW in a parsed project (the layers macros/crowd_record_upstream.sql records)."""
+    """The models of ODS, DIM and DW in a parsed project: the layers macros/crowd_record_upstream.sql records (and
+    their ephemeral models, which dbt inlines where they are read: no status of theirs is awaited)."""
     import json
 
     nodes = json.loads(Path(manifest).read_text())["nodes"].values()
-    return sorted(n["unique_id"] for n in nodes if n["resource_type"] == "model" and n["fqn"][1] in ("ods", "dim", "dw"))
+    return sorted(n["unique_id"] for n in nodes
+                  if n["resource_type"] == "model" and n["fqn"][1] in ("ods", "dim", "dw"))
 
 
 def _leave_out_held_upstream(task_name: str, project_dir: Path, manifest: Path):  # noqa: ANN202
