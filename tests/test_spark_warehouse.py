@@ -42,7 +42,7 @@ def both_warehouses(spark_dates: list, tiny_dataset: Path, tiny_build, task: Tas
     base = data / "tasks" / task.name / task.dataset / "warehouse"
     shutil.copytree(tiny_build[0], base)
     duck = base / "crowd.duckdb"
-    # a short build of tiny tables: the JIT's first tier only and one GC thread cost the JVM a quarter less CPU
+    # a short build of tiny tables: the JIT's first tier only and one GC thread cost the JVM 30 % less CPU
     # (142 s against 202 s of both cores, the same wall time), which the other test worker gets
     env = {**os.environ, "CROWD_DATA_DIR": str(data), "CROWD_SPARK_MEMORY": "1g", "CROWD_SPARK_PARTITIONS": "4",
            "CROWD_SPARK_JAVA_OPTIONS": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"}
