@@ -165,8 +165,7 @@ def run_pipeline(task: Task, overrides: dict | None = None, dates: list[dt.date]
                 for ds in dates]
         if training:
             runs.append((training_dag_id(task.name), "training", {"run_conf": conf}))
-        if training:  # its imports overlap the periods, and the training DAG's first child finds it ready
-            _fork_server_context()
+            _fork_server_context()  # its imports overlap the periods; the training DAG's first child finds it ready
         bar = tqdm(runs, desc="DAG runs", unit="run", file=terminal, disable=quiet)
         try:
             for dag_id, label, kwargs in bar:

@@ -189,16 +189,6 @@ def _watch_after_the_build(group) -> None:  # noqa: ANN001
             watcher.trigger_rule = "none_failed"
 
 
-def upstream_models(manifest: Path) -> list[str]:
-    """The models of ODS, DIM and DW in a parsed project: the layers macros/crowd_record_upstream.sql records (and
-    their ephemeral models, which dbt inlines where they are read: no status of theirs is awaited)."""
-    import json
-
-    nodes = json.loads(Path(manifest).read_text())["nodes"].values()
-    return sorted(n["unique_id"] for n in nodes
-                  if n["resource_type"] == "model" and n["fqn"][1] in ("ods", "dim", "dw"))
-
-
 def _leave_out_held_upstream(task_name: str, project_dir: Path, manifest: Path):  # noqa: ANN202
     """A Cosmos interceptor of the per_model producer, run before its dbt command is built: the date's build
     leaves out ODS, DIM and DW when the warehouse already holds them from the same inputs, as the one-task build
@@ -206,7 +196,10 @@ def _leave_out_held_upstream(task_name: str, project_dir: Path, manifest: Path):
     out find them skipped (Cosmos's own status for a node its build did not run), and so do their tests'."""
 
     def intercept(context, producer) -> None:  # noqa: ANN001
-        from ml.warehouse.build import date_selection
+        from cosmos.operators._watcher.aggregation import get_tests_status_xcom_key
+        from cosmos.operators._watcher.state import get_status_xcom_key
+
+        from ml.warehouse.build import date_selection, upstream_models
         from ml.warehouse.subset import item_subset_path
 
         ti = context["ti"]
@@ -221,10 +214,9 @@ def _leave_out_held_upstream(task_name: str, project_dir: Path, manifest: Path):
         if not chosen.upstream_held:
             return
         producer.select = chosen.select
-        for unique_id in upstream_models(manifest):
-            key = unique_id.replace(".", "__")  # Cosmos's XCom keys of a node's status and its tests' status
-            ti.xcom_push(key=f"{key}_status", value={"status": "skipped", "outlet_uris": []})
-            ti.xcom_push(key=f"{key}_tests_status", value="skipped")
+        for unique_id in upstream_models(manifest):  # where Cosmos's watchers read a node's and its tests' status
+            ti.xcom_push(key=get_status_xcom_key(unique_id), value={"status": "skipped", "outlet_uris": []})
+            ti.xcom_push(key=get_tests_status_xcom_key(unique_id), value="skipped")
 
     return intercept
 

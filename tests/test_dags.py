@@ -117,8 +117,7 @@ def test_per_model_tasks_watch_the_one_build_when_the_task_asks_for_them():
 
 def test_the_upstream_models_are_the_layers_a_dates_build_may_leave_out(dagbag):
     from ml.config import Paths
-    from ml.orchestration import upstream_models
-    from ml.warehouse.build import ensure_manifest
+    from ml.warehouse.build import ensure_manifest, upstream_models
 
     # the manifest the DAG file's parse cached (the dagbag's)
     models = upstream_models(ensure_manifest(Paths.default().root / "dbt" / "manifests"))

@@ -258,6 +258,14 @@ def _keep_parsed(written: Path, path: Path) -> None:
 # these layers when the warehouse already holds the others from the same inputs
 # (macros/crowd_record_upstream.sql records which)
 DATE_LAYERS = ("path:models/ads", "path:models/samples")
+UPSTREAM_LAYERS = ("ods", "dim", "dw")  # the other folders of models/, as crowd_is_upstream names them
+
+
+def upstream_models(manifest: Path) -> list[str]:
+    """The models of ODS, DIM and DW in a parsed project (ensure_manifest): the layers a date's build leaves out
+    when they are held (and their ephemeral models, which dbt inlines where they are read)."""
+    nodes = json.loads(Path(manifest).read_text())["nodes"].values()
+    return sorted(n["unique_id"] for n in nodes if n["resource_type"] == "model" and n["fqn"][1] in UPSTREAM_LAYERS)
 
 
 def upstream_key(dataset_dir: Path, dbt_vars: dict, item_subset: Path | None = None,
