@@ -615,6 +615,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("ml.train.results").setLevel(logging.ERROR)
         # MLflow's INFO lines (creating tables, validating an input example) are its own progress, not results
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        # py4j (Spark's bridge) logs every connection it closes at INFO: dozens of lines at the end of a Spark
+        # build, which buried the JVM's own last words when one failed
+        logging.getLogger("py4j").setLevel(logging.WARNING)
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -42,16 +43,25 @@ def both_warehouses(spark_dates: list, tiny_dataset: Path, tiny_build, task: Tas
     base = data / "tasks" / task.name / task.dataset / "warehouse"
     shutil.copytree(tiny_build[0], base)
     duck = base / "crowd.duckdb"
-    # a short build of tiny tables: the JIT's first tier only and one GC thread cost the JVM 30 % less CPU
-    # (142 s against 202 s of both cores, the same wall time), which the other test worker gets
-    env = {**os.environ, "CROWD_DATA_DIR": str(data), "CROWD_SPARK_MEMORY": "1g", "CROWD_SPARK_PARTITIONS": "4",
-           "CROWD_SPARK_JAVA_OPTIONS": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"}
+    # the JVM's own defaults: the JIT's first tier alone with the serial GC (CROWD_SPARK_JAVA_OPTIONS) cost 30 %
+    # less CPU here, but on CI its driver died in the middle of a build (py4j: connection refused) with its code
+    # cache, 48 MB under that tier, 85 % full at the peak of a passing run
+    env = {**os.environ, "CROWD_DATA_DIR": str(data), "CROWD_SPARK_MEMORY": "1g", "CROWD_SPARK_PARTITIONS": "4"}
     done = subprocess.run([sys.executable, "-m", "ml.cli", "warehouse", "--task", task.name, "--engine", "spark",
                            "--no-export", "--ds", *map(str, spark_dates)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (data / "spark-build.log").write_text(done.stdout + done.stderr)
+    assert done.returncode == 0, _jvm_and_dbt_errors(done.stdout + done.stderr)
     assert "dbt build on spark: 31 models" in done.stdout, done.stdout[-2000:]
     return {"duckdb": duck, "spark": base / "spark", "root": data}
+
+
+def _jvm_and_dbt_errors(output: str, keep: int = 60) -> str:
+    """A failed build's lines that say why (the JVM's errors and fatal messages, dbt's failures), then its last
+    lines: the whole output runs to thousands of lines, and its tail alone can miss what the JVM printed first."""
+    said = [line for line in output.splitlines()
+            if re.search(r"ERROR|FATAL|Exception|Error:|OutOfMemory|fatal error|hs_err|Killed|failed", line)]
+    return "\n".join(["...", *said[:keep], "... its last lines:", *output.splitlines()[-20:]])
 
 
 def _sorted(table: pa.Table) -> pa.Table:

@@ -59,6 +59,9 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+SHOWN_FAILURES = 5  # the failed nodes a WarehouseError names; dbt's log has every one
+
+
 def run_dbt(
     command: str,
     *,
@@ -131,10 +134,16 @@ def run_dbt(
     if passed and parsed.exists():
         _write_ids(passed_units, _read_ids(passed_units) | passed)
     if not result.success:
-        reason = "; ".join(failures) if failures else str(result.exception or "dbt reported a failure")
-        if "out of sync" in reason:  # an incremental table built by another version of the models
+        said = "; ".join(failures) if failures else str(result.exception or "dbt reported a failure")
+        reason = "; ".join(failures[:SHOWN_FAILURES]) if failures else said
+        if len(failures) > SHOWN_FAILURES:  # one line, not one per node below a broken one
+            reason += f"; and {len(failures) - SHOWN_FAILURES} more in {work / 'logs' / 'dbt.log'}"
+        if "out of sync" in said:  # an incremental table built by another version of the models
             reason += (f" (the warehouse {warehouse} was built by another version of the dbt models: "
                        "delete it, it is this project's own output, and build again)")
+        if engine == "spark" and "Connection refused" in said:  # py4j lost the JVM it talks to
+            reason += (" (Spark's driver JVM ended during the build: its own messages, an OutOfMemoryError or a "
+                       "fatal error with its hs_err_pid file, are in the output above; CROWD_SPARK_MEMORY sets its heap)")
         raise WarehouseError(f"dbt {command} failed: {reason}")
     log.info("dbt %s: %d models, %d tests in %.1fs%s", command, report.n_models, report.n_tests, report.seconds,
              " (the project as parsed for these settings before)" if report.reused_parse else "")
