@@ -6,7 +6,8 @@
 The rows are the task's prepared backtest split (ml.train.prepared; written by the first training, or here);
 the deep models score them with untrained weights (the same work as trained ones), LightGBM with the task's
 trained `lgbm_all_mixed` bundle when one is there (`make run` or `crowd train` leave it under
-DATA/tasks/TASK/DATASET/models/). Timed: ml.train.trainer.predict (collate and forward, no autograd) and
+DATA/tasks/TASK/DATASET/models/), its boosters compiled (as crowds score them) and through LightGBM's own
+predict, best of three runs each. Timed: ml.train.trainer.predict (collate and forward, no autograd) and
 ml.train.gbdt.predict_gbdt, in this process on every core torch and LightGBM use by default.
 """
 
@@ -56,30 +57,54 @@ def main() -> None:
             print(f"{name:<16} {batch:>6} {len(rows) / (time.perf_counter() - start):>12,.0f}", flush=True)
 
 
-def _lightgbm(paths: TaskPaths, frame, n: int) -> None:  # noqa: ANN001
-    from ml.train.bundle import Bundle
+def _lightgbm(paths: TaskPaths, frame, n: int, repeats: int = 3) -> None:  # noqa: ANN001
+    """The bundle's boosters as crowds score them (compiled, ml.train.compiled_trees), then LightGBM's own
+    predict on the same float matrices and on the mixed-type frame; each the best of `repeats` runs, the
+    compiled trees' ratio to LightGBM's measured in this run."""
+    import dataclasses
+
+    from ml.train.bundle import COMPILE_AFTER_ROWS, Bundle
+    from ml.train.compiled_trees import CACHE_DIR
     from ml.train.gbdt import PREDICT_BLOCK_ROWS, booster_inputs, predict_gbdt
 
     folder = paths.models / "lgbm_all_mixed"
     if not (folder / "config.json").exists():
         print(f"{'lgbm_all_mixed':<16} {'-':>6} {'(no bundle: train it first)':>12}", flush=True)
         return
-    bundle = Bundle.load(folder)
-    predict_gbdt(bundle.gbdt(), frame.iloc[:1000], bundle.config["dense"])  # warm up
+    cached = any((folder / "lgbm" / CACHE_DIR).glob("*.o"))
     start = time.perf_counter()
-    predict_gbdt(bundle.gbdt(), frame, bundle.config["dense"])
-    print(f"{'lgbm_all_mixed':<16} {'all':>6} {n / (time.perf_counter() - start):>12,.0f}  (one float32 matrix "
-          "per block, as scored)", flush=True)
-    # the same boosters fed the mixed-type frame they were trained on, which LightGBM copies to float64 first
-    gbdt, dense = bundle.gbdt(), bundle.config["dense"]
-    start = time.perf_counter()
-    for name, booster in gbdt.boosters.items():
-        targets = gbdt.group_targets.get(name)
-        rows = np.arange(len(frame)) if targets is None else np.flatnonzero(frame["target_id"].isin(targets))
-        for block in np.array_split(rows, max(1, -(-len(rows) // PREDICT_BLOCK_ROWS))):
-            booster.predict(booster_inputs(frame.iloc[block], dense, gbdt.vocabularies),
-                            num_iteration=booster.best_iteration)
-    print(f"{'lgbm_all_mixed':<16} {'all':>6} {n / (time.perf_counter() - start):>12,.0f}  (the mixed-type frame)",
+    compiled = Bundle.load(folder).compile_trees()
+    print(f"lgbm_all_mixed: boosters read and compiled in {time.perf_counter() - start:.1f}s "
+          f"({'from the cache' if cached else 'compiled now, cached for the next reads'}); "
+          f"{len(compiled.compiled)} of {len(compiled.boosters)} compiled", flush=True)
+    dense = Bundle.load(folder).config["dense"]
+    lightgbm = dataclasses.replace(compiled, compiled={})  # the same boosters, LightGBM's predict
+
+    def best(fn) -> float:  # noqa: ANN001
+        fn(frame.iloc[:1000])  # warm up
+        times = []
+        for _ in range(repeats):
+            begin = time.perf_counter()
+            fn(frame)
+            times.append(time.perf_counter() - begin)
+        return n / min(times)
+
+    fast = best(lambda f: predict_gbdt(compiled, f, dense))
+    print(f"{'lgbm_all_mixed':<16} {'all':>6} {fast:>12,.0f}  (compiled trees, as a bundle scores past "
+          f"{COMPILE_AFTER_ROWS:,} rows)", flush=True)
+    slow = best(lambda f: predict_gbdt(lightgbm, f, dense))
+    print(f"{'lgbm_all_mixed':<16} {'all':>6} {slow:>12,.0f}  (LightGBM's predict, a float32 matrix per block): "
+          f"compiled {fast / slow:.1f}x", flush=True)
+
+    def frame_fed(f) -> None:  # noqa: ANN001 (the mixed-type frame the boosters were trained on: LightGBM copies it)
+        for name, booster in lightgbm.boosters.items():
+            targets = lightgbm.group_targets.get(name)
+            rows = np.arange(len(f)) if targets is None else np.flatnonzero(f["target_id"].isin(targets))
+            for block in np.array_split(rows, max(1, -(-len(rows) // PREDICT_BLOCK_ROWS))):
+                booster.predict(booster_inputs(f.iloc[block], dense, lightgbm.vocabularies),
+                                num_iteration=booster.best_iteration)
+
+    print(f"{'lgbm_all_mixed':<16} {'all':>6} {best(frame_fed):>12,.0f}  (LightGBM's predict, the mixed-type frame)",
           flush=True)
 
 

@@ -258,6 +258,36 @@ def test_scoring_from_one_float32_matrix_gives_the_boosters_own_predictions(outc
                                booster.predict(frame, num_iteration=booster.best_iteration), rtol=1e-6)
 
 
+def test_a_bundle_scores_a_large_population_with_its_trees_compiled_as_lightgbm_does(outcomes, tiny_exports, task,
+                                                                                     tmp_path, monkeypatch):
+    """Past COMPILE_AFTER_ROWS a bundle scores with its boosters compiled (ml.train.compiled_trees): LightGBM's
+    scores to 1e-12, in blocks on several threads at once, the object code cached beside the boosters, and a
+    bundle read again takes it from there instead of compiling."""
+    import ml.train.bundle as bundle_module
+    import ml.train.gbdt as gbdt_module
+    from ml.train.bundle import Bundle
+    from ml.train.compiled_trees import CACHE_DIR
+
+    ev = pd.read_parquet(tiny_exports / f"ds={task.backtest}" / "evaluation.parquet")
+    folder = tmp_path / "lgbm_all_mixed"  # a copy: the module's bundle stays as trained
+    shutil.copytree(outcomes["lgbm_all_mixed"].bundle, folder)
+    monkeypatch.setattr(bundle_module, "COMPILE_AFTER_ROWS", len(ev) + 1)
+    monkeypatch.setattr(gbdt_module, "COMPILED_BLOCK_ROWS", len(ev) // 5 + 1)  # five blocks: three waves of two
+    bundle = Bundle.load(folder)
+    by_lightgbm = bundle.score_frame(ev)
+    assert not bundle.gbdt().compiled and not (folder / "lgbm" / CACHE_DIR).exists()
+    gbdt = bundle.gbdt()
+    by_compiled = bundle.score_frame(ev)  # the rows scored pass COMPILE_AFTER_ROWS
+    assert set(gbdt.compiled) == set(gbdt.boosters) == {"all"}
+    np.testing.assert_allclose(by_compiled, by_lightgbm, rtol=1e-12, atol=0)
+    gbdt.compiled["all"].threads = 2  # the test worker's one thread, as if the process had two
+    np.testing.assert_allclose(bundle.score_frame(ev), by_lightgbm, rtol=1e-12, atol=0)
+    assert len(list((folder / "lgbm" / CACHE_DIR).glob("all.*.o"))) == 1
+    again = Bundle.load(folder)
+    assert set(again.gbdt().compiled) == {"all"}  # read from the cache, before a row is scored
+    np.testing.assert_allclose(again.score_frame(ev.head(100)), by_lightgbm[:100], rtol=1e-12, atol=0)
+
+
 @pytest.fixture
 def other_store(task, task_paths, tmp_path, request):
     """A task namespace of its own in its own MLflow store; the session's store is configured again afterwards."""

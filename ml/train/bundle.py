@@ -4,6 +4,8 @@
     feature_map.json   (deep models) vocabularies and dense statistics fitted on the training dates
     weights.pt         (deep models) the best checkpoint's state dict
     lgbm/*.txt         (LightGBM) one booster per model of the mode, plus gbdt.json (codes, groups, prior)
+    lgbm/compiled/     (LightGBM) the boosters as machine code per host, written when a large population is
+                       scored (Bundle.compile_trees)
 
 The same directory is logged to MLflow with the run, so the champion can be scored from the registry.
 """
@@ -26,8 +28,17 @@ from ml.features.feature_map import FeatureMap, Vocabulary
 from ml.models.zoo import NEEDS_SERIES, ModelConfig, build_model
 from ml.task import GBDT_MODELS, TaskPaths
 from ml.train.calibration import correct_for_sampling, stratified_platt_apply
+from ml.train.compiled_trees import compile_booster
 from ml.train.gbdt import GbdtResult, predict_gbdt
 from ml.train.trainer import load_weights, predict, resolve_device
+
+
+# LightGBM's predict costs about 1.3 s a million rows of make run's booster on 2 cores; compiling its trees
+# costs 7-12 s once, and they then score a million rows in 0.3-0.5 s (ml.train.compiled_trees). A bundle
+# compiles its boosters once LightGBM has spent about what compiling costs (the rent-or-buy rule: never more
+# than twice the better of the two for a population whose size is not known up front, scored in chunks), and
+# reads them compiled from the start where this host's are cached
+COMPILE_AFTER_ROWS = 8_000_000
 
 
 @dataclass
@@ -35,6 +46,7 @@ class Bundle:
     path: Path
     config: dict
     _boosters: GbdtResult | None = field(default=None, repr=False, compare=False)
+    _rows_scored: int = field(default=0, repr=False, compare=False)  # by LightGBM's predict, before compiling
     _networks: dict = field(default_factory=dict, repr=False, compare=False)  # device -> (feature map, network)
 
     @property
@@ -76,7 +88,8 @@ class Bundle:
         """P(buy) for every row of raw.samples (see probability); hide_own_target: each row's behaviour
         sequence without the entries on its own target (an ablation: ml.evaluate.ablation)."""
         if self.name in GBDT_MODELS:
-            return self.probability(predict_gbdt(self.gbdt(), raw.samples, self.config["dense"]), raw.samples)
+            return self.probability(predict_gbdt(self._boosters_for(len(raw.samples)), raw.samples,
+                                                 self.config["dense"]), raw.samples)
         dev = resolve_device(device)
         if str(dev) not in self._networks:  # read once: a population scored in chunks reuses it
             fmap = FeatureMap.load(self.path / "feature_map.json")
@@ -96,7 +109,7 @@ class Bundle:
         missing = [c for c in needed if c not in frame.columns]
         if missing:
             raise ValueError(f"{self.name}: the input lacks {len(missing)} feature column(s), first {missing[:5]}")
-        return self.probability(predict_gbdt(self.gbdt(), frame, self.config["dense"]), frame)
+        return self.probability(predict_gbdt(self._boosters_for(len(frame)), frame, self.config["dense"]), frame)
 
     def gbdt(self) -> GbdtResult:
         """The boosters, read once per bundle: a serving pyfunc scores many batches with the same ones."""
@@ -104,11 +117,34 @@ class Bundle:
             self._boosters = self._read_gbdt()
         return self._boosters
 
+    def compile_trees(self) -> GbdtResult:
+        """The boosters with their trees compiled (and cached beside them for this host): what scoring a large
+        population pays for once (COMPILE_AFTER_ROWS)."""
+        gbdt = self.gbdt()
+        for name in gbdt.boosters.keys() - gbdt.compiled.keys():
+            compiled = compile_booster(self.path / "lgbm" / f"{name}.txt", torch.get_num_threads())
+            if compiled is not None:
+                gbdt.compiled[name] = compiled
+        return gbdt
+
+    def _boosters_for(self, rows: int) -> GbdtResult:
+        """The boosters to score `rows` more rows with: compiled once the bundle has scored COMPILE_AFTER_ROWS."""
+        gbdt = self.gbdt()
+        if self._rows_scored + rows >= COMPILE_AFTER_ROWS and len(gbdt.compiled) < len(gbdt.boosters):
+            gbdt = self.compile_trees()
+        self._rows_scored += rows
+        return gbdt
+
     def _read_gbdt(self) -> GbdtResult:
         meta = json.loads((self.path / "gbdt.json").read_text())
         # boosters were saved truncated at their best iteration, so predicting with all of them is right
-        boosters = {n: lgb.Booster(model_file=str(self.path / "lgbm" / f"{n}.txt")) for n in meta["boosters"]}
-        return GbdtResult(np.zeros(0), boosters=boosters,
+        files = {n: self.path / "lgbm" / f"{n}.txt" for n in meta["boosters"]}
+        boosters = {n: lgb.Booster(model_file=str(f)) for n, f in files.items()}
+        # this host's compiled trees where they are cached (compile_trees), on the threads torch and LightGBM's
+        # OpenMP take in this process
+        threads = torch.get_num_threads()
+        compiled = {n: c for n, f in files.items() if (c := compile_booster(f, threads, cached_only=True)) is not None}
+        return GbdtResult(np.zeros(0), boosters=boosters, compiled=compiled,
                           vocabularies={c: Vocabulary(np.asarray(v, np.int64)) for c, v in meta["vocabularies"].items()},
                           group_targets=meta["group_targets"], prior=meta["prior"], group_priors=meta["group_priors"])
 

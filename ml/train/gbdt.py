@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import lightgbm as lgb
 import numpy as np
@@ -22,10 +24,16 @@ import pandas as pd
 from ml.features.feature_map import Vocabulary
 from ml.train.calibration import population_weights
 
+if TYPE_CHECKING:
+    from ml.train.compiled_trees import CompiledBooster
+
 log = logging.getLogger(__name__)
 MODES = ("per_target", "few_mixed", "all_mixed")
 CATEGORICAL = ["target_id", "target_category_id"]
 PREDICT_BLOCK_ROWS = 131_072
+# compiled trees' blocks, one per thread at a time: a float64 matrix of 16k rows (15 MB) is still in the cache
+# when the trees read it; 2.6M pairs/s on 2 cores against 2.3M in blocks of 131k (bench/score.py's rows)
+COMPILED_BLOCK_ROWS = 16_384
 
 
 @dataclass
@@ -70,6 +78,9 @@ class GbdtResult:
     prior: float = 0.0  # for rows of targets outside every group
     group_priors: dict[str, float] = field(default_factory=dict)  # for groups with no booster
     seconds: float = 0.0
+    # the boosters as machine code (ml.train.compiled_trees), for a bundle's scoring; a booster missing here
+    # is scored by LightGBM
+    compiled: dict[str, CompiledBooster] = field(default_factory=dict)
 
 
 def booster_inputs(frame: pd.DataFrame, dense: list[str], vocabularies: dict[str, Vocabulary] | None) -> pd.DataFrame:
@@ -80,16 +91,36 @@ def booster_inputs(frame: pd.DataFrame, dense: list[str], vocabularies: dict[str
     return pd.concat([x, pd.DataFrame(codes, index=frame.index)], axis=1) if codes else x
 
 
-def booster_matrix(frame: pd.DataFrame, dense: list[str], vocabularies: dict[str, Vocabulary] | None) -> np.ndarray:
-    """booster_inputs as one C-ordered float32 matrix, for scoring: LightGBM reads it as it is, where a frame
-    of mixed types is first copied into a float64 matrix (half the scoring time). The category codes are
-    small integers, exact in float32, and the columns keep booster_inputs' order."""
-    codes = list(vocabularies or {})
-    out = np.empty((len(frame), len(dense) + len(codes)), dtype=np.float32)
-    out[:, :len(dense)] = frame[dense].to_numpy(dtype=np.float32, na_value=np.nan)
-    for i, c in enumerate(codes):
-        out[:, len(dense) + i] = vocabularies[c].encode(frame[c].to_numpy())
-    return out
+def booster_matrix(frame: pd.DataFrame, dense: list[str], vocabularies: dict[str, Vocabulary] | None,
+                   dtype: type = np.float32) -> np.ndarray:
+    """booster_inputs as one C-ordered float matrix, for scoring: LightGBM reads it as it is, where a frame
+    of mixed types is first copied into a float64 matrix (half the scoring time). The dense features are
+    float32 values either way (booster_inputs), so a float64 matrix (what compiled trees read) holds the same
+    numbers; the category codes are small integers, exact in both, and the columns keep booster_inputs' order."""
+    return _BlockInputs.of(frame, dense, vocabularies).matrix(vocabularies, dtype)
+
+
+@dataclass
+class _BlockInputs:
+    """A block's columns as numpy arrays, taken from the frame by one thread (pandas is not thread-safe), for
+    another to copy into a matrix."""
+
+    dense: np.ndarray  # rows x dense features, float32, in the frame's own layout (a view where it can be)
+    ids: dict[str, np.ndarray]  # the categorical columns' raw ids
+    targets: np.ndarray
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame, dense: list[str], vocabularies: dict[str, Vocabulary] | None) -> "_BlockInputs":
+        return cls(frame[dense].to_numpy(dtype=np.float32, na_value=np.nan),
+                   {c: frame[c].to_numpy() for c in vocabularies or {}}, frame["target_id"].to_numpy())
+
+    def matrix(self, vocabularies: dict[str, Vocabulary] | None, dtype: type) -> np.ndarray:
+        codes = list(vocabularies or {})
+        out = np.empty((len(self.dense), self.dense.shape[1] + len(codes)), dtype=dtype)
+        out[:, :self.dense.shape[1]] = self.dense
+        for i, c in enumerate(codes):
+            out[:, self.dense.shape[1] + i] = vocabularies[c].encode(self.ids[c])
+        return out
 
 
 def _fit(name: str, cfg: GbdtConfig, train: pd.DataFrame, valid: pd.DataFrame, dense: list[str],
@@ -153,24 +184,51 @@ def train_gbdt(cfg: GbdtConfig, train: pd.DataFrame, valid: pd.DataFrame, evalua
 def predict_gbdt(result: GbdtResult, frame: pd.DataFrame, dense: list[str]) -> np.ndarray:
     """Score new rows with trained boosters (crowd score); rows no booster covers get the prior.
 
-    In blocks of consecutive rows (bounded memory whatever the population's size), each turned into one float32
+    In blocks of consecutive rows (bounded memory whatever the population's size), each turned into one float
     matrix once, which every group's booster then reads its rows of. Taking each group's rows out of the frame
     first (frame.iloc[rows], every column copied) cost as much as the trees: 1.2-1.4 s for the million rows of
-    the default backtest against 0.64-0.84 s in LightGBM."""
+    the default backtest against 0.64-0.84 s in LightGBM. Where every booster is compiled (a bundle's,
+    ml.train.compiled_trees), the process's threads score one block each at once, building its matrix too: the
+    matrix, a transposing copy, cost twice the compiled trees when one thread built it for both."""
     out = np.full(len(frame), result.prior)
-    for start in range(0, len(frame), PREDICT_BLOCK_ROWS):
-        block = frame.iloc[start:start + PREDICT_BLOCK_ROWS]
-        scores = out[start:start + len(block)]  # a view: written through into out
-        targets = block["target_id"].to_numpy()
-        matrix = None
-        for name, group in result.group_targets.items():
-            rows = np.arange(len(block)) if group is None else np.flatnonzero(np.isin(targets, group))
-            booster = result.boosters.get(name)
-            if len(rows) == 0 or booster is None:
-                scores[rows] = result.group_priors.get(name, result.prior)
-                continue
-            if matrix is None:
-                matrix = booster_matrix(block, dense, result.vocabularies)
-            scores[rows] = booster.predict(matrix if group is None else matrix[rows],
-                                           num_iteration=booster.best_iteration)
+    compiled_all = bool(result.boosters) and set(result.compiled) >= set(result.boosters)
+    threads = max(c.threads for c in result.compiled.values()) if compiled_all else 1
+    dtype = np.float64 if result.compiled else np.float32  # what compiled trees read; LightGBM reads either
+    size = COMPILED_BLOCK_ROWS if compiled_all else PREDICT_BLOCK_ROWS
+    starts = range(0, len(frame), size)
+
+    def block(start: int) -> _BlockInputs:  # called by this thread only: pandas is not thread-safe
+        return _BlockInputs.of(frame.iloc[start:start + size], dense, result.vocabularies)
+
+    def score(start: int, inputs: _BlockInputs, tree_threads: int | None) -> None:
+        _score_block(result, inputs, out[start:start + len(inputs.targets)], dtype, tree_threads)
+
+    if threads == 1 or len(starts) == 1:  # the compiled trees on every thread of theirs, LightGBM on its own
+        for start in starts:
+            score(start, block(start), None)
+        return out
+    with ThreadPoolExecutor(threads) as pool:
+        for wave in range(0, len(starts), threads):  # a block per thread at a time: bounded memory
+            waiting = [pool.submit(score, start, block(start), 1) for start in starts[wave:wave + threads]]
+            for done in waiting:
+                done.result()
     return out
+
+
+def _score_block(result: GbdtResult, inputs: _BlockInputs, scores: np.ndarray, dtype: type,
+                 threads: int | None) -> None:
+    """scores (a view into predict_gbdt's output) for one block, every group's booster on its rows; threads:
+    the compiled trees' (None: all of theirs)."""
+    matrix = None
+    for name, group in result.group_targets.items():
+        rows = np.arange(len(scores)) if group is None else np.flatnonzero(np.isin(inputs.targets, group))
+        booster = result.boosters.get(name)
+        if len(rows) == 0 or booster is None:
+            scores[rows] = result.group_priors.get(name, result.prior)
+            continue
+        if matrix is None:
+            matrix = inputs.matrix(result.vocabularies, dtype)
+        x = matrix if group is None else matrix[rows]
+        compiled = result.compiled.get(name)
+        scores[rows] = (compiled.predict(x, threads) if compiled is not None
+                        else booster.predict(x, num_iteration=booster.best_iteration))
