@@ -288,6 +288,25 @@ def test_a_bundle_scores_a_large_population_with_its_trees_compiled_as_lightgbm_
     np.testing.assert_allclose(again.score_frame(ev.head(100)), by_lightgbm[:100], rtol=1e-12, atol=0)
 
 
+def test_a_booster_the_compiler_refuses_is_scored_by_lightgbm_and_not_compiled_again(outcomes, tiny_exports, task,
+                                                                                      monkeypatch):
+    """A compile that gives nothing (lleaves refused the booster, or is missing) leaves LightGBM's predict, the
+    same scores, and is tried once per bundle, not at every chunk of the population."""
+    import ml.train.bundle as bundle_module
+    from ml.train.bundle import Bundle
+
+    tried = []
+    monkeypatch.setattr(bundle_module, "compile_booster",  # a look for a cache finds none; a compile is refused
+                        lambda model_file, threads, cached_only=False: None if cached_only else tried.append(model_file))
+    monkeypatch.setattr(bundle_module, "COMPILE_AFTER_ROWS", 1)
+    ev = pd.read_parquet(tiny_exports / f"ds={task.backtest}" / "evaluation.parquet").head(2000)
+    bundle = Bundle.load(outcomes["lgbm_all_mixed"].bundle)
+    first, second = bundle.score_frame(ev), bundle.score_frame(ev)
+    assert not bundle.gbdt().compiled and len(tried) == 1
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_allclose(first, Bundle.load(outcomes["lgbm_all_mixed"].bundle).score_frame(ev), rtol=1e-12)
+
+
 @pytest.fixture
 def other_store(task, task_paths, tmp_path, request):
     """A task namespace of its own in its own MLflow store; the session's store is configured again afterwards."""

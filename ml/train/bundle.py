@@ -46,7 +46,8 @@ class Bundle:
     path: Path
     config: dict
     _boosters: GbdtResult | None = field(default=None, repr=False, compare=False)
-    _rows_scored: int = field(default=0, repr=False, compare=False)  # by LightGBM's predict, before compiling
+    _rows_scored: int = field(default=0, repr=False, compare=False)  # by the boosters, for COMPILE_AFTER_ROWS
+    _compile_tried: bool = field(default=False, repr=False, compare=False)  # a refused compile is not retried
     _networks: dict = field(default_factory=dict, repr=False, compare=False)  # device -> (feature map, network)
 
     @property
@@ -130,7 +131,8 @@ class Bundle:
     def _boosters_for(self, rows: int) -> GbdtResult:
         """The boosters to score `rows` more rows with: compiled once the bundle has scored COMPILE_AFTER_ROWS."""
         gbdt = self.gbdt()
-        if self._rows_scored + rows >= COMPILE_AFTER_ROWS and len(gbdt.compiled) < len(gbdt.boosters):
+        if not self._compile_tried and self._rows_scored + rows >= COMPILE_AFTER_ROWS:
+            self._compile_tried = True
             gbdt = self.compile_trees()
         self._rows_scored += rows
         return gbdt

@@ -2,7 +2,8 @@
 
 LightGBM's own predict turns every dense row into (feature, value) pairs before it walks a tree: on the 119
 features of make run's booster one tree alone costs 0.4 s per million rows, and its 53 trees 1.3 s on 2 cores
-(750k pairs/s). Compiled, the same trees read the rows where they lie: 0.18 s (bench/score.py prints both).
+(750k pairs/s). Compiled, the same trees alone take 0.18 s, reading the rows where they lie (bench/score.py
+prints both, the matrices built included).
 Compiling takes 7-12 s, so the object code is cached beside the booster's model file, named by everything
 that decides it: the model's text, the compiler's versions and the host CPU, so that a bundle copied to another
 machine compiles again instead of running instructions its CPU may lack. The scores equal LightGBM's to within
@@ -45,7 +46,8 @@ def compile_booster(model_file: Path, threads: int, cached_only: bool = False) -
         import lleaves
         import llvmlite.binding as llvm
     except ImportError as e:  # an environment without the lock's lleaves
-        log.warning("scoring %s with LightGBM: lleaves is not installed (%s)", model_file.name, e)
+        if not cached_only:  # nothing was asked of it but a look for a cache: no word
+            log.warning("scoring %s with LightGBM: lleaves is not installed (%s)", model_file.name, e)
         return None
     model_file = Path(model_file)
     try:
