@@ -296,8 +296,10 @@ def test_a_booster_the_compiler_refuses_is_scored_by_lightgbm_and_not_compiled_a
     from ml.train.bundle import Bundle
 
     tried = []
-    monkeypatch.setattr(bundle_module, "compile_booster",  # a look for a cache finds none; a compile is refused
-                        lambda model_file, threads, cached_only=False: None if cached_only else tried.append(model_file))
+    def refused(model_file, threads, cached_only=False):  # noqa: ANN001, ANN202 (a look for a cache finds none)
+        return None if cached_only else tried.append(model_file)
+
+    monkeypatch.setattr(bundle_module, "compile_booster", refused)
     monkeypatch.setattr(bundle_module, "COMPILE_AFTER_ROWS", 1)
     ev = pd.read_parquet(tiny_exports / f"ds={task.backtest}" / "evaluation.parquet").head(2000)
     bundle = Bundle.load(outcomes["lgbm_all_mixed"].bundle)
