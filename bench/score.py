@@ -73,11 +73,12 @@ def _lightgbm(paths: TaskPaths, frame, n: int, repeats: int = 3) -> None:  # noq
         return
     cached = any((folder / "lgbm" / CACHE_DIR).glob("*.o"))
     start = time.perf_counter()
-    compiled = Bundle.load(folder).compile_trees()
+    bundle = Bundle.load(folder)
+    compiled = bundle.compile_trees()
     print(f"lgbm_all_mixed: boosters read and compiled in {time.perf_counter() - start:.1f}s "
           f"({'from the cache' if cached else 'compiled now, cached for the next reads'}); "
           f"{len(compiled.compiled)} of {len(compiled.boosters)} compiled", flush=True)
-    dense = Bundle.load(folder).config["dense"]
+    dense = bundle.config["dense"]
     lightgbm = dataclasses.replace(compiled, compiled={})  # the same boosters, LightGBM's predict
 
     def best(fn) -> float:  # noqa: ANN001

@@ -123,7 +123,7 @@ class Bundle:
         population pays for once (COMPILE_AFTER_ROWS)."""
         gbdt = self.gbdt()
         for name in gbdt.boosters.keys() - gbdt.compiled.keys():
-            compiled = compile_booster(self.path / "lgbm" / f"{name}.txt", torch.get_num_threads())
+            compiled = compile_booster(self._booster_file(name), torch.get_num_threads())
             if compiled is not None:
                 gbdt.compiled[name] = compiled
         return gbdt
@@ -137,10 +137,13 @@ class Bundle:
         self._rows_scored += rows
         return gbdt
 
+    def _booster_file(self, name: str) -> Path:
+        return self.path / "lgbm" / f"{name}.txt"
+
     def _read_gbdt(self) -> GbdtResult:
         meta = json.loads((self.path / "gbdt.json").read_text())
         # boosters were saved truncated at their best iteration, so predicting with all of them is right
-        files = {n: self.path / "lgbm" / f"{n}.txt" for n in meta["boosters"]}
+        files = {n: self._booster_file(n) for n in meta["boosters"]}
         boosters = {n: lgb.Booster(model_file=str(f)) for n, f in files.items()}
         # this host's compiled trees where they are cached (compile_trees), on the threads torch and LightGBM's
         # OpenMP take in this process

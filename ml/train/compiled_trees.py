@@ -12,6 +12,7 @@ machine compiles again instead of running instructions its CPU may lack. The sco
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -44,15 +45,13 @@ def compile_booster(model_file: Path, threads: int, cached_only: bool = False) -
     trees are cached already (reading them takes milliseconds, compiling seconds)."""
     try:
         import lleaves
-        import llvmlite.binding as llvm
     except ImportError as e:  # an environment without the lock's lleaves
         if not cached_only:  # nothing was asked of it but a look for a cache: no word
             log.warning("scoring %s with LightGBM: lleaves is not installed (%s)", model_file.name, e)
         return None
     model_file = Path(model_file)
     try:
-        llvm.initialize_native_target()  # what lleaves needs before asking for the host's CPU
-        cache = model_file.parent / CACHE_DIR / f"{model_file.stem}.{_cache_key(model_file, llvm)}.o"
+        cache = model_file.parent / CACHE_DIR / f"{model_file.stem}.{_cache_key(model_file)}.o"
         if cached_only and not cache.exists():
             return None
         model = lleaves.Model(model_file=str(model_file))
@@ -73,15 +72,23 @@ def compile_booster(model_file: Path, threads: int, cached_only: bool = False) -
     return CompiledBooster(model, threads)
 
 
-def _cache_key(model_file: Path, llvm) -> str:  # noqa: ANN001 (llvmlite.binding)
-    """What the object code is a function of: the model's text, lleaves' and llvmlite's versions, and the CPU
-    (its name and its features) that LLVM compiles for."""
+def _cache_key(model_file: Path) -> str:
+    """What the object code is a function of: the model's text and this host's compiler (_host)."""
+    digest = hashlib.sha256(model_file.read_bytes())
+    for part in _host():
+        digest.update(b"\0" + part.encode())
+    return digest.hexdigest()[:16]
+
+
+@functools.cache
+def _host() -> tuple[str, ...]:
+    """lleaves' and llvmlite's versions and the CPU (its name and its features) LLVM compiles for: asked once per
+    process, not once per booster (a per_target bundle holds one for each target)."""
+    import llvmlite.binding as llvm
+
+    llvm.initialize_native_target()  # what LLVM needs before it is asked about the host's CPU
     try:
         features = llvm.get_host_cpu_features().flatten()
     except RuntimeError:  # LLVM cannot tell on this host; lleaves then compiles for no extra features
         features = ""
-    digest = hashlib.sha256(model_file.read_bytes())
-    for part in (version("lleaves"), version("llvmlite"), llvm.get_process_triple(), llvm.get_host_cpu_name(),
-                 features):
-        digest.update(b"\0" + part.encode())
-    return digest.hexdigest()[:16]
+    return (version("lleaves"), version("llvmlite"), llvm.get_process_triple(), llvm.get_host_cpu_name(), features)
