@@ -4,6 +4,7 @@ select
     cast(row_number() over (order by user_id) as {{ dbt.type_int() }}) as user_index,
     min(ts) as first_ts,
     max(ts) as last_ts,
-    sum(n_raw) as n_events
+    -- a bigint on every engine (DuckDB's sum of bigints is a hugeint, Spark's a bigint)
+    cast(sum(n_raw) as {{ dbt.type_bigint() }}) as n_events
 from {{ ref('ods_events') }}
 group by user_id
