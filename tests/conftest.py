@@ -149,13 +149,18 @@ def airflow_db() -> None:
 
 
 # `make test` hands whole files to its workers (--dist loadfile --no-loadscope-reorder) in the order collected:
-# the longest files first, so that none of them starts near the end and runs alone while the other worker idles
-# (about 170-190, 60-85, 155-185, 145-180, 150-190 and 100-135 s of a `make test` on 2 cores; by default
-# pytest-xdist hands out the files with the most tests first, and the Spark and Postgres files came last). The
-# second is a long file that needs no tiny dataset: the first worker generates and builds it (about 30 s), which
-# the Postgres test would otherwise wait for, idle, on the other worker.
+# the longest first, then shorter and shorter ones (longest-processing-time-first), so that no long file starts
+# near the end and runs alone while the other worker idles, and the short ones even out the two workers' ends.
+# By default pytest-xdist hands out the files with the most tests first: the Spark and Postgres files came last.
+# The Spark file leads: its fixture generates and builds the tiny dataset (about 30 s), which the other worker
+# does not wait for, as the item task's file needs none. The rest took, in this order, 150, 187, 160, 152, 74, 62,
+# 48, 45, 40, 34, 22 and 17 s in a fresh clone's `make test` on 2 cores (2026-11-27, 18:09); the files after them
+# under 10 s each.
 LONGEST_FILES = ("test_spark_warehouse.py", "test_item_task.py", "test_airflow_on_postgres.py",
-                 "test_dags_end_to_end.py", "test_warehouse.py", "test_training_pipeline.py")
+                 "test_dags_end_to_end.py", "test_warehouse.py", "test_training_pipeline.py", "test_tag_task.py",
+                 "test_tasks_end_to_end.py", "test_distributed_training.py", "test_dags.py",
+                 "test_services_are_private.py", "test_airflow_standalone.py", "test_local_runner.py",
+                 "test_the_model_on_record.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
