@@ -39,7 +39,7 @@ def spark_dates(task: Task) -> list:
 
 @pytest.fixture(scope="module")
 def both_warehouses(spark_dates: list, tiny_dataset: Path, tiny_build, task: Task,  # noqa: ANN001
-                    tmp_path_factory: pytest.TempPathFactory) -> dict:
+                    tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny dataset built by each engine into a data directory of its own: DuckDB's is a copy of the
     session's build of every date (conftest.tiny_build), Spark builds spark_dates through the CLI in a child
     process (its JVM goes with it), every model and the tests of spark_tests."""
@@ -49,7 +49,8 @@ def both_warehouses(spark_dates: list, tiny_dataset: Path, tiny_build, task: Tas
     base = data / "tasks" / task.name / task.dataset / "warehouse"
     shutil.copytree(tiny_build[0], base)
     duck = base / "crowd.duckdb"
-    tests = spark_tests(json.loads((tiny_build[0] / "dbt" / "target" / "manifest.json").read_text()))
+    manifest = json.loads((tiny_build[0] / "dbt" / "target" / "manifest.json").read_text())  # DuckDB's parse
+    tests = spark_tests(manifest)
     env = {**os.environ, "CROWD_DATA_DIR": str(data), "CROWD_SPARK_MEMORY": "1g", "CROWD_SPARK_PARTITIONS": "4",
            # the tests named, not every test of the models (dbt's default, eager, would add them all)
            "DBT_INDIRECT_SELECTION": "empty",
@@ -66,9 +67,9 @@ def both_warehouses(spark_dates: list, tiny_dataset: Path, tiny_build, task: Tas
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     (data / "spark-build.log").write_text(done.stdout + done.stderr)
     assert done.returncode == 0, _jvm_and_dbt_errors(done.stdout + done.stderr)
-    unit_tests = len(json.loads((tiny_build[0] / "dbt" / "target" / "manifest.json").read_text())["unit_tests"])
-    assert f"dbt build on spark: 31 models, {len(tests) + unit_tests} tests passed" in done.stdout, done.stdout[-2000:]
-    return {"duckdb": duck, "spark": base / "spark", "root": data, "tests": tests}
+    ran = len(tests) + len(manifest["unit_tests"])
+    assert f"dbt build on spark: 31 models, {ran} tests passed" in done.stdout, done.stdout[-2000:]
+    return {"duckdb": duck, "spark": base / "spark", "root": data}
 
 
 def spark_tests(manifest: dict) -> list[str]:
@@ -147,7 +148,7 @@ def test_spark_builds_every_ads_and_samples_table_equal_to_duckdb(both_warehouse
         assert non_empty >= 8
 
 
-def test_spark_builds_every_ods_dim_and_dw_table_equal_to_duckdb(both_warehouses: dict) -> None:
+def test_spark_builds_every_ods_dim_and_dw_table_equal_to_duckdb(both_warehouses: dict[str, Path]) -> None:
     """The layers below the dates' (the whole log's events, rejects, dimensions and daily tables), read from the
     Spark tables' parquet files: equal to DuckDB's, so that each data test, which passed on DuckDB's build, holds
     on Spark's too. A view (dw_events) is its tables, compared here."""
