@@ -19,6 +19,7 @@ import gc
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -82,18 +83,59 @@ def postgres_metadata_db(paths: Paths) -> Iterator[str]:
         server.cleanup()
 
 
-def prepare_metadata_db(paths: Paths, extra_env: dict[str, str] | None = None) -> None:
-    """`airflow db migrate` and the one-slot DuckDB pool, through the CLI as an operator would run them."""
+def prepare_metadata_db(paths: Paths, extra_env: dict[str, str] | None = None, admin_password: bool = False) -> None:
+    """`airflow db migrate` and the one-slot DuckDB pool, through Airflow's CLI as an operator would run them,
+    and (admin_password) the simple auth manager's admin password, which it creates on first use.
+
+    All in one child process: each `airflow ...` process spends about 2 s of CPU importing Airflow and reading
+    its settings before it does anything, more than migrating an up-to-date DB and setting a pool take."""
     from ml.orchestration import DUCKDB_POOL
 
     paths.airflow_home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **airflow_environment(paths), **(extra_env or {})}
-    airflow = str(Path(sys.executable).parent / "airflow")
-    for cmd in ([airflow, "db", "migrate"],
-                [airflow, "pools", "set", DUCKDB_POOL, "1", "DuckDB takes one writer: dbt tasks and warehouse writes"]):
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd[1:])} failed:\n{done.stderr[-3000:]}")
+    commands = [["db", "migrate"],
+                ["pools", "set", DUCKDB_POOL, "1", "DuckDB takes one writer: dbt tasks and warehouse writes"]]
+    password_file = admin_password_file(paths)
+    done = subprocess.run([sys.executable, "-c", _AIRFLOW_CLI, json.dumps(commands),
+                           str(password_file) if admin_password else ""], env=env, capture_output=True, text=True)
+    if done.returncode != 0 or (admin_password and not password_file.exists()):
+        output = paths.airflow_home / "prepare.log"
+        output.write_text(done.stdout + done.stderr)
+        steps = [line.removeprefix(_STEP) for line in done.stdout.splitlines() if line.startswith(_STEP)]
+        raise RuntimeError(f"{steps[-1] if steps else 'preparing the metadata DB'} failed: "
+                           f"{_last_error(done.stderr)} (the whole output: {output})")
+
+
+def _last_error(output: str) -> str:
+    """What a Python process that failed said last: its last `Type: message` line (the exception a traceback
+    ends with, before any notes after it), else its last line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"[\w.]+(Error|Exception|Exit)\b", line)]
+    return (errors or lines or ["it said nothing"])[-1]
+
+
+def admin_password_file(paths: Paths) -> Path:
+    """Where the simple auth manager keeps the generated admin password (created on first use, kept after)."""
+    return paths.airflow_home / "simple_auth_manager_passwords.json.generated"
+
+
+_STEP = "crowd step: "
+# Airflow's CLI entry point run once per command in one process (argv[1]: the commands as JSON), then, with a
+# file named in argv[2] that is not there yet, the auth manager, which writes the admin password into it; each
+# step named on stdout before it runs, so that a failure says which
+_AIRFLOW_CLI = f"""
+import json, os, sys
+from airflow.__main__ import main
+commands, password_file = json.loads(sys.argv[1]), sys.argv[2]
+for argv in commands:
+    print({_STEP!r} + "airflow " + " ".join(argv[:2]), flush=True)
+    sys.argv = ["airflow", *argv]
+    main()
+if password_file and not os.path.exists(password_file):
+    print({_STEP!r} + "creating the admin password", flush=True)
+    from airflow.api_fastapi.app import create_auth_manager
+    create_auth_manager().init()
+"""
 
 
 @dataclass
@@ -442,7 +484,7 @@ def standalone(paths: Paths | None = None, host: str = "127.0.0.1", port: int = 
 
 def _standalone(paths: Paths, host: str, port: int, stop_timeout: float, ready_timeout: float,
                 db_env: dict[str, str]) -> int:
-    prepare_metadata_db(paths, db_env)
+    prepare_metadata_db(paths, db_env, admin_password=True)
     bin_dir = Path(sys.executable).parent  # Cosmos needs `dbt` on PATH when the DAG file is parsed
     env = {**os.environ, **airflow_environment(paths), **db_env,
            "AIRFLOW__API__HOST": host, "AIRFLOW__API__PORT": str(port),
@@ -453,7 +495,7 @@ def _standalone(paths: Paths, host: str, port: int, stop_timeout: float, ready_t
            # task processes report to the api-server's execution API, which defaults to localhost:8080
            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{host}:{port}/execution/",
            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    password_file = _admin_password_file(paths, env)
+    password_file = admin_password_file(paths)
     logs = paths.airflow_home / "logs" / "components"
     logs.mkdir(parents=True, exist_ok=True)
     procs: dict[str, subprocess.Popen] = {}
@@ -510,17 +552,6 @@ def _require_free_port(host: str, port: int) -> None:
             s.bind((host, port))
         except OSError as e:
             raise RuntimeError(f"cannot serve Airflow on {host}:{port}: {e.strerror} (choose another --port)") from None
-
-
-def _admin_password_file(paths: Paths, env: dict[str, str]) -> Path:
-    """The simple auth manager's generated admin password (created on first use, kept afterwards)."""
-    password_file = paths.airflow_home / "simple_auth_manager_passwords.json.generated"
-    if not password_file.exists():
-        code = "from airflow.api_fastapi.app import create_auth_manager; create_auth_manager().init()"
-        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-        if done.returncode != 0 or not password_file.exists():
-            raise RuntimeError(f"could not create the admin password in {password_file}:\n{done.stderr[-2000:]}")
-    return password_file
 
 
 def _healthy(host: str, port: int) -> bool:

@@ -112,3 +112,17 @@ def test_crowd_airflow_on_a_taken_port_fails_in_one_line(tmp_path):
                               env={**os.environ, "CROWD_DATA_DIR": str(tmp_path)}, timeout=60)
     assert done.returncode != 0
     assert f"cannot serve Airflow on 127.0.0.1:{port}" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_crowd_airflow_whose_metadata_db_cannot_be_opened_fails_in_one_line_naming_the_step(tmp_path):
+    """The metadata DB is prepared (migrated, the pool, the admin password) in one child process before any
+    component starts: its failure names the step and the error, and keeps the child's whole output."""
+    env = {**os.environ, "CROWD_DATA_DIR": str(tmp_path),
+           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path / 'no such folder' / 'airflow.db'}"}
+    done = subprocess.run([str(BIN / "crowd"), "airflow", "--port", str(free_port())], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.startswith("crowd airflow: failed: airflow db migrate failed: ")
+    assert "unable to open database file" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    output = tmp_path / "airflow" / "prepare.log"
+    assert f"(the whole output: {output})" in done.stderr and "Traceback" in output.read_text()
