@@ -56,7 +56,7 @@ lock:
 # and the forward crowds; ends with the comparison table and where the crowds and the MLflow store are.
 # TASK is a file under tasks/ (`make run TASK=taobao-2017-category`); its dataset is used when present
 # (loaded or generated) and generated from the task's preset only when absent.
-# For the default task, one epoch and a tenth of the training negatives take it to 9.5-10.5 minutes on 2 cores
+# For the default task, one epoch and a tenth of the training negatives take it to 7.5-10 minutes on 2 cores
 # (a second epoch added 0.001-0.002 validation AUC to every deep model and 95 s);
 # `make run RUN_EPOCHS=4 RUN_NEGATIVE_RATE=0.2` is the README's comparison setting. Other tasks train as
 # their file says unless RUN_EPOCHS / RUN_NEGATIVE_RATE are given.
