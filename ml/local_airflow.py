@@ -98,8 +98,10 @@ def prepare_metadata_db(paths: Paths, extra_env: dict[str, str] | None = None, a
     password_file = admin_password_file(paths)
     done = subprocess.run([sys.executable, "-c", _AIRFLOW_CLI, json.dumps(commands),
                            str(password_file) if admin_password else ""], env=env, capture_output=True, text=True)
-    if done.returncode != 0 or (admin_password and not password_file.exists()):
-        output = paths.airflow_home / "prepare.log"
+    output = paths.airflow_home / "prepare.log"  # a failure's, kept until a preparation succeeds
+    if done.returncode == 0 and (password_file.exists() or not admin_password):
+        output.unlink(missing_ok=True)
+    else:
         output.write_text(done.stdout + done.stderr)
         steps = [line.removeprefix(_STEP) for line in done.stdout.splitlines() if line.startswith(_STEP)]
         raise RuntimeError(f"{steps[-1] if steps else 'preparing the metadata DB'} failed: "
