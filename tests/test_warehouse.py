@@ -253,26 +253,35 @@ def test_a_dates_build_leaves_out_the_upstream_layers_it_holds_and_builds_the_sa
         build_dates(dataset_dir=tiny_dataset, warehouse=warehouse, dbt_vars=_vars(ds=["2013-13-01"]), quiet=True)
 
 
-def test_no_models_refs_depend_on_the_run_dates(tmp_path):
-    """What lets a parse of the project serve every date of the same settings (parse_key): every node refs the
-    same models whatever the run's dates, a training date, a validation date, the backtest or all of them."""
+def test_no_node_depends_on_the_run_dates_or_where_the_warehouse_lies(tmp_path):
+    """What lets a parse of the project serve every date of the same settings, in any copy of the warehouse
+    (parse_key): the project parsed for a training date, a validation date, the backtest or all of them, each
+    with the DuckDB file in another folder, is the same manifest, every node's refs included."""
     from dbt.cli.main import dbtRunner
 
     from ml.warehouse.build import _environment
 
-    def refs(dates: list[dt.date] | None) -> dict[str, list[str]]:
+    def parsed(dates: list[dt.date] | None) -> dict:
         out = tmp_path / str(len(list(tmp_path.iterdir())))
         args = ["parse", "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR), "--quiet",
                 "--target-path", str(out / "target"), "--log-path", str(out / "logs"),
                 "--vars", json.dumps({k: v for k, v in _vars(dates).items() if v is not None})]
-        with _environment({"CROWD_WAREHOUSE": str(out / "w.duckdb"), "CROWD_DATASET_DIR": str(out)}):
-            manifest = dbtRunner().invoke(args).result
-        return {uid: sorted(node.depends_on.nodes) for uid, node in manifest.nodes.items()}
+        with _environment({"CROWD_WAREHOUSE": str(out / "crowd.duckdb"), "CROWD_DATASET_DIR": "/the/dataset"}):
+            manifest = dbtRunner().invoke(args).result.writable_manifest().to_dict()
+        tables = {table: manifest[table] for table in ("nodes", "sources", "macros", "unit_tests", "exposures")}
+        for table in tables.values():
+            for node in table.values():
+                node.pop("created_at", None)  # when it was parsed
+        return tables
 
-    first = refs([TASK.sample_dates[0]])
-    assert "model.purchase_crowd.ads_user_features" in first["model.purchase_crowd.samples_evaluation"]
+    first = parsed([TASK.sample_dates[0]])
+    assert "model.purchase_crowd.ads_user_features" in \
+        first["nodes"]["model.purchase_crowd.samples_evaluation"]["depends_on"]["nodes"]
     for dates in ([TASK.validation[0]], [TASK.backtest], None):
-        assert refs(dates) == first, dates
+        again = parsed(dates)
+        assert again["nodes"].keys() == first["nodes"].keys(), dates
+        assert [uid for uid in first["nodes"] if again["nodes"][uid] != first["nodes"][uid]] == [], dates
+        assert again == first, dates
 
 
 def test_a_parse_is_kept_for_the_settings_and_the_environment_but_not_the_dates(tmp_path):
@@ -282,6 +291,10 @@ def test_a_parse_is_kept_for_the_settings_and_the_environment_but_not_the_dates(
     assert parse_key(DBT_PROJECT_DIR, _vars([PIT_DS], forward_date="2013-10-01"), env) != key  # refs other models
     assert parse_key(DBT_PROJECT_DIR, _vars([PIT_DS], negatives_per_target=3), env) != key
     assert parse_key(DBT_PROJECT_DIR, _vars([PIT_DS]), {**env, "CROWD_DATASET_DIR": str(tmp_path / "b")}) != key
+    # a copy of the warehouse elsewhere keeps it; a file of another name (the database's) does not
+    assert parse_key(DBT_PROJECT_DIR, _vars([PIT_DS]), {**env, "CROWD_WAREHOUSE": str(tmp_path / "c" / "w.duckdb")}) \
+        == key
+    assert parse_key(DBT_PROJECT_DIR, _vars([PIT_DS]), {**env, "CROWD_WAREHOUSE": str(tmp_path / "v.duckdb")}) != key
     project = tmp_path / "project"
     shutil.copytree(DBT_PROJECT_DIR, project, ignore=shutil.ignore_patterns("target", "logs", ".user.yml"))
     model = project / "models" / "dim" / "dim_users.sql"

@@ -160,7 +160,7 @@ PARSED_KEPT = 8  # parsed projects kept per warehouse (one per combination of se
 
 def parse_key(project_dir: Path, dbt_vars: dict, env: dict[str, str]) -> str:
     """What dbt's parse of the project is a function of: its sources, every var but the dates, the environment
-    the profile and the sources read (the dataset, the engine and its warehouse), and the versions of dbt, its
+    the profile and the sources read (the dataset, the engine, its warehouse's name), and the versions of dbt, its
     adapters and DuckDB (the unit tests that passed are recorded per key, run_dbt). dbt itself
     parses the whole project again whenever any var changes, so each week of a backfill used to cost a full parse
     (2.5-3 s of a 10-12 s build) for a result that differs only in the SQL the run's dates render."""
@@ -173,6 +173,10 @@ def parse_key(project_dir: Path, dbt_vars: dict, env: dict[str, str]) -> str:
             return None
 
     settings = {k: v for k, v in dbt_vars.items() if k not in PARSE_FREE_VARS}
+    # Where the DuckDB file lies is no part of the parse, its name is (dbt-duckdb names the database after it): a
+    # warehouse copied or moved keeps its parsed project. (Two parses with the file in two folders gave manifests
+    # equal but for their nodes' created_at, 2026-11-27.)
+    env = {k: Path(v).name if k == "CROWD_WAREHOUSE" else v for k, v in env.items()}
     # the adapters' macros are part of the parse
     return _digest([project_digest(project_dir), settings, env,
                     *(installed(p) for p in ("dbt-core", "dbt-duckdb", "dbt-spark", "duckdb"))])
