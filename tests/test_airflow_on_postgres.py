@@ -1,10 +1,10 @@
 """Airflow as deployed: `crowd airflow --db postgres` (what `make airflow DB=postgres` runs) starts a real
 Postgres server from the pgserver wheel, migrates Airflow's metadata DB into it, and runs the scheduler with
 the LocalExecutor and more than one worker slot. A backfill of the backtest's weekly run of the default task's
-periods DAG (the other weeks' exports in place, as earlier runs leave them), created through the REST API, runs
-there to success; the backtest week's asset event starts the training
-DAG, whose two models train at the same time while every DuckDB writer (each week's dbt build and export, the
-crowds) runs alone through the crowd_duckdb pool. Run alone with `pytest -m postgres`."""
+periods DAG (the warehouse and the other weeks' exports in place, as earlier runs leave them), created through
+the REST API, runs there to success; the backtest week's asset event starts the training DAG, whose two models
+train at the same time while every DuckDB writer (each week's dbt build and export, the crowds) runs alone
+through the crowd_duckdb pool. Run alone with `pytest -m postgres`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from airflow_helpers import free_port, wait_for
 
-from ml.task import Task
+from ml.task import Task, TaskPaths
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 BIN = Path(sys.executable).parent
@@ -46,16 +46,17 @@ def _overlapping(intervals: list[tuple[str, str, str]]) -> list[tuple[str, str]]
 
 
 def test_a_rest_backfill_runs_on_postgres_with_the_local_executor_and_serial_duckdb_writes(
-        tmp_path: Path, tiny_dataset: Path, tiny_exports: Path, task: Task) -> None:
+        tmp_path: Path, tiny_dataset: Path, tiny_build, tiny_exports: Path, task: Task) -> None:  # noqa: ANN001
     import shutil
 
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / task.dataset).symlink_to(tiny_dataset, target_is_directory=True)
-    # the training and validation dates' exports as an earlier backfill would have left them; the backfill builds
-    # the backtest's week
-    exports = tmp_path / tiny_exports.relative_to(tiny_exports.parents[3])
+    # the warehouse and the training and validation dates' exports as an earlier backfill would have left them;
+    # the backfill builds the backtest's week (its ADS and samples, as a week after the first does)
+    paths = TaskPaths.of(task, tmp_path)
+    shutil.copytree(tiny_build[0], paths.warehouse.parent)
     for ds in set(task.labelled_dates) - {task.backtest}:
-        shutil.copytree(tiny_exports / f"ds={ds}", exports / f"ds={ds}")
+        shutil.copytree(tiny_exports / f"ds={ds}", paths.exports / f"ds={ds}")
     port = free_port()
     env = {**os.environ, "CROWD_DATA_DIR": str(tmp_path), "AIRFLOW_HOME": str(tmp_path / "airflow")}
     log = tmp_path / "airflow.log"
