@@ -255,17 +255,18 @@ def test_a_dates_build_leaves_out_the_upstream_layers_it_holds_and_builds_the_sa
 
 def test_no_node_depends_on_the_run_dates_or_where_the_warehouse_lies(tmp_path):
     """What lets a parse of the project serve every date of the same settings, in any copy of the warehouse
-    (parse_key): the project parsed for a training date, a validation date, the backtest or all of them, each
-    with the DuckDB file in another folder, is the same manifest, every node's refs included."""
+    (parse_key): the project parsed for a training date, a validation date, the backtest or all of them (with
+    the upstream key a date's build passes), each with the DuckDB file in another folder, is the same manifest,
+    every node's refs included."""
     from dbt.cli.main import dbtRunner
 
     from ml.warehouse.build import _environment
 
-    def parsed(dates: list[dt.date] | None) -> dict:
+    def parsed(dates: list[dt.date] | None, **more: str) -> dict:
         out = tmp_path / str(len(list(tmp_path.iterdir())))
         args = ["parse", "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR), "--quiet",
                 "--target-path", str(out / "target"), "--log-path", str(out / "logs"),
-                "--vars", json.dumps({k: v for k, v in _vars(dates).items() if v is not None})]
+                "--vars", json.dumps({k: v for k, v in {**_vars(dates), **more}.items() if v is not None})]
         with _environment({"CROWD_WAREHOUSE": str(out / "crowd.duckdb"), "CROWD_DATASET_DIR": "/the/dataset"}):
             manifest = dbtRunner().invoke(args).result.writable_manifest().to_dict()
         tables = {table: manifest[table] for table in ("nodes", "sources", "macros", "unit_tests", "exposures")}
@@ -277,8 +278,8 @@ def test_no_node_depends_on_the_run_dates_or_where_the_warehouse_lies(tmp_path):
     first = parsed([TASK.sample_dates[0]])
     assert "model.purchase_crowd.ads_user_features" in \
         first["nodes"]["model.purchase_crowd.samples_evaluation"]["depends_on"]["nodes"]
-    for dates in ([TASK.validation[0]], [TASK.backtest], None):
-        again = parsed(dates)
+    for dates, more in (([TASK.validation[0]], {}), ([TASK.backtest], {}), (None, {"upstream_key": "0123abcd"})):
+        again = parsed(dates, **more)
         assert again["nodes"].keys() == first["nodes"].keys(), dates
         assert [uid for uid in first["nodes"] if again["nodes"][uid] != first["nodes"][uid]] == [], dates
         assert again == first, dates
@@ -288,6 +289,7 @@ def test_a_parse_is_kept_for_the_settings_and_the_environment_but_not_the_dates(
     env = {"CROWD_DATASET_DIR": str(tmp_path / "a"), "CROWD_WAREHOUSE": str(tmp_path / "w.duckdb")}
     key = parse_key(DBT_PROJECT_DIR, _vars([PIT_DS]), env)
     assert parse_key(DBT_PROJECT_DIR, _vars([TASK.backtest]), env) == key
+    assert parse_key(DBT_PROJECT_DIR, {**_vars([PIT_DS]), "upstream_key": "0123abcd"}, env) == key  # the end hook's
     assert parse_key(DBT_PROJECT_DIR, _vars([PIT_DS], forward_date="2013-10-01"), env) != key  # refs other models
     assert parse_key(DBT_PROJECT_DIR, _vars([PIT_DS], negatives_per_target=3), env) != key
     assert parse_key(DBT_PROJECT_DIR, _vars([PIT_DS]), {**env, "CROWD_DATASET_DIR": str(tmp_path / "b")}) != key

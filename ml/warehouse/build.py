@@ -151,10 +151,12 @@ def run_dbt(
     return report
 
 
-# the var that only reaches SQL text (rendered when each node runs), never a node's config or its refs (a test
-# parses the project for several dates and compares every node's refs): a project parsed for one date serves
-# every other date of the same settings. forward_date is not one: samples_forward refs other models with one.
-PARSE_FREE_VARS = ("ds",)
+# the vars that only reach SQL text rendered when a node or a hook runs, never a node's config or its refs (a
+# test parses the project with each and compares the manifests): the run's dates, and the upstream key, which only
+# the end hook reads (build_dates passes it, `dbt run` of the same settings does not). A project parsed for one
+# date serves every other date of the same settings. forward_date is not one: samples_forward refs other models
+# with one.
+PARSE_FREE_VARS = ("ds", "upstream_key")
 PARSED_KEPT = 8  # parsed projects kept per warehouse (one per combination of settings, dataset and engine)
 
 
@@ -190,16 +192,15 @@ def _digest(parts: list) -> str:
 
 
 def _iso_dates(dbt_vars: dict) -> bool:
-    """Whether every parse-free var is absent or YYYY-MM-DD dates (a list, or one date, as the vars take them)."""
+    """Whether the run's dates are absent or YYYY-MM-DD dates (a list, or one date, as the vars take them)."""
     import datetime as dt
 
-    for name in PARSE_FREE_VARS:
-        value = dbt_vars.get(name)
-        for text in ([] if value is None else value if isinstance(value, list) else str(value).split(",")):
-            try:
-                dt.date.fromisoformat(str(text).strip())
-            except ValueError:
-                return False
+    value = dbt_vars.get("ds")
+    for text in ([] if value is None else value if isinstance(value, list) else str(value).split(",")):
+        try:
+            dt.date.fromisoformat(str(text).strip())
+        except ValueError:
+            return False
     return True
 
 
