@@ -161,11 +161,11 @@ PARSED_KEPT = 8  # parsed projects kept per warehouse (one per combination of se
 
 
 def parse_key(project_dir: Path, dbt_vars: dict, env: dict[str, str]) -> str:
-    """What dbt's parse of the project is a function of: its sources, every var but the dates, the environment
-    the profile and the sources read (the dataset, the engine, its warehouse's name), and the versions of dbt, its
-    adapters and DuckDB (the unit tests that passed are recorded per key, run_dbt). dbt itself
-    parses the whole project again whenever any var changes, so each week of a backfill used to cost a full parse
-    (2.5-3 s of a 10-12 s build) for a result that differs only in the SQL the run's dates render."""
+    """What dbt's parse of the project is a function of: its sources, every var but the parse-free ones, the
+    environment the profile and the sources read (the dataset, the engine, its warehouse's name), and the versions
+    of dbt, its adapters and DuckDB (the unit tests that passed are recorded per key, run_dbt). dbt itself parses
+    the whole project again whenever any var changes, so each week of a backfill used to cost a full parse (2.5-3 s
+    of a 10-12 s build) for a result that differs only in the SQL the run's dates render."""
     from importlib.metadata import PackageNotFoundError, version
 
     def installed(package: str) -> str | None:
