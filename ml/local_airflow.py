@@ -99,13 +99,14 @@ def prepare_metadata_db(paths: Paths, extra_env: dict[str, str] | None = None, a
     done = subprocess.run([sys.executable, "-c", _AIRFLOW_CLI, json.dumps(commands),
                            str(password_file) if admin_password else ""], env=env, capture_output=True, text=True)
     output = paths.airflow_home / "prepare.log"  # a failure's, kept until a preparation succeeds
-    if done.returncode == 0 and (password_file.exists() or not admin_password):
+    password_missing = admin_password and not password_file.exists()
+    if done.returncode == 0 and not password_missing:
         output.unlink(missing_ok=True)
-    else:
-        output.write_text(done.stdout + done.stderr)
-        steps = [line.removeprefix(_STEP) for line in done.stdout.splitlines() if line.startswith(_STEP)]
-        raise RuntimeError(f"{steps[-1] if steps else 'preparing the metadata DB'} failed: "
-                           f"{_last_error(done.stderr)} (the whole output: {output})")
+        return
+    output.write_text(done.stdout + done.stderr)
+    steps = [line.removeprefix(_STEP) for line in done.stdout.splitlines() if line.startswith(_STEP)]
+    raise RuntimeError(f"{steps[-1] if steps else 'preparing the metadata DB'} failed: "
+                       f"{_last_error(done.stderr)} (the whole output: {output})")
 
 
 def _last_error(output: str) -> str:
