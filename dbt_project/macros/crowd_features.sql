@@ -45,36 +45,66 @@
     {{ return(columns) }}
 {% endmacro %}
 
-{#- The aggregates, grouped by the caller. -#}
-{% macro crowd_window_aggregates(prefix) %}
+{#- The aggregates in the order of crowd_feature_columns, each {'name', 'expr', 'over'}: over none, an aggregate
+    of the history rows grouped by the caller's keys; over a column X, of crowd_distinct_rows(X) (one row per key
+    and distinct X, with the X's first `age` and `buy_age` in the window), grouped by the same keys.
+
+    A distinct count as count(distinct case when age <= w then X end) keeps a set of X per group and window, and
+    took most of the ADS time (the user features 1.1 s of 1.4 at 10M events); counting the rows of the distinct X
+    whose first age is within w is the same number. Where the history rows are already one per X within a
+    group (the active days of a user x target: the daily table is unique per user, key and day), it is a count
+    of the rows themselves. -#}
+{% macro crowd_window_aggregate_list(prefix) %}
     {%- set c = crowd_config() -%}
     {%- set int = dbt.type_int() -%}
-    {%- set exprs = [] -%}
+    {%- set aggs = [] -%}
     {%- for a in c['actions'] -%}{%- for w in c['windows'] -%}
-        {%- do exprs.append('cast(sum(case when age <= ' ~ w ~ ' then n_' ~ a ~ ' else 0 end) as ' ~ int ~ ') as ' ~ prefix ~ '_' ~ a ~ '_' ~ w ~ 'd') -%}
+        {%- do aggs.append({'name': prefix ~ '_' ~ a ~ '_' ~ w ~ 'd', 'over': none,
+                            'expr': 'cast(sum(case when age <= ' ~ w ~ ' then n_' ~ a ~ ' else 0 end) as ' ~ int ~ ')'}) -%}
     {%- endfor -%}{%- endfor -%}
     {%- if prefix == 'u' -%}{%- for a in c['actions'] -%}{%- for k in crowd_daily_count_days() -%}
-        {%- do exprs.append('cast(sum(case when age = ' ~ k ~ ' then n_' ~ a ~ ' else 0 end) as ' ~ int ~ ') as u_' ~ a ~ '_day' ~ k) -%}
+        {%- do aggs.append({'name': 'u_' ~ a ~ '_day' ~ k, 'over': none,
+                            'expr': 'cast(sum(case when age = ' ~ k ~ ' then n_' ~ a ~ ' else 0 end) as ' ~ int ~ ')'}) -%}
     {%- endfor -%}{%- endfor -%}{%- endif -%}
     {%- for w in c['windows'] if w > 1 -%}
         {%- if prefix in ['u', 'ub', 'uc'] -%}
-            {%- do exprs.append('cast(count(distinct case when age <= ' ~ w ~ ' then day end) as ' ~ int ~ ') as ' ~ prefix ~ '_active_days_' ~ w ~ 'd') -%}
+            {#- ub and uc group by user and key: their rows are one per day already -#}
+            {%- do aggs.append({'name': prefix ~ '_active_days_' ~ w ~ 'd', 'over': 'day' if prefix == 'u' else none,
+                                'expr': crowd_count_within('age', w)}) -%}
         {%- endif -%}
         {%- if prefix == 'u' -%}
-            {%- do exprs.append('cast(count(distinct case when age <= ' ~ w ~ ' then target_id end) as ' ~ int ~ ') as u_targets_' ~ w ~ 'd') -%}
+            {%- do aggs.append({'name': 'u_targets_' ~ w ~ 'd', 'over': 'target_id', 'expr': crowd_count_within('age', w)}) -%}
         {%- endif -%}
         {%- if prefix in ['b', 'c'] -%}
-            {%- do exprs.append('cast(count(distinct case when age <= ' ~ w ~ ' then user_id end) as ' ~ int ~ ') as ' ~ prefix ~ '_users_' ~ w ~ 'd') -%}
-            {%- do exprs.append('cast(count(distinct case when age <= ' ~ w ~ ' and n_buy > 0 then user_id end) as ' ~ int ~ ') as ' ~ prefix ~ '_buyers_' ~ w ~ 'd') -%}
+            {%- do aggs.append({'name': prefix ~ '_users_' ~ w ~ 'd', 'over': 'user_id', 'expr': crowd_count_within('age', w)}) -%}
+            {%- do aggs.append({'name': prefix ~ '_buyers_' ~ w ~ 'd', 'over': 'user_id', 'expr': crowd_count_within('buy_age', w)}) -%}
         {%- endif -%}
     {%- endfor -%}
     {%- if prefix in ['u', 'ub', 'uc'] -%}
         {%- for a in c['actions'] -%}
-            {%- do exprs.append('cast(min(case when n_' ~ a ~ ' > 0 then age end) as ' ~ int ~ ') as ' ~ prefix ~ '_recency_' ~ a) -%}
+            {%- do aggs.append({'name': prefix ~ '_recency_' ~ a, 'over': none,
+                                'expr': 'cast(min(case when n_' ~ a ~ ' > 0 then age end) as ' ~ int ~ ')'}) -%}
         {%- endfor -%}
-        {%- do exprs.append('cast(min(age) as ' ~ int ~ ') as ' ~ prefix ~ '_recency_any') -%}
+        {%- do aggs.append({'name': prefix ~ '_recency_any', 'over': none, 'expr': 'cast(min(age) as ' ~ int ~ ')'}) -%}
     {%- endif -%}
-    {{ exprs | join(',\n    ') }}
+    {{ return(aggs) }}
+{% endmacro %}
+
+{% macro crowd_count_within(age, w) %}
+    {{- return('cast(sum(case when ' ~ age ~ ' <= ' ~ w ~ ' then 1 else 0 end) as ' ~ dbt.type_int() ~ ')') -}}
+{% endmacro %}
+
+{#- One row per key and distinct `column` (never null) of the history: the column's first age in the window,
+    and where with_buys its first age with a buy (null if none). -#}
+{% macro crowd_distinct_rows(keys, column, with_buys) %}
+    select
+        {{ keys | join(', ') }},
+        {{ column }},
+        min(age) as age{% if with_buys %},
+        min(case when n_buy > 0 then age end) as buy_age{% endif %}
+    from history
+    where {{ column }} is not null
+    group by {{ keys | join(', ') }}, {{ column }}
 {% endmacro %}
 
 {#- The ratios, selected over the aggregates. -#}
@@ -141,18 +171,52 @@
 {% endmacro %}
 
 {#- One ADS model: the window aggregates and ratios of `prefix`, grouped by `keys`, over the history rows of
-    this run's dates (crowd_history_rows with `where`, `relation` and `key`). -#}
+    this run's dates (crowd_history_rows with `where`, `relation` and `key`). The distinct counts are counted
+    over crowd_distinct_rows (see crowd_window_aggregate_list) and joined to the rest by the keys; a group with
+    no such row (a user of brandless items only, for the targets touched) counts 0. -#}
 {% macro crowd_window_features(prefix, keys, where='1 = 1', relation=none, key='target_id') %}
+{%- set aggs = crowd_window_aggregate_list(prefix) -%}
+{%- set overs = aggs | map(attribute='over') | reject('none') | unique | list -%}
 with history as (
     {{ crowd_history_rows(where, relation=relation, key=key) }}
 ),
 
-aggregated as (
+sums as (
     select
         {{ keys | join(', ') }},
-        {{ crowd_window_aggregates(prefix) }}
+        {%- for agg in aggs if agg['over'] is none %}
+        {{ agg['expr'] }} as {{ agg['name'] }}{% if not loop.last %},{% endif %}
+        {%- endfor %}
     from history
     group by {{ keys | join(', ') }}
+),
+{%- for over in overs %}
+
+distinct_{{ over }} as (
+    select
+        {{ keys | join(', ') }},
+        {%- for agg in aggs if agg['over'] == over %}
+        {{ agg['expr'] }} as {{ agg['name'] }}{% if not loop.last %},{% endif %}
+        {%- endfor %}
+    from ({{ crowd_distinct_rows(keys, over, 'buy_age' in (aggs | selectattr('over', 'equalto', over)
+                                                           | map(attribute='expr') | join(' '))) }}) as rows_of_{{ over }}
+    group by {{ keys | join(', ') }}
+),
+{%- endfor %}
+
+aggregated as (
+    select
+        {%- for k in keys %}
+        sums.{{ k }},
+        {%- endfor %}
+        {%- for agg in aggs %}
+        {% if agg['over'] is none %}sums.{{ agg['name'] }}{% else %}cast(coalesce(distinct_{{ agg['over'] }}.{{ agg['name'] }}, 0) as {{ dbt.type_int() }}) as {{ agg['name'] }}{% endif %}{% if not loop.last %},{% endif %}
+        {%- endfor %}
+    from sums
+    {%- for over in overs %}
+    left join distinct_{{ over }}
+        on {% for k in keys %}sums.{{ k }} = distinct_{{ over }}.{{ k }}{% if not loop.last %} and {% endif %}{% endfor %}
+    {%- endfor %}
 )
 
 select
