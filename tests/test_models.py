@@ -100,6 +100,35 @@ def test_the_dense_fields_are_never_built_and_the_output_is_the_same(name, refer
     torch.testing.assert_close(g_fast, g_slow, rtol=1e-3, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["deepfm", "ple"])
+def test_scoring_keeps_the_first_layers_weights_and_follows_every_change_of_them(name, fmap, data):
+    """Without autograd the first layer's combined weights are kept between batches (first_layer's cache):
+    the scores equal those computed with autograd, and after an optimiser step or a loaded checkpoint they
+    are those of the new weights, never of the kept ones."""
+    torch.manual_seed(0)
+    model = build_model(name, fmap, SMALL).eval()
+    batch = _first_batch(data)
+
+    def scores() -> torch.Tensor:
+        with torch.no_grad():
+            return model(batch)["buy"]
+
+    first = scores()
+    assert model.first_layer_cache, "scoring keeps the weights"
+    torch.testing.assert_close(scores(), first, rtol=0, atol=0)
+    torch.testing.assert_close(model(batch)["buy"].detach(), first, rtol=0, atol=0)  # with autograd: rebuilt
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    model_loss(model(batch), batch["labels"], TrainConfig()).backward()
+    scores()  # kept again, then the step changes every weight in place
+    torch.optim.SGD(model.parameters(), lr=0.5).step()
+    stepped = scores()
+    assert not torch.equal(stepped, first)
+    torch.testing.assert_close(stepped, model(batch)["buy"].detach(), rtol=0, atol=0)
+    scores()
+    model.load_state_dict(saved)  # back to the first weights, copied in place
+    torch.testing.assert_close(scores(), first, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_model_starts_at_the_training_labels_base_rate(name, fmap, data):
     """Not at 0.5: with rare buyers, the first steps would pull the largest inputs (the buyers') down and an

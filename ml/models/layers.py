@@ -56,23 +56,47 @@ class DenseFields(nn.Module):
 
 
 def first_layer(linears: list[nn.Linear], ids: torch.Tensor, dense: torch.Tensor, vectors: torch.Tensor,
-                tail: torch.Tensor | None = None) -> list[torch.Tensor]:
+                tail: torch.Tensor | None = None, cache: dict | None = None) -> list[torch.Tensor]:
     """Each linear applied to cat([ids.flatten(1), (dense[..., None] * vectors).flatten(1), tail]), as one
     product for all of them: ids [B, n_id, dim] (id fields), dense [B, D] (dense values times any per-field
     factor), vectors [D, dim] (DenseFields.weight). The dense block of the weights is contracted with the
     vectors first ([out, D, dim] x [D, dim] -> [out, D]); then the inputs [ids, dense, tail] (a few hundred
     columns) meet the weights in one matrix product: a product per block and the sums of their [B, out] results
-    took a third longer (PLE's forward, whose first layer is every expert's and gate's)."""
+    took a third longer (PLE's forward, whose first layer is every expert's and gate's).
+
+    cache: a dict the caller keeps (one per call site). Without autograd the combined weights are kept there,
+    and built again only when a parameter has changed: they depend on the parameters alone, and building them
+    (concatenating every expert's [out, D x dim] weights, then the contraction) was a sixth of PLE's scoring
+    time, paid at every batch."""
+    params = [t for lin in linears for t in (lin.weight, lin.bias)] + [vectors]
+    # a parameter's _version moves at every in-place change (an optimiser step, load_state_dict, a no_grad
+    # fill); a new tensor (.to(device), a replaced Parameter) has another id or storage
+    key = tuple((id(t), t.data_ptr(), t._version) for t in params) + (ids.shape[1] * ids.shape[2], tail is not None)
+    keep = cache is not None and not torch.is_grad_enabled()
+    if keep and cache.get("key") == key:
+        weight_t, bias = cache["weights"]
+    else:
+        weight_t, bias = _first_layer_weights(linears, ids.shape[1] * ids.shape[2], vectors, tail is not None)
+        if keep:
+            cache.update(key=key, weights=(weight_t, bias))
+        elif cache is not None:
+            cache.clear()  # training: the weights move at every step
+    inputs = [ids.flatten(1), dense] + ([tail] if tail is not None else [])
+    out = torch.addmm(bias, torch.cat(inputs, dim=1), weight_t)
+    return list(out.split([lin.out_features for lin in linears], dim=1))
+
+
+def _first_layer_weights(linears: list[nn.Linear], n_ids: int, vectors: torch.Tensor,
+                         with_tail: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """first_layer's combined weights, transposed ([n_ids + D (+ the tail's), the outputs together]), and bias."""
     weight = torch.cat([lin.weight for lin in linears])
     bias = torch.cat([lin.bias for lin in linears])
-    n_ids, (n_dense, dim) = ids.shape[1] * ids.shape[2], vectors.shape
+    n_dense, dim = vectors.shape
     w_dense = torch.einsum("ode,de->od", weight[:, n_ids:n_ids + n_dense * dim].reshape(-1, n_dense, dim), vectors)
-    blocks, inputs = [weight[:, :n_ids], w_dense], [ids.flatten(1), dense]
-    if tail is not None:
+    blocks = [weight[:, :n_ids], w_dense]
+    if with_tail:
         blocks.append(weight[:, n_ids + n_dense * dim:])
-        inputs.append(tail)
-    out = torch.addmm(bias, torch.cat(inputs, dim=1), torch.cat(blocks, dim=1).T)
-    return list(out.split([lin.out_features for lin in linears], dim=1))
+    return torch.cat(blocks, dim=1).T, bias
 
 
 def fm_second_order_of_fields(ids: torch.Tensor, dense: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:

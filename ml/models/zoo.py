@@ -104,6 +104,7 @@ class DeepFM(CrowdModel):
         self.linear_dense = nn.Linear(self.n_dense, 1)
         nn.init.zeros_(self.linear_dense.weight)  # first-order terms start at zero, as the id ones do
         self.dense_fields = DenseFields(self.n_dense, cfg.embed_dim)
+        self.first_layer_cache: dict = {}  # first_layer's combined weights while they do not change
         d_in = (self.n_id + self.n_dense) * cfg.embed_dim
         self.deep = nn.Sequential(mlp([d_in, *cfg.hidden], cfg.dropout, batch_norm=True), nn.Linear(cfg.hidden[-1], 1))
 
@@ -116,7 +117,7 @@ class DeepFM(CrowdModel):
         # the fields [id fields, dense value x vector], never built: see DenseFields
         id_fields, dense, vectors = self.id_fields(ids), batch["dense"], self.dense_fields.weight
         mlp_in, first = self.deep[0][0], self.deep[0][1:]
-        (h,) = first_layer([mlp_in], id_fields, dense, vectors)
+        (h,) = first_layer([mlp_in], id_fields, dense, vectors, cache=self.first_layer_cache)
         deep = self.deep[1](first(h)).squeeze(-1)
         logit = linear + fm_second_order_of_fields(id_fields, dense, vectors) + deep
         return {"buy": torch.sigmoid(logit)}
@@ -220,6 +221,7 @@ class PLE(DIN):
         self.fm_scale = nn.ParameterDict({t: nn.Parameter(torch.zeros(1)) for t in ("y1", "y2", "y3")})
         self.head = None  # PLE has towers instead of DIN's head
         self.last_se_weights: torch.Tensor | None = None
+        self.first_layer_cache: dict = {}  # first_layer's combined weights while they do not change
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         # the fields [id fields, dense value x vector], re-weighted by SE, are never built (see DenseFields):
@@ -235,7 +237,7 @@ class PLE(DIN):
             gates = [layer[g] for g in ("gate_cc", "gate_buy", "gate_shared") if g in layer]
             if i == 0:  # every expert and gate reads the same input: their first layers are one product
                 firsts = first_layer([e[0] for experts in branches for e in experts] + gates, id_fields, dense,
-                                     vectors, tail=interest)
+                                     vectors, tail=interest, cache=self.first_layer_cache)
                 outs = iter(firsts)
                 e_cc, e_buy, e_sh = (torch.stack([e[1:](next(outs)) for e in experts], dim=1) for experts in branches)
                 g_cc, g_buy, *g_sh = list(outs)
