@@ -66,8 +66,8 @@ def first_layer(linears: list[nn.Linear], ids: torch.Tensor, dense: torch.Tensor
 
     cache: a dict the caller keeps (one per call site). Without autograd the combined weights are kept there,
     and built again only when a parameter has changed: they depend on the parameters alone, and building them
-    (concatenating every expert's [out, D x dim] weights, then the contraction) was a sixth of PLE's scoring
-    time, paid at every batch."""
+    (concatenating every expert's [out, D x dim] weights, then the contraction) took about a sixth of the CPU
+    time of PLE's forward in torch's profiler, at every batch."""
     params = [t for lin in linears for t in (lin.weight, lin.bias)] + [vectors]
     # a parameter's _version moves at every in-place change (an optimiser step, load_state_dict, a no_grad
     # fill); a new tensor (.to(device), a replaced Parameter) has another id or storage
