@@ -8,7 +8,8 @@ A weekly build is what the Airflow DAG runs for one week: `dbt build` (every mod
 sample date into a fresh warehouse, then the parquet export of that date. The floor is the least any build of
 these features could cost: one DuckDB scan-aggregate of the history window over the same event files (every
 (user, target)'s count per action, the item table joined for the target), in a process of its own with the
-same memory cap; ratio = (build + export) / floor. Two ratios against pandas:
+same memory cap; ratio = (build + export) / floor, and the ADS run's own (ADS only / floor: the features the
+floor stands for, without the layers and the tests before them). Two ratios against pandas:
   whole build  dbt build + export   vs  pandas reading the log, deduplicating, joining items, features
   features     dbt run of the ADS models (ODS..DW already built)  vs  pandas features from events in memory
 Each measurement runs in its own process, so its peak resident memory (ru_maxrss) is its own.
@@ -128,7 +129,7 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     print(f"one weekly build (ds {DS}), 2-core figures are this machine's; datasets under {root}")
     print(f"{'events':>12} {'build+export':>13} {'events/s':>12} {'peak':>9} {'ADS only':>9} | "
-          f"{'floor':>7} {'x floor':>8} | "
+          f"{'floor':>7} {'x floor':>8} {'ADS x':>6} | "
           f"{'pandas all':>11} {'pandas ADS':>11} {'peak':>9} | {'ratio all':>9} {'ratio ADS':>9}")
     for n in args.events:
         dataset, n_events = _dataset(n, root)
@@ -137,7 +138,8 @@ def main() -> None:
         total = d["build_s"] + d["export_s"]
         f = _child("floor", dataset)
         line = (f"{n_events:>12,} {total:>12.1f}s {n_events / total:>12,.0f} {d['peak_gib']:>7.2f}Gi "
-                f"{d['ads_s']:>8.1f}s | {f['floor_s']:>6.2f}s {total / f['floor_s']:>7.1f}x | ")
+                f"{d['ads_s']:>8.1f}s | {f['floor_s']:>6.2f}s {total / f['floor_s']:>7.1f}x "
+                f"{d['ads_s'] / f['floor_s']:>5.1f}x | ")
         if n <= args.pandas_up_to:
             p = _child("pandas", dataset)
             p_total = p["load_s"] + p["features_s"]
