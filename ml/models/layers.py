@@ -55,6 +55,14 @@ class DenseFields(nn.Module):
         return dense.unsqueeze(-1) * self.weight  # [B, D, dim]
 
 
+class KeptWeights(dict):
+    """first_layer's cache. Pickled or copied empty: its key names this process's tensors (their ids and
+    storage), and a model logged to MLflow by pickle would otherwise carry a stale copy of the weights."""
+
+    def __reduce__(self) -> tuple:
+        return (KeptWeights, ())
+
+
 def first_layer(linears: list[nn.Linear], ids: torch.Tensor, dense: torch.Tensor, vectors: torch.Tensor,
                 tail: torch.Tensor | None = None, cache: dict | None = None) -> list[torch.Tensor]:
     """Each linear applied to cat([ids.flatten(1), (dense[..., None] * vectors).flatten(1), tail]), as one
@@ -64,8 +72,8 @@ def first_layer(linears: list[nn.Linear], ids: torch.Tensor, dense: torch.Tensor
     columns) meet the weights in one matrix product: a product per block and the sums of their [B, out] results
     took a third longer (PLE's forward, whose first layer is every expert's and gate's).
 
-    cache: a dict the caller keeps (one per call site). Without autograd the combined weights are kept there,
-    and built again only when a parameter has changed: they depend on the parameters alone, and building them
+    cache: a KeptWeights the caller keeps (one per call site). Without autograd the combined weights are kept
+    there, and built again only when a parameter has changed: they depend on the parameters alone, and building them
     (concatenating every expert's [out, D x dim] weights, then the contraction) took about a sixth of the CPU
     time of PLE's forward in torch's profiler, at every batch."""
     params = [t for lin in linears for t in (lin.weight, lin.bias)] + [vectors]

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml.features.feature_map import FeatureMap
-from ml.models.layers import (DenseFields, Embeddings, Experts, LocalActivation, SqueezeExcitation, first_layer,
-                              fm_second_order_of_fields, gate, mlp)
+from ml.models.layers import (DenseFields, Embeddings, Experts, KeptWeights, LocalActivation, SqueezeExcitation,
+                              first_layer, fm_second_order_of_fields, gate, mlp)
 
 
 @dataclass
@@ -104,7 +104,7 @@ class DeepFM(CrowdModel):
         self.linear_dense = nn.Linear(self.n_dense, 1)
         nn.init.zeros_(self.linear_dense.weight)  # first-order terms start at zero, as the id ones do
         self.dense_fields = DenseFields(self.n_dense, cfg.embed_dim)
-        self.first_layer_cache: dict = {}  # first_layer's combined weights while they do not change
+        self.first_layer_cache = KeptWeights()  # first_layer's combined weights while they do not change
         d_in = (self.n_id + self.n_dense) * cfg.embed_dim
         self.deep = nn.Sequential(mlp([d_in, *cfg.hidden], cfg.dropout, batch_norm=True), nn.Linear(cfg.hidden[-1], 1))
 
@@ -221,7 +221,7 @@ class PLE(DIN):
         self.fm_scale = nn.ParameterDict({t: nn.Parameter(torch.zeros(1)) for t in ("y1", "y2", "y3")})
         self.head = None  # PLE has towers instead of DIN's head
         self.last_se_weights: torch.Tensor | None = None
-        self.first_layer_cache: dict = {}  # first_layer's combined weights while they do not change
+        self.first_layer_cache = KeptWeights()  # first_layer's combined weights while they do not change
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         # the fields [id fields, dense value x vector], re-weighted by SE, are never built (see DenseFields):
