@@ -64,7 +64,7 @@ class KeptWeights(dict):
 
 
 def first_layer(linears: list[nn.Linear], ids: torch.Tensor, dense: torch.Tensor, vectors: torch.Tensor,
-                tail: torch.Tensor | None = None, cache: dict | None = None) -> list[torch.Tensor]:
+                tail: torch.Tensor | None = None, cache: KeptWeights | None = None) -> list[torch.Tensor]:
     """Each linear applied to cat([ids.flatten(1), (dense[..., None] * vectors).flatten(1), tail]), as one
     product for all of them: ids [B, n_id, dim] (id fields), dense [B, D] (dense values times any per-field
     factor), vectors [D, dim] (DenseFields.weight). The dense block of the weights is contracted with the
@@ -73,23 +73,23 @@ def first_layer(linears: list[nn.Linear], ids: torch.Tensor, dense: torch.Tensor
     took a third longer (PLE's forward, whose first layer is every expert's and gate's).
 
     cache: a KeptWeights the caller keeps (one per call site). Without autograd the combined weights are kept
-    there, and built again only when a parameter has changed: they depend on the parameters alone, and building them
-    (concatenating every expert's [out, D x dim] weights, then the contraction) took about a sixth of the CPU
-    time of PLE's forward in torch's profiler, at every batch."""
-    params = [t for lin in linears for t in (lin.weight, lin.bias)] + [vectors]
-    # a parameter's _version moves at every in-place change (an optimiser step, load_state_dict, a no_grad
-    # fill); a new tensor (.to(device), a replaced Parameter) has another id or storage
-    key = tuple((id(t), t.data_ptr(), t._version) for t in params) + (ids.shape[1] * ids.shape[2], tail is not None)
-    keep = cache is not None and not torch.is_grad_enabled()
-    if keep and cache.get("key") == key:
-        weight_t, bias = cache["weights"]
-    else:
-        weight_t, bias = _first_layer_weights(linears, ids.shape[1] * ids.shape[2], vectors, tail is not None)
-        if keep:
-            cache.update(key=key, weights=(weight_t, bias))
-        elif cache is not None:
+    there, and built again only when a parameter has changed: they depend on the parameters alone, and building
+    them (concatenating every expert's [out, D x dim] weights, then the contraction) took about a sixth of the
+    CPU time of PLE's forward in torch's profiler, at every batch."""
+    n_ids, with_tail = ids.shape[1] * ids.shape[2], tail is not None
+    if cache is None or torch.is_grad_enabled():
+        if cache:
             cache.clear()  # training: the weights move at every step
-    inputs = [ids.flatten(1), dense] + ([tail] if tail is not None else [])
+        weight_t, bias = _first_layer_weights(linears, n_ids, vectors, with_tail)
+    else:
+        # a parameter's _version moves at every in-place change (an optimiser step, load_state_dict, a no_grad
+        # fill); a new tensor (.to(device), a replaced Parameter) has another id or storage
+        params = [t for lin in linears for t in (lin.weight, lin.bias)] + [vectors]
+        key = tuple((id(t), t.data_ptr(), t._version) for t in params) + (n_ids, with_tail)
+        if cache.get("key") != key:
+            cache.update(key=key, weights=_first_layer_weights(linears, n_ids, vectors, with_tail))
+        weight_t, bias = cache["weights"]
+    inputs = [ids.flatten(1), dense] + ([tail] if with_tail else [])
     out = torch.addmm(bias, torch.cat(inputs, dim=1), weight_t)
     return list(out.split([lin.out_features for lin in linears], dim=1))
 
