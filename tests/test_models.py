@@ -10,7 +10,7 @@ import torch
 
 from ml.features.dataset import CrowdData, collapse_repeats, fit_feature_map, read_exports
 from ml.features.feature_map import OOV, FeatureMap
-from ml.models.layers import LocalActivation, fm_second_order, gate
+from ml.models.layers import LocalActivation, fm_second_order, gate, run_mlp
 from ml.models.zoo import MODELS, ModelConfig, build_model
 from ml.train.trainer import TrainConfig, Trainer, model_loss, predict, seed_everything
 
@@ -134,6 +134,41 @@ def test_scoring_keeps_the_first_layers_weights_and_follows_every_change_of_them
     assert not copy.first_layer_cache, "a pickled model carries no kept weights"
     with torch.no_grad():
         torch.testing.assert_close(copy(batch)["buy"], first, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_scoring_without_autograd_gives_the_autograd_paths_floats_and_leaves_the_batch_alone(name, fmap, data):
+    """Without autograd the MLPs' activations and DIN's attention sums are computed in place (run_mlp,
+    LocalActivation.pooled): the very floats of the path training takes, and the batch's tensors untouched."""
+    torch.manual_seed(0)
+    model = build_model(name, fmap, SMALL).eval()
+    batch = _first_batch(data)
+    before = {k: v.clone() for k, v in batch.items()}
+    with torch.no_grad():
+        scored = model(batch)
+    trained = model(batch)
+    assert trained["buy"].requires_grad
+    for task, out in scored.items():
+        torch.testing.assert_close(out, trained[task].detach(), rtol=0, atol=0)
+    assert all(torch.equal(batch[k], v) for k, v in before.items())
+
+
+def test_run_mlp_overwrites_only_the_temporaries_it_owns():
+    """An activation reading the caller's tensor allocates; one reading a Linear's output, or the caller's
+    temporary handed over (own_input), overwrites it; a PReLU of several slopes is applied as it is."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.PReLU(), torch.nn.Linear(4, 6), torch.nn.Dropout(0.5),
+                              torch.nn.Sequential(torch.nn.PReLU(), torch.nn.Linear(6, 3)), torch.nn.ReLU(),
+                              torch.nn.PReLU(3)).eval()
+    x = torch.randn(8, 4)
+    kept = x.clone()
+    expected = net(x).detach()
+    with torch.no_grad():
+        torch.testing.assert_close(run_mlp(net, x), expected, rtol=0, atol=0)
+        assert torch.equal(x, kept), "the caller's input was overwritten"
+        out = run_mlp(net, x, own_input=True)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    torch.testing.assert_close(x, torch.nn.functional.prelu(kept, net[1].weight).detach(), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

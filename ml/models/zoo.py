@@ -13,7 +13,7 @@ from torch import nn
 
 from ml.features.feature_map import FeatureMap
 from ml.models.layers import (DenseFields, Embeddings, Experts, KeptWeights, LocalActivation, SqueezeExcitation,
-                              first_layer, fm_second_order_of_fields, gate, mlp)
+                              first_layer, fm_second_order_of_fields, gate, mlp, run_mlp)
 
 
 @dataclass
@@ -86,7 +86,7 @@ class DNN(CrowdModel):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = torch.cat([self.id_fields(batch["ids"]).flatten(1), batch["dense"]], dim=-1)
-        return {"buy": torch.sigmoid(self.net(x).squeeze(-1))}
+        return {"buy": torch.sigmoid(run_mlp(self.net, x).squeeze(-1))}
 
     def output_bias(self) -> torch.Tensor:
         return self.net[-1].bias
@@ -118,7 +118,7 @@ class DeepFM(CrowdModel):
         id_fields, dense, vectors = self.id_fields(ids), batch["dense"], self.dense_fields.weight
         mlp_in, first = self.deep[0][0], self.deep[0][1:]
         (h,) = first_layer([mlp_in], id_fields, dense, vectors, cache=self.first_layer_cache)
-        deep = self.deep[1](first(h)).squeeze(-1)
+        deep = self.deep[1](run_mlp(first, h, own_input=True)).squeeze(-1)
         logit = linear + fm_second_order_of_fields(id_fields, dense, vectors) + deep
         return {"buy": torch.sigmoid(logit)}
 
@@ -169,7 +169,7 @@ class DIN(CrowdModel):
         return torch.cat([self.id_fields(batch["ids"]).flatten(1), self.interest(batch), batch["dense"]], dim=-1)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"buy": torch.sigmoid(self.head(self.representation(batch)).squeeze(-1))}
+        return {"buy": torch.sigmoid(run_mlp(self.head, self.representation(batch)).squeeze(-1))}
 
     def output_bias(self) -> torch.Tensor:
         return self.head[-1].bias  # MoE's head too
@@ -186,7 +186,7 @@ class MoE(DIN):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = self.representation(batch)
-        return {"buy": torch.sigmoid(self.head(gate(self.gate(x), self.experts(x))).squeeze(-1))}
+        return {"buy": torch.sigmoid(run_mlp(self.head, gate(self.gate(x), self.experts(x))).squeeze(-1))}
 
 
 class PLE(DIN):
@@ -239,7 +239,9 @@ class PLE(DIN):
                 firsts = first_layer([e[0] for experts in branches for e in experts] + gates, id_fields, dense,
                                      vectors, tail=interest, cache=self.first_layer_cache)
                 outs = iter(firsts)
-                e_cc, e_buy, e_sh = (torch.stack([e[1:](next(outs)) for e in experts], dim=1) for experts in branches)
+                # each expert's columns of the one product are its own (run_mlp may overwrite them)
+                e_cc, e_buy, e_sh = (torch.stack([run_mlp(e[1:], next(outs), own_input=True) for e in experts],
+                                                 dim=1) for experts in branches)
                 g_cc, g_buy, *g_sh = list(outs)
             else:
                 e_cc, e_buy, e_sh = layer["cc"](h_cc), layer["buy"](h_buy), layer["shared"](h_shared)
@@ -251,7 +253,7 @@ class PLE(DIN):
                 h_shared = gate(g_sh[0], torch.cat([e_cc, e_buy, e_sh], dim=1))
             h_cc, h_buy = new_cc, new_buy
         fm = fm_second_order_of_fields(id_fields, dense, vectors)
-        logit = {t: self.towers[t](h).squeeze(-1) + self.fm_scale[t] * fm
+        logit = {t: run_mlp(self.towers[t], h).squeeze(-1) + self.fm_scale[t] * fm
                  for t, h in (("y1", h_cc), ("y2", h_buy), ("y3", h_buy))}
         y1, y2, y3 = (torch.sigmoid(logit[t]) for t in ("y1", "y2", "y3"))
         return {"buy": y1 * y3 + (1 - y1) * y2, "collect_cart": y1}
@@ -298,7 +300,7 @@ class TwoTimescaleLSTM(CrowdModel):
         _, (h_day, _) = self.daily(batch["day"])
         series = torch.cat([h_month[-1], h_day[-1]], dim=-1).index_select(0, batch["series_index"])
         x = torch.cat([series, self.id_fields(batch["ids"]).flatten(1), batch["dense"]], dim=-1)
-        return {"buy": torch.sigmoid(self.fuse(x).squeeze(-1))}
+        return {"buy": torch.sigmoid(run_mlp(self.fuse, x).squeeze(-1))}
 
     def output_bias(self) -> torch.Tensor:
         return self.fuse[-1].bias
