@@ -2,6 +2,7 @@
 
     python bench/score.py                                  # 200k backtest rows of tmall-2013, make run's settings
     python bench/score.py --rows 1000000 --model din --batch-sizes 1024 2048 4096
+    python bench/score.py --model din moe --batch-sizes 2048 --against HEAD~1 --rounds 3   # before / after
 
 The rows are the task's prepared backtest split (ml.train.prepared; written by the first training, or here);
 the deep models score them with untrained weights (the same work as trained ones), LightGBM with the task's
@@ -9,16 +10,27 @@ trained `lgbm_all_mixed` bundle when one is there (`make run` or `crowd train` l
 DATA/tasks/TASK/DATASET/models/), its boosters compiled (as crowds score them) and through LightGBM's own
 predict, best of three runs each. Timed: ml.train.trainer.predict (collate and forward, no autograd) and
 ml.train.gbdt.predict_gbdt, in this process on every core torch and LightGBM use by default.
+
+--against REV compares two versions of the code on the same rows: each round runs this script with REV's code
+(`git archive` into a scratch folder), then with this checkout's, each in a process of its own and on the same
+data directory, so that the machine's drift over the rounds falls on both (its speed moves by a quarter or more
+from one hour to the next).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from ml.config import data_dir
 from ml.models.zoo import MODELS, ModelConfig, build_model
 from ml.task import TaskPaths, load_task, parse_assignments
 from ml.train.prepared import prepare
@@ -34,7 +46,17 @@ def main() -> None:
     ap.add_argument("--model", nargs="+", default=["lgbm_all_mixed", *MODELS], help="models (default: all)")
     ap.add_argument("--batch-sizes", nargs="+", type=int, default=[512, 2048, 8192],
                     help="deep models' batch sizes (default 512 2048 8192)")
+    ap.add_argument("--against", metavar="REV", help="also score with git revision REV's code, round by round "
+                    "(see above)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of --against (default 3)")
     args = ap.parse_args()
+    if args.against:
+        same = ["--task", args.task, "--rows", str(args.rows), "--model", *args.model,
+                "--batch-sizes", *map(str, args.batch_sizes)]
+        for assignment in args.set or []:
+            same += ["--set", assignment]
+        _compare(args.against, args.rounds, same)
+        return
     task = load_task(args.task, parse_assignments(args.set if args.set is not None else
                                                   ["epochs=1", "negative_rate=0.1"]))
     paths = TaskPaths.of(task)
@@ -55,6 +77,37 @@ def main() -> None:
             start = time.perf_counter()
             predict(model, sample, batch_size=batch)
             print(f"{name:<16} {batch:>6} {len(rows) / (time.perf_counter() - start):>12,.0f}", flush=True)
+
+
+def _compare(rev: str, rounds: int, same: list[str]) -> None:
+    """This script with `same` arguments, REV's code then this checkout's, `rounds` times; each line of theirs
+    prefixed with the round and the code."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "CROWD_DATA_DIR": str(data_dir())}  # REV's copy would look under its own folder
+    with tempfile.TemporaryDirectory(prefix="crowd-score-") as scratch:
+        old = Path(scratch)
+        archive = subprocess.run(["git", "-C", str(root), "archive", rev], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+        print(f"{'round':<6} {'code':<14} {'model':<16} {'batch':>6} {'pairs/s':>12}", flush=True)
+        measured: dict[tuple[str, str], list[str]] = {}
+        for r in range(1, rounds + 1):
+            for label, code in ((rev, old), ("this checkout", root)):
+                done = subprocess.run([sys.executable, str(code / "bench" / "score.py"), *same], cwd=code,
+                                      env={**env, "PYTHONPATH": str(code)}, capture_output=True, text=True)
+                if done.returncode != 0:
+                    raise SystemExit(f"bench/score.py with {label}'s code failed:\n{done.stderr[-2000:]}")
+                for line in done.stdout.splitlines()[2:]:  # past the rows line and the header
+                    print(f"{r:<6} {label:<14} {line}", flush=True)
+                    model, batch, *rest = line.split()
+                    if rest and rest[0].replace(",", "").isdigit():  # a deep model's line (LightGBM's say more)
+                        measured.setdefault((f"{model} {batch}", label), []).append(rest[0])
+    for run in dict.fromkeys(k for k, _ in measured):
+        ranges = [f"{label} {min(v, key=_n)}-{max(v, key=_n)}" for (r, label), v in measured.items() if r == run]
+        print(f"{run}: " + ", ".join(ranges) + " pairs/s", flush=True)
+
+
+def _n(figure: str) -> int:
+    return int(figure.replace(",", ""))
 
 
 def _lightgbm(paths: TaskPaths, frame, n: int, repeats: int = 3) -> None:  # noqa: ANN001
