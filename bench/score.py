@@ -86,8 +86,10 @@ def _compare(rev: str, rounds: int, same: list[str]) -> None:
     env = {**os.environ, "CROWD_DATA_DIR": str(data_dir())}  # REV's copy would look under its own folder
     with tempfile.TemporaryDirectory(prefix="crowd-score-") as scratch:
         old = Path(scratch)
-        archive = subprocess.run(["git", "-C", str(root), "archive", rev], check=True, capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+        archive = subprocess.run(["git", "-C", str(root), "archive", rev], capture_output=True)
+        if archive.returncode != 0:
+            raise SystemExit(f"no code of {rev!r} to compare with: {archive.stderr.decode().strip()}")
+        subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
         print(f"{'round':<6} {'code':<14} {'model':<16} {'batch':>6} {'pairs/s':>12}", flush=True)
         measured: dict[tuple[str, str], list[str]] = {}
         for r in range(1, rounds + 1):
@@ -98,11 +100,11 @@ def _compare(rev: str, rounds: int, same: list[str]) -> None:
                     raise SystemExit(f"bench/score.py with {label}'s code failed:\n{done.stderr[-2000:]}")
                 for line in done.stdout.splitlines()[2:]:  # past the rows line and the header
                     print(f"{r:<6} {label:<14} {line}", flush=True)
-                    model, batch, *rest = line.split()
-                    if rest and rest[0].replace(",", "").isdigit():  # a deep model's line (LightGBM's say more)
-                        measured.setdefault((f"{model} {batch}", label), []).append(rest[0])
+                    words = line.split()
+                    if len(words) == 3 and words[2].replace(",", "").isdigit():  # a deep model's (LightGBM's say more)
+                        measured.setdefault((f"{words[0]} {words[1]}", label), []).append(words[2])
     for run in dict.fromkeys(k for k, _ in measured):
-        ranges = [f"{label} {min(v, key=_n)}-{max(v, key=_n)}" for (r, label), v in measured.items() if r == run]
+        ranges = [f"{label} {min(v, key=_n)}-{max(v, key=_n)}" for (k, label), v in measured.items() if k == run]
         print(f"{run}: " + ", ".join(ranges) + " pairs/s", flush=True)
 
 
