@@ -47,7 +47,8 @@
 
 {#- The aggregates in the order of crowd_feature_columns, each {'name', 'expr', 'over'}: over none, an aggregate
     of the history rows grouped by the caller's keys; over a column X, of crowd_distinct_rows(X) (one row per key
-    and distinct X, with the X's first `age` and `buy_age` in the window), grouped by the same keys.
+    and distinct X, with the X's first `age` and `buy_age` in the window), grouped by the same keys, and the
+    entry's 'age' says which of the two it counts within the window.
 
     A distinct count as count(distinct case when age <= w then X end) keeps a set of X per group and window, and
     took most of the ADS time (the user features 1.1 s of 1.4 at 10M events); counting the rows of the distinct X
@@ -69,15 +70,16 @@
     {%- for w in c['windows'] if w > 1 -%}
         {%- if prefix in ['u', 'ub', 'uc'] -%}
             {#- ub and uc group by user and key: their rows are one per day already -#}
-            {%- do aggs.append({'name': prefix ~ '_active_days_' ~ w ~ 'd', 'over': 'day' if prefix == 'u' else none,
-                                'expr': crowd_count_within('age', w)}) -%}
+            {%- set active_days = prefix ~ '_active_days_' ~ w ~ 'd' -%}
+            {%- do aggs.append(crowd_distinct_count(active_days, 'day', 'age', w) if prefix == 'u' else
+                               {'name': active_days, 'over': none, 'expr': crowd_count_within('age', w)}) -%}
         {%- endif -%}
         {%- if prefix == 'u' -%}
-            {%- do aggs.append({'name': 'u_targets_' ~ w ~ 'd', 'over': 'target_id', 'expr': crowd_count_within('age', w)}) -%}
+            {%- do aggs.append(crowd_distinct_count('u_targets_' ~ w ~ 'd', 'target_id', 'age', w)) -%}
         {%- endif -%}
         {%- if prefix in ['b', 'c'] -%}
-            {%- do aggs.append({'name': prefix ~ '_users_' ~ w ~ 'd', 'over': 'user_id', 'expr': crowd_count_within('age', w)}) -%}
-            {%- do aggs.append({'name': prefix ~ '_buyers_' ~ w ~ 'd', 'over': 'user_id', 'expr': crowd_count_within('buy_age', w)}) -%}
+            {%- do aggs.append(crowd_distinct_count(prefix ~ '_users_' ~ w ~ 'd', 'user_id', 'age', w)) -%}
+            {%- do aggs.append(crowd_distinct_count(prefix ~ '_buyers_' ~ w ~ 'd', 'user_id', 'buy_age', w)) -%}
         {%- endif -%}
     {%- endfor -%}
     {%- if prefix in ['u', 'ub', 'uc'] -%}
@@ -92,6 +94,11 @@
 
 {% macro crowd_count_within(age, w) %}
     {{- return('cast(sum(case when ' ~ age ~ ' <= ' ~ w ~ ' then 1 else 0 end) as ' ~ dbt.type_int() ~ ')') -}}
+{% endmacro %}
+
+{#- A distinct count of `over` within w days, by its rows' first `age` ('age', or 'buy_age': the first with a buy). -#}
+{% macro crowd_distinct_count(name, over, age, w) %}
+    {{- return({'name': name, 'over': over, 'age': age, 'expr': crowd_count_within(age, w)}) -}}
 {% endmacro %}
 
 {#- One row per key and distinct `column` (never null) of the history: the column's first age in the window,
@@ -199,7 +206,7 @@ distinct_{{ over }} as (
         {{ agg['expr'] }} as {{ agg['name'] }}{% if not loop.last %},{% endif %}
         {%- endfor %}
     from ({{ crowd_distinct_rows(keys, over, 'buy_age' in (aggs | selectattr('over', 'equalto', over)
-                                                           | map(attribute='expr') | join(' '))) }}) as rows_of_{{ over }}
+                                                           | map(attribute='age') | list)) }}) as rows_of_{{ over }}
     group by {{ keys | join(', ') }}
 ),
 {%- endfor %}

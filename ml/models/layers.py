@@ -150,9 +150,7 @@ def run_mlp(net: nn.Module, x: torch.Tensor, own_input: bool = False) -> torch.T
         elif fresh and isinstance(layer, nn.PReLU) and layer.weight.numel() == 1:
             x = F.leaky_relu_(x, float(layer.weight))
         else:
-            out = layer(x)
-            fresh = isinstance(layer, _NEW_OUTPUT) or (fresh and isinstance(layer, _PASSES_ON))
-            x = out
+            x, fresh = layer(x), isinstance(layer, _NEW_OUTPUT) or (fresh and isinstance(layer, _PASSES_ON))
     return x
 
 
