@@ -3,13 +3,16 @@
     python bench/score.py                                  # 200k backtest rows of tmall-2013, make run's settings
     python bench/score.py --rows 1000000 --model din --batch-sizes 1024 2048 4096
     python bench/score.py --model din moe --batch-sizes 2048 --against HEAD~1 --rounds 3   # before / after
+    python bench/score.py --model din --processes 1 2      # one process of 2 threads, two of one thread
 
 The rows are the task's prepared backtest split (ml.train.prepared; written by the first training, or here);
 the deep models score them with untrained weights (the same work as trained ones), LightGBM with the task's
 trained `lgbm_all_mixed` bundle when one is there (`make run` or `crowd train` leave it under
 DATA/tasks/TASK/DATASET/models/), its boosters compiled (as crowds score them) and through LightGBM's own
-predict, best of three runs each. Timed: ml.train.trainer.predict (collate and forward, no autograd) and
-ml.train.gbdt.predict_gbdt, in this process on every core torch and LightGBM use by default.
+predict, best of three runs each. Timed: ml.train.scoring.predict (collate and forward, no autograd) and
+ml.train.gbdt.predict_gbdt, on every core torch and LightGBM use by default. A deep model is timed in one
+process (on all of torch's threads), then in as many processes as predict takes by default (one per torch
+thread, forked, of one thread each: `processes` 1x2 and 2x1 on 2 cores), alternated over --repeats.
 
 --against REV compares two versions of the code on the same rows: each round runs this script with REV's code
 (`git archive` into a scratch folder), then with this checkout's, each in a process of its own and on the same
@@ -34,7 +37,7 @@ from ml.config import data_dir
 from ml.models.zoo import MODELS, ModelConfig, build_model
 from ml.task import TaskPaths, load_task, parse_assignments
 from ml.train.prepared import prepare
-from ml.train.trainer import predict
+from ml.train.scoring import predict, scoring_processes
 
 
 def main() -> None:
@@ -46,6 +49,10 @@ def main() -> None:
     ap.add_argument("--model", nargs="+", default=["lgbm_all_mixed", *MODELS], help="models (default: all)")
     ap.add_argument("--batch-sizes", nargs="+", type=int, default=[512, 2048, 8192],
                     help="deep models' batch sizes (default 512 2048 8192)")
+    ap.add_argument("--processes", nargs="+", type=int, help="scoring processes to time each deep model with "
+                    "(default: 1, then predict's default, one per torch thread)")
+    ap.add_argument("--repeats", type=int, default=1, help="times each deep model is timed with each --processes, "
+                    "alternated (default 1)")
     ap.add_argument("--against", metavar="REV", help="also score with git revision REV's code, round by round "
                     "(see above)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of --against (default 3)")
@@ -53,6 +60,10 @@ def main() -> None:
     if args.against:
         same = ["--task", args.task, "--rows", str(args.rows), "--model", *args.model,
                 "--batch-sizes", *map(str, args.batch_sizes)]
+        if args.processes:  # (REV's script may not know these)
+            same += ["--processes", *map(str, args.processes)]
+        if args.repeats != 1:
+            same += ["--repeats", str(args.repeats)]
         for assignment in args.set or []:
             same += ["--set", assignment]
         _compare(args.against, args.rounds, same)
@@ -65,7 +76,9 @@ def main() -> None:
     rows = np.arange(min(args.rows, len(split)))
     sample = split.take(rows)
     print(f"{task.name}: {len(rows):,} backtest rows, {torch.get_num_threads()} torch threads", flush=True)
-    print(f"{'model':<16} {'batch':>6} {'pairs/s':>12}", flush=True)
+    threads = torch.get_num_threads()
+    processes = args.processes or list(dict.fromkeys([1, scoring_processes(torch.device("cpu"), len(rows))]))
+    print(f"{'model':<16} {'batch':>6} {'processes':>10} {'pairs/s':>12}", flush=True)
     for name in args.model:
         if name == "lgbm_all_mixed":
             _lightgbm(paths, data.frame("evaluation").iloc[rows], len(rows))
@@ -73,10 +86,14 @@ def main() -> None:
         torch.manual_seed(0)
         model = build_model(name, data.fmap, ModelConfig()).eval()
         for batch in args.batch_sizes:
-            predict(model, split.take(rows[:2 * batch]), batch_size=batch)  # warm up
-            start = time.perf_counter()
-            predict(model, sample, batch_size=batch)
-            print(f"{name:<16} {batch:>6} {len(rows) / (time.perf_counter() - start):>12,.0f}", flush=True)
+            predict(model, split.take(rows[:2 * batch]), batch_size=batch, processes=1)  # warm up
+            for _ in range(args.repeats):
+                for n in processes:
+                    start = time.perf_counter()
+                    predict(model, sample, batch_size=batch, processes=n)
+                    per = f"{n}x{threads if n == 1 else 1}"  # processes x torch threads each
+                    print(f"{name:<16} {batch:>6} {per:>10} {len(rows) / (time.perf_counter() - start):>12,.0f}",
+                          flush=True)
 
 
 def _compare(rev: str, rounds: int, same: list[str]) -> None:
@@ -90,7 +107,7 @@ def _compare(rev: str, rounds: int, same: list[str]) -> None:
         if archive.returncode != 0:
             raise SystemExit(f"no code of {rev!r} to compare with: {archive.stderr.decode().strip()}")
         subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
-        print(f"{'round':<6} {'code':<14} {'model':<16} {'batch':>6} {'pairs/s':>12}", flush=True)
+        print(f"{'round':<6} {'code':<14} {'model':<16} {'batch':>6} {'[processes]':>11} {'pairs/s':>12}", flush=True)
         measured: dict[tuple[str, str], list[str]] = {}
         for r in range(1, rounds + 1):
             for label, code in ((rev, old), ("this checkout", root)):
@@ -100,9 +117,9 @@ def _compare(rev: str, rounds: int, same: list[str]) -> None:
                     raise SystemExit(f"bench/score.py with {label}'s code failed:\n{done.stderr[-2000:]}")
                 for line in done.stdout.splitlines()[2:]:  # past the rows line and the header
                     print(f"{r:<6} {label:<14} {line}", flush=True)
-                    words = line.split()
-                    if len(words) == 3 and words[2].replace(",", "").isdigit():  # a deep model's (LightGBM's say more)
-                        measured.setdefault((f"{words[0]} {words[1]}", label), []).append(words[2])
+                    words = line.split()  # a deep model's: model, batch, [processes,] pairs/s (LightGBM's say more)
+                    if len(words) in (3, 4) and words[-1].replace(",", "").isdigit():
+                        measured.setdefault((" ".join(words[:-1]), label), []).append(words[-1])
     for run in dict.fromkeys(k for k, _ in measured):
         ranges = [f"{label} {min(v, key=_n)}-{max(v, key=_n)}" for (k, label), v in measured.items() if k == run]
         print(f"{run}: " + ", ".join(ranges) + " pairs/s", flush=True)

@@ -29,7 +29,8 @@ from ml.evaluate.metrics import auc
 from ml.features.dataset import CrowdData, fit_feature_map, read_exports
 from ml.models.zoo import ModelConfig, build_model
 from ml.train.prepared import negatives_kept
-from ml.train.trainer import model_loss, predict, seed_everything, TrainConfig
+from ml.train.scoring import predict
+from ml.train.trainer import model_loss, seed_everything, TrainConfig
 
 
 def _data(n_dates: int):

@@ -12,7 +12,8 @@ from ml.features.dataset import CrowdData, collapse_repeats, fit_feature_map, re
 from ml.features.feature_map import OOV, FeatureMap
 from ml.models.layers import LocalActivation, fm_second_order, gate, run_mlp
 from ml.models.zoo import MODELS, ModelConfig, build_model
-from ml.train.trainer import TrainConfig, Trainer, model_loss, predict, seed_everything
+from ml.train.scoring import predict, scoring_processes
+from ml.train.trainer import TrainConfig, Trainer, model_loss, seed_everything
 
 SMALL = ModelConfig(embed_dim=8, hidden=[32, 16], attention_hidden=[16], expert_hidden=[16], n_experts=2,
                     ple_specific_experts=1, ple_shared_experts=1, lstm_hidden=8)
@@ -151,6 +152,51 @@ def test_scoring_without_autograd_gives_the_autograd_paths_floats_and_leaves_the
     for task, out in scored.items():
         torch.testing.assert_close(out, trained[task].detach(), rtol=0, atol=0)
     assert all(torch.equal(batch[k], v) for k, v in before.items())
+
+
+@pytest.mark.parametrize("name", ["din", "lstm", "dnn"])
+def test_scoring_in_several_processes_gives_one_process_floats_in_the_rows_order(name, fmap, data):
+    """Forked processes each score a run of the same batches one process scores (DIN and the LSTM reorder the
+    rows by user first); on one torch thread each, the very floats, each written to its row."""
+    torch.manual_seed(0)
+    model = build_model(name, fmap, SMALL).eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        alone = predict(model, data, batch_size=64, processes=1)
+        shared = predict(model, data, batch_size=64, processes=3)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(data) > 3 * 64 and np.unique(alone).size > len(data) // 2
+    np.testing.assert_array_equal(shared, alone)
+
+
+class _FailsOnAShortBatch(torch.nn.Module):
+    def __init__(self, batch_size: int):
+        super().__init__()
+        self.w, self.batch_size = torch.nn.Parameter(torch.ones(1)), batch_size
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if len(batch["labels"]) < self.batch_size:  # the last batch: the last process's
+            raise ValueError("a batch this model cannot take")
+        return {"buy": torch.sigmoid(self.w * batch["dense"][:, 0])}
+
+
+def test_a_scoring_process_that_fails_raises_its_error_here_in_one_line(data):
+    batch_size = 64 if len(data) % 64 else 60
+    with pytest.raises(RuntimeError, match=r"^scoring-1 of 2 failed: ValueError: a batch this model cannot take$"):
+        predict(_FailsOnAShortBatch(batch_size), data, batch_size=batch_size, processes=2)
+
+
+def test_scoring_takes_a_process_per_torch_thread_on_a_cpu_and_one_on_an_accelerator():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert scoring_processes(torch.device("cpu"), 10) == 2
+        assert scoring_processes(torch.device("cpu"), 1) == 1  # no process without a batch
+        assert scoring_processes(torch.device("cuda"), 10) == 1
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_run_mlp_overwrites_only_the_temporaries_it_owns():

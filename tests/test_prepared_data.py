@@ -109,7 +109,7 @@ def test_scoring_hands_back_the_pages_of_the_rows_it_has_scored(tiny_exports, ta
     """A million scored rows would otherwise keep every mapped page they touched resident until the model is
     done (0.6 GB of PLE's 3 GiB peak on the default data)."""
     from ml.models.zoo import ModelConfig, build_model
-    from ml.train import trainer
+    from ml.train import scoring
 
     data = prepare(task, task_paths)
     split = data.splits["evaluation"]
@@ -117,10 +117,10 @@ def test_scoring_hands_back_the_pages_of_the_rows_it_has_scored(tiny_exports, ta
     data.release_pages()
     float(np.asarray(split.features).sum())  # every page read once
     assert _mapped_kib(features) >= 0.9 * features.stat().st_size / 1024
-    monkeypatch.setattr(trainer, "TRIM_EVERY", 1)
+    monkeypatch.setattr(scoring, "TRIM_EVERY", 1)
     model = build_model("dnn", data.fmap, ModelConfig()).eval()
     rows = len(split)
-    trainer.predict(model, split, batch_size=max(64, rows // 8))
+    scoring.predict(model, split, batch_size=max(64, rows // 8), processes=1)
     # released after each batch: at most the last batch's pages are resident, not the split's
     assert _mapped_kib(features) < 0.5 * features.stat().st_size / 1024
 

@@ -30,7 +30,8 @@ from ml.task import GBDT_MODELS, TaskPaths
 from ml.train.calibration import correct_for_sampling, stratified_platt_apply
 from ml.train.compiled_trees import compile_booster
 from ml.train.gbdt import GbdtResult, predict_gbdt
-from ml.train.trainer import load_weights, predict, resolve_device
+from ml.train.scoring import predict
+from ml.train.trainer import load_weights, resolve_device
 
 
 # LightGBM's predict costs about 1.3 s a million rows of make run's booster on 2 cores; compiling its trees

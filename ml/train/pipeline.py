@@ -44,7 +44,8 @@ from ml.train.gbdt import GbdtConfig, booster_inputs, predict_gbdt, train_gbdt
 from ml.train.distributed import Rank, current_rank, shard
 from ml.train.memory import release_freed_memory
 from ml.train.prepared import Prepared, fingerprint, prepare
-from ml.train.trainer import TrainConfig, Trainer, TrainResult, load_weights, predict, seed_everything
+from ml.train.scoring import predict
+from ml.train.trainer import TrainConfig, Trainer, TrainResult, load_weights, seed_everything
 
 log = logging.getLogger(__name__)
 # a model's result and its verdict: a task's log keeps them; the CLI prints its own summary line instead

@@ -27,13 +27,10 @@ from ml.features.dataset import CrowdData
 from ml.models.zoo import CrowdModel
 from ml.train.calibration import correct_for_sampling
 from ml.train.distributed import Rank, all_sum, init_process_group, rank_device
-from ml.train.memory import trim_heap
+from ml.train.scoring import batch_reads, predict
 
 log = logging.getLogger(__name__)
 EPS = 1e-7
-# scoring batches between two returns of the freed heap to the system (ml.train.memory.trim_heap) and of the
-# scored rows' mapped pages (CrowdData.release_pages)
-TRIM_EVERY = 16
 
 
 @dataclass
@@ -148,36 +145,6 @@ def model_loss(out: dict[str, torch.Tensor], labels: torch.Tensor, cfg: TrainCon
     return loss
 
 
-@torch.no_grad()
-def predict(model: CrowdModel, data: CrowdData, batch_size: int = 2048, device: torch.device | None = None,
-            desc: str = "scoring") -> np.ndarray:
-    """P(buy) of every row, in batches, in the rows' order; a progress bar on a terminal (none in a log: tqdm's
-    disable=None). A model that reads the sequences or the series scores the rows of one user together
-    (CrowdData.scoring_order): a batch then builds each user's behaviour keys, or runs their series, once for
-    all their targets.
-    2048 rows a batch: the attention's activations then mostly stay in the CPU's caches. Over the 993,750
-    backtest rows of the default task (2 cores, three runs each, `python bench/score.py --rows 1000000`): DIN
-    221k-248k pairs/s at 2048 against 143k-191k at 4096 and 191k-208k at 1024."""
-    device = device or next(model.parameters()).device
-    model.eval()
-    reads = _reads(model)
-    order = data.scoring_order(reads.get("sequences", True) or reads.get("series", True))
-    batches = tqdm(data.batches(batch_size, device=device, order=order, **reads), total=-(-len(data) // batch_size),
-                   desc=desc, unit="batch", leave=False, disable=None)
-    out = np.zeros(len(data), np.float32)
-    for i, b in enumerate(batches):
-        out[order[i * batch_size:(i + 1) * batch_size]] = model(b)["buy"].float().cpu().numpy()
-        if i % TRIM_EVERY == TRIM_EVERY - 1:
-            trim_heap()
-            data.release_pages()  # the mapped rows already scored: a million rows' pages are 0.6 GB
-    return out
-
-
-def _reads(model: torch.nn.Module) -> dict[str, bool]:
-    """What a model's batches must hold: a CrowdModel says; any other module gets everything."""
-    return model.reads if isinstance(model, CrowdModel) else {}
-
-
 class Trainer:
     """rank: this process's place in a torchrun launch (ml.train.distributed). Distributed, each rank trains on
     batch_size / world rows of its shard per step and DDP averages the gradients; rank 0 alone writes the
@@ -244,7 +211,7 @@ class Trainer:
             losses = []
             n_batches = (len(train) + batch_size - 1) // batch_size
             batches = train.batches(batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch, device=self.device,
-                                    **_reads(self.model))
+                                    **batch_reads(self.model))
             with self._joined(net):
                 for batch in tqdm(batches, total=n_batches, desc=f"epoch {epoch}",
                                   disable=not (cfg.progress and self.rank.main), leave=False):
