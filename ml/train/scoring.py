@@ -114,9 +114,9 @@ def _predict_forked(model: CrowdModel, data: CrowdData, order: np.ndarray, n_bat
                 if any(w.exitcode not in (None, 0) for w in workers):
                     break
         failed = [w for w in workers if w.exitcode != 0]
-        if failed:
-            reason = errors.get() if not errors.empty() else f"exit code {failed[0].exitcode}"
-            raise RuntimeError(f"{failed[0].name} of {processes} failed: {reason}")
+        if failed:  # the first error a process handed over, else the first process's exit code (killed)
+            name, reason = errors.get() if not errors.empty() else (failed[0].name, f"exit code {failed[0].exitcode}")
+            raise RuntimeError(f"{name} of {processes} failed: {reason}")
         log.debug("scored %d rows in %d processes in %.1f s", len(data), processes, time.perf_counter() - started)
         return scores.copy()
     finally:
@@ -125,8 +125,6 @@ def _predict_forked(model: CrowdModel, data: CrowdData, order: np.ndarray, n_bat
                 w.terminate()
             w.join()
         errors.close()
-        del scores, done
-        scores_buf.close(), done_buf.close()
 
 
 def _score_share(model: CrowdModel, data: CrowdData, order: np.ndarray, batches: range, batch_size: int,
@@ -142,7 +140,7 @@ def _score_share(model: CrowdModel, data: CrowdData, order: np.ndarray, batches:
         with torch.no_grad():
             _score_batches(model, data, order, batches, batch_size, device, reads, scores, count)
     except BaseException as e:  # noqa: BLE001 (handed to the parent, which raises it)
-        errors.put(f"{type(e).__name__}: {e}")
+        errors.put((multiprocessing.current_process().name, f"{type(e).__name__}: {e}"))
         os._exit(1)
 
 
