@@ -75,8 +75,8 @@ def main() -> None:
     split = data.splits["evaluation"]
     rows = np.arange(min(args.rows, len(split)))
     sample = split.take(rows)
-    print(f"{task.name}: {len(rows):,} backtest rows, {torch.get_num_threads()} torch threads", flush=True)
     threads = torch.get_num_threads()
+    print(f"{task.name}: {len(rows):,} backtest rows, {threads} torch threads", flush=True)
     processes = args.processes or list(dict.fromkeys([1, scoring_processes(torch.device("cpu"), len(rows))]))
     print(f"{'model':<16} {'batch':>6} {'processes':>10} {'pairs/s':>12}", flush=True)
     for name in args.model:
