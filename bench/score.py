@@ -77,7 +77,8 @@ def main() -> None:
     sample = split.take(rows)
     threads = torch.get_num_threads()
     print(f"{task.name}: {len(rows):,} backtest rows, {threads} torch threads", flush=True)
-    processes = args.processes or list(dict.fromkeys([1, scoring_processes(torch.device("cpu"), len(rows))]))
+    batches = -(-len(rows) // max(args.batch_sizes))
+    processes = args.processes or list(dict.fromkeys([1, scoring_processes(torch.device("cpu"), batches)]))
     print(f"{'model':<16} {'batch':>6} {'processes':>10} {'pairs/s':>12}", flush=True)
     for name in args.model:
         if name == "lgbm_all_mixed":

@@ -12,7 +12,7 @@ from ml.features.dataset import CrowdData, collapse_repeats, fit_feature_map, re
 from ml.features.feature_map import OOV, FeatureMap
 from ml.models.layers import LocalActivation, fm_second_order, gate, run_mlp
 from ml.models.zoo import MODELS, ModelConfig, build_model
-from ml.train.scoring import predict, scoring_processes
+from ml.train.scoring import BATCHES_PER_PROCESS, predict, scoring_processes
 from ml.train.trainer import TrainConfig, Trainer, model_loss, seed_everything
 
 SMALL = ModelConfig(embed_dim=8, hidden=[32, 16], attention_hidden=[16], expert_hidden=[16], n_experts=2,
@@ -188,13 +188,14 @@ def test_a_scoring_process_that_fails_raises_its_error_here_in_one_line(data):
         predict(_FailsOnAShortBatch(batch_size), data, batch_size=batch_size, processes=2)
 
 
-def test_scoring_takes_a_process_per_torch_thread_on_a_cpu_and_one_on_an_accelerator():
+def test_scoring_takes_a_process_per_torch_thread_on_a_cpu_given_enough_batches_and_one_on_an_accelerator():
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        assert scoring_processes(torch.device("cpu"), 10) == 2
-        assert scoring_processes(torch.device("cpu"), 1) == 1  # no process without a batch
-        assert scoring_processes(torch.device("cuda"), 10) == 1
+        assert scoring_processes(torch.device("cpu"), 1000) == 2
+        assert scoring_processes(torch.device("cpu"), 2 * BATCHES_PER_PROCESS) == 2
+        assert scoring_processes(torch.device("cpu"), 2 * BATCHES_PER_PROCESS - 1) == 1  # a fork would cost more
+        assert scoring_processes(torch.device("cuda"), 1000) == 1
     finally:
         torch.set_num_threads(threads)
 

@@ -36,16 +36,20 @@ log = logging.getLogger(__name__)
 # scored rows' mapped pages (CrowdData.release_pages)
 TRIM_EVERY = 16
 POLL_S = 0.1  # how often the progress bar follows the scoring processes
+# forking two scoring processes and waiting for them costs about 40 ms (2 cores, after the default task's rows
+# were prepared): what DIN scores 8k rows in, and DNN 25k. Fewer batches than this per process, one process
+# scores them (the validation of a small training, the tests' data).
+BATCHES_PER_PROCESS = 8
 
 
 def scoring_processes(device: torch.device, n_batches: int) -> int:
     """How many processes score on this device: on a CPU under Linux, one per torch thread (so that
-    OMP_NUM_THREADS, or torch.set_num_threads, says how many cores scoring takes), at most one per batch; one on
-    an accelerator, whose own parallelism a batch already fills, and where fork is not safe (macOS,
-    Windows)."""
+    OMP_NUM_THREADS, or torch.set_num_threads, says how many cores scoring takes), with BATCHES_PER_PROCESS
+    batches each at least; one on an accelerator, whose own parallelism a batch already fills, and where fork
+    is not safe (macOS, Windows)."""
     if device.type != "cpu" or not sys.platform.startswith("linux") or multiprocessing.current_process().daemon:
         return 1  # (a daemonic process may not start processes)
-    return max(1, min(torch.get_num_threads(), n_batches))
+    return max(1, min(torch.get_num_threads(), n_batches // BATCHES_PER_PROCESS))
 
 
 @torch.no_grad()
