@@ -18,6 +18,7 @@ import datetime as dt
 import gc
 import json
 import logging
+import multiprocessing.util
 import os
 import re
 import signal
@@ -386,7 +387,18 @@ def _run_in_child(key: dict, environment: dict[str, str], threads: int, run_trig
     # the instance's end is recorded: leave without the interpreter's teardown (about 2 s of other libraries'
     # exit handlers and threads), which would hold the slot
     sink.flush()
-    os._exit(0)
+    leave_without_teardown(0)
+
+
+def leave_without_teardown(code: int) -> None:
+    """os._exit, after multiprocessing's own finalizers only (what an ordinary exit runs first). A lock of the
+    spawn or forkserver context is a named semaphore that its finalizer unlinks: in a side-by-side child, dbt's
+    manifest and adapter hold one each (the forward features' build) and tqdm's write lock another (a training),
+    and left behind they made the resource tracker warn at the end of every `make run` ("There appear to be 8
+    leaked semaphore objects to clean up at shutdown")."""
+    with contextlib.suppress(Exception):  # (a private function of the standard library: if it goes, leave anyway)
+        multiprocessing.util._run_finalizers(0)
+    os._exit(code)
 
 
 def leave_when_orphaned(runner: Connection) -> threading.Thread:

@@ -113,3 +113,42 @@ def test_the_fork_server_preloads_its_children_and_starts_again_only_when_airflo
     assert first == same and other != first
     # its children find MLflow's package map, Airflow and the execution API's routes made before they forked
     assert preloaded == ["True", "True", "True"]
+
+
+LEAVES = """
+import multiprocessing as mp
+import sys
+
+from ml.local_airflow import leave_without_teardown
+
+
+def run_task(how):
+    lock = mp.get_context("spawn").RLock()  # as dbt's adapters hold one each
+    if how == "leave_without_teardown":
+        leave_without_teardown(0)
+    import os
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    child = mp.get_context("forkserver").Process(target=run_task, args=(sys.argv[1],))  # as side_by_side
+    child.start()
+    child.join()
+    print(child.exitcode)
+"""
+
+
+def test_a_child_leaving_without_teardown_leaves_no_named_semaphore_behind(tmp_path):
+    """A side-by-side child leaves by os._exit, but first unlinks the named semaphores its libraries made (dbt's
+    adapters' locks): else the run's resource tracker warns of them as leaked when the run ends."""
+    (tmp_path / "leaves.py").write_text(LEAVES)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+
+    def run(how: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(tmp_path / "leaves.py"), how], capture_output=True, text=True,
+                              env=env, timeout=120)
+
+    bare, leaving = run("os._exit"), run("leave_without_teardown")
+    assert bare.stdout.split() == leaving.stdout.split() == ["0"]
+    assert "leaked semaphore" in bare.stderr  # what the test would miss
+    assert "leaked semaphore" not in leaving.stderr, leaving.stderr[-2000:]
