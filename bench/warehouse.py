@@ -9,7 +9,14 @@ sample date into a fresh warehouse, then the parquet export of that date. The fl
 these features could cost: one DuckDB scan-aggregate of the history window over the same event files (every
 (user, target)'s count per action, the item table joined for the target), in a process of its own with the
 same memory cap; ratio = (build + export) / floor, and the ADS run's own (ADS only / floor: the features the
-floor stands for, without the layers and the tests before them). Two ratios against pandas:
+floor stands for, without the layers and the tests before them). That floor counts four actions over one
+window; the one-query features are the columns of the three ADS feature models (user, target, user x target:
+counts per action and window, distinct days, targets, users and buyers per window, recencies, ratios), each
+computed by one straightforward DuckDB query over the window's events, read and joined with the items once
+(ml/warehouse/reference.py; equal to the models' values on deduplicated events, tests/test_warehouse.py): what a
+person writing these columns by hand would run, not a lower bound. Against it, models x = the build's own time
+for those columns (the daily table they read and the three models, dbt's node times) and ADS x = the whole
+ADS run (every ADS model, dbt's start-up included). Two ratios against pandas:
   whole build  dbt build + export   vs  pandas reading the log, deduplicating, joining items, features
   features     dbt run of the ADS models (ODS..DW already built)  vs  pandas features from events in memory
 Each measurement runs in its own process, so its peak resident memory (ru_maxrss) is its own.
@@ -28,11 +35,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from ml.config import ACTIONS
 from ml.task import load_task
+from ml.warehouse.export import sql_path
+from ml.warehouse.reference import ONE_QUERY_MODELS
 from ml.synth.generate import expected_events_per_user, generate
 from ml.synth.params import PRESETS, GeneratorConfig
 
 DS = dt.date(2013, 9, 16)
+# what the features floor computes, as the build computes it: the daily table the three feature models read
+FEATURE_MODELS = ("dw_user_target_daily", *(model for model, _, _ in ONE_QUERY_MODELS.values()))
 
 
 def _peak_gib() -> float:
@@ -47,24 +59,30 @@ def step_dbt(dataset: Path, warehouse: Path, exports: Path) -> dict:
     t0 = time.perf_counter()
     run_dbt("build", dataset_dir=dataset, warehouse=warehouse, dbt_vars=dbt_v, quiet=True)
     t1 = time.perf_counter()
+    results = json.loads((warehouse.parent / "dbt" / "target" / "run_results.json").read_text())["results"]
+    feature_models = sum(r["execution_time"] for r in results
+                         if r["unique_id"].rsplit(".", 1)[-1] in FEATURE_MODELS)
     export_dates(warehouse, exports, [DS])
     t2 = time.perf_counter()
     run_dbt("run", dataset_dir=dataset, warehouse=warehouse, dbt_vars=dbt_v, select=["path:models/ads"], quiet=True)
     t3 = time.perf_counter()
-    return {"build_s": t1 - t0, "export_s": t2 - t1, "ads_s": t3 - t2, "peak_gib": _peak_gib()}
+    return {"build_s": t1 - t0, "export_s": t2 - t1, "ads_s": t3 - t2, "feature_models_s": feature_models,
+            "peak_gib": _peak_gib()}
 
 
-def step_floor(dataset: Path) -> dict:
-    """One scan-aggregate of the history window: read every event once, keep the window's, join the item
-    table for the target, count per (user, target) and action. No validation, deduplication, tests or export."""
+def step_floor(dataset: Path, work: Path) -> dict:
+    """The floor (see the module's docstring), then the one-query features: the columns of the three ADS feature
+    models, each one DuckDB query over the window's events, read and joined with the items once."""
     import duckdb
 
     from ml.warehouse.engine import duckdb_memory_limit
+    from ml.warehouse.reference import ONE_QUERY_MODELS, one_query_feature_sql, window_events_sql
 
     task = load_task("tmall-2013")
     column = {"brand": "brand_id", "category": "category_id"}[task.target]
-    con = duckdb.connect(config={"memory_limit": duckdb_memory_limit()})
-    counts = ", ".join(f"count(*) filter (where e.action = '{a}') as n_{a}" for a in ("click", "collect", "cart", "buy"))
+    # in memory like the build's intermediates; what passes the cap spills under the run's own folder
+    con = duckdb.connect(config={"memory_limit": duckdb_memory_limit(), "temp_directory": str(work / "spill")})
+    counts = ", ".join(f"count(*) filter (where e.action = '{a}') as n_{a}" for a in ACTIONS)
     t0 = time.perf_counter()
     con.execute(
         f"create table floor as select e.user_id, i.{column} as target_id, {counts} "
@@ -75,7 +93,16 @@ def step_floor(dataset: Path) -> dict:
          dt.datetime.combine(DS, dt.time())])
     seconds = time.perf_counter() - t0
     rows = con.execute("select count(*) from floor").fetchone()[0]
-    return {"floor_s": seconds, "rows": rows, "peak_gib": _peak_gib()}
+    t0 = time.perf_counter()
+    events = f"read_parquet({sql_path(dataset / 'events' / '*.parquet')})"
+    items = f"read_parquet({sql_path(dataset / 'items.parquet')})"
+    con.execute(f"create table window_events as {window_events_sql(events, items, column)}",
+                {"ds": DS, "history_days": task.windows.history_days})
+    for prefix in ONE_QUERY_MODELS:
+        query = one_query_feature_sql(prefix, task.warehouse.feature_windows)
+        con.execute(f"create table features_{prefix} as {query}")
+    one_query = time.perf_counter() - t0
+    return {"floor_s": seconds, "rows": rows, "one_query_s": one_query, "peak_gib": _peak_gib()}
 
 
 def step_pandas(dataset: Path) -> dict:
@@ -130,16 +157,19 @@ def main() -> None:
     print(f"one weekly build (ds {DS}), 2-core figures are this machine's; datasets under {root}")
     print(f"{'events':>12} {'build+export':>13} {'events/s':>12} {'peak':>9} {'ADS only':>9} | "
           f"{'floor':>7} {'x floor':>8} {'ADS x':>6} | "
+          f"{'one-query features':>18} {'models x':>8} {'ADS x':>6} | "
           f"{'pandas all':>11} {'pandas ADS':>11} {'peak':>9} | {'ratio all':>9} {'ratio ADS':>9}")
     for n in args.events:
         dataset, n_events = _dataset(n, root)
         work = Path(tempfile.mkdtemp(prefix="wh-", dir=root))
         d = _child("dbt", dataset, work / "crowd.duckdb", work / "exports")
         total = d["build_s"] + d["export_s"]
-        f = _child("floor", dataset)
+        f = _child("floor", dataset, work)
         line = (f"{n_events:>12,} {total:>12.1f}s {n_events / total:>12,.0f} {d['peak_gib']:>7.2f}Gi "
                 f"{d['ads_s']:>8.1f}s | {f['floor_s']:>6.2f}s {total / f['floor_s']:>7.1f}x "
-                f"{d['ads_s'] / f['floor_s']:>5.1f}x | ")
+                f"{d['ads_s'] / f['floor_s']:>5.1f}x | "
+                f"{f['one_query_s']:>17.2f}s {d['feature_models_s'] / f['one_query_s']:>7.2f}x "
+                f"{d['ads_s'] / f['one_query_s']:>5.1f}x | ")
         if n <= args.pandas_up_to:
             p = _child("pandas", dataset)
             p_total = p["load_s"] + p["features_s"]

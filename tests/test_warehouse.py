@@ -19,7 +19,8 @@ from ml.task import DEFAULT_TASK, load_task
 from ml.warehouse.build import (DBT_PROJECT_DIR, SHOWN_FAILURES, WarehouseError, build_dates, parse_key,
                                 recorded_upstream, run_dbt, upstream_key)
 from ml.warehouse.export import export_dates
-from ml.warehouse.reference import assert_frames_match, load_events, reference_features
+from ml.warehouse.reference import (ONE_QUERY_MODELS, assert_frames_match, load_events, one_query_feature_sql,
+                                   reference_features, window_events_sql)
 
 TASK = load_task(DEFAULT_TASK)
 PIT_DS = dt.date(2013, 8, 5)
@@ -112,6 +113,31 @@ def test_features_match_the_pandas_reference_value_for_value(built, reference_ev
         assert merged.label_buy.sum() > 0
         assert (merged.label_buy == merged.label_buy_ref).all()
         assert (merged.label_collect_cart == merged.label_collect_cart_ref).all()
+
+
+def test_the_one_query_features_equal_the_ads_models_on_deduplicated_events(built, tiny_dataset):
+    """bench/warehouse.py times the build's feature models against these queries: they must compute the same
+    columns. On the raw events (the generator's same-second repeats not folded) the counts differ."""
+    warehouse, _ = built
+    items = f"read_parquet('{tiny_dataset}/items.parquet')"
+    raw = f"read_parquet('{tiny_dataset}/events/*.parquet')"
+    distinct = f"(select distinct user_id, item_id, action, ts from {raw})"
+    for ds in (TASK.samples.first, PIT_DS, TASK.backtest):
+        for events, equal in ((distinct, True), (raw, False)):
+            con = duckdb.connect()
+            con.execute(f"create table window_events as {window_events_sql(events, items, 'brand_id')}",
+                        {"ds": ds, "history_days": TASK.windows.history_days})
+            for prefix, (model, keys, _) in ONE_QUERY_MODELS.items():
+                got = con.execute(one_query_feature_sql(prefix, TASK.warehouse.feature_windows)).df()
+                built_rows = _query(warehouse, f"select * exclude (ds) from ads.{model} "
+                                               f"where ds = cast('{ds}' as date)")
+                assert len(got) > 0 and sorted(got.columns) == sorted(built_rows.columns)
+                if equal:
+                    assert_frames_match(built_rows, got, list(keys))
+                elif prefix == "ub":
+                    with pytest.raises(AssertionError, match="differs"):
+                        assert_frames_match(built_rows, got, list(keys))
+            con.close()
 
 
 def test_samples_hold_every_active_pair_plus_sampled_negatives(built):

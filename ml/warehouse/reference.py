@@ -1,8 +1,9 @@
-"""An independent pandas implementation of the ADS features and labels for one ds.
+"""Independent implementations of the ADS features for one ds: in pandas (with the labels and sequences), and
+as one DuckDB query per feature model (one_query_feature_sql).
 
-It exists to be compared with the dbt models value for value (tests, on tiny data) and timed against them
-(bench/warehouse.py). It is written from the definitions in dbt_project/macros/crowd_features.sql, not
-from the SQL: it works on events rather than the daily table, so a mistake in either shows as a mismatch.
+They exist to be compared with the dbt models value for value (tests, on tiny data) and timed against them
+(bench/warehouse.py). They are written from the definitions in dbt_project/macros/crowd_features.sql, not
+from the SQL: they work on events rather than the daily table, so a mistake in either shows as a mismatch.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def assert_frames_match(dbt_frame: pd.DataFrame, ref_frame: pd.DataFrame, keys: 
     a = dbt_frame.sort_values(keys).reset_index(drop=True)
     b = ref_frame.sort_values(keys).reset_index(drop=True)
     if len(a) != len(b) or not (a[keys].to_numpy() == b[keys].to_numpy()).all():
-        raise AssertionError(f"keys differ: dbt {len(a):,} rows, pandas {len(b):,} rows")
+        raise AssertionError(f"keys differ: dbt {len(a):,} rows, reference {len(b):,} rows")
     missing = set(b.columns) - set(a.columns)
     if missing:
         raise AssertionError(f"dbt lacks columns {sorted(missing)}")
@@ -127,4 +128,49 @@ def assert_frames_match(dbt_frame: pd.DataFrame, ref_frame: pd.DataFrame, keys: 
         if not same.all():
             i = int(np.flatnonzero(~same)[0])
             raise AssertionError(f"{c} differs on {int((~same).sum())} rows, first at {a.loc[i, keys].to_dict()}: "
-                                 f"dbt {x.iloc[i]!r} vs pandas {y.iloc[i]!r}")
+                                 f"dbt {x.iloc[i]!r} vs reference {y.iloc[i]!r}")
+
+
+# The same features as one DuckDB query per ADS feature model, written straight from the definitions (count
+# distinct with filters over the events, no daily table): a second independent implementation, and what
+# bench/warehouse.py times the build's feature models against (what a person writing these columns by hand in
+# DuckDB would run).
+ONE_QUERY_MODELS = {  # prefix -> (ADS model, keys, which events)
+    "u": ("ads_user_features", ("user_id",), "true"),
+    "b": ("ads_target_features", ("target_id",), "target_id is not null"),
+    "ub": ("ads_user_target_features", ("user_id", "target_id"), "target_id is not null"),
+}
+
+
+def window_events_sql(events: str, items: str, target_column: str) -> str:
+    """The history window's events with their target, day and age: the relation one_query_feature_sql reads.
+    events and items are relations (a table, or read_parquet(...)); binds $ds (a date) and $history_days."""
+    return (f"select e.user_id, i.{target_column} as target_id, e.action, cast(e.ts as date) as day, "
+            "date_diff('day', cast(e.ts as date), $ds) as age "
+            f"from {events} as e join {items} as i on e.item_id = i.item_id "
+            "where e.ts >= $ds - to_days(cast($history_days as integer)) and e.ts < $ds")
+
+
+def one_query_feature_sql(prefix: str, windows: tuple[int, ...], relation: str = "window_events") -> str:
+    """The columns of one ADS feature model (prefix u, b or ub) in one aggregate over `relation`
+    (window_events_sql's columns), with the model's names."""
+    _, keys, where = ONE_QUERY_MODELS[prefix]
+    aggs = [f"count(*) filter (where action = '{a}' and age <= {w}) as {prefix}_{a}_{w}d"
+            for a in ACTIONS for w in windows]
+    for w in (w for w in windows if w > 1):
+        if prefix in ("u", "ub"):
+            aggs.append(f"count(distinct day) filter (where age <= {w}) as {prefix}_active_days_{w}d")
+        if prefix == "u":
+            aggs.append(f"count(distinct target_id) filter (where age <= {w}) as u_targets_{w}d")
+        if prefix == "b":
+            aggs.append(f"count(distinct user_id) filter (where age <= {w}) as b_users_{w}d")
+            aggs.append(f"count(distinct user_id) filter (where age <= {w} and action = 'buy') as b_buyers_{w}d")
+    if prefix in ("u", "ub"):
+        aggs += [f"min(age) filter (where action = '{a}') as {prefix}_recency_{a}" for a in ACTIONS]
+        aggs.append(f"min(age) as {prefix}_recency_any")
+    ratios = [f"{prefix}_{num}_{w}d / ({prefix}_{den}_{w}d + 1.0) as {prefix}_{name}_{w}d"
+              for w in windows if w >= 7
+              for name, num, den in (("cart_rate", "cart", "click"), ("buy_rate", "buy", "click"),
+                                     ("buy_per_cart", "buy", "cart"))]
+    return (f"select *, {', '.join(ratios)} from (select {', '.join(keys)}, {', '.join(aggs)} "
+            f"from {relation} where {where} group by all)")
