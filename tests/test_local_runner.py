@@ -152,3 +152,25 @@ def test_a_child_leaving_without_teardown_leaves_no_named_semaphore_behind(tmp_p
     assert bare.stdout.split() == leaving.stdout.split() == ["0"]
     assert "leaked semaphore" in bare.stderr  # what the test would miss
     assert "leaked semaphore" not in leaving.stderr, leaving.stderr[-2000:]
+
+
+def test_dag_tests_no_tasks_warning_is_dropped_only_while_an_instance_is_in_progress():
+    """side_by_side's children run instances that dag.test sees as unrunnable: its once-a-second warning is waiting
+    then, and dropped; with nothing queued or running it may be a real stall, and it stays."""
+    import logging
+    from types import SimpleNamespace
+
+    from airflow.utils.state import TaskInstanceState
+
+    from ml.local_airflow import _WaitingOnChildren
+
+    def record(msg: str, *states) -> logging.LogRecord:  # noqa: ANN002
+        tis = [SimpleNamespace(state=s) for s in states]  # (a set in dag.test)
+        return logging.LogRecord("airflow.sdk.definitions.dag", logging.WARNING, __file__, 1, msg, (tis,), None)
+
+    keep = _WaitingOnChildren().filter
+    stall = "No tasks to run. unrunnable tasks: %s"
+    assert not keep(record(stall, TaskInstanceState.RUNNING, None))
+    assert not keep(record(stall, TaskInstanceState.QUEUED, None))
+    assert keep(record(stall, None, TaskInstanceState.UP_FOR_RETRY))
+    assert keep(record("Waiting for Human-in-the-loop input for tasks: %s", TaskInstanceState.RUNNING))
