@@ -177,6 +177,42 @@ def _result(run, dag_id: str, label: str, seconds: float) -> DagRunResult:  # no
     return DagRunResult(dag_id, label, str(run.state), seconds, failed, states.get("export") == "skipped")
 
 
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def consume_queued_asset_events(dag_id: str, run_id: str, before: dt.datetime) -> int:
+    """The training run just made by dag.test stands for the asset-triggered run that the backtest's asset event
+    queued for the same DAG: left queued, the first scheduler to start on this metadata DB (`make airflow` after
+    `make run`) created that run and trained every model again. Consumed as a scheduler consumes them when it
+    creates the run: the DAG's queue rows from before the run deleted, and the events not yet consumed by a run
+    of this DAG recorded as this run's (the Airflow UI shows them on it). Returns the events recorded."""
+    from airflow.models.asset import AssetDagRunQueue, AssetEvent
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import delete, select
+
+    with create_session() as session:
+        queued = session.scalars(select(AssetDagRunQueue).where(AssetDagRunQueue.target_dag_id == dag_id,
+                                                                 AssetDagRunQueue.created_at <= before)).all()
+        if not queued:
+            return 0
+        assets = [q.asset_id for q in queued]
+        events = session.scalars(
+            select(AssetEvent)
+            .where(AssetEvent.asset_id.in_(assets), AssetEvent.timestamp <= before,
+                   ~AssetEvent.created_dagruns.any(DagRun.dag_id == dag_id))
+            .order_by(AssetEvent.timestamp, AssetEvent.id)).all()
+        run = session.scalars(select(DagRun).filter_by(dag_id=dag_id, run_id=run_id)).one()
+        run.consumed_asset_events.extend(events)
+        session.execute(delete(AssetDagRunQueue).where(AssetDagRunQueue.target_dag_id == dag_id,
+                                                       AssetDagRunQueue.asset_id.in_(assets),
+                                                       AssetDagRunQueue.created_at <= before))
+    log.info("%s: run %s consumed %d queued asset event(s); no scheduler will train again for them",
+             dag_id, run_id, len(events))
+    return len(events)
+
+
 def run_pipeline(task: Task, overrides: dict | None = None, dates: list[dt.date] | None = None,
                  training: bool = True, quiet: bool = False) -> list[DagRunResult]:
     """The task's periods DAG for each date (default: every labelled date), then its training DAG, each run with
@@ -219,8 +255,11 @@ def run_pipeline(task: Task, overrides: dict | None = None, dates: list[dt.date]
                 _collect_garbage()
                 start = time.perf_counter()
                 dag = bag.get_dag(dag_id)
+                queued_before = _utcnow()
                 with side_by_side(dag, log_file):
                     run = dag.test(**kwargs)
+                if dag_id == training_dag_id(task.name):
+                    consume_queued_asset_events(dag_id, run.run_id, queued_before)
                 result = _result(run, dag_id, label, time.perf_counter() - start)
                 results.append(result)
                 bar.write(f"{dag_id:<32} {label:<18} {result.state:<8} {result.seconds:6.1f} s", file=terminal)
