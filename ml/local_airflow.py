@@ -21,6 +21,7 @@ import logging
 import multiprocessing.util
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -62,8 +63,30 @@ def airflow_environment(paths: Paths) -> dict[str, str]:
         **shared_settings(),
         "AIRFLOW_HOME": str(paths.airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+        "AIRFLOW__API_AUTH__JWT_SECRET": local_jwt_secret(paths),
         "CROWD_DATA_DIR": str(paths.root),
     }
+
+
+def local_jwt_secret(paths: Paths) -> str:
+    """The key a local Airflow signs its API tokens with (HS512), made once per data directory: Airflow's own,
+    written into airflow.cfg, is 16 random bytes, under the 64 of RFC 7518 for HS512, and PyJWT warned of it in
+    every component's log. 64 random bytes as hex, in an owner-only file under DATA/airflow, never committed."""
+    path = paths.airflow_home / "jwt_secret"
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(64))
+    try:
+        os.link(partial, path)  # the first writer's key wins: processes starting together share one key
+    except FileExistsError:
+        pass
+    finally:
+        partial.unlink()
+    return path.read_text().strip()
 
 
 @contextlib.contextmanager

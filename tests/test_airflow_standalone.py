@@ -101,6 +101,12 @@ def test_crowd_airflow_serves_the_dags_with_the_shown_password_and_ctrl_c_stops_
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0, "the port is still served"
     assert f"Airflow on http://127.0.0.1:{port} is ready. User 'admin', password '{password}'" in out
+    # the API's tokens (one was issued above) are signed with the data directory's 64-byte key: PyJWT warned of
+    # Airflow's own 16-byte one in the api-server's and scheduler's logs
+    secret = tmp_path / "airflow" / "jwt_secret"
+    assert len(bytes.fromhex(secret.read_text())) == 64 and secret.stat().st_mode & 0o077 == 0
+    components = "".join(f.read_text() for f in (tmp_path / "airflow" / "logs" / "components").glob("*.log"))
+    assert "HMAC key" not in components
 
 
 def test_crowd_airflow_on_a_taken_port_fails_in_one_line(tmp_path):

@@ -32,7 +32,7 @@ def _env_example() -> dict[str, str]:
 
 
 def _filled(env: dict[str, str]) -> dict[str, str]:
-    return {k: (v.replace("CHANGE-ME", f"a-long-random-{k.lower()}") if "CHANGE-ME" in v else v)
+    return {k: (v.replace("CHANGE-ME", f"a-long-random-{k.lower()}".ljust(64, "x")) if "CHANGE-ME" in v else v)
             for k, v in env.items()}
 
 
@@ -54,6 +54,9 @@ def test_startup_fails_while_a_secret_is_still_change_me(capsys, monkeypatch):
     check_secrets(_filled(example))  # every placeholder replaced: starts
     with pytest.raises(ValueError, match="POSTGRES_PASSWORD is shorter than"):
         check_secrets({**_filled(example), "POSTGRES_PASSWORD": "1234"})
+    # the API's secret signs HS512 tokens: under 64 characters it is refused, where 12 suffice elsewhere
+    with pytest.raises(ValueError, match="AIRFLOW_API_SECRET_KEY is shorter than 64"):
+        check_secrets({**_filled(example), "AIRFLOW_API_SECRET_KEY": "a" * 40})
     monkeypatch.setattr(os, "environ", example)
     assert main(["check"]) == 2
     assert capsys.readouterr().err.count("\n") == 1  # one line, no traceback
