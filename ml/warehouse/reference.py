@@ -145,6 +145,8 @@ ONE_QUERY_MODELS = {  # prefix -> (ADS model, keys, which events)
 def window_events_sql(events: str, items: str, target_column: str) -> str:
     """The history window's events with their target, day and age: the relation one_query_feature_sql reads.
     events and items are relations (a table, or read_parquet(...)); binds $ds (a date) and $history_days."""
+    if target_column not in ("brand_id", "category_id"):
+        raise ValueError(f"target_column must be brand_id or category_id, not {target_column!r}")
     return (f"select e.user_id, i.{target_column} as target_id, e.action, cast(e.ts as date) as day, "
             "date_diff('day', cast(e.ts as date), $ds) as age "
             f"from {events} as e join {items} as i on e.item_id = i.item_id "
