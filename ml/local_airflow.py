@@ -584,9 +584,11 @@ def _standalone(paths: Paths, host: str, port: int, stop_timeout: float, ready_t
     env = {**os.environ, **airflow_environment(paths), **db_env,
            "AIRFLOW__API__HOST": host, "AIRFLOW__API__PORT": str(port),
            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-           # a worker process per core and at least two, not Airflow's 32: the dbt tasks share one DuckDB
-           # writer anyway (the pool), the trainings run side by side
-           "AIRFLOW__CORE__PARALLELISM": str(max(2, os.cpu_count() or 2)),
+           # a worker process per core and at least two, not Airflow's 32, plus one for the DuckDB pool's single
+           # writer: the dbt tasks share it anyway, and the training DAG's forward features (a dbt build) run
+           # beside the trainings, as side_by_side runs them. With a slot per core only, that build took one of
+           # the two trainings' slots and the second training waited for it (a Postgres test saw 30 s)
+           "AIRFLOW__CORE__PARALLELISM": str(max(2, os.cpu_count() or 2) + 1),
            # task processes report to the api-server's execution API, which defaults to localhost:8080
            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{host}:{port}/execution/",
            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
