@@ -82,20 +82,19 @@ def step_floor(dataset: Path, work: Path) -> dict:
     column = {"brand": "brand_id", "category": "category_id"}[task.target]
     # in memory like the build's intermediates; what passes the cap spills under the run's own folder
     con = duckdb.connect(config={"memory_limit": duckdb_memory_limit(), "temp_directory": str(work / "spill")})
+    events = f"read_parquet({sql_path(dataset / 'events' / '*.parquet')})"
+    items = f"read_parquet({sql_path(dataset / 'items.parquet')})"
     counts = ", ".join(f"count(*) filter (where e.action = '{a}') as n_{a}" for a in ACTIONS)
     t0 = time.perf_counter()
     con.execute(
         f"create table floor as select e.user_id, i.{column} as target_id, {counts} "
-        "from read_parquet(?) as e join read_parquet(?) as i on e.item_id = i.item_id "
+        f"from {events} as e join {items} as i on e.item_id = i.item_id "
         "where e.ts >= ? and e.ts < ? group by all",
-        [str(dataset / "events" / "*.parquet"), str(dataset / "items.parquet"),
-         dt.datetime.combine(DS - dt.timedelta(days=task.windows.history_days), dt.time()),
+        [dt.datetime.combine(DS - dt.timedelta(days=task.windows.history_days), dt.time()),
          dt.datetime.combine(DS, dt.time())])
     seconds = time.perf_counter() - t0
     rows = con.execute("select count(*) from floor").fetchone()[0]
     t0 = time.perf_counter()
-    events = f"read_parquet({sql_path(dataset / 'events' / '*.parquet')})"
-    items = f"read_parquet({sql_path(dataset / 'items.parquet')})"
     con.execute(f"create table window_events as {window_events_sql(events, items, column)}",
                 {"ds": DS, "history_days": task.windows.history_days})
     for prefix in ONE_QUERY_MODELS:

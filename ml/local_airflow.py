@@ -80,12 +80,9 @@ def local_jwt_secret(paths: Paths) -> str:
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(64))
-    try:
+    with contextlib.suppress(FileExistsError):
         os.link(partial, path)  # the first writer's key wins: processes starting together share one key
-    except FileExistsError:
-        pass
-    finally:
-        partial.unlink()
+    partial.unlink()
     return path.read_text().strip()
 
 
@@ -200,10 +197,6 @@ def _result(run, dag_id: str, label: str, seconds: float) -> DagRunResult:  # no
     return DagRunResult(dag_id, label, str(run.state), seconds, failed, states.get("export") == "skipped")
 
 
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
 def consume_queued_asset_events(dag_id: str, run_id: str, before: dt.datetime) -> int:
     """The training run just made by dag.test stands for the asset-triggered run that the backtest's asset event
     queued for the same DAG: left queued, the first scheduler to start on this metadata DB (`make airflow` after
@@ -213,7 +206,7 @@ def consume_queued_asset_events(dag_id: str, run_id: str, before: dt.datetime) -
     from airflow.models.asset import AssetDagRunQueue, AssetEvent
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
-    from sqlalchemy import delete, select
+    from sqlalchemy import select
 
     with create_session() as session:
         queued = session.scalars(select(AssetDagRunQueue).where(AssetDagRunQueue.target_dag_id == dag_id,
@@ -228,9 +221,8 @@ def consume_queued_asset_events(dag_id: str, run_id: str, before: dt.datetime) -
             .order_by(AssetEvent.timestamp, AssetEvent.id)).all()
         run = session.scalars(select(DagRun).filter_by(dag_id=dag_id, run_id=run_id)).one()
         run.consumed_asset_events.extend(events)
-        session.execute(delete(AssetDagRunQueue).where(AssetDagRunQueue.target_dag_id == dag_id,
-                                                       AssetDagRunQueue.asset_id.in_(assets),
-                                                       AssetDagRunQueue.created_at <= before))
+        for row in queued:
+            session.delete(row)
     log.info("%s: run %s consumed %d queued asset event(s); no scheduler will train again for them",
              dag_id, run_id, len(events))
     return len(events)
@@ -278,7 +270,7 @@ def run_pipeline(task: Task, overrides: dict | None = None, dates: list[dt.date]
                 _collect_garbage()
                 start = time.perf_counter()
                 dag = bag.get_dag(dag_id)
-                queued_before = _utcnow()
+                queued_before = dt.datetime.now(dt.timezone.utc)
                 with side_by_side(dag, log_file):
                     run = dag.test(**kwargs)
                 if dag_id == training_dag_id(task.name):
