@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -80,12 +84,13 @@ def concurrent(tiny_exports, tiny_dataset, task, task_paths) -> dict:
     return out
 
 
-def test_two_trainings_of_one_model_at_once_each_log_their_own_model(concurrent, task_paths):
+def test_two_trainings_of_one_model_at_once_each_log_their_own_model(concurrent, task_paths, tmp_path):
     configure(task_paths)
     for leaves, outcome in concurrent.items():
         run = MlflowClient().get_run(outcome.run_id)
         assert run.data.params["gbdt_num_leaves"] == str(leaves)
-        bundle = Path(mlflow.artifacts.download_artifacts(run_id=outcome.run_id, artifact_path="bundle"))
+        bundle = Path(mlflow.artifacts.download_artifacts(run_id=outcome.run_id, artifact_path="bundle",
+                                                          dst_path=str(tmp_path / str(leaves))))
         assert json.loads((bundle / "config.json").read_text())["run_id"] == outcome.run_id
         booster = (bundle / "lgbm" / "all.txt").read_text()
         assert f"[num_leaves: {leaves}]" in booster  # the booster trained with this run's settings
@@ -94,6 +99,32 @@ def test_two_trainings_of_one_model_at_once_each_log_their_own_model(concurrent,
     assert not list((task_paths.models / "runs").glob("lgbm_all_mixed-*"))
     local = json.loads((task_paths.models / "lgbm_all_mixed" / "config.json").read_text())
     assert local["run_id"] in {o.run_id for o in concurrent.values()}
+
+
+TRAINING_TASK = """
+import json, os
+from ml.orchestration import build_training_dag
+from ml.task import load_task
+train = build_training_dag(load_task("tmall-2013")).task_dict["train"].python_callable
+result = train(model="lgbm_all_mixed", planned={"overrides": {}, "models": ["lgbm_all_mixed"]})
+print(json.dumps({"run_id": result["run_id"], "omp": os.environ.get("OMP_NUM_THREADS")}))
+"""
+
+
+def test_a_training_task_under_an_executor_takes_its_share_of_the_cores(concurrent, task_paths):
+    """An executor's task process starts with no OMP_NUM_THREADS: left at a thread per core, two trainings at
+    once spin against each other (ml.orchestration.training_threads)."""
+    from ml.orchestration import TRAININGS_AT_ONCE
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    done = subprocess.run([sys.executable, "-c", TRAINING_TASK], env=env, capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    share = max(1, len(os.sched_getaffinity(0)) // TRAININGS_AT_ONCE)
+    assert out["omp"] == str(share)  # for any process the training starts too
+    configure(task_paths)
+    assert MlflowClient().get_run(out["run_id"]).data.metrics["threads"] == share
 
 
 def test_a_killed_trainings_folder_is_swept_by_the_next_one(task_paths):
@@ -134,6 +165,52 @@ def test_new_data_has_no_champion_until_a_model_is_trained_on_it(concurrent, tas
         assert "NOT the build the model was trained on" in capsys.readouterr().out
     finally:
         schema_path.write_text(original)
+
+
+def test_the_champion_is_downloaded_once_into_the_task_and_nothing_is_left_in_the_temporary_folder(
+        concurrent, task_paths, tmp_path, monkeypatch, capsys):
+    """MLflow's download without a destination leaves a copy of the model in a new temporary folder at every
+    call: crowds scored every day would fill /tmp, and the compiled trees cached beside the boosters would be
+    compiled again each time."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    registered = task_paths.models / "registered"
+    assert main(["score", "--out", str(tmp_path / "crowd.parquet")]) == 0
+    run_id = re.search(r"^model: .*, run (\w+)", capsys.readouterr().out, re.M).group(1)  # the champion's
+    folder = registered / run_id
+    config = folder / "bundle" / "config.json"
+    assert json.loads(config.read_text())["run_id"] == folder.name
+    downloaded = config.stat().st_mtime_ns
+    assert main(["score", "--no-build", "--out", str(tmp_path / "again.parquet")]) == 0
+    assert config.stat().st_mtime_ns == downloaded  # read from the task's folder, not downloaded again
+    assert list(temp.iterdir()) == []
+
+
+def test_only_the_most_recently_used_registered_bundles_are_kept(concurrent, task_paths):
+    from ml.outputs import mark
+    from ml.train.bundle import KEPT_REGISTERED, registered_bundle
+
+    configure(task_paths)
+    registered = task_paths.models / "registered"
+    shutil.rmtree(registered, ignore_errors=True)  # the other tests' downloads: downloaded again when needed
+    registered.mkdir(parents=True)
+    olds = []
+    for i in range(KEPT_REGISTERED + 1):
+        (registered / f"old{i}").mkdir()
+        old = mark(registered / f"old{i}")
+        os.utime(old, (1_000_000 + i, 1_000_000 + i))
+        olds.append(old)
+    foreign = registered / "not-ours"  # no marker: never removed
+    foreign.mkdir(exist_ok=True)
+    os.utime(foreign, (1, 1))
+    run_id = next(iter(concurrent.values())).run_id
+    assert registered_bundle(task_paths, run_id) == registered / run_id / "bundle"
+    kept = [p for p in olds if p.exists()]
+    assert kept == olds[-(KEPT_REGISTERED - 1):]  # the newest ones beside the one just used
+    assert foreign.is_dir()
+    for p in [*kept, foreign]:
+        shutil.rmtree(p)
 
 
 def test_only_plain_names_reach_an_mlflow_search():

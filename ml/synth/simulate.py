@@ -310,7 +310,7 @@ class Simulator:
     ) -> DayEvents:
         """Timestamps and items: clicks seconds to minutes apart, then collect / cart / buy on the last item
         (`last_item` when items have memory, see _last_items)."""
-        w, p = self.w, self.p
+        w = self.w
         n_s = len(su)
         hour = np.searchsorted(w.hour_cdf, rng.random(n_s))
         start = (hour * 3600 + rng.integers(0, 3600, n_s)).astype(np.int64)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ import torch
 from ml.features.dataset import CrowdData, RawExports, iter_exports, read_exports
 from ml.features.feature_map import FeatureMap, Vocabulary
 from ml.models.zoo import NEEDS_SERIES, ModelConfig, build_model
+from ml.outputs import checked_name, file_lock, is_ours, replacing
 from ml.task import GBDT_MODELS, TaskPaths
 from ml.train.calibration import correct_for_sampling, stratified_platt_apply
 from ml.train.compiled_trees import compile_booster
@@ -40,6 +43,9 @@ from ml.train.trainer import load_weights, resolve_device
 # than twice the better of the two for a population whose size is not known up front, scored in chunks), and
 # reads them compiled from the start where this host's are cached
 COMPILE_AFTER_ROWS = 8_000_000
+
+# the registered runs' bundles kept on disk per task (registered_bundle): the champion and the two before it
+KEPT_REGISTERED = 3
 
 
 @dataclass
@@ -159,8 +165,6 @@ def load_bundle(name: str | None, paths: TaskPaths, key: str) -> Bundle:
     """A local bundle of the task (its models/NAME), or the registered champion of the task's comparison
     fingerprint `key` when no name is given; the bundle's config then also carries `version` and `run_id`."""
     if name:
-        from ml.outputs import checked_name
-
         return Bundle.load(paths.models / checked_name(name, "model"))
     import mlflow
 
@@ -180,9 +184,31 @@ def load_bundle(name: str | None, paths: TaskPaths, key: str) -> Bundle:
         raise ValueError(f"task {paths.task} on {paths.dataset} has no champion model for the current data and "
                          f"settings (comparison fingerprint {key}){before}: train one with "
                          f"`crowd train --task {paths.task}`") from None
-    bundle = Bundle.load(Path(mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="bundle")))
+    bundle = Bundle.load(registered_bundle(paths, version.run_id))
     bundle.config.update(version=str(version.version), run_id=version.run_id)
     return bundle
+
+
+def registered_bundle(paths: TaskPaths, run_id: str) -> Path:
+    """The bundle logged with a registered run, downloaded once into the task's models/registered/RUN_ID/ and
+    read from there afterwards. MLflow's download without a destination makes a temporary folder per call and
+    never removes it (a copy of the champion in /tmp each time crowds are scored), and the boosters' compiled
+    trees (Bundle.compile_trees) are cached beside them only in a folder that lasts. The KEPT_REGISTERED most
+    recently used downloads stay; older ones are removed (a process that began scoring with one is done)."""
+    import mlflow
+
+    root = paths.models / "registered"
+    folder = root / checked_name(run_id, "run id")
+    with file_lock(paths.models / "registered.lock"):
+        if not (folder / "bundle" / "config.json").is_file():
+            with replacing(folder) as tmp:
+                mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="bundle", dst_path=str(tmp))
+        os.utime(folder)
+        others = [p for p in root.iterdir() if p.is_dir() and p != folder and not p.name.startswith(".")
+                  and is_ours(p)]
+        for old in sorted(others, key=lambda p: p.stat().st_mtime, reverse=True)[KEPT_REGISTERED - 1:]:
+            shutil.rmtree(old, ignore_errors=True)
+    return folder / "bundle"
 
 
 def save_deep_bundle(path: Path, name: str, model: torch.nn.Module, fmap: FeatureMap, model_cfg: ModelConfig,

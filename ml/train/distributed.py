@@ -89,12 +89,13 @@ def all_sum(value: float, rank: Rank) -> float:
     return float(t.item())
 
 
-def launch(argv: list[str], nproc: int) -> int:
-    """Run `crowd <argv>` as nproc ranks on this machine through torchrun; returns its exit status."""
+def launch(argv: list[str], nproc: int, cores: int | None = None) -> int:
+    """Run `crowd <argv>` as nproc ranks on this machine through torchrun; returns its exit status. The ranks
+    share `cores` (default: every core this process may use); OMP_NUM_THREADS, where set, is each rank's."""
     if nproc < 1:
         raise ValueError(f"--nproc: expected at least 1 process, got {nproc}")
-    # OMP threads per rank: the machine's cores shared out, so N ranks do not oversubscribe them
-    threads = max(1, (os.cpu_count() or 1) // nproc)
+    # OMP threads per rank: the cores shared out, so N ranks do not oversubscribe them
+    threads = max(1, (cores or len(os.sched_getaffinity(0))) // nproc)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
            "--nproc-per-node", str(nproc), "-m", "ml.cli", *argv]

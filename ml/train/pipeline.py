@@ -17,7 +17,6 @@ import datetime as dt
 import json
 import logging
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ml.evaluate.curves import CURVES_ARTIFACT, series_curves
 from ml.evaluate.floors import floor_scores, verdict
@@ -265,7 +265,8 @@ def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, 
     history: list[dict] = []
     extra_plots: list[Path] = []
     samples_per_second = 0.0
-    plots_dir = Path(tempfile.mkdtemp(prefix=f"crowd-{model}-"))
+    plots_dir = folder / "plots"  # in the run's folder: a failed training's are swept with it, not left in /tmp
+    plots_dir.mkdir()
 
     seconds: dict[str, float] = {}  # each stage's wall time, logged as metrics (seconds_STAGE)
     sizes: dict[str, float] = {}  # what was trained, as metrics
@@ -400,14 +401,14 @@ def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, 
         from ml.tracking import BUILD_TAG, COMPARISON_TAG
 
         task_params = {f"task.{k}": v for k, v in task.flat().items()}
+        # threads: what the timings were measured on (a task's share of the cores under an executor)
         metrics = ({f"rows_{k}": n for k, n in rows.items()} | {f"seconds_{k}": t for k, t in seconds.items()}
-                   | sizes)
+                   | sizes | {"threads": torch.get_num_threads()})
         tags = {"task": paths.task, "dataset": paths.dataset, "target": task.target, "model": model,
                 "model_kind": "lightgbm" if model in GBDT_MODELS else "pytorch", COMPARISON_TAG: key,
                 BUILD_TAG: data.build}
         _record(outcome, params | task_params, metrics, tags, plot_paths, paths, task.evaluate.select_by, key,
                 data)
-    shutil.rmtree(plots_dir, ignore_errors=True)
     from ml.outputs import publish
 
     # the run's own bundle, logged as it is, becomes the model's local bundle (the latest trained wins)
@@ -518,8 +519,6 @@ def _evaluated_targets(ev: pd.DataFrame, train: pd.DataFrame) -> list[int]:
 
 def _se_importance(model, data: CrowdData, fmap, out: Path) -> Path:  # noqa: ANN001
     """Mean SE weight per field over held-out rows: PLE's own view of which fields matter."""
-    import torch
-
     sums, n = None, 0
     model.eval()
     with torch.no_grad():
@@ -593,8 +592,6 @@ def _log_flavour(outcome: Outcome, data: Prepared, example_rows: int = 3):  # no
                                        artifacts={"bundle": str(outcome.bundle)},
                                        signature=_signature(x, bundle.score_frame(x)), input_example=x,
                                        pip_requirements=["lightgbm==4.7.0", "mlflow==3.17.2"])
-
-    import torch
 
     fmap = FeatureMap.load(outcome.bundle / "feature_map.json")
     net = build_model(bundle.name, fmap, ModelConfig(**bundle.config["model_config"]))
