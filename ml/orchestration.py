@@ -419,8 +419,8 @@ def training_threads() -> int | None:
     """The torch and OpenMP threads of one training task: its share of the cores this process may use, or None
     where OMP_NUM_THREADS decides (side_by_side's children, make test's workers, a deployment that sets it).
     Under a real executor each training is a process that would otherwise start a thread per core, and
-    OpenMP's threads spin while they wait: two trainings of two threads each on 2 cores took 17 times as long
-    as two of one thread each (a 400-step MLP: 87.5 s against 5.2 s, 2026-11-28)."""
+    OpenMP's threads spin while they wait: DIN and DeepFM side by side on 2 cores, 300 steps each, took 30.7-32.5 s
+    on two threads each against 15.3-19.7 s on one (bench/trainings_at_once.py, 2026-11-28)."""
     if "OMP_NUM_THREADS" in os.environ:
         return None
     return max(1, len(os.sched_getaffinity(0)) // TRAININGS_AT_ONCE)

@@ -19,12 +19,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _train(data: Path, nproc: int, out: Path) -> dict:
-    env = {**os.environ, "CROWD_DATA_DIR": str(data)}
+    temp = data / f"temp-{nproc}"  # the command's temporary directory: empty again when it ends
+    temp.mkdir()
+    env = {**os.environ, "CROWD_DATA_DIR": str(data), "TMPDIR": str(temp)}
     done = subprocess.run([sys.executable, "-m", "ml.cli", "train", "--model", "dnn", "--epochs", "2", "--no-track",
                            "--nproc", str(nproc), "--outcome", str(out)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert done.stdout.count("dnn   ") == 1, done.stdout  # one report, from rank 0
+    # torchrun's torchelastic_* folder went with the launch (torchinductor_USER is torch's cache, one reused)
+    assert [p.name for p in temp.iterdir() if not p.name.startswith("torchinductor_")] == []
     return json.loads(out.read_text())
 
 

@@ -22,6 +22,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,7 +101,10 @@ def launch(argv: list[str], nproc: int, cores: int | None = None) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
            "--nproc-per-node", str(nproc), "-m", "ml.cli", *argv]
     log.info("launching %d ranks: %s", nproc, " ".join(cmd))
-    return subprocess.run(cmd, env=env).returncode
+    # torchrun makes a torchelastic_* folder in the temporary directory at every launch and leaves it there:
+    # its and the ranks' temporary files go into a folder of this launch's own, removed when it ends
+    with tempfile.TemporaryDirectory(prefix="crowd-torchrun-") as scratch:
+        return subprocess.run(cmd, env={**env, "TMPDIR": scratch}).returncode
 
 
 def without_nproc(argv: list[str]) -> list[str]:
