@@ -48,7 +48,9 @@ def _running(pid: int) -> bool:
 def test_a_child_running_a_task_ends_when_the_runner_is_killed(tmp_path):
     (tmp_path / "runner.py").write_text(RUNNER)
     (tmp_path / "sleeper.py").write_text(SLEEPER)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parents[1])])}
+    # TMPDIR: a killed runner cannot remove its fork server's folder (pymp-*): it stays in the test's own
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parents[1])]),
+           "TMPDIR": str(tmp_path)}
     runner = subprocess.Popen([sys.executable, str(tmp_path / "runner.py")], stdout=subprocess.PIPE, text=True,
                               env=env)
     try:
