@@ -68,15 +68,19 @@ def forward_date(task: Task, paths: TaskPaths, as_of: dt.date | None = None) -> 
 
 
 def build_forward(task: Task, paths: TaskPaths, as_of: dt.date, quiet: bool = True) -> dict[str, int]:
-    """dbt for the forward date only (the ancestors of samples_forward and their tests; ODS, DIM and DW only when
-    not already built from this dataset: ml.warehouse.build.build_dates), then its export."""
+    """dbt for the forward date only (what its export reads: samples_forward, and the behaviour sequences and
+    category series the deep models read with it, with their ancestors and tests; ODS, DIM and DW only when not
+    already built from this dataset: ml.warehouse.build.build_dates), then its export. The sequences are no
+    ancestor of samples_forward: built for it alone, the export held none, and the deep models scored the
+    crowds as if no user had any behaviour."""
     from ml.warehouse.build import build_dates
-    from ml.warehouse.export import export_dates
+    from ml.warehouse.export import FORWARD_EXPORTS, EXPORTS, export_dates
     from ml.warehouse.subset import item_subset_path
 
     engine = task.warehouse.engine
+    select = [f"+{EXPORTS[name][0].split('.')[-1]}" for name in FORWARD_EXPORTS]
     build_dates(dataset_dir=paths.dataset_dir, warehouse=paths.warehouse_of(engine),
-                dbt_vars=task.dbt_vars(ds=[as_of], forward=as_of), select=["+samples_forward"], quiet=quiet,
+                dbt_vars=task.dbt_vars(ds=[as_of], forward=as_of), select=select, quiet=quiet,
                 item_subset=item_subset_path(task, paths), engine=engine)
     export = export_dates(paths.warehouse_of(engine), paths.exports, [as_of], fingerprint=task.warehouse_fingerprint(),
                           dataset_dir=paths.dataset_dir, engine=engine)[0]

@@ -140,6 +140,26 @@ def test_the_metrics_table_covers_every_evaluated_target(outcomes, tiny_exports,
         assert o.per_target["positives"].sum() == ev["label_buy"].sum()
 
 
+def test_the_forward_export_holds_the_behaviour_the_deep_models_read_with_it(outcomes, task, task_paths,
+                                                                              tiny_dataset):
+    """The forward date's build makes the sequences and category series too, not only samples_forward (of
+    which they are no ancestor): without them the deep models scored the crowds as if nobody had any behaviour.
+    The sequences equal the pandas reference's at the forward date."""
+    from ml.crowds import build_forward
+    from ml.warehouse.export import export_dir
+    from ml.warehouse.reference import assert_frames_match, load_events, reference_features
+
+    as_of = last_log_day(task_paths.dataset_dir) + dt.timedelta(days=1)
+    rows = build_forward(task, task_paths, as_of)
+    assert rows["forward"] > 0 and rows["sequences"] > 0 and rows["category_series"] > 0
+    folder = export_dir(task_paths.exports, as_of)
+    got = pd.read_parquet(folder / "sequences.parquet").drop(columns="ds")
+    assert len(got) == rows["sequences"]
+    ref = reference_features(load_events(tiny_dataset), as_of, sequence_days=task.windows.sequence_days,
+                             sequence_length=task.warehouse.sequence_length)["sequences"]
+    assert_frames_match(got, ref, ["user_id"])
+
+
 def test_score_publishes_forward_crowds_after_the_end_of_the_log(outcomes, task, task_paths, tmp_path, capsys):
     out = tmp_path / "crowd.parquet"
     assert main(["score", "--model", "din", "--size", "25", "--out", str(out)]) == 0

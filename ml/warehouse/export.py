@@ -32,6 +32,7 @@ EXPORTS: dict[str, tuple[str, str]] = {
     "category_series": ("ads.ads_user_category_series", "user_id, timescale, step, slot"),
 }
 POPULATIONS = ("samples", "evaluation", "forward")  # a date has at least one of these
+FORWARD_EXPORTS = ("forward", "sequences", "category_series")  # what the forward date's build must make
 KEY_COLUMNS = ("ds", "user_id", "target_id", "target_category_id", "is_candidate", "inclusion_prob")
 LABEL_COLUMNS = ("label_buy", "label_collect_cart")
 
