@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ml.task import Task, TaskPaths
+from ml.task import GBDT_MODELS, Task, TaskPaths
+from ml.warehouse.export import read_schema
 
 log = logging.getLogger(__name__)
 # rows of the forward population scored at a time: what bounds scoring's memory (a million pairs of the
@@ -135,6 +136,11 @@ def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | Non
     bundle = load_bundle(model, paths, comparison_key(task, paths.exports, as_of))
     if bundle.config.get("task", task.name) != task.name:
         raise ValueError(f"model {bundle.name} was trained for task {bundle.config['task']}, not {task.name}")
+    rows = read_schema(paths.exports, as_of).get("rows", {})
+    if bundle.name not in GBDT_MODELS and rows.get("forward") and not rows.get("sequences"):
+        # (a forward export made before its build included them): scored, every user would look inactive
+        raise ValueError(f"the forward export of {as_of} holds no behaviour sequences, which {bundle.name} reads: "
+                         f"build it again (`crowd score` without --no-build)")
     # the population in chunks: memory bounded by a chunk, the users and the crowds kept so far, whatever the
     # number of pairs; each chunk's best users per target merged into the running best (the top N of a union
     # is the top N of the parts' top Ns)

@@ -141,7 +141,7 @@ def test_the_metrics_table_covers_every_evaluated_target(outcomes, tiny_exports,
 
 
 def test_the_forward_export_holds_the_behaviour_the_deep_models_read_with_it(outcomes, task, task_paths,
-                                                                              tiny_dataset):
+                                                                              tiny_dataset, tmp_path, capsys):
     """The forward date's build makes the sequences and category series too, not only samples_forward (of
     which they are no ancestor): without them the deep models scored the crowds as if nobody had any behaviour.
     The sequences equal the pandas reference's at the forward date."""
@@ -158,6 +158,17 @@ def test_the_forward_export_holds_the_behaviour_the_deep_models_read_with_it(out
     ref = reference_features(load_events(tiny_dataset), as_of, sequence_days=task.windows.sequence_days,
                              sequence_length=task.warehouse.sequence_length)["sequences"]
     assert_frames_match(got, ref, ["user_id"])
+    # a forward export made without them (before the fix, and kept by --no-build) is refused for a deep model
+    schema_path = folder / "schema.json"
+    original = schema_path.read_text()
+    schema = json.loads(original)
+    try:
+        schema_path.write_text(json.dumps({**schema, "rows": {**schema["rows"], "sequences": 0}}))
+        assert main(["score", "--no-build", "--model", "din", "--out", str(tmp_path / "c.parquet")]) == 2
+        assert "holds no behaviour sequences" in capsys.readouterr().err
+        assert main(["score", "--no-build", "--model", "lgbm_all_mixed", "--out", str(tmp_path / "c.parquet")]) == 0
+    finally:
+        schema_path.write_text(original)
 
 
 def test_score_publishes_forward_crowds_after_the_end_of_the_log(outcomes, task, task_paths, tmp_path, capsys):
