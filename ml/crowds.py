@@ -129,6 +129,7 @@ def expected_buyers_path(crowds: Path) -> Path:
 def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | None = None,
                   size: int | None = None, out: Path | None = None) -> CrowdsResult:
     """Score the forward population of as_of with the champion (or a local model) and publish the crowds."""
+    from ml.models.zoo import NEEDS_SERIES
     from ml.tracking import comparison_key
     from ml.train.bundle import load_bundle
 
@@ -137,10 +138,12 @@ def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | Non
     if bundle.config.get("task", task.name) != task.name:
         raise ValueError(f"model {bundle.name} was trained for task {bundle.config['task']}, not {task.name}")
     rows = read_schema(paths.exports, as_of).get("rows", {})
-    if bundle.name not in GBDT_MODELS and rows.get("forward") and not rows.get("sequences"):
-        # (a forward export made before its build included them): scored, every user would look inactive
-        raise ValueError(f"the forward export of {as_of} holds no behaviour sequences, which {bundle.name} reads: "
-                         f"build it again (`crowd score` without --no-build)")
+    reads = [] if bundle.name in GBDT_MODELS else ["sequences", *(["category_series"] if bundle.name in NEEDS_SERIES
+                                                                 else [])]
+    missing = [part for part in reads if rows.get("forward") and not rows.get(part)]
+    if missing:  # (a forward export made before its build included them): scored, every user would look inactive
+        raise ValueError(f"the forward export of {as_of} holds no {' and no '.join(missing)}, which {bundle.name} "
+                         f"reads: build it again (`crowd score` without --no-build)")
     # the population in chunks: memory bounded by a chunk, the users and the crowds kept so far, whatever the
     # number of pairs; each chunk's best users per target merged into the running best (the top N of a union
     # is the top N of the parts' top Ns)

@@ -163,9 +163,10 @@ def test_the_forward_export_holds_the_behaviour_the_deep_models_read_with_it(out
     original = schema_path.read_text()
     schema = json.loads(original)
     try:
-        schema_path.write_text(json.dumps({**schema, "rows": {**schema["rows"], "sequences": 0}}))
+        schema_path.write_text(json.dumps({**schema, "rows": {**schema["rows"], "sequences": 0,
+                                                              "category_series": 0}}))
         assert main(["score", "--no-build", "--model", "din", "--out", str(tmp_path / "c.parquet")]) == 2
-        assert "holds no behaviour sequences" in capsys.readouterr().err
+        assert "holds no sequences, which din reads" in capsys.readouterr().err
         assert main(["score", "--no-build", "--model", "lgbm_all_mixed", "--out", str(tmp_path / "c.parquet")]) == 0
     finally:
         schema_path.write_text(original)
