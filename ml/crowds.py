@@ -75,7 +75,7 @@ def build_forward(task: Task, paths: TaskPaths, as_of: dt.date, quiet: bool = Tr
     ancestor of samples_forward: built for it alone, the export held none, and the deep models scored the
     crowds as if no user had any behaviour."""
     from ml.warehouse.build import build_dates
-    from ml.warehouse.export import FORWARD_EXPORTS, EXPORTS, export_dates
+    from ml.warehouse.export import EXPORTS, FORWARD_EXPORTS, export_dates
     from ml.warehouse.subset import item_subset_path
 
     engine = task.warehouse.engine
