@@ -423,7 +423,9 @@ def training_threads() -> int | None:
     on two threads each against 15.3-19.7 s on one (bench/trainings_at_once.py, 2026-11-28)."""
     if "OMP_NUM_THREADS" in os.environ:
         return None
-    return max(1, len(os.sched_getaffinity(0)) // TRAININGS_AT_ONCE)
+    from ml.train.distributed import share_of_cores
+
+    return share_of_cores(TRAININGS_AT_ONCE)
 
 
 def build_training_dag(task: Task):  # noqa: ANN201

@@ -90,14 +90,18 @@ def all_sum(value: float, rank: Rank) -> float:
     return float(t.item())
 
 
+def share_of_cores(ways: int, cores: int | None = None) -> int:
+    """Threads for one of `ways` processes sharing `cores` (default: every core this process may use), so that
+    they do not oversubscribe them (OpenMP's threads spin while they wait)."""
+    return max(1, (cores or len(os.sched_getaffinity(0))) // ways)
+
+
 def launch(argv: list[str], nproc: int, cores: int | None = None) -> int:
     """Run `crowd <argv>` as nproc ranks on this machine through torchrun; returns its exit status. The ranks
     share `cores` (default: every core this process may use); OMP_NUM_THREADS, where set, is each rank's."""
     if nproc < 1:
         raise ValueError(f"--nproc: expected at least 1 process, got {nproc}")
-    # OMP threads per rank: the cores shared out, so N ranks do not oversubscribe them
-    threads = max(1, (cores or len(os.sched_getaffinity(0))) // nproc)
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(share_of_cores(nproc, cores)))}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
            "--nproc-per-node", str(nproc), "-m", "ml.cli", *argv]
     log.info("launching %d ranks: %s", nproc, " ".join(cmd))
