@@ -6,14 +6,19 @@
 -- crowd_active_days before forward_date; crowd_population 'touched' pairs each with the targets (of
 -- dim_target_subset) they were active on in the last candidate_days, 'evaluated' with every top target as
 -- of forward_date.
-{%- if f %}
-{%- set as_of = "cast('" ~ f ~ "' as date)" %}
-{%- set dates = crowd_run_dates_sql([f]) %}
+-- A run without a forward date runs the same query over no user (as of the backtest date, any valid one):
+-- the model refs the same models either way, so a parse of the project serves the forward date's build too
+-- (ml.warehouse.build.PARSE_FREE_VARS), and both engines' optimisers reduce a constant false filter to an
+-- empty relation.
+{%- set day = f or c['evaluation_date'] %}
+{%- set as_of = "cast('" ~ day ~ "' as date)" %}
+{%- set dates = crowd_run_dates_sql([day]) %}
 
 with active_users as (
     select distinct user_id
     from {{ ref('dw_user_target_daily') }}
-    where day >= cast({{ dbt.dateadd('day', -c['crowd_active_days'], as_of) }} as date)
+    where {{ 'true' if f else 'false' }}
+        and day >= cast({{ dbt.dateadd('day', -c['crowd_active_days'], as_of) }} as date)
         and day < {{ as_of }}
 ),
 
@@ -33,7 +38,7 @@ pairs as (
 {%- else %}
 
 top_targets as (
-    {{ crowd_top_targets(f) }}
+    {{ crowd_top_targets(day) }}
 ),
 
 pairs as (
@@ -46,10 +51,3 @@ pairs as (
 {%- endif %}
 
 {{ crowd_sample_rows('pairs', dates, with_labels=false) }}
-{%- else %}
--- (no forward date in this run: an empty relation with the same columns)
-select * from (
-{{ crowd_sample_rows('(select * from ' ~ ref('samples_candidates') ~ ' where 1 = 0)', crowd_run_dates_sql([]), with_labels=false) }}
-) as no_rows
-where 1 = 0
-{%- endif %}
