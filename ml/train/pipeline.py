@@ -42,7 +42,7 @@ from ml.train.calibration import (CALIBRATION_METRICS, calibration_summary, corr
                                   population_weights, stratified_platt_apply, stratified_platt_fit)
 from ml.train.gbdt import GbdtConfig, booster_inputs, predict_gbdt, train_gbdt
 from ml.train.distributed import Rank, current_rank, shard
-from ml.train.memory import release_freed_memory
+from ml.train.memory import freed_when_done
 from ml.train.prepared import Prepared, fingerprint, prepare
 from ml.train.scoring import predict
 from ml.train.trainer import TrainConfig, Trainer, TrainResult, load_weights, seed_everything
@@ -194,7 +194,8 @@ def train_and_evaluate(
 def _cleaned_up(model: str, task: Task, paths: TaskPaths, run_key: str, *args: object, track: bool) -> Outcome:
     """The training, its run folder removed when it fails (a kill leaves it to sweep_abandoned_run_folders)."""
     try:
-        return _train_and_evaluate(model, task, paths, run_key, *args, track=track)
+        with freed_when_done():  # this model's scores, activations and frames: the next starts from the data alone
+            return _train_and_evaluate(model, task, paths, run_key, *args, track=track)
     except BaseException:
         shutil.rmtree(_run_path(paths, model, run_key), ignore_errors=True)
         raise
@@ -414,9 +415,7 @@ def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, 
     # the run's own bundle, logged as it is, becomes the model's local bundle (the latest trained wins)
     outcome.bundle = publish(bundle_dir, paths.models / model)
     shutil.rmtree(folder, ignore_errors=True)
-    # this model's scores, activations and frames: the next model starts from the data alone
     data.release_pages()
-    release_freed_memory()
     return outcome
 
 

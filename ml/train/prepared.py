@@ -35,7 +35,7 @@ from ml.features.feature_map import FeatureMap
 from ml.models.zoo import NEEDS_SERIES
 from ml.outputs import file_lock, replacing
 from ml.task import Task, TaskPaths
-from ml.train.memory import release_freed_memory
+from ml.train.memory import freed_when_done
 from ml.warehouse.export import export_dir
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,8 @@ def prepare(task: Task, paths: TaskPaths) -> Prepared:
         return _opened[folder]
     with file_lock(paths.models / "prepared.lock"):
         if not (folder / "meta.json").exists():
-            _write(task, paths, folder)
+            with freed_when_done():  # the frames read to encode them
+                _write(task, paths, folder)
         data = _open(folder)
     _opened.clear()
     _opened[folder] = data
@@ -202,7 +203,6 @@ def _write(task: Task, paths: TaskPaths, folder: Path) -> None:
         tmp / "valid_buyers.parquet")
     (tmp / "meta.json").write_text(json.dumps({"dense": dense, "build": build, "task": task.name}))
     os.replace(tmp, folder)
-    release_freed_memory()
     log.info("%s: training rows read and encoded once for every model in %.1f s (%s)", task.name,
              time.perf_counter() - start, folder)
 
