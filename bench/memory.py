@@ -10,6 +10,15 @@ memory-mapped splits included (file pages the kernel may drop under pressure, un
 exports must exist (`make run`, or `crowd warehouse`); the bench reads them through a scratch data directory
 that links them and the dataset, so the models, checkpoints and MLflow runs it writes never reach yours.
 
+The collector's time of each stage (gc s: every collection, from gc.callbacks) depends on how many objects the
+process holds: `--heap-of-a-task` first imports what make run's fork server preloads for the task processes that
+train (Airflow, MLflow, torch: ml.local_airflow), and `--walk-everything` collects as training did before
+2026-11-28 (every collection walking every object of the process, not only the training's own:
+ml.train.memory.freed_when_done), for the two to be compared on one machine:
+
+    python bench/memory.py --heap-of-a-task --model lgbm_all_mixed dnn din
+    python bench/memory.py --heap-of-a-task --walk-everything --model lgbm_all_mixed dnn din
+
 Scoring on a CPU forks processes (ml.train.scoring), whose memory this process's VmHWM does not hold: the
 tree's peak is the most that this process and its descendants held together, each page counted once (the sum
 of their proportional set sizes, PSS: a page shared by n processes counts 1/n in each), sampled every 0.1 s.
@@ -18,6 +27,7 @@ of their proportional set sizes, PSS: a page shared by n processes counts 1/n in
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import tempfile
@@ -69,6 +79,39 @@ class TreePeak(threading.Thread):
             time.sleep(self.every)
 
 
+class CollectorTime:
+    """Seconds the garbage collector ran, summed over its collections (gc.callbacks)."""
+
+    def __init__(self) -> None:
+        self.seconds, self._start = 0.0, 0.0
+        gc.callbacks.append(self._observe)
+
+    def _observe(self, phase: str, _info: dict) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._start
+
+
+def _walk_everything() -> None:
+    """Each training's garbage collected by a full collection of the process, as before freed_when_done."""
+    import contextlib
+
+    import ml.train.pipeline
+    import ml.train.prepared
+    from ml.train.memory import trim_heap
+
+    @contextlib.contextmanager
+    def full_collection():  # noqa: ANN202
+        try:
+            yield
+        finally:
+            gc.collect()
+            trim_heap()
+
+    ml.train.pipeline.freed_when_done = ml.train.prepared.freed_when_done = full_collection
+
+
 def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM starts again from the current resident size
 
@@ -96,6 +139,10 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
                     help="a task setting, as `crowd --set` (default: make run's epochs=1, negative_rate=0.1)")
     ap.add_argument("--model", nargs="+", help="the models (default: the task's)")
+    ap.add_argument("--heap-of-a-task", action="store_true",
+                    help="import first what make run's task processes hold (ml.local_airflow's preload)")
+    ap.add_argument("--walk-everything", action="store_true",
+                    help="collect each training's garbage with a full collection (the behaviour before 2026-11-28)")
     args = ap.parse_args()
     settings = args.set if args.set is not None else ["epochs=1", "negative_rate=0.1"]
     if args.model:
@@ -103,26 +150,40 @@ def main() -> None:
     os.environ["CROWD_DATA_DIR"] = str(_scratch(args.task, settings))
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # as `crowd train` runs it
 
+    if args.heap_of_a_task:
+        import importlib
+
+        from ml.local_airflow import _PRELOAD
+
+        for module in _PRELOAD:
+            importlib.import_module(module)
+    if args.walk_everything:
+        _walk_everything()
     from ml.task import TaskPaths, load_task, parse_assignments
     from ml.train.pipeline import train_and_evaluate, train_config
     from ml.train.prepared import prepare
 
     task = load_task(args.task, parse_assignments(settings))
     paths = TaskPaths.of(task)
-    print(f"{task.name}: {', '.join(settings)}; scratch data directory {paths.root}", flush=True)
-    print(f"{'stage':<18} {'seconds':>8} {'peak GiB':>9} {'tree peak GiB':>14} {'resident after':>15}", flush=True)
+    heap = " (a task process's heap)" if args.heap_of_a_task else ""
+    collected = "full collections" if args.walk_everything else "each training's own objects collected"
+    print(f"{task.name}: {', '.join(settings)}; scratch data directory {paths.root}; "
+          f"{len(gc.get_objects()):,} objects{heap}; {collected}", flush=True)
+    print(f"{'stage':<18} {'seconds':>8} {'gc s':>6} {'peak GiB':>9} {'tree peak GiB':>14} {'resident after':>15}",
+          flush=True)
     stages = []
     tree = TreePeak()
     tree.start()
+    collector = CollectorTime()
 
     def stage(name: str, work) -> object:  # noqa: ANN001
         _reset_peak()
-        tree.peak = 0
+        tree.peak, collector.seconds = 0, 0.0
         t0 = time.perf_counter()
         out = work()
         stages.append((name, time.perf_counter() - t0, _status("VmHWM") / GIB, tree.peak / GIB))
-        print(f"{name:<18} {stages[-1][1]:>8.1f} {stages[-1][2]:>9.2f} {stages[-1][3]:>14.2f} "
-              f"{_status('VmRSS') / GIB:>15.2f}", flush=True)
+        print(f"{name:<18} {stages[-1][1]:>8.1f} {collector.seconds:>6.2f} {stages[-1][2]:>9.2f} "
+              f"{stages[-1][3]:>14.2f} {_status('VmRSS') / GIB:>15.2f}", flush=True)
         return out
 
     data = stage("prepare", lambda: prepare(task, paths))
@@ -130,7 +191,7 @@ def main() -> None:
         cfg = train_config(task, model, progress=False)
         stage(model, lambda: train_and_evaluate(model, task, paths, train_cfg=cfg, data=data))
     total = sum(s for _, s, _, _ in stages)
-    print(f"{'all':<18} {total:>8.1f} {max(p for _, _, p, _ in stages):>9.2f} {max(t for *_, t in stages):>14.2f}",
+    print(f"{'all':<18} {total:>8.1f} {'':>6} {max(p for _, _, p, _ in stages):>9.2f} {max(t for *_, t in stages):>14.2f}",
           flush=True)
 
 
