@@ -238,14 +238,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from ml.crowds import build_forward, expected_buyers_path, forward_date, score_forward
+    from ml.crowds import (build_forward, expected_buyers_path, forward_date, forward_key, held_forward,
+                           score_forward)
 
     task = _task(args, as_of=args.as_of, crowd_size=args.size)
     paths = TaskPaths.of(task)
     as_of = forward_date(task, paths)
     if not args.no_build:
-        rows = build_forward(task, paths, as_of)
-        print(f"{task.name}: features as of {as_of} built for {rows['forward']:,} (user, {task.target}) pairs")
+        held = held_forward(paths, as_of, forward_key(task, paths, as_of))
+        rows = held or build_forward(task, paths, as_of)
+        done = "already built from this dataset and these settings" if held else "built"
+        print(f"{task.name}: features as of {as_of} {done} for {rows['forward']:,} (user, {task.target}) pairs")
     result = score_forward(task, paths, as_of, model=args.model, out=args.out)
     print(f"{task.name}: crowds of {result.targets:,} {task.target} targets for {result.feature_date} .. "
           f"{result.window_end - dt.timedelta(days=1)} by {result.model} ({result.rows:,} rows) -> {result.path}")
@@ -567,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--model", help="a trained model of the task (default: the task's champion)")
     sc.add_argument("--size", type=int, help="users per target, capped by the population (default: the task's "
                     "crowds.size, at most its crowds.share of the scored users)")
-    sc.add_argument("--no-build", action="store_true", help="score the existing forward export; build nothing")
+    sc.add_argument("--no-build", action="store_true", help="score the forward export as it is, even one made from other inputs; build nothing (by default one made from the same dataset and settings is reused, any other is built again)")
     sc.add_argument("--out", type=Path, help="output parquet (default: the task's crowds/ds=DATE/crowds.parquet "
                     "and the warehouse table crowds.forward_crowds)")
     sc.set_defaults(func=_cmd_score)

@@ -68,23 +68,59 @@ def forward_date(task: Task, paths: TaskPaths, as_of: dt.date | None = None) -> 
     return as_of or task.crowds.as_of or last_log_day(paths.dataset_dir) + dt.timedelta(days=1)
 
 
+def forward_key(task: Task, paths: TaskPaths, as_of: dt.date) -> str:
+    """What the forward date's export is a function of: the inputs of the upstream layers (the dataset's files
+    and the item subset file, every dbt var but the dates, the project's sources, dbt's and DuckDB's versions:
+    ml.warehouse.build.upstream_key), the date, the engine, and the export's own code."""
+    import hashlib
+
+    from ml.warehouse import export
+    from ml.warehouse.build import upstream_key
+    from ml.warehouse.subset import subset_source
+
+    code = hashlib.sha1(Path(export.__file__).read_bytes()).hexdigest()
+    # the user's subset file, of which the warehouse's checked copy (rewritten at every build) is a function
+    key = upstream_key(paths.dataset_dir, task.dbt_vars(ds=[as_of], forward=as_of), subset_source(task, paths))
+    return hashlib.sha1(f"{key} {as_of.isoformat()} {task.warehouse.engine} {code}".encode()).hexdigest()[:16]
+
+
+def held_forward(paths: TaskPaths, as_of: dt.date, key: str) -> dict[str, int] | None:
+    """The rows of the forward export of as_of when it was made from the inputs `key` names, else None."""
+    from ml.warehouse.export import FORWARD_EXPORTS
+
+    try:
+        schema = read_schema(paths.exports, as_of)
+    except (ValueError, OSError):
+        return None
+    rows = schema.get("rows", {})
+    if schema.get("forward_key") != key or not rows.get("forward") or any(p not in rows for p in FORWARD_EXPORTS):
+        return None
+    return rows
+
+
 def build_forward(task: Task, paths: TaskPaths, as_of: dt.date, quiet: bool = True) -> dict[str, int]:
     """dbt for the forward date only (what its export reads: samples_forward, and the behaviour sequences and
     category series the deep models read with it, with their ancestors and tests; ODS, DIM and DW only when not
     already built from this dataset: ml.warehouse.build.build_dates), then its export. The sequences are no
     ancestor of samples_forward: built for it alone, the export held none, and the deep models scored the
-    crowds as if no user had any behaviour."""
+    crowds as if no user had any behaviour. An export of the date made from the same inputs (forward_key) is
+    kept as it is: scoring again (another model, another crowd size) needs no dbt run."""
     from ml.warehouse.build import build_dates
     from ml.warehouse.export import EXPORTS, FORWARD_EXPORTS, export_dates
     from ml.warehouse.subset import item_subset_path
 
+    key = forward_key(task, paths, as_of)
+    held = held_forward(paths, as_of, key)
+    if held is not None:
+        log.info("%s: the features as of %s are already built from this dataset and these settings", task.name, as_of)
+        return held
     engine = task.warehouse.engine
     select = [f"+{EXPORTS[name][0].split('.')[-1]}" for name in FORWARD_EXPORTS]
     build_dates(dataset_dir=paths.dataset_dir, warehouse=paths.warehouse_of(engine),
                 dbt_vars=task.dbt_vars(ds=[as_of], forward=as_of), select=select, quiet=quiet,
                 item_subset=item_subset_path(task, paths), engine=engine)
     export = export_dates(paths.warehouse_of(engine), paths.exports, [as_of], fingerprint=task.warehouse_fingerprint(),
-                          dataset_dir=paths.dataset_dir, engine=engine)[0]
+                          dataset_dir=paths.dataset_dir, engine=engine, forward_key=key)[0]
     if "forward" not in export.rows:
         raise ValueError(f"no forward population at {as_of}: no user was active in the "
                          f"{task.crowds.active_days} days before it")

@@ -172,6 +172,29 @@ def test_the_forward_export_holds_the_behaviour_the_deep_models_read_with_it(out
         schema_path.write_text(original)
 
 
+def test_a_forward_export_of_the_same_inputs_is_reused_and_one_of_other_settings_built_again(
+        outcomes, task, task_paths, tmp_path, capsys):
+    """Scoring again (another model, another crowd size) runs no dbt: the forward export records the inputs it
+    was made from (ml.crowds.forward_key); other settings of the forward population build it again."""
+    from ml.crowds import build_forward
+    from ml.warehouse.export import export_dir
+
+    as_of = last_log_day(task_paths.dataset_dir) + dt.timedelta(days=1)
+    rows = build_forward(task, task_paths, as_of)
+    schema = export_dir(task_paths.exports, as_of) / "schema.json"
+    made = schema.stat().st_mtime_ns
+    assert build_forward(task, task_paths, as_of) == rows and schema.stat().st_mtime_ns == made
+    out = str(tmp_path / "c.parquet")
+    assert main(["score", "--model", "lgbm_all_mixed", "--out", out]) == 0
+    assert f"features as of {as_of} already built from this dataset and these settings" in capsys.readouterr().out
+    assert schema.stat().st_mtime_ns == made
+    fewer = task.crowds.active_days // 2
+    assert main(["score", "--model", "lgbm_all_mixed", "--set", f"crowds.active_days={fewer}", "--out", out]) == 0
+    said = capsys.readouterr().out
+    assert f"features as of {as_of} built for" in said and schema.stat().st_mtime_ns != made
+    assert json.loads(schema.read_text())["rows"]["forward"] < rows["forward"]  # fewer active users, fewer pairs
+
+
 def test_score_publishes_forward_crowds_after_the_end_of_the_log(outcomes, task, task_paths, tmp_path, capsys):
     out = tmp_path / "crowd.parquet"
     assert main(["score", "--model", "din", "--size", "25", "--out", str(out)]) == 0

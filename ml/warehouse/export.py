@@ -79,9 +79,11 @@ def exports_build(root: Path, ds: dt.date) -> str:
 
 
 def export_dates(warehouse: Path, out_root: Path, dates: list[dt.date] | None = None,
-                 fingerprint: str = "", dataset_dir: Path | None = None, engine: str = "duckdb") -> list[Export]:
+                 fingerprint: str = "", dataset_dir: Path | None = None, engine: str = "duckdb",
+                 forward_key: str | None = None) -> list[Export]:
     """Write exports/ds=YYYY-MM-DD/{samples,evaluation,buyers,forward,sequences,category_series}.parquet and
-    schema.json (with the settings' fingerprint and the build id of dataset_dir's data). `warehouse` is where
+    schema.json (with the settings' fingerprint and the build id of dataset_dir's data, and forward_key when
+    given: what the forward date's export was made from, ml.crowds.build_forward). `warehouse` is where
     `engine` built it (ml.warehouse.engine): the same files come out whichever engine it was."""
     build = build_id(dataset_dir)
     out_root = Path(out_root)
@@ -90,7 +92,7 @@ def export_dates(warehouse: Path, out_root: Path, dates: list[dt.date] | None = 
     done = []
     with open_warehouse(engine, warehouse) as con:
         for ds in dates:
-            done.append(_export_one(con, ds, out_root, fingerprint, build))
+            done.append(_export_one(con, ds, out_root, fingerprint, build, forward_key))
     return done
 
 
@@ -100,7 +102,7 @@ def sql_path(path: Path) -> str:
 
 
 def _export_one(con: duckdb.DuckDBPyConnection, ds: dt.date, out_root: Path, fingerprint: str,
-                build: str) -> Export:
+                build: str, forward_key: str | None = None) -> Export:
     final = export_dir(out_root, ds)
     partial = out_root / f".{final.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
@@ -132,6 +134,7 @@ def _export_one(con: duckdb.DuckDBPyConnection, ds: dt.date, out_root: Path, fin
         "labels": list(LABEL_COLUMNS),
         "dense": [c for c in columns if c not in KEY_COLUMNS and c not in LABEL_COLUMNS],
         "sequences": ["hist_target_id", "hist_category_id", "hist_action", "hist_age_days", "hist_age_hours"],
+        **({"forward_key": forward_key} if forward_key else {}),
     }
     (partial / "schema.json").write_text(json.dumps(schema, indent=2))
     old = out_root / f".{final.name}.old"
