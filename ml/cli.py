@@ -570,7 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--model", help="a trained model of the task (default: the task's champion)")
     sc.add_argument("--size", type=int, help="users per target, capped by the population (default: the task's "
                     "crowds.size, at most its crowds.share of the scored users)")
-    sc.add_argument("--no-build", action="store_true", help="score the forward export as it is, even one made from other inputs; build nothing (by default one made from the same dataset and settings is reused, any other is built again)")
+    sc.add_argument("--no-build", action="store_true",
+                    help="score the forward export as it is, even one made from other inputs; build nothing (by "
+                    "default one made from the same dataset and settings is reused, any other is built again)")
     sc.add_argument("--out", type=Path, help="output parquet (default: the task's crowds/ds=DATE/crowds.parquet "
                     "and the warehouse table crowds.forward_crowds)")
     sc.set_defaults(func=_cmd_score)
