@@ -8,7 +8,8 @@ The peak of a stage is the process's high-water mark of resident memory (VmHWM) 
 kernel's counter is reset before each stage (/proc/self/clear_refs). It counts every resident page, the
 memory-mapped splits included (file pages the kernel may drop under pressure, unlike the heap). The task's
 exports must exist (`make run`, or `crowd warehouse`); the bench reads them through a scratch data directory
-that links them and the dataset, so the models, checkpoints and MLflow runs it writes never reach yours.
+that links them and the dataset, so the models, checkpoints and MLflow runs it writes never reach yours
+(removed at the end unless --keep).
 
 The collector's time of each stage (gc s: every collection, from gc.callbacks) depends on how many objects the
 process holds: `--heap-of-a-task` first imports what make run's fork server preloads for the task processes that
@@ -27,8 +28,10 @@ of their proportional set sizes, PSS: a page shared by n processes counts 1/n in
 from __future__ import annotations
 
 import argparse
+import atexit
 import gc
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -143,11 +146,16 @@ def main() -> None:
                     help="import first what make run's task processes hold (ml.local_airflow's preload)")
     ap.add_argument("--walk-everything", action="store_true",
                     help="collect each training's garbage with a full collection (the behaviour before 2026-11-28)")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the scratch data directory (its prepared rows, models and MLflow runs)")
     args = ap.parse_args()
     settings = args.set if args.set is not None else ["epochs=1", "negative_rate=0.1"]
     if args.model:
         settings.append(f"models=[{', '.join(args.model)}]")
-    os.environ["CROWD_DATA_DIR"] = str(_scratch(args.task, settings))
+    root = _scratch(args.task, settings)
+    if not args.keep:  # (the prepared rows alone are 1.35 GB at the default size)
+        atexit.register(shutil.rmtree, root, True)
+    os.environ["CROWD_DATA_DIR"] = str(root)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # as `crowd train` runs it
 
     if args.heap_of_a_task:
