@@ -219,6 +219,28 @@ def test_an_item_subset_or_an_every_user_population_is_refused_where_it_cannot_w
         load_task(TIANCHI, {"warehouse.candidate_days": 30})
 
 
+def test_the_checked_subset_is_rewritten_only_when_its_items_change(tianchi_task, tmp_path):
+    """Its modification time is part of the upstream key: rewritten with the same items at every build, it made
+    every date of an item task build ODS, DIM and DW again."""
+    from ml.warehouse.build import upstream_key
+    from ml.warehouse.subset import prepare_item_subset
+
+    listed = tmp_path / "subset.csv"
+    listed.write_text("item_id\n12\n7\n")
+    task = tianchi_task.override({"warehouse.item_subset": str(listed)})
+    paths = TaskPaths(tmp_path / "data", task.name, task.dataset)
+    paths.dataset_dir.mkdir(parents=True)
+    copy = prepare_item_subset(task, paths).path
+    made, key = copy.stat().st_mtime_ns, upstream_key(paths.dataset_dir, task.dbt_vars(), copy)
+    listed.write_text("item_id\n7\n12\n7\n")  # the same items, written otherwise
+    assert prepare_item_subset(task, paths).path.stat().st_mtime_ns == made
+    assert upstream_key(paths.dataset_dir, task.dbt_vars(), copy) == key
+    listed.write_text("item_id\n7\n13\n")
+    prepare_item_subset(task, paths)
+    assert pd.read_parquet(copy).item_id.tolist() == [7, 13]
+    assert upstream_key(paths.dataset_dir, task.dbt_vars(), copy) != key
+
+
 def test_an_item_subset_file_is_checked_and_its_bad_rows_kept(tianchi_task, tmp_path):
     from ml.warehouse.subset import prepare_item_subset
 

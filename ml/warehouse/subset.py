@@ -109,6 +109,12 @@ def _has_header(path: Path) -> bool:
 
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
+    """Replaced whole, and only when it changed: the checked copy's modification time is part of the upstream
+    key (ml.warehouse.build.upstream_key), and a copy rewritten with the same items at every build made every
+    date of an item task build ODS, DIM and DW again."""
     tmp = path.with_name(f".{path.name}.partial")
     pq.write_table(table, tmp)
+    if path.exists() and path.read_bytes() == tmp.read_bytes():
+        tmp.unlink()
+        return
     os.replace(tmp, path)
