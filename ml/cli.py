@@ -245,8 +245,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
     paths = TaskPaths.of(task)
     as_of = forward_date(task, paths)
     if not args.no_build:
-        held = held_forward(paths, as_of, forward_key(task, paths, as_of))
-        rows = held or build_forward(task, paths, as_of)
+        key = forward_key(task, paths, as_of)
+        held = held_forward(paths, as_of, key)
+        rows = held or build_forward(task, paths, as_of, key=key)
         done = "already built from this dataset and these settings" if held else "built"
         print(f"{task.name}: features as of {as_of} {done} for {rows['forward']:,} (user, {task.target}) pairs")
     result = score_forward(task, paths, as_of, model=args.model, out=args.out)

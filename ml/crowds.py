@@ -24,7 +24,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ml.task import GBDT_MODELS, Task, TaskPaths
-from ml.warehouse.export import read_schema
+from ml.warehouse.export import FORWARD_EXPORTS, read_schema
 
 log = logging.getLogger(__name__)
 # rows of the forward population scored at a time: what bounds scoring's memory (a million pairs of the
@@ -79,15 +79,13 @@ def forward_key(task: Task, paths: TaskPaths, as_of: dt.date) -> str:
     from ml.warehouse.subset import subset_source
 
     code = hashlib.sha1(Path(export.__file__).read_bytes()).hexdigest()
-    # the user's subset file, of which the warehouse's checked copy (rewritten at every build) is a function
+    # the user's subset file, not the warehouse's checked copy of it, which a build writes
     key = upstream_key(paths.dataset_dir, task.dbt_vars(ds=[as_of], forward=as_of), subset_source(task, paths))
     return hashlib.sha1(f"{key} {as_of.isoformat()} {task.warehouse.engine} {code}".encode()).hexdigest()[:16]
 
 
 def held_forward(paths: TaskPaths, as_of: dt.date, key: str) -> dict[str, int] | None:
     """The rows of the forward export of as_of when it was made from the inputs `key` names, else None."""
-    from ml.warehouse.export import FORWARD_EXPORTS
-
     try:
         schema = read_schema(paths.exports, as_of)
     except (ValueError, OSError):
@@ -98,18 +96,20 @@ def held_forward(paths: TaskPaths, as_of: dt.date, key: str) -> dict[str, int] |
     return rows
 
 
-def build_forward(task: Task, paths: TaskPaths, as_of: dt.date, quiet: bool = True) -> dict[str, int]:
+def build_forward(task: Task, paths: TaskPaths, as_of: dt.date, quiet: bool = True,
+                  key: str | None = None) -> dict[str, int]:
     """dbt for the forward date only (what its export reads: samples_forward, and the behaviour sequences and
     category series the deep models read with it, with their ancestors and tests; ODS, DIM and DW only when not
     already built from this dataset: ml.warehouse.build.build_dates), then its export. The sequences are no
     ancestor of samples_forward: built for it alone, the export held none, and the deep models scored the
     crowds as if no user had any behaviour. An export of the date made from the same inputs (forward_key) is
-    kept as it is: scoring again (another model, another crowd size) needs no dbt run."""
+    kept as it is: scoring again (another model, another crowd size) needs no dbt run. `key`: forward_key, when
+    the caller has it already."""
     from ml.warehouse.build import build_dates
-    from ml.warehouse.export import EXPORTS, FORWARD_EXPORTS, export_dates
+    from ml.warehouse.export import EXPORTS, export_dates
     from ml.warehouse.subset import item_subset_path
 
-    key = forward_key(task, paths, as_of)
+    key = key or forward_key(task, paths, as_of)
     held = held_forward(paths, as_of, key)
     if held is not None:
         log.info("%s: the features as of %s are already built from this dataset and these settings", task.name, as_of)
