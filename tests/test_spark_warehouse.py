@@ -51,6 +51,9 @@ def both_warehouses(spark_dates: list, tiny_dataset: Path, tiny_build, task: Tas
     duck = base / "crowd.duckdb"
     manifest = json.loads((tiny_build[0] / "dbt" / "target" / "manifest.json").read_text())  # DuckDB's parse
     tests = spark_tests(manifest)
+    # the JVM's temporary folder (java.io.tmpdir, /tmp by default) made the test's own, to see what a build leaves
+    jvm_tmp = data / "jvm-tmp"
+    jvm_tmp.mkdir()
     env = {**os.environ, "CROWD_DATA_DIR": str(data), "CROWD_SPARK_MEMORY": "1g", "CROWD_SPARK_PARTITIONS": "4",
            # the tests named, not every test of the models (dbt's default, eager, would add them all)
            "DBT_INDIRECT_SELECTION": "empty",
@@ -60,7 +63,7 @@ def both_warehouses(spark_dates: list, tiny_dataset: Path, tiny_build, task: Tas
            # (-XX:+PrintCodeCache: 42.8 MB, having flushed methods to stay under it; with room it keeps 58 MB of
            # them), and with a full one the JVM can fail to link a method, which ends the driver (the CI build of
            # c98739b died mid-build: py4j, connection refused).
-           "CROWD_SPARK_JAVA_OPTIONS": "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m"}
+           "CROWD_SPARK_JAVA_OPTIONS": f"-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m -Djava.io.tmpdir={jvm_tmp}"}
     done = subprocess.run([sys.executable, "-m", "ml.cli", "warehouse", "--task", task.name, "--engine", "spark",
                            "--no-export", "--ds", *map(str, spark_dates),
                            "--select", "resource_type:model", "resource_type:unit_test", *tests],
@@ -69,7 +72,7 @@ def both_warehouses(spark_dates: list, tiny_dataset: Path, tiny_build, task: Tas
     assert done.returncode == 0, _jvm_and_dbt_errors(done.stdout + done.stderr)
     ran = len(tests) + len(manifest["unit_tests"])
     assert f"dbt build on spark: 31 models, {ran} tests passed" in done.stdout, done.stdout[-2000:]
-    return {"duckdb": duck, "spark": base / "spark", "root": data}
+    return {"duckdb": duck, "spark": base / "spark", "root": data, "jvm_tmp": jvm_tmp}
 
 
 def spark_tests(manifest: dict) -> list[str]:
@@ -182,3 +185,10 @@ def test_exports_from_spark_are_the_exports_from_duckdb(both_warehouses: dict[st
         assert json.loads((duck.path / "schema.json").read_text()) == json.loads((spark.path / "schema.json").read_text())
         for f in sorted(duck.path.glob("*.parquet")):
             _assert_equal(f"{duck.ds}/{f.name}", pq.read_table(f), pq.read_table(spark.path / f.name))
+
+
+def test_a_spark_build_leaves_nothing_in_the_temporary_folder(both_warehouses: dict[str, Path]) -> None:
+    """Spark removes its scratch folders when its JVM exits; Hive's session left an empty <session>_resources
+    folder there per build (in /tmp: one more each `crowd warehouse --engine spark`), now kept in the warehouse."""
+    assert sorted(p.name for p in both_warehouses["jvm_tmp"].iterdir()) == []
+    assert (both_warehouses["spark"] / "hive_resources").is_dir()
