@@ -36,22 +36,6 @@ log = logging.getLogger(__name__)
 DUCKDB_POOL = "crowd_duckdb"
 
 
-class _DropMessage(logging.Filter):
-    """Drops one known record of a third-party logger (its message's start), keeping the rest of that logger."""
-
-    def __init__(self, start: str) -> None:
-        super().__init__()
-        self.start = start
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.start)
-
-
-# Cosmos warns at import, in every process that parses these DAGs, that the OpenLineage provider is missing: this
-# project emits no lineage, so the line was noise in every task's log. Set before any cosmos import below.
-logging.getLogger("cosmos.operators.local").addFilter(_DropMessage("To enable emitting Openlineage events"))
-
-
 def periods_dag_id(task: str) -> str:
     return f"{task}.periods"
 

@@ -198,3 +198,25 @@ def test_compose_file_names_the_services_and_takes_every_secret_from_the_env_fil
     # no literal secret (a *_FILE setting names where one is kept, written from .env at startup)
     assert not re.search(r"(PASSWORD|SECRET|FERNET)[A-Z_]*(?<!_FILE):\s*[^$\s{]", text)
     assert ".env" in (root / ".gitignore").read_text().split()
+
+
+def test_airflows_logging_configuration_drops_cosmoss_openlineage_warning_alone():
+    """airflow.env names ml.airflow_logging.LOGGING_CONFIG: Airflow's own, with a filter on the Cosmos logger
+    that warned in every process that the OpenLineage provider is missing (Cosmos's other lines stay)."""
+    import logging.config
+
+    from airflow.config_templates.airflow_local_settings import DEFAULT_LOGGING_CONFIG
+
+    from ml.airflow_logging import COSMOS_LOGGER, LOGGING_CONFIG
+    from ml.local_airflow import shared_settings
+
+    assert shared_settings()["AIRFLOW__LOGGING__LOGGING_CONFIG_CLASS"] == "ml.airflow_logging.LOGGING_CONFIG"
+    assert LOGGING_CONFIG["handlers"] == DEFAULT_LOGGING_CONFIG["handlers"]
+    spec = dict(LOGGING_CONFIG["filters"][LOGGING_CONFIG["loggers"][COSMOS_LOGGER]["filters"][0]])
+    drop = logging.config.DictConfigurator({}).configure_custom(spec)
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord(COSMOS_LOGGER, logging.WARNING, "local.py", 146, msg, (), None)
+
+    assert not drop.filter(record("To enable emitting Openlineage events, install apache-airflow-providers-openlineage."))
+    assert drop.filter(record("Could not parse JSON from %s"))
