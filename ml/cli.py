@@ -624,6 +624,9 @@ def main(argv: list[str] | None = None) -> int:
         # py4j (Spark's bridge) logs every connection it closes at INFO: dozens of lines at the end of a Spark
         # build, which buried the JVM's own last words when one failed
         logging.getLogger("py4j").setLevel(logging.WARNING)
+        # pgserver (crowd airflow --db postgres) logs each command it runs at INFO, with initdb's whole output:
+        # 50 lines before Airflow's first; its failures are errors, kept
+        logging.getLogger("pgserver").setLevel(logging.WARNING)
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from dataclasses import dataclass
@@ -91,7 +92,11 @@ def postgres_metadata_db(paths: Paths) -> Iterator[str]:
     """A real Postgres server (the pgserver wheel's binaries) for Airflow's metadata DB, its data under
     DATA/airflow/postgres, listening on a Unix socket in that folder only (no TCP port); yields the
     SQLAlchemy URL and stops the server when done. The database `airflow` is created on first use."""
-    import pgserver
+    with warnings.catch_warnings():
+        # pgserver keeps a lock file for all its servers in the user's runtime folder, which platformdirs, where
+        # XDG_RUNTIME_DIR is not set (a container, a CI machine), finds under /tmp, saying so in a warning
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        import pgserver
 
     pgdata = paths.airflow_home / "postgres"
     pgdata.parent.mkdir(parents=True, exist_ok=True)
