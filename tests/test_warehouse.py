@@ -17,7 +17,7 @@ import yaml
 from ml.features.dataset import read_exports
 from ml.task import DEFAULT_TASK, load_task
 from ml.warehouse.build import (DBT_PROJECT_DIR, SHOWN_FAILURES, WarehouseError, build_dates, parse_key,
-                                recorded_upstream, run_dbt, upstream_key)
+                                project_digest, recorded_upstream, run_dbt, upstream_key)
 from ml.warehouse.export import export_dates
 from ml.warehouse.reference import (ONE_QUERY_MODELS, assert_frames_match, load_events, one_query_feature_sql,
                                    reference_features, window_events_sql)
@@ -328,9 +328,15 @@ def test_a_parse_is_kept_for_the_settings_and_the_environment_but_not_the_dates(
     assert parse_key(DBT_PROJECT_DIR, _vars([PIT_DS]), {**env, "CROWD_WAREHOUSE": str(tmp_path / "v.duckdb")}) != key
     project = tmp_path / "project"
     shutil.copytree(DBT_PROJECT_DIR, project, ignore=shutil.ignore_patterns("target", "logs", ".user.yml"))
+    # the profile is read by the parse, but computes the same tables: the project's digest (the build id, the
+    # upstream key, a champion's fingerprint) does not follow it
+    profile = project / "profiles.yml"
+    profile.write_text(profile.read_text().replace("spark.sql.shuffle.partitions", "# edited\n        spark.sql.shuffle.partitions"))
+    assert project_digest(project) == project_digest(DBT_PROJECT_DIR)
+    assert parse_key(project, _vars([PIT_DS]), env) != key
     model = project / "models" / "dim" / "dim_users.sql"
     model.write_text("-- edited\n" + model.read_text())
-    assert parse_key(project, _vars([PIT_DS]), env) != key
+    assert project_digest(project) != project_digest(DBT_PROJECT_DIR)
 
 
 def test_the_upstream_key_follows_the_dataset_and_the_settings_but_not_the_dates(tiny_dataset, tmp_path):

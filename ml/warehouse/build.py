@@ -163,7 +163,7 @@ PARSED_KEPT = 8  # parsed projects kept per warehouse (one per combination of se
 
 
 def parse_key(project_dir: Path, dbt_vars: dict, env: dict[str, str]) -> str:
-    """What dbt's parse of the project is a function of: its sources, every var but the parse-free ones, the
+    """What dbt's parse of the project is a function of: its sources and profile, every var but the parse-free ones, the
     environment the profile and the sources read (the dataset, the engine, its warehouse's name), and the versions
     of dbt, its adapters and DuckDB (the unit tests that passed are recorded per key, run_dbt). dbt itself parses
     the whole project again whenever any var changes, so each week of a backfill used to cost a full parse (2.5-3 s
@@ -182,7 +182,8 @@ def parse_key(project_dir: Path, dbt_vars: dict, env: dict[str, str]) -> str:
     # equal but for their nodes' created_at, 2026-11-27.)
     env = {k: Path(v).name if k == "CROWD_WAREHOUSE" else v for k, v in env.items()}
     # the adapters' macros are part of the parse
-    return _digest([project_digest(project_dir), settings, env,
+    profile = project_dir / PROFILES
+    return _digest([project_digest(project_dir), profile.read_text() if profile.exists() else "", settings, env,
                     *(installed(p) for p in ("dbt-core", "dbt-duckdb", "dbt-spark", "duckdb"))])
 
 
@@ -407,13 +408,21 @@ def _check_spark_session(location: Path) -> None:
                              "in another process (crowd warehouse --engine spark)")
 
 
+PROFILES = "profiles.yml"  # in the project's folder, which every dbt invocation of the project names its profiles dir
+
+
 def project_digest(project_dir: Path = DBT_PROJECT_DIR) -> str:
-    """A digest of the dbt project's sources (models, macros, tests, yml): the manifest's cache key."""
+    """A digest of the dbt project's sources (models, macros, tests, yml), the manifest's cache key, and part of
+    what the build id, the upstream key and a champion's fingerprint follow. Not the profile: where a target
+    writes, with how much memory or on which cluster, computes the same tables (an edit of the Spark output
+    used to mark every DuckDB champion as trained on other dbt models). dbt's parse reads it: parse_key."""
     import hashlib
 
     h = hashlib.sha1()
     for path in sorted(project_dir.rglob("*")):
         rel = path.relative_to(project_dir)
+        if rel == Path(PROFILES):
+            continue
         if path.is_file() and rel.parts[0] not in ("target", "logs") and path.suffix in (".sql", ".yml", ".yaml", ".md"):
             h.update(str(rel).encode())
             h.update(path.read_bytes())
