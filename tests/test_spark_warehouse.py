@@ -187,6 +187,16 @@ def test_exports_from_spark_are_the_exports_from_duckdb(both_warehouses: dict[st
             _assert_equal(f"{duck.ds}/{f.name}", pq.read_table(f), pq.read_table(spark.path / f.name))
 
 
+def test_the_jvms_warnings_go_to_the_warehouses_spark_log_not_the_console(both_warehouses: dict[str, Path]) -> None:
+    """Spark's default log4j configuration printed about 290 warnings between dbt's lines in a build of the tiny
+    data (one per statement: "Using an existing Spark session"); dbt_project/spark/log4j2.properties writes them to
+    spark.log in the warehouse folder, and the console keeps dbt's lines and the JVM's errors."""
+    console = (both_warehouses["root"] / "spark-build.log").read_text()
+    assert not [line for line in console.splitlines() if " WARN " in line or line.startswith("[Stage ")], console[:3000]
+    assert "dbt build on spark" in console
+    assert "Using an existing Spark session" in (both_warehouses["spark"] / "spark.log").read_text()
+
+
 def test_a_spark_build_leaves_nothing_in_the_temporary_folder(both_warehouses: dict[str, Path]) -> None:
     """Spark removes its scratch folders when its JVM exits; Hive's session left an empty <session>_resources
     folder there per build (in /tmp: one more each `crowd warehouse --engine spark`), now kept in the warehouse."""

@@ -142,9 +142,11 @@ def run_dbt(
             reason += (f" (the warehouse {warehouse} was built by another version of the dbt models: "
                        "delete it, it is this project's own output, and build again)")
         if engine == "spark" and "Connection refused" in said:  # py4j lost the JVM it talks to
+            from ml.warehouse.engine import SPARK_LOG
+
             reason += (" (Spark's driver JVM ended during the build: its own messages, an OutOfMemoryError or a "
-                       "fatal error with its hs_err_pid file, are in the output above; CROWD_SPARK_MEMORY sets "
-                       "its heap)")
+                       "fatal error with its hs_err_pid file, are in the output above, its warnings in "
+                       f"{Path(warehouse) / SPARK_LOG}; CROWD_SPARK_MEMORY sets its heap)")
         raise WarehouseError(f"dbt {command} failed: {reason}")
     log.info("dbt %s: %d models, %d tests in %.1fs%s", command, report.n_models, report.n_tests, report.seconds,
              " (the project as parsed for these settings before)" if report.reused_parse else "")

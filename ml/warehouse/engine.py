@@ -22,6 +22,8 @@ from ml.task import ENGINES, Engine
 
 DUCKDB_FILE = "crowd.duckdb"
 SPARK_DIR = "spark"
+SPARK_LOG4J = "spark/log4j2.properties"  # in the dbt project: the driver JVM's log configuration
+SPARK_LOG = "spark.log"  # in the Spark warehouse folder: the JVM's warnings and errors (profiles.yml)
 # the layers a reader of the warehouse needs (the exports, the checks, the equality test)
 READ_SCHEMAS = ("ads", "samples")
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -69,7 +71,10 @@ def dbt_target_environment(engine: str, location: Path) -> dict[str, str]:
     location = Path(location).resolve()
     if check_engine(engine) == "duckdb":
         return {"CROWD_DBT_TARGET": "duckdb", "CROWD_WAREHOUSE": str(location)}
-    return {"CROWD_DBT_TARGET": "spark", "CROWD_SPARK_WAREHOUSE": str(location), "JAVA_HOME": java_home()}
+    from ml.warehouse.build import DBT_PROJECT_DIR
+
+    return {"CROWD_DBT_TARGET": "spark", "CROWD_SPARK_WAREHOUSE": str(location), "JAVA_HOME": java_home(),
+            "CROWD_SPARK_LOG4J": str(DBT_PROJECT_DIR.resolve() / SPARK_LOG4J)}
 
 
 def _quoted(path: Path) -> str:
