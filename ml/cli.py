@@ -20,6 +20,10 @@ from ml.config import Paths, parse_date
 from ml.task import ENGINES, TaskPaths, load_task, parse_assignments
 
 log = logging.getLogger("crowd")
+# The parent of the library's result loggers (ml.results.train: a training's metrics and verdict; .warehouse: a
+# dbt build's counts; .synth: a generated log's size; .crowds: forward features reused), whose lines the commands
+# print as their own: logged for Airflow's task logs, kept out of a command's output unless -v.
+RESULTS_LOGGER = "ml.results"
 
 
 def _date(value: str) -> dt.date:
@@ -618,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # each result is printed once, as the command's own line (its verdict with it)
-        logging.getLogger("ml.train.results").setLevel(logging.ERROR)
+        logging.getLogger(RESULTS_LOGGER).setLevel(logging.ERROR)
         # MLflow's INFO lines (creating tables, validating an input example) are its own progress, not results
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         # py4j (Spark's bridge) logs every connection it closes at INFO: dozens of lines at the end of a Spark

@@ -112,7 +112,9 @@ def build_forward(task: Task, paths: TaskPaths, as_of: dt.date, quiet: bool = Tr
     key = key or forward_key(task, paths, as_of)
     held = held_forward(paths, as_of, key)
     if held is not None:
-        log.info("%s: the features as of %s are already built from this dataset and these settings", task.name, as_of)
+        # `crowd score` says so in its own line (ml.cli.RESULTS_LOGGER)
+        logging.getLogger("ml.results.crowds").info(
+            "%s: the features as of %s are already built from this dataset and these settings", task.name, as_of)
         return held
     engine = task.warehouse.engine
     select = [f"+{EXPORTS[name][0].split('.')[-1]}" for name in FORWARD_EXPORTS]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -59,6 +60,24 @@ def test_generate_command_writes_a_dataset_and_skips_it_when_present(tmp_path, c
     assert manifest["sizes"]["users"] == 50 and manifest["events"] > 0
     assert main([*args, "--skip-if-present"]) == 0
     assert "nothing to do" in capsys.readouterr().out
+
+
+def test_a_command_says_its_result_once_and_the_library_log_line_only_with_verbose(tmp_path):
+    """`crowd generate` printed the dataset's size twice: its own line and the generator's log line (the
+    ml.results loggers, which Airflow's task logs keep); -v shows both."""
+    import subprocess
+    import sys
+
+    def run(*flags: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "ml.cli", *flags, "generate", "--preset", "tiny", "--users", "30",
+                               "--no-oracle", "--quiet", "--out", str(tmp_path / f"d{len(flags)}")],
+                              capture_output=True, text=True, env={**os.environ, "CROWD_DATA_DIR": str(tmp_path)})
+        assert done.returncode == 0, done.stderr
+        return done.stdout + done.stderr
+
+    said = run()
+    assert said.startswith("wrote ") and len(said.strip().splitlines()) == 1, said
+    assert "ml.results.synth: generated" in run("-v")
 
 
 def test_generate_command_rejects_bad_sizes_cleanly(tmp_path, capsys):

@@ -193,7 +193,7 @@ def test_the_jvms_warnings_go_to_the_warehouses_spark_log_not_the_console(both_w
     spark.log in the warehouse folder, and the console keeps dbt's lines and the JVM's errors."""
     console = (both_warehouses["root"] / "spark-build.log").read_text()
     assert not [line for line in console.splitlines() if " WARN " in line or line.startswith("[Stage ")], console[:3000]
-    assert "dbt build on spark" in console
+    assert console.count("31 models") == 1 and "dbt build on spark: 31 models" in console  # the result once
     assert "Using an existing Spark session" in (both_warehouses["spark"] / "spark.log").read_text()
 
 

@@ -42,7 +42,8 @@ from ml.synth.params import GeneratorConfig
 from ml.synth.simulate import DayEvents, Simulator
 from ml.synth.world import World, brand_category_shares, build_world, draw_users
 
-log = logging.getLogger(__name__)
+# a dataset's size and speed: `crowd generate` prints its own line (ml.cli.RESULTS_LOGGER)
+results_log = logging.getLogger("ml.results.synth")
 
 EVENTS_SCHEMA = pa.schema(
     [("user_id", pa.int64()), ("item_id", pa.int64()), ("action", pa.string()), ("ts", pa.timestamp("us"))]
@@ -234,8 +235,8 @@ def generate(cfg: GeneratorConfig, out: Path, progress: bool = True) -> dict:
     _oracle_days(cfg)  # fail on a bad date before any work
     with replacing(out) as tmp:
         manifest = _generate_into(tmp, cfg, progress, t_start)
-    log.info("generated %d events for %d users in %.1fs (%.0f events/s) into %s",
-             manifest["events"], cfg.sizes.users, manifest["seconds"], manifest["events_per_second"], out)
+    results_log.info("generated %d events for %d users in %.1fs (%.0f events/s) into %s",
+                     manifest["events"], cfg.sizes.users, manifest["seconds"], manifest["events_per_second"], out)
     return manifest
 
 

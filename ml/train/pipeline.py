@@ -49,7 +49,7 @@ from ml.train.trainer import TrainConfig, Trainer, TrainResult, load_weights, se
 
 log = logging.getLogger(__name__)
 # a model's result and its verdict: a task's log keeps them; the CLI prints its own summary line instead
-results_log = logging.getLogger("ml.train.results")
+results_log = logging.getLogger("ml.results.train")  # (ml.cli.RESULTS_LOGGER)
 
 
 @dataclass

@@ -19,6 +19,8 @@ from pathlib import Path
 from ml.config import repo_root
 
 log = logging.getLogger(__name__)
+# a build's summary: in an Airflow task's log and `crowd -v`; the commands print their own (ml.cli.RESULTS_LOGGER)
+results_log = logging.getLogger("ml.results.warehouse")
 
 DBT_PROJECT_DIR = repo_root() / "dbt_project"
 _FAILED = {"error", "fail", "runtime error"}
@@ -148,7 +150,7 @@ def run_dbt(
                        "fatal error with its hs_err_pid file, are in the output above, its warnings in "
                        f"{Path(warehouse) / SPARK_LOG}; CROWD_SPARK_MEMORY sets its heap)")
         raise WarehouseError(f"dbt {command} failed: {reason}")
-    log.info("dbt %s: %d models, %d tests in %.1fs%s", command, report.n_models, report.n_tests, report.seconds,
+    results_log.info("dbt %s: %d models, %d tests in %.1fs%s", command, report.n_models, report.n_tests, report.seconds,
              " (the project as parsed for these settings before)" if report.reused_parse else "")
     return report
 
