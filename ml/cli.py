@@ -24,6 +24,8 @@ log = logging.getLogger("crowd")
 # dbt build's counts; .synth: a generated log's size; .crowds: forward features reused), whose lines the commands
 # print as their own: logged for Airflow's task logs, kept out of a command's output unless -v.
 RESULTS_LOGGER = "ml.results"
+# the commands whose tasks log into Airflow's task logs, where those lines are the record
+TASK_LOG_COMMANDS = ("run-dags", "airflow")
 
 
 def _date(value: str) -> dt.date:
@@ -622,7 +624,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # each result is printed once, as the command's own line (its verdict with it)
-        logging.getLogger(RESULTS_LOGGER).setLevel(logging.ERROR)
+        if args.command not in TASK_LOG_COMMANDS:
+            logging.getLogger(RESULTS_LOGGER).setLevel(logging.ERROR)
         # MLflow's INFO lines (creating tables, validating an input example) are its own progress, not results
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         # py4j (Spark's bridge) logs every connection it closes at INFO: dozens of lines at the end of a Spark

@@ -80,6 +80,26 @@ def test_a_command_says_its_result_once_and_the_library_log_line_only_with_verbo
     assert "ml.results.synth: generated" in run("-v")
 
 
+def test_the_result_lines_leave_a_commands_output_but_stay_in_the_task_logs(tmp_path, monkeypatch):
+    """A command that prints its results leaves the library's result loggers out; `crowd run-dags` and `crowd
+    airflow`, whose tasks write Airflow's task logs, keep them there (a run-dags' log lost its dbt build lines)."""
+    import logging
+
+    from ml.cli import RESULTS_LOGGER
+
+    monkeypatch.setenv("CROWD_DATA_DIR", str(tmp_path))
+    results = logging.getLogger(RESULTS_LOGGER)
+    try:
+        results.setLevel(logging.NOTSET)
+        assert main(["tasks"]) == 0 and results.level == logging.ERROR
+        results.setLevel(logging.NOTSET)
+        main(["run-dags", "--ds", "2013-07-03", "--no-training"])  # no period of the task: refused at once
+        assert results.level == logging.NOTSET
+        assert main(["-v", "tasks"]) == 0 and results.level == logging.NOTSET
+    finally:
+        results.setLevel(logging.NOTSET)
+
+
 def test_generate_command_rejects_bad_sizes_cleanly(tmp_path, capsys):
     assert main(["generate", "--users", "10", "--items", "2", "--brands", "5", "--out", str(tmp_path / "d")]) == 2
     assert "--items" in capsys.readouterr().err

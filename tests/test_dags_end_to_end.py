@@ -210,6 +210,8 @@ def test_run_dags_drives_the_periods_and_training_dags_and_ends_with_the_compari
     assert "<td>dnn" in text and "10 to 10 (median 10)" in text and 'id="chart-gain"' in text
     log = (task_paths.shared.airflow_home / "local_run.log").read_text()
     assert "samples.samples_evaluation" in log and "samples.samples_evaluation" not in out  # dbt's console
+    # the results the commands print as their own lines are the task log's record (ml.cli.TASK_LOG_COMMANDS)
+    assert "dbt build: " in log and "ml.results.warehouse" in log and "ml.results.train" in log
     # no third-party noise in the task log: dag.test's "No tasks to run" while the side-by-side children run its
     # instances, Cosmos's and Airflow's OpenLineage warnings (a provider this project does not use)
     noise = [line for line in log.splitlines() if "No tasks to run" in line or "openlineage" in line.lower()]
