@@ -27,6 +27,7 @@ from ml.task import GBDT_MODELS, Task, TaskPaths
 from ml.warehouse.export import FORWARD_EXPORTS, read_schema
 
 log = logging.getLogger(__name__)
+results_log = logging.getLogger("ml.results.crowds")  # `crowd score` says so in its own line (ml.cli.RESULTS_LOGGER)
 # rows of the forward population scored at a time: what bounds scoring's memory (a million pairs of the
 # default task's 117 features are 0.5 GB as float32)
 SCORE_CHUNK_ROWS = 262_144
@@ -112,9 +113,8 @@ def build_forward(task: Task, paths: TaskPaths, as_of: dt.date, quiet: bool = Tr
     key = key or forward_key(task, paths, as_of)
     held = held_forward(paths, as_of, key)
     if held is not None:
-        # `crowd score` says so in its own line (ml.cli.RESULTS_LOGGER)
-        logging.getLogger("ml.results.crowds").info(
-            "%s: the features as of %s are already built from this dataset and these settings", task.name, as_of)
+        results_log.info("%s: the features as of %s are already built from this dataset and these settings",
+                         task.name, as_of)
         return held
     engine = task.warehouse.engine
     select = [f"+{EXPORTS[name][0].split('.')[-1]}" for name in FORWARD_EXPORTS]

@@ -218,5 +218,6 @@ def test_airflows_logging_configuration_drops_cosmoss_openlineage_warning_alone(
     def record(msg: str) -> logging.LogRecord:
         return logging.LogRecord(COSMOS_LOGGER, logging.WARNING, "local.py", 146, msg, (), None)
 
-    assert not drop.filter(record("To enable emitting Openlineage events, install apache-airflow-providers-openlineage."))
+    assert not drop.filter(record("To enable emitting Openlineage events, install apache-airflow-providers-"
+                                  "openlineage."))
     assert drop.filter(record("Could not parse JSON from %s"))

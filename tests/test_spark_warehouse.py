@@ -63,7 +63,8 @@ def both_warehouses(spark_dates: list, tiny_dataset: Path, tiny_build, task: Tas
            # (-XX:+PrintCodeCache: 42.8 MB, having flushed methods to stay under it; with room it keeps 58 MB of
            # them), and with a full one the JVM can fail to link a method, which ends the driver (the CI build of
            # c98739b died mid-build: py4j, connection refused).
-           "CROWD_SPARK_JAVA_OPTIONS": f"-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m -Djava.io.tmpdir={jvm_tmp}"}
+           "CROWD_SPARK_JAVA_OPTIONS": "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m "
+                                       f"-Djava.io.tmpdir={jvm_tmp}"}
     done = subprocess.run([sys.executable, "-m", "ml.cli", "warehouse", "--task", task.name, "--engine", "spark",
                            "--no-export", "--ds", *map(str, spark_dates),
                            "--select", "resource_type:model", "resource_type:unit_test", *tests],

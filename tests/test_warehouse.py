@@ -331,7 +331,8 @@ def test_a_parse_is_kept_for_the_settings_and_the_environment_but_not_the_dates(
     # the profile is read by the parse, but computes the same tables: the project's digest (the build id, the
     # upstream key, a champion's fingerprint) does not follow it
     profile = project / "profiles.yml"
-    profile.write_text(profile.read_text().replace("spark.sql.shuffle.partitions", "# edited\n        spark.sql.shuffle.partitions"))
+    profile.write_text(profile.read_text().replace("spark.sql.shuffle.partitions",
+                                                   "# edited\n        spark.sql.shuffle.partitions"))
     assert project_digest(project) == project_digest(DBT_PROJECT_DIR)
     assert parse_key(project, _vars([PIT_DS]), env) != key
     model = project / "models" / "dim" / "dim_users.sql"

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 results_log = logging.getLogger("ml.results.warehouse")
 
 DBT_PROJECT_DIR = repo_root() / "dbt_project"
+PROFILES = "profiles.yml"  # in the project's folder, which every dbt invocation of the project names its profiles dir
 _FAILED = {"error", "fail", "runtime error"}
 
 
@@ -150,8 +151,8 @@ def run_dbt(
                        "fatal error with its hs_err_pid file, are in the output above, its warnings in "
                        f"{Path(warehouse) / SPARK_LOG}; CROWD_SPARK_MEMORY sets its heap)")
         raise WarehouseError(f"dbt {command} failed: {reason}")
-    results_log.info("dbt %s: %d models, %d tests in %.1fs%s", command, report.n_models, report.n_tests, report.seconds,
-             " (the project as parsed for these settings before)" if report.reused_parse else "")
+    results_log.info("dbt %s: %d models, %d tests in %.1fs%s", command, report.n_models, report.n_tests,
+                     report.seconds, " (the project as parsed for these settings before)" if report.reused_parse else "")
     return report
 
 
@@ -167,8 +168,8 @@ PARSED_KEPT = 8  # parsed projects kept per warehouse (one per combination of se
 
 
 def parse_key(project_dir: Path, dbt_vars: dict, env: dict[str, str]) -> str:
-    """What dbt's parse of the project is a function of: its sources and profile, every var but the parse-free ones, the
-    environment the profile and the sources read (the dataset, the engine, its warehouse's name), and the versions
+    """What dbt's parse of the project is a function of: its sources and profile, every var but the parse-free ones,
+    the environment the profile and the sources read (the dataset, the engine, its warehouse's name), and the versions
     of dbt, its adapters and DuckDB (the unit tests that passed are recorded per key, run_dbt). dbt itself parses
     the whole project again whenever any var changes, so each week of a backfill used to cost a full parse (2.5-3 s
     of a 10-12 s build) for a result that differs only in the SQL the run's dates render."""
@@ -410,9 +411,6 @@ def _check_spark_session(location: Path) -> None:
     if current != location:
         raise WarehouseError(f"this process's Spark session serves the warehouse {current}; build {location} "
                              "in another process (crowd warehouse --engine spark)")
-
-
-PROFILES = "profiles.yml"  # in the project's folder, which every dbt invocation of the project names its profiles dir
 
 
 def project_digest(project_dir: Path = DBT_PROJECT_DIR) -> str:
