@@ -161,6 +161,23 @@ def champion_metric(client: MlflowClient, registered_model: str, metric: str, ke
     return version.version, run.data.metrics.get(metric, -math.inf)
 
 
+def run_verdict(run_id: str, model: str) -> str | None:
+    """The training's warning line (ml.evaluate.floors.verdict) of a logged run, from its backtest metrics: its
+    AUC interval against 0.5 and against the best heuristic floor's AUC. The champion is chosen on validation
+    among the trained models, so it can be one the training warned about: `crowd score` says so again where its
+    crowds are used. None when the run clears both, or lacks the metrics (a run from before they were logged)."""
+    from ml.evaluate.floors import verdict
+
+    metrics = MlflowClient().get_run(run_id).data.metrics
+    auc, low, high = (metrics.get(f"eval_auc{end}") for end in ("", "_ci_low", "_ci_high"))
+    if auc is None or low is None or high is None:
+        return None
+    floors = {k.removeprefix("floor_").removesuffix("_auc"): v for k, v in metrics.items()
+              if k.startswith("floor_") and k.endswith("_auc")}
+    best = max(floors.items(), key=lambda kv: kv[1]) if floors else None
+    return verdict(model, auc, low, high, best if best is not None and low <= best[1] else None)
+
+
 @contextlib.contextmanager
 def champion_lock(paths: TaskPaths) -> Iterator[None]:
     """One promotion at a time per registered model: the training DAG trains models in parallel, and two that
