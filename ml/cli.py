@@ -267,12 +267,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
           f"the whole scored population (per target: {expected_buyers_path(result.path)})")
     if result.submission:
         print(f"submission (the top pairs, as many as the F1 was best at on validation): {result.submission}")
-    if result.run_id:
-        from ml.tracking import run_verdict
-
-        verdict = run_verdict(result.run_id, result.model)
-        if verdict:
-            print(f"warning: {'the champion ' if args.model is None else ''}{verdict}")
+    if result.verdict:
+        print(f"warning: the champion {result.verdict}")
     return 0
 
 

@@ -50,6 +50,7 @@ class CrowdsResult:
     run_id: str = ""
     data_build: str = ""  # the warehouse build the features come from (ml.warehouse.export.build_id)
     model_build: str = ""  # the build the model was trained on: the same, unless a local model was named
+    verdict: str | None = None  # the training's warning of the served champion, if it had one (ml.tracking.run_verdict)
 
 
 def last_log_day(dataset_dir: Path) -> dt.date:
@@ -230,10 +231,28 @@ def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | Non
         _publish_table(crowd, paths.warehouse, task.name, as_of)
     log.debug("%s: crowds of %d %s targets (top %d) for %s..%s by %s v%s -> %s", task.name, crowd["target_id"].nunique(),
              task.target, size, as_of, end, bundle.name, crowd["model_version"].iloc[0] if len(crowd) else "-", target)
+    verdict = _champion_verdict(run_id, bundle.name) if version != "local" else None
+    if verdict:  # in the training DAG's task log; `crowd score` prints it as its own line
+        results_log.warning("the champion %s", verdict)
     return CrowdsResult(target, len(crowd), int(crowd["target_id"].nunique()), bundle.name, as_of, end, submission,
                         float(expected["expected_buyers_in_crowd"].sum()),
                         float(expected["expected_buyers_population"].sum()),
-                        model_version=version, run_id=run_id, data_build=build, model_build=model_build)
+                        model_version=version, run_id=run_id, data_build=build, model_build=model_build,
+                        verdict=verdict)
+
+
+def _champion_verdict(run_id: str, model: str) -> str | None:
+    """The served champion's training warning (below random, or not above the best floor), read from its run in
+    the task's MLflow store, which serving it has just read; a run the store no longer answers for says nothing,
+    and scores all the same."""
+    import mlflow
+
+    from ml.tracking import run_verdict
+
+    try:
+        return run_verdict(run_id, model) if run_id else None
+    except mlflow.exceptions.MlflowException:
+        return None
 
 
 def _write_submission(pairs: pd.DataFrame | None, bundle, crowds: Path) -> Path | None:  # noqa: ANN001
