@@ -195,6 +195,24 @@ def test_a_file_of_another_format_fails_at_once_naming_file_and_column(tmp_path,
     assert not (tmp_path / "out").exists()
 
 
+def test_a_log_of_another_known_format_names_that_format(tmp_path):
+    """The public logs look alike (the 2015 repeat-buyer log and the 2013 recommendation log are both Tmall's):
+    a first line that fits another format says which, before anything is read."""
+    plain = tmp_path / "plain.csv"
+    plain.write_text("1,2,3,pv,1511544070\n")
+    odd = tmp_path / "odd.csv"
+    odd.write_text("1;2;3\n")
+    for fmt, path, fits in (("tmall", TMALL_REPEAT, "tmall-repeat"),
+                            ("taobao-userbehavior", TIANCHI_LOG, "tianchi-mobile"),
+                            ("tianchi-mobile", plain, "taobao-userbehavior")):
+        with pytest.raises(FormatError, match=f"; its first line fits --format {fits}$"):
+            load(fmt, [path], tmp_path / "out")
+    with pytest.raises(FormatError) as err:
+        load("tianchi-mobile", [odd], tmp_path / "out")
+    assert "fits" not in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_load_prints_the_reconciliation(tmp_path, capsys):
     bad = tmp_path / "bad.csv"
     _corrupt_tianchi(bad)

@@ -26,12 +26,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ml.loaders.csv_reader import REJECTS_SCHEMA, FileReport, FormatError, read_file
+from ml.loaders.csv_reader import REJECTS_SCHEMA, FileReport, FormatError, read_file, sniff
 from ml.loaders.formats import FORMATS, FileFormat, LogFormat
 from ml.outputs import replacing
 from ml.synth.generate import EVENTS_SCHEMA
 
 log = logging.getLogger(__name__)
+# each file's reconciled counts: `crowd load` prints its own line per file (ml.cli.RESULTS_LOGGER)
+results_log = logging.getLogger("ml.results.load")
 
 ITEMS_SCHEMA = pa.schema(
     [
@@ -127,6 +129,8 @@ def load(
     for path in [*paths, *(items_paths or [])]:
         if not Path(path).is_file():
             raise ValueError(f"{path}: not a file (give the log's files, not a folder)")
+    for path in paths:
+        _check_first_line(Path(path), fmt)
     t0 = time.perf_counter()
     with replacing(out, inputs=[*paths, *(items_paths or [])]) as tmp:
         manifest = _load_into(tmp, fmt, paths, items_paths, year, start, end, t0)
@@ -134,6 +138,27 @@ def load(
             raise ValueError(f"no event of {len(paths)} file(s) was accepted (read {manifest['read']:,}, rejected "
                              f"{manifest['rejected']:,}): nothing written, {out} is as it was")
     return manifest
+
+
+def _check_first_line(path: Path, fmt: LogFormat) -> None:
+    """A log file whose first line does not fit its format's columns fails before anything is read, naming the
+    formats it does fit: the public logs look alike (Tmall's 2013 recommendation log and its 2015 repeat-buyer
+    log are both "Tmall"), and a wrong --format is the likeliest cause."""
+    try:
+        sniff(path, fmt.events)
+    except FormatError as e:
+        fits = [name for name, other in FORMATS.items() if name != fmt.name and _fits(path, other.events)]
+        if not fits:
+            raise
+        raise FormatError(f"{e}; its first line fits --format {' or '.join(fits)}") from None
+
+
+def _fits(path: Path, ff: FileFormat) -> bool:
+    try:
+        sniff(path, ff)
+    except FormatError:
+        return False
+    return True
 
 
 def _load_into(tmp: Path, fmt: LogFormat, paths: list[Path], items_paths: list[Path] | None, year: int | None,
@@ -154,8 +179,8 @@ def _load_into(tmp: Path, fmt: LogFormat, paths: list[Path], items_paths: list[P
                     if batch.accepted.num_rows:
                         on_batch(batch.accepted, path)
                 reports.append(report)
-                log.info("%s: read %d = accepted %d + rejected %d", path, report.read, report.accepted,
-                         report.rejected)
+                results_log.info("%s: read %d = accepted %d + rejected %d", path, report.read, report.accepted,
+                                 report.rejected)
 
         writers: dict[Path, pq.ParquetWriter] = {}
 
