@@ -21,8 +21,9 @@ from ml.task import ENGINES, TaskPaths, load_task, parse_assignments
 
 log = logging.getLogger("crowd")
 # The parent of the library's result loggers (ml.results.train: a training's metrics and verdict; .warehouse: a
-# dbt build's counts; .synth: a generated log's size; .crowds: forward features reused), whose lines the commands
-# print as their own: logged for Airflow's task logs, kept out of a command's output unless -v.
+# dbt build's counts; .synth: a generated log's size; .load: a loaded file's counts; .crowds: forward features
+# reused, the served champion's verdict), whose lines the commands print as their own: logged for Airflow's task
+# logs, kept out of a command's output unless -v.
 RESULTS_LOGGER = "ml.results"
 # the commands whose tasks log into Airflow's task logs, where those lines are the record
 TASK_LOG_COMMANDS = ("run-dags", "airflow")
