@@ -50,7 +50,7 @@ class CrowdsResult:
     run_id: str = ""
     data_build: str = ""  # the warehouse build the features come from (ml.warehouse.export.build_id)
     model_build: str = ""  # the build the model was trained on: the same, unless a local model was named
-    verdict: str | None = None  # the training's warning of the served champion, if it had one (ml.tracking.run_verdict)
+    verdict: str | None = None  # the served champion's training warning, if any (ml.tracking.run_verdict)
 
 
 def last_log_day(dataset_dir: Path) -> dt.date:

@@ -79,7 +79,8 @@ def test_crowd_score_warns_with_the_verdict_its_model_was_trained_with(tmp_path)
         for auc, low, high, floor in ((0.51, 0.47, 0.55, 0.45), (0.80, 0.76, 0.84, 0.81), (0.85, 0.82, 0.88, 0.81)):
             trained = Outcome("ple", {"auc": auc}, pd.DataFrame(), tmp_path, intervals={"auc": Interval(low, high)},
                               floors={"decayed_count": {"auc": floor}, "cart_then_recency": {"auc": floor - 0.01}})
-            with mlflow.start_run(experiment_id=experiment) as run:  # the metrics as the training logs them (ml.train.pipeline)
+            # the metrics as the training logs them (ml.train.pipeline)
+            with mlflow.start_run(experiment_id=experiment) as run:
                 mlflow.log_metrics({"eval_auc": auc, "eval_auc_ci_low": low, "eval_auc_ci_high": high,
                                     "floor_decayed_count_auc": floor, "floor_cart_then_recency_auc": floor - 0.01,
                                     "floor_decayed_count_auc_touched": 0.99})

@@ -151,8 +151,9 @@ def run_dbt(
                        "fatal error with its hs_err_pid file, are in the output above, its warnings in "
                        f"{Path(warehouse) / SPARK_LOG}; CROWD_SPARK_MEMORY sets its heap)")
         raise WarehouseError(f"dbt {command} failed: {reason}")
+    reused = " (the project as parsed for these settings before)" if report.reused_parse else ""
     results_log.info("dbt %s: %d models, %d tests in %.1fs%s", command, report.n_models, report.n_tests,
-                     report.seconds, " (the project as parsed for these settings before)" if report.reused_parse else "")
+                     report.seconds, reused)
     return report
 
 
