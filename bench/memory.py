@@ -199,8 +199,8 @@ def main() -> None:
         cfg = train_config(task, model, progress=False)
         stage(model, lambda: train_and_evaluate(model, task, paths, train_cfg=cfg, data=data))
     total = sum(s for _, s, _, _ in stages)
-    print(f"{'all':<18} {total:>8.1f} {'':>6} {max(p for _, _, p, _ in stages):>9.2f} {max(t for *_, t in stages):>14.2f}",
-          flush=True)
+    peak, tree_peak = max(p for _, _, p, _ in stages), max(t for *_, t in stages)
+    print(f"{'all':<18} {total:>8.1f} {'':>6} {peak:>9.2f} {tree_peak:>14.2f}", flush=True)
 
 
 if __name__ == "__main__":

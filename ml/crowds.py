@@ -231,7 +231,8 @@ def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | Non
         _publish_table(crowd, paths.warehouse, task.name, as_of)
     log.debug("%s: crowds of %d %s targets (top %d) for %s..%s by %s v%s -> %s", task.name, crowd["target_id"].nunique(),
              task.target, size, as_of, end, bundle.name, crowd["model_version"].iloc[0] if len(crowd) else "-", target)
-    verdict = _champion_verdict(run_id, bundle.name) if version != "local" else None
+    # (a local bundle, named by --model, was read without the task's MLflow store)
+    verdict = _champion_verdict(run_id, bundle.name) if version != "local" and run_id else None
     if verdict:  # in the training DAG's task log; `crowd score` prints it as its own line
         results_log.warning("the champion %s", verdict)
     return CrowdsResult(target, len(crowd), int(crowd["target_id"].nunique()), bundle.name, as_of, end, submission,
@@ -250,7 +251,7 @@ def _champion_verdict(run_id: str, model: str) -> str | None:
     from ml.tracking import run_verdict
 
     try:
-        return run_verdict(run_id, model) if run_id else None
+        return run_verdict(run_id, model)
     except mlflow.exceptions.MlflowException:
         return None
 
