@@ -189,18 +189,37 @@ def test_the_tianchi_task_trains_reports_f1_at_k_and_publishes_tomorrows_crowds(
 
 
 @pytest.mark.slow
-def test_the_real_tianchi_sample_goes_from_load_to_crowds(tianchi_built, tianchi_task, tmp_path, monkeypatch):
+def test_the_real_tianchi_sample_goes_from_load_to_crowds(tianchi_built, tianchi_task, tmp_path, monkeypatch,
+                                                          capsys):
     """The real 1,999-row sample (34 users, 35 buys in a month) is far too sparse to learn from, so it is
-    loaded, built and scored with the task's model trained on the look-alike: the path a real log takes."""
+    loaded, built and scored with the task's model trained on the look-alike: the path a real log takes. Where
+    it is too sparse, the commands say so and why (they said "build it first" of a date just built, and
+    stopped training after the first model with "no buyer of an evaluated target" where three were)."""
     if not (tianchi_built.models / "lgbm_all_mixed").exists():  # run alone: train it here
         assert main(["train", "--task", TIANCHI, "--model", "lgbm_all_mixed", "--no-track"]) == 0
     monkeypatch.setenv("CROWD_DATA_DIR", str(tmp_path / "real-data"))
     log_file, items = REAL / "tianchi_mobile_user_sample.csv", REAL / "tianchi_mobile_item_sample.csv"
     assert main(["load", "--format", "tianchi-mobile", str(log_file), "--items", str(items)]) == 0
-    # of its events only two are of an item of the sample's subset: rank every item instead
+    # of its events only two are of an item of the sample's subset: no date has a pair to rank
+    capsys.readouterr()
+    assert main(["warehouse", "--task", TIANCHI]) == 2
+    said = capsys.readouterr().err.strip()
+    assert "\n" not in said
+    assert said.startswith("crowd warehouse: error: the warehouse has no samples for ds 2014-12-11, ")
+    assert "2014-12-11 was built (" in said and "1 of the log's" in said and "the last on 2014-11-22" in said
+    # so rank every item instead
     every_item = ["--set", "warehouse.item_subset=null"]
     assert main(["warehouse", "--task", TIANCHI, *every_item]) == 0
     real = TaskPaths.of(load_task(TIANCHI, {"warehouse.item_subset": None}))
+    assert main(["export", "--task", TIANCHI, *every_item, "--ds", "2014-12-01"]) == 2  # a date never built
+    assert ("2014-12-01 was not built, or no user was active in its history window (the log's events run from "
+            "2014-11-18 to 2014-12-18)") in capsys.readouterr().err
+    # its validation dates' 235 candidate pairs hold none of their 3 buyers: refused before any model trains
+    capsys.readouterr()
+    assert main(["train", "--task", TIANCHI, *every_item, "--no-track"]) == 2
+    said = capsys.readouterr().err
+    assert "the validation dates hold no buyer among the 235 pairs they rank: 3 buyers" in said
+    assert not list(real.models.glob("runs/*")) and not list(real.models.glob("lgbm*"))
     shutil.copytree(tianchi_built.models / "lgbm_all_mixed", real.models / "lgbm_all_mixed")
     assert main(["score", "--task", TIANCHI, *every_item, "--model", "lgbm_all_mixed"]) == 0
     crowd = pd.read_parquet(real.crowds / "ds=2014-12-19" / "crowds.parquet")

@@ -470,10 +470,8 @@ def _add_to_bundle_config(bundle_dir: Path, **values: object) -> None:
 def _selection_metrics(valid: pd.DataFrame, scores: np.ndarray, buyers: pd.DataFrame, task: Task
                        ) -> dict[str, float]:
     """The metrics the champion is chosen on: the validation dates' evaluation set (the backtest's population,
-    a week earlier), so that no label of the backtest decides anything."""
-    if valid["label_buy"].sum() == 0:
-        raise ValueError("the validation dates hold no buyer of an evaluated target: nothing to choose a champion "
-                         "on (add validation dates, or evaluate more targets)")
+    a week earlier), so that no label of the backtest decides anything. It holds a buyer
+    (ml.train.prepared.check_buyers)."""
     summary, _ = evaluate_scores(valid["label_buy"].to_numpy(), scores, valid["target_id"].to_numpy(),
                                  valid["user_id"].to_numpy(), task.evaluate.n, buyers=buyers, by=task.ranked_by)
     return summary

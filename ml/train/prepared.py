@@ -153,6 +153,7 @@ def prepare(task: Task, paths: TaskPaths) -> Prepared:
             with freed_when_done():  # the frames read to encode them
                 _write(task, paths, folder)
         data = _open(folder)
+    check_buyers(data, task)
     _opened.clear()
     _opened[folder] = data
     return data
@@ -205,6 +206,25 @@ def _write(task: Task, paths: TaskPaths, folder: Path) -> None:
     os.replace(tmp, folder)
     log.info("%s: training rows read and encoded once for every model in %.1f s (%s)", task.name,
              time.perf_counter() - start, folder)
+
+
+def check_buyers(data: Prepared, task: Task) -> None:
+    """Refuse splits with no buyer before any model trains: without one there is nothing to learn from, to
+    choose a champion on or to measure, and a small or sampled log gets there after minutes of training with
+    no word of why (each message says what the dates hold instead)."""
+    splits = data.splits
+    if not np.any(splits["train"].labels[:, 0] > 0):
+        raise ValueError(f"the training dates ({task.sample_dates[0]} .. {task.sample_dates[-1]}) hold no buyer in "
+                         f"their {len(splits['train']):,} samples: nothing to learn from (a log with more buys, or "
+                         "more sample dates)")
+    for split, buyers, dates in (("valid_population", data.valid_buyers, "the validation dates"),
+                                 ("evaluation", data.buyers, "the backtest date")):
+        if not np.any(splits[split].labels[:, 0] > 0):
+            raise ValueError(
+                f"{dates} hold no buyer among the {len(splits[split]):,} pairs they rank: {len(buyers):,} buyers of "
+                "the evaluated targets were outside that population, so "
+                f"there is nothing to {'choose a champion on' if split == 'valid_population' else 'measure'} (more "
+                f"{'validation dates' if split == 'valid_population' else 'data'}, or a bigger log)")
 
 
 def _write_split(folder: Path, data: CrowdData) -> None:

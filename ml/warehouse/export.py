@@ -55,6 +55,42 @@ def built_dates(warehouse: Path, engine: str = "duckdb") -> list[dt.date]:
     return [r[0] for r in rows]
 
 
+def _rows(con: duckdb.DuckDBPyConnection, table: str, ds: dt.date) -> int:
+    return con.execute(f"select count(*) from {table} where ds = ?", [ds]).fetchall()[0][0]
+
+
+def no_population_message(con: duckdb.DuckDBPyConnection, dates: list[dt.date]) -> str:
+    """Why dates hold no pair to train on, score or rank, from the warehouse's own tables. A date never built
+    reads like one whose build found no pair, and the two need different fixes: a sample of a real log, or an
+    item subset that is not the log's, builds every date and still gives none (the real Tianchi sample's
+    1,999 events touch 2 items of its item file)."""
+    named = ", ".join(str(d) for d in dates[:5]) + (f" and {len(dates) - 5} more" if len(dates) > 5 else "")
+    first = dates[0]
+    head = f"the warehouse has no samples for ds {named}"
+    try:
+        built = con.execute("select count(*) from ads.ads_user_features where ds = ?", [first]).fetchall()[0][0]
+        n_targets = con.execute("select count(*) from dim.dim_target_subset").fetchall()[0][0]
+        n_rows, n_on_targets, last = con.execute(
+            "select count(*), count(s.target_id), max(case when s.target_id is not null then d.day end) "
+            "from dw.dw_user_target_daily as d "
+            "left join (select distinct target_id from dim.dim_target_subset) as s on d.target_id = s.target_id "
+            "where d.day < ?", [first]).fetchall()[0]
+        log_days = con.execute("select min(day), max(day) from dw.dw_user_target_daily").fetchall()[0]
+    except duckdb.Error:  # no ADS, DIM or DW table: nothing was built here
+        return f"{head}: build it first (crowd warehouse --ds {first})"
+    if not built:
+        return (f"{head}: {first} was not built, or no user was active in its history window (the log's events "
+                f"run from {log_days[0]} to {log_days[1]}): build it (crowd warehouse --ds {first}) or pick dates "
+                "inside the log")
+    on_targets = (f"{n_on_targets:,} of the log's {n_rows:,} (user, target, day) rows before it "
+                  f"{'is' if n_on_targets == 1 else 'are'} on those targets, the last on {last}" if n_on_targets else
+                  f"none of the log's {n_rows:,} (user, target, day) rows before it is on those targets")
+    return (f"{head}: {first} was built ({built:,} users active before it), but no user touched one of the task's "
+            f"{n_targets:,} targets in the days before it that make a candidate (warehouse.candidate_days): "
+            f"{on_targets}. The log is too small or too sparse on the task's targets for its dates (for the item "
+            "task: is the item subset this log's?)")
+
+
 def read_schema(root: Path, ds: dt.date) -> dict:
     path = export_dir(root, ds) / "schema.json"
     if not path.exists():
@@ -91,6 +127,9 @@ def export_dates(warehouse: Path, out_root: Path, dates: list[dt.date] | None = 
     dates = dates if dates is not None else built_dates(warehouse, engine)
     done = []
     with open_warehouse(engine, warehouse) as con:
+        empty = [ds for ds in dates if not any(_rows(con, EXPORTS[p][0], ds) for p in POPULATIONS)]
+        if empty:  # every such date in one message, before any export is replaced
+            raise ValueError(no_population_message(con, empty))
         for ds in dates:
             done.append(_export_one(con, ds, out_root, fingerprint, build, forward_key))
     return done
@@ -109,7 +148,7 @@ def _export_one(con: duckdb.DuckDBPyConnection, ds: dt.date, out_root: Path, fin
     partial.mkdir()
     rows: dict[str, int] = {}
     for name, (table, keys) in EXPORTS.items():
-        n = con.execute(f"select count(*) from {table} where ds = ?", [ds]).fetchall()[0][0]
+        n = _rows(con, table, ds)
         # samples on labelled dates, the evaluation set on the backtest and the validation dates, forward on
         # the forward date
         if n == 0 and name in POPULATIONS:
@@ -119,9 +158,9 @@ def _export_one(con: duckdb.DuckDBPyConnection, ds: dt.date, out_root: Path, fin
         con.execute(f"copy (select * from {table} where ds = $ds order by {keys}) "
                     f"to {sql_path(partial / (name + '.parquet'))} (format parquet, compression zstd)", {"ds": ds})
         rows[name] = n
-    if not any(p in rows for p in POPULATIONS):
+    if not any(p in rows for p in POPULATIONS):  # emptied since export_dates looked
         shutil.rmtree(partial, ignore_errors=True)
-        raise ValueError(f"the warehouse has no samples for ds {ds}: build it first (crowd warehouse --ds {ds})")
+        raise ValueError(no_population_message(con, [ds]))
     # the columns of a population this date has (an empty Spark table has no files to describe)
     population = next(EXPORTS[p][0] for p in POPULATIONS if p in rows)
     columns = [r[0] for r in con.execute(f"describe {population}").fetchall()]
