@@ -354,6 +354,24 @@ def test_feature_map_round_trips_through_json(fmap, tmp_path, raw):
     np.testing.assert_allclose(again.encode_dense(raw.samples), fmap.encode_dense(raw.samples))
 
 
+def test_a_dense_column_with_no_value_is_filled_without_a_warning(raw, task):
+    """A small real log's samples can hold a recency that is never set (no buy in any window): numpy's nanmax
+    printed "All-NaN slice encountered" in the middle of `crowd train`."""
+    import dataclasses
+    import warnings
+
+    column = next(c for c in raw.dense if raw.samples[c].isna().any())
+    seen = raw.samples[column].max()
+    samples = raw.samples.copy()
+    samples[column] = np.nan
+    emptied = dataclasses.replace(raw, samples=samples)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fitted = fit_feature_map(emptied, task)
+    assert fitted.fill[fitted.dense.index(column)] == 1.0
+    assert fit_feature_map(raw, task).fill[fitted.dense.index(column)] == seen + 1.0
+
+
 def test_loss_decreases_on_a_learnable_toy(fmap, data, tmp_path):
     """Labels made from one dense feature: a few epochs must learn them well."""
     seed_everything(0)

@@ -77,8 +77,9 @@ class FeatureMap:
                 id_fields[column] = vocabulary
         dense = [c for c in dense if c not in id_fields]
         raw = samples[dense].to_numpy(dtype=np.float64, na_value=np.nan)
-        # a missing value is a recency with no event in the window: "longer ago than anything seen"
-        fill = np.nan_to_num(np.nanmax(raw, axis=0), nan=0.0) + 1.0
+        # a missing value is a recency with no event in the window: "longer ago than anything seen"; fmax skips
+        # NaN without nanmax's warning on a column with no value at all (a recency of an action no one took)
+        fill = np.nan_to_num(np.fmax.reduce(raw, axis=0), nan=0.0) + 1.0
         x = np.log1p(np.maximum(np.where(np.isnan(raw), fill, raw), 0.0))
         mean, std = x.mean(axis=0), x.std(axis=0)
         return cls(vocabularies, list(dense), fill, mean, np.where(std > 1e-9, std, 1.0), sequence_length,
