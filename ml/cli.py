@@ -252,6 +252,11 @@ def _cmd_score(args: argparse.Namespace) -> int:
     paths = TaskPaths.of(task)
     as_of = forward_date(task, paths)
     if not args.no_build:
+        if not args.model:  # a champion for this data and these settings, before minutes of dbt for none
+            from ml.train.bundle import champion_version
+            from ml.warehouse.export import build_id
+
+            champion_version(paths, task.comparison_fingerprint(build_id(paths.dataset_dir)))
         key = forward_key(task, paths, as_of)
         held = held_forward(paths, as_of, key)
         rows = held or build_forward(task, paths, as_of, key=key)

@@ -167,6 +167,18 @@ def test_new_data_has_no_champion_until_a_model_is_trained_on_it(concurrent, tas
         schema_path.write_text(original)
 
 
+def test_scoring_without_a_champion_fails_before_building_the_forward_features(concurrent, task_paths, capsys):
+    """The champion is looked up before the forward date's dbt build (which on a large log takes minutes), not
+    after it: other settings (another selection metric) have none, and no export of the date is made."""
+    as_of = last_log_day(task_paths.dataset_dir) - dt.timedelta(days=1)  # a date no other test exports
+    assert not export_dir(task_paths.exports, as_of).exists()
+    capsys.readouterr()
+    assert main(["score", "--set", "evaluate.select_by=auc", "--as-of", str(as_of)]) == 2
+    captured = capsys.readouterr()
+    assert "no champion model for the current data and settings" in captured.err
+    assert "features as of" not in captured.out and not export_dir(task_paths.exports, as_of).exists()
+
+
 def test_the_champion_is_downloaded_once_into_the_task_and_nothing_is_left_in_the_temporary_folder(
         concurrent, task_paths, tmp_path, monkeypatch, capsys):
     """MLflow's download without a destination leaves a copy of the model in a new temporary folder at every

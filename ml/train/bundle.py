@@ -166,6 +166,16 @@ def load_bundle(name: str | None, paths: TaskPaths, key: str) -> Bundle:
     fingerprint `key` when no name is given; the bundle's config then also carries `version` and `run_id`."""
     if name:
         return Bundle.load(paths.models / checked_name(name, "model"))
+    version = champion_version(paths, key)
+    bundle = Bundle.load(registered_bundle(paths, version.run_id))
+    bundle.config.update(version=str(version.version), run_id=version.run_id)
+    return bundle
+
+
+def champion_version(paths: TaskPaths, key: str):  # noqa: ANN201 (mlflow's ModelVersion, imported lazily)
+    """The registered version serving comparison fingerprint `key`, or a one-line error saying there is none
+    (and which champion there is, of other data or settings). Cheap: `crowd score` asks before it builds the
+    forward date's features, which on a large log took minutes only to end in this error."""
     import mlflow
 
     from ml.tracking import CHAMPION, champion_alias, configure
@@ -173,7 +183,7 @@ def load_bundle(name: str | None, paths: TaskPaths, key: str) -> Bundle:
     configure(paths)
     client = mlflow.tracking.MlflowClient()
     try:
-        version = client.get_model_version_by_alias(paths.registered_model, champion_alias(key))
+        return client.get_model_version_by_alias(paths.registered_model, champion_alias(key))
     except mlflow.exceptions.MlflowException:
         try:  # the latest champion, of other data or settings: say so, it is what a user expects to be served
             latest = client.get_model_version_by_alias(paths.registered_model, CHAMPION)
@@ -184,9 +194,6 @@ def load_bundle(name: str | None, paths: TaskPaths, key: str) -> Bundle:
         raise ValueError(f"task {paths.task} on {paths.dataset} has no champion model for the current data and "
                          f"settings (comparison fingerprint {key}){before}: train one with "
                          f"`crowd train --task {paths.task}`") from None
-    bundle = Bundle.load(registered_bundle(paths, version.run_id))
-    bundle.config.update(version=str(version.version), run_id=version.run_id)
-    return bundle
 
 
 def registered_bundle(paths: TaskPaths, run_id: str) -> Path:
