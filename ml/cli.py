@@ -373,6 +373,7 @@ def _cmd_run_dags(args: argparse.Namespace) -> int:
 
     overrides = _overrides(args)
     task = load_task(args.task, overrides)  # validated here; the same overrides go to every DAG run's Params
+    _check_has_dags(args.task, task.name)
     start = time.perf_counter()
     runs = run_pipeline(task, overrides, dates=args.ds, training=not args.no_training, quiet=args.quiet)
     paths = TaskPaths.of(task)
@@ -392,6 +393,22 @@ def _cmd_run_dags(args: argparse.Namespace) -> int:
         print(f"MLflow:  sqlite:///{shared.mlflow_db}  experiment {paths.experiment}  (make mlflow shows it)")
         print(f"Airflow: {shared.airflow_home}  (make airflow shows the runs)")
     return 0
+
+
+def _check_has_dags(asked: str, name: str) -> None:
+    """The DAGs are made from the task files under tasks/ (one pair per file), and their tasks read the task by
+    name: a task file elsewhere has none, and one named like a task there would run that other file's settings.
+    Refused before any work (it failed in the first DAG run with an AttributeError)."""
+    from ml.task import TASKS_DIR, task_file
+
+    own = TASKS_DIR / f"{name}.yaml"
+    if task_file(asked).resolve() == own.resolve():
+        return
+    fix = (f"{own} holds another task of that name: copy it there under another name" if own.exists() else
+           f"copy it to {own} and run `crowd run-dags --task {name}`")
+    raise ValueError(f"{asked} has no DAGs: Airflow makes them from the task files under {TASKS_DIR} and its tasks "
+                     f"read the task by name; {fix} (or run its steps without Airflow: crowd warehouse, train and "
+                     "score take a task file)")
 
 
 def _cmd_airflow(args: argparse.Namespace) -> int:

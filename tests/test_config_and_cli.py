@@ -100,6 +100,27 @@ def test_the_result_lines_leave_a_commands_output_but_stay_in_the_task_logs(tmp_
         results.setLevel(logging.NOTSET)
 
 
+def test_run_dags_refuses_a_task_file_that_has_no_dags(tmp_path, monkeypatch, capsys):
+    """The DAGs are made from tasks/*.yaml and read the task by name: a file elsewhere failed in the first DAG
+    run with an AttributeError, and one named like a shipped task would have run the shipped file's settings."""
+    from ml.task import TASKS_DIR
+
+    monkeypatch.setenv("CROWD_DATA_DIR", str(tmp_path / "data"))
+    mine = tmp_path / "my-brands.yaml"
+    mine.write_text((TASKS_DIR / "tmall-2013.yaml").read_text())
+    assert main(["run-dags", "--task", str(mine), "--no-training"]) == 2
+    said = capsys.readouterr().err
+    assert "has no DAGs" in said and f"copy it to {TASKS_DIR / 'my-brands.yaml'}" in said
+    same_name = tmp_path / "tmall-2013.yaml"
+    same_name.write_text(mine.read_text())
+    assert main(["run-dags", "--task", str(same_name), "--no-training"]) == 2
+    assert "holds another task of that name" in capsys.readouterr().err
+    # the file under tasks/, named by its path, is the DAGs' own: it gets past the check (to the missing data)
+    assert main(["run-dags", "--task", str(TASKS_DIR / "tmall-2013.yaml"), "--no-training"]) == 2
+    said = capsys.readouterr().err
+    assert "has no DAGs" not in said and "holds no events" in said
+
+
 def test_generate_command_rejects_bad_sizes_cleanly(tmp_path, capsys):
     assert main(["generate", "--users", "10", "--items", "2", "--brands", "5", "--out", str(tmp_path / "d")]) == 2
     assert "--items" in capsys.readouterr().err
