@@ -14,6 +14,7 @@ progress bar with one line per DAG run.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import gc
 import json
@@ -175,6 +176,7 @@ class DagRunResult:
     seconds: float
     failed_tasks: list[str]
     skipped_plan: bool = False
+    not_run: list[str] = dataclasses.field(default_factory=list)  # upstream_failed: downstream of a failure
 
 
 @contextlib.contextmanager
@@ -198,8 +200,26 @@ def _output_to(log_file: Path) -> Iterator[object]:
 
 def _result(run, dag_id: str, label: str, seconds: float) -> DagRunResult:  # noqa: ANN001
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
-    failed = sorted(t for t, s in states.items() if s in ("failed", "upstream_failed"))
-    return DagRunResult(dag_id, label, str(run.state), seconds, failed, states.get("export") == "skipped")
+    failed = sorted(t for t, s in states.items() if s == "failed")
+    not_run = sorted(t for t, s in states.items() if s == "upstream_failed")
+    return DagRunResult(dag_id, label, str(run.state), seconds, failed, states.get("export") == "skipped", not_run)
+
+
+def last_error(log_file: Path, start: int = 0) -> str | None:
+    """The last exception a task raised in log_file after byte `start`: the line that ends its traceback
+    (the exception and its message). A failed run then says why on the console, not only in a log of
+    thousands of lines."""
+    with open(log_file, "rb") as f:
+        f.seek(start)
+        lines = f.read().decode("utf-8", "replace").splitlines()
+    found, in_traceback = None, False
+    for line in lines:
+        if line.startswith("Traceback (most recent call last):"):
+            in_traceback = True
+        elif in_traceback and line and not line[0].isspace():
+            found, in_traceback = line.strip(), False
+    # a ValueError failed for good (ml.orchestration.fails_for_good) is named as itself
+    return found.removeprefix("airflow.sdk.exceptions.AirflowFailException: ") if found else None
 
 
 def consume_queued_asset_events(dag_id: str, run_id: str, before: dt.datetime) -> int:
@@ -276,6 +296,7 @@ def run_pipeline(task: Task, overrides: dict | None = None, dates: list[dt.date]
                 start = time.perf_counter()
                 dag = bag.get_dag(dag_id)
                 queued_before = dt.datetime.now(dt.timezone.utc)
+                log_start = log_file.stat().st_size
                 with side_by_side(dag, log_file):
                     run = dag.test(**kwargs)
                 if dag_id == training_dag_id(task.name):
@@ -284,8 +305,13 @@ def run_pipeline(task: Task, overrides: dict | None = None, dates: list[dt.date]
                 results.append(result)
                 bar.write(f"{dag_id:<32} {label:<18} {result.state:<8} {result.seconds:6.1f} s", file=terminal)
                 if result.state != "success":
-                    raise RuntimeError(f"{dag_id} ({label}) ended {result.state}; failed tasks: "
-                                       f"{', '.join(result.failed_tasks) or 'none'}; task logs in {log_file}")
+                    sys.stdout.flush(), sys.stderr.flush()
+                    error = last_error(log_file, log_start)
+                    raise RuntimeError(
+                        f"{dag_id} ({label}) ended {result.state}; failed tasks: "
+                        f"{', '.join(result.failed_tasks) or 'none'}" + (f" ({error})" if error else "")
+                        + (f"; not run: {', '.join(result.not_run)}" if result.not_run else "")
+                        + f"; task logs in {log_file}")
                 if result.skipped_plan:
                     raise RuntimeError(f"{dag_id} ({label}) did nothing: its plan skipped the run; see {log_file}")
         finally:

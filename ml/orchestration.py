@@ -22,6 +22,7 @@ what every step uses: dbt vars, training, scoring, and the MLflow run's params.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import gc
 import logging
 import math
@@ -29,11 +30,13 @@ import os
 import re
 import warnings
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from ml.task import ALL_MODELS, DEEP_MODELS, TARGETS, Task, TaskPaths, available_tasks, load_task
 
 log = logging.getLogger(__name__)
 DUCKDB_POOL = "crowd_duckdb"
+T = TypeVar("T")
 
 
 def periods_dag_id(task: str) -> str:
@@ -59,6 +62,23 @@ LONGEST_FIRST: tuple[str, ...] = ("ple", "moe", "din", "lstm", "lgbm_few_mixed",
 def longest_first(models: list[str]) -> list[str]:
     """The models in LONGEST_FIRST's order; a model it does not list goes first (unknown: assumed long)."""
     return sorted(models, key=lambda m: LONGEST_FIRST.index(m) if m in LONGEST_FIRST else -1)
+
+
+def fails_for_good(fn: Callable[..., T]) -> Callable[..., T]:
+    """A task whose ValueError fails it at once. A ValueError is this project's word for wrong input or data (a
+    bad Param, a log too sparse for the task, exports of two builds): the next try fails the same way, and
+    retrying cost a failing run 20 + 40 s of back-off before saying so (AirflowFailException skips the retries).
+    Anything else (a killed process, a lock, a lost connection) keeps its retries."""
+    @functools.wraps(fn)  # Airflow reads the function's signature (its context arguments) through the wrapper
+    def run(*args: object, **kwargs: object) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except ValueError as e:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(f"{type(e).__name__}: {e} (not retried: the same input fails the same "
+                                       "way)") from e
+    return run
 
 
 def default_args() -> dict:
@@ -298,6 +318,7 @@ def build_periods_dag(task: Task):  # noqa: ANN201
     ) as dag:
 
         @af_task.short_circuit
+        @fails_for_good
         def plan(logical_date=None, params: dict | None = None) -> dict | bool:  # noqa: ANN001
             """Fail on a bad Param before any work; skip (saying why) a date that is neither labelled nor forward."""
             from ml.crowds import last_log_day
@@ -323,6 +344,7 @@ def build_periods_dag(task: Task):  # noqa: ANN201
                     "dbt_vars": run_task.dbt_vars(ds=[ds], forward=forward)}
 
         @af_task(pool=DUCKDB_POOL)
+        @fails_for_good
         def dbt_build(planned: dict) -> dict:
             """The date's warehouse in one `dbt build`: every model, each followed by its tests, in dependency
             order (dbt's lines for each node are this task's log); ODS, DIM and DW only when the warehouse does
@@ -340,6 +362,7 @@ def build_periods_dag(task: Task):  # noqa: ANN201
             return {"models": report.n_models, "tests": report.n_tests, "seconds": round(report.seconds, 1)}
 
         @af_task(pool=DUCKDB_POOL)
+        @fails_for_good
         def export(planned: dict) -> dict:
             from ml.warehouse.export import export_dates
 
@@ -353,18 +376,21 @@ def build_periods_dag(task: Task):  # noqa: ANN201
                     "backtest": e.ds == run_task.backtest}
 
         @af_task.branch
+        @fails_for_good
         def next_step(exported: dict) -> list[str]:
             if exported["mode"] == "forward":
                 return ["forward_crowds"]
             return ["publish_backtest_ready"] if exported["backtest"] else []
 
         @af_task(outlets=[backtest_ready])
+        @fails_for_good
         def publish_backtest_ready(planned: dict | None = None, outlet_events=None) -> None:  # noqa: ANN001
             """An asset event carrying the run's overrides: the training DAG is scheduled on it and trains on
             exports built with exactly these settings."""
             outlet_events[backtest_ready].extra = {"overrides": planned["overrides"], "ds": planned["ds"]}
 
         @af_task(pool=DUCKDB_POOL)
+        @fails_for_good
         def forward_crowds(planned: dict) -> dict:
             """The coming period's crowds at ds, by the task's champion (none yet: nothing to score, said so)."""
             from ml.crowds import score_forward
@@ -431,6 +457,7 @@ def build_training_dag(task: Task):  # noqa: ANN201
     ) as dag:
 
         @af_task
+        @fails_for_good
         def plan(params: dict | None = None, triggering_asset_events=None) -> dict:  # noqa: ANN001
             """The run's task: the overrides of the backfill run that announced the backtest, then this run's Params."""
             inherited: dict = {}
@@ -441,12 +468,14 @@ def build_training_dag(task: Task):  # noqa: ANN201
             return {"overrides": overrides, "models": run_task.model_names()}
 
         @af_task
+        @fails_for_good
         def models_of(planned: dict) -> list[str]:
             """Longest first: the mapped trainings start in map_index order (a scheduler's order among equal
             priorities, and side_by_side's), so the longest does not start last and run alone at the end."""
             return longest_first(planned["models"])
 
         @af_task
+        @fails_for_good
         def prepare(planned: dict) -> dict:
             """The task's training rows read and encoded once (ml.train.prepared): each model's task memory-maps
             them instead of reading its own copy."""
@@ -457,6 +486,7 @@ def build_training_dag(task: Task):  # noqa: ANN201
             return {"folder": str(data.folder), **data.rows}
 
         @af_task(max_active_tis_per_dag=TRAININGS_AT_ONCE)
+        @fails_for_good
         def train(model: str, planned: dict) -> dict:
             """Retries resume from the model's last epoch checkpoint (same data and settings, same key). Each
             training takes its share of the cores (training_threads)."""
@@ -478,6 +508,7 @@ def build_training_dag(task: Task):  # noqa: ANN201
                     **{k: v for k, v in o.summary.items() if math.isfinite(v)}}
 
         @af_task(pool=DUCKDB_POOL)
+        @fails_for_good
         def forward_features(planned: dict) -> dict:
             """The forward date's features and export (the day after the log's last day, or the task's
             crowds.as_of): they need no model, so they are built while the models train, and `crowds` only
@@ -490,6 +521,7 @@ def build_training_dag(task: Task):  # noqa: ANN201
             return {"feature_date": str(as_of), "rows": build_forward(run_task, paths, as_of)}
 
         @af_task(pool=DUCKDB_POOL)
+        @fails_for_good
         def crowds(results: list[dict], planned: dict, features: dict) -> dict:
             """The forward crowds of the features just built, by the champion the trainings left."""
             from ml.crowds import score_forward
@@ -500,6 +532,7 @@ def build_training_dag(task: Task):  # noqa: ANN201
             return {"path": str(r.path), "rows": r.rows, "model": r.model, "feature_date": str(as_of)}
 
         @af_task
+        @fails_for_good
         def report(published: dict, planned: dict, run_id: str | None = None) -> str:
             """This run's self-contained HTML report (ml.report_html): the comparison, every model's curves
             against the floors and the ceiling, and the crowds just published."""
