@@ -217,14 +217,14 @@ def check_buyers(data: Prepared, task: Task) -> None:
         raise ValueError(f"the training dates ({task.sample_dates[0]} .. {task.sample_dates[-1]}) hold no buyer in "
                          f"their {len(splits['train']):,} samples: nothing to learn from (a log with more buys, or "
                          "more sample dates)")
-    for split, buyers, dates in (("valid_population", data.valid_buyers, "the validation dates"),
-                                 ("evaluation", data.buyers, "the backtest date")):
+    for split, buyers, dates, purpose in (
+            ("valid_population", data.valid_buyers, "the validation dates hold", "choose a champion on (more "
+             "validation dates, or a bigger log)"),
+            ("evaluation", data.buyers, "the backtest date holds", "measure (a bigger log)")):
         if not np.any(splits[split].labels[:, 0] > 0):
-            raise ValueError(
-                f"{dates} hold no buyer among the {len(splits[split]):,} pairs they rank: {len(buyers):,} buyers of "
-                "the evaluated targets were outside that population, so "
-                f"there is nothing to {'choose a champion on' if split == 'valid_population' else 'measure'} (more "
-                f"{'validation dates' if split == 'valid_population' else 'data'}, or a bigger log)")
+            raise ValueError(f"{dates} no buyer among the {len(splits[split]):,} pairs ranked: {len(buyers):,} "
+                             f"buyers of the evaluated targets were outside that population, so there is nothing "
+                             f"to {purpose}")
 
 
 def _write_split(folder: Path, data: CrowdData) -> None:
