@@ -130,7 +130,7 @@ class Warehouse(_Settings):
 
 
 class Training(_Settings):
-    """Shared by every model of the task; a model's own entry under `models` overrides epochs, batch, lr."""
+    """Shared by every model of the task; a deep model's own entry under `models` overrides epochs, batch, lr."""
 
     epochs: int = Field(default=4, ge=1)
     batch_size: int = Field(default=1024, ge=1)
@@ -208,6 +208,12 @@ class Task(_Settings):
             if unknown:
                 raise ValueError(f"unknown model(s) {unknown}; expected some of {', '.join(ALL_MODELS)}")
             v = {m: (b if b is not None else {}) for m, b in v.items()}
+            # a LightGBM entry's epochs, batch_size or lr was read by nothing: refused, not ignored
+            budgeted = [m for m, b in v.items() if m in GBDT_MODELS and isinstance(b, Mapping)
+                        and any(x is not None for x in b.values())]
+            if budgeted:
+                raise ValueError(f"{', '.join(budgeted)}: epochs, batch_size and lr are the deep models' settings; "
+                                 "LightGBM boosts until its validation AUC stops improving: leave its entry empty ({})")
         return v
 
     @model_validator(mode="after")
@@ -228,13 +234,8 @@ class Task(_Settings):
         self._check_tags()
         label = dt.timedelta(days=w.label_days)
         # a date's label window must end before the next role's features start: no label leaks forward
-        first_validation = min(self.validation)
-        if self.samples.last + label > first_validation:
-            raise ValueError(f"validation: {first_validation} is inside the label window of the last sample date "
-                             f"{self.samples.last} ({w.label_days} days); move it to {self.samples.last + label} or later")
-        if max(self.validation) + label > self.backtest:
-            raise ValueError(f"backtest: {self.backtest} is inside the label window of validation date "
-                             f"{max(self.validation)}; move it to {max(self.validation) + label} or later")
+        _after_label_window("validation", min(self.validation), "the last sample date", self.samples.last, label)
+        _after_label_window("backtest", self.backtest, "validation date", max(self.validation), label)
         return self
 
     def _check_tags(self) -> None:
@@ -406,12 +407,28 @@ def _digest(obj: object) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def _after_label_window(field: str, date: dt.date, role: str, before: dt.date, label: dt.timedelta) -> None:
+    """`date` (of `field`) comes once `before`'s label window has ended; said as it is: inside that window, or
+    before `before` itself (a backtest before the validation dates is not "inside" their window)."""
+    if before + label <= date:
+        return
+    where = (f"is inside the label window of {role} {before} ({label.days} days)" if date >= before else
+             f"comes before {role} {before}")
+    raise ValueError(f"{field}: {date} {where}; move it to {before + label} or later")
+
+
+SHOWN_ERRORS = 3  # a task file's errors named in its one line; the rest counted
+
+
 def _describe(error: ValidationError, source: str) -> str:
-    first = error.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])  # empty for the cross-field checks, whose text names it
-    msg = first["msg"].removeprefix("Value error, ")
-    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"{source}: {where + ': ' if where else ''}{msg}{more}"
+    """Every error of the file in one line (the first few): a misspelt key is two, the key it should have been
+    (required) and the one written (unknown), and the second says what to fix."""
+    said = []
+    for e in error.errors()[:SHOWN_ERRORS]:
+        where = ".".join(str(p) for p in e["loc"])  # empty for the cross-field checks, whose text names it
+        said.append(f"{where + ': ' if where else ''}{e['msg'].removeprefix('Value error, ')}")
+    more = f" (and {error.error_count() - SHOWN_ERRORS} more)" if error.error_count() > SHOWN_ERRORS else ""
+    return f"{source}: {'; '.join(said)}{more}"
 
 
 def _validate(data: Mapping[str, Any], source: str) -> Task:

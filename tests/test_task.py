@@ -58,7 +58,15 @@ def _write(tmp_path: Path, changes: dict, drop: tuple[str, ...] = ()) -> Path:
     ({"windows.history_days": "ninety"}, (), r"windows\.history_days"),
     ({"target": "shop"}, (), r"target: Input should be 'brand', 'category', 'item' or 'tag'"),
     ({"models": {"din": {}, "xgb": {}}}, (), r"models: .*unknown model\(s\) \['xgb'\]"),
+    ({"models": {"din": {"epochs": 2}, "lgbm_all_mixed": {"epochs": 3}}}, (),
+     r"models: lgbm_all_mixed: epochs, batch_size and lr are the deep models' settings"),
     ({"validation": ["2013-09-10"]}, (), r"validation: 2013-09-10 is inside the label window"),
+    # a backtest before validation is not "inside" its label window (it said so)
+    ({"backtest": "2013-09-09"}, (), r"backtest: 2013-09-09 comes before validation date 2013-09-16; move it to "
+                                     r"2013-09-23 or later$"),
+    # a misspelt key names the key it should be and the one written, in one line
+    ({"windows": {"history_days": 90, "sequence_days": 30, "label_dayz": 7, "step_days": 7}}, (),
+     r"windows\.label_days: Field required; windows\.label_dayz: Extra inputs are not permitted$"),
     ({"backtest": "2013-09-31"}, (), r"backtest: "),
     ({"warehouse.feature_windows": [7, 120]}, (), r"warehouse.feature_windows: 120 days is longer than"),
     ({"windoes": {}}, (), r"windoes: Extra inputs are not permitted"),
