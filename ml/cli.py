@@ -126,6 +126,13 @@ def _cmd_warehouse(args: argparse.Namespace) -> int:
 
     task = _task(args, engine=args.engine)
     paths = TaskPaths.of(task)
+    if not args.select:  # a labelled date past the log fails now, not after the build
+        from ml.crowds import last_log_day
+        from ml.orchestration import check_label_window
+
+        last_day = last_log_day(paths.dataset_dir)
+        for ds in sorted(set(args.ds or task.labelled_dates) & set(task.labelled_dates)):
+            check_label_window(task, ds, last_day)
     engine = task.warehouse.engine
     location = paths.warehouse_of(engine)
     common = dict(dataset_dir=paths.dataset_dir, warehouse=location, dbt_vars=task.dbt_vars(ds=args.ds),

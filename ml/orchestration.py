@@ -154,8 +154,10 @@ def effective_task(name: str, params: dict | None, spec: dict[str, tuple[str, st
 
 
 def plan_period(task: Task, ds: dt.date, last_day: dt.date) -> str:
-    """What a period run does at ds: 'labelled', 'forward', or a reason to skip."""
+    """What a period run does at ds: 'labelled', 'forward', or a reason to skip; a labelled date whose label
+    window the log does not reach fails (check_label_window)."""
     if ds in task.labelled_dates:
+        check_label_window(task, ds, last_day)
         return "labelled"
     if ds > task.backtest:
         if ds > last_day + dt.timedelta(days=1):
@@ -166,6 +168,17 @@ def plan_period(task: Task, ds: dt.date, last_day: dt.date) -> str:
             f"its backtest")
 
 
+def check_label_window(task: Task, ds: dt.date, last_day: dt.date) -> None:
+    """A labelled date's label window must lie inside the log: past its last day, the buyers of the missing days
+    would be labelled non-buyers. Said before any build, naming the dates that fit; dbt's test
+    label_windows_are_covered_by_the_log still checks each day's events (a gap, a stray late event) after it,
+    but said only "Got 5 results", and a DAG retried the build twice before failing."""
+    end = ds + dt.timedelta(days=task.windows.label_days - 1)
+    if end > last_day:
+        latest = last_day - dt.timedelta(days=task.windows.label_days - 1)
+        raise ValueError(f"{ds}: its label window runs to {end}, past the log's last day {last_day}, so its late "
+                         f"buyers would count as non-buyers: the task's labelled dates (backtest {task.backtest}) "
+                         f"must be {latest} or earlier, or the log longer")
 
 
 def freeze_surviving_objects(project_dir: str, **_: object) -> None:

@@ -121,6 +121,16 @@ def test_run_dags_refuses_a_task_file_that_has_no_dags(tmp_path, monkeypatch, ca
     assert "has no DAGs" not in said and "holds no events" in said
 
 
+def test_a_labelled_date_past_the_log_fails_before_the_warehouse_is_built(tiny_dataset, capsys):
+    from ml.crowds import last_log_day
+
+    last = last_log_day(tiny_dataset)
+    assert main(["warehouse", "--set", f"backtest={last}", "--ds", str(last)]) == 2
+    captured = capsys.readouterr()
+    assert f"{last}: its label window runs to " in captured.err and f"past the log's last day {last}" in captured.err
+    assert "dbt" not in captured.out + captured.err  # no build began
+
+
 def test_generate_command_rejects_bad_sizes_cleanly(tmp_path, capsys):
     assert main(["generate", "--users", "10", "--items", "2", "--brands", "5", "--out", str(tmp_path / "d")]) == 2
     assert "--items" in capsys.readouterr().err

@@ -161,6 +161,11 @@ def test_plan_period_says_what_a_date_is_or_why_it_is_skipped():
     assert plan_period(task, dt.date(2017, 12, 4), last) == "forward"
     assert "neither a labelled date" in plan_period(task, dt.date(2017, 11, 27), last)
     assert "the log ends on 2017-12-03" in plan_period(task, dt.date(2017, 12, 9), last)
+    # a labelled date whose label window the log does not reach fails, before a dbt build whose test said only
+    # "Got 5 results" (and was retried twice)
+    with pytest.raises(ValueError, match=rf"{task.backtest}: its label window runs to {task.backtest}, past the "
+                                         rf"log's last day {task.backtest - dt.timedelta(days=1)}"):
+        plan_period(task, task.backtest, task.backtest - dt.timedelta(days=1))
 
 
 def test_a_changed_param_or_override_reaches_the_runs_task(tmp_path):
