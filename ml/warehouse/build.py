@@ -132,7 +132,10 @@ def run_dbt(
             continue
         report.statuses[node.unique_id] = str(r.status)
         if str(r.status) in _FAILED:
-            failures.append(f"{node.unique_id} ({r.status}): {(r.message or '').strip()}")
+            # a data test's message is its count of rows ("Got 5 results ..."): its description says what failed
+            meaning = (getattr(node, "description", "") or "").strip() if node.resource_type == "test" else ""
+            failures.append(f"{node.unique_id} ({r.status}): {(r.message or '').strip()}"
+                            + (f" ({meaning})" if meaning else ""))
     passed = {uid for uid, status in report.statuses.items() if uid.startswith("unit_test.") and status == "pass"}
     if passed and parsed.exists():
         _write_ids(passed_units, _read_ids(passed_units) | passed)
