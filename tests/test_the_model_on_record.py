@@ -167,6 +167,24 @@ def test_new_data_has_no_champion_until_a_model_is_trained_on_it(concurrent, tas
         schema_path.write_text(original)
 
 
+def test_a_named_model_that_is_not_there_says_which_are(tmp_path):
+    """It said "<path> is not a model bundle (no config.json)", and advised training a model name that
+    does not exist."""
+    from ml.task import TaskPaths
+    from ml.train.bundle import load_bundle
+
+    paths = TaskPaths(tmp_path, "brands", "mine")
+    (paths.models / "dnn").mkdir(parents=True)
+    (paths.models / "dnn" / "config.json").write_text("{}")
+    (paths.models / "din").mkdir()  # a folder left without its bundle is no trained model
+    with pytest.raises(ValueError, match=r"^task brands on mine has no trained model din \(trained: dnn\): train "
+                                         r"it with `crowd train --task brands --model din`$"):
+        load_bundle("din", paths, "")
+    with pytest.raises(ValueError, match=r"^no model named 'xgb': expected one of lgbm_per_target, .* \(trained for "
+                                         r"task brands on mine: dnn\)$"):
+        load_bundle("xgb", paths, "")
+
+
 def test_scoring_without_a_champion_fails_before_building_the_forward_features(concurrent, task_paths, capsys):
     """The champion is looked up before the forward date's dbt build (which on a large log takes minutes), not
     after it: other settings (another selection metric) have none, and no export of the date is made."""

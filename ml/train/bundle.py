@@ -29,7 +29,7 @@ from ml.features.dataset import CrowdData, RawExports, iter_exports, read_export
 from ml.features.feature_map import FeatureMap, Vocabulary
 from ml.models.zoo import NEEDS_SERIES, ModelConfig, build_model
 from ml.outputs import checked_name, file_lock, is_ours, replacing
-from ml.task import GBDT_MODELS, TaskPaths
+from ml.task import ALL_MODELS, GBDT_MODELS, TaskPaths
 from ml.train.calibration import correct_for_sampling, stratified_platt_apply
 from ml.train.compiled_trees import compile_booster
 from ml.train.gbdt import GbdtResult, predict_gbdt
@@ -165,7 +165,15 @@ def load_bundle(name: str | None, paths: TaskPaths, key: str) -> Bundle:
     """A local bundle of the task (its models/NAME), or the registered champion of the task's comparison
     fingerprint `key` when no name is given; the bundle's config then also carries `version` and `run_id`."""
     if name:
-        return Bundle.load(paths.models / checked_name(name, "model"))
+        folder = paths.models / checked_name(name, "model")
+        if not (folder / "config.json").exists():  # say which there are, not only that this one is not
+            trained = ", ".join(sorted(p.parent.name for p in paths.models.glob("*/config.json"))) or "none"
+            if name not in ALL_MODELS:
+                raise ValueError(f"no model named {name!r}: expected one of {', '.join(ALL_MODELS)} (trained for "
+                                 f"task {paths.task} on {paths.dataset}: {trained})")
+            raise ValueError(f"task {paths.task} on {paths.dataset} has no trained model {name} (trained: "
+                             f"{trained}): train it with `crowd train --task {paths.task} --model {name}`")
+        return Bundle.load(folder)
     version = champion_version(paths, key)
     bundle = Bundle.load(registered_bundle(paths, version.run_id))
     bundle.config.update(version=str(version.version), run_id=version.run_id)
