@@ -131,6 +131,18 @@ def test_a_labelled_date_past_the_log_fails_before_the_warehouse_is_built(tiny_d
     assert "dbt" not in captured.out + captured.err  # no build began
 
 
+def test_export_of_a_warehouse_never_built_says_so_and_makes_nothing(tmp_path, monkeypatch, capsys):
+    """DuckDB's connect made an empty warehouse file where a reader looked (or failed with an IOException when
+    its folder was missing), and the exports folder was made before."""
+    monkeypatch.setenv("CROWD_DATA_DIR", str(tmp_path / "data"))
+    assert main(["export", "--ds", "2013-09-16"]) == 1
+    paths = TaskPaths.of(load_task())
+    assert f"no warehouse at {paths.warehouse}: build it first" in capsys.readouterr().err
+    paths.warehouse.parent.mkdir(parents=True)  # its folder there: still no file made in it
+    assert main(["export", "--ds", "2013-09-16"]) == 1
+    assert not paths.warehouse.exists() and not paths.exports.exists()
+
+
 def test_generate_command_rejects_bad_sizes_cleanly(tmp_path, capsys):
     assert main(["generate", "--users", "10", "--items", "2", "--brands", "5", "--out", str(tmp_path / "d")]) == 2
     assert "--items" in capsys.readouterr().err

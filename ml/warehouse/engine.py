@@ -114,6 +114,8 @@ def open_warehouse(engine: str, location: Path) -> Iterator[duckdb.DuckDBPyConne
     """A DuckDB connection in which the warehouse's tables read as SCHEMA.TABLE, whichever engine built it."""
     location = Path(location)
     if check_engine(engine) == "duckdb":
+        if not location.is_file():  # a reader: duckdb.connect would make an empty warehouse file here
+            raise FileNotFoundError(f"no warehouse at {location}: build it first (crowd warehouse)")
         # the default configuration, as dbt-duckdb connects (it may hold this file open in this process: Cosmos's
         # in-process dbt), then the cap dbt sets: an export's sort of a large population would otherwise take
         # up to DuckDB's own default, 80 % of the machine's memory

@@ -76,8 +76,9 @@ def no_population_message(con: duckdb.DuckDBPyConnection, dates: list[dt.date]) 
             "left join (select distinct target_id from dim.dim_target_subset) as s on d.target_id = s.target_id "
             "where d.day < ?", [first]).fetchall()[0]
         log_days = con.execute("select min(day), max(day) from dw.dw_user_target_daily").fetchall()[0]
-    except duckdb.Error:  # no ADS, DIM or DW table: nothing was built here
-        return f"{head}: build it first (crowd warehouse --ds {first})"
+    except duckdb.Error:  # no ADS, DIM or DW table here: nothing built, or a Spark warehouse (ADS, samples read)
+        return (f"{head}: not built (crowd warehouse --ds {first}), or its build found no (user, target) pair "
+                "to rank: a log too small or too sparse on the task's targets for its dates")
     if not built:
         return (f"{head}: {first} was not built, or no user was active in its history window (the log's events "
                 f"run from {log_days[0]} to {log_days[1]}): build it (crowd warehouse --ds {first}) or pick dates "
@@ -123,10 +124,10 @@ def export_dates(warehouse: Path, out_root: Path, dates: list[dt.date] | None = 
     `engine` built it (ml.warehouse.engine): the same files come out whichever engine it was."""
     build = build_id(dataset_dir)
     out_root = Path(out_root)
-    out_root.mkdir(parents=True, exist_ok=True)
     dates = dates if dates is not None else built_dates(warehouse, engine)
     done = []
     with open_warehouse(engine, warehouse) as con:
+        out_root.mkdir(parents=True, exist_ok=True)
         empty = [ds for ds in dates if not any(_rows(con, EXPORTS[p][0], ds) for p in POPULATIONS)]
         if empty:  # every such date in one message, before any export is replaced
             raise ValueError(no_population_message(con, empty))
