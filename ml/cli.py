@@ -541,7 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     ld = _command(sub, "load", help="convert a real log (tmall, tianchi-mobile, taobao-userbehavior, "
                         "tmall-repeat) into canonical parquet, with rejects")
     ld.add_argument("--format", required=True, choices=sorted(FORMATS), help="the log's format (one of %(choices)s)")
-    ld.add_argument("paths", nargs="+", type=Path, help="log files (parts of one log)")
+    ld.add_argument("paths", nargs="+", type=Path,
+                    help="log files (parts of one log); .gz, .bz2 and one-file .zip are read as they are")
     ld.add_argument("--items", nargs="*", type=Path, help="item table files (tmall, tianchi-mobile)")
     ld.add_argument("--year", type=int, help="year of mmdd dates (tmall-repeat)")
     ld.add_argument("--start", type=_date, help="reject events before this date")

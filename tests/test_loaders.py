@@ -132,6 +132,48 @@ def test_load_keeps_rejects_and_reconciles_counts(tmp_path):
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["rejected"] == len(expected)
 
 
+@pytest.mark.parametrize("packed", [".gz", ".bz2", ".zip"])
+def test_a_compressed_log_loads_as_its_plain_file_does(tmp_path, packed):
+    """The public logs download as archives (UserBehavior.csv.zip): read as they are, with the same events,
+    rejects, line numbers and counts as the file inside. It said "line 1 has no ',' separator"."""
+    import bz2
+    import gzip
+    import zipfile
+
+    bad = tmp_path / "bad.csv"
+    expected = _corrupt_tianchi(bad)
+    archive = tmp_path / f"log{packed}" if packed == ".zip" else tmp_path / f"bad.csv{packed}"
+    if packed == ".zip":
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+            z.write(bad, "bad.csv")
+    else:
+        archive.write_bytes((gzip if packed == ".gz" else bz2).compress(bad.read_bytes()))
+    plain = load("tianchi-mobile", [bad], tmp_path / "plain")
+    unpacked = load("tianchi-mobile", [archive], tmp_path / "p")
+    assert unpacked["reconciled"] and unpacked["rejected"] == len(expected)
+    assert (unpacked["read"], unpacked["accepted"]) == (plain["read"], plain["accepted"])
+    pd.testing.assert_frame_equal(_events(tmp_path / "p"), _events(tmp_path / "plain"))
+
+    def rejects(out: Path) -> pd.DataFrame:  # the file they name differs; where and why they are does not
+        return pq.read_table(out / "rejects.parquet").to_pandas()[["line", "reason", "raw"]]
+    pd.testing.assert_frame_equal(rejects(tmp_path / "p"), rejects(tmp_path / "plain"))
+
+
+def test_an_archive_of_several_files_is_refused_naming_them(tmp_path):
+    import zipfile
+
+    two = tmp_path / "data_format1.zip"
+    with zipfile.ZipFile(two, "w") as z:
+        z.write(TMALL_REPEAT, "user_log_format1.csv")
+        z.write(TIANCHI_ITEMS, "user_info_format1.csv")
+    with pytest.raises(FormatError, match=r"a zip archive of 2 files \(user_log_format1.csv, user_info_format1.csv\)"
+                                          r": the loader reads an archive of one log; unzip it"):
+        load("tmall-repeat", [two], tmp_path / "o", year=2014)
+    (tmp_path / "not.zip").write_text("user_id,item_id\n")
+    with pytest.raises(FormatError, match="not a zip archive"):
+        load("tmall-repeat", [tmp_path / "not.zip"], tmp_path / "o", year=2014)
+
+
 def test_rows_outside_the_declared_range_are_rejected(tmp_path):
     m = load("tianchi-mobile", [TIANCHI_LOG], tmp_path / "o", start=dt.date(2014, 12, 1), end=dt.date(2014, 12, 10))
     ev = _events(tmp_path / "o")
