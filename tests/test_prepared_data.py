@@ -53,6 +53,24 @@ def test_a_prepared_split_is_what_encoding_a_direct_read_gives(tiny_exports, tas
     assert (frame["label_buy"].to_numpy() == raw.samples["label_buy"].to_numpy()).all()
 
 
+def test_an_open_whose_folder_was_removed_and_written_again_is_not_reused(tiny_exports, task, task_paths,
+                                                                          fresh_process):
+    """A preparation of other settings (another task or process) removes this key's folder, and a later one
+    writes it again: this process reopened nothing and kept serving the removed files' mapping, whose pages
+    are no other process's and which release_pages left resident."""
+    import shutil
+
+    first = prepare(task, task_paths)
+    shutil.rmtree(first.folder)
+    again = prepare(task, task_paths)
+    assert again is not first and again.folder == first.folder and (again.folder / "meta.json").exists()
+    address = again.splits["train"].features.ctypes.data
+    mapping = next(line for line in open("/proc/self/smaps") if "-" in line.split()[0] and ":" in line.split()[3]
+                   and int(line.split()[0].split("-")[0], 16) <= address < int(line.split()[0].split("-")[1], 16))
+    assert mapping.split()[5] == str(again.folder / "train" / "features.npy") and "(deleted)" not in mapping
+    assert prepare(task, task_paths) is again  # while it is the folder on disk, the open is reused
+
+
 def test_other_training_settings_prepare_other_rows_and_replace_the_old_folder(tiny_exports, task, task_paths,
                                                                                fresh_process):
     first = prepare(task, task_paths)
@@ -93,13 +111,16 @@ def test_the_negatives_drawn_date_by_date_while_reading_are_those_of_one_draw_ov
     assert (streamed[["ds", "user_id", "target_id"]].to_numpy() == whole[["ds", "user_id", "target_id"]].to_numpy()).all()
 
 
-def _mapped_kib(path) -> int:  # noqa: ANN001
-    """Resident KiB of this process's mappings of `path` (/proc/self/smaps)."""
-    total, inside = 0, False
+def _mapped_kib(path, array: np.ndarray) -> int:  # noqa: ANN001
+    """Resident KiB of the mapping of `path` that holds `array`'s data (/proc/self/smaps). That mapping alone:
+    an earlier open of the same path (of files since removed and written again, not yet collected) is another
+    mapping with its own pages."""
+    address, total, inside = array.ctypes.data, 0, False
     for line in open("/proc/self/smaps"):
         fields = line.split()
         if len(fields) >= 6 and "-" in fields[0] and ":" in fields[3]:  # a mapping's header line
-            inside = fields[5] == str(path)
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            inside = fields[5] == str(path) and start <= address < end
         elif inside and fields[0] == "Rss:":
             total += int(fields[1])
     return total
@@ -116,13 +137,13 @@ def test_scoring_hands_back_the_pages_of_the_rows_it_has_scored(tiny_exports, ta
     features = data.folder / "evaluation" / "features.npy"
     data.release_pages()
     float(np.asarray(split.features).sum())  # every page read once
-    assert _mapped_kib(features) >= 0.9 * features.stat().st_size / 1024
+    assert _mapped_kib(features, split.features) >= 0.9 * features.stat().st_size / 1024
     monkeypatch.setattr(scoring, "TRIM_EVERY", 1)
     model = build_model("dnn", data.fmap, ModelConfig()).eval()
     rows = len(split)
     scoring.predict(model, split, batch_size=max(64, rows // 8), processes=1)
     # released after each batch: at most the last batch's pages are resident, not the split's
-    assert _mapped_kib(features) < 0.5 * features.stat().st_size / 1024
+    assert _mapped_kib(features, split.features) < 0.5 * features.stat().st_size / 1024
 
 
 def test_what_every_model_shares_is_computed_by_the_first_process_and_read_back_by_the_others(

@@ -140,22 +140,35 @@ def prepared_key(task: Task, paths: TaskPaths) -> str:
                         with_series(task), code_version())
 
 
-_opened: dict[Path, Prepared] = {}  # the latest open of this process: the next model of the task reuses it
+# the latest open of this process, with the identity of the folder it mapped: the next model of the task reuses it
+_opened: dict[Path, tuple[tuple[int, int], Prepared]] = {}
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    """Which writing of the folder is on disk (its meta.json's inode and time), None when there is none."""
+    try:
+        meta = (folder / "meta.json").stat()
+    except FileNotFoundError:
+        return None
+    return meta.st_ino, meta.st_mtime_ns
 
 
 def prepare(task: Task, paths: TaskPaths) -> Prepared:
-    """The task's prepared splits: written when no process wrote them for this key yet, then opened."""
+    """The task's prepared splits: written when no process wrote them for this key yet, then opened. The open of
+    this process is reused while the folder it mapped is the one on disk: a preparation of other settings
+    removes it (another task, another process), and an open of the removed files kept their pages apart from
+    every other process's and out of reach of release_pages (a flaky test's 12 MB left resident)."""
     folder = paths.models / "prepared" / prepared_key(task, paths)
-    if folder in _opened:
-        return _opened[folder]
+    if folder in _opened and _opened[folder][0] == _identity(folder):
+        return _opened[folder][1]
     with file_lock(paths.models / "prepared.lock"):
         if not (folder / "meta.json").exists():
             with freed_when_done():  # the frames read to encode them
                 _write(task, paths, folder)
-        data = _open(folder)
+        identity, data = _identity(folder), _open(folder)
     check_buyers(data, task)
     _opened.clear()
-    _opened[folder] = data
+    _opened[folder] = (identity, data)
     return data
 
 
