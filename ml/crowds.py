@@ -66,8 +66,16 @@ def last_log_day(dataset_dir: Path) -> dt.date:
 
 
 def forward_date(task: Task, paths: TaskPaths, as_of: dt.date | None = None) -> dt.date:
-    """The features' date: as_of, else the task's crowds.as_of, else the day after the log's last day."""
-    return as_of or task.crowds.as_of or last_log_day(paths.dataset_dir) + dt.timedelta(days=1)
+    """The features' date: as_of, else the task's crowds.as_of, else the day after the log's last day. A date
+    later than that is refused, as the periods DAG skips one: the days before it are not all in the log, and
+    its features would show every user inactive over them (2014-06-01 on a log ending 2013-09-30 was built,
+    then said "not built" of it)."""
+    latest = last_log_day(paths.dataset_dir) + dt.timedelta(days=1)
+    chosen = as_of or task.crowds.as_of or latest
+    if chosen > latest:
+        raise ValueError(f"as_of {chosen}: the log ends on {latest - dt.timedelta(days=1)}, so the days before "
+                         f"{chosen} are not all in it; the latest feature date is {latest}")
+    return chosen
 
 
 def forward_key(task: Task, paths: TaskPaths, as_of: dt.date) -> str:

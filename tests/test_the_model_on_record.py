@@ -197,6 +197,18 @@ def test_scoring_without_a_champion_fails_before_building_the_forward_features(c
     assert "features as of" not in captured.out and not export_dir(task_paths.exports, as_of).exists()
 
 
+def test_a_feature_date_after_the_day_after_the_log_is_refused_before_any_build(tiny_dataset, task_paths, capsys):
+    """Its features would show every user inactive over the days the log does not hold; it was built, and then
+    said "not built" of itself."""
+    last = last_log_day(task_paths.dataset_dir)
+    late = last + dt.timedelta(days=30)
+    assert main(["score", "--as-of", str(late), "--model", "lgbm_all_mixed"]) == 2
+    said = capsys.readouterr().err
+    assert f"as_of {late}: the log ends on {last}" in said
+    assert f"the latest feature date is {last + dt.timedelta(days=1)}" in said
+    assert not export_dir(task_paths.exports, late).exists()
+
+
 def test_the_champion_is_downloaded_once_into_the_task_and_nothing_is_left_in_the_temporary_folder(
         concurrent, task_paths, tmp_path, monkeypatch, capsys):
     """MLflow's download without a destination leaves a copy of the model in a new temporary folder at every
