@@ -128,11 +128,14 @@ def export_dates(warehouse: Path, out_root: Path, dates: list[dt.date] | None = 
     done = []
     with open_warehouse(engine, warehouse) as con:
         out_root.mkdir(parents=True, exist_ok=True)
-        empty = [ds for ds in dates if not any(_rows(con, EXPORTS[p][0], ds) for p in POPULATIONS)]
-        if empty:  # every such date in one message, before any export is replaced
+        # each table's rows of each date, counted once: every empty date in one message, before any export is
+        # replaced, and the counts each export records
+        counts = {ds: {name: _rows(con, table, ds) for name, (table, _) in EXPORTS.items()} for ds in dates}
+        empty = [ds for ds in dates if not any(counts[ds][p] for p in POPULATIONS)]
+        if empty:
             raise ValueError(no_population_message(con, empty))
         for ds in dates:
-            done.append(_export_one(con, ds, out_root, fingerprint, build, forward_key))
+            done.append(_export_one(con, ds, counts[ds], out_root, fingerprint, build, forward_key))
     return done
 
 
@@ -141,15 +144,16 @@ def sql_path(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
-def _export_one(con: duckdb.DuckDBPyConnection, ds: dt.date, out_root: Path, fingerprint: str,
-                build: str, forward_key: str | None = None) -> Export:
+def _export_one(con: duckdb.DuckDBPyConnection, ds: dt.date, counts: dict[str, int], out_root: Path,
+                fingerprint: str, build: str, forward_key: str | None = None) -> Export:
+    """ds's export; counts: each table's rows of ds, of which a population is not empty (export_dates)."""
     final = export_dir(out_root, ds)
     partial = out_root / f".{final.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     rows: dict[str, int] = {}
     for name, (table, keys) in EXPORTS.items():
-        n = _rows(con, table, ds)
+        n = counts[name]
         # samples on labelled dates, the evaluation set on the backtest and the validation dates, forward on
         # the forward date
         if n == 0 and name in POPULATIONS:
@@ -159,9 +163,6 @@ def _export_one(con: duckdb.DuckDBPyConnection, ds: dt.date, out_root: Path, fin
         con.execute(f"copy (select * from {table} where ds = $ds order by {keys}) "
                     f"to {sql_path(partial / (name + '.parquet'))} (format parquet, compression zstd)", {"ds": ds})
         rows[name] = n
-    if not any(p in rows for p in POPULATIONS):  # emptied since export_dates looked
-        shutil.rmtree(partial, ignore_errors=True)
-        raise ValueError(no_population_message(con, [ds]))
     # the columns of a population this date has (an empty Spark table has no files to describe)
     population = next(EXPORTS[p][0] for p in POPULATIONS if p in rows)
     columns = [r[0] for r in con.execute(f"describe {population}").fetchall()]
