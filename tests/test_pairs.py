@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from ml.evaluate.metrics import evaluate_scores
-from ml.evaluate.pairs import choose_k, f1_interval, top_k_metrics
+from ml.evaluate.pairs import choose_k, f1_interval, submitted_share, top_k_metrics
 
 
 def test_f1_at_k_is_the_competitions_f1_of_the_submitted_pairs():
@@ -31,6 +33,39 @@ def test_k_is_the_one_with_the_best_f1_on_the_validation_days():
     # two days: the K of the best summed F1; a day shorter than K keeps its hits
     day2 = (np.array([0, 1]), np.array([0.9, 0.1]), 1)  # F1: K=1 0, K=2 0.667, K>2 2/(K+1)
     assert choose_k([(y, p, 3), day2]) == 2
+
+
+def test_tied_pairs_score_the_hits_expected_in_a_random_order_not_the_rows_order():
+    # a rule's few levels: K = 4 takes the two pairs scored 3 and two of the four tied at 2, which hold one buy
+    y = np.array([0, 1, 0, 0, 1, 0, 1, 0])
+    p = np.array([2.0, 2.0, 3.0, 2.0, 3.0, 1.0, 2.0, 1.0])  # tied at 2: rows 0, 1, 3, 6 (two buys)
+    m = top_k_metrics(y, p, n_buyers=4, k=4)
+    hits = 1 + 2 * (2 / 4)  # the buy scored 3, and half the tied run's two buys
+    assert m["precision_at_k"] == pytest.approx(hits / 4)
+    assert m["f1_at_k"] == pytest.approx(2 * hits / (4 + 4))
+    assert submitted_share(p, 4).tolist() == [0.5, 0.5, 1.0, 0.5, 1.0, 0.0, 0.5, 0.0]
+    # the same over every order of the rows: the mean over all 8! orders of the pairs actually submitted first
+    taken = []
+    for perm in itertools.permutations(range(len(y))):
+        perm = np.array(perm)
+        first_k = perm[np.argsort(-p[perm], kind="stable")[:4]]
+        taken.append(y[first_k].sum())
+        assert top_k_metrics(y[perm], p[perm], 4, 4) == m
+    assert np.mean(taken) == pytest.approx(hits)
+
+
+def test_the_choice_of_k_and_the_f1_interval_do_not_depend_on_the_rows_order():
+    rng = np.random.default_rng(3)
+    user = np.repeat(np.arange(300), 4)
+    y = (rng.random(len(user)) < 0.08).astype(int)
+    p = np.round(y * 0.3 + rng.random(len(user)), 1)  # 14 levels: long runs of ties
+    buyer_users = np.concatenate([user[y == 1], rng.integers(0, 300, 40)])
+    k = choose_k([(y, p, len(buyer_users))])
+    interval = f1_interval(y, p, user, 100, buyer_users, n_boot=200)  # K 100 cuts through a run of ties
+    for _ in range(3):
+        perm = rng.permutation(len(y))
+        assert choose_k([(y[perm], p[perm], len(buyer_users))]) == k
+        assert f1_interval(y[perm], p[perm], user[perm], 100, buyer_users, n_boot=200) == pytest.approx(interval)
 
 
 def test_a_buyer_table_smaller_than_the_positives_is_refused():

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from ml.features.dataset import CrowdData, read_exports
 from ml.task import TaskPaths, load_task
 from ml.train import prepared
-from ml.train.prepared import negatives_kept, prepare, prepared_key
+from ml.train.prepared import evaluation_code_version, negatives_kept, prepare, prepared_key
 
 
 @pytest.fixture
@@ -169,3 +172,19 @@ def test_what_every_model_shares_is_computed_by_the_first_process_and_read_back_
     assert again[0] == first[0] and again[1] == first[1]
     pd.testing.assert_frame_equal(again[2], first[2])
     assert again[3]["x"]["auc"] == 0.8 and np.isnan(again[3]["x"]["logloss"])
+
+
+def test_the_stored_evaluation_of_the_floors_and_the_ceiling_is_keyed_to_the_code_that_evaluates(tmp_path):
+    package = tmp_path / "ml"
+    shutil.copytree(Path(prepared.__file__).resolve().parents[1], package,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    before = evaluation_code_version(package)
+    assert before == evaluation_code_version()  # the copy is the package
+    metric = package / "evaluate" / "pairs.py"
+    metric.write_text(metric.read_text() + "\n# a metric changed\n")
+    changed = evaluation_code_version(package)
+    (package / "evaluate" / "new_metric.py").write_text("# a metric added\n")
+    added = evaluation_code_version(package)
+    assert len({before, changed, added}) == 3
+    (package / "models" / "zoo.py").write_text("# a model changed: the evaluation is not\n")
+    assert evaluation_code_version(package) == added

@@ -43,7 +43,7 @@ from ml.train.calibration import (CALIBRATION_METRICS, calibration_summary, corr
 from ml.train.gbdt import GbdtConfig, booster_inputs, predict_gbdt, train_gbdt
 from ml.train.distributed import Rank, current_rank, shard
 from ml.train.memory import freed_when_done
-from ml.train.prepared import Prepared, fingerprint, prepare
+from ml.train.prepared import Prepared, evaluation_code_version, fingerprint, prepare
 from ml.train.scoring import predict
 from ml.train.trainer import TrainConfig, Trainer, TrainResult, load_weights, seed_everything
 
@@ -376,10 +376,12 @@ def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, 
 
     # the ceiling and the floors are the same for every model of the data: evaluated once for the prepared rows
     # (each model's task of the training DAG is a process of its own) and kept beside them; a dataset generated
-    # again (its oracle's rollouts, say) writes a new manifest, and so makes another key
+    # again (its oracle's rollouts, say) writes a new manifest, and so makes another key; so does a change of
+    # the code that evaluates them
     manifest = Path(paths.dataset_dir) / "manifest.json"
     references_key = fingerprint(list(ns), by, task.target, str(backtest), [str(d) for d in valid_dates],
-                                 manifest.stat().st_mtime_ns if manifest.exists() else None)
+                                 manifest.stat().st_mtime_ns if manifest.exists() else None,
+                                 evaluation_code_version())
     oracle, oracle_error, reference_curves, floors = data.stored(f"references-{references_key}", references,
                                                                  _write_references, _read_references)
     curves = pd.concat([series_curves(model, y, scores, group, other, group_buyers), reference_curves],

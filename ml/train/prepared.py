@@ -22,7 +22,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -124,9 +124,23 @@ _TRAINING_CODE = ("models/zoo.py", "models/layers.py", "train/trainer.py", "trai
                   "train/prepared.py", "features/dataset.py", "features/feature_map.py")
 
 
+_PACKAGE = Path(__file__).resolve().parents[1]  # ml/, in a checkout or installed
+
+
 def code_version() -> str:
-    package = Path(__file__).resolve().parents[1]  # ml/, in a checkout or installed
-    return hashlib.sha1(b"".join((package / f).read_bytes() for f in _TRAINING_CODE)).hexdigest()[:12]
+    return _digest(_PACKAGE / f for f in _TRAINING_CODE)
+
+
+def evaluation_code_version(package: Path = _PACKAGE) -> str:
+    """The code that evaluates a score column (every module of ml/evaluate, the pipeline's evaluation and the
+    calibration summary): the floors' and the ceiling's evaluation kept beside the prepared rows is keyed to it,
+    so a change of a metric is not met by figures the earlier code computed (the rows need no new encoding)."""
+    return _digest([*sorted((package / "evaluate").glob("*.py")), package / "train" / "pipeline.py",
+                    package / "train" / "calibration.py"])
+
+
+def _digest(files: Iterable[Path]) -> str:
+    return hashlib.sha1(b"".join(path.read_bytes() for path in files)).hexdigest()[:12]
 
 
 def fingerprint(*parts: object) -> str:
