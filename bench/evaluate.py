@@ -41,14 +41,14 @@ def population(seed: int = 0) -> dict[str, np.ndarray]:
 
 def stages(d: dict[str, np.ndarray]) -> dict[str, Callable[[], object]]:
     y, user, target, touched, p = d["y"], d["user"], d["target"], d["touched"], d["model"]
-    group, other = ranking_groups(target, user, "target")
+    group = ranking_groups(target, user, "target")
     _, table = evaluate_scores(y, p, target, user, DEFAULT_NS)
     return {
         "evaluate_scores (model)": lambda: evaluate_scores(y, p, target, user, DEFAULT_NS),
         "evaluate_scores (floor, ties)": lambda: evaluate_scores(y, d["floor"], target, user, DEFAULT_NS),
         "backtest_intervals": lambda: backtest_intervals(y, p, target, user, table, seed=0),
         "auc_interval (touched pairs)": lambda: auc_interval(y[touched], p[touched], user[touched], n_boot=100),
-        "series_curves (model)": lambda: series_curves("model", y, p, group, other, None),
+        "series_curves (model)": lambda: series_curves("model", y, p, group, None),
         "calibration_summary": lambda: calibration_summary(y, p, touched),
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from sklearn.metrics import average_precision_score, ndcg_score, roc_auc_score, roc_curve
 
 from ml.evaluate.curves import gain_points, lift, roc_points, series_curves
-from ml.evaluate.metrics import _ranked_order, auc, evaluate_scores, group_auc, ranking_metrics
+from ml.evaluate.metrics import auc, evaluate_scores, group_auc, ranking_metrics
 
 
 def test_ranking_metrics_on_a_hand_computed_case():
@@ -63,15 +64,31 @@ def test_the_pooled_auc_agrees_with_scikit_learn_with_tied_scores(rng=np.random.
     assert np.isnan(auc(np.zeros(5), rng.random(5)))
 
 
-def test_the_ranked_order_is_a_lexsort_by_group_descending_score_and_tie_break(rng=np.random.default_rng(6)):
-    n = 4000
-    codes = rng.integers(0, 9, n)
-    p = rng.integers(0, 30, n) / 30  # ties inside groups
-    tie_break = rng.integers(0, 500, n)  # repeated (group, score, tie-break) rows too: input order decides
-    expected = np.lexsort((tie_break, -p, codes))
-    assert np.array_equal(_ranked_order(codes, 9, p, tie_break), expected)
-    unique = rng.permutation(n)
-    assert np.array_equal(_ranked_order(codes, 9, p, unique), np.lexsort((unique, -p, codes)))
+def _metrics_of_one_order(y: np.ndarray, p: np.ndarray, order: np.ndarray, n: int) -> list[float]:
+    """recall, precision, NDCG and MAP at n of one group, ties taken in the order given, by the definitions."""
+    ranked = y[sorted(order, key=lambda i: -p[i])]  # a stable sort: ties stay in `order`
+    top = ranked[:n]
+    buyers = y.sum()
+    ideal = sum(1 / math.log2(r + 2) for r in range(int(min(buyers, n))))
+    dcg = sum(rel / math.log2(r + 2) for r, rel in enumerate(top))
+    ap = sum(top[:r + 1].sum() / (r + 1) for r in range(len(top)) if top[r])
+    return [top.sum() / buyers, top.sum() / n, dcg / ideal, ap / min(buyers, n)]
+
+
+def test_tied_rows_count_what_a_random_order_of_the_tie_would_give_on_average():
+    # a heuristic's levels: a run of four tied at 2 (two buyers) straddles the top 3, a run of three at 1
+    y = np.array([0, 1, 1, 0, 1, 0, 0, 1])
+    p = np.array([2.0, 2.0, 3.0, 2.0, 1.0, 2.0, 1.0, 1.0])
+    for n in (1, 3, 5, 7):
+        per_order = [_metrics_of_one_order(y, p, np.array(order), n) for order in itertools.permutations(range(8))]
+        m = ranking_metrics(y, p, np.zeros(8), ns=(n,)).per_group.iloc[0]
+        got = [m[f"recall_at_{n}"], m[f"precision_at_{n}"], m[f"ndcg_at_{n}"], m[f"map_at_{n}"]]
+        assert got == pytest.approx(np.mean(per_order, axis=0), abs=1e-12)
+    # without ties the order is the order
+    distinct = np.array([0.8, 0.7, 0.9, 0.1, 0.3, 0.6, 0.2, 0.4])
+    m = ranking_metrics(y, distinct, np.zeros(8), ns=(3,)).per_group.iloc[0]
+    assert [m["recall_at_3"], m["precision_at_3"], m["ndcg_at_3"], m["map_at_3"]] == pytest.approx(
+        _metrics_of_one_order(y, distinct, np.arange(8), 3))
 
 
 def test_results_do_not_depend_on_row_order_even_with_tied_scores():
@@ -182,11 +199,11 @@ def test_series_curves_hold_recall_at_n_of_the_ranking_metrics_and_reliability_o
     n = 5_000
     y = (rng.random(n) < 0.05).astype(float)
     p = np.clip(rng.random(n) * 0.1 + y * 0.05, 0, 1)
-    target, user = rng.integers(0, 20, n), np.arange(n)
-    curves = series_curves("m", y, p, target, user, None)
+    target = rng.integers(0, 20, n)
+    curves = series_curves("m", y, p, target, None)
     recall = curves[curves["curve"] == "recall_at_n"].set_index("x")["y"]
-    expected = ranking_metrics(y, p, target, (100,), tie_break=user).mean["recall_at_100"]
+    expected = ranking_metrics(y, p, target, (100,)).mean["recall_at_100"]
     assert recall[100.0] == pytest.approx(expected)
     assert {"roc", "gain", "reliability", "ece"} <= set(curves["curve"]) and set(curves["series"]) == {"m"}
-    floor = series_curves("floor: f", y, p, target, user, None, probabilities=False)
+    floor = series_curves("floor: f", y, p, target, None, probabilities=False)
     assert not {"reliability", "ece"} & set(floor["curve"])

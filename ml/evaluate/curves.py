@@ -51,8 +51,8 @@ def gain_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return GRID, np.interp(GRID, np.r_[0.0, taken / len(y)], np.r_[0.0, found])
 
 
-def series_curves(name: str, y: np.ndarray, p: np.ndarray, group: np.ndarray, tie_break: np.ndarray,
-                  buyers: pd.Series | None, probabilities: bool = True) -> pd.DataFrame:
+def series_curves(name: str, y: np.ndarray, p: np.ndarray, group: np.ndarray, buyers: pd.Series | None,
+                  probabilities: bool = True) -> pd.DataFrame:
     """Every curve of one scored backtest: `roc`, `recall_at_n` (mean over the ranked groups, of every buyer
     when `buyers` is given), `gain` and, for scores that are probabilities, `reliability` (20 bins of equal
     rows; its ECE in the `ece` row). A heuristic floor's score is an order, not a probability: no
@@ -60,7 +60,7 @@ def series_curves(name: str, y: np.ndarray, p: np.ndarray, group: np.ndarray, ti
     parts = []
     x, tpr = roc_points(y, p)
     parts.append(pd.DataFrame({"curve": "roc", "x": x, "y": tpr}))
-    mean = ranking_metrics(y, p, group, RECALL_NS, tie_break=tie_break, buyers=buyers).mean
+    mean = ranking_metrics(y, p, group, RECALL_NS, buyers=buyers).mean
     parts.append(pd.DataFrame({"curve": "recall_at_n", "x": np.asarray(RECALL_NS, np.float64),
                                "y": [mean[f"recall_at_{n}"] for n in RECALL_NS]}))
     x, found = gain_points(y, p)

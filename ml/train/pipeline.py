@@ -350,7 +350,7 @@ def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, 
         intervals["f1_at_k"] = Interval(*f1_interval(y, scores, user, int(summary["k"]),
                                                      buyers["user_id"].to_numpy(), seed=task.training.seed))
 
-    group, other = ranking_groups(target, user, by)
+    group = ranking_groups(target, user, by)
     group_buyers = buyer_totals(buyers, by)["buyers"]
 
     def references() -> tuple[dict, dict, pd.DataFrame, dict]:
@@ -360,7 +360,7 @@ def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, 
             oracle_valid = (_oracle_validation(paths, v, valid_dates, task)
                             if validation_pairs is not None else None)
             oracle, _ = evaluate(p_oracle, oracle_valid)
-            curves.append(series_curves("oracle", y, p_oracle, group, other, group_buyers))
+            curves.append(series_curves("oracle", y, p_oracle, group, group_buyers))
             p_half = oracle_scores(paths.dataset_dir, ev, backtest, task, estimate="p_buy_half")
             if p_half is not None:
                 # how far the ceiling still moves from half its rollouts to all of them: its Monte Carlo error
@@ -371,7 +371,7 @@ def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, 
         floors = {}
         for name, s in floor_scores(ev, task.target).items():
             floors[name] = evaluate(s, floors_valid.get(name))[0]
-            curves.append(series_curves(f"floor: {name}", y, s, group, other, group_buyers, probabilities=False))
+            curves.append(series_curves(f"floor: {name}", y, s, group, group_buyers, probabilities=False))
         return oracle, oracle_error, pd.concat(curves, ignore_index=True) if curves else None, floors
 
     # the ceiling and the floors are the same for every model of the data: evaluated once for the prepared rows
@@ -384,7 +384,7 @@ def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, 
                                  evaluation_code_version())
     oracle, oracle_error, reference_curves, floors = data.stored(f"references-{references_key}", references,
                                                                  _write_references, _read_references)
-    curves = pd.concat([series_curves(model, y, scores, group, other, group_buyers), reference_curves],
+    curves = pd.concat([series_curves(model, y, scores, group, group_buyers), reference_curves],
                        ignore_index=True)
     plot_paths = [*evaluation_plots(curves, plots_dir, by), *extra_plots]
     if "k" in summary:  # the next-day item task: the submission size chosen on validation goes with the model
