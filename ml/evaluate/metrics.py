@@ -125,7 +125,7 @@ def ranking_metrics(y: np.ndarray, p: np.ndarray, group: np.ndarray, ns: tuple[i
     size = np.bincount(g, minlength=n_groups)
     starts = np.concatenate([[0], np.cumsum(size)[:-1]]).astype(np.int64)
     rank = np.arange(rows) - starts[g]  # 0-based rank within the group
-    # runs of tied scores inside a group: each row of a run is a buyer with the run's share of buyers
+    # runs of tied scores inside a group: each row of a run counts the run's share of buyers, its expected label
     first = np.r_[True, (g[1:] != g[:-1]) | (ranked[1:] != ranked[:-1])] if rows else np.zeros(0, dtype=bool)
     run = np.cumsum(first) - 1
     run_start = np.flatnonzero(first)
@@ -204,8 +204,7 @@ def evaluate_scores(y: np.ndarray, p: np.ndarray, target: np.ndarray, user: np.n
     gauc, _, per_user_table = group_auc(y, p, user, weight="rows")
     per_auc = per_target_table if by == "target" else per_user_table
     totals = buyer_totals(buyers, by) if buyers is not None else None
-    ranking = ranking_metrics(y, p, group, ns,
-                              buyers=totals["buyers"] if totals is not None else None)
+    ranking = ranking_metrics(y, p, group, ns, buyers=totals["buyers"] if totals is not None else None)
     summary = {"auc": auc(y, p), "logloss": logloss(y, p), "auc_per_target": per_target,
                "auc_per_target_unweighted": per_target_unweighted, "gauc": gauc, **ranking.mean}
     table = ranking.per_group.join(per_auc)

@@ -20,8 +20,8 @@ import numpy as np
 
 
 def _tie_runs(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The rows by descending score, and per row of that order its run of equal scores, the run's first
-    position and the run's length."""
+    """The rows by descending score; for each of them, its run of equal scores; each run's first position in
+    that order and its length."""
     order = np.argsort(-np.asarray(p, dtype=np.float64), kind="stable")
     ranked = np.asarray(p, dtype=np.float64)[order]
     first = np.concatenate([[True], ranked[1:] != ranked[:-1]]) if len(ranked) else np.zeros(0, dtype=bool)
