@@ -12,6 +12,7 @@ from sklearn.metrics import average_precision_score, ndcg_score, roc_auc_score, 
 
 from ml.evaluate.curves import gain_points, lift, roc_points, series_curves
 from ml.evaluate.metrics import auc, evaluate_scores, group_auc, ranking_metrics
+from ml.evaluate.plots import curve_figures
 
 
 def test_ranking_metrics_on_a_hand_computed_case():
@@ -207,3 +208,25 @@ def test_series_curves_hold_recall_at_n_of_the_ranking_metrics_and_reliability_o
     assert {"roc", "gain", "reliability", "ece"} <= set(curves["curve"]) and set(curves["series"]) == {"m"}
     floor = series_curves("floor: f", y, p, target, None, probabilities=False)
     assert not {"reliability", "ece"} & set(floor["curve"])
+
+
+def test_a_sparse_tasks_bins_without_a_buyer_are_marked_on_the_log_axes_not_drawn_as_a_drop(
+        rng=np.random.default_rng(8)):
+    # 4,000 pairs, 30 buyers: most of the 20 reliability bins hold none, and the top pairs hold no buyer
+    n = 4_000
+    p = np.sort(rng.random(n) ** 4 * 0.05)[::-1]
+    y = np.zeros(n)
+    y[rng.choice(np.arange(20, 1500), 30, replace=False)] = 1
+    curves = series_curves("m", y, p, np.zeros(n), None)
+    reliability = curves[curves["curve"] == "reliability"]
+    assert (reliability["y"] == 0).sum() >= 5
+    figures = curve_figures(curves)
+    for name in ("calibration", "lift"):
+        for line in figures[name].axes[0].get_lines():
+            drawn = np.asarray(line.get_ydata(), dtype=float)
+            assert (drawn[np.isfinite(drawn)] > 0).all(), name  # no point a log axis clips to its foot
+    ax = figures["calibration"].axes[0]
+    foot = ax.get_ylim()[0]
+    marks = [line for line in ax.get_lines() if line.get_marker() == "v"]
+    assert len(marks) == 1 and np.allclose(marks[0].get_ydata(), foot)
+    assert sorted(marks[0].get_xdata()) == sorted(reliability.loc[reliability["y"] == 0, "x"])

@@ -90,7 +90,7 @@ def curve_figures(curves: pd.DataFrame, by: str = "target") -> dict[str, Figure]
     figures["gain"] = fig
 
     fig, ax = _figure(figsize=(6, 4.5))
-    lines(ax, "gain", lift)
+    lines(ax, "gain", lambda gain: _positive(lift(gain)))  # no buyer in the top few pairs: lift 0, off the log axis
     ax.axhline(1.0, color="0.8", lw=0.8)
     ax.set(xscale="log", yscale="log", xlim=(1e-4, 1), xlabel="share of the scored pairs targeted",
            ylabel="lift (share found / share targeted)", title="lift")
@@ -100,18 +100,37 @@ def curve_figures(curves: pd.DataFrame, by: str = "target") -> dict[str, Figure]
     fig, ax = _figure(figsize=(5.5, 5))
     ece = curves[curves["curve"] == "ece"].set_index("series")["y"]
 
+    # a bin with no buyer (a sparse task's low bins) has an observed share of 0, which a log axis cannot show:
+    # drawn as a line to the axis' foot it read as a share of one in a million; it is marked there instead
+    no_buyer = []
     for name in ordered:
         part = curves[(curves["series"] == name) & (curves["curve"] == "reliability")]
         if len(part):
             style = _style(name, models)
             style["label"] += f" (ECE {ece.get(name, float('nan')):.2g})"
-            ax.plot(part["x"], part["y"], marker=".", **style)
-    ax.plot([1e-6, 1], [1e-6, 1], color="0.8", lw=0.8)
+            shown = _positive(part)
+            ax.plot(shown["x"], shown["y"], marker=".", **style)
+            no_buyer.append((part.loc[shown["y"].isna(), "x"], style["color"]))
+    predicted = curves.loc[curves["curve"] == "reliability", "x"]
+    if (predicted > 0).any():
+        span = [predicted[predicted > 0].min(), predicted.max()]
+        ax.plot(span, span, color="0.8", lw=0.8)
     ax.set(xscale="log", yscale="log", xlabel="mean predicted P(buy) (20 bins of equal rows)",
            ylabel="observed share", title="reliability")
+    if any(len(x) for x, _ in no_buyer):
+        foot = ax.get_ylim()[0]
+        for x, color in no_buyer:
+            ax.plot(x, np.full(len(x), foot), ls="none", marker="v", ms=5, color=color, clip_on=False)
+        ax.set_ylim(bottom=foot)
+        ax.set_ylabel("observed share (\u25bc: a bin with no buyer)")
     ax.legend(fontsize=7)
     figures["calibration"] = fig
     return figures
+
+
+def _positive(part: pd.DataFrame) -> pd.DataFrame:
+    """The points a log axis can draw; a share of 0 left as a gap in the line, not a drop to the axis."""
+    return part.assign(y=part["y"].where(part["y"] > 0))
 
 
 def evaluation_plots(curves: pd.DataFrame, out: Path, by: str = "target") -> list[Path]:
