@@ -105,6 +105,7 @@ def curve_figures(curves: pd.DataFrame, by: str = "target") -> dict[str, Figure]
     no_buyer = []
     for name in ordered:
         part = curves[(curves["series"] == name) & (curves["curve"] == "reliability")]
+        part = part[part["x"] > 0]  # a bin of scores of exactly 0 has no place on the log axis either
         if len(part):
             style = _style(name, models)
             style["label"] += f" (ECE {ece.get(name, float('nan')):.2g})"
