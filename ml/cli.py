@@ -225,6 +225,7 @@ def _print_outcome(o, select_by: str) -> None:  # noqa: ANN001
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ml.evaluate.metrics import evaluate_scores
+    from ml.evaluate.pairs import top_k_metrics
     from ml.features.dataset import read_buyers
     from ml.tracking import comparison_key
     from ml.train.bundle import load_bundle
@@ -238,13 +239,26 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     y, t, u = ev["label_buy"].to_numpy(), ev["target_id"].to_numpy(), ev["user_id"].to_numpy()
     buyers = read_buyers(paths.exports, task.backtest)
     by = task.ranked_by
-    summary, table = evaluate_scores(y, bundle.score(raw), t, u, task.evaluate.n, buyers=buyers, by=by)
+    scores = bundle.score(raw)
+    summary, table = evaluate_scores(y, scores, t, u, task.evaluate.n, buyers=buyers, by=by)
     print(f"{task.name}: {bundle.name} backtested on {task.backtest} ({len(ev):,} rows, {table.shape[0]} {by}s):")
     p_oracle = oracle_scores(paths.dataset_dir, ev, task.backtest, task)
     oracle = (evaluate_scores(y, p_oracle, t, u, task.evaluate.n, buyers=buyers, by=by)[0]
               if p_oracle is not None else {})
-    for k, v in summary.items():
-        print(f"  {k:<18} {v:.4f}" + (f"   oracle {oracle[k]:.4f}" if k in oracle else ""))
+    # the next-day item task's own metric: a submission of the model's K (chosen on the validation day when it
+    # trained); the ceiling's submission of the same size beside it
+    k = int(bundle.config.get("submission_k") or 0) if task.target == "item" else 0
+    if k:
+        summary.update(top_k_metrics(y, scores, len(buyers), k))
+        if p_oracle is not None:
+            oracle.update(top_k_metrics(y, p_oracle, len(buyers), k))
+    width = max(map(len, summary))
+    for name, value in summary.items():
+        shown = f"{value:.0f}" if name == "k" else f"{value:.4f}"
+        print(f"  {name:<{width}} {shown:>6}" + (f"   oracle {oracle[name]:.4f}"
+                                                   if name in oracle and name != "k" else ""))
+    if k:
+        print(f"  (k: the submission size {bundle.name} chose on the validation day; the oracle's F1 at the same k)")
     if args.per_target:
         table.to_csv(args.per_target)
         print(f"per-target metrics written to {args.per_target}")

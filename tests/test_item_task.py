@@ -165,6 +165,13 @@ def test_the_tianchi_task_trains_reports_f1_at_k_and_publishes_tomorrows_crowds(
         assert r["metrics.eval_auc"] > 0.6
         assert r["metrics.oracle_auc"] > 0.6 and r["metrics.oracle_f1_at_k"] >= 0
         assert "metrics.floor_cart_last_day_f1_at_k" in r.index
+    # `crowd evaluate` backtests the bundle again: the task's own metric at the K the model chose, as recorded
+    assert main(["evaluate", "--task", TIANCHI, "--model", "din"]) == 0
+    printed = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[1:]
+               if line.startswith("  ") and not line.strip().startswith("(")}
+    assert int(printed["k"][0]) == runs.loc["din", "metrics.eval_k"]
+    assert float(printed["f1_at_k"][0]) == pytest.approx(runs.loc["din", "metrics.eval_f1_at_k"], abs=1e-4)
+    assert printed["f1_at_k"][1] == "oracle"
     assert main(["report", "--task", TIANCHI]) == 0
     table = capsys.readouterr().out
     header = next(line for line in table.splitlines() if line.startswith("| model"))
