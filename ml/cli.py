@@ -360,7 +360,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         models = table[~table["model"].str.startswith("oracle")].dropna(subset=[select])
         population = ("the candidate pairs (user, item of the subset, touched in the last "
                       f"{task.warehouse.candidate_days or task.windows.history_days} days)" if task.target == "item"
-                      else f"every active user x the evaluated {task.target}s")
+                      else f"every active user x the evaluated {task.targets_word}")
         note = (f"Task {task.name}: `{select}` on the validation dates ({', '.join(map(str, task.validation))}), "
                 f"the metric the champion is chosen on; every other column on the backtest {task.backtest}, "
                 f"{population}. Written by `crowd report --readme` from the MLflow store.")

@@ -120,7 +120,7 @@ def _crowds_html(crowds: tuple[pd.DataFrame, pd.DataFrame] | None, task: Task) -
         "model": f"{first['model']} (version {first['model_version']}, run {first['run_id'] or '-'})",
         "features as of": str(first["feature_date"])[:10],
         "window predicted": f"{str(first['window_start'])[:10]} to {str(first['window_end'])[:10]} (exclusive)",
-        f"{task.target}s with a crowd": f"{len(sizes):,}",
+        f"{task.targets_word} with a crowd": f"{len(sizes):,}",
         "users per crowd": f"{sizes.min():,} to {sizes.max():,} (median {sizes.median():,.0f})",
         "rows (target, user)": f"{len(frame):,}; {frame['user_id'].nunique():,} distinct users",
     }
@@ -133,7 +133,7 @@ def _crowds_html(crowds: tuple[pd.DataFrame, pd.DataFrame] | None, task: Task) -
         rows = "".join(f"<tr><td>{int(r.target_id)}</td><td>{int(r.crowd_size):,}</td><td>{int(r.population):,}</td>"
                        f"<td>{r.expected_buyers_in_crowd:,.2f}</td><td>{r.expected_buyers_population:,.2f}</td></tr>"
                        for r in best.itertuples())
-        top = (f"<p>The {len(best)} {task.target}s with the most buyers to expect in their crowd:</p><table><thead><tr>"
+        top = (f"<p>The {len(best)} {task.targets_word} with the most buyers to expect in their crowd:</p><table><thead><tr>"
                f"<th>{task.target}</th><th>crowd</th><th>population</th><th>expected in crowd</th>"
                f"<th>expected in population</th></tr></thead><tbody>{rows}</tbody></table>")
     listed = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts.items())

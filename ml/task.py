@@ -271,6 +271,11 @@ class Task(_Settings):
         return sorted({*self.sample_dates, *self.validation, self.backtest})
 
     @property
+    def targets_word(self) -> str:
+        """The target in the plural, for what the user reads ("categories", never "categorys")."""
+        return "categories" if self.target == "category" else f"{self.target}s"
+
+    @property
     def ranked_by(self) -> str:
         """Whose ranking the per-group metrics measure: each target's users (a merchant's crowd), or for the
         next-day item task each user's items (per-user GAUC and recall@N, as the pair task is judged)."""

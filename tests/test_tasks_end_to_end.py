@@ -71,6 +71,9 @@ def test_the_taobao_category_task_runs_from_a_loaded_log_to_tomorrows_crowds(tao
     assert (crowd["feature_date"] > last_day).all() and set(crowd["target"]) == {"category"}
     assert crowd.groupby("target_id").size().max() <= task.crowds.size and crowd["target_id"].nunique() > 5
     assert set(crowd["model"]) <= {"lgbm_all_mixed", "dnn"}
+    assert main(["report", "--task", TAOBAO, "--html"]) == 0  # the crowds' summary speaks of categories
+    page = (paths.reports / "report.html").read_text()
+    assert "categories with a crowd" in page and "categorys" not in page
     # recall@N counts every buyer of the backtest, also those the evaluation set could not score
     buyers = pd.read_parquet(paths.exports / f"ds={task.backtest}" / "buyers.parquet")
     assert 0 < (~buyers["in_population"]).sum() < len(buyers)  # users first seen on the backtest day buy too

@@ -103,7 +103,7 @@ def erasure_report(task: Task, paths: TaskPaths, models: list[str]) -> pd.DataFr
     from ml.train.bundle import load_bundle
 
     if task.target != "tag":
-        raise ValueError(f"task {task.name} ranks {task.target}s: the erasure check is for tags (target tag)")
+        raise ValueError(f"task {task.name} ranks {task.targets_word}: the erasure check is for tags (target tag)")
     original = read_exports(paths.exports, [task.backtest], part="evaluation",
                             fingerprint=task.warehouse_fingerprint()).samples
     keys = original[["user_id", "target_id"]]
