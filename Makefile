@@ -24,7 +24,10 @@ $(STAMP): requirements.lock pyproject.toml
 	@# took about 2 minutes. It reads no pip configuration, so it is handed pip's find-links (where this kind of
 	@# machine keeps the CPU build of torch the lock names). Where uv cannot install it, pip does, as before.
 	$(BIN)/pip install --quiet --disable-pip-version-check $$(grep '^uv==' requirements.lock)
-	$(BIN)/uv pip install --quiet --python $(BIN)/python $(UV_FIND_LINKS) -r requirements.lock || \
+	@# uv leaves an empty lock file (uv-setuptools-*.lock) in the temporary folder at every install, even a dry
+	@# run: its temporary folder is the venv's own, so that nothing of ours stays behind in /tmp
+	@mkdir -p $(VENV)/tmp
+	TMPDIR=$(CURDIR)/$(VENV)/tmp $(BIN)/uv pip install --quiet --python $(BIN)/python $(UV_FIND_LINKS) -r requirements.lock || \
 	  { echo "uv could not install the lock; pip installs it"; \
 	    $(BIN)/pip install --quiet --disable-pip-version-check --no-compile -r requirements.lock; }
 	@# Bytecode is compiled here, on every core (uv compiles none; pip, told not to, would compile one file after
