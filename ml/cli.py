@@ -10,6 +10,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -224,8 +225,9 @@ def _print_outcome(o, select_by: str) -> None:  # noqa: ANN001
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ml.evaluate.intervals import Interval, backtest_intervals
     from ml.evaluate.metrics import evaluate_scores
-    from ml.evaluate.pairs import top_k_metrics
+    from ml.evaluate.pairs import f1_interval, top_k_metrics
     from ml.features.dataset import read_buyers
     from ml.tracking import comparison_key
     from ml.train.bundle import load_bundle
@@ -252,13 +254,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         summary.update(top_k_metrics(y, scores, len(buyers), k))
         if p_oracle is not None:
             oracle.update(top_k_metrics(y, p_oracle, len(buyers), k))
+    # each figure with its 95 % interval, as the training recorded it (same resamples, same seed): a difference
+    # between two models is read from these, not from the points
+    seed = task.training.seed
+    intervals = backtest_intervals(y, scores, t, u, table, seed=seed)
+    if k:
+        intervals["f1_at_k"] = Interval(*f1_interval(y, scores, u, k, buyers["user_id"].to_numpy(), seed=seed))
     width = max(map(len, summary))
     for name, value in summary.items():
         shown = f"{value:.0f}" if name == "k" else f"{value:.4f}"
-        print(f"  {name:<{width}} {shown:>6}" + (f"   oracle {oracle[name]:.4f}"
-                                                   if name in oracle and name != "k" else ""))
-    if k:
-        print(f"  (k: the submission size {bundle.name} chose on the validation day; the oracle's F1 at the same k)")
+        ci = intervals.get(name)
+        shown += f" ({ci.low:.3f}\u2013{ci.high:.3f})" if ci is not None and math.isfinite(ci.low) else ""
+        print((f"  {name:<{width}} {shown:<21}" + (f" oracle {oracle[name]:.4f}"
+                                                   if name in oracle and name != "k" else "")).rstrip())
+    print(f"  (95 % bootstrap intervals: the ranked {by}s resampled for their means, users for the rest"
+          + (f"; k: the submission size {bundle.name} chose on the validation day, the oracle's F1 at the same k)"
+             if k else ")"))
     if args.per_target:
         table.to_csv(args.per_target)
         print(f"per-target metrics written to {args.per_target}")

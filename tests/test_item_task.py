@@ -171,7 +171,10 @@ def test_the_tianchi_task_trains_reports_f1_at_k_and_publishes_tomorrows_crowds(
                if line.startswith("  ") and not line.strip().startswith("(")}
     assert int(printed["k"][0]) == runs.loc["din", "metrics.eval_k"]
     assert float(printed["f1_at_k"][0]) == pytest.approx(runs.loc["din", "metrics.eval_f1_at_k"], abs=1e-4)
-    assert printed["f1_at_k"][1] == "oracle"
+    low, high = map(float, printed["f1_at_k"][1].strip("()").split("\u2013"))  # the recorded interval
+    assert low == pytest.approx(runs.loc["din", "metrics.eval_f1_at_k_ci_low"], abs=5e-4)
+    assert high == pytest.approx(runs.loc["din", "metrics.eval_f1_at_k_ci_high"], abs=5e-4)
+    assert printed["f1_at_k"][2] == "oracle"
     assert main(["report", "--task", TIANCHI]) == 0
     table = capsys.readouterr().out
     header = next(line for line in table.splitlines() if line.startswith("| model"))

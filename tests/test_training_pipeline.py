@@ -256,9 +256,14 @@ def test_the_forward_population_scored_in_small_chunks_gives_the_same_crowds(out
 def test_evaluate_recomputes_the_recorded_metrics_from_the_bundle(outcomes, capsys, tiny_dataset):
     assert main(["evaluate", "--model", "lgbm_all_mixed"]) == 0
     printed = capsys.readouterr().out
-    auc_line = next(line for line in printed.splitlines() if line.strip().startswith("auc "))
-    assert float(auc_line.split()[1]) == pytest.approx(outcomes["lgbm_all_mixed"].summary["auc"], abs=1e-4)
-    assert "oracle" in auc_line
+    lines = {line.split()[0]: line.split()[1:] for line in printed.splitlines()[1:] if line.startswith("  ")}
+    outcome = outcomes["lgbm_all_mixed"]
+    for name in ("auc", "auc_per_target", "recall_at_100"):
+        assert float(lines[name][0]) == pytest.approx(outcome.summary[name], abs=1e-4)
+        # with the interval the training recorded: the same resamples of the same rows
+        low, high = map(float, lines[name][1].strip("()").split("\u2013"))
+        assert (low, high) == pytest.approx((outcome.intervals[name].low, outcome.intervals[name].high), abs=5e-4)
+    assert "oracle" in lines["auc"]
 
 
 def test_an_unknown_model_fails_with_a_clear_message(tiny_exports, task, task_paths):
