@@ -249,7 +249,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
               if p_oracle is not None else {})
     # the next-day item task's own metric: a submission of the model's K (chosen on the validation day when it
     # trained); the ceiling's submission of the same size beside it
-    k = int(bundle.config.get("submission_k") or 0) if task.target == "item" else 0
+    k = bundle.submission_k if task.target == "item" else 0
     if k:
         summary.update(top_k_metrics(y, scores, len(buyers), k))
         if p_oracle is not None:

@@ -196,7 +196,7 @@ def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | Non
     # is the top N of the parts' top Ns)
     limit, model_build = size or task.crowds.size, bundle.config.get("build", "")
     best, totals, users, pairs, build = None, [], [], None, None
-    k = int(bundle.config.get("submission_k") or 0) if task.target == "item" else 0
+    k = bundle.submission_k if task.target == "item" else 0
     chunks = bundle.iter_population(paths.exports, as_of, part="forward", rows=SCORE_CHUNK_ROWS)
     for raw in tqdm(chunks, desc="crowds", unit="chunk", leave=False, disable=None):
         if build is None:
@@ -267,7 +267,7 @@ def _champion_verdict(run_id: str, model: str) -> str | None:
 def _write_submission(pairs: pd.DataFrame | None, bundle, crowds: Path) -> Path | None:  # noqa: ANN001
     """submission.csv beside the crowds: the K pairs with the highest scores (user_id,item_id, the Tianchi
     format), K being the size the model's F1 was best at on the validation day (bundle config submission_k)."""
-    if not bundle.config.get("submission_k"):
+    if not bundle.submission_k:
         log.warning("%s has no submission size (trained before K was chosen on validation): no submission.csv",
                     bundle.name)
         return None

@@ -37,15 +37,10 @@ def per_group_auc(y: np.ndarray, p: np.ndarray, group: np.ndarray) -> pd.DataFra
     codes, groups = pd.factorize(np.asarray(group), sort=True)
     order = _grouped_order(codes, len(groups), np.argsort(p))
     g, ps, ys = codes[order], p[order], y[order]
-    n = len(g)
     rows = np.bincount(g, minlength=len(groups)).astype(np.float64)
     positives = np.bincount(g, weights=ys, minlength=len(groups))
     group_start = np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(np.int64)
-    run_start = np.flatnonzero(np.r_[True, (g[1:] != g[:-1]) | (ps[1:] != ps[:-1])]) if n else np.zeros(0, np.int64)
-    run_len = np.diff(np.r_[run_start, n])
-    starts = np.zeros(n, dtype=bool)
-    starts[run_start] = True
-    run = np.cumsum(starts) - 1
+    run, run_start, run_len = tie_runs(g, ps)
     # the 1-based rank inside the group, averaged over the run of ties it belongs to
     rank = (run_start - group_start[g[run_start]])[run] + (run_len[run] + 1) / 2.0
     rank_sum = np.bincount(g, weights=ys * rank, minlength=len(groups))
@@ -67,6 +62,16 @@ def group_auc(y: np.ndarray, p: np.ndarray, group: np.ndarray, weight: str = "po
         return float("nan"), float("nan"), per["auc"]
     weighted = float(np.average(per.loc[ok, "auc"], weights=per.loc[ok, weight]))
     return weighted, float(per.loc[ok, "auc"].mean()), per["auc"]
+
+
+def tie_runs(codes: np.ndarray, ranked: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows sorted by (group code, score): per row, its run of equal scores inside its group; per run, its first
+    row and its length. Every tie-aware measure here (AUC's average ranks, the expected hits of a cut-off) reads
+    a run as a whole."""
+    n = len(ranked)
+    first = np.r_[True, (codes[1:] != codes[:-1]) | (ranked[1:] != ranked[:-1])] if n else np.zeros(0, dtype=bool)
+    run_start = np.flatnonzero(first)
+    return np.cumsum(first) - 1, run_start, np.diff(np.r_[run_start, n]).astype(np.int64)
 
 
 def _grouped_order(codes: np.ndarray, n_groups: int, order: np.ndarray) -> np.ndarray:
@@ -126,10 +131,8 @@ def ranking_metrics(y: np.ndarray, p: np.ndarray, group: np.ndarray, ns: tuple[i
     starts = np.concatenate([[0], np.cumsum(size)[:-1]]).astype(np.int64)
     rank = np.arange(rows) - starts[g]  # 0-based rank within the group
     # runs of tied scores inside a group: each row of a run counts the run's share of buyers, its expected label
-    first = np.r_[True, (g[1:] != g[:-1]) | (ranked[1:] != ranked[:-1])] if rows else np.zeros(0, dtype=bool)
-    run = np.cumsum(first) - 1
-    run_start = np.flatnonzero(first)
-    run_len = np.diff(np.r_[run_start, rows]).astype(np.float64)
+    run, run_start, run_len = tie_runs(g, ranked)
+    run_len = run_len.astype(np.float64)
     run_buyers = np.bincount(run, weights=rel, minlength=len(run_start))
     share = run_buyers[run] / run_len[run]
     # every per-N sum is a difference of running sums over the ranked rows, read where each group's top N ends:

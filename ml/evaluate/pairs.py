@@ -18,17 +18,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from ml.evaluate.metrics import tie_runs
+
 
 def _tie_runs(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The rows by descending score; for each of them, its run of equal scores; each run's first position in
     that order and its length."""
     order = np.argsort(-np.asarray(p, dtype=np.float64), kind="stable")
-    ranked = np.asarray(p, dtype=np.float64)[order]
-    first = np.concatenate([[True], ranked[1:] != ranked[:-1]]) if len(ranked) else np.zeros(0, dtype=bool)
-    run = np.cumsum(first) - 1
-    starts = np.flatnonzero(first)
-    lengths = np.diff(np.concatenate([starts, [len(ranked)]]))
-    return order, run, starts, lengths
+    return order, *tie_runs(np.zeros(len(order), dtype=np.int8), np.asarray(p, dtype=np.float64)[order])
 
 
 def _expected_hits(y: np.ndarray, p: np.ndarray) -> np.ndarray:

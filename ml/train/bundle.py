@@ -61,6 +61,11 @@ class Bundle:
     def name(self) -> str:
         return self.config["model"]
 
+    @property
+    def submission_k(self) -> int:
+        """The next-day item task's submission size, chosen on the validation day at training (0: none chosen)."""
+        return int(self.config.get("submission_k") or 0)
+
     @classmethod
     def load(cls, path: Path) -> "Bundle":
         path = Path(path)
