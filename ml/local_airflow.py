@@ -205,16 +205,24 @@ def _result(run, dag_id: str, label: str, seconds: float) -> DagRunResult:  # no
     return DagRunResult(dag_id, label, str(run.state), seconds, failed, states.get("export") == "skipped", not_run)
 
 
+# what _fail_if_it_dies logs when a task's process ends before its task instance does
+_DIED = re.compile(r"the process of \S+ (?:was killed by|ended with) .*? before its task ended")
+
+
 def last_error(log_file: Path, start: int = 0) -> str | None:
     """The last exception a task raised in log_file after byte `start`: the line that ends its traceback
-    (the exception and its message). A failed run then says why on the console, not only in a log of
+    (the exception and its message), or the runner's line for a task process that died without one (killed
+    by the kernel for memory, say). A failed run then says why on the console, not only in a log of
     thousands of lines."""
     with open(log_file, "rb") as f:
         f.seek(start)
         lines = f.read().decode("utf-8", "replace").splitlines()
     found, in_traceback = None, False
     for line in lines:
-        if line.startswith("Traceback (most recent call last):"):
+        died = _DIED.search(line)
+        if died:  # no traceback for a process killed from outside: the runner's own line says it
+            found, in_traceback = died.group(0), False
+        elif line.startswith("Traceback (most recent call last):"):
             in_traceback = True
         elif in_traceback and line and not line[0].isspace():
             found, in_traceback = line.strip(), False
@@ -555,9 +563,26 @@ def _fail_if_it_dies(proc, key: dict) -> None:  # noqa: ANN001
         return
     ti = _task_instance(key)
     if ti.state not in State.finished and ti.state != TaskInstanceState.UP_FOR_RETRY:
-        log.error("the process of %s[%s] ended with exit code %s before its task did: marked failed",
-                  key["task_id"], key["map_index"], proc.exitcode)
+        log.error("%s", death_line(f"{key['task_id']}[{key['map_index']}]", proc.exitcode))
         ti.set_state(TaskInstanceState.FAILED)
+
+
+def death_line(task: str, exitcode: int) -> str:
+    """The runner's line for a task process that ended before its task instance did (last_error finds it)."""
+    return f"the process of {task} {exit_reason(exitcode)} before its task ended: marked failed"
+
+
+def exit_reason(exitcode: int) -> str:
+    """How a process ended, for a person: a negative exit code is the signal that killed it, and SIGKILL from
+    nobody in the project is most often the kernel's out-of-memory killer, which leaves no traceback."""
+    if exitcode >= 0:
+        return f"ended with exit code {exitcode}"
+    try:
+        name = signal.Signals(-exitcode).name
+    except ValueError:
+        name = f"signal {-exitcode}"
+    hint = " (out of memory? the kernel's OOM killer sends it, as does kill -9)" if -exitcode == signal.SIGKILL else ""
+    return f"was killed by {name}{hint}"
 
 
 def _collect_garbage() -> None:

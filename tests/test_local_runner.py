@@ -176,3 +176,35 @@ def test_dag_tests_no_tasks_warning_is_dropped_only_while_an_instance_is_in_prog
     assert not keep(record(stall, TaskInstanceState.QUEUED, None))
     assert keep(record(stall, None, TaskInstanceState.UP_FOR_RETRY))
     assert keep(record("Waiting for Human-in-the-loop input for tasks: %s", TaskInstanceState.RUNNING))
+
+
+def test_a_task_process_killed_without_a_traceback_is_named_with_its_signal_in_the_failure(tmp_path):
+    """A side-by-side child killed from outside (the kernel's OOM killer sends SIGKILL) writes no traceback:
+    run-dags' one-line failure said "failed tasks: train" and nothing more; now it names the signal."""
+    import logging
+    import multiprocessing as mp
+
+    from ml.local_airflow import death_line, exit_reason, last_error, log
+
+    child = mp.get_context("fork").Process(target=time.sleep, args=(60,))
+    child.start()
+    os.kill(child.pid, signal.SIGKILL)
+    child.join()
+    assert child.exitcode == -signal.SIGKILL
+    assert exit_reason(child.exitcode).startswith("was killed by SIGKILL (out of memory?")
+    assert exit_reason(-signal.SIGTERM) == "was killed by SIGTERM" and exit_reason(3) == "ended with exit code 3"
+
+    run_log = tmp_path / "local_run.log"
+    run_log.write_text("Traceback (most recent call last):\n  File \"x.py\", line 1\nKeyError: 'an earlier run'\n")
+    start = run_log.stat().st_size
+    handler = logging.FileHandler(run_log)  # as the runner's own log lines reach the run's log
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log.addHandler(handler)
+    try:
+        log.error("%s", death_line("train[3]", child.exitcode))
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    said = last_error(run_log, start)
+    assert said is not None and said.startswith("the process of train[3] was killed by SIGKILL (out of memory?")
+    assert said.endswith("before its task ended") and last_error(run_log) == said
