@@ -534,7 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"a task under tasks/ or a task file (default {DEFAULT_TASK}; `crowd tasks` lists them)")
     tasked.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help=f"change one setting of the task for this run (repeatable): a dotted path such as "
-                             f"windows.label_days=2, or one of {', '.join(OVERRIDES)}")
+                             f"windows.label_days=2, or one of {', '.join(OVERRIDES)} "
+                             f"(models=lgbm_all_mixed,dnn)")
 
     g = _command(sub, "generate", parents=[tasked], help="write a synthetic log (with its oracle) as canonical parquet")
     g.add_argument("--preset", choices=sorted(PRESETS),

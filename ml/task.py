@@ -201,6 +201,7 @@ class Task(_Settings):
     @field_validator("models", mode="before")
     @classmethod
     def _known_models(cls, v: Any) -> Any:
+        v = _model_names(v)
         if isinstance(v, (list, tuple)):  # a plain list of names: no budgets of their own
             v = {m: {} for m in v}
         if isinstance(v, Mapping):
@@ -361,6 +362,8 @@ class Task(_Settings):
         data = self.model_dump(mode="json")
         for key, value in changes.items():
             path = OVERRIDES.get(key, key)
+            if path == "models":
+                value = _model_names(value)
             if path == "models" and isinstance(value, (list, tuple)):
                 own = data["models"]
                 value = {m: own.get(m, {}) for m in value}
@@ -395,6 +398,14 @@ OVERRIDES: dict[str, str] = {
     "crowd_population": "crowds.population",
     "as_of": "crowds.as_of",
 }
+
+
+def _model_names(value: Any) -> Any:
+    """`--set models=lgbm_all_mixed,dnn` (or one name) as the list it means; YAML reads it as one string, which
+    was refused as "Input should be a valid dictionary"."""
+    if isinstance(value, str):
+        return [m.strip() for m in value.split(",") if m.strip()]
+    return value
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from ml.cli import main
-from ml.task import ALL_MODELS, DEEP_MODELS, GBDT_MODELS, TASKS_DIR, TaskError, TaskPaths, available_tasks, load_task
+from ml.task import (ALL_MODELS, DEEP_MODELS, GBDT_MODELS, TASKS_DIR, TaskError, TaskPaths, available_tasks, load_task,
+                     parse_assignments)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,6 +99,19 @@ def test_an_override_changes_one_field_and_is_validated_again():
         load_task("tmall-2013", {"label_days": 0})
     with pytest.raises(TaskError, match="labl_days: no such setting"):
         load_task("tmall-2013", {"labl_days": 3})
+
+
+def test_set_models_takes_names_separated_by_commas_as_a_user_types_them():
+    """`--set models=lgbm_all_mixed,dnn` is read as YAML: one string, refused before as "Input should be a valid
+    dictionary". A list, a comma-separated string and one name mean the same; a model the task sets keeps its
+    own budget, and an unknown name is still refused."""
+    own = load_task("tmall-2013", {"models": {"dnn": {"epochs": 9}, "din": {}}})
+    for given in ("dnn, lgbm_all_mixed", "[dnn, lgbm_all_mixed]"):
+        task = own.override(parse_assignments([f"models={given}"]))
+        assert task.model_names() == ["lgbm_all_mixed", "dnn"] and task.models["dnn"].epochs == 9
+    assert load_task("tmall-2013", parse_assignments(["models=din"])).model_names() == ["din"]
+    with pytest.raises(TaskError, match=r"unknown model\(s\) \['xgb'\]"):
+        load_task("tmall-2013", parse_assignments(["models=din,xgb"]))
 
 
 def test_two_tasks_and_two_datasets_have_separate_namespaces(tmp_path):
