@@ -231,11 +231,15 @@ def test_features_at_ds_ignore_every_event_on_or_after_ds(built, tiny_dataset, t
         > _query(warehouse, f"select sum(label_buy) as n from samples.samples where ds = cast('{PIT_DS}' as date)")["n"][0]
 
 
-def test_rebuilding_a_date_replaces_it_and_never_duplicates(built, tiny_dataset):
+def test_rebuilding_a_date_replaces_it_and_never_duplicates(built, tiny_dataset, capfd):
     warehouse, _ = built
     counts = {t: _query(warehouse, f"select count(*) as n from {t}")["n"][0] for t in PER_DS_TABLES}
     before = _snapshot(warehouse, PIT_DS)
-    run_dbt("run", dataset_dir=tiny_dataset, warehouse=warehouse, dbt_vars=_vars([PIT_DS]), quiet=True)
+    capfd.readouterr()
+    run_dbt("run", dataset_dir=tiny_dataset, warehouse=warehouse, dbt_vars=_vars([PIT_DS]))
+    console = capfd.readouterr().out
+    # dbt's console, written to a file or a pipe (not a terminal), holds no colour escape codes
+    assert "Completed successfully" in console and "\x1b[" not in console
     assert {t: _query(warehouse, f"select count(*) as n from {t}")["n"][0] for t in PER_DS_TABLES} == counts
     after = _snapshot(warehouse, PIT_DS)
     for table in before:

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -107,6 +108,8 @@ def run_dbt(
         args += ["--select", *select]
     if quiet:
         args.append("--quiet")
+    if not sys.stdout.isatty():  # dbt colours its console whatever it writes to: escape codes in a file or pipe
+        args.append("--no-use-colors")
     args += list(extra_args)
     env = dbt_environment(dataset_dir, warehouse, item_subset, engine)
     parsed = work / "parsed" / f"{parse_key(project_dir, dbt_vars or {}, env)}.msgpack"
