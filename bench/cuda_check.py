@@ -26,8 +26,8 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ml.features.feature_map import FeatureMap  # noqa: E402
-from ml.models.zoo import MODELS, ModelConfig, build_model  # noqa: E402
+from ml.features.feature_map import FeatureMap
+from ml.models.zoo import MODELS, ModelConfig, build_model
 
 N_DENSE, N_TARGETS, N_CATEGORIES = 117, 50, 10
 
@@ -75,7 +75,8 @@ def output_and_gradients(fmap: FeatureMap, name: str, device: str) -> tuple[torc
     out = model(make_batch(fmap, 512, 40, device))["buy"]
     params = [p for p in model.parameters() if p.requires_grad]
     grads = torch.autograd.grad(out.sum(), params, allow_unused=True)
-    return out.detach().cpu(), [torch.zeros_like(p).cpu() if g is None else g.cpu() for p, g in zip(params, grads)]
+    grads = [torch.zeros_like(p).cpu() if g is None else g.cpu() for p, g in zip(params, grads, strict=True)]
+    return out.detach().cpu(), grads
 
 
 def main() -> int:
@@ -96,7 +97,7 @@ def main() -> int:
         repeatable = torch.equal(first, second) and all(map(torch.equal, first_grads, second_grads))
         out_diff = (first - cpu).abs().max().item()
         largest = max(g.abs().max().item() for g in cpu_grads)
-        grad_diff = max((a - b).abs().max().item() for a, b in zip(first_grads, cpu_grads)) / largest
+        grad_diff = max((a - b).abs().max().item() for a, b in zip(first_grads, cpu_grads, strict=True)) / largest
         good = repeatable and out_diff < 1e-4 and grad_diff < 1e-3
         failed += [] if good else [name]
         print(f"{name:<7} two CUDA runs equal bit for bit: {repeatable}; |CUDA - CPU|: output {out_diff:.1e}, "

@@ -82,7 +82,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="crowd-bench-dag-") as scratch:
             (Path(scratch) / "raw").mkdir()
             os.symlink(dataset, Path(scratch) / "raw" / "synthetic")
-            done = subprocess.run([sys.executable, __file__, "--child", side, "--ds", str(ds), "--runs", str(args.runs)],
+            child = [sys.executable, __file__, "--child", side, "--ds", str(ds), "--runs", str(args.runs)]
+            done = subprocess.run(child,
                                   env={**os.environ, "CROWD_DATA_DIR": scratch}, capture_output=True, text=True,
                                   cwd=ROOT)
             if done.returncode != 0:
@@ -90,7 +91,7 @@ def main() -> None:
             measured[side] = json.loads(done.stdout.strip().splitlines()[-1])
     print("| run | dbt build alone | + export | DAG run | DAG - (build + export) | DAG / (build + export) |")
     print("|---|---|---|---|---|---|")
-    for i, (a, d) in enumerate(zip(measured["alone"], measured["dag"]), 1):
+    for i, (a, d) in enumerate(zip(measured["alone"], measured["dag"], strict=True), 1):
         work = a["build"] + a["export"]
         print(f"| {i} | {a['build']:.1f} s | {work:.1f} s | {d['dag']:.1f} s | {d['dag'] - work:+.1f} s "
               f"| {d['dag'] / work:.2f}x |")

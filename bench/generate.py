@@ -10,6 +10,7 @@ sampled every 50 ms, so it is what the machine actually had to hold.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import shutil
 import tempfile
@@ -19,9 +20,9 @@ from pathlib import Path
 
 import psutil
 
-from ml.task import load_task
 from ml.synth.generate import expected_events_per_user, generate
 from ml.synth.params import PRESETS, GeneratorConfig
+from ml.task import load_task
 
 
 class PeakMemory:
@@ -35,14 +36,12 @@ class PeakMemory:
         while not self._stop.is_set():
             total = me.memory_info().rss
             for child in me.children(recursive=True):
-                try:
+                with contextlib.suppress(psutil.Error):  # a child that ended meanwhile
                     total += child.memory_info().rss
-                except psutil.Error:
-                    pass
             self.peak = max(self.peak, total)
             time.sleep(self.interval)
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self

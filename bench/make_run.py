@@ -58,7 +58,8 @@ def main() -> None:
     args = ap.parse_args()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
                            text=True).stdout.strip()
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip()
     if dirty:
         print(f"note: the working tree has uncommitted changes; the clone is of HEAD {head} without them")
     scratch = Path(tempfile.mkdtemp(prefix="crowd-make-run-"))

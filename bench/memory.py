@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import gc
 import os
 import shutil
@@ -51,10 +52,8 @@ def _status(field: str) -> int:
 def _descendants(pid: int) -> list[int]:
     children = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
+        with contextlib.suppress(OSError):  # the thread or the process has ended
             children += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:  # the thread or the process has ended
-            pass
     return children + [d for c in children for d in _descendants(c)]
 
 
@@ -197,7 +196,7 @@ def main() -> None:
     data = stage("prepare", lambda: prepare(task, paths))
     for model in task.model_names():
         cfg = train_config(task, model, progress=False)
-        stage(model, lambda: train_and_evaluate(model, task, paths, train_cfg=cfg, data=data))
+        stage(model, lambda model=model, cfg=cfg: train_and_evaluate(model, task, paths, train_cfg=cfg, data=data))
     total = sum(s for _, s, _, _ in stages)
     peak, tree_peak = max(p for _, _, p, _ in stages), max(t for *_, t in stages)
     print(f"{'all':<18} {total:>8.1f} {'':>6} {peak:>9.2f} {tree_peak:>14.2f}", flush=True)

@@ -28,7 +28,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from warehouse import DS, _dataset  # noqa: E402  (bench/warehouse.py: the same datasets, the same date)
+from warehouse import DS, _dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,8 +109,8 @@ def main() -> None:
     root = args.keep or Path(tempfile.mkdtemp(prefix="crowd-bench-scale-"))
     root.mkdir(parents=True, exist_ok=True)
     print(f"one weekly build (ds {DS}) per engine, {os.cpu_count()} cores; datasets under {root}")
-    print(f"{'events':>12} {'engine':>7} {'build+export':>13} {'events/s':>12} {'peak':>9} | {'Spark / DuckDB time':>19}"
-          f" {'memory':>7}")
+    print(f"{'events':>12} {'engine':>7} {'build+export':>13} {'events/s':>12} {'peak':>9} | "
+          f"{'Spark / DuckDB time':>19} {'memory':>7}")
     for n in args.events:
         dataset, n_events = _dataset(n, root)
         work = Path(tempfile.mkdtemp(prefix="scale-", dir=root))
@@ -131,8 +131,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         one = _train(args.model, 1, Path(tmp) / "one.json")
         two = _train(args.model, 2, Path(tmp) / "two.json")
-    print(f"\n{args.model}, one epoch on the default task's exports: 1 process {one['samples_per_second']:,.0f} samples/s, "
-          f"2 processes {two['samples_per_second']:,.0f} samples/s ({two['samples_per_second'] / one['samples_per_second']:.2f}x); "
+    one_s, two_s = one["samples_per_second"], two["samples_per_second"]
+    print(f"\n{args.model}, one epoch on the default task's exports: 1 process {one_s:,.0f} samples/s, "
+          f"2 processes {two_s:,.0f} samples/s ({two_s / one_s:.2f}x); "
           f"validation AUC {one['history'][-1]['valid_auc']:.4f} and {two['history'][-1]['valid_auc']:.4f}")
 
 

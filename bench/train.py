@@ -24,16 +24,17 @@ import time
 import numpy as np
 import torch
 
-from ml.task import TaskPaths, load_task
 from ml.evaluate.metrics import auc
 from ml.features.dataset import CrowdData, fit_feature_map, read_exports
+from ml.features.feature_map import FeatureMap
 from ml.models.zoo import ModelConfig, build_model
+from ml.task import TaskPaths, load_task
 from ml.train.prepared import negatives_kept
 from ml.train.scoring import predict
-from ml.train.trainer import model_loss, seed_everything, TrainConfig
+from ml.train.trainer import TrainConfig, model_loss, seed_everything
 
 
-def _data(n_dates: int):
+def _data(n_dates: int) -> tuple[FeatureMap, CrowdData, CrowdData]:
     task = load_task("tmall-2013")
     paths = TaskPaths.of(task)
     dates = task.sample_dates[-n_dates:]
@@ -67,7 +68,8 @@ def run_ours(model_name: str, batch_size: int, epochs: int, n_dates: int) -> dic
             opt.step()
             n += len(b["labels"])
     seconds = time.perf_counter() - t0
-    return {"samples_per_s": n / seconds, "auc": auc(valid.labels[:, 0], predict(model, valid)), "peak_gib": _peak_gib()}
+    return {"samples_per_s": n / seconds, "auc": auc(valid.labels[:, 0], predict(model, valid)),
+            "peak_gib": _peak_gib()}
 
 
 def run_rechub(model_name: str, batch_size: int, epochs: int, n_dates: int) -> dict:
@@ -114,7 +116,7 @@ def run_rechub(model_name: str, batch_size: int, epochs: int, n_dates: int) -> d
                     mlp_params={"dims": [256, 128], "dropout": 0.2},
                     attention_mlp_params={"dims": [64, 32]})
     else:
-        model = DeepFM(deep_features=dense + [target, category], fm_features=[target, category],
+        model = DeepFM(deep_features=[*dense, target, category], fm_features=[target, category],
                        mlp_params={"dims": [256, 128], "dropout": 0.2})
     train_x, valid_x = x_dict(train), x_dict(valid)
     train_dl, valid_dl, _ = DataGenerator(train_x, train.labels[:, 0]).generate_dataloader(

@@ -36,11 +36,11 @@ import time
 from pathlib import Path
 
 from ml.config import ACTIONS
+from ml.synth.generate import expected_events_per_user, generate
+from ml.synth.params import PRESETS, GeneratorConfig
 from ml.task import load_task
 from ml.warehouse.export import sql_path
 from ml.warehouse.reference import ONE_QUERY_MODELS
-from ml.synth.generate import expected_events_per_user, generate
-from ml.synth.params import PRESETS, GeneratorConfig
 
 DS = dt.date(2013, 9, 16)
 # what the features floor computes, as the build computes it: the daily table the three feature models read

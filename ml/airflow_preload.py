@@ -1,7 +1,7 @@
 """What side_by_side's fork server (ml.local_airflow) builds once for all its children: Airflow, the FastAPI
-app of the execution API that dag.test runs in-process in each child, and MLflow's map of installed packages. Imported there, before any child forks,
-instead of in every child: about 8 s of each training task on 2 cores (Airflow's import 1.4 s, building the app
-2.2 s and its versioned routes 4.4 s).
+app of the execution API that dag.test runs in-process in each child, and MLflow's map of installed packages.
+Imported there, before any child forks, instead of in every child: about 8 s of each training task on 2 cores
+(Airflow's import 1.4 s, building the app 2.2 s and its versioned routes 4.4 s).
 
 Airflow reads its settings (AIRFLOW_HOME, AIRFLOW__*) when first imported, so the fork server holds those of the
 environment it started in: side_by_side starts another one when they change. Only the app is built here; its

@@ -61,7 +61,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError(f"task {task.name} names no generator preset (generate.preset): pass --preset")
     preset = PRESETS[preset_name]
     sizes = preset.sizes
-    changes = {k: getattr(args, k) for k in ("users", "items", "brands", "start", "end") if getattr(args, k) is not None}
+    changes = {k: getattr(args, k) for k in ("users", "items", "brands", "start", "end")
+               if getattr(args, k) is not None}
     sizes = replace(sizes, **changes)
     seed = args.seed if args.seed is not None else (task.generate.seed if task.generate else None)
     label = task.windows.label_days
@@ -136,8 +137,8 @@ def _cmd_warehouse(args: argparse.Namespace) -> int:
             check_label_window(task, ds, last_day)
     engine = task.warehouse.engine
     location = paths.warehouse_of(engine)
-    common = dict(dataset_dir=paths.dataset_dir, warehouse=location, dbt_vars=task.dbt_vars(ds=args.ds),
-                  item_subset=item_subset_path(task, paths), engine=engine)
+    common = {"dataset_dir": paths.dataset_dir, "warehouse": location, "dbt_vars": task.dbt_vars(ds=args.ds),
+              "item_subset": item_subset_path(task, paths), "engine": engine}
     if args.skip_tests or args.select:  # exactly what was asked: dbt run, or the nodes selected
         report = run_dbt("run" if args.skip_tests else "build", select=args.select or (), **common)
     else:  # ODS, DIM and DW only when not already built from this dataset and these settings
@@ -149,8 +150,8 @@ def _cmd_warehouse(args: argparse.Namespace) -> int:
         from ml.warehouse.docs import document_warehouse
 
         unknown = document_warehouse(engine, location, DBT_PROJECT_DIR)
-        print(f"described the ADS and samples columns in {DBT_PROJECT_DIR / 'models'}"
-              + (f"; no description for {', '.join(unknown)} (outside the feature grammar: write one)" if unknown else ""))
+        missing = f"; no description for {', '.join(unknown)} (outside the feature grammar: write one)"
+        print(f"described the ADS and samples columns in {DBT_PROJECT_DIR / 'models'}" + (missing if unknown else ""))
     if not args.no_export:
         for e in export_dates(location, paths.exports, args.ds or task.labelled_dates,
                               fingerprint=task.warehouse_fingerprint(), dataset_dir=paths.dataset_dir, engine=engine):
@@ -277,8 +278,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from ml.crowds import (build_forward, expected_buyers_path, forward_date, forward_key, held_forward,
-                           score_forward)
+    from ml.crowds import build_forward, expected_buyers_path, forward_date, forward_key, held_forward, score_forward
 
     task = _task(args, as_of=args.as_of, crowd_size=args.size)
     paths = TaskPaths.of(task)
@@ -514,7 +514,6 @@ def _command(sub: argparse._SubParsersAction, name: str, **kwargs: object) -> ar
 
 def build_parser() -> argparse.ArgumentParser:
     from ml.evaluate.ablation import GROUPS as ABLATION_GROUPS
-
     from ml.loaders.formats import FORMATS
     from ml.synth.params import PRESETS
     from ml.task import ALL_MODELS, DEFAULT_TASK, OVERRIDES

@@ -6,6 +6,7 @@ A run's settings (dataset, target, windows, dates, models) are a task (ml/task.p
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,13 @@ def parse_date(value: str | dt.date, name: str = "date") -> dt.date:
         return dt.date.fromisoformat(str(value).strip())
     except ValueError:
         raise ValueError(f"{name}: expected a date as YYYY-MM-DD, got {value!r}") from None
+
+
+def content_digest(data: bytes, chars: int) -> str:
+    """The first `chars` hex digits of data's SHA-1: the project's cache keys and fingerprints (a prepared
+    folder, a parse, a build, an export's key), which name content and guard against nothing, so the weak hash
+    is fine and its digits stay those of every key stored before."""
+    return hashlib.sha1(data, usedforsecurity=False).hexdigest()[:chars]
 
 
 def repo_root() -> Path:
@@ -49,7 +57,7 @@ class Paths:
     root: Path
 
     @classmethod
-    def default(cls) -> "Paths":
+    def default(cls) -> Paths:
         return cls(data_dir())
 
     def dataset(self, name: str) -> Path:

@@ -82,16 +82,15 @@ def forward_key(task: Task, paths: TaskPaths, as_of: dt.date) -> str:
     """What the forward date's export is a function of: the inputs of the upstream layers (the dataset's files
     and the item subset file, every dbt var but the dates, the project's sources, dbt's and DuckDB's versions:
     ml.warehouse.build.upstream_key), the date, the engine, and the export's own code."""
-    import hashlib
-
+    from ml.config import content_digest
     from ml.warehouse import export
     from ml.warehouse.build import upstream_key
     from ml.warehouse.subset import subset_source
 
-    code = hashlib.sha1(Path(export.__file__).read_bytes()).hexdigest()
+    code = content_digest(Path(export.__file__).read_bytes(), 40)
     # the user's subset file, not the warehouse's checked copy of it, which a build writes
     key = upstream_key(paths.dataset_dir, task.dbt_vars(ds=[as_of], forward=as_of), subset_source(task, paths))
-    return hashlib.sha1(f"{key} {as_of.isoformat()} {task.warehouse.engine} {code}".encode()).hexdigest()[:16]
+    return content_digest(f"{key} {as_of.isoformat()} {task.warehouse.engine} {code}".encode(), 16)
 
 
 def held_forward(paths: TaskPaths, as_of: dt.date, key: str) -> dict[str, int] | None:
@@ -150,7 +149,8 @@ def top_users(frame: pd.DataFrame, scores: np.ndarray, size: int) -> pd.DataFram
 def top_pairs(frame: pd.DataFrame, scores: np.ndarray, k: int) -> pd.DataFrame:
     """The k (user, target) pairs with the highest scores over every target; ties by user id, then target id."""
     order = np.lexsort((frame["target_id"].to_numpy(), frame["user_id"].to_numpy(), -np.asarray(scores)))[:k]
-    return pd.DataFrame({"user_id": frame["user_id"].to_numpy()[order], "target_id": frame["target_id"].to_numpy()[order],
+    return pd.DataFrame({"user_id": frame["user_id"].to_numpy()[order],
+                         "target_id": frame["target_id"].to_numpy()[order],
                          "score": np.asarray(scores, np.float64)[order]})
 
 
@@ -207,13 +207,15 @@ def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | Non
                             model_build or "unknown", as_of, build or "unknown")
         scores = bundle.score(raw)
         chunk = top_users(raw.samples, scores, limit)
-        best = chunk if best is None else top_users(pd.concat([best, chunk]), np.r_[best["score"], chunk["score"]], limit)
+        best = chunk if best is None else top_users(pd.concat([best, chunk]), np.r_[best["score"], chunk["score"]],
+                                                    limit)
         totals.append(pd.DataFrame({"target_id": raw.samples["target_id"].to_numpy(), "score": scores})
                       .groupby("target_id")["score"].agg(expected_buyers_population="sum", population="size"))
         users.append(np.unique(raw.samples["user_id"].to_numpy()))
         if k:
             found = top_pairs(raw.samples, scores, k)
-            pairs = found if pairs is None else top_pairs(pd.concat([pairs, found]), np.r_[pairs["score"], found["score"]], k)
+            pairs = found if pairs is None else top_pairs(pd.concat([pairs, found]),
+                                                          np.r_[pairs["score"], found["score"]], k)
     build = build or ""
     if best is None:
         best = pd.DataFrame({"target_id": pd.Series(dtype="int64"), "rank": pd.Series(dtype="int64"),
@@ -237,8 +239,9 @@ def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | Non
     submission = _write_submission(pairs, bundle, target) if task.target == "item" else None
     if out is None:
         _publish_table(crowd, paths.warehouse, task.name, as_of)
-    log.debug("%s: crowds of %d %s targets (top %d) for %s..%s by %s v%s -> %s", task.name, crowd["target_id"].nunique(),
-             task.target, size, as_of, end, bundle.name, crowd["model_version"].iloc[0] if len(crowd) else "-", target)
+    log.debug("%s: crowds of %d %s targets (top %d) for %s..%s by %s v%s -> %s", task.name,
+              crowd["target_id"].nunique(), task.target, size, as_of, end, bundle.name,
+              crowd["model_version"].iloc[0] if len(crowd) else "-", target)
     # (a local bundle, named by --model, was read without the task's MLflow store)
     verdict = _champion_verdict(run_id, bundle.name) if version != "local" and run_id else None
     if verdict:  # in the training DAG's task log; `crowd score` prints it as its own line

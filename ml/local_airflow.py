@@ -30,8 +30,8 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
-from multiprocessing.connection import Connection
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from ml.config import Paths
@@ -290,8 +290,8 @@ def run_pipeline(task: Task, overrides: dict | None = None, dates: list[dt.date]
         bag = DagBag(dag_folder=str(DAGS_FOLDER))
         if bag.import_errors:
             raise RuntimeError(f"the DAGs do not import: {bag.import_errors}")
-        runs = [(periods_dag_id(task.name), f"period {ds}", {"logical_date": period_start(ds), "run_after": period_start(ds),
-                                                                    "run_conf": conf})
+        runs = [(periods_dag_id(task.name), f"period {ds}",
+                 {"logical_date": period_start(ds), "run_after": period_start(ds), "run_conf": conf})
                 for ds in dates]
         if training:
             runs.append((training_dag_id(task.name), "training", {"run_conf": conf}))
@@ -303,7 +303,7 @@ def run_pipeline(task: Task, overrides: dict | None = None, dates: list[dt.date]
                 _collect_garbage()
                 start = time.perf_counter()
                 dag = bag.get_dag(dag_id)
-                queued_before = dt.datetime.now(dt.timezone.utc)
+                queued_before = dt.datetime.now(dt.UTC)
                 log_start = log_file.stat().st_size
                 with side_by_side(dag, log_file):
                     run = dag.test(**kwargs)
@@ -389,7 +389,7 @@ def side_by_side(dag, log_file: Path) -> Iterator[None]:  # noqa: ANN001
 
     limits = {t.task_id: t.max_active_tis_per_dag for t in dag.tasks if (t.max_active_tis_per_dag or 0) > 1}
     beside = [t.task_id for t in dag.tasks if t.task_id in RUN_BESIDE]
-    limits |= {task_id: 1 for task_id in beside}
+    limits |= dict.fromkeys(beside, 1)
     if not limits:
         yield
         return
@@ -427,7 +427,8 @@ def side_by_side(dag, log_file: Path) -> Iterator[None]:  # noqa: ANN001
         ti.set_state(TaskInstanceState.QUEUED)  # taken: the loop must not hand it out again
         key = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": ti.map_index}
         threads = max(1, _torch_threads() // slots)
-        proc = ctx.Process(target=_run_in_child, args=(key, dict(os.environ), threads, run_triggerer, log_file, alive_r),
+        proc = ctx.Process(target=_run_in_child,
+                           args=(key, dict(os.environ), threads, run_triggerer, log_file, alive_r),
                            name=f"{ti.task_id}[{ti.map_index}]")
         proc.start()
         log.info("side by side: %s[%s] started in process %s", ti.task_id, ti.map_index, proc.pid)
@@ -667,7 +668,8 @@ def _standalone(paths: Paths, host: str, port: int, stop_timeout: float, ready_t
         while True:
             for name, proc in procs.items():
                 if proc.poll() is not None:
-                    log.error("airflow %s exited with code %s; its log: %s", name, proc.returncode, logs / f"{name}.log")
+                    log.error("airflow %s exited with code %s; its log: %s", name, proc.returncode,
+                              logs / f"{name}.log")
                     return 1
             if not ready and _healthy(host, port):
                 ready = True

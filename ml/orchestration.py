@@ -3,12 +3,13 @@
 <task>.periods   one run per period of the task's cadence (DeltaTriggerTimetable every step_days from the
                  first sample date, with no data interval). Its logical date is the period's date ds, for every
                  kind of run (scheduled, backfill, manual, dag.test): a backfill from D1 to D2 builds ds D1..D2.
-                 Features use the events before ds, so the run can build as soon as ds begins. `plan` decides what ds is: a labelled date of the task (samples; the backtest
-                 date also builds the evaluation set and announces it with an asset event that carries the
-                 run's overrides), a forward date after the backtest (features only, then crowds by the
-                 champion), or neither (skipped, saying why). Then the date's one `dbt build` (dbt_build; or,
-                 with warehouse.airflow_tasks per_model, Cosmos's watcher tasks around the same build) in a
-                 pool of one slot because DuckDB takes one writer, and the date's parquet export.
+                 Features use the events before ds, so the run can build as soon as ds begins. `plan` decides
+                 what ds is: a labelled date of the task (samples; the backtest date also builds the evaluation
+                 set and announces it with an asset event that carries the run's overrides), a forward date
+                 after the backtest (features only, then crowds by the champion), or neither (skipped, saying
+                 why). Then the date's one `dbt build` (dbt_build; or, with warehouse.airflow_tasks per_model,
+                 Cosmos's watcher tasks around the same build) in a pool of one slot because DuckDB takes one
+                 writer, and the date's parquet export.
 <task>.training  scheduled on that asset (so a backfill over the task's dates ends by training), or
                  triggered by hand: every model of the task in parallel from the exports, each resuming from its
                  checkpoint on retry; then the forward crowds as of the day after the log's last day, and the
@@ -29,8 +30,9 @@ import math
 import os
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from ml.task import ALL_MODELS, DEEP_MODELS, TARGETS, Task, TaskPaths, available_tasks, load_task
 
@@ -296,7 +298,7 @@ def _watched_dbt_build(task: Task):  # noqa: ANN202
 
 def period_start(day: dt.date) -> dt.datetime:
     """A period's logical date (and, for local runs, its run_after): midnight UTC of its ds."""
-    return dt.datetime.combine(day, dt.time(), dt.timezone.utc)
+    return dt.datetime.combine(day, dt.time(), dt.UTC)
 
 
 def _dbt_project_dir() -> Path:
@@ -307,7 +309,8 @@ def _dbt_project_dir() -> Path:
 
 
 def build_periods_dag(task: Task):  # noqa: ANN201
-    from airflow.sdk import DAG, Asset, task as af_task
+    from airflow.sdk import DAG, Asset
+    from airflow.sdk import task as af_task
     from airflow.timetables.trigger import DeltaTriggerTimetable
 
     project_dir = _dbt_project_dir()
@@ -452,7 +455,8 @@ def training_threads() -> int | None:
 
 
 def build_training_dag(task: Task):  # noqa: ANN201
-    from airflow.sdk import DAG, Asset, task as af_task
+    from airflow.sdk import DAG, Asset
+    from airflow.sdk import task as af_task
 
     with DAG(
         dag_id=training_dag_id(task.name),

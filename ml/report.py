@@ -5,6 +5,7 @@ published table is always one the code produced."""
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import pandas as pd
 
 from ml.evaluate.floors import FLOORS
 from ml.task import Task, TaskPaths
+
+log = logging.getLogger(__name__)
 
 
 def markers(task: str) -> tuple[str, str]:
@@ -68,7 +71,8 @@ def latest_runs(paths: TaskPaths, task: Task) -> pd.DataFrame:
     select_by, columns, key = task.evaluate.select_by, report_columns(task), comparison_key(task, paths.exports)
     configure(paths)
     runs = mlflow.search_runs(experiment_names=[paths.experiment],
-                              filter_string=f"attributes.status = 'FINISHED' and tags.{COMPARISON_TAG} = {filter_value(key)}",
+                              filter_string=(f"attributes.status = 'FINISHED' and "
+                                             f"tags.{COMPARISON_TAG} = {filter_value(key)}"),
                               order_by=["attributes.start_time DESC"])
     if runs.empty:
         raise ValueError(f"no finished runs of task {paths.task} on {paths.dataset} with these settings "
@@ -122,8 +126,9 @@ def settings_line(task: Task, runs: pd.DataFrame, key: str) -> str:
             return str(values.iloc[0])
         return ", ".join(f"{m} {v}" for m, v in values.items())
 
+    build = runs.get(f"tags.{BUILD_TAG}", pd.Series(["-"])).iloc[0]
     return (f"Runs of task {task.name} on dataset {task.dataset} with comparison fingerprint "
-            f"{key} (warehouse {task.warehouse_fingerprint()}, build {runs.get(f'tags.{BUILD_TAG}', pd.Series(['-'])).iloc[0]}; validation "
+            f"{key} (warehouse {task.warehouse_fingerprint()}, build {build}; validation "
             f"{', '.join(map(str, task.validation))}, backtest {task.backtest}); as trained: sample dates "
             f"{per_model('params.task.samples.first') or '-'} .. {per_model('params.task.samples.last') or '-'} every "
             f"{per_model('params.task.windows.step_days') or '-'} days, negatives kept "
@@ -153,7 +158,8 @@ def _per_target_tables(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
     for _, r in table[table["run_id"].fillna("") != ""].iterrows():
         try:
             frame = mlflow.load_table("per_target_metrics.json", run_ids=[r["run_id"]])
-        except Exception:  # noqa: BLE001  (a run logged before the table existed: compared unpaired)
+        except Exception as e:  # a run that logged no table (an older one, or one that failed before it)
+            log.debug("run %s: no per-target table (%s)", r["run_id"], e)
             continue
         key = "target_id" if "target_id" in frame.columns else "user_id"  # per target, or per user (item task)
         out[r["model"]] = frame.drop(columns=[c for c in ("run_id",) if c in frame.columns]).set_index(key)
@@ -186,7 +192,8 @@ def mark_best(table: pd.DataFrame, per_target: dict[str, pd.DataFrame],
                 a, b = a[averaged_over(a, column)], b[averaged_over(b, column)]
                 table.loc[i, f"{c}_top"] = not paired_target_interval(a, b, column, weight=weight).excludes_zero()
             else:
-                table.loc[i, f"{c}_top"] = bool(r[f"{c}_low"] <= best[f"{c}_high"] and best[f"{c}_low"] <= r[f"{c}_high"])
+                overlap = r[f"{c}_low"] <= best[f"{c}_high"] and best[f"{c}_low"] <= r[f"{c}_high"]
+                table.loc[i, f"{c}_top"] = bool(overlap)
     return table
 
 

@@ -53,7 +53,7 @@ def load_curves(table: pd.DataFrame) -> pd.DataFrame:
     for _, r in table[~is_reference(table["model"]) & (table["run_id"].fillna("") != "")].iterrows():
         try:
             frame = mlflow.load_table(CURVES_ARTIFACT, run_ids=[r["run_id"]])
-        except Exception:  # noqa: BLE001  (MLflow raises a bare MlflowException when a run has no such table)
+        except Exception:
             log.info("run %s of %s logged no curves", r["run_id"], r["model"])
             continue
         frame = frame.drop(columns=[c for c in frame.columns if c not in CURVE_COLUMNS])
@@ -133,7 +133,8 @@ def _crowds_html(crowds: tuple[pd.DataFrame, pd.DataFrame] | None, task: Task) -
         rows = "".join(f"<tr><td>{int(r.target_id)}</td><td>{int(r.crowd_size):,}</td><td>{int(r.population):,}</td>"
                        f"<td>{r.expected_buyers_in_crowd:,.2f}</td><td>{r.expected_buyers_population:,.2f}</td></tr>"
                        for r in best.itertuples())
-        top = (f"<p>The {len(best)} {task.targets_word} with the most buyers to expect in their crowd:</p><table><thead><tr>"
+        top = (f"<p>The {len(best)} {task.targets_word} with the most buyers to expect in their crowd:</p>"
+               "<table><thead><tr>"
                f"<th>{task.target}</th><th>crowd</th><th>population</th><th>expected in crowd</th>"
                f"<th>expected in population</th></tr></thead><tbody>{rows}</tbody></table>")
     listed = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts.items())
@@ -145,7 +146,7 @@ def render(task: Task, table: pd.DataFrame, curves: pd.DataFrame,
     """The report's HTML text."""
     title = f"Purchase Crowd: {task.name}" + (f", run {run}" if run else "")
     warnings = "".join(f'<div class="warning">{html.escape(w)}</div>' for w in verdicts(table))
-    made = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    made = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 {GENERATOR}

@@ -14,7 +14,6 @@ or one task on two datasets, never overwrite each other.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -25,7 +24,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ml.config import Paths, data_dir, repo_root
+from ml.config import Paths, content_digest, data_dir, repo_root
 
 TASKS_DIR = repo_root() / "tasks"
 DEFAULT_TASK = "tmall-2013"
@@ -420,7 +419,7 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _digest(obj: object) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return content_digest(json.dumps(obj, sort_keys=True, default=str).encode(), 12)
 
 
 def _after_label_window(field: str, date: dt.date, role: str, before: dt.date, label: dt.timedelta) -> None:

@@ -13,7 +13,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(condition, timeout: float, what: str, every: float = 1.0):  # noqa: ANN001, ANN201
+def wait_for(condition, timeout: float, what: str, every: float = 1.0):
     """condition()'s first truthy value; a service not answering yet (or answering without the key) is a wait."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

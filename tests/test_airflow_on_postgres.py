@@ -8,6 +8,7 @@ through the crowd_duckdb pool. Run alone with `pytest -m postgres`."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -42,11 +43,11 @@ class Api:
 
 def _overlapping(intervals: list[tuple[str, str, str]]) -> list[tuple[str, str]]:
     ordered = sorted(intervals, key=lambda t: t[1])
-    return [(a[0], b[0]) for a, b in zip(ordered, ordered[1:]) if b[1] < a[2]]
+    return [(a[0], b[0]) for a, b in itertools.pairwise(ordered) if b[1] < a[2]]
 
 
 def test_a_rest_backfill_runs_on_postgres_with_the_local_executor_and_serial_duckdb_writes(
-        tmp_path: Path, tiny_dataset: Path, tiny_build, tiny_exports: Path, task: Task) -> None:  # noqa: ANN001
+        tmp_path: Path, tiny_dataset: Path, tiny_build, tiny_exports: Path, task: Task) -> None:
     import shutil
 
     (tmp_path / "raw").mkdir()
@@ -72,16 +73,17 @@ def test_a_rest_backfill_runs_on_postgres_with_the_local_executor_and_serial_duc
         # about XDG_RUNTIME_DIR were 50 lines before Airflow's
         assert "INFO pgserver" not in said and "RuntimeDirWarning" not in said, said[:3000]
         password = json.loads((tmp_path / "airflow" / "simple_auth_manager_passwords.json.generated").read_text())
-        api.token = api.call("POST", "/auth/token", {"username": "admin", "password": password["admin"]})["access_token"]
+        login = {"username": "admin", "password": password["admin"]}
+        api.token = api.call("POST", "/auth/token", login)["access_token"]
         periods = f"{task.name}.periods"
         wait_for(lambda: periods in {d["dag_id"] for d in api.call("GET", "/api/v2/dags")["dags"]}, 180, "the DAGs")
         # the metadata lives in Postgres: the server the command started answers for it on its socket
         import psycopg2
 
-        with psycopg2.connect(host=str(tmp_path / "airflow" / "postgres"), user="postgres", dbname="airflow") as pg:
-            with pg.cursor() as cur:
-                cur.execute("select count(*) from dag where dag_id = %s", (periods,))
-                assert cur.fetchone()[0] == 1
+        with (psycopg2.connect(host=str(tmp_path / "airflow" / "postgres"), user="postgres", dbname="airflow") as pg,
+              pg.cursor() as cur):
+            cur.execute("select count(*) from dag where dag_id = %s", (periods,))
+            assert cur.fetchone()[0] == 1
         assert api.call("GET", f"/api/v2/pools/{DUCKDB_POOL}")["slots"] == 1
 
         api.call("PATCH", f"/api/v2/dags/{periods}", {"is_paused": False})

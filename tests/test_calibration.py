@@ -8,8 +8,16 @@ import pandas as pd
 import pytest
 
 from ml.features.dataset import read_exports
-from ml.train.calibration import (calibration_summary, expected_calibration_error, platt_apply, platt_fit,
-                                  population_weights, reliability, stratified_platt_apply, stratified_platt_fit)
+from ml.train.calibration import (
+    calibration_summary,
+    expected_calibration_error,
+    platt_apply,
+    platt_fit,
+    population_weights,
+    reliability,
+    stratified_platt_apply,
+    stratified_platt_fit,
+)
 from ml.train.pipeline import oracle_scores
 
 
@@ -21,7 +29,8 @@ def test_platt_scaling_recovers_a_known_distortion():
     distorted = 1 / (1 + np.exp(-(0.5 * logit + 1.0)))  # too high and too flat
     a, b = platt_fit(y, distorted)
     assert a == pytest.approx(2.0, rel=0.05) and b == pytest.approx(-2.0, abs=0.15)
-    assert expected_calibration_error(y, platt_apply(distorted, (a, b))) < 0.2 * expected_calibration_error(y, distorted)
+    mended = platt_apply(distorted, (a, b))
+    assert expected_calibration_error(y, mended) < 0.2 * expected_calibration_error(y, distorted)
 
 
 def test_stratified_platt_corrects_two_strata_off_in_opposite_directions():

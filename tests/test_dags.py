@@ -32,8 +32,9 @@ def _parse_in_a_fresh_process(env: dict | None = None) -> tuple[float, list[str]
     import sys
 
     code = ("import time; from airflow.dag_processing.dagbag import DagBag; "
-            "t = time.perf_counter(); b = DagBag(dag_folder=%r); assert not b.import_errors, b.import_errors; "
-            "print(time.perf_counter() - t); print(','.join(sorted(b.dag_ids)))") % str(DAGS)
+            f"t = time.perf_counter(); b = DagBag(dag_folder={str(DAGS)!r}); "
+            "assert not b.import_errors, b.import_errors; "
+            "print(time.perf_counter() - t); print(','.join(sorted(b.dag_ids)))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, **(env or {})})
     assert done.returncode == 0, done.stderr[-2000:]

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 DAGS = Path(__file__).resolve().parents[1] / "dags"
-UTC = dt.timezone.utc
+UTC = dt.UTC
 PERIODS, TRAINING = "tmall-2013.periods", "tmall-2013.training"
 
 
@@ -93,9 +93,9 @@ def test_a_date_that_is_no_period_of_the_task_is_skipped_and_says_why(dags, task
 
 
 def test_a_bad_parameter_fails_before_any_work(dags):
-    with pytest.raises(Exception, match="shop|enum|not one of"):
+    with pytest.raises(Exception, match=r"shop|enum|not one of"):
         dags.get_dag(PERIODS).test(logical_date=dt.datetime(2013, 7, 8, tzinfo=UTC), run_conf={"target": "shop"})
-    with pytest.raises(Exception, match="xgb|enum|not one of"):
+    with pytest.raises(Exception, match=r"xgb|enum|not one of"):
         dags.get_dag(TRAINING).test(run_conf={"models": ["xgb"]})
 
 
@@ -203,7 +203,7 @@ def test_run_dags_drives_the_periods_and_training_dags_and_ends_with_the_compari
     assert not queued, queued
     assert consumed and all(dag_id == f"{task.name}.periods" for dag_id, _ in consumed), consumed
     assert len(spans) == 2 and all(str(ti.state) == "success" for ti in trains)
-    (start_a, end_a, pid_a), (start_b, end_b, pid_b) = sorted(spans)
+    (_, end_a, pid_a), (start_b, end_b, pid_b) = sorted(spans)
     assert start_b < end_a, f"the trainings ran one after the other: {spans}"
     assert pid_a != pid_b and os.getpid() not in (pid_a, pid_b)
     # handed out in map_index order, as a scheduler does (dag.test's own order is a set's)

@@ -41,7 +41,7 @@ def test_the_report_marks_a_model_that_does_not_clear_the_best_floor():
         {"model": "floor: cart_then_recency", "auc": 0.70},
         {"model": "oracle (ceiling)", "auc": 0.99},
     ]
-    table = pd.DataFrame([{**{c: np.nan for c in COLUMNS}, **r} for r in rows])
+    table = pd.DataFrame([{**dict.fromkeys(COLUMNS, np.nan), **r} for r in rows])
     flagged = flag_below_floor(table).set_index("model")["below_floor"].to_dict()
     assert flagged == {"good": False, "weak": True, "floor: decayed_count": False,
                        "floor: cart_then_recency": False, "oracle (ceiling)": False}

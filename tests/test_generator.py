@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 
 import duckdb
@@ -84,7 +85,8 @@ def test_behaviour_mix_looks_like_tmall(tiny_dataset):
 
 
 def test_canonical_tables_follow_the_contract(tiny_db):
-    schema = {r[0]: r[1] for r in tiny_db.execute("describe select user_id, item_id, action, ts from events").fetchall()}
+    described = tiny_db.execute("describe select user_id, item_id, action, ts from events").fetchall()
+    schema = {r[0]: r[1] for r in described}
     assert schema == {"user_id": "BIGINT", "item_id": "BIGINT", "action": "VARCHAR", "ts": "TIMESTAMP"}
     actions = {r[0] for r in tiny_db.execute("select distinct action from events").fetchall()}
     assert actions == {"click", "collect", "cart", "buy"}
@@ -103,7 +105,8 @@ def test_ids_are_large_enough_to_break_float32(tiny_db):
 
 def test_user_activity_and_popularity_are_heavy_tailed(tiny_db):
     def top_decile_share(key: str) -> float:
-        counts = np.sort(tiny_db.execute(f"select count(*) from events group by {key}").fetchnumpy()["count_star()"])[::-1]
+        counts = tiny_db.execute(f"select count(*) from events group by {key}").fetchnumpy()["count_star()"]
+        counts = np.sort(counts)[::-1]
         return counts[: max(1, len(counts) // 10)].sum() / counts.sum()
 
     assert top_decile_share("user_id") > 0.35
@@ -158,7 +161,8 @@ def test_oracle_ranks_buyers_better_than_each_hidden_signal_alone(tiny_db):
 def test_oracle_is_calibrated_and_covers_every_buyer(tiny_db):
     df = _labelled_oracle(tiny_db)
     expected, observed = df.p_buy.sum(), df.y.sum()
-    assert abs(observed - expected) < 4 * np.sqrt((df.p_buy * (1 - df.p_buy)).sum()) + 4 * np.sqrt((df.p_buy_se**2).sum())
+    sampling, monte_carlo = np.sqrt((df.p_buy * (1 - df.p_buy)).sum()), np.sqrt((df.p_buy_se**2).sum())
+    assert abs(observed - expected) < 4 * sampling + 4 * monte_carlo
     missing, = tiny_db.execute(
         """
         select count(*) from (
@@ -218,7 +222,8 @@ def test_buying_a_brand_leads_to_its_related_brand(tiny_db):
         brands as (select brand_id, related_brand_id,
                           lead(related_brand_id) over (order by brand_id) as control_brand_id from brands_truth),
         follow as (
-            select f.user_id, f.ts, b.related_brand_id, b.control_brand_id from first_buys f join brands b using (brand_id)
+            select f.user_id, f.ts, b.related_brand_id, b.control_brand_id
+            from first_buys f join brands b using (brand_id)
             where b.control_brand_id is not null and b.control_brand_id <> b.related_brand_id
         ),
         hit as (
@@ -242,7 +247,8 @@ def test_drifting_users_move_to_other_brands(tiny_db):
         late as (select distinct user_id, brand_id from events where ts >= '2013-08-15'),
         j as (
             select user_id,
-                   (select count(*) from early e join late l using (user_id, brand_id) where e.user_id = u.user_id)::double
+                   (select count(*) from early e join late l using (user_id, brand_id)
+                    where e.user_id = u.user_id)::double
                    / nullif((select count(*) from (select brand_id from early e where e.user_id = u.user_id
                              union select brand_id from late l where l.user_id = u.user_id)), 0) as jaccard
             from (select distinct user_id from early intersect select distinct user_id from late) u
@@ -281,4 +287,4 @@ def test_bad_sizes_are_refused_with_the_flag_named():
     with pytest.raises(ValueError, match="--items"):
         Sizes(users=10, items=3, brands=5)
     with pytest.raises(ValueError, match="--end"):
-        Sizes(users=10, items=10, brands=5, start=pd.Timestamp("2013-05-01").date(), end=pd.Timestamp("2013-04-01").date())
+        Sizes(users=10, items=10, brands=5, start=dt.date(2013, 5, 1), end=dt.date(2013, 4, 1))

@@ -112,10 +112,12 @@ def test_the_shared_user_draw_gives_the_same_intervals_whatever_was_resampled_be
     y = (rng.random(len(user)) < 0.1).astype(int)
     p = np.clip(rng.random(len(user)) * 0.3 + 0.3 * y, 0, 1)
     intervals._USER_WEIGHTS.clear()
-    first = [intervals.ece_interval(y, p, user, n_boot=50, seed=9), intervals.auc_interval(y, p, user, n_boot=20, seed=9)]
+    first = [intervals.ece_interval(y, p, user, n_boot=50, seed=9),
+             intervals.auc_interval(y, p, user, n_boot=20, seed=9)]
     intervals.logloss_interval(y, p, user, n_boot=400, seed=9)  # a larger draw replaces the cached one
     intervals.ratio_interval(p[:100], y[:100], user[:100], seed=9)  # another population
-    again = [intervals.ece_interval(y, p, user, n_boot=50, seed=9), intervals.auc_interval(y, p, user, n_boot=20, seed=9)]
+    again = [intervals.ece_interval(y, p, user, n_boot=50, seed=9),
+             intervals.auc_interval(y, p, user, n_boot=20, seed=9)]
     assert first == again
     n_users = len(np.unique(user))
     fresh = np.random.default_rng(9).poisson(1.0, size=(30, n_users))

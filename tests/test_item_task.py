@@ -72,7 +72,8 @@ def test_the_item_oracle_ranks_the_next_days_buyers(tianchi_dataset, tianchi_tas
     ev = _events(tianchi_dataset)
     day = pd.Timestamp(tianchi_task.backtest)
     bought = ev[(ev.action == "buy") & (ev.ts.dt.floor("D") == day)][["user_id", "item_id"]].drop_duplicates()
-    o = oracle[pd.to_datetime(oracle.ds) == day].merge(bought.assign(y=1), on=["user_id", "item_id"], how="left").fillna({"y": 0})
+    o = (oracle[pd.to_datetime(oracle.ds) == day].merge(bought.assign(y=1), on=["user_id", "item_id"], how="left")
+         .fillna({"y": 0}))
     assert roc_auc_score(o.y, o.p_buy) > 0.75
     # its expected buys match the realised ones within Monte Carlo and sampling noise
     assert abs(o.p_buy.sum() - len(bought)) < 4 * np.sqrt(len(bought)) + 5
@@ -191,7 +192,8 @@ def test_the_tianchi_task_trains_reports_f1_at_k_and_publishes_tomorrows_crowds(
     k = json.loads((tianchi_built.models / champion / "config.json").read_text())["submission_k"]
     forward = pd.read_parquet(tianchi_built.exports / "ds=2014-12-19" / "forward.parquet")
     assert list(submission.columns) == ["user_id", "item_id"] and len(submission) == min(k, len(forward))
-    assert set(zip(submission.user_id, submission.item_id)) <= set(zip(forward.user_id, forward.target_id))
+    submitted = set(zip(submission.user_id, submission.item_id, strict=True))
+    assert submitted <= set(zip(forward.user_id, forward.target_id, strict=True))
     # the HTML report of the pair task: its F1 column and every chart, the users ranking their items
     assert main(["report", "--task", TIANCHI, "--html"]) == 0
     page = (tianchi_built.reports / "report.html").read_text()

@@ -65,7 +65,8 @@ def test_tmall_repeat_sample_needs_a_year_and_reads_float_brand_ids(tmp_path):
     items = pq.read_table(tmp_path / "r" / "items.parquet").to_pandas().set_index("item_id")
     assert items.loc[int(first.item_id), "brand_id"] == int(float(first.brand_id))
     assert items.loc[int(first.item_id), "shop_id"] == int(first.seller_id)
-    assert items.brand_id.isna().sum() == raw.drop_duplicates("item_id").brand_id.isna().sum() or m["item_conflicts"] > 0
+    no_brand = raw.drop_duplicates("item_id").brand_id.isna().sum()
+    assert items.brand_id.isna().sum() == no_brand or m["item_conflicts"] > 0
 
 
 def _corrupt_tianchi(path: Path) -> dict[int, str]:
@@ -78,11 +79,11 @@ def _corrupt_tianchi(path: Path) -> dict[int, str]:
     def put(line_no: int, new: bytes) -> None:
         lines[line_no - 1] = new
 
-    f = fields(5); f[2] = b"9"; put(6, b",".join(f))
-    f = fields(10); f[0] = b"-5"; put(11, b",".join(f))
-    f = fields(20); f[5] = b"2014-13-40 99"; put(21, b",".join(f))
-    f = fields(30); f[0] = b""; put(31, b",".join(f))
-    f = fields(35); f[1] = b"12x4"; put(36, b",".join(f))
+    for line_no, column, value in ((6, 2, b"9"), (11, 0, b"-5"), (21, 5, b"2014-13-40 99"), (31, 0, b""),
+                                   (36, 1, b"12x4")):
+        f = fields(line_no - 1)
+        f[column] = value
+        put(line_no, b",".join(f))
     put(41, lines[40] + b",extra")
     put(51, b"")
     put(61, b"garbage")
@@ -191,20 +192,20 @@ def test_taobao_unix_seconds_are_read_as_china_time(tmp_path):
     assert ev.ts.iloc[0] == pd.Timestamp("2017-11-25 01:21:10")
     assert list(ev.action) == ["click", "buy", "collect"]
     items = pq.read_table(tmp_path / "tb" / "items.parquet").to_pandas()
-    assert dict(zip(items.item_id, items.category_id))[2268318] == 2520377
+    assert dict(zip(items.item_id, items.category_id, strict=True))[2268318] == 2520377
 
 
 def test_tmall_rec_reads_x01_separators_prefixed_ids_and_category_paths(tmp_path):
     log = tmp_path / "user_log.txt"
     log.write_bytes(
-        "i100\x01u9774184\x01click\x012013-05-01 10:11:12\n"
-        "100\x01u9774184\x01alipay\x012013-05-01 10:20:00\n"
-        "200\x01u42\x01refund\x012013-05-02 00:00:00\n".encode()
+        b"i100\x01u9774184\x01click\x012013-05-01 10:11:12\n"
+        b"100\x01u9774184\x01alipay\x012013-05-01 10:20:00\n"
+        b"200\x01u42\x01refund\x012013-05-02 00:00:00\n"
     )
     items = tmp_path / "product.txt"
     items.write_bytes(
-        "100\x01a title, with a comma\x01http://x/1.jpg\x0150025004-50011740\x01b89366\x01s86799\n"
-        "200\x01t\x01u\x0150011740\x01\x01s1\n".encode()
+        b"100\x01a title, with a comma\x01http://x/1.jpg\x0150025004-50011740\x01b89366\x01s86799\n"
+        b"200\x01t\x01u\x0150011740\x01\x01s1\n"
     )
     m = load("tmall", [log], tmp_path / "tm", items_paths=[items])
     ev = _events(tmp_path / "tm")
@@ -216,7 +217,7 @@ def test_tmall_rec_reads_x01_separators_prefixed_ids_and_category_paths(tmp_path
 
 
 @pytest.mark.parametrize(
-    "fmt, content, message",
+    ("fmt", "content", "message"),
     [
         ("taobao-userbehavior", None, "column 'category_id' is missing"),            # the Tianchi file
         ("tianchi-mobile", "1,2,3,pv,1511544070\n", "has 5 fields, expected 6"),
@@ -290,7 +291,7 @@ def _tianchi(tmp_path: Path, lines: list[bytes]) -> Path:
 def _reasons(tmp_path: Path, m: dict) -> dict[int, str]:
     rejects = pq.read_table(tmp_path / "o" / "rejects.parquet").to_pandas()
     assert len(rejects) == m["rejected"]
-    return dict(zip(rejects.line, rejects.reason))
+    return dict(zip(rejects.line, rejects.reason, strict=True))
 
 
 def test_impossible_calendar_days_are_rejects_not_the_next_month(tmp_path):
@@ -318,8 +319,8 @@ def test_timestamps_outside_the_plausible_range_are_rejects_unless_the_range_is_
 
 
 def test_ids_not_of_the_formats_shape_are_rejects(tmp_path):
-    log = _tianchi(tmp_path, [b"x77,2,1,,3,2014-12-06 01\n", b"007,2,1,,3,2014-12-06 01\n", b"77,2,1,,3,2014-12-06 01\n",
-                              b"0,2.0,1,,3,2014-12-06 01\n"])
+    log = _tianchi(tmp_path, [b"x77,2,1,,3,2014-12-06 01\n", b"007,2,1,,3,2014-12-06 01\n",
+                              b"77,2,1,,3,2014-12-06 01\n", b"0,2.0,1,,3,2014-12-06 01\n"])
     m = load("tianchi-mobile", [log], tmp_path / "o")
     reasons = _reasons(tmp_path, m)
     assert sorted(reasons) == [2, 3, 5] and all("not an id" in r for r in reasons.values())

@@ -166,7 +166,7 @@ def test_dag_tests_no_tasks_warning_is_dropped_only_while_an_instance_is_in_prog
 
     from ml.local_airflow import _WaitingOnChildren
 
-    def record(msg: str, *states) -> logging.LogRecord:  # noqa: ANN002
+    def record(msg: str, *states) -> logging.LogRecord:
         tis = [SimpleNamespace(state=s) for s in states]  # (a set in dag.test)
         return logging.LogRecord("airflow.sdk.definitions.dag", logging.WARNING, __file__, 1, msg, (tis,), None)
 

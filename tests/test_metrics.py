@@ -37,7 +37,8 @@ def test_groups_are_ranked_separately_and_groups_without_buyers_are_left_out_of_
     assert m.mean["recall_at_1"] == 0.5  # (0 + 1) / 2: b has no buyer
 
 
-def test_ranking_metrics_agree_with_scikit_learn(rng=np.random.default_rng(3)):
+def test_ranking_metrics_agree_with_scikit_learn():
+    rng = np.random.default_rng(3)
     n, groups = 3000, 7
     g = rng.integers(0, groups, n)
     p = rng.random(n)  # continuous: no ties
@@ -58,7 +59,8 @@ def test_ranking_metrics_agree_with_scikit_learn(rng=np.random.default_rng(3)):
     assert weighted == pytest.approx(np.average(aucs, weights=[y[g == k].sum() for k in range(groups)]))
 
 
-def test_the_pooled_auc_agrees_with_scikit_learn_with_tied_scores(rng=np.random.default_rng(4)):
+def test_the_pooled_auc_agrees_with_scikit_learn_with_tied_scores():
+    rng = np.random.default_rng(4)
     y = (rng.random(2000) < 0.2).astype(int)
     p = rng.integers(0, 7, 2000) / 7  # many ties, each counting one half
     assert auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
@@ -173,7 +175,7 @@ def test_the_gain_curve_takes_tied_pairs_together_and_reaches_every_buyer():
     y = np.array([1, 0, 0, 1, 0, 0, 0, 0], dtype=float)
     p = np.array([0.9, 0.9, 0.5, 0.5, 0.1, 0.1, 0.1, 0.1])
     x, found = gain_points(y, p)
-    at = dict(zip(np.round(x, 6), found))
+    at = dict(zip(np.round(x, 6), found, strict=True))
     # the top two (tied) hold one of two buyers: a quarter of the pairs finds half, an eighth a quarter
     assert at[0.25] == pytest.approx(0.5) and np.interp(0.125, x, found) == pytest.approx(0.25)
     assert at[0.5] == pytest.approx(1.0) and at[1.0] == pytest.approx(1.0)
@@ -184,7 +186,8 @@ def test_the_gain_curve_takes_tied_pairs_together_and_reaches_every_buyer():
     assert lifted.loc[np.isclose(lifted["x"], 0.25), "y"].iloc[0] == pytest.approx(2.0)  # twice random
 
 
-def test_the_roc_points_lie_on_scikit_learns_curve_and_integrate_to_its_auc(rng=np.random.default_rng(5)):
+def test_the_roc_points_lie_on_scikit_learns_curve_and_integrate_to_its_auc():
+    rng = np.random.default_rng(5)
     y = (rng.random(20_000) < 0.05).astype(float)
     p = rng.random(20_000) + y * 0.3
     x, tpr = roc_points(y, p)
@@ -195,8 +198,8 @@ def test_the_roc_points_lie_on_scikit_learns_curve_and_integrate_to_its_auc(rng=
     assert np.allclose(roc_points(y, tied)[1], np.interp(x, fpr, sk_tpr), atol=1e-12)
 
 
-def test_series_curves_hold_recall_at_n_of_the_ranking_metrics_and_reliability_only_for_probabilities(
-        rng=np.random.default_rng(6)):
+def test_series_curves_hold_recall_at_n_of_the_ranking_metrics_and_reliability_only_for_probabilities():
+    rng = np.random.default_rng(6)
     n = 5_000
     y = (rng.random(n) < 0.05).astype(float)
     p = np.clip(rng.random(n) * 0.1 + y * 0.05, 0, 1)
@@ -210,8 +213,8 @@ def test_series_curves_hold_recall_at_n_of_the_ranking_metrics_and_reliability_o
     assert not {"reliability", "ece"} & set(floor["curve"])
 
 
-def test_a_sparse_tasks_bins_without_a_buyer_are_marked_on_the_log_axes_not_drawn_as_a_drop(
-        rng=np.random.default_rng(8)):
+def test_a_sparse_tasks_bins_without_a_buyer_are_marked_on_the_log_axes_not_drawn_as_a_drop():
+    rng = np.random.default_rng(8)
     # 4,000 pairs, 30 buyers: most of the 20 reliability bins hold none, and the top pairs hold no buyer
     n = 4_000
     p = np.sort(rng.random(n) ** 4 * 0.05)[::-1]

@@ -85,7 +85,7 @@ def _ple_with_every_field(model, batch):
     return y["y1"] * y["y3"] + (1 - y["y1"]) * y["y2"]
 
 
-@pytest.mark.parametrize("name, reference", [("deepfm", _deepfm_with_every_field), ("ple", _ple_with_every_field)])
+@pytest.mark.parametrize(("name", "reference"), [("deepfm", _deepfm_with_every_field), ("ple", _ple_with_every_field)])
 def test_the_dense_fields_are_never_built_and_the_output_is_the_same(name, reference, fmap, data):
     """DeepFM and PLE compute their Linear and FM over the dense fields from the values and the vectors
     (ml.models.layers.DenseFields): the same output and gradients as building every field."""
@@ -131,7 +131,7 @@ def test_scoring_keeps_the_first_layers_weights_and_follows_every_change_of_them
     model.load_state_dict(saved)  # back to the first weights, copied in place
     torch.testing.assert_close(scores(), first, rtol=0, atol=0)
     assert model.first_layer_cache
-    copy = pickle.loads(pickle.dumps(model))  # as MLflow's PyTorch flavour logs it
+    copy = pickle.loads(pickle.dumps(model))  # noqa: S301 (its own bytes)  as MLflow's PyTorch flavour logs it
     assert not copy.first_layer_cache, "a pickled model carries no kept weights"
     with torch.no_grad():
         torch.testing.assert_close(copy(batch)["buy"], first, rtol=0, atol=0)
@@ -312,7 +312,7 @@ def test_collapsed_repeats_give_the_output_and_gradients_of_the_whole_sequence(n
     torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-6)
     grads = torch.autograd.grad(out.sum(), list(model.parameters()), allow_unused=True)
     reference_grads = torch.autograd.grad(reference.sum(), list(model.parameters()), allow_unused=True)
-    for g, r in zip(grads, reference_grads):
+    for g, r in zip(grads, reference_grads, strict=True):
         if g is not None:
             torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
 
@@ -410,10 +410,10 @@ def test_a_resumed_run_reproduces_the_uninterrupted_one(fmap, data, tmp_path):
 class _RunsCode:
     """What a crafted checkpoint would hold: unpickling it calls a function of the attacker's choosing."""
 
-    def __init__(self, marker) -> None:  # noqa: ANN001
+    def __init__(self, marker) -> None:
         self.marker = marker
 
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return (self.marker.touch, ())
 
 
@@ -424,6 +424,6 @@ def test_a_crafted_checkpoint_is_refused_and_runs_nothing(fmap, data, tmp_path):
     torch.save({"model": _RunsCode(marker)}, workdir / "last.pt")
     trainer = Trainer(build_model("dnn", fmap, SMALL), TrainConfig(epochs=1, progress=False, tensorboard=False),
                       workdir)
-    with pytest.raises(ValueError, match="holds more than weights .*refusing to load it"):
+    with pytest.raises(ValueError, match=r"holds more than weights .*refusing to load it"):
         trainer.fit(data, data)
     assert not marker.exists()

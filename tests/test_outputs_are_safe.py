@@ -77,7 +77,7 @@ def test_a_bad_range_or_nothing_accepted_keeps_the_old_dataset(tmp_path, capsys)
     assert main(["load", "--format", "tianchi-mobile", str(TIANCHI_LOG), "--out", str(out),
                  "--start", "2014-12-10", "--end", "2014-12-01"]) == 2
     assert "after --end" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="no event .* was accepted"):
+    with pytest.raises(ValueError, match=r"no event .* was accepted"):
         load("tianchi-mobile", [TIANCHI_LOG], out, start=dt.date(2020, 1, 1), end=dt.date(2020, 2, 1))
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert not list(tmp_path.glob(".t.*"))  # no staging folder left behind
@@ -124,7 +124,7 @@ def test_a_data_dir_that_cannot_be_written_fails_before_training(capsys, tmp_pat
 def test_an_unexpected_failure_is_one_line_and_debug_shows_the_traceback(monkeypatch, capsys):
     import ml.cli
 
-    def boom(args):  # noqa: ANN001, ANN202
+    def boom(args):
         raise KeyError("surprise")
 
     monkeypatch.setattr(ml.cli, "_cmd_tasks", boom)

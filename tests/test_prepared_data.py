@@ -68,8 +68,9 @@ def test_an_open_whose_folder_was_removed_and_written_again_is_not_reused(tiny_e
     again = prepare(task, task_paths)
     assert again is not first and again.folder == first.folder and (again.folder / "meta.json").exists()
     address = again.splits["train"].features.ctypes.data
-    mapping = next(line for line in open("/proc/self/smaps") if "-" in line.split()[0] and ":" in line.split()[3]
-                   and int(line.split()[0].split("-")[0], 16) <= address < int(line.split()[0].split("-")[1], 16))
+    with open("/proc/self/smaps") as smaps:
+        mapping = next(line for line in smaps if "-" in line.split()[0] and ":" in line.split()[3]
+                       and int(line.split()[0].split("-")[0], 16) <= address < int(line.split()[0].split("-")[1], 16))
     assert mapping.split()[5] == str(again.folder / "train" / "features.npy") and "(deleted)" not in mapping
     assert prepare(task, task_paths) is again  # while it is the folder on disk, the open is reused
 
@@ -100,7 +101,7 @@ def test_a_preparation_killed_halfway_is_discarded_by_the_next(tiny_exports, tas
     assert not partial.exists() and data.folder == folder and len(data.splits["train"]) > 0
 
 
-def _one_draw(samples, rate: float, seed: int):  # noqa: ANN001, ANN202
+def _one_draw(samples, rate: float, seed: int):
     """Every buyer and each other row with probability `rate`, in one draw over the rows of every date."""
     keep = (samples["label_buy"].to_numpy() > 0) | (np.random.default_rng(seed).random(len(samples)) < rate)
     return samples[keep].reset_index(drop=True)
@@ -111,15 +112,18 @@ def test_the_negatives_drawn_date_by_date_while_reading_are_those_of_one_draw_ov
     whole = _one_draw(read_exports(tiny_exports, dates).samples, 0.3, 7)
     streamed = read_exports(tiny_exports, dates, keep=negatives_kept(0.3, 7)).samples
     assert 0 < len(streamed) < len(read_exports(tiny_exports, dates).samples)
-    assert (streamed[["ds", "user_id", "target_id"]].to_numpy() == whole[["ds", "user_id", "target_id"]].to_numpy()).all()
+    keys = ["ds", "user_id", "target_id"]
+    assert (streamed[keys].to_numpy() == whole[keys].to_numpy()).all()
 
 
-def _mapped_kib(path, array: np.ndarray) -> int:  # noqa: ANN001
+def _mapped_kib(path, array: np.ndarray) -> int:
     """Resident KiB of the mapping of `path` that holds `array`'s data (/proc/self/smaps). That mapping alone:
     an earlier open of the same path (of files since removed and written again, not yet collected) is another
     mapping with its own pages."""
     address, total, inside = array.ctypes.data, 0, False
-    for line in open("/proc/self/smaps"):
+    with open("/proc/self/smaps") as smaps:
+        lines = smaps.readlines()
+    for line in lines:
         fields = line.split()
         if len(fields) >= 6 and "-" in fields[0] and ":" in fields[3]:  # a mapping's header line
             start, end = (int(x, 16) for x in fields[0].split("-"))
@@ -162,7 +166,7 @@ def test_what_every_model_shares_is_computed_by_the_first_process_and_read_back_
         curves = pd.DataFrame({"series": ["oracle", "floor: x"], "x": [0.5, 1.0], "y": [0.25, float("nan")]})
         return {"auc": 0.9}, {"auc": 0.001}, curves, {"x": {"auc": 0.8, "logloss": float("nan")}}
 
-    def shared(data):  # noqa: ANN001, ANN202
+    def shared(data):
         return data.stored("references-k", compute, _write_references, _read_references)
 
     first = shared(prepare(task, task_paths))

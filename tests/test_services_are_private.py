@@ -131,11 +131,12 @@ def mlflow_server(tmp_path_factory):
                   "MLFLOW_FLASK_SERVER_SECRET_KEY": env["MLFLOW_SECRET_KEY"]}
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     shm_before = set(SHM.glob("tmp*"))
-    proc = subprocess.Popen([str(mlflow_bin), "server", "--app-name", "basic-auth", "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "1",
-                             "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}",
-                             "--artifacts-destination", str(tmp / "artifacts")],
-                            env=server_env, stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "w"))
+    with open(tmp / "server.log", "w") as server_log:  # the server writes to its own copy of the descriptor
+        proc = subprocess.Popen([str(mlflow_bin), "server", "--app-name", "basic-auth", "--host", "127.0.0.1",
+                                 "--port", str(port), "--workers", "1",
+                                 "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}",
+                                 "--artifacts-destination", str(tmp / "artifacts")],
+                                env=server_env, stdout=subprocess.DEVNULL, stderr=server_log)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):

@@ -38,7 +38,7 @@ def spark_dates(task: Task) -> list:
 
 
 @pytest.fixture(scope="module")
-def both_warehouses(spark_dates: list, tiny_dataset: Path, tiny_build, task: Task,  # noqa: ANN001
+def both_warehouses(spark_dates: list, tiny_dataset: Path, tiny_build, task: Task,
                     tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny dataset built by each engine into a data directory of its own: DuckDB's is a copy of the
     session's build of every date (conftest.tiny_build), Spark builds spark_dates through the CLI in a child
@@ -181,9 +181,10 @@ def test_exports_from_spark_are_the_exports_from_duckdb(both_warehouses: dict[st
             for engine in ("duckdb", "spark")}
     import pyarrow.parquet as pq
 
-    for duck, spark in zip(made["duckdb"], made["spark"]):
+    for duck, spark in zip(made["duckdb"], made["spark"], strict=True):
         assert duck.rows == spark.rows and "evaluation" in made["duckdb"][-1].rows
-        assert json.loads((duck.path / "schema.json").read_text()) == json.loads((spark.path / "schema.json").read_text())
+        schemas = [json.loads((made.path / "schema.json").read_text()) for made in (duck, spark)]
+        assert schemas[0] == schemas[1]
         for f in sorted(duck.path.glob("*.parquet")):
             _assert_equal(f"{duck.ds}/{f.name}", pq.read_table(f), pq.read_table(spark.path / f.name))
 

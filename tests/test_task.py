@@ -11,8 +11,17 @@ import pytest
 import yaml
 
 from ml.cli import main
-from ml.task import (ALL_MODELS, DEEP_MODELS, GBDT_MODELS, TASKS_DIR, TaskError, TaskPaths, available_tasks, load_task,
-                     parse_assignments)
+from ml.task import (
+    ALL_MODELS,
+    DEEP_MODELS,
+    GBDT_MODELS,
+    TASKS_DIR,
+    TaskError,
+    TaskPaths,
+    available_tasks,
+    load_task,
+    parse_assignments,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +45,7 @@ def test_model_names_match_the_model_registries():
     from ml.train.gbdt import MODES
 
     assert set(DEEP_MODELS) == set(MODELS)
-    assert GBDT_MODELS == tuple(f"lgbm_{m}" for m in MODES)
+    assert tuple(f"lgbm_{m}" for m in MODES) == GBDT_MODELS
 
 
 def _write(tmp_path: Path, changes: dict, drop: tuple[str, ...] = ()) -> Path:
@@ -54,7 +63,7 @@ def _write(tmp_path: Path, changes: dict, drop: tuple[str, ...] = ()) -> Path:
     return path
 
 
-@pytest.mark.parametrize("changes, drop, message", [
+@pytest.mark.parametrize(("changes", "drop", "message"), [
     ({"windows.label_days": 0}, (), r"windows\.label_days: Input should be greater than or equal to 1"),
     ({"windows.history_days": "ninety"}, (), r"windows\.history_days"),
     ({"target": "shop"}, (), r"target: Input should be 'brand', 'category', 'item' or 'tag'"),
@@ -63,8 +72,8 @@ def _write(tmp_path: Path, changes: dict, drop: tuple[str, ...] = ()) -> Path:
      r"models: lgbm_all_mixed: epochs, batch_size and lr are the deep models' settings"),
     ({"validation": ["2013-09-10"]}, (), r"validation: 2013-09-10 is inside the label window"),
     # a backtest before validation is not "inside" its label window (it said so)
-    ({"backtest": "2013-09-09"}, (), r"backtest: 2013-09-09 comes before validation date 2013-09-16; move it to "
-                                     r"2013-09-23 or later$"),
+    ({"backtest": "2013-09-09"}, (), (r"backtest: 2013-09-09 comes before validation date 2013-09-16; move it to "
+                                      r"2013-09-23 or later$")),
     # a misspelt key names the key it should be and the one written, in one line
     ({"windows": {"history_days": 90, "sequence_days": 30, "label_dayz": 7, "step_days": 7}}, (),
      r"windows\.label_days: Field required; windows\.label_dayz: Extra inputs are not permitted$"),
@@ -73,7 +82,8 @@ def _write(tmp_path: Path, changes: dict, drop: tuple[str, ...] = ()) -> Path:
     ({"windoes": {}}, (), r"windoes: Extra inputs are not permitted"),
     ({}, ("dataset",), r"dataset: Field required"),
     ({"dataset": "../../etc"}, (), r"dataset: String should match pattern"),
-    ({"evaluate.select_by": "recall_at_20"}, (), r"evaluate: .*select_by: expected one of auc_per_target, gauc, auc, recall_at_10"),
+    ({"evaluate.select_by": "recall_at_20"}, (),
+     r"evaluate: .*select_by: expected one of auc_per_target, gauc, auc, recall_at_10"),
 ])
 def test_a_bad_task_file_fails_naming_the_file_and_the_field(tmp_path, changes, drop, message):
     path = _write(tmp_path, changes, drop)

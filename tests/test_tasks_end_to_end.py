@@ -24,7 +24,8 @@ def _snapshot(paths: TaskPaths) -> dict:
     """What a task has built: its exports' schemas and its warehouse's sample counts per date."""
     schemas = {p.parent.name: json.loads(p.read_text()) for p in sorted(paths.exports.glob("ds=*/schema.json"))}
     with duckdb.connect(str(paths.warehouse)) as con:  # dbt-duckdb holds it open in this process: same config
-        counts = con.execute("select ds, count(*), sum(label_buy) from samples.samples group by ds order by ds").fetchall()
+        counts = con.execute("select ds, count(*), sum(label_buy) from samples.samples group by ds order by ds"
+                             ).fetchall()
     return {"schemas": schemas, "counts": counts}
 
 

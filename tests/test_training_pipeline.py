@@ -19,8 +19,16 @@ from ml.cli import main
 from ml.crowds import CROWD_COLUMNS, last_log_day
 from ml.report import latest_runs
 from ml.task import TaskPaths
-from ml.tracking import (BUILD_TAG, CHAMPION, COMPARISON_TAG, champion_alias, comparison_key, configure,
-                         promote_if_better, selection_metric)
+from ml.tracking import (
+    BUILD_TAG,
+    CHAMPION,
+    COMPARISON_TAG,
+    champion_alias,
+    comparison_key,
+    configure,
+    promote_if_better,
+    selection_metric,
+)
 from ml.train.pipeline import train_and_evaluate
 from ml.train.trainer import TrainConfig
 
@@ -74,7 +82,8 @@ def test_every_run_is_recorded_with_metrics_plots_table_and_model(outcomes, task
         assert "reliability" not in floor_curves and "roc" in floor_curves  # a floor's score is no probability
     din_history = client.get_metric_history(outcomes["din"].run_id, "valid_auc")
     assert [m.step for m in din_history] == [0, 1]
-    assert "se_field_importance.png" in {a.path.split("/")[-1] for a in client.list_artifacts(outcomes["ple"].run_id, "plots")}
+    ple_plots = client.list_artifacts(outcomes["ple"].run_id, "plots")
+    assert "se_field_importance.png" in {a.path.split("/")[-1] for a in ple_plots}
     assert "feature_importance.png" in {
         a.path.split("/")[-1] for a in client.list_artifacts(outcomes["lgbm_all_mixed"].run_id, "plots")}
 
@@ -92,7 +101,8 @@ def test_runs_compare_at_a_glance_own_settings_timings_inputs_code_and_a_describ
     client = MlflowClient()
     own = {"din": ({"model_attention_hidden", "model_hidden", "train_lr"},
                    {"model_n_experts", "model_lstm_hidden", "model_ple_layers", "train_aux_weight", "train_device"}),
-           "ple": ({"model_ple_layers", "train_aux_weight"}, {"model_hidden", "model_lstm_hidden", "train_focal_gamma"}),
+           "ple": ({"model_ple_layers", "train_aux_weight"},
+                   {"model_hidden", "model_lstm_hidden", "train_focal_gamma"}),
            "lgbm_all_mixed": ({"gbdt_num_leaves", "gbdt_learning_rate"}, {"gbdt_group_size", "gbdt_threads"})}
     for name, o in outcomes.items():
         run = client.get_run(o.run_id)
@@ -313,7 +323,7 @@ def test_scoring_from_one_float32_matrix_gives_the_boosters_own_predictions(outc
     frame = booster_inputs(ev, dense, gbdt.vocabularies)
     matrix = booster_matrix(ev, dense, gbdt.vocabularies)
     assert matrix.dtype == np.float32 and matrix.flags.c_contiguous and matrix.shape == frame.shape
-    ((name, booster),) = gbdt.boosters.items()
+    ((_, booster),) = gbdt.boosters.items()
     np.testing.assert_allclose(predict_gbdt(gbdt, ev, dense),
                                booster.predict(frame, num_iteration=booster.best_iteration), rtol=1e-6)
 
@@ -356,7 +366,7 @@ def test_a_booster_the_compiler_refuses_is_scored_by_lightgbm_and_not_compiled_a
     from ml.train.bundle import Bundle
 
     tried = []
-    def refused(model_file, threads, cached_only=False):  # noqa: ANN001, ANN202 (a look for a cache finds none)
+    def refused(model_file, threads, cached_only=False):
         return None if cached_only else tried.append(model_file)
 
     monkeypatch.setattr(bundle_module, "compile_booster", refused)
@@ -539,7 +549,7 @@ def test_the_report_bolds_only_the_models_the_data_cannot_tell_from_the_best():
         return pd.DataFrame({"recall_at_100": recall, "buyers": 5.0}, index=pd.Index(range(60), name="target_id"))
 
     tables = {"a": per_target(0.02, 0.003), "b": per_target(0.0, 0.003), "c": per_target(0.019, 0.05)}
-    rows = [{"model": m, "run_id": m, **{c: np.nan for c in COLUMNS},
+    rows = [{"model": m, "run_id": m, **dict.fromkeys(COLUMNS, np.nan),
              "recall_at_100": float(t["recall_at_100"].mean())} for m, t in tables.items()]
     marked = mark_best(pd.DataFrame(rows), tables).set_index("model")["recall_at_100_top"]
     # a is best; b is consistently 0.02 lower (told apart); c is as good on average but noisy (not told apart)

@@ -16,11 +16,26 @@ import yaml
 
 from ml.features.dataset import read_exports
 from ml.task import DEFAULT_TASK, load_task
-from ml.warehouse.build import (DBT_PROJECT_DIR, SHOWN_FAILURES, WarehouseError, build_dates, parse_key,
-                                project_digest, recorded_upstream, run_dbt, upstream_key)
+from ml.warehouse.build import (
+    DBT_PROJECT_DIR,
+    SHOWN_FAILURES,
+    WarehouseError,
+    build_dates,
+    parse_key,
+    project_digest,
+    recorded_upstream,
+    run_dbt,
+    upstream_key,
+)
 from ml.warehouse.export import export_dates
-from ml.warehouse.reference import (ONE_QUERY_MODELS, assert_frames_match, load_events, one_query_feature_sql,
-                                   reference_features, window_events_sql)
+from ml.warehouse.reference import (
+    ONE_QUERY_MODELS,
+    assert_frames_match,
+    load_events,
+    one_query_feature_sql,
+    reference_features,
+    window_events_sql,
+)
 
 TASK = load_task(DEFAULT_TASK)
 PIT_DS = dt.date(2013, 8, 5)
@@ -88,10 +103,10 @@ def test_bad_rows_are_rejected_with_a_reason_and_counts_reconcile(tiny_dataset, 
     run_dbt("build", dataset_dir=data, warehouse=warehouse, dbt_vars=_vars(), select=["path:models/ods"],
             extra_args=["--indirect-selection", "cautious"], quiet=True)
     reasons = _query(warehouse, "select reject_reason, count(*) as n from ods.ods_event_rejects group by 1")
-    assert dict(zip(reasons.reject_reason, reasons.n)) == {
+    assert dict(zip(reasons.reject_reason, reasons.n, strict=True)) == {
         "missing user_id": 1, "missing item_id": 1, "item not in the item table": 1, "unknown action": 1}
     items = _query(warehouse, "select reject_reason, count(*) as n from ods.ods_item_rejects group by 1")
-    assert dict(zip(items.reject_reason, items.n)) == {"duplicate item_id": 1}
+    assert dict(zip(items.reject_reason, items.n, strict=True)) == {"duplicate item_id": 1}
 
 
 def test_features_match_the_pandas_reference_value_for_value(built, reference_events):
@@ -166,7 +181,7 @@ def test_evaluation_set_is_every_active_user_times_every_evaluated_target(built)
                                   f"where ds = cast('{day}' as date)")["n"][0]
         n_targets = TASK.evaluate.top_targets
         assert len(ev) == users * n_targets == len(ev.drop_duplicates(["user_id", "target_id"]))
-        assert 0 < ev.label_buy.sum() and ev.is_candidate.mean() < 0.5
+        assert ev.label_buy.sum() > 0 and ev.is_candidate.mean() < 0.5
     # one set of targets on every date: the backtest's, chosen from the history before it
     assert len({frozenset(every_date[days == day].target_id) for day in set(days)}) == 1
 
@@ -185,7 +200,8 @@ def test_every_buyer_of_an_evaluated_target_is_counted_even_outside_the_evaluati
     positives = ev[ev.label_buy == 1]
     reachable = buyers[buyers.in_population]
     assert len(reachable) == len(positives) > 0
-    assert set(zip(reachable.user_id, reachable.target_id)) == set(zip(positives.user_id, positives.target_id))
+    reached = set(zip(reachable.user_id, reachable.target_id, strict=True))
+    assert reached == set(zip(positives.user_id, positives.target_id, strict=True))
     assert not (buyers.is_candidate & ~buyers.in_population).any()
     assert set(buyers.target_id) <= set(ev.target_id)
 
@@ -227,8 +243,8 @@ def test_features_at_ds_ignore_every_event_on_or_after_ds(built, tiny_dataset, t
         assert len(before[table]) > 0, table
         pd.testing.assert_frame_equal(before[table], after[table], obj=table)
     # and the labels did see the change
-    assert _query(other, f"select sum(label_buy) as n from samples.samples where ds = cast('{PIT_DS}' as date)")["n"][0] \
-        > _query(warehouse, f"select sum(label_buy) as n from samples.samples where ds = cast('{PIT_DS}' as date)")["n"][0]
+    buys = f"select sum(label_buy) as n from samples.samples where ds = cast('{PIT_DS}' as date)"
+    assert _query(other, buys)["n"][0] > _query(warehouse, buys)["n"][0]
 
 
 def test_rebuilding_a_date_replaces_it_and_never_duplicates(built, tiny_dataset, capfd):
@@ -269,7 +285,8 @@ def test_a_dates_build_leaves_out_the_upstream_layers_it_holds_and_builds_the_sa
     assert not any(uid.startswith("unit_test.") for uid in week.statuses)
     tests = {uid.split(".")[2] for uid in week.statuses if uid.startswith("test.")}
     # the tests reading a date's model and an upstream one still run
-    assert {"features_read_only_the_past", "labels_fall_in_their_window", "label_windows_are_covered_by_the_log"} <= tests
+    assert {"features_read_only_the_past", "labels_fall_in_their_window",
+            "label_windows_are_covered_by_the_log"} <= tests
     assert not any(t.startswith(("not_null_ods", "not_null_dw", "ods_reconciles")) for t in tests)
     expected, got = _snapshot(built[0], second), _snapshot(warehouse, second)
     for table in expected:
@@ -374,7 +391,7 @@ def test_exports_one_directory_per_date_with_the_evaluation_set_beside_it(built,
     assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == [f"ds={d}" for d in TASK.labelled_dates]
 
 
-@pytest.mark.parametrize("changes, message", [
+@pytest.mark.parametrize(("changes", "message"), [
     ({"ds": ["2013-13-01"]}, "var 'ds': month 13 does not exist"),
     ({"ds": "2013-07-xx"}, "var 'ds': expected a date as YYYY-MM-DD"),
     ({"target": "shop"}, "var 'target': expected 'brand', 'category', 'item' or 'tag'"),
@@ -539,7 +556,7 @@ def test_a_leak_planted_in_the_features_fails_the_dbt_build(tiny_dataset, tmp_pa
                 dbt_vars=_vars([PIT_DS]), select=["+ads_user_features"], project_dir=project, quiet=True)
 
 
-@pytest.mark.parametrize("column, value, failing", [
+@pytest.mark.parametrize(("column", "value", "failing"), [
     ("user_id", "null", "crowd_in_range_samples_user_id"),
     ("ds", "cast('2001-01-01' as date)", "crowd_date_in_the_log_samples_ds"),
 ])
@@ -550,7 +567,8 @@ def test_a_bad_key_or_date_in_the_samples_fails_their_tests(built, tiny_dataset,
     copy = tmp_path / "crowd.duckdb"
     shutil.copy(warehouse, copy)
     with duckdb.connect(str(copy)) as con:
-        con.execute(f"update samples.samples set {column} = {value} where rowid = (select min(rowid) from samples.samples)")
+        con.execute(f"update samples.samples set {column} = {value} "
+                    "where rowid = (select min(rowid) from samples.samples)")
     with pytest.raises(WarehouseError, match=failing):
         run_dbt("test", dataset_dir=tiny_dataset, warehouse=copy, dbt_vars=_vars(), select=["samples"], quiet=True)
 

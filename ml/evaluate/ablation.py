@@ -104,8 +104,9 @@ def _latest_run(paths: TaskPaths, task: Task, model: str) -> str | None:
 
     configure(paths)
     runs = mlflow.search_runs(experiment_names=[paths.experiment], order_by=["attributes.start_time DESC"],
-                              filter_string=f"attributes.status = 'FINISHED' and tags.model = {filter_value(model)} and "
-                                            f"tags.{COMPARISON_TAG} = {filter_value(comparison_key(task, paths.exports))}")
+                              filter_string=f"attributes.status = 'FINISHED' and tags.model = {filter_value(model)} "
+                                            f"and tags.{COMPARISON_TAG} = "
+                                            f"{filter_value(comparison_key(task, paths.exports))}")
     return None if runs.empty else str(runs["run_id"].iloc[0])
 
 

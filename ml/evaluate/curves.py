@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
 from ml.evaluate.metrics import ranking_metrics
 from ml.train.calibration import ece_of, reliability
 

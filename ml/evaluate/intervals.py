@@ -206,9 +206,7 @@ def backtest_intervals(y: np.ndarray, p: np.ndarray, target: np.ndarray, user: n
                        seed: int, n_boot: int = 1000, n_boot_auc: int = 100) -> dict[str, Interval]:
     """The interval of every summary metric of evaluate_scores: pooled AUC and logloss over users, per-target
     AUC and the ranking metrics over targets (the table's ranked groups), GAUC over users."""
-    from ml.evaluate.metrics import per_group_auc
-
-    from ml.evaluate.metrics import averaged_over
+    from ml.evaluate.metrics import averaged_over, per_group_auc
 
     columns = [c for c in per_target.columns if c.startswith(PER_TARGET_PREFIXES)]
     columns += [c for c in ("coverage", "candidate_coverage") if c in per_target.columns]

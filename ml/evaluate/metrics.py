@@ -162,7 +162,8 @@ def ranking_metrics(y: np.ndarray, p: np.ndarray, group: np.ndarray, ns: tuple[i
         dcg = dcg_upto[end] - dcg_upto[starts]
         ap = ap_upto[end] - ap_upto[starts]
         ideal_k = np.minimum(total, n).astype(np.int64)
-        ideal = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(max(ideal_k.max(initial=0), 1)) + 2))])[ideal_k]
+        discounts = 1.0 / np.log2(np.arange(max(ideal_k.max(initial=0), 1)) + 2)
+        ideal = np.concatenate([[0.0], np.cumsum(discounts)])[ideal_k]
         with np.errstate(invalid="ignore", divide="ignore"):
             out[f"recall_at_{n}"] = np.where(total > 0, hits / total, np.nan)
             out[f"precision_at_{n}"] = hits / n

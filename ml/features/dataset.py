@@ -150,7 +150,8 @@ def _with_users(samples: pd.DataFrame, dense: list[str], seq_tables: list[pa.Tab
         for timescale, (steps, slots) in series_shape.items():
             arr = np.zeros((len(keys), steps, slots), dtype=np.uint8)
             m = ok & (cells["timescale"].to_numpy() == timescale)
-            arr[pos[m], cells["step"].to_numpy()[m], cells["slot"].to_numpy()[m]] = np.minimum(cells["n"].to_numpy()[m], 255)
+            counts = np.minimum(cells["n"].to_numpy()[m], 255)
+            arr[pos[m], cells["step"].to_numpy()[m], cells["slot"].to_numpy()[m]] = counts
             series[timescale] = arr
     return RawExports(samples, dense, keys, sequences, offsets, series, build)
 
@@ -195,7 +196,7 @@ class CrowdData:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], fmap: FeatureMap, columns: list[str],
-                    hide_own_target: bool = False) -> "CrowdData":
+                    hide_own_target: bool = False) -> CrowdData:
         """A split from its arrays (encode_split's, or the same memory-mapped from disk); columns names the
         columns of `features`."""
         data = cls.__new__(cls)
@@ -226,7 +227,7 @@ class CrowdData:
             if handle is not None and hasattr(mmap, "MADV_DONTNEED"):
                 handle.madvise(mmap.MADV_DONTNEED)
 
-    def take(self, rows: np.ndarray) -> "CrowdData":
+    def take(self, rows: np.ndarray) -> CrowdData:
         """These rows only (a rank's shard); the sequences stay whole, rows look theirs up by key."""
         arrays = self.arrays()
         arrays.update({n: np.asarray(arrays[n])[rows] for n in self.ROW_ARRAYS})

@@ -30,7 +30,7 @@ class Vocabulary:
     values: np.ndarray  # sorted distinct raw ids (int64)
 
     @classmethod
-    def fit(cls, *columns: np.ndarray) -> "Vocabulary":
+    def fit(cls, *columns: np.ndarray) -> Vocabulary:
         return cls(np.unique(np.concatenate([np.asarray(c, dtype=np.int64) for c in columns])))
 
     @property
@@ -64,7 +64,7 @@ class FeatureMap:
     @classmethod
     def fit(cls, samples: pd.DataFrame, hist_target: np.ndarray, hist_category: np.ndarray, *, dense: list[str],
             sequence_length: int, max_age: int, series_shape: dict[str, tuple[int, int]],
-            age_column: str = "hist_age_days") -> "FeatureMap":
+            age_column: str = "hist_age_days") -> FeatureMap:
         vocabularies = {
             "user": Vocabulary.fit(samples["user_id"].to_numpy()),
             "target": Vocabulary.fit(samples["target_id"].to_numpy(), hist_target[hist_target >= 0]),
@@ -133,7 +133,7 @@ class FeatureMap:
         }))
 
     @classmethod
-    def load(cls, path: Path) -> "FeatureMap":
+    def load(cls, path: Path) -> FeatureMap:
         d = json.loads(Path(path).read_text())
         return cls(
             {k: Vocabulary(np.asarray(v, dtype=np.int64)) for k, v in d["vocabularies"].items()},

@@ -22,9 +22,10 @@ import bz2
 import datetime as dt
 import gzip
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -108,8 +109,7 @@ class Layout:
 def _first_line(path: Path) -> str:
     with open_log(path) as f:
         raw = f.readline(1 << 20)
-    text = raw.decode("utf-8", errors="replace").lstrip("\ufeff").rstrip("\r\n")
-    return text
+    return raw.decode("utf-8", errors="replace").lstrip("\ufeff").rstrip("\r\n")
 
 
 def sniff(path: Path, ff: FileFormat) -> Layout:
@@ -317,7 +317,7 @@ def _parser_rejects(path: Path, rows: list[tuple[int, str, str]]) -> pa.Table:
 
 def _count_rejects(report: FileReport, kinds: list[str]) -> None:
     report.rejected += len(kinds)
-    for key, count in zip(*np.unique(np.asarray(kinds, dtype=str), return_counts=True)):
+    for key, count in zip(*np.unique(np.asarray(kinds, dtype=str), return_counts=True), strict=True):
         report.reasons[str(key)] = report.reasons.get(str(key), 0) + int(count)
 
 
@@ -341,7 +341,8 @@ def read_file(
         # the parser counts physical lines from 1, header included
         line = int(row.number) if row.number is not None else -1
         text = row.text or ""
-        reason = "blank line" if not text.strip() else f"expected {row.expected_columns} fields, found {row.actual_columns}"
+        reason = ("blank line" if not text.strip()
+                  else f"expected {row.expected_columns} fields, found {row.actual_columns}")
         invalid_rows.append((line, reason, text))
         invalid_lines.append(line)
         return "skip"

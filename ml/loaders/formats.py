@@ -116,7 +116,8 @@ FORMATS: dict[str, LogFormat] = {
     ),
     "taobao-userbehavior": LogFormat(
         name="taobao-userbehavior",
-        description="Taobao UserBehavior: user_id,item_id,category_id,behavior_type(pv/fav/cart/buy),timestamp; no header",
+        description=("Taobao UserBehavior: user_id,item_id,category_id,behavior_type(pv/fav/cart/buy),timestamp; "
+                     "no header"),
         events=FileFormat(
             columns=(
                 Column("user_id", _ID, "user_id"),

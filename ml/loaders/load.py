@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -170,7 +171,7 @@ def _load_into(tmp: Path, fmt: LogFormat, paths: list[Path], items_paths: list[P
 
     with pq.ParquetWriter(tmp / "rejects.parquet", REJECTS_SCHEMA, compression="zstd") as rejects_out:
 
-        def read_all(files: list[Path], ff: FileFormat, on_batch) -> None:
+        def read_all(files: list[Path], ff: FileFormat, on_batch: Callable[[pa.Table, Path], None]) -> None:
             for path in files:
                 report = FileReport(str(path))
                 for batch in read_file(path, fmt, ff, year=year, ts_range=(start, end), report=report):

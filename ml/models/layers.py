@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -84,8 +86,8 @@ def first_layer(linears: list[nn.Linear], ids: torch.Tensor, dense: torch.Tensor
     else:
         # a parameter's _version moves at every in-place change (an optimiser step, load_state_dict, a no_grad
         # fill); a new tensor (.to(device), a replaced Parameter) has another id or storage
-        params = [t for lin in linears for t in (lin.weight, lin.bias)] + [vectors]
-        key = tuple((id(t), t.data_ptr(), t._version) for t in params) + (n_ids, with_tail)
+        params = [*(t for lin in linears for t in (lin.weight, lin.bias)), vectors]
+        key = (*((id(t), t.data_ptr(), t._version) for t in params), n_ids, with_tail)
         if cache.get("key") != key:
             cache.update(key=key, weights=_first_layer_weights(linears, n_ids, vectors, with_tail))
         weight_t, bias = cache["weights"]
@@ -114,9 +116,10 @@ def fm_second_order_of_fields(ids: torch.Tensor, dense: torch.Tensor, vectors: t
     return 0.5 * (square_of_sum - sum_of_square).sum(dim=-1)
 
 
-def mlp(sizes: list[int], dropout: float = 0.0, batch_norm: bool = False, activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+def mlp(sizes: list[int], dropout: float = 0.0, batch_norm: bool = False,
+        activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
+    for a, b in itertools.pairwise(sizes):
         layers.append(nn.Linear(a, b))
         if batch_norm:
             layers.append(nn.BatchNorm1d(b))

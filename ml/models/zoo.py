@@ -12,8 +12,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml.features.feature_map import FeatureMap
-from ml.models.layers import (DenseFields, Embeddings, Experts, KeptWeights, LocalActivation, SqueezeExcitation,
-                              first_layer, fm_second_order_of_fields, gate, mlp, run_mlp)
+from ml.models.layers import (
+    DenseFields,
+    Embeddings,
+    Experts,
+    KeptWeights,
+    LocalActivation,
+    SqueezeExcitation,
+    first_layer,
+    fm_second_order_of_fields,
+    gate,
+    mlp,
+    run_mlp,
+)
 
 
 @dataclass
@@ -215,7 +226,8 @@ class PLE(DIN):
                 "shared": Experts(cfg.ple_shared_experts, d, cfg.expert_hidden, cfg.dropout),
                 "gate_cc": nn.Linear(d, cfg.ple_specific_experts + cfg.ple_shared_experts),
                 "gate_buy": nn.Linear(d, cfg.ple_specific_experts + cfg.ple_shared_experts),
-                **({} if last else {"gate_shared": nn.Linear(d, 2 * cfg.ple_specific_experts + cfg.ple_shared_experts)}),
+                **({} if last else
+                   {"gate_shared": nn.Linear(d, 2 * cfg.ple_specific_experts + cfg.ple_shared_experts)}),
             }))
         self.towers = nn.ModuleDict({t: nn.Sequential(mlp([width, 32]), nn.Linear(32, 1)) for t in ("y1", "y2", "y3")})
         self.fm_scale = nn.ParameterDict({t: nn.Parameter(torch.zeros(1)) for t in ("y1", "y2", "y3")})

@@ -37,11 +37,11 @@ def ceiling_auc(dataset_dir: Path, ds: dt.date, label_days: int) -> CeilingAuc:
     oracle = [d[0] for d in con.execute("select * from read_parquet(?) limit 0",
                                         [str(root / "oracle" / "*.parquet")]).description]
     entity = "item_id" if "item_id" in oracle else "brand_id"  # one of two fixed names, never the caller's
-    con.execute("create table o as select user_id, {e} as e, p_buy, p_buy_half from read_parquet(?) where ds = ?"
-                .format(e=entity), [str(root / "oracle" / "*.parquet"), ds])
+    con.execute(f"create table o as select user_id, {entity} as e, p_buy, p_buy_half from read_parquet(?) where ds = ?"
+                , [str(root / "oracle" / "*.parquet"), ds])
     con.execute(
-        "create table b as select distinct ev.user_id, i.{e} as e from read_parquet(?) ev "
-        "join read_parquet(?) i using (item_id) where ev.action = 'buy' and ev.ts >= ? and ev.ts < ?".format(e=entity),
+        f"create table b as select distinct ev.user_id, i.{entity} as e from read_parquet(?) ev "
+        "join read_parquet(?) i using (item_id) where ev.action = 'buy' and ev.ts >= ? and ev.ts < ?",
         [str(root / "events" / "*.parquet"), str(root / "items.parquet"), ds, ds + dt.timedelta(days=label_days)])
     rows = con.sql("select coalesce(o.p_buy, 0) p, coalesce(o.p_buy_half, 0) h, (b.user_id is not null)::int y "
                    "from o full join b using (user_id, e)").fetchnumpy()

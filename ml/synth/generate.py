@@ -261,7 +261,8 @@ def _generate_into(tmp: Path, cfg: GeneratorConfig, progress: bool, t_start: flo
     else:
         ctx = mp.get_context("fork")
         with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(cfg,)) as pool:
-            futures = {pool.submit(_run_chunk, cfg, i, first, count, tmp): count for i, (first, count) in enumerate(chunks)}
+            futures = {pool.submit(_run_chunk, cfg, i, first, count, tmp): count
+                       for i, (first, count) in enumerate(chunks)}
             for fut in cf.as_completed(futures):
                 results.append(fut.result())
                 bar.update(futures[fut])
@@ -282,7 +283,7 @@ def _generate_into(tmp: Path, cfg: GeneratorConfig, progress: bool, t_start: flo
         "chunks": len(chunks),
         "workers": workers,
         "events": int(actions.sum()),
-        "actions": {a: int(c) for a, c in zip(ACTIONS, actions)},
+        "actions": {a: int(c) for a, c in zip(ACTIONS, actions, strict=True)},
         "items": cfg.sizes.items,
         "seconds": round(elapsed, 3),
         # the oracle's CPU time is reported apart: the log's own speed is what scales with events

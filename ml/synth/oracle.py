@@ -69,7 +69,7 @@ def oracle_at(
         raise ValueError(f"oracle day {t0} + {label_days} label days runs past the end of the log ({sim.days} days)")
     snap = state.copy()
     sim.materialise_all(snap, t0)
-    n_u, n_k = snap.slot_brand.shape
+    n_u = snap.slot_brand.shape[0]
     by_item = sim.p.item_focus > 0
     n_b = len(sim.w.item_ids) if by_item else sim.w.n_brands  # the entity keyed on: brand, or item
 

@@ -26,7 +26,8 @@ class Sizes:
         if self.brands < 4:
             raise ValueError(f"--brands: at least 4 brands are needed, got {self.brands}")
         if self.items < self.brands:
-            raise ValueError(f"--items ({self.items}) must be at least --brands ({self.brands}): every brand sells an item")
+            raise ValueError(f"--items ({self.items}) must be at least --brands ({self.brands}): "
+                             "every brand sells an item")
         if self.end <= self.start:
             raise ValueError(f"--end {self.end} must be after --start {self.start}")
 
@@ -39,7 +40,7 @@ class Sizes:
 class Preset:
     sizes: Sizes
     item_brands: bool = True  # False: the item table has no brand or shop, like the Taobao log
-    intensities: "Intensities | None" = None  # None: the defaults
+    intensities: Intensities | None = None  # None: the defaults
     hourly: bool = False  # times truncated to the hour, like the Tianchi mobile log
     item_subset_share: float = 0.0  # > 0: that share of the items is written as the dataset's item subset
 
@@ -50,13 +51,13 @@ class Preset:
             return "item"
         return "brand" if self.item_brands else None
 
-    def config(self, **changes: object) -> "GeneratorConfig":
+    def config(self, **changes: object) -> GeneratorConfig:
         return GeneratorConfig(sizes=self.sizes, intensities=self.intensities or Intensities(),
                                item_brands=self.item_brands, hourly=self.hourly,
                                item_subset_share=self.item_subset_share, **changes)
 
 
-PRESETS: dict[str, "Preset"] = {}
+PRESETS: dict[str, Preset] = {}
 
 
 
@@ -142,7 +143,7 @@ class GeneratorConfig:
     chunk_users: int = 0             # 0: chosen from the sizes so a chunk holds a few million events
     workers: int = 0                 # 0: one per core
 
-    def with_sizes(self, **changes: object) -> "GeneratorConfig":
+    def with_sizes(self, **changes: object) -> GeneratorConfig:
         return replace(self, sizes=replace(self.sizes, **changes))
 
 
@@ -151,8 +152,8 @@ class GeneratorConfig:
 # tianchi: the tianchi-mobile-2014 task's look-alike (31 days of 2014-11-18 .. 12-18, hourly times, no
 # brand in the item table, items with memory and an item-level oracle, 30% of the items as the subset);
 # tianchi-tiny: the same world, small enough for a test.
-_TIANCHI = dict(item_brands=False, hourly=True, item_subset_share=0.3,
-                intensities=Intensities(item_focus=0.75, activity_mu=-0.6))
+_TIANCHI = {"item_brands": False, "hourly": True, "item_subset_share": 0.3,
+            "intensities": Intensities(item_focus=0.75, activity_mu=-0.6)}
 PRESETS.update({
     "tiny": Preset(Sizes(users=800, items=1_500, brands=60)),
     "default": Preset(Sizes(users=20_000, items=20_000, brands=400)),

@@ -49,14 +49,14 @@ class State:
     pend_brand: np.ndarray  # int32 [R, K]: brand that takes the slot when it lands (-1: same brand)
     focus_item: np.ndarray  # int32 [R, K]: the item the user last ended a session on in that brand (-1: none)
 
-    def copy(self) -> "State":
+    def copy(self) -> State:
         return State(**{f.name: getattr(self, f.name).copy() for f in fields(self)})
 
-    def repeat(self, times: int) -> "State":
+    def repeat(self, times: int) -> State:
         """Each row repeated `times` times in a row: rollouts of one user are adjacent."""
         return State(**{f.name: np.repeat(getattr(self, f.name), times, axis=0) for f in fields(self)})
 
-    def take(self, rows: np.ndarray) -> "State":
+    def take(self, rows: np.ndarray) -> State:
         return State(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
 
 

@@ -36,7 +36,6 @@ from ml.train.gbdt import GbdtResult, predict_gbdt
 from ml.train.scoring import predict
 from ml.train.trainer import load_weights, resolve_device
 
-
 # LightGBM's predict costs about 1.3 s a million rows of make run's booster on 2 cores; compiling its trees
 # costs 7-12 s once, and they then score a million rows in 0.3-0.5 s (ml.train.compiled_trees). A bundle
 # compiles its boosters once LightGBM has spent about what compiling costs (the rent-or-buy rule: never more
@@ -67,7 +66,7 @@ class Bundle:
         return int(self.config.get("submission_k") or 0)
 
     @classmethod
-    def load(cls, path: Path) -> "Bundle":
+    def load(cls, path: Path) -> Bundle:
         path = Path(path)
         if not (path / "config.json").exists():
             raise ValueError(f"{path} is not a model bundle (no config.json): train one with `crowd train`")
@@ -162,7 +161,8 @@ class Bundle:
         threads = torch.get_num_threads()
         compiled = {n: c for n, f in files.items() if (c := compile_booster(f, threads, cached_only=True)) is not None}
         return GbdtResult(np.zeros(0), boosters=boosters, compiled=compiled,
-                          vocabularies={c: Vocabulary(np.asarray(v, np.int64)) for c, v in meta["vocabularies"].items()},
+                          vocabularies={c: Vocabulary(np.asarray(v, np.int64))
+                                        for c, v in meta["vocabularies"].items()},
                           group_targets=meta["group_targets"], prior=meta["prior"], group_priors=meta["group_priors"])
 
 
@@ -236,7 +236,8 @@ def save_deep_bundle(path: Path, name: str, model: torch.nn.Module, fmap: Featur
     path.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path / "weights.pt")
     fmap.save(path / "feature_map.json")
-    (path / "config.json").write_text(json.dumps({"model": name, "model_config": model_cfg.to_dict(), **extra}, indent=2))
+    config = {"model": name, "model_config": model_cfg.to_dict(), **extra}
+    (path / "config.json").write_text(json.dumps(config, indent=2))
     return path
 
 

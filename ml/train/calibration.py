@@ -112,7 +112,7 @@ def stratified_platt_fit(y: np.ndarray, p: np.ndarray, weights: np.ndarray, touc
     stratum with no buyer keeps the model's output; one with few, only its level)."""
     y, touched = np.asarray(y) > 0, np.asarray(touched, bool)
     out = {}
-    for name, rows in zip(STRATA, (touched, ~touched)):
+    for name, rows in zip(STRATA, (touched, ~touched), strict=True):
         if not y[rows].any() or y[rows].all():
             continue
         if y[rows].sum() >= MIN_BUYERS_FOR_SLOPE:
@@ -128,7 +128,7 @@ def stratified_platt_apply(p: np.ndarray, touched: np.ndarray, params: dict[str,
         return p
     out = np.array(p, dtype=np.float64, copy=True)
     touched = np.asarray(touched, bool)
-    for name, rows in zip(STRATA, (touched, ~touched)):
+    for name, rows in zip(STRATA, (touched, ~touched), strict=True):
         if name in params and rows.any():
             out[rows] = platt_apply(out[rows], params[name])
     return out

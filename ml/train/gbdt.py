@@ -110,7 +110,7 @@ class _BlockInputs:
     targets: np.ndarray
 
     @classmethod
-    def of(cls, frame: pd.DataFrame, dense: list[str], vocabularies: dict[str, Vocabulary] | None) -> "_BlockInputs":
+    def of(cls, frame: pd.DataFrame, dense: list[str], vocabularies: dict[str, Vocabulary] | None) -> _BlockInputs:
         return cls(frame[dense].to_numpy(dtype=np.float32, na_value=np.nan),
                    {c: frame[c].to_numpy() for c in vocabularies or {}}, frame["target_id"].to_numpy())
 
@@ -124,7 +124,7 @@ class _BlockInputs:
 
 
 def _fit(name: str, cfg: GbdtConfig, train: pd.DataFrame, valid: pd.DataFrame, dense: list[str],
-         vocabularies: dict[str, Vocabulary] | None):
+         vocabularies: dict[str, Vocabulary] | None) -> lgb.Booster:
     cats = list(vocabularies) if vocabularies else "auto"
     # Training rows count once each, as drawn: the warehouse's draw looks at no label, only at whether the
     # pair is a candidate, which the features say, so a buyer's odds given the features are the population's

@@ -38,10 +38,16 @@ from ml.features.feature_map import FeatureMap
 from ml.models.zoo import ModelConfig, build_model, model_hyper_parameters
 from ml.task import ALL_MODELS, GBDT_MODELS, Task, TaskPaths
 from ml.train.bundle import Bundle, save_deep_bundle, save_gbdt_bundle
-from ml.train.calibration import (CALIBRATION_METRICS, calibration_summary, correct_for_sampling,
-                                  population_weights, stratified_platt_apply, stratified_platt_fit)
-from ml.train.gbdt import GbdtConfig, booster_inputs, predict_gbdt, train_gbdt
+from ml.train.calibration import (
+    CALIBRATION_METRICS,
+    calibration_summary,
+    correct_for_sampling,
+    population_weights,
+    stratified_platt_apply,
+    stratified_platt_fit,
+)
 from ml.train.distributed import Rank, current_rank, shard
+from ml.train.gbdt import GbdtConfig, booster_inputs, predict_gbdt, train_gbdt
 from ml.train.memory import freed_when_done
 from ml.train.prepared import Prepared, evaluation_code_version, fingerprint, prepare
 from ml.train.scoring import predict

@@ -16,7 +16,6 @@ process waits for the first one's instead of writing its own.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ from typing import TypeVar
 import numpy as np
 import pandas as pd
 
+from ml.config import content_digest
 from ml.features.dataset import CrowdData, RawExports, check_one_build, fit_feature_map, read_buyers, read_exports
 from ml.features.feature_map import FeatureMap
 from ml.models.zoo import NEEDS_SERIES
@@ -100,7 +100,9 @@ class Prepared:
             d = self.splits[split]
             meta = pd.DataFrame({
                 "ds": d.ds, "user_id": d.user_id, "target_id": d.target_id, "target_category_id": d.target_category_id,
-                "is_candidate": d.is_candidate, "inclusion_prob": d.inclusion_prob, "label_buy": np.ascontiguousarray(d.labels[:, 0]),  # a column of its own: LightGBM copies a strided one
+                "is_candidate": d.is_candidate, "inclusion_prob": d.inclusion_prob,
+                # a column of its own: LightGBM copies a strided one
+                "label_buy": np.ascontiguousarray(d.labels[:, 0]),
                 "label_collect_cart": np.ascontiguousarray(d.labels[:, 1])}, copy=False)
             features = pd.DataFrame(d.features, columns=d.columns, copy=False)
             self.cache["frames"][split] = pd.concat([meta, features], axis=1)  # copy-on-write: no copy made
@@ -140,11 +142,11 @@ def evaluation_code_version(package: Path = _PACKAGE) -> str:
 
 
 def _digest(files: Iterable[Path]) -> str:
-    return hashlib.sha1(b"".join(path.read_bytes() for path in files)).hexdigest()[:12]
+    return content_digest(b"".join(path.read_bytes() for path in files), 12)
 
 
 def fingerprint(*parts: object) -> str:
-    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return content_digest(json.dumps(parts, sort_keys=True, default=str).encode(), 12)
 
 
 def prepared_key(task: Task, paths: TaskPaths) -> str:
@@ -246,8 +248,8 @@ def check_buyers(data: Prepared, task: Task) -> None:
                          f"their {len(splits['train']):,} samples: nothing to learn from (a log with more buys, or "
                          "more sample dates)")
     for split, buyers, dates, purpose in (
-            ("valid_population", data.valid_buyers, "the validation dates hold", "choose a champion on (more "
-             "validation dates, or a bigger log)"),
+            ("valid_population", data.valid_buyers, "the validation dates hold",
+             ("choose a champion on (more validation dates, or a bigger log)")),
             ("evaluation", data.buyers, "the backtest date holds", "measure (a bigger log)")):
         if not np.any(splits[split].labels[:, 0] > 0):
             raise ValueError(f"{dates} no buyer among the {len(splits[split]):,} pairs ranked: {len(buyers):,} "

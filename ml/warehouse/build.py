@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ml.config import repo_root
+from ml.config import content_digest, repo_root
 
 log = logging.getLogger(__name__)
 # a build's summary: in an Airflow task's log and `crowd -v`; the commands print their own (ml.cli.RESULTS_LOGGER)
@@ -201,9 +201,7 @@ def parse_key(project_dir: Path, dbt_vars: dict, env: dict[str, str]) -> str:
 
 def _digest(parts: list) -> str:
     """A short key of JSON-able parts (upstream_key, parse_key)."""
-    import hashlib
-
-    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return content_digest(json.dumps(parts, sort_keys=True, default=str).encode(), 16)
 
 
 def _iso_dates(dbt_vars: dict) -> bool:
@@ -254,7 +252,7 @@ def _read_parsed(path: Path):  # noqa: ANN202
 
     try:
         manifest = Manifest.from_msgpack(path.read_bytes(), decoder=extended_mashumuro_decoder)
-    except Exception as e:  # noqa: BLE001 - a damaged or foreign file: parse again, as dbt itself does
+    except Exception as e:
         log.debug("dbt: %s does not load (%s); parsing the project", path, e)
         return None
     if manifest.metadata.dbt_version != __version__:
@@ -427,12 +425,13 @@ def project_digest(project_dir: Path = DBT_PROJECT_DIR) -> str:
     used to mark every DuckDB champion as trained on other dbt models). dbt's parse reads it: parse_key."""
     import hashlib
 
-    h = hashlib.sha1()
+    h = hashlib.sha1(usedforsecurity=False)
     for path in sorted(project_dir.rglob("*")):
         rel = path.relative_to(project_dir)
         if rel == Path(PROFILES):
             continue
-        if path.is_file() and rel.parts[0] not in ("target", "logs") and path.suffix in (".sql", ".yml", ".yaml", ".md"):
+        sources = path.suffix in (".sql", ".yml", ".yaml", ".md") and rel.parts[0] not in ("target", "logs")
+        if path.is_file() and sources:
             h.update(str(rel).encode())
             h.update(path.read_bytes())
     return h.hexdigest()[:16]

@@ -87,7 +87,7 @@ def describe_column(name: str) -> str | None:
 class _Dumper(yaml.SafeDumper):
     """Block style, with short lists and mappings of scalars on one line, as the files are written by hand."""
 
-    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:  # noqa: ARG002
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
         super().increase_indent(flow, False)  # a list inside a mapping is indented, as dbt's own examples are
 
 

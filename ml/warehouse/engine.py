@@ -16,6 +16,7 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+
 import duckdb
 
 from ml.task import ENGINES, Engine
@@ -57,7 +58,8 @@ def duckdb_memory_limit() -> str:
     if not value:
         from ml.warehouse.build import DBT_PROJECT_DIR
 
-        found = re.search(r"env_var\('CROWD_DUCKDB_MEMORY', '([^']+)'\)", (DBT_PROJECT_DIR / "profiles.yml").read_text())
+        profiles = (DBT_PROJECT_DIR / "profiles.yml").read_text()
+        found = re.search(r"env_var\('CROWD_DUCKDB_MEMORY', '([^']+)'\)", profiles)
         if found is None:
             raise RuntimeError("dbt_project/profiles.yml gives no default for CROWD_DUCKDB_MEMORY")
         value = found.group(1)

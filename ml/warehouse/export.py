@@ -8,7 +8,6 @@ a training run refuses exports built with other settings instead of mixing them 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import duckdb
 
+from ml.config import content_digest
 from ml.warehouse.engine import open_warehouse
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def build_id(dataset_dir: Path | None) -> str:
 
     manifest = Path(dataset_dir) / "manifest.json" if dataset_dir is not None else None
     data = manifest.read_bytes() if manifest is not None and manifest.exists() else b""
-    return hashlib.sha1(data + project_digest().encode()).hexdigest()[:12]
+    return content_digest(data + project_digest().encode(), 12)
 
 
 def exports_build(root: Path, ds: dt.date) -> str:
@@ -134,8 +134,7 @@ def export_dates(warehouse: Path, out_root: Path, dates: list[dt.date] | None = 
         empty = [ds for ds in dates if not any(counts[ds][p] for p in POPULATIONS)]
         if empty:
             raise ValueError(no_population_message(con, empty))
-        for ds in dates:
-            done.append(_export_one(con, ds, counts[ds], out_root, fingerprint, build, forward_key))
+        done.extend(_export_one(con, ds, counts[ds], out_root, fingerprint, build, forward_key) for ds in dates)
     return done
 
 

@@ -122,7 +122,7 @@ def assert_frames_match(dbt_frame: pd.DataFrame, ref_frame: pd.DataFrame, keys: 
     for c in b.columns:
         x, y = a[c], b[c]
         if x.dtype == object or y.dtype == object:
-            same = np.array([list(p) == list(q) for p, q in zip(x, y)])
+            same = np.array([list(p) == list(q) for p, q in zip(x, y, strict=True)])
         else:
             same = np.isclose(x.astype(float), y.astype(float), rtol=0, atol=1e-9, equal_nan=True)
         if not same.all():
