@@ -160,8 +160,11 @@ def main() -> None:
     if args.heap_of_a_task:
         import importlib
 
-        from ml.local_airflow import _PRELOAD
+        from ml.config import Paths
+        from ml.local_airflow import _PRELOAD, airflow_environment
 
+        # Airflow reads its home when imported: the scratch's, as run-dags sets it (unset, it made ~/airflow)
+        os.environ.update(airflow_environment(Paths(root)))
         for module in _PRELOAD:
             importlib.import_module(module)
     if args.walk_everything:

@@ -187,3 +187,20 @@ def test_the_mlflow_server_leaves_no_folder_in_dev_shm(mlflow_server):
     every start and never removes it: one more for each `make test` and `make mlflow`."""
     *_, shm_before = mlflow_server
     assert [d for d in set(SHM.glob("tmp*")) - shm_before if d.is_dir()] == []
+
+
+@pytest.mark.parametrize(("setting", "reports"), [(None, False), ("false", True)])
+def test_the_package_turns_off_mlflows_usage_reports_unless_the_user_turns_them_on(tmp_path, setting, reports):
+    """`crowd train` from a shell (no Makefile exporting MLFLOW_DISABLE_TELEMETRY) imported MLflow with its
+    telemetry on: an installation id written under ~/.config/mlflow, usage events sent where the network
+    reaches. Importing ml first turns it off; a user's own setting wins."""
+    # as from a user's shell: MLflow also stays quiet under pytest and on CI machines (mlflow.telemetry.utils)
+    quiet_anyway = {"PYTEST_CURRENT_TEST", "CI", "GITHUB_ACTIONS", "GITLAB_CI", "JENKINS_URL", "BUILDKITE", "TF_BUILD",
+                    "CIRCLECI", "TRAVIS", "TEAMCITY_VERSION", "BITBUCKET_BUILD_NUMBER", "CODEBUILD_BUILD_ARN"}
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", *quiet_anyway}}
+    env["HOME"] = str(tmp_path)
+    if setting is not None:
+        env["MLFLOW_DISABLE_TELEMETRY"] = setting
+    subprocess.run([sys.executable, "-c", "import ml.tracking, mlflow"], env=env, check=True, timeout=120)
+    assert (tmp_path / ".config" / "mlflow" / "telemetry.json").exists() == reports
