@@ -692,6 +692,8 @@ def main(argv: list[str] | None = None) -> int:
         # pgserver (crowd airflow --db postgres) logs each command it runs at INFO, with initdb's whole output:
         # 50 lines before Airflow's first; its failures are errors, kept
         logging.getLogger("pgserver").setLevel(logging.WARNING)
+        # matplotlib says "generated new fontManager" at INFO the first time a machine draws (crowd train's plots)
+        logging.getLogger("matplotlib").setLevel(logging.WARNING)
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -80,6 +80,24 @@ def test_a_command_says_its_result_once_and_the_library_log_line_only_with_verbo
     assert "ml.results.synth: generated" in run("-v")
 
 
+def test_a_first_drawing_on_a_machine_adds_no_matplotlib_line_to_a_commands_output(tmp_path):
+    """The first `crowd train` on a machine printed matplotlib's "generated new fontManager" at INFO, the font
+    cache being built (a fresh MPLCONFIGDIR stands for a fresh machine); -v keeps it."""
+    import subprocess
+    import sys
+
+    def run(*flags: str, config: str) -> str:
+        code = (f"import sys; from ml.cli import main; main([*{list(flags)!r}, 'tasks']); "
+                "import matplotlib.pyplot as plt; plt.figure()")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env={**os.environ, "MPLCONFIGDIR": str(tmp_path / config)})
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    assert "fontManager" not in run(config="quiet")
+    assert "generated new fontManager" in run("-v", config="verbose")
+
+
 def test_the_result_lines_leave_a_commands_output_but_stay_in_the_task_logs(tmp_path, monkeypatch):
     """A command that prints its results leaves the library's result loggers out; `crowd run-dags` and `crowd
     airflow`, whose tasks write Airflow's task logs, keep them there (a run-dags' log lost its dbt build lines)."""
