@@ -404,7 +404,7 @@ def _model_names(value: Any) -> Any:
     was refused as "Input should be a valid dictionary"."""
     if isinstance(value, str):
         return [m.strip() for m in value.split(",") if m.strip()]
-    return value
+    return [] if value is None else value  # `--set models=` names none: refused as too few, not as a wrong type
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

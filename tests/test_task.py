@@ -122,6 +122,8 @@ def test_set_models_takes_names_separated_by_commas_as_a_user_types_them():
     assert load_task("tmall-2013", parse_assignments(["models=din"])).model_names() == ["din"]
     with pytest.raises(TaskError, match=r"unknown model\(s\) \['xgb'\]"):
         load_task("tmall-2013", parse_assignments(["models=din,xgb"]))
+    with pytest.raises(TaskError, match="models: Dictionary should have at least 1 item"):
+        load_task("tmall-2013", parse_assignments(["models="]))
 
 
 def test_two_tasks_and_two_datasets_have_separate_namespaces(tmp_path):
