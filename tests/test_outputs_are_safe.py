@@ -83,10 +83,14 @@ def test_a_bad_range_or_nothing_accepted_keeps_the_old_dataset(tmp_path, capsys)
     assert not list(tmp_path.glob(".t.*"))  # no staging folder left behind
 
 
-def test_a_directory_as_input_is_one_clear_line(tmp_path, capsys):
+def test_a_directory_or_a_missing_file_as_input_is_one_clear_line_saying_which(tmp_path, capsys):
     assert main(["load", "--format", "tianchi-mobile", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "not a file" in err and err.count("\n") == 1
+    # a path that is not there is said to be missing, not to be a folder
+    assert main(["load", "--format", "tianchi-mobile", str(tmp_path / "UserBehaviour.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().endswith("UserBehaviour.csv: no such file") and err.count("\n") == 1
 
 
 def test_a_kill_before_publish_leaves_the_old_output_whole(tmp_path):

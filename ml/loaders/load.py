@@ -128,6 +128,8 @@ def load(
     if start is not None and end is not None and start > end:
         raise ValueError(f"--start {start} is after --end {end}: no event could be kept")
     for path in [*paths, *(items_paths or [])]:
+        if not Path(path).exists():
+            raise ValueError(f"{path}: no such file")
         if not Path(path).is_file():
             raise ValueError(f"{path}: not a file (give the log's files, not a folder)")
     for path in paths:
