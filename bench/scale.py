@@ -28,7 +28,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from warehouse import DS, _dataset
+from warehouse import DS, _dataset  # bench/warehouse.py: the same datasets, the same date
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -699,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"crowd {args.command}: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # one clear line and a non-zero exit; --debug shows where
+    except Exception as e:  # noqa: BLE001  (one clear line and a non-zero exit; --debug shows where)
         if args.debug:
             traceback.print_exc()
         print(f"crowd {args.command}: {_one_line(e)}", file=sys.stderr)

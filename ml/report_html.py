@@ -53,7 +53,7 @@ def load_curves(table: pd.DataFrame) -> pd.DataFrame:
     for _, r in table[~is_reference(table["model"]) & (table["run_id"].fillna("") != "")].iterrows():
         try:
             frame = mlflow.load_table(CURVES_ARTIFACT, run_ids=[r["run_id"]])
-        except Exception:
+        except Exception:  # noqa: BLE001  (MLflow raises a bare MlflowException when a run has no such table)
             log.info("run %s of %s logged no curves", r["run_id"], r["model"])
             continue
         frame = frame.drop(columns=[c for c in frame.columns if c not in CURVE_COLUMNS])

@@ -366,7 +366,7 @@ def test_a_booster_the_compiler_refuses_is_scored_by_lightgbm_and_not_compiled_a
     from ml.train.bundle import Bundle
 
     tried = []
-    def refused(model_file, threads, cached_only=False):
+    def refused(model_file, threads, cached_only=False):  # a look for a cache finds none
         return None if cached_only else tried.append(model_file)
 
     monkeypatch.setattr(bundle_module, "compile_booster", refused)

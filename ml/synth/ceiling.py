@@ -37,8 +37,8 @@ def ceiling_auc(dataset_dir: Path, ds: dt.date, label_days: int) -> CeilingAuc:
     oracle = [d[0] for d in con.execute("select * from read_parquet(?) limit 0",
                                         [str(root / "oracle" / "*.parquet")]).description]
     entity = "item_id" if "item_id" in oracle else "brand_id"  # one of two fixed names, never the caller's
-    con.execute(f"create table o as select user_id, {entity} as e, p_buy, p_buy_half from read_parquet(?) where ds = ?"
-                , [str(root / "oracle" / "*.parquet"), ds])
+    con.execute(f"create table o as select user_id, {entity} as e, p_buy, p_buy_half from read_parquet(?) "
+                "where ds = ?", [str(root / "oracle" / "*.parquet"), ds])
     con.execute(
         f"create table b as select distinct ev.user_id, i.{entity} as e from read_parquet(?) ev "
         "join read_parquet(?) i using (item_id) where ev.action = 'buy' and ev.ts >= ? and ev.ts < ?",

@@ -65,7 +65,7 @@ def compile_booster(model_file: Path, threads: int, cached_only: bool = False) -
             log.info("compiled %s (%d trees) into %s", model_file.name, model.num_trees(), cache)
         else:  # a read-only bundle: compiled for this process alone
             model.compile()
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 (any refusal of the compiler leaves LightGBM's own predict)
         log.warning("scoring %s with LightGBM: lleaves could not compile it (%s: %s)", model_file.name,
                     type(e).__name__, e)
         return None

@@ -143,7 +143,7 @@ def _score_share(model: CrowdModel, data: CrowdData, order: np.ndarray, batches:
     try:
         with torch.no_grad():
             _score_batches(model, data, order, batches, batch_size, device, reads, scores, count)
-    except BaseException as e:
+    except BaseException as e:  # noqa: BLE001 (handed to the parent, which raises it)
         errors.put((multiprocessing.current_process().name, f"{type(e).__name__}: {e}"))
         os._exit(1)
 

@@ -252,7 +252,7 @@ def _read_parsed(path: Path):  # noqa: ANN202
 
     try:
         manifest = Manifest.from_msgpack(path.read_bytes(), decoder=extended_mashumuro_decoder)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign file: parse again, as dbt itself does
         log.debug("dbt: %s does not load (%s); parsing the project", path, e)
         return None
     if manifest.metadata.dbt_version != __version__:
