@@ -280,6 +280,9 @@ def run_pipeline(task: Task, overrides: dict | None = None, dates: list[dt.date]
         if mode.startswith("skip"):
             raise ValueError(f"--ds {ds}: nothing to build ({mode.removeprefix('skip: ')})")
     os.environ.update(airflow_environment(shared))
+    # every task's output goes to the run's log file, where dbt's colour codes were escape sequences on each line
+    # (`crowd airflow` keeps them: its UI renders them); DBT_USE_COLORS=true brings them back
+    os.environ.setdefault("DBT_USE_COLORS", "false")
     prepare_metadata_db(shared)
     log_file = shared.airflow_home / "local_run.log"
     conf = {"overrides": dict(overrides or {})}

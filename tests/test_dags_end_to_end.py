@@ -246,6 +246,9 @@ def test_run_dags_drives_the_periods_and_training_dags_and_ends_with_the_compari
     # instances, Cosmos's and Airflow's OpenLineage warnings (a provider this project does not use)
     noise = [line for line in log.splitlines() if "No tasks to run" in line or "openlineage" in line.lower()]
     assert not noise, noise[:3]
+    # ... nor dbt's colour codes: the log is a file, read with less or grep (every dbt line began with one)
+    coloured = [line for line in log.splitlines() if "\x1b[" in line]
+    assert not coloured, coloured[:3]
     # a run that would build nothing fails before it starts, saying why
     assert main(["run-dags", "--ds", str(task.samples.first + dt.timedelta(days=2)), "--no-training"]) == 2
     assert "nothing to build" in capsys.readouterr().err
