@@ -140,9 +140,9 @@ def _cmd_warehouse(args: argparse.Namespace) -> int:
     common = {"dataset_dir": paths.dataset_dir, "warehouse": location, "dbt_vars": task.dbt_vars(ds=args.ds),
               "item_subset": item_subset_path(task, paths), "engine": engine}
     if args.skip_tests or args.select:  # exactly what was asked: dbt run, or the nodes selected
-        report = run_dbt("run" if args.skip_tests else "build", select=args.select or (), **common)
+        report = run_dbt("run" if args.skip_tests else "build", select=args.select or (), quiet=args.quiet, **common)
     else:  # ODS, DIM and DW only when not already built from this dataset and these settings
-        report = build_dates(**common)
+        report = build_dates(quiet=args.quiet, **common)
     print(f"dbt {report.command} on {engine}: {report.n_models} models, {report.n_tests} tests passed in "
           f"{report.seconds:.1f}s into {location}")
     if args.document:
@@ -582,6 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--select", nargs="+", help="dbt node selection (default: everything)")
     w.add_argument("--skip-tests", action="store_true", help="dbt run instead of dbt build")
     w.add_argument("--no-export", action="store_true", help="build only; do not write exports/ds=...")
+    w.add_argument("--quiet", action="store_true",
+                   help="leave out dbt's console (a line per node; its log under the warehouse's dbt/logs keeps it)")
     w.add_argument("--document", action="store_true", help="after the build, describe every ADS and samples "
                    "column in the dbt project's properties files (from the feature grammar, ml/warehouse/docs.py), "
                    "keeping the hand-written descriptions and tests")
