@@ -676,7 +676,8 @@ def _standalone(paths: Paths, host: str, port: int, stop_timeout: float, ready_t
                     return 1
             if not ready and _healthy(host, port):
                 ready = True
-                print(f"Airflow on http://{host}:{port} is ready. User 'admin', password "
+                # the command's own result line (`crowd airflow`), for the person at the terminal
+                print(f"Airflow on http://{host}:{port} is ready. User 'admin', password "  # noqa: T201
                       f"{json.loads(password_file.read_text())['admin']!r} (in {password_file}). Ctrl-C stops it.",
                       flush=True)
             elif not ready and time.monotonic() > deadline:
