@@ -15,6 +15,7 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from ml.config import Paths, parse_date
@@ -35,6 +36,23 @@ def _date(value: str) -> dt.date:
         return parse_date(value)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type for a whole number of at least `minimum`: a bad value is refused naming the option
+    (`--seed -1` failed inside numpy as "expected non-negative integer", `--workers -2` as "max_workers must
+    be greater than 0")."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"expected {minimum} or more, got {number}")
+        return number
+
+    return parse
 
 
 def _overrides(args: argparse.Namespace, **more: object) -> dict:
@@ -545,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--brands", type=int, help="brands the items belong to (default: the preset's)")
     g.add_argument("--start", type=_date, help="first day of the log (default: the preset's)")
     g.add_argument("--end", type=_date, help="day after the last day of the log (default: the preset's)")
-    g.add_argument("--seed", type=int, help="default: the task's generate.seed")
+    g.add_argument("--seed", type=_at_least(0), help="default: the task's generate.seed")
     g.add_argument("--rollouts", type=int, default=32,
                    help="Monte Carlo rollouts of the oracle on its dates other than the backtest (default: 32)")
     g.add_argument("--ceiling-rollouts", type=int, default=1024,
@@ -554,7 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--oracle-dates", type=_date, nargs="*", help="dates to write the oracle for "
                    "(default: the task's validation dates and backtest, the ones its evaluation reads)")
     g.add_argument("--no-oracle", action="store_true", help="skip the oracle (faster)")
-    g.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
+    g.add_argument("--workers", type=_at_least(0), default=0, help="processes (default 0: one per core)")
     g.add_argument("--name", help="dataset name under DATA/raw/ (default: the task's dataset)")
     g.add_argument("--out", type=Path, help="output directory (default DATA/raw/NAME)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")

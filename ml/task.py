@@ -177,7 +177,7 @@ class Generate(_Settings):
     """How `make run` makes the dataset when it is absent and synthetic (a generator preset)."""
 
     preset: str
-    seed: int = 7
+    seed: int = Field(default=7, ge=0)
 
 
 class Task(_Settings):

@@ -9,7 +9,7 @@ import pytest
 
 from ml.cli import build_parser, main
 from ml.config import Paths, data_dir, parse_date
-from ml.task import TaskPaths, load_task
+from ml.task import TaskError, TaskPaths, load_task
 
 
 def test_data_dir_follows_the_environment(monkeypatch, tmp_path):
@@ -164,3 +164,11 @@ def test_export_of_a_warehouse_never_built_says_so_and_makes_nothing(tmp_path, m
 def test_generate_command_rejects_bad_sizes_cleanly(tmp_path, capsys):
     assert main(["generate", "--users", "10", "--items", "2", "--brands", "5", "--out", str(tmp_path / "d")]) == 2
     assert "--items" in capsys.readouterr().err
+    # a seed or a process count below zero is refused naming its option (numpy's or the pool's words before)
+    for option, value in (("--seed", "-1"), ("--workers", "-2"), ("--seed", "x")):
+        with pytest.raises(SystemExit) as exited:
+            main(["generate", option, value, "--out", str(tmp_path / "d")])
+        err = capsys.readouterr().err
+        assert exited.value.code == 2 and f"argument {option}: expected" in err, err
+    with pytest.raises(TaskError, match=r"generate\.seed: Input should be greater than or equal to 0"):
+        load_task("tmall-2013", {"generate.seed": -1})
