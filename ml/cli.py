@@ -697,7 +697,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the command's own parser, with where its settings are (argparse's top level said "crowd")
+        command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+        hint = ("; every setting of the task takes --set KEY=VALUE (--set training.batch_size=512)"
+                if "--set" in command.format_usage() else "")
+        command.error(f"unrecognized arguments: {' '.join(unknown)} (`crowd {args.command} --help` lists the "
+                      f"options){hint}")
     args.argv = argv  # what a launcher repeats in each process (crowd train --nproc)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

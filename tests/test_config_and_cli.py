@@ -161,6 +161,21 @@ def test_export_of_a_warehouse_never_built_says_so_and_makes_nothing(tmp_path, m
     assert not paths.warehouse.exists() and not paths.exports.exists()
 
 
+def test_an_unknown_option_is_named_by_its_command_with_where_the_settings_are(capsys):
+    """argparse's top level said "crowd: error: unrecognized arguments: --batch-size 512": not which command,
+    nor that every setting of the task takes --set."""
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--batch-size", "512"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exited.value.code == 2
+    assert err.startswith("crowd train: error: unrecognized arguments: --batch-size 512 (`crowd train --help`")
+    assert "--set training.batch_size=512" in err
+    with pytest.raises(SystemExit):
+        main(["tasks", "--verbose-please"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("crowd tasks: error: unrecognized arguments: --verbose-please") and "--set" not in err
+
+
 def test_generate_command_rejects_bad_sizes_cleanly(tmp_path, capsys):
     assert main(["generate", "--users", "10", "--items", "2", "--brands", "5", "--out", str(tmp_path / "d")]) == 2
     assert "--items" in capsys.readouterr().err
