@@ -192,3 +192,18 @@ def test_the_stored_evaluation_of_the_floors_and_the_ceiling_is_keyed_to_the_cod
     assert len({before, changed, added}) == 3
     (package / "models" / "zoo.py").write_text("# a model changed: the evaluation is not\n")
     assert evaluation_code_version(package) == added
+
+
+def test_a_task_never_exported_is_refused_naming_the_dates_to_build(tmp_path):
+    """`crowd train` on a data folder whose warehouse was never built failed as "No such file or directory:
+    .../exports/ds=2013-07-01" (exit 1, as if a component had failed)."""
+    task = load_task("tmall-2013")
+    paths = TaskPaths(tmp_path, task.name, task.dataset)
+    with pytest.raises(ValueError, match=r"^no export for ds 2013-07-01, 2013-07-08, 2013-07-15 and 10 more under "
+                                         r".*: build them first \(crowd warehouse\)$"):
+        prepare(task, paths)
+    from ml.warehouse.export import read_schema
+
+    with pytest.raises(ValueError, match=r"^no export for ds 2013-09-23 under .*: build it first "
+                                         r"\(crowd warehouse --ds 2013-09-23\)$"):
+        read_schema(paths.exports, task.backtest)

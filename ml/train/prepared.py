@@ -36,7 +36,7 @@ from ml.models.zoo import NEEDS_SERIES
 from ml.outputs import file_lock, replacing
 from ml.task import Task, TaskPaths
 from ml.train.memory import freed_when_done
-from ml.warehouse.export import export_dir
+from ml.warehouse.export import export_dir, require_exports
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "valid_population", "evaluation")
@@ -116,6 +116,7 @@ def with_series(task: Task) -> bool:
 def exports_fingerprint(root: Path, dates: list[dt.date]) -> str:
     """The exported files of these dates as they are on disk (name, size, modification time): a re-export,
     even of the same rows, counts as other data. Cheap: no file is read."""
+    require_exports(root, dates)
     files = sorted(p for ds in dates for p in export_dir(root, ds).iterdir() if p.is_file())
     stats = [(p, p.stat()) for p in files]
     return fingerprint(*[(p.parent.name, p.name, s.st_size, s.st_mtime_ns) for p, s in stats])

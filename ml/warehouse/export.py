@@ -92,11 +92,21 @@ def no_population_message(con: duckdb.DuckDBPyConnection, dates: list[dt.date]) 
             "task: is the item subset this log's?)")
 
 
-def read_schema(root: Path, ds: dt.date) -> dict:
-    path = export_dir(root, ds) / "schema.json"
-    if not path.exists():
+def require_exports(root: Path, dates: list[dt.date]) -> None:
+    """Every date exported (its schema.json is the last file an export writes), else one line naming the
+    missing ones: `crowd train` on a task never built said "No such file or directory: .../ds=2013-07-01"."""
+    missing = [ds for ds in dates if not (export_dir(root, ds) / "schema.json").exists()]
+    if len(missing) == 1:
+        ds = missing[0]
         raise ValueError(f"no export for ds {ds} under {root}: build it first (crowd warehouse --ds {ds})")
-    return json.loads(path.read_text())
+    if missing:
+        shown = ", ".join(map(str, missing[:3])) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise ValueError(f"no export for ds {shown} under {root}: build them first (crowd warehouse)")
+
+
+def read_schema(root: Path, ds: dt.date) -> dict:
+    require_exports(root, [ds])
+    return json.loads((export_dir(root, ds) / "schema.json").read_text())
 
 
 def build_id(dataset_dir: Path | None) -> str:
