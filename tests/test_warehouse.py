@@ -632,3 +632,29 @@ def test_the_duckdb_memory_cap_is_the_profiles_and_a_bad_one_is_refused(monkeypa
     monkeypatch.setenv("CROWD_DUCKDB_MEMORY", "4GB'; drop table ods.ods_events; --")
     with pytest.raises(ValueError, match="CROWD_DUCKDB_MEMORY: expected a size"):
         duckdb_memory_limit()
+
+
+def test_a_warehouse_another_process_holds_is_refused_saying_so(tiny_dataset, tmp_path):
+    """DuckDB lets one process open a file: a second `crowd warehouse` or `crowd export` beside a running one
+    failed with "IO Error: Could not set lock on file ...", which reads like a broken disk."""
+    import re
+    import subprocess
+    import sys
+
+    from ml.warehouse.engine import open_warehouse
+
+    path = tmp_path / "crowd.duckdb"
+    hold = ("import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); con.execute('create table t (x int)'); "
+            "print('ready', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        said = re.escape(f"the warehouse {path} is in use by another process (PID {holder.pid}): DuckDB lets one")
+        with pytest.raises(RuntimeError, match=said), open_warehouse("duckdb", path):
+            pass
+        with pytest.raises(WarehouseError, match=said):
+            run_dbt("run", dataset_dir=tiny_dataset, warehouse=path, dbt_vars=_vars([PIT_DS]), select=["dim_items"],
+                    quiet=True)
+    finally:
+        holder.kill()
+        holder.wait()

@@ -147,6 +147,11 @@ def run_dbt(
         reason = "; ".join(failures[:SHOWN_FAILURES]) if failures else said
         if len(failures) > SHOWN_FAILURES:  # one line, not one per node below a broken one
             reason += f"; and {len(failures) - SHOWN_FAILURES} more in {work / 'logs' / 'dbt.log'}"
+        from ml.warehouse.engine import warehouse_in_use
+
+        busy = warehouse_in_use(warehouse, said) if engine == "duckdb" else None
+        if busy is not None:  # DuckDB's lock error, whose "IO Error" read like a broken disk
+            reason = busy
         if "out of sync" in said:  # an incremental table built by another version of the models
             reason += (f" (the warehouse {warehouse} was built by another version of the dbt models: "
                        "delete it, it is this project's own output, and build again)")

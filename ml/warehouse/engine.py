@@ -111,6 +111,17 @@ def attach_spark_tables(con: duckdb.DuckDBPyConnection, location: Path,
     return made
 
 
+def warehouse_in_use(location: Path, error: str) -> str | None:
+    """DuckDB's words for a file another process writes ("IO Error: Could not set lock on file ...: Conflicting
+    lock is held in .../python3.11 (PID 3793)") as what they mean here, or None for any other error."""
+    if "Could not set lock on file" not in error:
+        return None
+    pid = re.search(r"\(PID (\d+)\)", error)
+    return (f"the warehouse {location} is in use by another process{f' (PID {pid.group(1)})' if pid else ''}: "
+            "DuckDB lets one process at a time open it (a crowd warehouse, crowd score, crowd export or an Airflow "
+            "dbt task); run this again once that one ends")
+
+
 @contextlib.contextmanager
 def open_warehouse(engine: str, location: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """A DuckDB connection in which the warehouse's tables read as SCHEMA.TABLE, whichever engine built it."""
@@ -121,7 +132,14 @@ def open_warehouse(engine: str, location: Path) -> Iterator[duckdb.DuckDBPyConne
         # the default configuration, as dbt-duckdb connects (it may hold this file open in this process: Cosmos's
         # in-process dbt), then the cap dbt sets: an export's sort of a large population would otherwise take
         # up to DuckDB's own default, 80 % of the machine's memory
-        with duckdb.connect(str(location)) as con:
+        try:
+            con = duckdb.connect(str(location))
+        except duckdb.IOException as e:
+            busy = warehouse_in_use(location, str(e))
+            if busy is None:
+                raise
+            raise RuntimeError(busy) from None
+        with con:
             con.execute(f"set memory_limit = '{duckdb_memory_limit()}'")
             yield con
         return
