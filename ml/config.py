@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,11 @@ def content_digest(data: bytes, chars: int) -> str:
     folder, a parse, a build, an export's key), which name content and guard against nothing, so the weak hash
     is fine and its digits stay those of every key stored before."""
     return hashlib.sha1(data, usedforsecurity=False).hexdigest()[:chars]
+
+
+def json_digest(obj: object, chars: int) -> str:
+    """content_digest of JSON-able parts, keys sorted (dates and paths as their strings): the settings keys."""
+    return content_digest(json.dumps(obj, sort_keys=True, default=str).encode(), chars)
 
 
 def repo_root() -> Path:

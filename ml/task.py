@@ -24,7 +24,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ml.config import Paths, content_digest, data_dir, repo_root
+from ml.config import Paths, data_dir, json_digest, repo_root
 
 TASKS_DIR = repo_root() / "tasks"
 DEFAULT_TASK = "tmall-2013"
@@ -419,7 +419,7 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _digest(obj: object) -> str:
-    return content_digest(json.dumps(obj, sort_keys=True, default=str).encode(), 12)
+    return json_digest(obj, 12)
 
 
 def _after_label_window(field: str, date: dt.date, role: str, before: dt.date, label: dt.timedelta) -> None:

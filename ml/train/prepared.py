@@ -29,7 +29,7 @@ from typing import TypeVar
 import numpy as np
 import pandas as pd
 
-from ml.config import content_digest
+from ml.config import content_digest, json_digest
 from ml.features.dataset import CrowdData, RawExports, check_one_build, fit_feature_map, read_buyers, read_exports
 from ml.features.feature_map import FeatureMap
 from ml.models.zoo import NEEDS_SERIES
@@ -147,7 +147,7 @@ def _digest(files: Iterable[Path]) -> str:
 
 
 def fingerprint(*parts: object) -> str:
-    return content_digest(json.dumps(parts, sort_keys=True, default=str).encode(), 12)
+    return json_digest(parts, 12)
 
 
 def prepared_key(task: Task, paths: TaskPaths) -> str:

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ml.config import content_digest, repo_root
+from ml.config import json_digest, repo_root
 
 log = logging.getLogger(__name__)
 # a build's summary: in an Airflow task's log and `crowd -v`; the commands print their own (ml.cli.RESULTS_LOGGER)
@@ -206,7 +206,7 @@ def parse_key(project_dir: Path, dbt_vars: dict, env: dict[str, str]) -> str:
 
 def _digest(parts: list) -> str:
     """A short key of JSON-able parts (upstream_key, parse_key)."""
-    return content_digest(json.dumps(parts, sort_keys=True, default=str).encode(), 16)
+    return json_digest(parts, 16)
 
 
 def _iso_dates(dbt_vars: dict) -> bool:
