@@ -247,7 +247,7 @@ def test_features_at_ds_ignore_every_event_on_or_after_ds(built, tiny_dataset, t
     assert _query(other, buys)["n"][0] > _query(warehouse, buys)["n"][0]
 
 
-def test_rebuilding_a_date_replaces_it_and_never_duplicates(built, tiny_dataset, capfd):
+def test_rebuilding_a_date_replaces_it_and_never_duplicates(built, tiny_dataset, capfd, monkeypatch):
     warehouse, _ = built
     counts = {t: _query(warehouse, f"select count(*) as n from {t}")["n"][0] for t in PER_DS_TABLES}
     before = _snapshot(warehouse, PIT_DS)
@@ -256,6 +256,10 @@ def test_rebuilding_a_date_replaces_it_and_never_duplicates(built, tiny_dataset,
     console = capfd.readouterr().out
     # dbt's console, written to a file or a pipe (not a terminal), holds no colour escape codes
     assert "Completed successfully" in console and "\x1b[" not in console
+    # ... unless the user asks for them (the run-dags comment said DBT_USE_COLORS=true brings them back: it did not)
+    monkeypatch.setenv("DBT_USE_COLORS", "true")
+    run_dbt("run", dataset_dir=tiny_dataset, warehouse=warehouse, dbt_vars=_vars([PIT_DS]))
+    assert "\x1b[" in capfd.readouterr().out
     assert {t: _query(warehouse, f"select count(*) as n from {t}")["n"][0] for t in PER_DS_TABLES} == counts
     after = _snapshot(warehouse, PIT_DS)
     for table in before:

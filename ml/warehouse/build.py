@@ -108,7 +108,9 @@ def run_dbt(
         args += ["--select", *select]
     if quiet:
         args.append("--quiet")
-    if not sys.stdout.isatty():  # dbt colours its console whatever it writes to: escape codes in a file or pipe
+    # dbt colours its console whatever it writes to: escape codes in a file or pipe (a DBT_USE_COLORS of the user's,
+    # or of `crowd run-dags`, decides instead)
+    if not sys.stdout.isatty() and "DBT_USE_COLORS" not in os.environ:
         args.append("--no-use-colors")
     args += list(extra_args)
     env = dbt_environment(dataset_dir, warehouse, item_subset, engine)
