@@ -136,6 +136,16 @@ def _cmd_load(args: argparse.Namespace) -> int:
         f"({'reconciled' if m['reconciled'] else 'NOT RECONCILED'}); {m['events']:,} events, {m['items']:,} items, "
         f"{m['exact_duplicates']:,} identical rows kept; written to {out}"
     )
+    if m["events"]:
+        # what a task file's dates and windows have to fit
+        actions = ", ".join(f"{a} {n:,}" for a, n in m["actions"].items())
+        print(f"events from {m['first_ts']} to {m['last_ts']}: {actions}")
+    if m["item_subset"]:
+        print(f"item subset: {m['item_subset']:,} items, {m['item_subset_in_log']:,} of them in the log, "
+              f"with {m['events_on_item_subset']:,} of its {m['events']:,} events")
+        if m["events"] and not m["events_on_item_subset"]:
+            log.warning("no event of the log is on an item of the subset: an item task ranks those items only "
+                        "(is the item file this log's?)")
     return 0 if m["reconciled"] else 1
 
 

@@ -48,6 +48,10 @@ def test_tianchi_sample_loads_every_row_with_its_quirks(tmp_path):
     listed = set(pd.read_csv(TIANCHI_ITEMS)["item_id"])
     assert subset.item_id.is_unique and set(subset.item_id) == listed
     assert m["item_subset"] == len(listed) < len(items)
+    # how much of the log the subset covers (this sample's two files share few items)
+    logged = set(raw.item_id.astype("int64"))
+    assert m["item_subset_in_log"] == len(logged & listed) > 0
+    assert m["events_on_item_subset"] == int(raw.item_id.astype("int64").isin(listed).sum())
 
 
 def test_tmall_repeat_sample_needs_a_year_and_reads_float_brand_ids(tmp_path):
@@ -263,6 +267,24 @@ def test_cli_load_prints_the_reconciliation(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "read 1,999 = accepted 1,991 + rejected 8" in out
     assert "reconciled" in out
+
+
+def test_cli_load_prints_the_logs_span_and_warns_of_an_item_subset_it_never_touches(tmp_path, capsys, caplog):
+    log = tmp_path / "log.csv"
+    lines = TIANCHI_LOG.read_text().splitlines()
+    listed = set(pd.read_csv(TIANCHI_ITEMS)["item_id"].astype(str))
+    log.write_text("\n".join([lines[0], *(ln for ln in lines[1:] if ln.split(",")[1] not in listed)]) + "\n")
+    args = ["load", "--format", "tianchi-mobile", str(log), "--items", str(TIANCHI_ITEMS)]
+    assert main([*args, "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "events from 2014-11-18 10:00:00 to 2014-12-18 23:00:00: buy " in out
+    assert "item subset: 1,836 items, 0 of them in the log, with 0 of its " in out
+    assert "is the item file this log's?" in caplog.text
+    caplog.clear()
+    assert main(["load", "--format", "tianchi-mobile", str(TIANCHI_LOG), "--items", str(TIANCHI_ITEMS),
+                 "--out", str(tmp_path / "p")]) == 0
+    assert "item subset: 1,836 items, 2 of them in the log" in capsys.readouterr().out
+    assert "this log's" not in caplog.text
 
 
 def test_cli_reports_a_wrong_format_as_an_error_not_a_traceback(tmp_path, capsys):

@@ -235,8 +235,14 @@ def _load_into(tmp: Path, fmt: LogFormat, paths: list[Path], items_paths: list[P
             f"select count(distinct item_id) from {events} where item_id not in (select item_id from items)"
         ).fetchall()[0][0]
         actions = dict(con.execute(f"select action, count(*) from {events} group by 1").fetchall())
+        # a subset that is not this log's (another sample's item file) leaves the item task no target: say so
+        # at load, not at the warehouse's first empty date
+        subset_in_log, events_on_subset = con.execute(
+            f"select count(distinct item_id), count(*) from {events} where item_id in (select item_id from file_items)"
+        ).fetchall()[0] if subset else (0, 0)
     else:
         n_events, ts_min, ts_max, dups, missing, actions = 0, None, None, 0, 0, {}
+        subset_in_log, events_on_subset = 0, 0
 
     totals = {k: sum(getattr(r, k) for r in reports) for k in ("read", "accepted", "rejected")}
     manifest = {
@@ -253,6 +259,8 @@ def _load_into(tmp: Path, fmt: LogFormat, paths: list[Path], items_paths: list[P
         "exact_duplicates": int(dups),
         "items": items.num_rows,
         "item_subset": subset,
+        "item_subset_in_log": int(subset_in_log),
+        "events_on_item_subset": int(events_on_subset),
         "item_conflicts": log_conflicts + file_conflicts,
         "event_items_without_metadata": int(missing),
         "first_ts": str(ts_min) if ts_min else None,
