@@ -566,8 +566,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = _command(sub, "generate", parents=[tasked], help="write a synthetic log (with its oracle) as canonical parquet")
     g.add_argument("--preset", choices=sorted(PRESETS),
-                   help="sizes: tiny (tests), default (tmall-2013), taobao (taobao-2017-category), large "
-                        "(benchmarks, ~100M events); default: the task's generate.preset")
+                   help="sizes: tiny (tests), default (tmall-2013), taobao (taobao-2017-category), tianchi "
+                        "(tianchi-mobile-2014), tianchi-tiny (its tests), large (benchmarks, ~100M events); "
+                        "default: the task's generate.preset")
     g.add_argument("--users", type=int, help="users in the log (default: the preset's)")
     g.add_argument("--items", type=int, help="items in the log (default: the preset's)")
     g.add_argument("--brands", type=int, help="brands the items belong to (default: the preset's)")

@@ -52,6 +52,15 @@ def test_every_command_shows_its_defaults_and_examples_that_parse():
             parser.parse_args(args[1:])
 
 
+def test_generate_help_says_what_every_preset_is():
+    from ml.synth.params import PRESETS
+
+    generate = build_parser()._subparsers._group_actions[0].choices["generate"]
+    (preset,) = (a for a in generate._actions if a.dest == "preset")
+    for name in PRESETS:
+        assert f" {name} (" in preset.help, name
+
+
 def test_generate_command_writes_a_dataset_and_skips_it_when_present(tmp_path, capsys):
     args = ["generate", "--preset", "tiny", "--users", "50", "--items", "80", "--brands", "8",
             "--no-oracle", "--quiet", "--out", str(tmp_path / "d")]
