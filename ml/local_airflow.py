@@ -299,7 +299,8 @@ def run_pipeline(task: Task, overrides: dict | None = None, dates: list[dt.date]
         if training:
             runs.append((training_dag_id(task.name), "training", {"run_conf": conf}))
             _fork_server_context()  # its imports overlap the periods; the training DAG's first child finds it ready
-        bar = tqdm(runs, desc="DAG runs", unit="run", file=terminal, disable=quiet)
+        # on a terminal only (disable=None): `make run > run.log` keeps the per-run lines, not the bar's frames
+        bar = tqdm(runs, desc="DAG runs", unit="run", file=terminal, disable=True if quiet else None)
         try:
             for dag_id, label, kwargs in bar:
                 bar.set_postfix_str(f"{dag_id}, {label}")

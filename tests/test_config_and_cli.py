@@ -89,6 +89,21 @@ def test_a_command_says_its_result_once_and_the_library_log_line_only_with_verbo
     assert "ml.results.synth: generated" in run("-v")
 
 
+def test_progress_bars_stay_off_a_log_file(tmp_path):
+    """`crowd generate > generate.log 2>&1` wrote the bar's carriage-return frames into the file; a bar is for a
+    terminal (tqdm's disable=None), the result line for both."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "ml.cli", "generate", "--preset", "tiny", "--users", "30",
+                           "--no-oracle", "--out", str(tmp_path / "d")],
+                          capture_output=True, text=True, env={**os.environ, "CROWD_DATA_DIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    said = done.stdout + done.stderr
+    assert "\r" not in said and "user/s" not in said, said
+    assert said.startswith("wrote "), said
+
+
 def test_a_first_drawing_on_a_machine_adds_no_matplotlib_line_to_a_commands_output(tmp_path):
     """The first `crowd train` on a machine printed matplotlib's "generated new fontManager" at INFO, the font
     cache being built (a fresh MPLCONFIGDIR stands for a fresh machine); -v keeps it."""

@@ -417,6 +417,15 @@ class _RunsCode:
         return (self.marker.touch, ())
 
 
+def test_the_epochs_progress_bar_stays_off_a_log_file(fmap, data, tmp_path, capfd):
+    """pytest's captured stderr is not a terminal, as `crowd train > train.log 2>&1` is not: no bar frames."""
+    trainer = Trainer(build_model("dnn", fmap, SMALL), TrainConfig(epochs=1, progress=True, tensorboard=False),
+                      tmp_path)
+    trainer.fit(data, data)
+    err = capfd.readouterr().err
+    assert "epoch 0:" not in err and "it/s" not in err, err
+
+
 def test_a_crafted_checkpoint_is_refused_and_runs_nothing(fmap, data, tmp_path):
     marker = tmp_path / "the-payload-ran"
     workdir = tmp_path / "checkpoints"

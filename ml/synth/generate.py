@@ -252,7 +252,9 @@ def _generate_into(tmp: Path, cfg: GeneratorConfig, progress: bool, t_start: flo
     chunks = plan_chunks(cfg)
     workers = min(cfg.workers or os.cpu_count() or 1, len(chunks))
     results = []
-    bar = tqdm(total=cfg.sizes.users, unit="user", desc="generate", disable=not progress, mininterval=1.0)
+    # disable=None: a bar on a terminal only, none in a log file or a task's log
+    bar = tqdm(total=cfg.sizes.users, unit="user", desc="generate", disable=None if progress else True,
+               mininterval=1.0)
     if workers == 1:
         for i, (first, count) in enumerate(chunks):
             results.append(simulate_chunk(cfg, world, i, first, count, tmp))

@@ -213,8 +213,9 @@ class Trainer:
             batches = train.batches(batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch, device=self.device,
                                     **batch_reads(self.model))
             with self._joined(net):
+                # None: a bar on a terminal only; a log (`crowd train > train.log`, a task's) gets no \r frames
                 for batch in tqdm(batches, total=n_batches, desc=f"epoch {epoch}",
-                                  disable=not (cfg.progress and self.rank.main), leave=False):
+                                  disable=None if cfg.progress and self.rank.main else True, leave=False):
                     out = net(batch)
                     loss = model_loss(out, batch["labels"], cfg, batch["weight"])
                     self.optimizer.zero_grad(set_to_none=True)
