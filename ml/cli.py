@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ml.config import Paths, parse_date
-from ml.task import ENGINES, TaskPaths, load_task, parse_assignments
+from ml.task import ENGINES, Task, TaskPaths, load_task, parse_assignments
 
 log = logging.getLogger("crowd")
 # The parent of the library's result loggers (ml.results.train: a training's metrics and verdict; .warehouse: a
@@ -223,7 +223,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = train_config(task, model, **({"device": args.device} if args.device else {}))
         o = train_and_evaluate(model, task, paths, train_cfg=cfg, track=not args.no_track, data=data)
         if o is not None:  # rank 0 (or the only process) reports; the other ranks trained beside it
-            _print_outcome(o, task.evaluate.select_by)
+            _print_outcome(o, task)
             _write_outcome(o, args.outcome)
     return 0
 
@@ -240,8 +240,12 @@ def _write_outcome(o, path: Path | None) -> None:  # noqa: ANN001
     tmp.replace(path)
 
 
-def _print_outcome(o, select_by: str) -> None:  # noqa: ANN001
-    keys = ("f1_at_k", "auc", "auc_per_target", "gauc", "logloss", "recall_at_100", "coverage", "ndcg_at_100")
+def _print_outcome(o, task: Task) -> None:  # noqa: ANN001
+    from ml.report import ranking_cutoffs
+
+    n = ranking_cutoffs(task)[-1]  # the report's
+    select_by = task.evaluate.select_by
+    keys = ("f1_at_k", "auc", "auc_per_target", "gauc", "logloss", f"recall_at_{n}", "coverage", f"ndcg_at_{n}")
     print(f"{o.model:<16} valid {select_by} {o.selection[select_by]:.4f} | backtest "
           + "  ".join(f"{k} {o.summary[k]:.4f}" for k in keys if k in o.summary)
           + (f" (K {o.summary['k']:.0f}, chosen on validation)" if "k" in o.summary else "")

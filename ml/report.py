@@ -22,6 +22,7 @@ def markers(task: str) -> tuple[str, str]:
     return f"<!-- comparison:{task}:start -->", f"<!-- comparison:{task}:end -->"
 
 
+# a crowd task's columns with the default cut-offs (10, 50, 100, 500): report_columns gives any task's
 COLUMNS = ("auc", "auc_touched", "auc_per_target", "gauc", "logloss", "recall_at_50", "recall_at_100", "coverage",
            "ndcg_at_100", "precision_at_100", "expected_over_actual", "ece")
 # the share of buyers the evaluated population holds is a property of the task, and K a choice made on the
@@ -29,10 +30,10 @@ COLUMNS = ("auc", "auc_touched", "auc_per_target", "gauc", "logloss", "recall_at
 UNRANKED = ("coverage", "k", "expected_over_actual", "ece")
 # columns that are means over the ranked groups: two models are compared on the same resampled groups
 # (paired), from the per-group table each run logs; the column of that table, its weight, and the groups it
-# needs (per-target AUC from a table of targets, GAUC from a table of users; None: either)
-PAIRED = {"auc_per_target": ("auc", "positives", "target_id"), "gauc": ("auc", "n", "user_id"),
-          "recall_at_50": ("recall_at_50", None, None), "recall_at_100": ("recall_at_100", None, None),
-          "ndcg_at_100": ("ndcg_at_100", None, None), "precision_at_100": ("precision_at_100", None, None)}
+# needs (per-target AUC from a table of targets, GAUC from a table of users; None: either); the ranking metrics
+# at any cut-off are their own column of either table (paired_source)
+PAIRED = {"auc_per_target": ("auc", "positives", "target_id"), "gauc": ("auc", "n", "user_id")}
+RANKING_PREFIXES = ("recall_at_", "ndcg_at_", "precision_at_")
 LEGEND = ("Figures with their 95 % bootstrap interval (targets resampled, or users for the next-day item task; "
           "users for the pooled AUC, logloss and F1). Bold: the "
           "best model, and every model the data cannot tell from it (the paired interval of the difference over "
@@ -49,11 +50,34 @@ LEGEND = ("Figures with their 95 % bootstrap interval (targets resampled, or use
           "of its rollouts and all of them).")
 
 
+def paired_source(c: str) -> tuple[str, str | None, str | None] | None:
+    """Column c's source in the per-group table (its column, weight and groups), or None: compared unpaired."""
+    if c in PAIRED:
+        return PAIRED[c]
+    if c.startswith(RANKING_PREFIXES) and c.rsplit("_", 1)[-1].isdigit():
+        return c, None, None
+    return None
+
+
+def ranking_cutoffs(task: Task) -> tuple[int, ...]:
+    """The cut-offs a crowd task's table shows recall at: the task's second and third smallest (the smallest is
+    a crowd's first few users; more columns would crowd the table; MLflow holds every cut-off); the next-day
+    item task's smallest. A table with fixed columns showed recall@50 and @100 whatever the task's
+    `evaluate.n`: blank for n [1, 5, 10]."""
+    n = task.evaluate.n
+    if task.target == "item":
+        return n[:1]  # a user has few candidate items: the smallest cut-off is the one that ranks
+    return n[1:3] if len(n) > 1 else n
+
+
 def report_columns(task: Task) -> tuple[str, ...]:
-    """The brand and category crowds' columns, or the next-day pair task's: its F1 first, with K."""
+    """The brand and category crowds' columns (recall at ranking_cutoffs, NDCG and precision at the larger), or
+    the next-day pair task's: its F1 first, with K."""
     if task.target != "item":
-        return COLUMNS
-    n = min(task.evaluate.n)  # a user has few candidate items: the smallest cut-off is the one that ranks
+        cut = ranking_cutoffs(task)
+        return ("auc", "auc_touched", "auc_per_target", "gauc", "logloss", *(f"recall_at_{n}" for n in cut),
+                "coverage", f"ndcg_at_{cut[-1]}", f"precision_at_{cut[-1]}", "expected_over_actual", "ece")
+    (n,) = ranking_cutoffs(task)
     return ("f1_at_k", "k", "precision_at_k", "recall_at_k", "auc", "gauc", "auc_per_target", "logloss",
             f"recall_at_{n}", "coverage", "expected_over_actual", "ece")
 
@@ -187,7 +211,7 @@ def mark_best(table: pd.DataFrame, per_target: dict[str, pd.DataFrame],
             if i == best_i:
                 table.loc[i, f"{c}_top"] = True
             elif _pairable(c, per_target, best["model"], r["model"]):
-                column, weight, _ = PAIRED[c]
+                column, weight, _ = paired_source(c)
                 a, b = per_target[best["model"]], per_target[r["model"]]
                 a, b = a[averaged_over(a, column)], b[averaged_over(b, column)]
                 table.loc[i, f"{c}_top"] = not paired_target_interval(a, b, column, weight=weight).excludes_zero()
@@ -199,9 +223,10 @@ def mark_best(table: pd.DataFrame, per_target: dict[str, pd.DataFrame],
 
 def _pairable(c: str, per_target: dict[str, pd.DataFrame], a: str, b: str) -> bool:
     """Whether column c of models a and b can be compared paired: both logged the per-group table it needs."""
-    if c not in PAIRED or a not in per_target or b not in per_target:
+    source = paired_source(c)
+    if source is None or a not in per_target or b not in per_target:
         return False
-    groups = PAIRED[c][2]
+    groups = source[2]
     return groups is None or per_target[a].index.name == per_target[b].index.name == groups
 
 

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from ml.cli import main
 from ml.crowds import CROWD_COLUMNS, last_log_day
 from ml.report import latest_runs
-from ml.task import TaskPaths
+from ml.task import TaskPaths, load_task
 from ml.tracking import (
     BUILD_TAG,
     CHAMPION,
@@ -538,22 +538,39 @@ def test_the_html_report_renders_in_chromium_with_every_model_curve_and_the_crow
     assert other.read_text() == "<p>mine</p>" and "refusing to replace" in capsys.readouterr().err
 
 
-def test_the_report_bolds_only_the_models_the_data_cannot_tell_from_the_best():
-    from ml.report import COLUMNS, mark_best
+@pytest.mark.parametrize("column", ["recall_at_100", "recall_at_5"])  # any cut-off of the task's, paired
+def test_the_report_bolds_only_the_models_the_data_cannot_tell_from_the_best(column):
+    from ml.report import mark_best
 
     rng = np.random.default_rng(0)
     base = rng.uniform(0.2, 0.8, 60)
 
     def per_target(shift: float, noise: float) -> pd.DataFrame:
         recall = np.clip(base + shift + rng.normal(0, noise, 60), 0, 1)
-        return pd.DataFrame({"recall_at_100": recall, "buyers": 5.0}, index=pd.Index(range(60), name="target_id"))
+        return pd.DataFrame({column: recall, "buyers": 5.0}, index=pd.Index(range(60), name="target_id"))
 
     tables = {"a": per_target(0.02, 0.003), "b": per_target(0.0, 0.003), "c": per_target(0.019, 0.05)}
-    rows = [{"model": m, "run_id": m, **dict.fromkeys(COLUMNS, np.nan),
-             "recall_at_100": float(t["recall_at_100"].mean())} for m, t in tables.items()]
-    marked = mark_best(pd.DataFrame(rows), tables).set_index("model")["recall_at_100_top"]
+    rows = [{"model": m, "run_id": m, column: float(t[column].mean())} for m, t in tables.items()]
+    marked = mark_best(pd.DataFrame(rows), tables, columns=(column,)).set_index("model")[f"{column}_top"]
     # a is best; b is consistently 0.02 lower (told apart); c is as good on average but noisy (not told apart)
     assert marked.to_dict() == {"a": True, "b": False, "c": True}
+
+
+@pytest.mark.parametrize(("name", "changes", "ranking"), [
+    ("tmall-2013", {}, ["recall_at_50", "recall_at_100", "ndcg_at_100", "precision_at_100"]),
+    ("tmall-2013", {"target": "category", "evaluate.n": [1, 5, 10]},
+     ["recall_at_5", "recall_at_10", "ndcg_at_10", "precision_at_10"]),
+    ("tmall-2013-tags", {"evaluate.n": [100]}, ["recall_at_100", "ndcg_at_100", "precision_at_100"]),
+    ("tianchi-mobile-2014", {}, ["precision_at_k", "recall_at_k", "recall_at_1"]),
+])
+def test_the_reports_ranking_columns_are_at_the_tasks_own_cut_offs(name, changes, ranking):
+    """A task with `evaluate.n: [1, 5, 10]` had blank recall@50/@100 columns and none of its own."""
+    from ml.report import COLUMNS, report_columns
+
+    columns = report_columns(load_task(name, changes))
+    assert [c for c in columns if c.startswith(("recall_at", "ndcg_at", "precision_at"))] == ranking
+    if name == "tmall-2013" and not changes:
+        assert columns == COLUMNS
 
 
 @pytest.mark.parametrize("model", ["dnn", "lgbm_all_mixed"])
