@@ -144,8 +144,8 @@ def _cmd_load(args: argparse.Namespace) -> int:
         print(f"item subset: {m['item_subset']:,} items, {m['item_subset_in_log']:,} of them in the log, "
               f"with {m['events_on_item_subset']:,} of its {m['events']:,} events")
         if m["events"] and not m["events_on_item_subset"]:
-            log.warning("no event of the log is on an item of the subset: an item task ranks those items only "
-                        "(is the item file this log's?)")
+            _warn("no event of the log is on an item of the subset: an item task ranks those items only (is the "
+                  "item file this log's?)")
     return 0 if m["reconciled"] else 1
 
 
@@ -157,10 +157,11 @@ def _cmd_warehouse(args: argparse.Namespace) -> int:
     task = _task(args, engine=args.engine)
     paths = TaskPaths.of(task)
     if not args.select:  # a labelled date past the log fails now, not after the build
-        from ml.crowds import last_log_day
-        from ml.orchestration import check_label_window
+        from ml.crowds import log_days
+        from ml.orchestration import check_label_window, short_history
 
-        last_day = last_log_day(paths.dataset_dir)
+        first_day, last_day = log_days(paths.dataset_dir)
+        _warn(short_history(task, args.ds or task.labelled_dates, first_day))
         for ds in sorted(set(args.ds or task.labelled_dates) & set(task.labelled_dates)):
             check_label_window(task, ds, last_day)
     engine = task.warehouse.engine
@@ -185,6 +186,12 @@ def _cmd_warehouse(args: argparse.Namespace) -> int:
                               fingerprint=task.warehouse_fingerprint(), dataset_dir=paths.dataset_dir, engine=engine):
             print(f"exported {e.path}: " + ", ".join(f"{k} {v:,}" for k, v in e.rows.items()))
     return 0
+
+
+def _warn(message: str | None) -> None:
+    """A command's warning, as `crowd train` says a model's verdict: one `warning:` line with its results."""
+    if message:
+        print(f"warning: {message}")
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -438,9 +445,14 @@ def _cmd_run_dags(args: argparse.Namespace) -> int:
     overrides = _overrides(args)
     task = load_task(args.task, overrides)  # validated here; the same overrides go to every DAG run's Params
     _check_has_dags(args.task, task.name)
+    paths = TaskPaths.of(task)
+    if any((paths.dataset_dir / "events").glob("*.parquet")):  # without, run_pipeline says what to do
+        from ml.crowds import log_days
+        from ml.orchestration import short_history
+
+        _warn(short_history(task, args.ds or task.labelled_dates, log_days(paths.dataset_dir)[0]))
     start = time.perf_counter()
     runs = run_pipeline(task, overrides, dates=args.ds, training=not args.no_training, quiet=args.quiet)
-    paths = TaskPaths.of(task)
     shared = paths.shared
     print(f"{len(runs)} DAG runs succeeded in {time.perf_counter() - start:.0f} s "
           f"(task logs: {shared.airflow_home / 'local_run.log'})")

@@ -53,16 +53,22 @@ class CrowdsResult:
     verdict: str | None = None  # the served champion's training warning, if any (ml.tracking.run_verdict)
 
 
-def last_log_day(dataset_dir: Path) -> dt.date:
-    """The last day with an event in the dataset (read from the parquet statistics, no full scan)."""
+def log_days(dataset_dir: Path) -> tuple[dt.date, dt.date]:
+    """The first and last days with an event in the dataset (read from the parquet statistics, no full scan)."""
     events = Path(dataset_dir) / "events"
     if not any(events.glob("*.parquet")):
         raise ValueError(f"{dataset_dir} holds no events: run `crowd generate` or `crowd load` first")
     with duckdb.connect() as con:
-        (last,) = con.execute("select max(ts) from read_parquet(?)", [str(events / "*.parquet")]).fetchone()
+        first, last = con.execute("select min(ts), max(ts) from read_parquet(?)",
+                                  [str(events / "*.parquet")]).fetchone()
     if last is None:
         raise ValueError(f"{dataset_dir} holds no events")
-    return last.date()
+    return first.date(), last.date()
+
+
+def last_log_day(dataset_dir: Path) -> dt.date:
+    """The last day with an event in the dataset."""
+    return log_days(dataset_dir)[1]
 
 
 def forward_date(task: Task, paths: TaskPaths, as_of: dt.date | None = None) -> dt.date:

@@ -30,7 +30,7 @@ import math
 import os
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
@@ -181,6 +181,22 @@ def check_label_window(task: Task, ds: dt.date, last_day: dt.date) -> None:
         raise ValueError(f"{ds}: its label window runs to {end}, past the log's last day {last_day}, so its late "
                          f"buyers would count as non-buyers: the task's labelled dates (backtest {task.backtest}) "
                          f"must be {latest} or earlier, or the log longer")
+
+
+def short_history(task: Task, dates: Iterable[dt.date], first_day: dt.date) -> str | None:
+    """A warning when some dates' history window starts before the log's first day: their features count fewer
+    days than later dates' (a model trained on them meets longer histories at the backtest and in the crowds).
+    Not an error: a short log (Taobao's nine days) leaves no other choice, and the task file says so."""
+    days = task.windows.history_days
+    short = sorted(ds for ds in set(dates) if ds - dt.timedelta(days=days) < first_day)
+    if not short:
+        return None
+    seen = [(ds - first_day).days for ds in short]
+    named = ", ".join(map(str, short[:4])) + (f" and {len(short) - 4} more" if len(short) > 4 else "")
+    return (f"the history window (windows.history_days {days}) of {named} starts before the log's first day "
+            f"{first_day}: their features see {min(seen)}"
+            + (f"-{max(seen)}" if max(seen) > min(seen) else "")
+            + f" of its {days} days, the dates from {first_day + dt.timedelta(days=days)} on all {days}")
 
 
 def freeze_surviving_objects(project_dir: str, **_: object) -> None:
@@ -337,17 +353,20 @@ def build_periods_dag(task: Task):  # noqa: ANN201
         @fails_for_good
         def plan(logical_date=None, params: dict | None = None) -> dict | bool:  # noqa: ANN001
             """Fail on a bad Param before any work; skip (saying why) a date that is neither labelled nor forward."""
-            from ml.crowds import last_log_day
+            from ml.crowds import log_days
             from ml.warehouse.build import dbt_environment
             from ml.warehouse.subset import item_subset_path
 
             run_task, overrides = effective_task(task.name, params, PERIOD_PARAMS)
             paths = TaskPaths.of(run_task)
             ds = logical_date.date()
-            mode = plan_period(run_task, ds, last_log_day(paths.dataset_dir))
+            first_day, last_day = log_days(paths.dataset_dir)
+            mode = plan_period(run_task, ds, last_day)
             if mode.startswith("skip"):
                 log.warning("%s %s", ds, mode)
                 return False
+            if mode == "labelled" and (short := short_history(run_task, [ds], first_day)):
+                log.warning("%s", short)
             engine = run_task.warehouse.engine
             if engine != task.warehouse.engine:
                 raise ValueError(f"warehouse.engine: this DAG's dbt tasks run on {task.warehouse.engine} (the task "

@@ -164,13 +164,22 @@ def test_run_dags_refuses_a_task_file_that_has_no_dags(tmp_path, monkeypatch, ca
 
 
 def test_a_labelled_date_past_the_log_fails_before_the_warehouse_is_built(tiny_dataset, capsys):
-    from ml.crowds import last_log_day
+    import datetime as dt
 
-    last = last_log_day(tiny_dataset)
+    from ml.crowds import log_days
+
+    first, last = log_days(tiny_dataset)
     assert main(["warehouse", "--set", f"backtest={last}", "--ds", str(last)]) == 2
     captured = capsys.readouterr()
     assert f"{last}: its label window runs to " in captured.err and f"past the log's last day {last}" in captured.err
     assert "dbt" not in captured.out + captured.err  # no build began
+    assert "warning" not in captured.out  # its history window is inside the log
+    # a first sample date whose history window starts before the log is said (and the build goes on)
+    early = first + dt.timedelta(days=3)
+    assert main(["warehouse", "--set", f"samples.first={early}", "--set", f"backtest={last}"]) == 2
+    said = capsys.readouterr().out
+    assert f"warning: the history window (windows.history_days 90) of {early}, " in said
+    assert f"starts before the log's first day {first}: their features see 3-" in said
 
 
 def test_export_of_a_warehouse_never_built_says_so_and_makes_nothing(tmp_path, monkeypatch, capsys):

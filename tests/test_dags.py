@@ -169,6 +169,23 @@ def test_plan_period_says_what_a_date_is_or_why_it_is_skipped():
         plan_period(task, task.backtest, task.backtest - dt.timedelta(days=1))
 
 
+def test_dates_whose_history_window_starts_before_the_log_are_named_with_the_days_they_see():
+    """Taobao's nine days leave its first dates 3-6 of their 7 days of history: said, not refused."""
+    import datetime as dt
+
+    from ml.orchestration import short_history
+
+    task = load_task("taobao-2017-category")
+    first = dt.date(2017, 11, 25)
+    said = short_history(task, task.labelled_dates, first)
+    assert said == ("the history window (windows.history_days 7) of 2017-11-28, 2017-11-29, 2017-11-30, 2017-12-01 "
+                    "starts before the log's first day 2017-11-25: their features see 3-6 of its 7 days, the dates "
+                    "from 2017-12-02 on all 7")
+    assert short_history(task, [task.backtest], first) is None
+    assert "of 2017-11-26 starts" in short_history(task, [dt.date(2017, 11, 26)], first)
+    assert "see 1 of its 7 days" in short_history(task, [dt.date(2017, 11, 26)], first)
+
+
 def test_a_changed_param_or_override_reaches_the_runs_task(tmp_path):
     from ml.orchestration import PERIOD_PARAMS, TRAINING_PARAMS, effective_task
 
