@@ -345,7 +345,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     if result.submission:
         print(f"submission (the top pairs, as many as the F1 was best at on validation): {result.submission}")
     if result.verdict:
-        print(f"warning: the champion {result.verdict}")
+        print(f"warning: {'the champion ' if result.champion else ''}{result.verdict}")
     return 0
 
 

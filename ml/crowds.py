@@ -46,11 +46,12 @@ class CrowdsResult:
     submission: Path | None = None  # the next-day item task: the top-K pairs, as the competition took them
     expected_in_crowds: float = 0.0  # buyers to expect in all the crowds, and in the whole scored population
     expected_in_population: float = 0.0
-    model_version: str = "local"  # the registered version, or "local" for a bundle named by --model
+    model_version: str = "local"  # the registered version of the run, or "local": a training not registered
     run_id: str = ""
     data_build: str = ""  # the warehouse build the features come from (ml.warehouse.export.build_id)
     model_build: str = ""  # the build the model was trained on: the same, unless a local model was named
-    verdict: str | None = None  # the served champion's training warning, if any (ml.tracking.run_verdict)
+    verdict: str | None = None  # the served model's training warning, if any (ml.tracking.run_verdict)
+    champion: bool = True  # served as the champion (no --model)
 
 
 def log_days(dataset_dir: Path) -> tuple[dt.date, dt.date]:
@@ -235,7 +236,8 @@ def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | Non
     end = as_of + dt.timedelta(days=task.windows.label_days)
     crowd.insert(0, "task", task.name)
     crowd.insert(1, "target", task.target)
-    version, run_id = str(bundle.config.get("version", "local")), str(bundle.config.get("run_id", ""))
+    run_id = str(bundle.config.get("run_id", ""))
+    version = str(bundle.config.get("version") or (model and run_id and _registered_version(paths, run_id)) or "local")
     crowd = crowd.assign(model=bundle.name, model_version=version, run_id=run_id, feature_date=as_of,
                          window_start=as_of, window_end=end, data_build=build)[list(CROWD_COLUMNS)]
     target = out or paths.crowds / f"ds={as_of.isoformat()}" / "crowds.parquet"
@@ -248,21 +250,37 @@ def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | Non
     log.debug("%s: crowds of %d %s targets (top %d) for %s..%s by %s v%s -> %s", task.name,
               crowd["target_id"].nunique(), task.target, size, as_of, end, bundle.name,
               crowd["model_version"].iloc[0] if len(crowd) else "-", target)
-    # (a local bundle, named by --model, was read without the task's MLflow store)
-    verdict = _champion_verdict(run_id, bundle.name) if version != "local" and run_id else None
+    # a named model is in the store when its training was registered (not with --no-track)
+    verdict = _run_verdict(run_id, bundle.name) if version != "local" and run_id else None
     if verdict:  # in the training DAG's task log; `crowd score` prints it as its own line
-        results_log.warning("the champion %s", verdict)
+        results_log.warning("%s%s", "" if model else "the champion ", verdict)
     return CrowdsResult(target, len(crowd), int(crowd["target_id"].nunique()), bundle.name, as_of, end, submission,
                         float(expected["expected_buyers_in_crowd"].sum()),
                         float(expected["expected_buyers_population"].sum()),
                         model_version=version, run_id=run_id, data_build=build, model_build=model_build,
-                        verdict=verdict)
+                        verdict=verdict, champion=not model)
 
 
-def _champion_verdict(run_id: str, model: str) -> str | None:
-    """The served champion's training warning (below random, or not above the best floor), read from its run in
-    the task's MLflow store, which serving it has just read; a run the store no longer answers for says nothing,
-    and scores all the same."""
+def _registered_version(paths: TaskPaths, run_id: str) -> str | None:
+    """The task's registered version of a named model's run: the crowds said "local" of version 1 when it was
+    named by --model rather than served as the champion. None when the store has none (trained with
+    --no-track, or a store of another place)."""
+    import mlflow
+
+    from ml.tracking import configure, filter_value
+
+    configure(paths)
+    try:
+        found = mlflow.tracking.MlflowClient().search_model_versions(
+            f"name = {filter_value(paths.registered_model)} and run_id = {filter_value(run_id)}")
+    except mlflow.exceptions.MlflowException:
+        return None
+    return str(max(int(v.version) for v in found)) if found else None
+
+
+def _run_verdict(run_id: str, model: str) -> str | None:
+    """The served model's training warning (below random, or not above the best floor), read from its run in
+    the task's MLflow store; a run the store no longer answers for says nothing, and scores all the same."""
     import mlflow
 
     from ml.tracking import run_verdict

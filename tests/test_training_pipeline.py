@@ -214,6 +214,17 @@ def test_score_publishes_forward_crowds_after_the_end_of_the_log(outcomes, task,
     assert (crowd["feature_date"] == last_day + dt.timedelta(days=1)).all()  # no label exists yet
     assert (crowd["window_end"] == crowd["window_start"] + dt.timedelta(days=task.windows.label_days)).all()
     assert set(crowd["target"]) == {"brand"} and set(crowd["model"]) == {"din"}
+    # a model named by --model carries its run's registered version, as the champion does (it said "local")
+    configure(task_paths)
+    (registered,) = MlflowClient().search_model_versions(
+        f"name = '{task_paths.registered_model}' and run_id = '{outcomes['din'].run_id}'")
+    assert set(crowd["model_version"]) == {str(registered.version)}
+    assert set(crowd["run_id"]) == {outcomes["din"].run_id}
+    # and its training's warning, if it had one, as its own (not "the champion ...")
+    from ml.tracking import run_verdict
+
+    said, verdict = capsys.readouterr().out, run_verdict(outcomes["din"].run_id, "din")
+    assert (f"\nwarning: {verdict}\n" in said) if verdict else "warning" not in said
     sizes = crowd.groupby("target_id").size()
     assert (sizes == 25).all() and len(sizes) > 10
     first = crowd[crowd["rank"] == 1].set_index("target_id")["score"]
