@@ -226,6 +226,8 @@ def _pairable(c: str, per_target: dict[str, pd.DataFrame], a: str, b: str) -> bo
     source = paired_source(c)
     if source is None or a not in per_target or b not in per_target:
         return False
+    if not all(source[0] in per_target[m].columns for m in (a, b)):  # a cut-off one of the tables lacks
+        return False
     groups = source[2]
     return groups is None or per_target[a].index.name == per_target[b].index.name == groups
 

@@ -567,6 +567,19 @@ def test_the_report_bolds_only_the_models_the_data_cannot_tell_from_the_best(col
     assert marked.to_dict() == {"a": True, "b": False, "c": True}
 
 
+def test_a_per_target_table_without_the_cut_off_is_compared_unpaired_not_a_key_error():
+    """A run logged before a task's cut-off was one of its columns has no such column in its table."""
+    from ml.report import mark_best
+
+    index = pd.Index(range(20), name="target_id")
+    tables = {"a": pd.DataFrame({"recall_at_5": np.linspace(0.2, 0.6, 20)}, index=index),
+              "b": pd.DataFrame({"recall_at_10": np.linspace(0.2, 0.6, 20)}, index=index)}
+    rows = [{"model": "a", "run_id": "a", "recall_at_5": 0.40, "recall_at_5_low": 0.35, "recall_at_5_high": 0.45},
+            {"model": "b", "run_id": "b", "recall_at_5": 0.30, "recall_at_5_low": 0.25, "recall_at_5_high": 0.33}]
+    marked = mark_best(pd.DataFrame(rows), tables, columns=("recall_at_5",)).set_index("model")["recall_at_5_top"]
+    assert marked.to_dict() == {"a": True, "b": False}  # by the intervals, which do not overlap
+
+
 @pytest.mark.parametrize(("name", "changes", "ranking"), [
     ("tmall-2013", {}, ["recall_at_50", "recall_at_100", "ndcg_at_100", "precision_at_100"]),
     ("tmall-2013", {"target": "category", "evaluate.n": [1, 5, 10]},
