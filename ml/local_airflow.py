@@ -39,6 +39,9 @@ from ml.task import Task, TaskPaths
 
 log = logging.getLogger(__name__)
 DAGS_FOLDER = Path(__file__).resolve().parents[1] / "dags"
+# the DAGs' file: run-dags and a task's process parse it alone (not dags/task_files.py, whose import error
+# names another task file that does not validate)
+DAGS_FILE = DAGS_FOLDER / "crowd.py"
 
 
 SHARED_SETTINGS = DAGS_FOLDER.parent / "airflow.env"
@@ -290,7 +293,7 @@ def run_pipeline(task: Task, overrides: dict | None = None, dates: list[dt.date]
     with _output_to(log_file) as terminal:
         from airflow.dag_processing.dagbag import DagBag
 
-        bag = DagBag(dag_folder=str(DAGS_FOLDER))
+        bag = DagBag(dag_folder=str(DAGS_FILE))
         if bag.import_errors:
             raise RuntimeError(f"the DAGs do not import: {bag.import_errors}")
         runs = [(periods_dag_id(task.name), f"period {ds}",
@@ -495,10 +498,10 @@ def _run_in_child(key: dict, environment: dict[str, str], threads: int, run_trig
     import airflow.sdk.definitions.dag as dag_module
     from airflow.dag_processing.dagbag import DagBag
 
-    bag = DagBag(dag_folder=str(DAGS_FOLDER))
+    bag = DagBag(dag_folder=str(DAGS_FILE))
     dag = bag.get_dag(key["dag_id"])
     if dag is None:
-        raise RuntimeError(f"{key['dag_id']} is not in {DAGS_FOLDER}: {bag.import_errors}")
+        raise RuntimeError(f"{key['dag_id']} is not in {DAGS_FILE}: {bag.import_errors}")
     dag_module._run_task(ti=_task_instance(key), task=dag.task_dict[key["task_id"]], run_triggerer=run_triggerer)
     # the instance's end is recorded: leave without the interpreter's teardown (about 2 s of other libraries'
     # exit handlers and threads), which would hold the slot

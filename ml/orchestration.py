@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
-from ml.task import ALL_MODELS, DEEP_MODELS, TARGETS, Task, TaskPaths, available_tasks, load_task
+from ml.task import ALL_MODELS, DEEP_MODELS, TARGETS, Task, TaskError, TaskPaths, available_tasks, load_task
 
 log = logging.getLogger(__name__)
 DUCKDB_POOL = "crowd_duckdb"
@@ -624,9 +624,34 @@ def build_dags_to_parse() -> list:
     dags = []
     for name in available_tasks():
         if wanted is None:
-            dags += build_task_dags(load_task(name))
+            try:
+                task = load_task(name)
+            except TaskError:  # its own DAGs are left out, the others' kept: dags/task_files.py says why
+                continue
+            dags += build_task_dags(task)
         elif wanted == periods_dag_id(name):
             dags.append(build_periods_dag(load_task(name)))
         elif wanted == training_dag_id(name):
             dags.append(build_training_dag(load_task(name)))
     return dags
+
+
+def task_file_errors() -> list[str]:
+    """Why each task file under tasks/ that does not validate is left without DAGs. One file being edited (a
+    copy with a typo) took every task's DAGs out of Airflow, and failed `crowd run-dags` of the others."""
+    errors = []
+    for name in available_tasks():
+        try:
+            load_task(name)
+        except TaskError as e:
+            errors.append(str(e))
+    return errors
+
+
+def check_task_files() -> None:
+    """Raise the task files' errors (dags/task_files.py: Airflow lists them as that file's import error, while
+    dags/crowd.py keeps the DAGs of every task file that validates)."""
+    errors = task_file_errors()
+    if errors:
+        raise TaskError(f"{len(errors)} task file(s) under tasks/ do not validate, and have no DAGs: "
+                        + "; ".join(errors))

@@ -26,6 +26,28 @@ def test_every_task_file_has_its_pair_of_dags_and_none_fails_to_import(dagbag):
     assert set(dagbag.dag_ids) == expected
 
 
+def test_a_task_file_that_does_not_validate_loses_its_own_dags_only_and_is_named_as_an_import_error(
+        airflow_db, tmp_path, monkeypatch):
+    """A copy of a task file with a typo under tasks/ took every task's DAGs out of Airflow (the DAG file failed
+    to import) and failed `crowd run-dags` of the other tasks."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from ml.local_airflow import DAGS_FILE
+    from ml.task import TASKS_DIR
+
+    (tmp_path / "tmall-2013.yaml").write_text((TASKS_DIR / "tmall-2013.yaml").read_text())
+    (tmp_path / "mine.yaml").write_text((TASKS_DIR / "tmall-2013.yaml").read_text().replace(
+        "label_days: 7", "label_days: seven"))
+    monkeypatch.setattr("ml.task.TASKS_DIR", tmp_path)
+    bag = DagBag(dag_folder=str(DAGS))
+    assert set(bag.dag_ids) == {"tmall-2013.periods", "tmall-2013.training"}
+    ((where, error),) = bag.import_errors.items()
+    assert where.endswith("task_files.py") and "mine.yaml" in error and "label_days" in error
+    assert "tmall-2013.yaml" not in error
+    # what run-dags and a task's process parse: the DAGs' file, with no error from the other task file
+    assert not DagBag(dag_folder=str(DAGS_FILE)).import_errors
+
+
 def _parse_in_a_fresh_process(env: dict | None = None) -> tuple[float, list[str]]:
     import os
     import subprocess
