@@ -500,13 +500,19 @@ def _cmd_paths(args: argparse.Namespace) -> int:
 
 
 def _cmd_tasks(args: argparse.Namespace) -> int:
-    from ml.task import available_tasks
+    from ml.task import TaskError, available_tasks
 
+    invalid = 0
     for name in available_tasks():
-        t = load_task(name)
+        try:
+            t = load_task(name)
+        except TaskError as e:  # the others are still listed (as they keep their DAGs)
+            invalid += 1
+            print(f"{name:<24} does not validate (no DAGs): {e}")
+            continue
         print(f"{name:<24} {t.target:<9} dataset {t.dataset:<20} every {t.windows.step_days} day(s), label "
               f"{t.windows.label_days} day(s), backtest {t.backtest}  {t.description}")
-    return 0
+    return 2 if invalid else 0
 
 
 class _Help(argparse.RawDescriptionHelpFormatter):

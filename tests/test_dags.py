@@ -27,7 +27,7 @@ def test_every_task_file_has_its_pair_of_dags_and_none_fails_to_import(dagbag):
 
 
 def test_a_task_file_that_does_not_validate_loses_its_own_dags_only_and_is_named_as_an_import_error(
-        airflow_db, tmp_path, monkeypatch):
+        airflow_db, tmp_path, monkeypatch, capsys):
     """A copy of a task file with a typo under tasks/ took every task's DAGs out of Airflow (the DAG file failed
     to import) and failed `crowd run-dags` of the other tasks."""
     from airflow.dag_processing.dagbag import DagBag
@@ -46,6 +46,14 @@ def test_a_task_file_that_does_not_validate_loses_its_own_dags_only_and_is_named
     assert "tmall-2013.yaml" not in error
     # what run-dags and a task's process parse: the DAGs' file, with no error from the other task file
     assert not DagBag(dag_folder=str(DAGS_FILE)).import_errors
+    # `crowd tasks` lists both, the one with its error, and exits 2
+    from ml.cli import main
+
+    capsys.readouterr()  # (the parses' log lines)
+    assert main(["tasks"]) == 2
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[0].startswith("mine ") and "does not validate (no DAGs): " in listed[0] and "label_days" in listed[0]
+    assert listed[1].startswith("tmall-2013 ") and "brand" in listed[1]
 
 
 def _parse_in_a_fresh_process(env: dict | None = None) -> tuple[float, list[str]]:
