@@ -333,7 +333,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         rows = held or build_forward(task, paths, as_of, key=key)
         done = "already built from this dataset and these settings" if held else "built"
         print(f"{task.name}: features as of {as_of} {done} for {rows['forward']:,} (user, {task.target}) pairs")
-    result = score_forward(task, paths, as_of, model=args.model, out=args.out)
+    result = score_forward(task, paths, as_of, model=args.model, size=args.size, out=args.out)
     print(f"{task.name}: crowds of {result.targets:,} {task.target} targets for {result.feature_date} .. "
           f"{result.window_end - dt.timedelta(days=1)} by {result.model} ({result.rows:,} rows) -> {result.path}")
     print(f"model: {result.model} version {result.model_version}" + (f", run {result.run_id}" if result.run_id else "")

@@ -253,6 +253,11 @@ def test_score_publishes_forward_crowds_after_the_end_of_the_log(outcomes, task,
     sizes = pd.read_parquet(folder / "crowds.parquet").groupby("target_id").size()
     users = pd.read_parquet(folder / "crowds_expected_buyers.parquet").set_index("target_id")["population"]
     assert (sizes == np.ceil(0.1 * users.max())).all() and sizes.max() < task.crowds.size
+    # --size asks for that many, past the share (it was capped by the share as the task's size is)
+    asked = int(sizes.max()) * 2
+    assert main(["score", "--no-build", "--size", str(asked)]) == 0
+    sizes = pd.read_parquet(folder / "crowds.parquet").groupby("target_id").size()
+    assert sizes.max() == asked and (sizes <= asked).all()
 
 
 def test_the_forward_population_scored_in_small_chunks_gives_the_same_crowds(outcomes, tmp_path, monkeypatch):
