@@ -93,7 +93,7 @@ def default_args() -> dict:
 # ---- Params: the task's values, changeable for one run ---------------------------------------------------
 PERIOD_PARAMS: dict[str, tuple[str, str]] = {  # Param -> (task field, description)
     "dataset": ("dataset", "dataset under DATA/raw/ (made by crowd load or crowd generate)"),
-    "target": ("target", "the entity whose crowds are ranked: brand, category or item"),
+    "target": ("target", f"the entity whose crowds are ranked: {', '.join(TARGETS[:-1])} or {TARGETS[-1]}"),
     "history_days": ("windows.history_days", "features use events in [ds - history_days, ds)"),
     "sequence_days": ("windows.sequence_days", "behaviour sequences cover the last sequence_days"),
     "label_days": ("windows.label_days", "the label: a buy in [ds, ds + label_days)"),
@@ -104,7 +104,7 @@ TRAINING_PARAMS: dict[str, tuple[str, str]] = {
     "models": ("models", "the models to train"),
     "epochs": ("training.epochs", "epochs of every deep model (a model's own budget in the task file wins)"),
     "negative_rate": ("training.negative_rate", "share of training negatives kept (scores are corrected)"),
-    "crowd_size": ("crowds.size", "users per target in the published crowds"),
+    "crowd_size": ("crowds.size", "users per target in the crowds (at most crowds.share of the scored users)"),
 }
 OVERRIDES_HELP = "any other setting for this run, as dotted paths: {\"windows.step_days\": 1}"
 

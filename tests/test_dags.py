@@ -111,6 +111,10 @@ def test_the_periods_dag_runs_on_the_tasks_cadence_dated_at_each_period(dagbag, 
     params = dag.params
     assert params["label_days"] == task.windows.label_days and params["dataset"] == task.dataset
     assert all(params.get_param(k).description for k in params)  # every Param says what it is
+    from ml.task import TARGETS
+
+    target = params.get_param("target")  # its description names every choice its form offers (it left out tag)
+    assert target.schema["enum"] == list(TARGETS) and all(t in target.description for t in TARGETS)
 
 
 def test_the_periods_dag_plans_then_builds_the_date_in_one_dbt_build_then_exports(dagbag):
