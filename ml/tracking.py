@@ -214,12 +214,22 @@ def promote_if_better(paths: TaskPaths, version: str, metric: str, value: float,
         if value > best:
             client.set_registered_model_alias(name, champion_alias(key), version)
             client.set_registered_model_alias(name, CHAMPION, version)
-            log.info("%s champion of settings %s: version %s (%s %.4f) replaces %s (%.4f)", name, key, version,
-                     metric, value, current, best)
+            new, old = apart(value, best)
+            log.info("%s champion of settings %s: version %s (%s %s) replaces %s (%s)", name, key, version,
+                     metric, new, current, old)
             return True
-    log.info("%s champion of settings %s stays version %s (%s %.4f >= %.4f)", name, key, current, metric, best,
-             value)
+    kept, lost = apart(best, value)
+    log.info("%s champion of settings %s stays version %s (%s %s >= %s)", name, key, current, metric, kept, lost)
     return False
+
+
+def apart(a: float, b: float) -> tuple[str, str]:
+    """Two metrics with the digits that tell them apart (4 to 8): "version 4 (0.9326) replaces 2 (0.9326)"
+    read as a promotion without a gain."""
+    for digits in range(4, 9):
+        if f"{a:.{digits}f}" != f"{b:.{digits}f}":
+            break
+    return f"{a:.{digits}f}", f"{b:.{digits}f}"
 
 
 @functools.cache

@@ -404,6 +404,17 @@ def other_store(task, task_paths, tmp_path, request):
     configure(task_paths)
 
 
+def test_a_promotion_says_the_two_metrics_with_the_digits_that_tell_them_apart():
+    import math
+
+    from ml.tracking import apart
+
+    assert apart(0.93264, 0.93258) == ("0.93264", "0.93258")
+    assert apart(0.9326, 0.91) == ("0.9326", "0.9100")
+    assert apart(0.5, 0.5) == ("0.50000000", "0.50000000")  # equal: as many as it took to see so
+    assert apart(0.81, -math.inf) == ("0.8100", "-inf")  # no champion before
+
+
 def test_the_champion_is_chosen_on_validation_even_when_the_backtest_would_choose_otherwise(other_store):
     """Two registered runs: the first better on the backtest, the second on the validation dates. The
     second is the champion, and a later run worse on validation does not take over."""
