@@ -183,6 +183,25 @@ def check_label_window(task: Task, ds: dt.date, last_day: dt.date) -> None:
                          f"must be {latest} or earlier, or the log longer")
 
 
+def task_doc(task: Task) -> str:
+    """The DAGs' page in the Airflow UI: this task's own settings and the dates a backfill takes, above the
+    DAGs' general description. It showed that general text alone, so a user about to backfill looked up the
+    dates in the task file."""
+    w, dates = task.windows, task.sample_dates
+    return (f"## Task `{task.name}`: {task.description or task.name}\n\n"
+            f"`tasks/{task.name}.yaml`: target **{task.target}**, dataset `{task.dataset}`, every {w.step_days} "
+            f"day(s), label {w.label_days} day(s), history {w.history_days} day(s), engine "
+            f"{task.warehouse.engine}.\n\n"
+            f"Labelled dates: samples {dates[0]} .. {dates[-1]} ({len(dates)}), validation "
+            f"{', '.join(map(str, task.validation))}, backtest {task.backtest}. **A backfill of "
+            f"`{periods_dag_id(task.name)}` from {task.samples.first} to {task.backtest}** builds them all and ends "
+            f"by training (`{training_dag_id(task.name)}`); a date after the backtest builds features and crowds "
+            f"by the champion.\n\n"
+            f"Models: {', '.join(task.model_names())}. Crowds: at most {task.crowds.size} users per {task.target} "
+            f"and {task.crowds.share:.0%} of the scored ones ({task.crowds.population} population)."
+            f"\n\n---\n\n{__doc__}")
+
+
 def short_history(task: Task, dates: Iterable[dt.date], first_day: dt.date) -> str | None:
     """A warning when some dates' history window starts before the log's first day: their features count fewer
     days than later dates' (a model trained on them meets longer histories at the backtest and in the crowds).
@@ -346,7 +365,7 @@ def build_periods_dag(task: Task):  # noqa: ANN201
         default_args=default_args(),
         params=dag_params(task, PERIOD_PARAMS),
         tags=["purchase-crowd", task.name, "warehouse"],
-        doc_md=__doc__,
+        doc_md=task_doc(task),
     ) as dag:
 
         @af_task.short_circuit
@@ -489,7 +508,7 @@ def build_training_dag(task: Task):  # noqa: ANN201
         default_args=default_args(),
         params=dag_params(task, TRAINING_PARAMS),
         tags=["purchase-crowd", task.name, "training"],
-        doc_md=__doc__,
+        doc_md=task_doc(task),
     ) as dag:
 
         @af_task

@@ -111,6 +111,10 @@ def test_the_periods_dag_runs_on_the_tasks_cadence_dated_at_each_period(dagbag, 
     params = dag.params
     assert params["label_days"] == task.windows.label_days and params["dataset"] == task.dataset
     assert all(params.get_param(k).description for k in params)  # every Param says what it is
+    # its page says the task's own settings and the dates a backfill takes, above the general description
+    assert dag.doc_md.startswith(f"## Task `{name}`: {task.description}")
+    assert f"A backfill of `{name}.periods` from {task.samples.first} to {task.backtest}**" in dag.doc_md
+    assert dagbag.get_dag(f"{name}.training").doc_md == dag.doc_md
     from ml.task import TARGETS
 
     target = params.get_param("target")  # its description names every choice its form offers (it left out tag)
