@@ -17,9 +17,13 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ml.config import Paths, parse_date
 from ml.task import ENGINES, Task, TaskPaths, load_task, parse_assignments
+
+if TYPE_CHECKING:  # pandas is imported by the commands that use it: `crowd --help` stays fast
+    import pandas as pd
 
 log = logging.getLogger("crowd")
 # The parent of the library's result loggers (ml.results.train: a training's metrics and verdict; .warehouse: a
@@ -380,10 +384,12 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     if args.device:
         resolve_device(args.device)
     table, run_id = ablate(task, paths, args.model, tuple(args.groups or GROUPS), device=args.device or "auto")
-    shown = table.set_index("inputs")[[c for c in table.columns if c not in ("model", "inputs")]]
     print(f"{task.name}: {table['model'].iloc[0]} on the backtest {task.backtest} with every input, and with each "
           "group of inputs erased at scoring time (drop: what the model loses without it):")
-    print(shown.round(4).to_string())
+    print(_ablation_text(table).to_string())
+    print("drops with their 95 % interval, paired: the same resampled targets (users for a next-day item task) "
+          "with and without the inputs; a drop is told from none only where its interval excludes 0 (the pooled "
+          "AUC's has none)")
     out = paths.reports / f"ablation-{table['model'].iloc[0]}.csv"
     write_atomically(table, out)
     if run_id and not args.no_track:
@@ -393,6 +399,24 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         print(f"table: {out} (no MLflow run of this model with the task's settings to log it to)"
               if not args.no_track else f"table: {out}")
     return 0
+
+
+def _ablation_text(table: pd.DataFrame) -> pd.DataFrame:
+    """The ablation as printed: each metric, then each drop with its interval where it has one."""
+    import numpy as np
+    import pandas as pd
+
+    keys = [c.removesuffix("_drop") for c in table.columns if c.endswith("_drop")]
+    out = pd.DataFrame(index=table["inputs"].to_numpy())
+    for k in keys:
+        out[k] = table[k].map("{:.4f}".format).to_numpy()
+    for k in keys:
+        text = table[f"{k}_drop"].map("{:.4f}".format)
+        if f"{k}_drop_low" in table:
+            text += [f" ({low:.3f}–{high:.3f})" if np.isfinite(low) else ""
+                     for low, high in zip(table[f"{k}_drop_low"], table[f"{k}_drop_high"], strict=True)]
+        out[f"{k}_drop"] = text.to_numpy()
+    return out
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

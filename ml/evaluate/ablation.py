@@ -26,6 +26,7 @@ from ml.config import ACTIONS
 from ml.task import Task, TaskPaths
 
 if TYPE_CHECKING:  # the CLI reads GROUPS for its help: the scoring stack is imported when it runs
+    from ml.evaluate.intervals import Interval
     from ml.features.dataset import RawExports
 
 log = logging.getLogger(__name__)
@@ -81,19 +82,45 @@ def ablate(task: Task, paths: TaskPaths, model: str | None, groups: tuple[str, .
     buyers = read_buyers(paths.exports, task.backtest)
     keys = ("auc", "auc_per_target", *(f"recall_at_{n}" for n in task.evaluate.n))
 
-    def measured(inputs: str, scores: np.ndarray) -> dict:
-        summary, _ = evaluate_scores(y, scores, target, user, task.evaluate.n, buyers=buyers, by=task.ranked_by)
-        return {"model": bundle.name, "inputs": inputs, **{k: summary[k] for k in keys}}
+    def measured(inputs: str, scores: np.ndarray) -> tuple[dict, pd.DataFrame]:
+        summary, per_group = evaluate_scores(y, scores, target, user, task.evaluate.n, buyers=buyers,
+                                             by=task.ranked_by)
+        return {"model": bundle.name, "inputs": inputs, **{k: summary[k] for k in keys}}, per_group
 
-    rows = [measured("all", bundle.score(raw, device=device))]
+    first, full = measured("all", bundle.score(raw, device=device))
+    rows = [first]
     for group in groups:
         log.info("%s: scoring the backtest without %s", bundle.name, group)
-        rows.append(measured(f"no {group}", bundle.score(erase(raw, group), device=device,
-                                                        hide_own_target=group == "target_history")))
+        row, erased = measured(f"no {group}", bundle.score(erase(raw, group), device=device,
+                                                           hide_own_target=group == "target_history"))
+        for k in keys:
+            if iv := drop_interval(full, erased, k, task.ranked_by):
+                row[f"{k}_drop_low"], row[f"{k}_drop_high"] = iv.low, iv.high
+        rows.append(row)
     table = pd.DataFrame(rows)
     for k in keys:
         table[f"{k}_drop"] = table[k].iloc[0] - table[k]
+    drops = [c for k in keys for c in (f"{k}_drop", f"{k}_drop_low", f"{k}_drop_high") if c in table]
+    table = table[["model", "inputs", *keys, *drops]]
     return table, bundle.config.get("run_id") or _latest_run(paths, task, bundle.name)
+
+
+def drop_interval(full: pd.DataFrame, erased: pd.DataFrame, key: str, by: str) -> Interval | None:
+    """The 95 % interval of a per-group metric's drop, paired: the same resampled groups scored with every
+    input and without the erased ones (as the report compares two models). The drops were shown bare, and a
+    drop of 0.005 on 16 targets read as a finding. None for the pooled AUC (no per-group table), and for the
+    per-target AUC of a task ranked per user (its table holds users)."""
+    from ml.evaluate.intervals import paired_target_interval
+    from ml.evaluate.metrics import averaged_over
+
+    if key == "auc_per_target" and by == "target":
+        column, weight = "auc", "positives"
+    elif key.startswith("recall_at_"):
+        column, weight = key, None
+    else:
+        return None
+    a, b = full[averaged_over(full, column)], erased[averaged_over(erased, column)]
+    return paired_target_interval(a, b, column, weight=weight)
 
 
 def _latest_run(paths: TaskPaths, task: Task, model: str) -> str | None:
