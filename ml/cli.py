@@ -368,6 +368,13 @@ def _cmd_erase(args: argparse.Namespace) -> int:
     print(f"{task.name}: backtest {task.backtest}, each tag's AUC with full inputs, with every buy erased, and "
           "with the tag's own categories erased (labels from the real log):")
     print(wide.round(4).to_string())
+    erased = table[table["auc_drop_low"].notna()]
+    drops = erased.assign(text=[f"{d:.4f} ({low:.4f}–{high:.4f})" for d, low, high in
+                                zip(erased["auc_drop"], erased["auc_drop_low"], erased["auc_drop_high"], strict=True)])
+    print("the AUC's drop from the full inputs, with its 95 % interval (the same users resampled for both: a drop "
+          "is told from none only where it excludes 0):")
+    print(drops.pivot_table(index=["tag", "model"], columns="input", values="text", aggfunc="first", sort=False)
+          .to_string())
     out = paths.reports / "erasure.csv"
     write_atomically(table, out)
     print(f"every metric: {out}")
@@ -387,9 +394,9 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     print(f"{task.name}: {table['model'].iloc[0]} on the backtest {task.backtest} with every input, and with each "
           "group of inputs erased at scoring time (drop: what the model loses without it):")
     print(_ablation_text(table).to_string())
-    print("drops with their 95 % interval, paired: the same resampled targets (users for a next-day item task) "
-          "with and without the inputs; a drop is told from none only where its interval excludes 0 (the pooled "
-          "AUC's has none)")
+    print("drops with their 95 % interval, paired: the same resampled targets (users for a next-day item task; "
+          "users for the pooled AUC) with and without the inputs; a drop is told from none only where its "
+          "interval excludes 0")
     out = paths.reports / f"ablation-{table['model'].iloc[0]}.csv"
     write_atomically(table, out)
     if run_id and not args.no_track:

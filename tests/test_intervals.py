@@ -7,7 +7,13 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from ml.evaluate.intervals import auc_interval, paired_target_interval, target_intervals, weighted_auc
+from ml.evaluate.intervals import (
+    auc_interval,
+    paired_auc_interval,
+    paired_target_interval,
+    target_intervals,
+    weighted_auc,
+)
 
 
 def test_weighted_auc_equals_scikit_learn_with_ties_and_with_integer_weights():
@@ -48,6 +54,24 @@ def test_a_paired_interval_finds_a_small_consistent_difference_that_unpaired_int
     assert diff.excludes_zero() and diff.low < 0.01 < diff.high
     same = paired_target_interval(b, b.assign(recall_at_100=base + rng.normal(0, 0.01, 80)), "recall_at_100", seed=4)
     assert not same.excludes_zero()
+
+
+def test_a_paired_auc_interval_tells_apart_two_scorings_whose_own_intervals_overlap():
+    """One population scored twice (with every input and without some): the same users resampled for both."""
+    rng = np.random.default_rng(5)
+    user = np.repeat(np.arange(1500), 4)
+    y = (rng.random(len(user)) < 0.2).astype(int)
+    p = rng.random(len(user)) + 0.6 * y
+    q = p + rng.normal(0, 0.08, len(user))  # a little worse everywhere
+    drop = roc_auc_score(y, p) - roc_auc_score(y, q)
+    diff = paired_auc_interval(y, p, q, user, n_boot=200, seed=6)
+    assert diff.excludes_zero() and diff.low < drop < diff.high
+    own_p, own_q = auc_interval(y, p, user, n_boot=200, seed=6), auc_interval(y, q, user, n_boot=200, seed=6)
+    assert own_q.high > own_p.low  # overlapping: unpaired, nothing is told
+    same = paired_auc_interval(y, p, p, user, n_boot=50, seed=6)
+    assert (same.low, same.high) == (0.0, 0.0)
+    noise = paired_auc_interval(y, p, rng.permutation(p), user, n_boot=200, seed=6)
+    assert noise.low > 0  # a random scoring loses everything: told apart
 
 
 def test_target_intervals_skip_targets_without_a_value_and_honour_weights():

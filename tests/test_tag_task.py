@@ -69,6 +69,13 @@ def test_tag_models_train_and_the_erasure_check_shows_what_they_learned_beyond_t
     # the state tag's label is half made of past buys in its own categories: erasing them must cost AUC
     state = auc.loc["b-regular"]
     assert (state["full"] > state["no_rule_categories"] + 0.05).all(), auc
+    # each erased input's drop with its paired interval (users resampled), which holds it and, for the state
+    # tag without its categories, excludes 0
+    erased = table[table.input != "full"]
+    assert (erased.auc_drop_low <= erased.auc_drop + 1e-12).all()
+    assert (erased.auc_drop <= erased.auc_drop_high + 1e-12).all()
+    assert (erased[(erased.tag == "b-regular") & (erased.input == "no_rule_categories")].auc_drop_low > 0).all()
+    assert table[table.input == "full"].auc_drop_low.isna().all() and "the AUC's drop from the full inputs" in out
     # labels never come from the erased log: the evaluation's positives are the real ones
     for name in ("no_buys", f"no_rule_categories-{TINY_TAGS[0]['name']}"):
         erased = tags_built.base / "erasure" / name / "raw" / "events" / "part-00000.parquet"

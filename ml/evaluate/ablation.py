@@ -70,6 +70,7 @@ def ablate(task: Task, paths: TaskPaths, model: str | None, groups: tuple[str, .
            device: str = "auto") -> tuple[pd.DataFrame, str | None]:
     """The backtest's AUC, per-target AUC and recall@N with every input and with each group erased, and the
     drop; returns the table and the MLflow run it belongs to (the champion's or the named model's latest)."""
+    from ml.evaluate.intervals import paired_auc_interval
     from ml.evaluate.metrics import evaluate_scores
     from ml.features.dataset import read_buyers
     from ml.tracking import comparison_key
@@ -87,12 +88,15 @@ def ablate(task: Task, paths: TaskPaths, model: str | None, groups: tuple[str, .
                                              by=task.ranked_by)
         return {"model": bundle.name, "inputs": inputs, **{k: summary[k] for k in keys}}, per_group
 
-    first, full = measured("all", bundle.score(raw, device=device))
+    scores = bundle.score(raw, device=device)
+    first, full = measured("all", scores)
     rows = [first]
     for group in groups:
         log.info("%s: scoring the backtest without %s", bundle.name, group)
-        row, erased = measured(f"no {group}", bundle.score(erase(raw, group), device=device,
-                                                           hide_own_target=group == "target_history"))
+        without = bundle.score(erase(raw, group), device=device, hide_own_target=group == "target_history")
+        row, erased = measured(f"no {group}", without)
+        iv = paired_auc_interval(y, scores, without, user)
+        row["auc_drop_low"], row["auc_drop_high"] = iv.low, iv.high
         for k in keys:
             if iv := drop_interval(full, erased, k, task.ranked_by):
                 row[f"{k}_drop_low"], row[f"{k}_drop_high"] = iv.low, iv.high
@@ -108,8 +112,8 @@ def ablate(task: Task, paths: TaskPaths, model: str | None, groups: tuple[str, .
 def drop_interval(full: pd.DataFrame, erased: pd.DataFrame, key: str, by: str) -> Interval | None:
     """The 95 % interval of a per-group metric's drop, paired: the same resampled groups scored with every
     input and without the erased ones (as the report compares two models). The drops were shown bare, and a
-    drop of 0.005 on 16 targets read as a finding. None for the pooled AUC (no per-group table), and for the
-    per-target AUC of a task ranked per user (its table holds users)."""
+    drop of 0.005 on 16 targets read as a finding. None for the pooled AUC (paired_auc_interval, users
+    resampled), and for the per-target AUC of a task ranked per user (its table holds users)."""
     from ml.evaluate.intervals import paired_target_interval
     from ml.evaluate.metrics import averaged_over
 

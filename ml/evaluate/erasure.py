@@ -26,6 +26,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from ml.evaluate.intervals import paired_auc_interval
 from ml.evaluate.metrics import evaluate_scores
 from ml.features.dataset import read_buyers, read_exports
 from ml.outputs import replacing
@@ -118,13 +119,18 @@ def erasure_report(task: Task, paths: TaskPaths, models: list[str]) -> pd.DataFr
                                                f"i.category_id in ({categories})")
     target_ids, users = original["target_id"].to_numpy(), original["user_id"].to_numpy()
 
-    def row(model: str, tag_id: int, name: str, scores: np.ndarray) -> dict:
-        """One tag's AUC (its users ranked) and recall@N under one input."""
+    def row(model: str, tag_id: int, name: str, scores: np.ndarray, full: np.ndarray | None = None) -> dict:
+        """One tag's AUC (its users ranked) and recall@N under one input; with the full inputs' scores, the
+        AUC's drop from them with its paired interval (the same users resampled for both)."""
         mine = target_ids == tag_id
         summary, _ = evaluate_scores(y[mine], scores[mine], target_ids[mine], users[mine], task.evaluate.n,
                                      buyers=buyers[buyers["target_id"] == tag_id])
-        return {"model": model, "tag": tag_ids[tag_id].name, "input": name, "auc": summary["auc_per_target"],
-                **{f"recall_at_{n}": summary[f"recall_at_{n}"] for n in task.evaluate.n}}
+        out = {"model": model, "tag": tag_ids[tag_id].name, "input": name, "auc": summary["auc_per_target"],
+               **{f"recall_at_{n}": summary[f"recall_at_{n}"] for n in task.evaluate.n}}
+        if full is not None:
+            iv = paired_auc_interval(y[mine], full[mine], scores[mine], users[mine])
+            out |= {"auc_drop_low": iv.low, "auc_drop_high": iv.high}
+        return out
 
     truth = tag_truth(paths.dataset_dir, original, task.backtest, task)
     # the ceiling, where the generator knows the tag's truth
@@ -134,6 +140,9 @@ def erasure_report(task: Task, paths: TaskPaths, models: list[str]) -> pd.DataFr
         bundle = load_bundle(model, paths, comparison_key(task, paths.exports))
         full, erased_buys = (_scores_on(bundle, root, task, keys) for root in (paths.exports, no_buys))
         for tag_id in tag_ids:
-            rows += [row(model, tag_id, "full", full), row(model, tag_id, "no_buys", erased_buys),
-                     row(model, tag_id, "no_rule_categories", _scores_on(bundle, by_tag[tag_id], task, keys))]
-    return pd.DataFrame(rows)
+            rows += [row(model, tag_id, "full", full), row(model, tag_id, "no_buys", erased_buys, full),
+                     row(model, tag_id, "no_rule_categories", _scores_on(bundle, by_tag[tag_id], task, keys), full)]
+    table = pd.DataFrame(rows)
+    full_auc = table[table["input"] == "full"].set_index(["model", "tag"])["auc"]
+    table["auc_drop"] = full_auc.reindex(pd.MultiIndex.from_frame(table[["model", "tag"]])).to_numpy() - table["auc"]
+    return table
