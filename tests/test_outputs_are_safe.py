@@ -137,3 +137,28 @@ def test_an_unexpected_failure_is_one_line_and_debug_shows_the_traceback(monkeyp
     assert err.count("\n") == 1 and "KeyError" in err and "--debug" in err
     assert main(["--debug", "tasks"]) == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_make_clean_leaves_a_data_directory_set_elsewhere(tmp_path):
+    """`make clean` ran `rm -rf $(CROWD_DATA_DIR)`: a data directory of the user's (a loaded log and an MLflow
+    history, or a folder of other things) went with the venv. It removes the checkout's own data/ only."""
+    import os
+    import subprocess
+
+    checkout, elsewhere = tmp_path / "checkout", tmp_path / "my-data"
+    for folder in (checkout / ".venv" / "bin", checkout / "data" / "raw", elsewhere / "mlflow"):
+        folder.mkdir(parents=True)
+    shutil.copy(Path(__file__).resolve().parents[1] / "Makefile", checkout / "Makefile")
+    (elsewhere / "mlflow" / "mlflow.db").write_text("runs")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "CROWD_DATA_DIR"))}
+    done = subprocess.run(["make", "-s", "clean", f"CROWD_DATA_DIR={elsewhere}"], cwd=checkout, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (elsewhere / "mlflow" / "mlflow.db").read_text() == "runs" and f"left {elsewhere}" in done.stdout
+    assert not (checkout / ".venv").exists() and not (checkout / "data").exists()
+    (checkout / "data" / "raw").mkdir(parents=True)  # the default: the checkout's data/, removed without a word
+    done = subprocess.run(["make", "-s", "clean"], cwd=checkout, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and not (checkout / "data").exists() and "left" not in done.stdout
+    help_text = subprocess.run(["make", "-s", "help"], cwd=checkout, env=env, capture_output=True, text=True,
+                               timeout=60).stdout
+    assert all(f"make {target} " in help_text for target in ("run", "test", "airflow", "mlflow", "clean", "lint"))
