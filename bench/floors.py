@@ -17,6 +17,7 @@ from ml.evaluate.floors import floor_scores
 from ml.evaluate.intervals import auc_interval
 from ml.evaluate.metrics import auc, evaluate_scores
 from ml.features.dataset import read_buyers, read_exports
+from ml.report import ranking_cutoffs
 from ml.task import DEFAULT_TASK, TaskPaths, load_task
 
 
@@ -38,7 +39,8 @@ def main() -> None:
         touched = ev["is_candidate"].to_numpy(dtype=bool)
         summary["auc_touched"] = auc(y[touched], scores[touched])
         cells = "  ".join(f"{k} {summary[k]:.4f}" for k in summary
-                          if k.startswith(("auc_touched", "auc_per_target", "gauc", "recall_at", "ndcg_at_100")))
+                          if k.startswith(("auc_touched", "auc_per_target", "gauc", "recall_at"))
+                          or k == f"ndcg_at_{ranking_cutoffs(task)[-1]}")  # the report's NDCG
         print(f"{name:<18} auc {summary['auc']:.4f} ({iv.low:.4f}-{iv.high:.4f})  {cells}  "
               f"[{time.perf_counter() - start:.1f} s]")
 
