@@ -166,7 +166,15 @@ def _cmd_warehouse(args: argparse.Namespace) -> int:
 
         first_day, last_day = log_days(paths.dataset_dir)
         _warn(short_history(task, args.ds or task.labelled_dates, first_day))
-        for ds in sorted(set(args.ds or task.labelled_dates) & set(task.labelled_dates)):
+        other = sorted(set(args.ds or ()) - set(task.labelled_dates))
+        if other:
+            _warn(f"{', '.join(map(str, other))}: not a labelled date of task {task.name} (samples every "
+                  f"{task.windows.step_days} day(s) {task.samples.first}..{task.samples.last}, validation "
+                  f"{', '.join(map(str, task.validation))}, backtest {task.backtest}): training and the backtest "
+                  "read only those")
+        # every date built here gets labels, a labelled date of the task or not (2014-12-25 on a log ending
+        # 12-18 built, then blamed a sparse log for its empty samples)
+        for ds in sorted(set(args.ds or task.labelled_dates)):
             check_label_window(task, ds, last_day)
     engine = task.warehouse.engine
     location = paths.warehouse_of(engine)

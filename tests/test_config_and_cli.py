@@ -180,6 +180,13 @@ def test_a_labelled_date_past_the_log_fails_before_the_warehouse_is_built(tiny_d
     said = capsys.readouterr().out
     assert f"warning: the history window (windows.history_days 90) of {early}, " in said
     assert f"starts before the log's first day {first}: their features see 3-" in said
+    # a date asked for that is not labelled is checked all the same (its label window is past the log) ...
+    after = last + dt.timedelta(days=5)
+    assert main(["warehouse", "--ds", str(after)]) == 2
+    captured = capsys.readouterr()
+    assert f"{after}: its label window runs to " in captured.err and "dbt" not in captured.out + captured.err
+    # ... and, when it can be built, said to be one no training reads
+    assert f"{after}: not a labelled date of task tmall-2013" in captured.out
 
 
 def test_export_of_a_warehouse_never_built_says_so_and_makes_nothing(tmp_path, monkeypatch, capsys):
