@@ -642,6 +642,8 @@ def test_ablation_erases_each_input_group_and_logs_the_drops_to_the_models_run(o
     assert din.loc["no target_history", ["auc_drop_low", "auc_per_target_drop_low"]].min() > 0  # told from none
     metrics = MlflowClient().get_run(outcomes["din"].run_id).data.metrics
     assert metrics["ablation_target_history_auc_drop"] == pytest.approx(din.loc["no target_history", "auc_drop"])
+    assert metrics["ablation_target_history_auc_drop_ci_low"] == pytest.approx(
+        din.loc["no target_history", "auc_drop_low"])
     assert main(["ablate", "--model", "lgbm_all_mixed", "--groups", "sequence", "buy", "--no-track"]) == 0
     lgbm = pd.read_csv(task_paths.reports / "ablation-lgbm_all_mixed.csv").set_index("inputs")
     assert lgbm.loc["no sequence", "auc_drop"] == 0 and lgbm.loc["no buy", "auc_drop"] != 0

@@ -152,8 +152,10 @@ def log_ablation(table: pd.DataFrame, run_id: str, paths: TaskPaths) -> None:
     for _, r in table.iloc[1:].iterrows():
         group = r["inputs"].removeprefix("no ")
         for c in table.columns:
-            if c.endswith("_drop") and np.isfinite(r[c]):
-                client.log_metric(run_id, f"ablation_{group}_{c}", float(r[c]))
+            # the drop, and its interval named as the training's own (eval_auc_ci_low)
+            name = c.replace("_drop_low", "_drop_ci_low").replace("_drop_high", "_drop_ci_high")
+            if c.endswith(("_drop", "_drop_low", "_drop_high")) and np.isfinite(r[c]):
+                client.log_metric(run_id, f"ablation_{group}_{name}", float(r[c]))
     client.log_table(run_id, table, artifact_file="ablation.json")
 
 
