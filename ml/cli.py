@@ -329,11 +329,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from ml.crowds import build_forward, expected_buyers_path, forward_date, forward_key, held_forward, score_forward
+    from ml.crowds import (
+        build_forward,
+        expected_buyers_path,
+        forward_date,
+        forward_key,
+        held_forward,
+        log_days,
+        score_forward,
+    )
+    from ml.orchestration import short_history
 
     task = _task(args, as_of=args.as_of, crowd_size=args.size)
     paths = TaskPaths.of(task)
     as_of = forward_date(task, paths)
+    _warn(short_history(task, [as_of], log_days(paths.dataset_dir)[0]))  # features of fewer days than trained on
     if not args.no_build:
         if not args.model:  # a champion for this data and these settings, before minutes of dbt for none
             from ml.train.bundle import champion_version

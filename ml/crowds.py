@@ -76,12 +76,17 @@ def forward_date(task: Task, paths: TaskPaths, as_of: dt.date | None = None) -> 
     """The features' date: as_of, else the task's crowds.as_of, else the day after the log's last day. A date
     later than that is refused, as the periods DAG skips one: the days before it are not all in the log, and
     its features would show every user inactive over them (2014-06-01 on a log ending 2013-09-30 was built,
-    then said "not built" of it)."""
-    latest = last_log_day(paths.dataset_dir) + dt.timedelta(days=1)
+    then said "not built" of it). So is a date on or before the log's first day: no event before it to build
+    features from (the error said to build it with `crowd warehouse`)."""
+    first, last = log_days(paths.dataset_dir)
+    latest = last + dt.timedelta(days=1)
     chosen = as_of or task.crowds.as_of or latest
     if chosen > latest:
-        raise ValueError(f"as_of {chosen}: the log ends on {latest - dt.timedelta(days=1)}, so the days before "
-                         f"{chosen} are not all in it; the latest feature date is {latest}")
+        raise ValueError(f"as_of {chosen}: the log ends on {last}, so the days before {chosen} are not all in it; "
+                         f"the latest feature date is {latest}")
+    if chosen <= first:
+        raise ValueError(f"as_of {chosen}: the log starts on {first}, so no event comes before it to build "
+                         f"features from; the earliest feature date is {first + dt.timedelta(days=1)}")
     return chosen
 
 

@@ -207,6 +207,14 @@ def test_a_feature_date_after_the_day_after_the_log_is_refused_before_any_build(
     assert f"as_of {late}: the log ends on {last}" in said
     assert f"the latest feature date is {last + dt.timedelta(days=1)}" in said
     assert not export_dir(task_paths.exports, late).exists()
+    # and one on or before the log's first day has no event to build from (it was told to build it)
+    from ml.crowds import log_days
+
+    first = log_days(task_paths.dataset_dir)[0]
+    assert main(["score", "--as-of", str(first), "--model", "lgbm_all_mixed"]) == 2
+    said = capsys.readouterr().err
+    assert f"as_of {first}: the log starts on {first}" in said and "crowd warehouse" not in said
+    assert f"the earliest feature date is {first + dt.timedelta(days=1)}" in said
 
 
 def test_the_champion_is_downloaded_once_into_the_task_and_nothing_is_left_in_the_temporary_folder(
