@@ -58,7 +58,11 @@ def log_days(dataset_dir: Path) -> tuple[dt.date, dt.date]:
     """The first and last days with an event in the dataset (read from the parquet statistics, no full scan)."""
     events = Path(dataset_dir) / "events"
     if not any(events.glob("*.parquet")):
-        raise ValueError(f"{dataset_dir} holds no events: run `crowd generate` or `crowd load` first")
+        # the datasets there are, for a task file whose dataset: has a typo
+        there = sorted(p.parent.name for p in Path(dataset_dir).parent.glob("*/manifest.json")
+                       if any((p.parent / "events").glob("*.parquet")))
+        raise ValueError(f"{dataset_dir} holds no events: run `crowd generate` or `crowd load` first"
+                         + (f" (datasets there: {', '.join(there)})" if there else ""))
     with duckdb.connect() as con:
         first, last = con.execute("select min(ts), max(ts) from read_parquet(?)",
                                   [str(events / "*.parquet")]).fetchone()

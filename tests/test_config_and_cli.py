@@ -189,6 +189,13 @@ def test_a_labelled_date_past_the_log_fails_before_the_warehouse_is_built(tiny_d
     assert f"{after}: not a labelled date of task tmall-2013" in captured.out
 
 
+def test_a_dataset_that_is_not_there_is_named_with_the_datasets_that_are(tiny_dataset, capsys):
+    """A typo in a task file's dataset: said only "holds no events"; the datasets present are named."""
+    assert main(["warehouse", "--set", "dataset=synthetik"]) == 2
+    said = capsys.readouterr().err
+    assert "synthetik holds no events" in said and f"(datasets there: {tiny_dataset.name}" in said
+
+
 def test_export_of_a_warehouse_never_built_says_so_and_makes_nothing(tmp_path, monkeypatch, capsys):
     """DuckDB's connect made an empty warehouse file where a reader looked (or failed with an IOException when
     its folder was missing), and the exports folder was made before."""
