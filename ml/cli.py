@@ -285,6 +285,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ml.train.bundle import load_bundle
     from ml.train.pipeline import oracle_scores
 
+    if args.per_target and args.per_target.suffix != ".csv":
+        raise ValueError(f"--per-target {args.per_target}: expected a CSV path (ending .csv)")
     task = _task(args)
     paths = TaskPaths.of(task)
     bundle = load_bundle(args.model, paths, comparison_key(task, paths.exports))
@@ -323,7 +325,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
           + (f"; k: the submission size {bundle.name} chose on the validation day, the oracle's F1 at the same k)"
              if k else ")"))
     if args.per_target:
-        table.to_csv(args.per_target)
+        from ml.crowds import write_atomically
+        from ml.outputs import check_table_replaceable
+
+        table = table.reset_index()
+        check_table_replaceable(args.per_target, table.columns)  # an earlier one, never a file of the user's
+        write_atomically(table, args.per_target)
         print(f"per-target metrics written to {args.per_target}")
     return 0
 

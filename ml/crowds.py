@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from ml.outputs import check_table_replaceable
 from ml.task import GBDT_MODELS, Task, TaskPaths
 from ml.warehouse.export import FORWARD_EXPORTS, read_schema
 
@@ -170,12 +171,16 @@ def top_pairs(frame: pd.DataFrame, scores: np.ndarray, k: int) -> pd.DataFrame:
                          "score": np.asarray(scores, np.float64)[order]})
 
 
+EXPECTED_COLUMNS = ("target_id", "expected_buyers_in_crowd", "crowd_size", "expected_buyers_population", "population")
+SUBMISSION_COLUMNS = ("user_id", "item_id")
+
+
 def expected_buyers(population: pd.DataFrame, crowd: pd.DataFrame) -> pd.DataFrame:
     """Per target, the buyers a merchant can expect: in its crowd, and in the whole scored population (sums of
     calibrated scores: ml.train.calibration), with the population's size. `population`: per target_id (the
     index), expected_buyers_population and population, summed over the scored chunks."""
     in_crowd = crowd.groupby("target_id")["score"].agg(expected_buyers_in_crowd="sum", crowd_size="size")
-    return in_crowd.join(population).reset_index()
+    return in_crowd.join(population).reset_index()[list(EXPECTED_COLUMNS)]
 
 
 def latest_published(paths: TaskPaths) -> Path | None:
@@ -196,6 +201,11 @@ def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | Non
     from ml.tracking import comparison_key
     from ml.train.bundle import load_bundle
 
+    if out is not None:  # the user's path: only an earlier output of this command is replaced, checked first
+        check_table_replaceable(out, CROWD_COLUMNS)
+        check_table_replaceable(expected_buyers_path(out), EXPECTED_COLUMNS)
+        if task.target == "item":
+            check_table_replaceable(out.with_name("submission.csv"), SUBMISSION_COLUMNS)
     # the champion of the forward export's build: new data, or changed dbt models, has none until trained on
     bundle = load_bundle(model, paths, comparison_key(task, paths.exports, as_of))
     if bundle.config.get("task", task.name) != task.name:
@@ -310,7 +320,8 @@ def _write_submission(pairs: pd.DataFrame | None, bundle, crowds: Path) -> Path 
     if pairs is None:
         pairs = pd.DataFrame({"user_id": pd.Series(dtype="int64"), "target_id": pd.Series(dtype="int64")})
     path = crowds.with_name("submission.csv")
-    write_atomically(pairs[["user_id", "target_id"]].rename(columns={"target_id": "item_id"}), path)
+    write_atomically(pairs[["user_id", "target_id"]].rename(columns={"target_id": "item_id"})[list(SUBMISSION_COLUMNS)],
+                     path)
     return path
 
 

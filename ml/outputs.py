@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 MARKER = ".purchase-crowd"
@@ -144,6 +144,29 @@ def write_text_atomically(path: Path, text: str, signature: str) -> Path:
     partial.write_text(text)
     os.replace(partial, path)
     return path
+
+
+def check_table_replaceable(path: Path, columns: Sequence[str]) -> None:
+    """A table file at a path the user named (`crowd score --out`, `crowd evaluate --per-target`) is replaced
+    only when it is an earlier output of the same kind: a parquet or CSV file with exactly these columns. Both
+    overwrote any file of that name (a user's notes.csv became a table of metrics)."""
+    path = Path(path)
+    if path.exists() and not (path.is_file() and _table_columns(path) == list(columns)):
+        raise OutputError(f"refusing to replace {path}: it exists and is not a table Purchase Crowd wrote (with "
+                          "these columns); choose another output path, or move it away yourself")
+
+
+def _table_columns(path: Path) -> list[str] | None:
+    """The columns of a parquet file, or the header of a CSV; None when it is neither."""
+    try:
+        if path.suffix == ".csv":
+            with open(path, encoding="utf-8") as f:
+                return f.readline().rstrip("\r\n").split(",")
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+    except (OSError, UnicodeDecodeError, ValueError):  # pyarrow's ArrowInvalid is a ValueError
+        return None
 
 
 @contextlib.contextmanager

@@ -207,6 +207,11 @@ def test_a_forward_export_of_the_same_inputs_is_reused_and_one_of_other_settings
 
 def test_score_publishes_forward_crowds_after_the_end_of_the_log(outcomes, task, task_paths, tmp_path, capsys):
     out = tmp_path / "crowd.parquet"
+    out.write_bytes(b"a file of the user's")  # never replaced by --out, nor anything beside it written
+    assert main(["score", "--model", "din", "--no-build", "--out", str(out)]) == 2
+    assert out.read_bytes() == b"a file of the user's" and "refusing to replace" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["crowd.parquet"]
+    out.unlink()
     assert main(["score", "--model", "din", "--size", "25", "--out", str(out)]) == 0
     crowd = pd.read_parquet(out)
     assert list(crowd.columns) == list(CROWD_COLUMNS)
@@ -279,7 +284,15 @@ def test_the_forward_population_scored_in_small_chunks_gives_the_same_crowds(out
     assert ea["population"].sum() > 10 * 997  # many chunks, each target's users spread over them
 
 
-def test_evaluate_recomputes_the_recorded_metrics_from_the_bundle(outcomes, capsys, tiny_dataset):
+def test_evaluate_recomputes_the_recorded_metrics_from_the_bundle(outcomes, capsys, tiny_dataset, tmp_path):
+    notes = tmp_path / "notes.csv"
+    notes.write_text("my notes\n")  # a file of the user's at the --per-target path is never replaced
+    assert main(["evaluate", "--model", "lgbm_all_mixed", "--per-target", str(notes)]) == 2
+    assert notes.read_text() == "my notes\n" and "refusing to replace" in capsys.readouterr().err
+    per_target = tmp_path / "per_target.csv"  # written, then an earlier one of its own kind replaced
+    for _ in range(2):
+        assert main(["evaluate", "--model", "lgbm_all_mixed", "--per-target", str(per_target)]) == 0
+    assert pd.read_csv(per_target).columns[0] == "target_id"
     assert main(["evaluate", "--model", "lgbm_all_mixed"]) == 0
     printed = capsys.readouterr().out
     lines = {line.split()[0]: line.split()[1:] for line in printed.splitlines()[1:] if line.startswith("  ")}
