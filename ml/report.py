@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from ml.evaluate.floors import FLOORS
+from ml.outputs import write_text_atomically
 from ml.task import Task, TaskPaths
 
 log = logging.getLogger(__name__)
@@ -293,4 +294,6 @@ def write_readme(readme: Path, table: pd.DataFrame, note: str, task: str) -> Non
         raise ValueError(f"{readme} has no {start} ... {end} markers to write the comparison between")
     settings = table.attrs.get("settings", "")
     block = f"{start}\n{note}{' ' + settings if settings else ''}\n\n{markdown(table)}\n{end}"
-    readme.write_text(re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S))
+    # swapped in whole: a kill mid-write left a README cut short (the markers are what make it ours to edit)
+    write_text_atomically(readme, re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text,
+                                         flags=re.S), signature=start)
