@@ -286,6 +286,19 @@ def test_cli_load_prints_the_logs_span_and_warns_of_an_item_subset_it_never_touc
     assert "item subset: 1,836 items, 2 of them in the log" in out and "warning" not in out
 
 
+@pytest.mark.parametrize("line_end", [b"\r", b"\r\r\n"])
+def test_lines_ending_in_a_lone_carriage_return_are_refused_saying_how_to_convert(tmp_path, line_end):
+    """They failed as "counts do not reconcile" (the reader ends a row at \\r, the line count at \\n only);
+    \\r\\n, the real Tianchi sample's own line end, reads as it is."""
+    assert TIANCHI_LOG.read_bytes().count(b"\r\n") > 1000
+    lines = TIANCHI_LOG.read_bytes().replace(b"\r\n", b"\n").split(b"\n")
+    odd = tmp_path / "odd.csv"
+    odd.write_bytes(line_end.join(lines))
+    with pytest.raises(FormatError, match=r"odd.csv: line 1 holds a carriage return .* tr "):
+        load("tianchi-mobile", [odd], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_reports_a_wrong_format_as_an_error_not_a_traceback(tmp_path, capsys):
     assert main(["load", "--format", "taobao-userbehavior", str(TIANCHI_LOG), "--out", str(tmp_path / "o")]) == 2
     assert "error:" in capsys.readouterr().err

@@ -109,7 +109,12 @@ class Layout:
 def _first_line(path: Path) -> str:
     with open_log(path) as f:
         raw = f.readline(1 << 20)
-    return raw.decode("utf-8", errors="replace").lstrip("\ufeff").rstrip("\r\n")
+    body = raw.removesuffix(b"\n").removesuffix(b"\r")
+    if b"\r" in body:  # the reader ends a row at a lone \r, the line count does not: nothing would reconcile
+        raise FormatError(f"{path}: line 1 holds a carriage return (\\r) that is not part of its line end: lines "
+                          "must end in \\n or \\r\\n; convert a file of lone \\r line ends (old Mac) with "
+                          "tr '\\r' '\\n', one of \\r\\r\\n with tr -d '\\r'")
+    return body.decode("utf-8", errors="replace").lstrip("\ufeff")
 
 
 def sniff(path: Path, ff: FileFormat) -> Layout:
