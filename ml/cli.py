@@ -394,8 +394,7 @@ def _cmd_erase(args: argparse.Namespace) -> int:
           "with the tag's own categories erased (labels from the real log):")
     print(wide.round(4).to_string())
     erased = table[table["auc_drop_low"].notna()]
-    drops = erased.assign(text=[f"{d:.4f} ({low:.4f}–{high:.4f})" for d, low, high in
-                                zip(erased["auc_drop"], erased["auc_drop_low"], erased["auc_drop_high"], strict=True)])
+    drops = erased.assign(text=_with_intervals(erased, "auc_drop", digits=4))
     print("the AUC's drop from the full inputs, with its 95 % interval (the same users resampled for both: a drop "
           "is told from none only where it excludes 0):")
     print(drops.pivot_table(index=["tag", "model"], columns="input", values="text", aggfunc="first", sort=False)
@@ -433,9 +432,17 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_intervals(table: pd.DataFrame, column: str, digits: int) -> list[str]:
+    """Each value of `column` with its interval (`column`_low, `column`_high) where it has one."""
+    import numpy as np
+
+    lows, highs = (table.get(f"{column}_{end}", table[column] * np.nan) for end in ("low", "high"))
+    return [f"{v:.4f}" + (f" ({low:.{digits}f}–{high:.{digits}f})" if np.isfinite(low) else "")
+            for v, low, high in zip(table[column], lows, highs, strict=True)]
+
+
 def _ablation_text(table: pd.DataFrame) -> pd.DataFrame:
     """The ablation as printed: each metric, then each drop with its interval where it has one."""
-    import numpy as np
     import pandas as pd
 
     keys = [c.removesuffix("_drop") for c in table.columns if c.endswith("_drop")]
@@ -443,11 +450,7 @@ def _ablation_text(table: pd.DataFrame) -> pd.DataFrame:
     for k in keys:
         out[k] = table[k].map("{:.4f}".format).to_numpy()
     for k in keys:
-        text = table[f"{k}_drop"].map("{:.4f}".format)
-        if f"{k}_drop_low" in table:
-            text += [f" ({low:.3f}–{high:.3f})" if np.isfinite(low) else ""
-                     for low, high in zip(table[f"{k}_drop_low"], table[f"{k}_drop_high"], strict=True)]
-        out[f"{k}_drop"] = text.to_numpy()
+        out[f"{k}_drop"] = _with_intervals(table, f"{k}_drop", digits=3)
     return out
 
 
@@ -502,11 +505,15 @@ def _cmd_run_dags(args: argparse.Namespace) -> int:
     task = load_task(args.task, overrides)  # validated here; the same overrides go to every DAG run's Params
     _check_has_dags(args.task, task.name)
     paths = TaskPaths.of(task)
-    if any((paths.dataset_dir / "events").glob("*.parquet")):  # without, run_pipeline says what to do
-        from ml.crowds import log_days
-        from ml.orchestration import short_history
+    from ml.crowds import log_days
+    from ml.orchestration import short_history
 
-        _warn(short_history(task, args.ds or task.labelled_dates, log_days(paths.dataset_dir)[0]))
+    try:
+        first_day = log_days(paths.dataset_dir)[0]
+    except ValueError:  # no events: run_pipeline says what to do
+        pass
+    else:
+        _warn(short_history(task, args.ds or task.labelled_dates, first_day))
     start = time.perf_counter()
     runs = run_pipeline(task, overrides, dates=args.ds, training=not args.no_training, quiet=args.quiet)
     shared = paths.shared

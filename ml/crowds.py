@@ -194,6 +194,11 @@ def expected_buyers_path(crowds: Path) -> Path:
     return crowds.with_name(f"{crowds.stem}_expected_buyers.parquet")
 
 
+def submission_path(crowds: Path) -> Path:
+    """The next-day item task's submission beside its crowds."""
+    return crowds.with_name("submission.csv")
+
+
 def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | None = None,
                   size: int | None = None, out: Path | None = None) -> CrowdsResult:
     """Score the forward population of as_of with the champion (or a local model) and publish the crowds."""
@@ -205,7 +210,7 @@ def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | Non
         check_table_replaceable(out, CROWD_COLUMNS)
         check_table_replaceable(expected_buyers_path(out), EXPECTED_COLUMNS)
         if task.target == "item":
-            check_table_replaceable(out.with_name("submission.csv"), SUBMISSION_COLUMNS)
+            check_table_replaceable(submission_path(out), SUBMISSION_COLUMNS)
     # the champion of the forward export's build: new data, or changed dbt models, has none until trained on
     bundle = load_bundle(model, paths, comparison_key(task, paths.exports, as_of))
     if bundle.config.get("task", task.name) != task.name:
@@ -319,9 +324,8 @@ def _write_submission(pairs: pd.DataFrame | None, bundle, crowds: Path) -> Path 
         return None
     if pairs is None:
         pairs = pd.DataFrame({"user_id": pd.Series(dtype="int64"), "target_id": pd.Series(dtype="int64")})
-    path = crowds.with_name("submission.csv")
-    write_atomically(pairs[["user_id", "target_id"]].rename(columns={"target_id": "item_id"})[list(SUBMISSION_COLUMNS)],
-                     path)
+    path = submission_path(crowds)
+    write_atomically(pairs.rename(columns={"target_id": "item_id"})[list(SUBMISSION_COLUMNS)], path)
     return path
 
 

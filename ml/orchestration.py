@@ -655,22 +655,17 @@ def build_dags_to_parse() -> list:
     return dags
 
 
-def task_file_errors() -> list[str]:
-    """Why each task file under tasks/ that does not validate is left without DAGs. One file being edited (a
-    copy with a typo) took every task's DAGs out of Airflow, and failed `crowd run-dags` of the others."""
+def check_task_files() -> None:
+    """Raise why each task file under tasks/ that does not validate has no DAGs (dags/task_files.py: Airflow lists
+    it as that file's import error, while dags/crowd.py keeps the DAGs of every task file that validates). One
+    file being edited (a copy with a typo) took every task's DAGs out of Airflow, and failed `crowd run-dags` of
+    the others."""
     errors = []
     for name in available_tasks():
         try:
             load_task(name)
         except TaskError as e:
             errors.append(str(e))
-    return errors
-
-
-def check_task_files() -> None:
-    """Raise the task files' errors (dags/task_files.py: Airflow lists them as that file's import error, while
-    dags/crowd.py keeps the DAGs of every task file that validates)."""
-    errors = task_file_errors()
     if errors:
         raise TaskError(f"{len(errors)} task file(s) under tasks/ do not validate, and have no DAGs: "
                         + "; ".join(errors))

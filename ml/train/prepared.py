@@ -250,7 +250,7 @@ def check_buyers(data: Prepared, task: Task) -> None:
                          "more sample dates)")
     for split, buyers, dates, purpose in (
             ("valid_population", data.valid_buyers, "the validation dates hold",
-             ("choose a champion on (more validation dates, or a bigger log)")),
+             "choose a champion on (more validation dates, or a bigger log)"),
             ("evaluation", data.buyers, "the backtest date holds", "measure (a bigger log)")):
         if not np.any(splits[split].labels[:, 0] > 0):
             raise ValueError(f"{dates} no buyer among the {len(splits[split]):,} pairs ranked: {len(buyers):,} "
