@@ -473,8 +473,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
         note = (f"Task {task.name}: `{select}` on the validation dates ({', '.join(map(str, task.validation))}), "
                 f"the metric the champion is chosen on; every other column on the backtest {task.backtest}, "
                 f"{population}. Written by `crowd report --readme` from the MLflow store.")
-        if len(models):
-            chosen = models.loc[models[select].idxmax()]
+        champion = models[models["champion"]]  # the registry's, not the table's best: an earlier run may hold it
+        if len(champion):
+            chosen = champion.iloc[0]
             note += f" Chosen: {chosen['model']}, backtest AUC {chosen['auc']:.4f}"
             oracle = table[table["model"].str.startswith("oracle")]
             if len(oracle):
@@ -500,6 +501,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_run_dags(args: argparse.Namespace) -> int:
     from ml.local_airflow import run_pipeline
     from ml.report import latest_runs, markdown
+    from ml.tracking import tracking_uri
 
     overrides = _overrides(args)
     task = load_task(args.task, overrides)  # validated here; the same overrides go to every DAG run's Params
@@ -525,11 +527,15 @@ def _cmd_run_dags(args: argparse.Namespace) -> int:
 
         crowds = latest_published(paths)
         if crowds:
-            print(f"crowds:  {crowds}  (and the table crowds.forward_crowds in {paths.warehouse})")
+            import pyarrow.parquet as pq
+
+            made = pq.read_table(crowds, columns=["model", "model_version"]).slice(0, 1).to_pylist()
+            by = f"scored by {made[0]['model']} version {made[0]['model_version']}; " if made else ""
+            print(f"crowds:  {crowds}  ({by}and the table crowds.forward_crowds in {paths.warehouse})")
         reports = sorted((paths.reports / "runs").glob("*.html"), key=lambda f: f.stat().st_mtime)
         if reports:
             print(f"report:  {reports[-1]}  (open it in a browser)")
-        print(f"MLflow:  sqlite:///{shared.mlflow_db}  experiment {paths.experiment}  (make mlflow shows it)")
+        print(f"MLflow:  {tracking_uri(shared)}  experiment {paths.experiment}  (make mlflow shows it)")
         print(f"Airflow: {shared.airflow_home}  (make airflow shows the runs)")
     return 0
 

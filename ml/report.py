@@ -39,8 +39,8 @@ LEGEND = ("Figures with their 95 % bootstrap interval (targets resampled, or use
           "users for the pooled AUC, logloss and F1). Bold: the "
           "best model, and every model the data cannot tell from it (the paired interval of the difference over "
           "the same targets includes zero; for AUC, logloss and F1, overlapping intervals; a column with no interval "
-          "has none in bold). valid_* is on the validation "
-          "dates, where the champion is chosen; the rest on the backtest (auc_touched: on the pairs with history "
+          "has none in bold). valid_* is on the validation dates, where the champion is chosen (marked: the "
+          "model the crowds are scored with); the rest on the backtest (auc_touched: on the pairs with history "
           "together only, the hard part of the population). Floors: heuristics with no model (recency-"
           "decayed interaction count; carted or collected, then recency; for the item task also carted the day "
           "before and not bought); a model whose AUC interval does not clear the best floor is marked. F1, "
@@ -133,8 +133,40 @@ def latest_runs(paths: TaskPaths, task: Task) -> pd.DataFrame:
                                          "oracle (ceiling)"])}
     table = table.sort_values("model", key=lambda s: s.map(order).fillna(50)).reset_index(drop=True)
     table = flag_below_floor(mark_best(table, _per_target_tables(table), columns))
+    table = mark_champion(table, champion_of(paths, key))
     table.attrs["columns"] = tuple(columns)
     table.attrs["settings"] = settings_line(task, runs, key)
+    return table
+
+
+def champion_of(paths: TaskPaths, key: str) -> dict[str, str] | None:
+    """The registered version that scores the crowds of comparison fingerprint `key` (its champion alias, moved
+    only by a better validation metric): its model, version and run; None before any was registered."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from ml.tracking import champion_alias
+
+    try:
+        version = MlflowClient().get_model_version_by_alias(paths.registered_model, champion_alias(key))
+    except MlflowException:
+        return None
+    return {"model": version.tags.get("model", "?"), "version": str(version.version), "run_id": version.run_id}
+
+
+def mark_champion(table: pd.DataFrame, champion: dict[str, str] | None) -> pd.DataFrame:
+    """`champion`: the row whose run the crowds are scored with. The table showed the best model on the backtest
+    in bold and said nothing of which one was chosen on validation and served (make run's: lgbm_few_mixed, not
+    bold on the backtest's per-target AUC). A champion from an earlier run than its model's latest (a retraining
+    that did not beat it) is not a row: table.attrs["champion_note"] says which it is."""
+    table = table.copy()
+    table["champion"] = (table["run_id"] == champion["run_id"]) if champion else False
+    table.attrs["champion"] = champion
+    if champion and not table["champion"].any():
+        table.attrs["champion_note"] = (
+            f"The champion, which the crowds are scored with, is {champion['model']} version {champion['version']} "
+            f"(run {champion['run_id']}): an earlier run than the table's {champion['model']}, which did not beat "
+            "it on validation.")
     return table
 
 
@@ -258,7 +290,9 @@ def rows(table: pd.DataFrame) -> tuple[list[str], list[tuple[pd.Series, str, lis
     shown = []
     for _, r in table.iterrows():
         cells = [_cell(r, c) if c in metrics else ("–" if pd.isna(r[c]) else f"{r[c]:.4f}", False) for c in columns]
-        shown.append((r, r["model"] + (" (not above the floor)" if r.get("below_floor") is True else ""), cells))
+        marks = [m for m, on in (("champion", r.get("champion") is True),
+                                 ("not above the floor", r.get("below_floor") is True)) if on]
+        shown.append((r, r["model"] + (f" ({', '.join(marks)})" if marks else ""), cells))
     return columns, shown
 
 
@@ -267,7 +301,8 @@ def markdown(table: pd.DataFrame) -> str:
     lines = ["| model | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
     for _, name, cells in shown:
         lines.append(f"| {name} | " + " | ".join(f"**{t}**" if bold else t for t, bold in cells) + " |")
-    return "\n".join(lines) + "\n\n" + LEGEND
+    note = table.attrs.get("champion_note")
+    return "\n".join(lines) + "\n\n" + (f"{note}\n\n" if note else "") + LEGEND
 
 
 def verdicts(table: pd.DataFrame) -> list[str]:

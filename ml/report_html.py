@@ -34,6 +34,7 @@ th, td { border: 1px solid #ddd; padding: 0.25rem 0.45rem; text-align: right; wh
 th:first-child, td:first-child { text-align: left; }
 tr.reference td { color: #666; font-style: italic; }
 tr.below td:first-child { color: #b00020; }
+tr.champion td:first-child { font-weight: 600; border-left: 4px solid #2a7ae2; }
 .warning { background: #fff4e5; border-left: 4px solid #f0a020; padding: 0.4rem 0.8rem; margin: 0.3rem 0; }
 .charts { display: flex; flex-wrap: wrap; gap: 1rem; }
 .charts figure { margin: 0; width: 580px; max-width: 100%; } .charts img { max-width: 100%; height: auto; }
@@ -87,6 +88,7 @@ def _table_html(table: pd.DataFrame) -> str:
         seconds = r.get("train_s")
         tds.append(f"<td>{'–' if seconds is None or pd.isna(seconds) else f'{seconds:.0f}'}</td>")
         kind = "reference" if r["model"] in references else "below" if r.get("below_floor") is True else "model"
+        kind += " champion" if r.get("champion") is True else ""
         body.append(f'<tr class="{kind}"><td>{html.escape(name)}</td>{"".join(tds)}</tr>')
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
@@ -108,7 +110,7 @@ def _charts_html(curves: pd.DataFrame, by: str) -> str:
     return f'<div class="charts">{"".join(figures)}</div>'
 
 
-def _crowds_html(crowds: tuple[pd.DataFrame, pd.DataFrame] | None, task: Task) -> str:
+def _crowds_html(crowds: tuple[pd.DataFrame, pd.DataFrame] | None, task: Task, champion: dict | None) -> str:
     if crowds is None:
         return f"<p>No forward crowds published yet (<code>crowd score --task {html.escape(task.name)}</code>).</p>"
     frame, expected = crowds
@@ -138,7 +140,12 @@ def _crowds_html(crowds: tuple[pd.DataFrame, pd.DataFrame] | None, task: Task) -
                f"<th>{task.target}</th><th>crowd</th><th>population</th><th>expected in crowd</th>"
                f"<th>expected in population</th></tr></thead><tbody>{rows}</tbody></table>")
     listed = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts.items())
-    return f'<table class="facts" id="crowd-facts"><tbody>{listed}</tbody></table>{top}'
+    stale = ""
+    if champion and first["run_id"] != champion["run_id"]:  # published before the champion of the table was chosen
+        stale = (f'<div class="warning">These crowds were scored by {html.escape(str(first["model"]))}, not by the '
+                 f"current champion {html.escape(champion['model'])} (version {html.escape(champion['version'])}): "
+                 f"<code>crowd score --task {html.escape(task.name)}</code> publishes the champion's.</div>")
+    return f'{stale}<table class="facts" id="crowd-facts"><tbody>{listed}</tbody></table>{top}'
 
 
 def render(task: Task, table: pd.DataFrame, curves: pd.DataFrame,
@@ -147,24 +154,30 @@ def render(task: Task, table: pd.DataFrame, curves: pd.DataFrame,
     title = f"Purchase Crowd: {task.name}" + (f", run {run}" if run else "")
     warnings = "".join(f'<div class="warning">{html.escape(w)}</div>' for w in verdicts(table))
     made = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    about = (task.description or "").strip()
+    about += "." if about and not about.endswith((".", "!", "?")) else ""  # "... (Tmall log, 2013) Target: brand."
+    note = table.attrs.get("champion_note")
+    references = "the heuristic floors (grey, dashed)"
+    if (table["model"] == "oracle (ceiling)").any():  # a generated log's; a loaded one has no ceiling to draw
+        references += " and the generator's ceiling (black, dotted)"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 {GENERATOR}
 <title>{html.escape(title)}</title><style>{STYLE}</style></head>
 <body>
 <h1>{html.escape(title)}</h1>
-<p>{html.escape(task.description or "")} Target: {html.escape(task.target)}. Made {made} from the MLflow store.</p>
+<p>{html.escape(about)} Target: {html.escape(task.target)}. Made {made} from the MLflow store.</p>
 <p class="settings">{html.escape(table.attrs.get("settings", ""))}</p>
 {warnings}
 <h2 id="comparison">Models on the backtest {html.escape(str(task.backtest))}</h2>
 {_table_html(table)}
+{f'<p class="settings">{html.escape(note)}</p>' if note else ""}
 <p class="legend">{html.escape(LEGEND)}</p>
 <h2 id="curves">Curves</h2>
-<p class="legend">Every model against the heuristic floors (grey, dashed) and the generator's ceiling (black, dotted)
-on the same backtest rows.</p>
+<p class="legend">Every model against {references} on the same backtest rows.</p>
 {_charts_html(curves, task.ranked_by)}
 <h2 id="crowds">Crowds</h2>
-{_crowds_html(crowds, task)}
+{_crowds_html(crowds, task, table.attrs.get("champion"))}
 </body></html>
 """
 

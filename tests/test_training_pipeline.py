@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from ml.cli import main
 from ml.crowds import CROWD_COLUMNS, last_log_day
-from ml.report import latest_runs
+from ml.report import champion_of, latest_runs
 from ml.task import TaskPaths, load_task
 from ml.tracking import (
     BUILD_TAG,
@@ -535,7 +535,13 @@ def test_report_writes_the_comparison_with_intervals_and_the_selection_metric(ou
     auc = outcomes["din"].summary["auc"]
     iv = outcomes["din"].intervals["auc"]
     assert f"{auc:.4f} ({iv.low:.3f}–{iv.high:.3f})" in din
-    assert "Chosen:" in text and "paired interval" in text
+    assert "paired interval" in text
+    # the model the crowds are scored with is marked, and is the one the note says was chosen: the registry's
+    # champion (chosen on validation), not the backtest's best in bold
+    champion = champion_of(task_paths, comparison_key(task, task_paths.exports))
+    marked = [line for line in text.splitlines() if "(champion" in line]
+    assert len(marked) == 1 and marked[0].startswith(f"| {champion['model']} (champion")
+    assert f"Chosen: {champion['model']}, backtest AUC" in text
     assert "| floor: decayed_count |" in text and "| floor: cart_then_recency |" in text
     assert comparison_key(task, task_paths.exports) in text  # the settings the runs share are printed with them
     oracle = next(line for line in text.splitlines() if line.startswith("| oracle (ceiling) |"))
@@ -567,6 +573,8 @@ def test_the_html_report_renders_in_chromium_with_every_model_curve_and_the_crow
     assert {"Curves", "Crowds"} <= set(page["headings"])
     # the crowds just published: their size and the model that made them
     assert "7 to 7 (median 7)" in text and "buyers to expect" in text
+    # the champion's row is marked, and the crowds are its own (no warning that another model scored them)
+    assert text.count('champion"><td>') == 1 and "not by the current champion" not in text
     pixels = imread(page["screenshot"])[..., :3]
     # text, table and axes (about 6 % of the pixels dark) and the models' coloured lines: not a blank page
     assert (pixels.mean(axis=2) < 0.9).mean() > 0.02 and (pixels.std(axis=2) > 0.05).mean() > 0.002
@@ -576,6 +584,39 @@ def test_the_html_report_renders_in_chromium_with_every_model_curve_and_the_crow
     other.write_text("<p>mine</p>")
     assert main(["report", "--html", str(other)]) == 2
     assert other.read_text() == "<p>mine</p>" and "refusing to replace" in capsys.readouterr().err
+
+
+def test_the_report_marks_the_champion_or_says_it_is_an_earlier_run_than_the_tables():
+    """make run's table bolded the backtest's best and never said which model the crowds came from (the one
+    chosen on validation, lgbm_few_mixed, was not bold on the backtest's per-target AUC)."""
+    from ml.report import mark_champion, markdown
+
+    table = pd.DataFrame([{"model": "dnn", "run_id": "r1", "auc": 0.9, "below_floor": True},
+                          {"model": "din", "run_id": "r2", "auc": 0.8, "below_floor": False},
+                          {"model": "oracle (ceiling)", "run_id": "", "auc": 0.99, "below_floor": False}])
+    table.attrs["columns"] = ("auc",)
+    marked = mark_champion(table, {"model": "dnn", "version": "3", "run_id": "r1"})
+    assert marked["champion"].tolist() == [True, False, False]
+    assert "| dnn (champion, not above the floor) |" in markdown(marked) and "earlier run" not in markdown(marked)
+    # a retrained din that did not beat its earlier run: the champion is no row of the table, and the table says so
+    elsewhere = mark_champion(table, {"model": "din", "version": "2", "run_id": "r0"})
+    assert not elsewhere["champion"].any()
+    assert "is din version 2 (run r0): an earlier run than the table's din" in markdown(elsewhere)
+    assert not mark_champion(table, None)["champion"].any()  # nothing registered yet: no mark, no note
+
+
+def test_the_html_report_says_when_the_crowds_were_scored_by_another_model_than_the_champion(task):
+    """Crowds published before a retraining promoted another model are not the champion's: the report said only
+    which model made them, beside a table whose champion is another."""
+    from ml.report_html import _crowds_html
+
+    crowds = pd.DataFrame({"target_id": [1, 1, 2], "user_id": [5, 6, 5], "model": "din", "model_version": "2",
+                           "run_id": "r2", "feature_date": pd.Timestamp("2013-10-01"),
+                           "window_start": pd.Timestamp("2013-10-01"), "window_end": pd.Timestamp("2013-10-08")})
+    stale = _crowds_html((crowds, pd.DataFrame()), task, {"model": "dnn", "version": "3", "run_id": "r3"})
+    assert "scored by din, not by the current champion dnn (version 3)" in stale
+    assert "not by the current champion" not in _crowds_html((crowds, pd.DataFrame()), task,
+                                                             {"model": "din", "version": "2", "run_id": "r2"})
 
 
 @pytest.mark.parametrize("column", ["recall_at_100", "recall_at_5"])  # any cut-off of the task's, paired
