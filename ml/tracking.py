@@ -198,20 +198,24 @@ def champion_lock(paths: TaskPaths) -> Iterator[None]:
         yield
 
 
-def register_version(name: str, info, tags: dict) -> str:  # noqa: ANN001
-    """A new version of the registered model `name` (created when absent) for a logged model (its ModelInfo),
-    carrying `tags`; through the client, which prints nothing (the fluent API's registration prints two lines
+def register_version(name: str, info, tags: dict, description: str = "",  # noqa: ANN001
+                     model_description: str = "") -> str:
+    """A new version of the registered model `name` (created when absent, with `model_description`, which a
+    model registered without one gets too) for a logged model (its ModelInfo), carrying `tags` and
+    `description`; through the client, which prints nothing (the fluent API's registration prints two lines
     per model)."""
     from mlflow.exceptions import MlflowException
 
     client = MlflowClient()
     try:
-        client.create_registered_model(name)
+        client.create_registered_model(name, description=model_description or None)
     except MlflowException as e:
         if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
             raise
+        if model_description and not client.get_registered_model(name).description:
+            client.update_registered_model(name, description=model_description)
     version = client.create_model_version(name, source=info.model_uri, run_id=info.run_id, model_id=info.model_id,
-                                          tags={k: str(v) for k, v in tags.items()})
+                                          tags={k: str(v) for k, v in tags.items()}, description=description or None)
     return str(version.version)
 
 

@@ -45,7 +45,9 @@ def outcomes(tiny_exports, tiny_dataset, task, task_paths):
 def test_every_run_is_recorded_with_metrics_plots_table_and_model(outcomes, task_paths):
     configure(task_paths)
     client = MlflowClient()
-    # the UI opens the experiment on its model-training view, not the GenAI one
+    registered = client.get_registered_model(task_paths.registered_model)  # what its versions are, which serves
+    assert registered.description.startswith("Which users buy each brand") and "champion-<comparison>" in \
+        registered.description
     assert client.get_experiment_by_name(task_paths.experiment).tags["mlflow.experimentKind"] == \
         "custom_model_development"
     for name, o in outcomes.items():
@@ -53,6 +55,12 @@ def test_every_run_is_recorded_with_metrics_plots_table_and_model(outcomes, task
         # the name says model, task and backtest (reruns apart by their time); the tag selects the model
         assert run.data.tags["model"] == name and run.info.run_name.startswith(f"{name} tmall-2013 2013-")
         assert run.data.params["task.name"] == "tmall-2013" and run.data.params["task.windows.label_days"] == "7"
+        # the run and its registered version say in one line what they were chosen on and what they scored
+        described = run.data.tags["mlflow.note.content"]
+        assert described.startswith(f"{name}: validation auc_per_target {o.selection['auc_per_target']:.4f}; "
+                                    f"backtest AUC {o.summary['auc']:.4f} ("), described
+        version = client.get_model_version(task_paths.registered_model, run.data.tags["registered_version"])
+        assert version.description == described
         metrics = run.data.metrics
         assert 0.5 < metrics["eval_auc_per_target"] <= 1 and 0.5 < metrics["eval_gauc"] <= 1, name
         assert {"eval_auc", "eval_recall_at_100", "eval_gauc_ci_low", "eval_auc_per_target_ci_high"} <= set(metrics)

@@ -92,6 +92,16 @@ class Outcome:
             return None
         return verdict(self.model, auc, ci.low, ci.high, self.below_floor())
 
+    def description(self, select_by: str) -> str:
+        """The run's and its registered version's description in the MLflow UI (both were blank): what it was
+        chosen on and what it scored, read without opening 200 metrics."""
+        text = f"{self.model}: validation {select_by} {self.selection.get(select_by, float('nan')):.4f}"
+        auc, ci = self.summary.get("auc"), self.intervals.get("auc")
+        if auc is not None:
+            text += f"; backtest AUC {auc:.4f}" + (f" ({ci.low:.3f}–{ci.high:.3f})" if ci is not None else "")
+        warning = self.verdict()
+        return text + (f". Warning: {warning}" if warning else "")
+
 
 def train_config(task: Task, model: str, **runtime: object) -> TrainConfig:
     """The trainer's settings for one model of a task: the model's budget over the task's training block,
@@ -417,7 +427,7 @@ def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, 
                 "model_kind": "lightgbm" if model in GBDT_MODELS else "pytorch", COMPARISON_TAG: key,
                 BUILD_TAG: data.build}
         _record(outcome, params | task_params, metrics, tags, plot_paths, paths, task.evaluate.select_by, key,
-                data)
+                data, _registry_description(task, paths))
     from ml.outputs import publish
 
     # the run's own bundle, logged as it is, becomes the model's local bundle (the latest trained wins)
@@ -535,8 +545,17 @@ def _se_importance(model, data: CrowdData, fmap, out: Path) -> Path:  # noqa: AN
     return importance_plot(names, sums / n, out / "se_field_importance.png", "PLE: mean SE weight per field")
 
 
+def _registry_description(task: Task, paths: TaskPaths) -> str:
+    """The registered model's description: what its versions predict and which one serves."""
+    about = task.description.strip().rstrip(".")
+    return (f"{about + '. ' if about else ''}One version per trained model of task {task.name} on dataset "
+            f"{paths.dataset}, tagged with what it is and the comparison fingerprint of its settings. The alias "
+            f"champion-<comparison> serves the crowds of those settings and moves only to a version with a better "
+            f"validation {task.evaluate.select_by}; `champion` follows the latest promotion.")
+
+
 def _record(outcome: Outcome, params: dict, metrics: dict, tags: dict, plots: list[Path], paths: TaskPaths,
-            select_by: str, key: str, data: Prepared) -> None:
+            select_by: str, key: str, data: Prepared, registry_description: str) -> None:
     """Into the open run: its metrics and artifacts, its model registered with `tags` (what it is and what it
     was trained on), and the champion of its comparison fingerprint `key` moved if it wins."""
     import mlflow
@@ -565,8 +584,11 @@ def _record(outcome: Outcome, params: dict, metrics: dict, tags: dict, plots: li
     mlflow.log_artifacts(str(outcome.bundle), artifact_path="bundle")
     info = _log_flavour(outcome, data)
     outcome.run_id = run.info.run_id
+    described = outcome.description(select_by)
+    mlflow.set_tag("mlflow.note.content", described)  # the run's description in the UI
     version = register_version(paths.registered_model, info,
-                               {**tags, selection_metric(select_by): outcome.selection[select_by]})
+                               {**tags, selection_metric(select_by): outcome.selection[select_by]},
+                               description=described, model_description=registry_description)
     outcome.champion = promote_if_better(paths, version, selection_metric(select_by), outcome.selection[select_by], key)
     mlflow.set_tag("registered_version", version)
     mlflow.set_tag("champion_at_training", str(outcome.champion).lower())
