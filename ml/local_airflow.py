@@ -113,9 +113,11 @@ def postgres_metadata_db(paths: Paths) -> Iterator[str]:
         server.cleanup()
 
 
-def prepare_metadata_db(paths: Paths, extra_env: dict[str, str] | None = None, admin_password: bool = False) -> None:
+def prepare_metadata_db(paths: Paths, extra_env: dict[str, str] | None = None, admin_password: bool = False) -> bool:
     """`airflow db migrate` and the one-slot DuckDB pool, through Airflow's CLI as an operator would run them,
-    and (admin_password) the simple auth manager's admin password, which it creates on first use.
+    and (admin_password) the simple auth manager's admin password, which it creates on first use. Returns
+    whether the UI takes no login (`simple_auth_manager_all_admins`, Airflow's setting for a local UI: no
+    password is made; `crowd airflow` failed saying "creating the admin password failed: it said nothing").
 
     All in one child process: each `airflow ...` process spends about 2 s of CPU importing Airflow and reading
     its settings before it does anything, more than migrating an up-to-date DB and setting a pool take."""
@@ -129,10 +131,11 @@ def prepare_metadata_db(paths: Paths, extra_env: dict[str, str] | None = None, a
     done = subprocess.run([sys.executable, "-c", _AIRFLOW_CLI, json.dumps(commands),
                            str(password_file) if admin_password else ""], env=env, capture_output=True, text=True)
     output = paths.airflow_home / "prepare.log"  # a failure's, kept until a preparation succeeds
-    password_missing = admin_password and not password_file.exists()
+    no_login = _NO_LOGIN in done.stdout.splitlines()
+    password_missing = admin_password and not no_login and not password_file.exists()
     if done.returncode == 0 and not password_missing:
         output.unlink(missing_ok=True)
-        return
+        return no_login
     output.write_text(done.stdout + done.stderr)
     steps = [line.removeprefix(_STEP) for line in done.stdout.splitlines() if line.startswith(_STEP)]
     raise RuntimeError(f"{steps[-1] if steps else 'preparing the metadata DB'} failed: "
@@ -153,6 +156,7 @@ def admin_password_file(paths: Paths) -> Path:
 
 
 _STEP = "crowd step: "
+_NO_LOGIN = "crowd: every user is admin"
 # Airflow's CLI entry point run once per command in one process (argv[1]: the commands as JSON), then, with a
 # file named in argv[2] that is not there yet, the auth manager, which writes the admin password into it; each
 # step named on stdout before it runs, so that a failure says which
@@ -164,7 +168,10 @@ for argv in commands:
     print({_STEP!r} + "airflow " + " ".join(argv[:2]), flush=True)
     sys.argv = ["airflow", *argv]
     main()
-if password_file and not os.path.exists(password_file):
+from airflow.configuration import conf
+if password_file and conf.getboolean("core", "simple_auth_manager_all_admins", fallback=False):
+    print({_NO_LOGIN!r}, flush=True)
+elif password_file and not os.path.exists(password_file):
     print({_STEP!r} + "creating the admin password", flush=True)
     from airflow.api_fastapi.app import create_auth_manager
     create_auth_manager().init()
@@ -264,6 +271,19 @@ def consume_queued_asset_events(dag_id: str, run_id: str, before: dt.datetime) -
     return len(events)
 
 
+def record_start(dag_id: str, run_id: str, started: dt.datetime) -> None:
+    """The run's start as a scheduler records it, when it started. dag.test() dates a run's start at its logical
+    date: after `make run` the UI showed each period run started in 2013, lasting years (its grid and duration
+    columns read "9d08:14:58"), where it took seconds."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import update
+
+    with create_session() as session:
+        session.execute(update(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)
+                        .values(start_date=started))
+
+
 def run_pipeline(task: Task, overrides: dict | None = None, dates: list[dt.date] | None = None,
                  training: bool = True, quiet: bool = False) -> list[DagRunResult]:
     """The task's periods DAG for each date (default: every labelled date), then its training DAG, each run with
@@ -314,6 +334,7 @@ def run_pipeline(task: Task, overrides: dict | None = None, dates: list[dt.date]
                 log_start = log_file.stat().st_size
                 with side_by_side(dag, log_file):
                     run = dag.test(**kwargs)
+                record_start(dag_id, run.run_id, queued_before)
                 if dag_id == training_dag_id(task.name):
                     consume_queued_asset_events(dag_id, run.run_id, queued_before)
                 result = _result(run, dag_id, label, time.perf_counter() - start)
@@ -635,7 +656,7 @@ def standalone(paths: Paths | None = None, host: str = "127.0.0.1", port: int = 
 
 def _standalone(paths: Paths, host: str, port: int, stop_timeout: float, ready_timeout: float,
                 db_env: dict[str, str]) -> int:
-    prepare_metadata_db(paths, db_env, admin_password=True)
+    no_login = prepare_metadata_db(paths, db_env, admin_password=True)
     bin_dir = Path(sys.executable).parent  # Cosmos needs `dbt` on PATH when the DAG file is parsed
     env = {**os.environ, **airflow_environment(paths), **db_env,
            "AIRFLOW__API__HOST": host, "AIRFLOW__API__PORT": str(port),
@@ -681,9 +702,10 @@ def _standalone(paths: Paths, host: str, port: int, stop_timeout: float, ready_t
             if not ready and _healthy(host, port):
                 ready = True
                 # the command's own result line (`crowd airflow`), for the person at the terminal
-                print(f"Airflow on http://{host}:{port} is ready. User 'admin', password "  # noqa: T201
-                      f"{json.loads(password_file.read_text())['admin']!r} (in {password_file}). Ctrl-C stops it.",
-                      flush=True)
+                login = ("No login: every user is admin (simple_auth_manager_all_admins)" if no_login else
+                         f"User 'admin', password {json.loads(password_file.read_text())['admin']!r} (in "
+                         f"{password_file})")
+                print(f"Airflow on http://{host}:{port} is ready. {login}. Ctrl-C stops it.", flush=True)  # noqa: T201
             elif not ready and time.monotonic() > deadline:
                 log.error("Airflow was not healthy after %.0f s; component logs in %s", ready_timeout, logs)
                 return 1

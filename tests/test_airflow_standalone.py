@@ -135,3 +135,16 @@ def test_crowd_airflow_whose_metadata_db_cannot_be_opened_fails_in_one_line_nami
     assert "unable to open database file" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     output = tmp_path / "airflow" / "prepare.log"
     assert f"(the whole output: {output})" in done.stderr and "Traceback" in output.read_text()
+
+
+def test_a_local_airflow_where_every_user_is_admin_needs_no_password_and_says_so(tmp_path):
+    """`simple_auth_manager_all_admins` (Airflow's setting for a UI without a login) makes no password file:
+    `crowd airflow` failed "creating the admin password failed: it said nothing"."""
+    from ml.config import Paths
+    from ml.local_airflow import admin_password_file, prepare_metadata_db
+
+    paths = Paths(tmp_path)
+    assert prepare_metadata_db(paths, {"AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True"}, admin_password=True)
+    assert not admin_password_file(paths).exists()
+    assert not prepare_metadata_db(paths, admin_password=True)  # with logins: the password is made, as before
+    assert "admin" in json.loads(admin_password_file(paths).read_text())

@@ -173,6 +173,7 @@ def test_run_dags_drives_the_periods_and_training_dags_and_ends_with_the_compari
 
     caplog.set_level(logging.INFO, logger="ml.local_airflow")
 
+    began = dt.datetime.now(dt.UTC)
     assert main(["run-dags", "--ds", str(task.backtest), "--set", "models=[lgbm_all_mixed, dnn]",
                  "--set", "epochs=1", "--set", "crowd_size=10", "--quiet"]) == 0
     out = capsys.readouterr().out
@@ -200,6 +201,13 @@ def test_run_dags_drives_the_periods_and_training_dags_and_ends_with_the_compari
         queued = session.scalars(select(AssetDagRunQueue).filter_by(target_dag_id=f"{task.name}.training")).all()
         training_run = session.scalars(select(DagRun).filter_by(dag_id=f"{task.name}.training", run_id=run_id)).one()
         consumed = [(e.source_dag_id, e.extra) for e in training_run.consumed_asset_events]
+        # each run started when it ran, as the UI shows it (dag.test() dated a period's start at its logical date,
+        # 2013, and the UI showed it lasting years)
+        period = session.scalars(select(DagRun).filter_by(dag_id=f"{task.name}.periods")
+                                 .order_by(DagRun.end_date.desc()).limit(1)).one()
+        assert period.logical_date.date() == task.backtest
+        for run in (period, training_run):
+            assert began <= run.start_date <= run.end_date <= began + dt.timedelta(minutes=15), run
     assert not queued, queued
     assert consumed and all(dag_id == f"{task.name}.periods" for dag_id, _ in consumed), consumed
     assert len(spans) == 2 and all(str(ti.state) == "success" for ti in trains)
