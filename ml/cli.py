@@ -566,7 +566,23 @@ def _cmd_airflow(args: argparse.Namespace) -> int:
 
 def _cmd_paths(args: argparse.Namespace) -> int:
     task = _task(args)
-    print(json.dumps(TaskPaths.of(task).describe(), indent=2))
+    paths = TaskPaths.of(task)
+    if not args.dbt_env:
+        print(json.dumps(paths.describe(), indent=2))
+        return 0
+    import shlex
+
+    from ml.warehouse.build import dbt_environment
+    from ml.warehouse.subset import item_subset_path
+
+    # what `crowd warehouse` hands dbt, for dbt by hand on the task's own warehouse: the README said "set
+    # CROWD_DATASET_DIR and CROWD_WAREHOUSE as `crowd paths` prints them", which printed neither name, nor the vars
+    engine = task.warehouse.engine
+    env = dbt_environment(paths.dataset_dir, paths.warehouse_of(engine), item_subset_path(task, paths), engine)
+    env["CROWD_DBT_VARS"] = json.dumps(task.dbt_vars(), separators=(",", ":"))
+    print(f"# the task {task.name}'s dataset, warehouse and dbt vars: eval \"$(crowd paths --task {task.name} "
+          "--dbt-env)\", then in dbt_project/: dbt build --profiles-dir . --vars \"$CROWD_DBT_VARS\"")
+    print("\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items()))
     return 0
 
 
@@ -622,7 +638,8 @@ EXAMPLES = {
                  "crowd run-dags --ds 2013-09-16 2013-09-23 --no-training --set label_days=3"],
     "airflow": ["crowd airflow                                    # http://127.0.0.1:8080, SQLite metadata",
                 "crowd airflow --db postgres --port 8081"],
-    "paths": ["crowd paths --task taobao-2017-category"],
+    "paths": ["crowd paths --task taobao-2017-category",
+              'crowd paths --task taobao-2017-category --dbt-env   # eval "$(...)": dbt by hand on its warehouse'],
     "tasks": ["crowd tasks"],
 }
 
@@ -792,6 +809,9 @@ def build_parser() -> argparse.ArgumentParser:
     af.set_defaults(func=_cmd_airflow)
 
     pa = _command(sub, "paths", parents=[tasked], help="print where a task keeps its outputs")
+    pa.add_argument("--dbt-env", action="store_true",
+                    help="print instead the shell exports that point dbt by hand at the task's dataset and warehouse, "
+                         "and its vars ($CROWD_DBT_VARS)")
     pa.set_defaults(func=_cmd_paths)
 
     ta = _command(sub, "tasks", help="list the tasks under tasks/")

@@ -562,8 +562,10 @@ class TaskPaths:
         return f"purchase-crowd.{self.task}.{self.dataset}"
 
     def describe(self) -> dict[str, str]:
+        from ml.tracking import tracking_uri
+
         s = self.shared
         return {"task": self.task, "dataset": str(self.dataset_dir), "warehouse": str(self.warehouse),
                 "exports": str(self.exports), "models": str(self.models), "crowds": str(self.crowds),
-                "mlflow": f"sqlite:///{s.mlflow_db}", "mlflow_experiment": self.experiment,
+                "mlflow": tracking_uri(s), "mlflow_experiment": self.experiment,
                 "registered_model": self.registered_model, "airflow": str(s.airflow_home)}

@@ -662,3 +662,25 @@ def test_a_warehouse_another_process_holds_is_refused_saying_so(tiny_dataset, tm
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_dbt_by_hand_after_crowd_paths_dbt_env_reads_the_tasks_own_warehouse(tiny_warehouse, task_paths, tmp_path):
+    """The README's dbt by hand said "with CROWD_DATASET_DIR and CROWD_WAREHOUSE set as `crowd paths` prints
+    them", and `crowd paths` printed neither name: `eval "$(crowd paths --dbt-env)"` sets them and the task's
+    vars, and dbt then reads the task's own warehouse."""
+    import os
+    import subprocess
+    import sys
+
+    from ml.warehouse.build import DBT_PROJECT_DIR
+
+    script = ('eval "$(crowd paths --dbt-env)" && cd "$PROJECT" && dbt show --profiles-dir . --vars "$CROWD_DBT_VARS" '
+              '--inline "select count(*) as n from {{ ref(\'samples\') }}" --output json --quiet')
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PROJECT": str(DBT_PROJECT_DIR), "DBT_TARGET_PATH": str(tmp_path / "target"),
+           "DBT_LOG_PATH": str(tmp_path / "logs")}
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-2000:]
+    with duckdb.connect(str(task_paths.warehouse), read_only=True) as con:
+        n = con.execute("select count(*) from samples.samples").fetchone()[0]
+    assert n > 0 and json.loads(done.stdout[done.stdout.index("{"):])["show"] == [{"n": n}]
