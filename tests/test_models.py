@@ -131,7 +131,7 @@ def test_scoring_keeps_the_first_layers_weights_and_follows_every_change_of_them
     model.load_state_dict(saved)  # back to the first weights, copied in place
     torch.testing.assert_close(scores(), first, rtol=0, atol=0)
     assert model.first_layer_cache
-    copy = pickle.loads(pickle.dumps(model))  # noqa: S301 (its own bytes, pickled as MLflow's PyTorch flavour logs it)
+    copy = pickle.loads(pickle.dumps(model))  # noqa: S301 (its own bytes: a module pickled whole)
     assert not copy.first_layer_cache, "a pickled model carries no kept weights"
     with torch.no_grad():
         torch.testing.assert_close(copy(batch)["buy"], first, rtol=0, atol=0)

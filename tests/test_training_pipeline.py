@@ -133,6 +133,30 @@ def test_runs_compare_at_a_glance_own_settings_timings_inputs_code_and_a_describ
         assert info.signature is not None and info.saved_input_example_info is not None, name
 
 
+def test_every_registered_family_serves_from_the_registry_what_its_crowds_score(outcomes, task, task_paths,
+                                                                               tiny_exports):
+    """The deep models were logged in MLflow's PyTorch flavour, whose pyfunc refused their input ("does not
+    support List or Dict input types"), and lgbm_all_mixed in LightGBM's, whose output is the booster's at the
+    training's negative rate: the served champion's scores changed meaning with its family. Each now serves
+    P(buy) as Bundle.score computes it for crowd score, on its own logged example."""
+    from ml.features.dataset import read_exports
+    from ml.train.bundle import Bundle
+
+    configure(task_paths)
+    client = MlflowClient()
+    for name, o in outcomes.items():
+        version = client.get_model_version(task_paths.registered_model,
+                                           client.get_run(o.run_id).data.tags["registered_version"])
+        served = mlflow.pyfunc.load_model(f"models:/{task_paths.registered_model}/{version.version}")
+        example = served.input_example
+        bundle = Bundle.load(o.bundle)
+        rows = len(example["ids"]) if isinstance(example, dict) else len(example)
+        raw = read_exports(tiny_exports, [task.backtest], "evaluation", series_shape=bundle._series_shape(),
+                           keep=lambda table, n=rows: np.arange(len(table)) < n)
+        np.testing.assert_allclose(np.asarray(served.predict(example)), bundle.score(raw, device="cpu"),
+                                   rtol=1e-5, atol=1e-7, err_msg=name)
+
+
 def test_the_champion_alias_points_at_the_best_registered_run_on_the_validation_dates(outcomes, task, task_paths):
     configure(task_paths)
     client = MlflowClient()

@@ -59,7 +59,8 @@ class DenseFields(nn.Module):
 
 class KeptWeights(dict):
     """first_layer's cache. Pickled or copied empty: its key names this process's tensors (their ids and
-    storage), and a model logged to MLflow by pickle would otherwise carry a stale copy of the weights."""
+    storage), and a pickled or deep-copied model (torch.save of a module, copy.deepcopy) would otherwise carry a
+    stale copy of the weights."""
 
     def __reduce__(self) -> tuple:
         return (KeptWeights, ())

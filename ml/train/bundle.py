@@ -112,6 +112,23 @@ class Bundle:
         data = CrowdData(raw, fmap, hide_own_target=hide_own_target)
         return self.probability(predict(model, data, device=dev), raw.samples)
 
+    def score_batch(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """P(buy) (see probability) for the rows of a deep model's batch as arrays (CrowdData.batch: ids, dense
+        features, and the packed behaviours or the series the model reads), with `is_candidate` per row for the
+        calibration's stratum: what the registered pyfunc serves (ml.train.serving)."""
+        if self.name in GBDT_MODELS:
+            raise ValueError(f"{self.name} reads a frame of features: score it with Bundle.score_frame")
+        if "cpu" not in self._networks:
+            fmap = FeatureMap.load(self.path / "feature_map.json")
+            model = build_model(self.name, fmap, ModelConfig(**self.config["model_config"]))
+            model.load_state_dict(load_weights(self.path / "weights.pt"))
+            self._networks["cpu"] = (fmap, model.eval())
+        _, model = self._networks["cpu"]
+        batch = {k: torch.as_tensor(v) for k, v in arrays.items() if k != "is_candidate"}
+        with torch.no_grad():
+            output = model(batch)["buy"].numpy()
+        return self.probability(output, pd.DataFrame({k: arrays[k] for k in ("is_candidate",) if k in arrays}))
+
     def score_frame(self, frame: pd.DataFrame) -> np.ndarray:
         """P(buy) for the rows of a samples-like frame (keys and dense features): LightGBM bundles only, whose
         inputs are all columns (the deep models also read the behaviour sequences, see score)."""

@@ -12,14 +12,12 @@ afterwards; every model's scores are then Platt-scaled on the validation dates' 
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import logging
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +32,6 @@ from ml.evaluate.metrics import auc, buyer_totals, evaluate_scores, ranking_grou
 from ml.evaluate.pairs import choose_k, f1_interval, top_k_metrics
 from ml.evaluate.plots import evaluation_plots, importance_plot, training_curves
 from ml.features.dataset import CrowdData, read_buyers
-from ml.features.feature_map import FeatureMap
 from ml.models.zoo import ModelConfig, build_model, model_hyper_parameters
 from ml.task import ALL_MODELS, GBDT_MODELS, Task, TaskPaths
 from ml.train.bundle import Bundle, save_deep_bundle, save_gbdt_bundle
@@ -47,11 +44,11 @@ from ml.train.calibration import (
     stratified_platt_fit,
 )
 from ml.train.distributed import Rank, current_rank, shard
-from ml.train.gbdt import GbdtConfig, booster_inputs, predict_gbdt, train_gbdt
+from ml.train.gbdt import GbdtConfig, predict_gbdt, train_gbdt
 from ml.train.memory import freed_when_done
 from ml.train.prepared import Prepared, evaluation_code_version, fingerprint, prepare
 from ml.train.scoring import predict
-from ml.train.trainer import TrainConfig, Trainer, TrainResult, load_weights, seed_everything
+from ml.train.trainer import TrainConfig, Trainer, TrainResult, seed_everything
 
 log = logging.getLogger(__name__)
 # a model's result and its verdict: a task's log keeps them; the CLI prints its own summary line instead
@@ -582,7 +579,7 @@ def _record(outcome: Outcome, params: dict, metrics: dict, tags: dict, plots: li
     for p in plots:
         mlflow.log_artifact(str(p), artifact_path="plots")
     mlflow.log_artifacts(str(outcome.bundle), artifact_path="bundle")
-    info = _log_flavour(outcome, data)
+    info = _log_model(outcome, data)
     outcome.run_id = run.info.run_id
     described = outcome.description(select_by)
     mlflow.set_tag("mlflow.note.content", described)  # the run's description in the UI
@@ -594,51 +591,29 @@ def _record(outcome: Outcome, params: dict, metrics: dict, tags: dict, plots: li
     mlflow.set_tag("champion_at_training", str(outcome.champion).lower())
 
 
-def _log_flavour(outcome: Outcome, data: Prepared, example_rows: int = 3):  # noqa: ANN202
-    """The model in its MLflow flavour (PyTorch, or LightGBM for the single all-mixed booster) with its signature
-    and an input example: the first rows of the backtest as the model reads them. The per-target and
-    few-mixed baselines are many boosters: the bundle behind a pyfunc (ml.train.serving), logged from its code
-    file (MLflow's models from code: nothing pickled)."""
+def _log_model(outcome: Outcome, data: Prepared, example_rows: int = 3):  # noqa: ANN202
+    """The model as a pyfunc over its bundle (ml.train.serving), with its signature and an input example (the
+    first rows of the backtest as the model reads them), logged from its code file: every family serves P(buy)
+    in the population, as the crowds score it."""
     import mlflow
 
     bundle = Bundle.load(outcome.bundle)
     rows = np.arange(min(example_rows, len(data.splits["evaluation"])))
-    if outcome.model == "lgbm_all_mixed":
-        import lightgbm as lgb
-
-        booster = lgb.Booster(model_file=str(outcome.bundle / "lgbm" / "all.txt"))
-        gbdt = bundle.gbdt()
-        x = _as_double(booster_inputs(data.frame("evaluation").iloc[rows], bundle.config["dense"], gbdt.vocabularies))
-        return mlflow.lightgbm.log_model(booster, name="model",
-                                         signature=_signature(x, booster.predict(x)), input_example=x,
-                                         pip_requirements=["lightgbm==4.7.0"])
-    if outcome.model in GBDT_MODELS:  # many boosters and their routing: the bundle behind a pyfunc
+    frame = data.frame("evaluation").iloc[rows]
+    if outcome.model in GBDT_MODELS:
         keys = ["target_id", "target_category_id", "is_candidate"]
-        x = _as_double(data.frame("evaluation").iloc[rows][[*keys, *bundle.config["dense"]]])
-        return mlflow.pyfunc.log_model(name="model", python_model=str(Path(__file__).with_name("serving.py")),
-                                       artifacts={"bundle": str(outcome.bundle)},
-                                       signature=_signature(x, bundle.score_frame(x)), input_example=x,
-                                       pip_requirements=["lightgbm==4.7.0", "mlflow==3.17.2"])
-
-    fmap = FeatureMap.load(outcome.bundle / "feature_map.json")
-    net = build_model(bundle.name, fmap, ModelConfig(**bundle.config["model_config"]))
-    net.load_state_dict(load_weights(outcome.bundle / "weights.pt"))
-    net.eval()
-    batch = data.splits["evaluation"].batch(rows, **net.reads)
-    with torch.no_grad():
-        output = net(batch)["buy"].numpy()
-    example = {k: v.numpy() for k, v in batch.items()}
-    # the PyTorch flavour's pyfunc takes one array, these models a dict of them (ids, dense features, and the
-    # packed sequences or the series for the models that read them): the example documents the input, and the
-    # warning of MLflow's serving check, which cannot pass a dict, is known and dropped (crowd score and
-    # Bundle.score serve these models)
-    # MLflow warns that its PyTorch flavour pickles the module: known, and the project never loads it that way
-    # (crowd score reads the bundle's weights.pt with torch.load(weights_only=True))
-    with (_dropped(logging.getLogger("mlflow.models.model"), "Failed to validate serving input example"),
-          _dropped(logging.getLogger("mlflow.pytorch"), "Saving pytorch model by Pickle")):
-        return mlflow.pytorch.log_model(net, name="model", serialization_format="pickle",
-                                        signature=_signature(example, output), input_example=example,
-                                        pip_requirements=["torch==2.13.0"])
+        example = _as_double(frame[[*keys, *bundle.config["dense"]]])
+        output, requirements = bundle.score_frame(example), ["lightgbm==4.7.0", "mlflow==3.17.2"]
+    else:
+        net = build_model(bundle.name, data.fmap, ModelConfig(**bundle.config["model_config"]))
+        batch = data.splits["evaluation"].batch(rows, **net.reads)
+        example = {k: v.numpy() for k, v in batch.items() if k not in ("labels", "weight")}
+        example["is_candidate"] = frame["is_candidate"].to_numpy(dtype=bool)
+        output, requirements = bundle.score_batch(example), ["torch==2.13.0", "mlflow==3.17.2"]
+    return mlflow.pyfunc.log_model(name="model", python_model=str(Path(__file__).with_name("serving.py")),
+                                   artifacts={"bundle": str(outcome.bundle)},
+                                   signature=_signature(example, output), input_example=example,
+                                   pip_requirements=requirements)
 
 
 def _as_double(frame: pd.DataFrame) -> pd.DataFrame:
@@ -658,16 +633,3 @@ def _signature(inputs: object, output: np.ndarray):  # noqa: ANN202
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
         return infer_signature(inputs, output)
-
-
-@contextlib.contextmanager
-def _dropped(logger: logging.Logger, prefix: str) -> Iterator[None]:
-    """The records of `logger` whose message starts with `prefix` are not emitted inside the block."""
-    def keep(record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(prefix)
-
-    logger.addFilter(keep)
-    try:
-        yield
-    finally:
-        logger.removeFilter(keep)
