@@ -31,8 +31,9 @@ h1 { font-size: 1.5rem; } h2 { font-size: 1.15rem; margin-top: 2rem; border-bott
 p.settings, p.legend { color: #555; font-size: 0.85rem; }
 table { border-collapse: collapse; font-size: 0.8rem; margin: 0.5rem 0; }
 th, td { border: 1px solid #ddd; padding: 0.25rem 0.45rem; text-align: right; white-space: nowrap; }
-th:first-child, td:first-child { text-align: left; }
+th:first-child, td:first-child { text-align: left; white-space: normal; min-width: 8rem; }
 tr.reference td { color: #666; font-style: italic; }
+td .ci { color: #666; font-size: 0.72rem; font-weight: normal; }
 tr.below td:first-child { color: #b00020; }
 tr.champion td:first-child { font-weight: 600; border-left: 4px solid #2a7ae2; }
 .warning { background: #fff4e5; border-left: 4px solid #f0a020; padding: 0.4rem 0.8rem; margin: 0.3rem 0; }
@@ -80,10 +81,11 @@ def latest_crowds(paths: TaskPaths) -> tuple[pd.DataFrame, pd.DataFrame] | None:
 
 def _table_html(table: pd.DataFrame) -> str:
     columns, shown = rows(table)
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["model", *columns, "train s"])
+    # a long name (valid_auc_per_target) may break after its underscores
+    head = "".join(f"<th>{html.escape(c).replace('_', '_<wbr>')}</th>" for c in ["model", *columns, "train s"])
     references, body = set(table.loc[is_reference(table["model"]), "model"]), []
     for r, name, cells in shown:
-        tds = [f"<td><strong>{html.escape(t)}</strong></td>" if bold else f"<td>{html.escape(t)}</td>"
+        tds = [f"<td><strong>{_two_lines(t)}</strong></td>" if bold else f"<td>{_two_lines(t)}</td>"
                for t, bold in cells]
         seconds = r.get("train_s")
         tds.append(f"<td>{'–' if seconds is None or pd.isna(seconds) else f'{seconds:.0f}'}</td>")
@@ -91,6 +93,15 @@ def _table_html(table: pd.DataFrame) -> str:
         kind += " champion" if r.get("champion") is True else ""
         body.append(f'<tr class="{kind}"><td>{html.escape(name)}</td>{"".join(tds)}</tr>')
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+
+
+def _two_lines(text: str) -> str:
+    """A figure over its interval or Monte Carlo error: the table's 15 columns on one line each were twice the
+    page's width, and a reader saw the first six without scrolling."""
+    value, sep, rest = text.partition(" (") if " (" in text else text.partition(" ± ")
+    if not sep:
+        return html.escape(text)
+    return f'{html.escape(value)}<br><span class="ci">{html.escape(sep.strip() + rest)}</span>'
 
 
 def _charts_html(curves: pd.DataFrame, by: str) -> str:

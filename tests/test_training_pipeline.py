@@ -608,6 +608,8 @@ def test_the_html_report_renders_in_chromium_with_every_model_curve_and_the_crow
     assert "7 to 7 (median 7)" in text and "buyers to expect" in text
     # the champion's row is marked, and the crowds are its own (no warning that another model scored them)
     assert text.count('champion"><td>') == 1 and "not by the current champion" not in text
+    # each figure over its interval (the table was twice the page's width with both on one line)
+    assert '<br><span class="ci">(' in text and '<br><span class="ci">±0.' in text
     pixels = imread(page["screenshot"])[..., :3]
     # text, table and axes (about 6 % of the pixels dark) and the models' coloured lines: not a blank page
     assert (pixels.mean(axis=2) < 0.9).mean() > 0.02 and (pixels.std(axis=2) > 0.05).mean() > 0.002
