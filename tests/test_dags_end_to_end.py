@@ -224,10 +224,12 @@ def test_run_dags_drives_the_periods_and_training_dags_and_ends_with_the_compari
     crowds = task_paths.crowds / f"ds={as_of}" / "crowds.parquet"
     assert f"crowds:  {crowds}" in out and str(task_paths.shared.mlflow_db) in out
     assert "?workflowType=machine_learning after make mlflow" in out  # the link that opens the runs, not GenAI
-    # the crowds' line names the model that scored them, which the table marks as the champion
+    # the crowds' line names the model that scored them, which the table marks as the champion (or names, when
+    # an earlier run of that model, trained by another test of the session on these rows, holds the alias)
     served = pd.read_parquet(crowds, columns=["model", "model_version"]).iloc[0]
     assert f"(scored by {served['model']} version {served['model_version']}; " in out
-    assert f"| {served['model']} (champion" in out
+    assert (f"| {served['model']} (champion" in out
+            or f"is {served['model']} version {served['model_version']} (run " in out), out
     assert f"report:  {task_paths.reports / 'runs'}" in out
     crowd = pd.read_parquet(crowds)
     assert (crowd.groupby("target_id").size() == 10).all() and (crowd["feature_date"] == as_of).all()
