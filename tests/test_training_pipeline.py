@@ -624,34 +624,24 @@ def test_the_html_report_renders_in_chromium_with_every_model_curve_and_the_crow
 def test_the_mlflow_link_the_project_prints_opens_the_runs_not_the_genai_pages(outcomes, task_paths, tmp_path):
     """MLflow 3.17's UI opens a new browser on its GenAI side whatever the experiment's kind tag says: `make
     mlflow`'s user met an empty traces page ("No data available"). The link ui_url makes opens the runs."""
-    import socket
     import sys
-    import time
     import urllib.request
 
+    from airflow_helpers import free_port, wait_for
     from browser import dom
 
-    from ml.tracking import ui_url
+    from ml.tracking import LOCAL_UI, ui_url
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    store = f"sqlite:///{task_paths.shared.mlflow_db}"
+    port, store = free_port(), f"sqlite:///{task_paths.shared.mlflow_db}"
     server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "ui", "--host", "127.0.0.1", "--port",
                                str(port), "--workers", "1", "--backend-store-uri", store, "--registry-store-uri",
                                store], env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2):
-                    break
-            except OSError:
-                assert server.poll() is None, "mlflow ui exited"
-                time.sleep(0.5)
+        wait_for(lambda: urllib.request.urlopen(f"{base}/health", timeout=2).close() or True, 60, "mlflow ui")
         experiment = configure(task_paths)
-        link = ui_url(experiment).replace("http://127.0.0.1:5000", base)
+        link = ui_url(experiment).replace(LOCAL_UI, base)
         assert link.startswith(f"{base}/#/experiments/{experiment}?")
         run_name = MlflowClient().get_run(outcomes["din"].run_id).info.run_name
         assert run_name in dom(link, tmp_path / "linked")
