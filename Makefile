@@ -66,10 +66,10 @@ lock: ## re-resolve requirements.in into requirements.lock (needs the package re
 # and the forward crowds; ends with the comparison table and where the crowds and the MLflow store are.
 # TASK is a file under tasks/ (`make run TASK=taobao-2017-category`); its dataset is used when present
 # (loaded or generated) and generated from the task's preset only when absent.
-# For the default task, one epoch and a tenth of the training negatives take it to 7.5-10 minutes on 2 cores
+# For the default task, one epoch and a tenth of the training negatives keep it under 10 minutes on 2 cores
 # (a second epoch added 0.001-0.002 validation AUC to every deep model and 95 s);
-# `make run RUN_EPOCHS=4 RUN_NEGATIVE_RATE=0.2` is the README's comparison setting. Other tasks train as
-# their file says unless RUN_EPOCHS / RUN_NEGATIVE_RATE are given.
+# `make run RUN_EPOCHS=2` is the README's comparison setting. Other tasks train as their file says unless
+# RUN_EPOCHS / RUN_NEGATIVE_RATE are given.
 TASK ?= tmall-2013
 ifeq ($(TASK),tmall-2013)
 RUN_EPOCHS ?= 1

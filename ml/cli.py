@@ -473,17 +473,19 @@ def _cmd_report(args: argparse.Namespace) -> int:
         note = (f"Task {task.name}: `{select}` on the validation dates ({', '.join(map(str, task.validation))}), "
                 f"the metric the champion is chosen on; every other column on the backtest {task.backtest}, "
                 f"{population}. Written by `crowd report --readme` from the MLflow store.")
-        champion = models[models["champion"]]  # the registry's, not the table's best: an earlier run may hold it
-        if len(champion):
-            chosen = champion.iloc[0]
-            note += f" Chosen: {chosen['model']}, backtest AUC {chosen['auc']:.4f}"
+        # the registry's champion, not the table's best; an earlier run than the table's may hold it
+        champion, row = table.attrs.get("champion"), models[models["champion"]]
+        chosen = row.iloc[0] if len(row) else champion
+        if chosen is not None:
+            earlier = "" if len(row) else f" (version {chosen['version']}, an earlier run than the table's)"
+            note += f" Chosen: {chosen['model']}{earlier}, backtest AUC {chosen['auc']:.4f}"
             oracle = table[table["model"].str.startswith("oracle")]
             if len(oracle):
                 o = oracle.iloc[0]
                 note += f", {o['auc'] - chosen['auc']:.4f} below the oracle's {o['auc']:.4f}"
                 if pd.notna(o.get("auc_err")):
                     note += f" (± {o['auc_err']:.4f}, its Monte Carlo error)"
-            if "f1_at_k" in table.columns:
+            if "f1_at_k" in table.columns and "f1_at_k" in chosen:  # (a row's; an earlier run's is not read)
                 note += f"; F1 {chosen['f1_at_k']:.4f} at K {chosen['k']:.0f}"
                 if len(oracle):
                     note += f" (the oracle's {oracle['f1_at_k'].iloc[0]:.4f} at K {oracle['k'].iloc[0]:.0f})"

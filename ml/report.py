@@ -6,6 +6,7 @@ published table is always one the code produced."""
 from __future__ import annotations
 
 import logging
+import math
 import re
 from pathlib import Path
 
@@ -133,40 +134,49 @@ def latest_runs(paths: TaskPaths, task: Task) -> pd.DataFrame:
                                          "oracle (ceiling)"])}
     table = table.sort_values("model", key=lambda s: s.map(order).fillna(50)).reset_index(drop=True)
     table = flag_below_floor(mark_best(table, _per_target_tables(table), columns))
-    table = mark_champion(table, champion_of(paths, key))
+    table = mark_champion(table, champion_of(paths, key, select_by))
     table.attrs["columns"] = tuple(columns)
     table.attrs["settings"] = settings_line(task, runs, key)
     return table
 
 
-def champion_of(paths: TaskPaths, key: str) -> dict[str, str] | None:
+def champion_of(paths: TaskPaths, key: str, select_by: str) -> dict | None:
     """The registered version that scores the crowds of comparison fingerprint `key` (its champion alias, moved
-    only by a better validation metric): its model, version and run; None before any was registered."""
+    only by a better validation metric): its model, version, run, validation `select_by` and backtest AUC; None
+    before any was registered."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from ml.tracking import champion_alias
+    from ml.tracking import champion_alias, selection_metric
 
+    client = MlflowClient()
     try:
-        version = MlflowClient().get_model_version_by_alias(paths.registered_model, champion_alias(key))
+        version = client.get_model_version_by_alias(paths.registered_model, champion_alias(key))
     except MlflowException:
         return None
-    return {"model": version.tags.get("model", "?"), "version": str(version.version), "run_id": version.run_id}
+    metrics = client.get_run(version.run_id).data.metrics
+    return {"model": version.tags.get("model", "?"), "version": str(version.version), "run_id": version.run_id,
+            "valid": metrics.get(selection_metric(select_by), math.nan), "auc": metrics.get("eval_auc", math.nan)}
 
 
-def mark_champion(table: pd.DataFrame, champion: dict[str, str] | None) -> pd.DataFrame:
+def mark_champion(table: pd.DataFrame, champion: dict | None) -> pd.DataFrame:
     """`champion`: the row whose run the crowds are scored with. The table showed the best model on the backtest
     in bold and said nothing of which one was chosen on validation and served (make run's: lgbm_few_mixed, not
     bold on the backtest's per-target AUC). A champion from an earlier run than its model's latest (a retraining
-    that did not beat it) is not a row: table.attrs["champion_note"] says which it is."""
+    that did not beat it: LightGBM trained again gives the same figure, and a tie keeps the earlier version) is
+    not a row: table.attrs["champion_note"] says which it is and what it scored."""
     table = table.copy()
     table["champion"] = (table["run_id"] == champion["run_id"]) if champion else False
     table.attrs["champion"] = champion
     if champion and not table["champion"].any():
+        select = next((c for c in table.columns if c.startswith("valid_")), None)
+        later = table.loc[table["model"] == champion["model"], select] if select else pd.Series(dtype=float)
+        against = f" ({later.iloc[0]:.4f} against {champion['valid']:.4f})" if len(later) else ""
         table.attrs["champion_note"] = (
             f"The champion, which the crowds are scored with, is {champion['model']} version {champion['version']} "
-            f"(run {champion['run_id']}): an earlier run than the table's {champion['model']}, which did not beat "
-            "it on validation.")
+            f"(run {champion['run_id']}; {select or 'validation'} {champion['valid']:.4f}, backtest AUC "
+            f"{champion['auc']:.4f}): an earlier run than the table's {champion['model']}, which did not beat it on "
+            f"validation{against}; a tie keeps the earlier version.")
     return table
 
 

@@ -571,7 +571,7 @@ def test_report_writes_the_comparison_with_intervals_and_the_selection_metric(ou
     assert "paired interval" in text
     # the model the crowds are scored with is marked, and is the one the note says was chosen: the registry's
     # champion (chosen on validation), not the backtest's best in bold
-    champion = champion_of(task_paths, comparison_key(task, task_paths.exports))
+    champion = champion_of(task_paths, comparison_key(task, task_paths.exports), task.evaluate.select_by)
     marked = [line for line in text.splitlines() if "(champion" in line]
     assert len(marked) == 1 and marked[0].startswith(f"| {champion['model']} (champion")
     assert f"Chosen: {champion['model']}, backtest AUC" in text
@@ -661,13 +661,16 @@ def test_the_report_marks_the_champion_or_says_it_is_an_earlier_run_than_the_tab
                           {"model": "din", "run_id": "r2", "auc": 0.8, "below_floor": False},
                           {"model": "oracle (ceiling)", "run_id": "", "auc": 0.99, "below_floor": False}])
     table.attrs["columns"] = ("auc",)
-    marked = mark_champion(table, {"model": "dnn", "version": "3", "run_id": "r1"})
+    table["valid_auc_per_target"] = [0.93, 0.95, float("nan")]
+    marked = mark_champion(table, {"model": "dnn", "version": "3", "run_id": "r1", "valid": 0.93, "auc": 0.9})
     assert marked["champion"].tolist() == [True, False, False]
     assert "| dnn (champion, not above the floor) |" in markdown(marked) and "earlier run" not in markdown(marked)
-    # a retrained din that did not beat its earlier run: the champion is no row of the table, and the table says so
-    elsewhere = mark_champion(table, {"model": "din", "version": "2", "run_id": "r0"})
+    # a retrained din that did not beat its earlier run (LightGBM trained again ties): the champion is no row of
+    # the table, and the table says which it is and what it scored
+    elsewhere = mark_champion(table, {"model": "din", "version": "2", "run_id": "r0", "valid": 0.95, "auc": 0.81})
     assert not elsewhere["champion"].any()
-    assert "is din version 2 (run r0): an earlier run than the table's din" in markdown(elsewhere)
+    assert ("is din version 2 (run r0; valid_auc_per_target 0.9500, backtest AUC 0.8100): an earlier run than the "
+            "table's din, which did not beat it on validation (0.9500 against 0.9500)") in markdown(elsewhere)
     assert not mark_champion(table, None)["champion"].any()  # nothing registered yet: no mark, no note
 
 
