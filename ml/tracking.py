@@ -116,6 +116,7 @@ def tracking_uri(paths: Paths) -> str:
 # the experiment's kind for MLflow's API and the UIs that read it; MLflow 3.17's UI does not open on it (ui_url)
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 LOCAL_UI = "http://127.0.0.1:5000"  # where `make mlflow` serves the local store
+NOTE_TAG = "mlflow.note.content"  # the description the UI shows of an experiment or a run
 
 
 def ui_url(experiment_id: str | None = None) -> str:
@@ -129,8 +130,10 @@ def ui_url(experiment_id: str | None = None) -> str:
     return f"{base}/#/experiments{f'/{experiment_id}' if experiment_id else ''}?workflowType=machine_learning"
 
 
-def configure(paths: TaskPaths) -> str:
-    """Point MLflow at the project's store and the task's experiment; return its id (creating both when needed)."""
+def configure(paths: TaskPaths, description: str = "") -> str:
+    """Point MLflow at the project's store and the task's experiment; return its id (creating both when needed).
+    description: the experiment's, shown in the UI's list of experiments (blank there before 2026-11-29); set
+    when the experiment has none."""
     shared = paths.shared
     # MLflow draws a progress bar for every artifact upload and download (dozens per model); a user may turn
     # them back on with the variable
@@ -150,13 +153,15 @@ def configure(paths: TaskPaths) -> str:
         if experiment is None:
             # a local store needs an absolute artifact location; a server decides its own (--artifacts-destination)
             location = (shared.mlflow_artifacts / paths.task / paths.dataset).resolve().as_uri() if local else None
-            experiment_id = mlflow.create_experiment(paths.experiment, artifact_location=location,
-                                                     tags={"task": paths.task, "dataset": paths.dataset,
-                                                           EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            tags = {"task": paths.task, "dataset": paths.dataset, EXPERIMENT_KIND_TAG: EXPERIMENT_KIND,
+                    **({NOTE_TAG: description} if description else {})}
+            experiment_id = mlflow.create_experiment(paths.experiment, artifact_location=location, tags=tags)
         else:
             experiment_id = experiment.experiment_id
             if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # made before the tag was set
                 MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+            if description and not experiment.tags.get(NOTE_TAG):  # made before descriptions, or by a report
+                MlflowClient().set_experiment_tag(experiment_id, NOTE_TAG, description)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 

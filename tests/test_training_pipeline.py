@@ -48,8 +48,11 @@ def test_every_run_is_recorded_with_metrics_plots_table_and_model(outcomes, task
     registered = client.get_registered_model(task_paths.registered_model)  # what its versions are, which serves
     assert registered.description.startswith("Which users buy each brand") and "champion-<comparison>" in \
         registered.description
-    assert client.get_experiment_by_name(task_paths.experiment).tags["mlflow.experimentKind"] == \
-        "custom_model_development"
+    experiment = client.get_experiment_by_name(task_paths.experiment)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    # the list of experiments says what each is (its description was blank)
+    assert experiment.tags["mlflow.note.content"].startswith("Which users buy each brand") and \
+        "Task tmall-2013 on dataset" in experiment.tags["mlflow.note.content"]
     for name, o in outcomes.items():
         run = client.get_run(o.run_id)
         # the name says model, task and backtest (reruns apart by their time); the tag selects the model

@@ -194,7 +194,9 @@ def train_and_evaluate(
 
     from ml.tracking import PROCESS_TAG, abandoned_runs_failed, configure, process_token, source_tags
 
-    abandoned_runs_failed(configure(paths))
+    about = task.description.strip().rstrip(".")
+    abandoned_runs_failed(configure(paths, f"{about + '. ' if about else ''}Task {task.name} on dataset "
+                                           f"{paths.dataset}: one run per trained model."))
     tags = {"task": paths.task, "dataset": paths.dataset, "model": model, PROCESS_TAG: process_token(),
             **source_tags()}
     # a name that says which model, task and backtest, and when: reruns stay apart in the runs table (the
@@ -557,7 +559,7 @@ def _record(outcome: Outcome, params: dict, metrics: dict, tags: dict, plots: li
     was trained on), and the champion of its comparison fingerprint `key` moved if it wins."""
     import mlflow
 
-    from ml.tracking import promote_if_better, register_version, selection_metric
+    from ml.tracking import NOTE_TAG, promote_if_better, register_version, selection_metric
 
     run = mlflow.active_run()
     mlflow.set_tags(tags)
@@ -582,7 +584,7 @@ def _record(outcome: Outcome, params: dict, metrics: dict, tags: dict, plots: li
     info = _log_model(outcome, data)
     outcome.run_id = run.info.run_id
     described = outcome.description(select_by)
-    mlflow.set_tag("mlflow.note.content", described)  # the run's description in the UI
+    mlflow.set_tag(NOTE_TAG, described)  # the run's description in the UI
     version = register_version(paths.registered_model, info,
                                {**tags, selection_metric(select_by): outcome.selection[select_by]},
                                description=described, model_description=registry_description)
