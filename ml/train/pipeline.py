@@ -194,9 +194,8 @@ def train_and_evaluate(
 
     from ml.tracking import PROCESS_TAG, abandoned_runs_failed, configure, process_token, source_tags
 
-    about = task.description.strip().rstrip(".")
-    abandoned_runs_failed(configure(paths, f"{about + '. ' if about else ''}Task {task.name} on dataset "
-                                           f"{paths.dataset}: one run per trained model."))
+    abandoned_runs_failed(configure(paths, f"{_about(task)}Task {task.name} on dataset {paths.dataset}: one run "
+                                           "per trained model."))
     tags = {"task": paths.task, "dataset": paths.dataset, "model": model, PROCESS_TAG: process_token(),
             **source_tags()}
     # a name that says which model, task and backtest, and when: reruns stay apart in the runs table (the
@@ -544,10 +543,15 @@ def _se_importance(model, data: CrowdData, fmap, out: Path) -> Path:  # noqa: AN
     return importance_plot(names, sums / n, out / "se_field_importance.png", "PLE: mean SE weight per field")
 
 
+def _about(task: Task) -> str:
+    """The task's description as the first sentence of the MLflow descriptions (none when it has none)."""
+    about = task.description.strip().rstrip(".")
+    return f"{about}. " if about else ""
+
+
 def _registry_description(task: Task, paths: TaskPaths) -> str:
     """The registered model's description: what its versions predict and which one serves."""
-    about = task.description.strip().rstrip(".")
-    return (f"{about + '. ' if about else ''}One version per trained model of task {task.name} on dataset "
+    return (f"{_about(task)}One version per trained model of task {task.name} on dataset "
             f"{paths.dataset}, tagged with what it is and the comparison fingerprint of its settings. The alias "
             f"champion-<comparison> serves the crowds of those settings and moves only to a version with a better "
             f"validation {task.evaluate.select_by}; `champion` follows the latest promotion.")
