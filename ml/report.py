@@ -145,14 +145,12 @@ def champion_of(paths: TaskPaths, key: str, select_by: str) -> dict | None:
     only by a better validation metric): its model, version, run, validation `select_by` and backtest AUC; None
     before any was registered."""
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
-    from ml.tracking import champion_alias, selection_metric
+    from ml.tracking import champion_alias, selection_metric, version_by_alias
 
     client = MlflowClient()
-    try:
-        version = client.get_model_version_by_alias(paths.registered_model, champion_alias(key))
-    except MlflowException:
+    version = version_by_alias(client, paths.registered_model, champion_alias(key))
+    if version is None:
         return None
     metrics = client.get_run(version.run_id).data.metrics
     return {"model": version.tags.get("model", "?"), "version": str(version.version), "run_id": version.run_id,

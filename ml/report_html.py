@@ -165,8 +165,6 @@ def render(task: Task, table: pd.DataFrame, curves: pd.DataFrame,
     title = f"Purchase Crowd: {task.name}" + (f", run {run}" if run else "")
     warnings = "".join(f'<div class="warning">{html.escape(w)}</div>' for w in verdicts(table))
     made = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    about = (task.description or "").strip()
-    about += "." if about and not about.endswith((".", "!", "?")) else ""  # "... (Tmall log, 2013) Target: brand."
     note = table.attrs.get("champion_note")
     references = "the heuristic floors (grey, dashed)"
     if (table["model"] == "oracle (ceiling)").any():  # a generated log's; a loaded one has no ceiling to draw
@@ -177,7 +175,7 @@ def render(task: Task, table: pd.DataFrame, curves: pd.DataFrame,
 <title>{html.escape(title)}</title><style>{STYLE}</style></head>
 <body>
 <h1>{html.escape(title)}</h1>
-<p>{html.escape(about)} Target: {html.escape(task.target)}. Made {made} from the MLflow store.</p>
+<p>{html.escape(task.about())} Target: {html.escape(task.target)}. Made {made} from the MLflow store.</p>
 <p class="settings">{html.escape(table.attrs.get("settings", ""))}</p>
 {warnings}
 <h2 id="comparison">Models on the backtest {html.escape(str(task.backtest))}</h2>

@@ -296,6 +296,12 @@ class Task(_Settings):
         slots = self.warehouse.lstm_top_categories + 1
         return {"month": (self.windows.history_days // period, slots), "day": (self.windows.sequence_days, slots)}
 
+    def about(self) -> str:
+        """The description as a sentence, ending in its full stop (empty when the task has none): the first words
+        of the HTML report and of the MLflow descriptions."""
+        text = self.description.strip()
+        return text + ("." if text and not text.endswith((".", "!", "?")) else "")
+
     def dbt_vars(self, ds: list[dt.date] | None = None, forward: dt.date | None = None) -> dict:
         """The dbt vars of a build: the task is the source of truth; dbt_project.yml's defaults mirror the
         default task. `ds` defaults to every labelled date; `forward` adds an unlabelled scoring date."""

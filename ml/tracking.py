@@ -166,12 +166,19 @@ def configure(paths: TaskPaths, description: str = "") -> str:
     return experiment_id
 
 
+def version_by_alias(client: MlflowClient, registered_model: str, alias: str):  # noqa: ANN201 (a ModelVersion)
+    """The registered version an alias names, or None when the model or the alias does not exist."""
+    try:
+        return client.get_model_version_by_alias(registered_model, alias)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
 def champion_metric(client: MlflowClient, registered_model: str, metric: str, key: str
                     ) -> tuple[str | None, float]:
     """The current champion of key: its version and its value of `metric` (none, or a run without it: -inf)."""
-    try:
-        version = client.get_model_version_by_alias(registered_model, champion_alias(key))
-    except mlflow.exceptions.MlflowException:
+    version = version_by_alias(client, registered_model, champion_alias(key))
+    if version is None:
         return None, -math.inf
     run = client.get_run(version.run_id)
     return version.version, run.data.metrics.get(metric, -math.inf)

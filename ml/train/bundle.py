@@ -103,14 +103,19 @@ class Bundle:
             return self.probability(predict_gbdt(self._boosters_for(len(raw.samples)), raw.samples,
                                                  self.config["dense"]), raw.samples)
         dev = resolve_device(device)
-        if str(dev) not in self._networks:  # read once: a population scored in chunks reuses it
-            fmap = FeatureMap.load(self.path / "feature_map.json")
-            model = build_model(self.name, fmap, ModelConfig(**self.config["model_config"]))
-            model.load_state_dict(load_weights(self.path / "weights.pt", dev))
-            self._networks[str(dev)] = (fmap, model.to(dev))
-        fmap, model = self._networks[str(dev)]
+        fmap, model = self.network(dev)
         data = CrowdData(raw, fmap, hide_own_target=hide_own_target)
         return self.probability(predict(model, data, device=dev), raw.samples)
+
+    def network(self, device: torch.device | str = "cpu") -> tuple[FeatureMap, torch.nn.Module]:
+        """A deep bundle's feature map and network on `device`, in eval mode, read once per device: a population
+        scored in chunks, or a serving pyfunc's batches, reuse it."""
+        if str(device) not in self._networks:
+            fmap = FeatureMap.load(self.path / "feature_map.json")
+            model = build_model(self.name, fmap, ModelConfig(**self.config["model_config"]))
+            model.load_state_dict(load_weights(self.path / "weights.pt", device))
+            self._networks[str(device)] = (fmap, model.to(device).eval())
+        return self._networks[str(device)]
 
     def score_batch(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
         """P(buy) (see probability) for the rows of a deep model's batch as arrays (CrowdData.batch: ids, dense
@@ -118,12 +123,7 @@ class Bundle:
         calibration's stratum: what the registered pyfunc serves (ml.train.serving)."""
         if self.name in GBDT_MODELS:
             raise ValueError(f"{self.name} reads a frame of features: score it with Bundle.score_frame")
-        if "cpu" not in self._networks:
-            fmap = FeatureMap.load(self.path / "feature_map.json")
-            model = build_model(self.name, fmap, ModelConfig(**self.config["model_config"]))
-            model.load_state_dict(load_weights(self.path / "weights.pt"))
-            self._networks["cpu"] = (fmap, model.eval())
-        _, model = self._networks["cpu"]
+        _, model = self.network("cpu")
         batch = {k: torch.as_tensor(v) for k, v in arrays.items() if k != "is_candidate"}
         with torch.no_grad():
             output = model(batch)["buy"].numpy()
@@ -208,22 +208,21 @@ def champion_version(paths: TaskPaths, key: str):  # noqa: ANN201 (mlflow's Mode
     forward date's features, which on a large log took minutes only to end in this error."""
     import mlflow
 
-    from ml.tracking import CHAMPION, champion_alias, configure
+    from ml.tracking import CHAMPION, champion_alias, configure, version_by_alias
 
     configure(paths)
     client = mlflow.tracking.MlflowClient()
-    try:
-        return client.get_model_version_by_alias(paths.registered_model, champion_alias(key))
-    except mlflow.exceptions.MlflowException:
-        try:  # the latest champion, of other data or settings: say so, it is what a user expects to be served
-            latest = client.get_model_version_by_alias(paths.registered_model, CHAMPION)
-            before = (f"; the latest champion (version {latest.version}, {latest.tags.get('model', '?')}) was "
-                      "trained on other data, dbt models or settings and is not served on these")
-        except mlflow.exceptions.MlflowException:
-            before = ""
+    version = version_by_alias(client, paths.registered_model, champion_alias(key))
+    if version is None:
+        # the latest champion, of other data or settings: say so, it is what a user expects to be served
+        latest = version_by_alias(client, paths.registered_model, CHAMPION)
+        before = ("" if latest is None else
+                  f"; the latest champion (version {latest.version}, {latest.tags.get('model', '?')}) was "
+                  "trained on other data, dbt models or settings and is not served on these")
         raise ValueError(f"task {paths.task} on {paths.dataset} has no champion model for the current data and "
                          f"settings (comparison fingerprint {key}){before}: train one with "
-                         f"`crowd train --task {paths.task}`") from None
+                         f"`crowd train --task {paths.task}`")
+    return version
 
 
 def registered_bundle(paths: TaskPaths, run_id: str) -> Path:

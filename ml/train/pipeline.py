@@ -194,8 +194,8 @@ def train_and_evaluate(
 
     from ml.tracking import PROCESS_TAG, abandoned_runs_failed, configure, process_token, source_tags
 
-    abandoned_runs_failed(configure(paths, f"{_about(task)}Task {task.name} on dataset {paths.dataset}: one run "
-                                           "per trained model."))
+    experiment = f"Task {task.name} on dataset {paths.dataset}: one run per trained model."
+    abandoned_runs_failed(configure(paths, " ".join(filter(None, (task.about(), experiment)))))
     tags = {"task": paths.task, "dataset": paths.dataset, "model": model, PROCESS_TAG: process_token(),
             **source_tags()}
     # a name that says which model, task and backtest, and when: reruns stay apart in the runs table (the
@@ -543,18 +543,13 @@ def _se_importance(model, data: CrowdData, fmap, out: Path) -> Path:  # noqa: AN
     return importance_plot(names, sums / n, out / "se_field_importance.png", "PLE: mean SE weight per field")
 
 
-def _about(task: Task) -> str:
-    """The task's description as the first sentence of the MLflow descriptions (none when it has none)."""
-    about = task.description.strip().rstrip(".")
-    return f"{about}. " if about else ""
-
-
 def _registry_description(task: Task, paths: TaskPaths) -> str:
     """The registered model's description: what its versions predict and which one serves."""
-    return (f"{_about(task)}One version per trained model of task {task.name} on dataset "
-            f"{paths.dataset}, tagged with what it is and the comparison fingerprint of its settings. The alias "
-            f"champion-<comparison> serves the crowds of those settings and moves only to a version with a better "
-            f"validation {task.evaluate.select_by}; `champion` follows the latest promotion.")
+    versions = (f"One version per trained model of task {task.name} on dataset {paths.dataset}, tagged with what "
+                "it is and the comparison fingerprint of its settings. The alias champion-<comparison> serves the "
+                "crowds of those settings and moves only to a version with a better validation "
+                f"{task.evaluate.select_by}; `champion` follows the latest promotion.")
+    return " ".join(filter(None, (task.about(), versions)))
 
 
 def _record(outcome: Outcome, params: dict, metrics: dict, tags: dict, plots: list[Path], paths: TaskPaths,
@@ -611,7 +606,7 @@ def _log_model(outcome: Outcome, data: Prepared, example_rows: int = 3):  # noqa
         example = _as_double(frame[[*keys, *bundle.config["dense"]]])
         output, requirements = bundle.score_frame(example), ["lightgbm==4.7.0", "mlflow==3.17.2"]
     else:
-        net = build_model(bundle.name, data.fmap, ModelConfig(**bundle.config["model_config"]))
+        _, net = bundle.network("cpu")  # the one score_batch serves with: what its batch holds (reads)
         batch = data.splits["evaluation"].batch(rows, **net.reads)
         example = {k: v.numpy() for k, v in batch.items() if k not in ("labels", "weight")}
         example["is_candidate"] = frame["is_candidate"].to_numpy(dtype=bool)
