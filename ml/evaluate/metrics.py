@@ -2,7 +2,7 @@
 
 Logloss comes from scikit-learn. AUC, per-group AUC and recall / precision / NDCG / MAP @N are computed here
 over arrays sorted once by (group, score), and checked against scikit-learn and hand-computed cases in tests.
-The README's "Metrics" section defines each once.
+docs/models.md, "Metrics", defines each once.
 """
 
 from __future__ import annotations

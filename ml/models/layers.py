@@ -143,7 +143,7 @@ def run_mlp(net: nn.Module, x: torch.Tensor, own_input: bool = False) -> torch.T
     Why: at scoring, DIN's attention runs its MLP over every (row, behaviour) pair, about 19k rows a batch of
     2,048 on the default task, and an activation that allocates its output passes another few MB through memory
     for each layer: with the first layer's sums also in place (LocalActivation.pooled), DIN and MoE score more
-    pairs a second (README, "Scoring speed"). The same floats: PReLU with one slope w is leaky_relu with
+    pairs a second (docs/models.md, "Scoring speed"). The same floats: PReLU with one slope w is leaky_relu with
     negative_slope w (float() of the slope waits for a GPU, as the scores of every batch do anyway)."""
     if torch.is_grad_enabled():
         return net(x)  # autograd keeps the activations' inputs

@@ -5,7 +5,7 @@ all of torch's threads. A batch is hundreds of small operations (DIN's attention
 products over about 19k (row, behaviour) pairs), and torch spreads each over its threads and waits for them at
 its end: two threads took a batch of DIN only 1.6 times faster than one. Two processes of one thread each,
 on the same 2 cores and the same rows, scored 1.4-1.6x as many pairs a second for DIN and 1.1-1.9x for the
-other deep models as one process of two threads (README, "Scoring speed"). The processes are forked once the
+other deep models as one process of two threads (docs/models.md, "Scoring speed"). The processes are forked once the
 model is built, so they share its weights and the memory-mapped rows (copy on write: each adds its own
 batches' tensors, tens of MB); each writes its scores straight into a shared array.
 """

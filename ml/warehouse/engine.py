@@ -6,7 +6,7 @@ partitioned by ds under a warehouse directory, with a Derby metastore beside the
 exports, the checks and the benchmarks read it through one DuckDB connection (`open_warehouse`): the DuckDB
 file itself, or views over the Spark tables' parquet files. So the trainers never know which engine ran.
 
-A cluster (Thrift, Databricks) is the same `spark` profile output with another method: see the README.
+A cluster (Thrift, Databricks) is the same `spark` profile output with another method: see docs/warehouse.md.
 """
 
 from __future__ import annotations
