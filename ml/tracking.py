@@ -241,9 +241,13 @@ def promote_if_better(paths: TaskPaths, version: str, metric: str, value: float,
         if value > best:
             client.set_registered_model_alias(name, champion_alias(key), version)
             client.set_registered_model_alias(name, CHAMPION, version)
-            new, old = apart(value, best)
-            log.info("%s champion of settings %s: version %s (%s %s) replaces %s (%s)", name, key, version,
-                     metric, new, current, old)
+            if current is None:
+                log.info("%s champion of settings %s: version %s (%s %.4f), the first", name, key, version,
+                         metric, value)
+            else:
+                new, old = apart(value, best)
+                log.info("%s champion of settings %s: version %s (%s %s) replaces %s (%s)", name, key, version,
+                         metric, new, current, old)
             return True
     kept, lost = apart(best, value)
     log.info("%s champion of settings %s stays version %s (%s %s >= %s)", name, key, current, metric, kept, lost)

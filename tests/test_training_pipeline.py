@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -464,9 +465,11 @@ def test_a_promotion_says_the_two_metrics_with_the_digits_that_tell_them_apart()
     assert apart(0.81, -math.inf) == ("0.8100", "-inf")  # no champion before
 
 
-def test_the_champion_is_chosen_on_validation_even_when_the_backtest_would_choose_otherwise(other_store):
+def test_the_champion_is_chosen_on_validation_even_when_the_backtest_would_choose_otherwise(other_store, caplog):
     """Two registered runs: the first better on the backtest, the second on the validation dates. The
-    second is the champion, and a later run worse on validation does not take over."""
+    second is the champion, and a later run worse on validation does not take over. Each promotion says
+    which version it replaced (the first said "replaces None (-inf)")."""
+    caplog.set_level(logging.INFO, logger="ml.tracking")
     paths = other_store
     client = MlflowClient()
     client.create_registered_model(paths.registered_model)
@@ -483,6 +486,11 @@ def test_the_champion_is_chosen_on_validation_even_when_the_backtest_would_choos
     assert promote_if_better(paths, second, metric, 0.80, "k1")
     third = register(selection=0.75, backtest=0.99)
     assert not promote_if_better(paths, third, metric, 0.75, "k1")
+    said = [r.getMessage() for r in caplog.records if r.name == "ml.tracking"]
+    of_k1 = f"{paths.registered_model} champion of settings k1"
+    assert said == [f"{of_k1}: version {first} ({metric} 0.7000), the first",
+                    f"{of_k1}: version {second} ({metric} 0.8000) replaces {first} (0.7000)",
+                    f"{of_k1} stays version {second} ({metric} 0.8000 >= 0.7500)"]
     assert client.get_model_version_by_alias(paths.registered_model, champion_alias("k1")).version == second
     assert client.get_model_version_by_alias(paths.registered_model, CHAMPION).version == second
 
