@@ -142,7 +142,12 @@ def test_every_registered_family_serves_from_the_registry_what_its_crowds_score(
     """The deep models were logged in MLflow's PyTorch flavour, whose pyfunc refused their input ("does not
     support List or Dict input types"), and lgbm_all_mixed in LightGBM's, whose output is the booster's at the
     training's negative rate: the served champion's scores changed meaning with its family. Each now serves
-    P(buy) as Bundle.score computes it for crowd score, on its own logged example."""
+    P(buy) as Bundle.score computes it for crowd score, on its own logged example, loaded in Python and over
+    REST: `mlflow models serve`'s app (in this process) answers the logged request with the same scores."""
+    from mlflow.models.utils import load_serving_example
+    from mlflow.pyfunc import scoring_server
+    from starlette.testclient import TestClient
+
     from ml.features.dataset import read_exports
     from ml.train.bundle import Bundle
 
@@ -157,8 +162,13 @@ def test_every_registered_family_serves_from_the_registry_what_its_crowds_score(
         rows = len(example["ids"]) if isinstance(example, dict) else len(example)
         raw = read_exports(tiny_exports, [task.backtest], "evaluation", series_shape=bundle._series_shape(),
                            keep=lambda table, n=rows: np.arange(len(table)) < n)
-        np.testing.assert_allclose(np.asarray(served.predict(example)), bundle.score(raw, device="cpu"),
-                                   rtol=1e-5, atol=1e-7, err_msg=name)
+        expected = bundle.score(raw, device="cpu")
+        np.testing.assert_allclose(np.asarray(served.predict(example)), expected, rtol=1e-5, atol=1e-7, err_msg=name)
+        with TestClient(scoring_server.init(served)) as rest:
+            answer = rest.post("/invocations", content=load_serving_example(version.source),
+                               headers={"Content-Type": "application/json"})
+        assert answer.status_code == 200, (name, answer.text)
+        np.testing.assert_allclose(answer.json()["predictions"], expected, rtol=1e-5, atol=1e-7, err_msg=name)
 
 
 def test_the_champion_alias_points_at_the_best_registered_run_on_the_validation_dates(outcomes, task, task_paths):
