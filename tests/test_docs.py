@@ -50,3 +50,13 @@ def test_the_anchor_rule_matches_githubs_for_headings_with_code_and_punctuation(
     assert _anchor("Real logs: `crowd load`") == "real-logs-crowd-load"
     assert _anchor("The next-day item task: Tianchi mobile, 2014") == "the-next-day-item-task-tianchi-mobile-2014"
     assert _anchor("`make setup`") == "make-setup"
+
+
+def test_the_readme_and_the_cli_page_name_every_crowd_command() -> None:
+    from ml.cli import build_parser
+
+    commands = set(build_parser()._subparsers._group_actions[0].choices)
+    readme_cli = (ROOT / "README.md").read_text().split("## CLI", 1)[1].split("\n## ", 1)[0]
+    for text in (readme_cli, (ROOT / "docs" / "cli.md").read_text()):
+        named = set(re.findall(r"`([a-z-]+)`", text))
+        assert sorted(commands - named) == []
