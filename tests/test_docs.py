@@ -60,3 +60,18 @@ def test_the_readme_and_the_cli_page_name_every_crowd_command() -> None:
     for text in (readme_cli, (ROOT / "docs" / "cli.md").read_text()):
         named = set(re.findall(r"`([a-z-]+)`", text))
         assert sorted(commands - named) == []
+
+
+def test_the_dbt_exposures_name_every_table_the_exports_read_and_the_crowds_read_the_forward_ones() -> None:
+    """The lineage graph of dbt docs ends at the exposures: a table exported for the trainers or the crowds
+    that no exposure names would look unused there."""
+    import yaml
+
+    from ml.warehouse.export import EXPORTS, FORWARD_EXPORTS
+
+    exposures = {e["name"]: {re.fullmatch(r"ref\('(\w+)'\)", d).group(1) for d in e["depends_on"]}
+                 for e in yaml.safe_load((ROOT / "dbt_project" / "models" / "exposures.yml").read_text())["exposures"]}
+    exported = {name: table.split(".")[1] for name, (table, _) in EXPORTS.items()}
+    assert set().union(*exposures.values()) == set(exported.values())
+    assert exposures["forward_crowds"] == {exported[name] for name in FORWARD_EXPORTS}
+    assert exposures["model_training"] == {t for name, t in exported.items() if name != "forward"}
