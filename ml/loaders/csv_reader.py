@@ -106,7 +106,7 @@ class Layout:
     names: list[str]  # the file's column names, in file order
 
 
-def _first_line(path: Path) -> str:
+def first_line(path: Path) -> str:
     with open_log(path) as f:
         raw = f.readline(1 << 20)
     body = raw.removesuffix(b"\n").removesuffix(b"\r")
@@ -121,9 +121,9 @@ def sniff(path: Path, ff: FileFormat) -> Layout:
     """Delimiter and header from the first line, checked against the declared columns."""
     if not path.exists():
         raise FormatError(f"{path}: no such file")
-    if path.stat().st_size == 0 or not _first_line(path).strip():
+    if path.stat().st_size == 0 or not first_line(path).strip():
         raise FormatError(f"{path}: the file is empty; expected columns {', '.join(ff.names)}")
-    line = _first_line(path)
+    line = first_line(path)
     delim = next((d for d in ff.delimiters if d in line), None)
     if delim is None:
         if len(ff.columns) > 1:
@@ -136,12 +136,11 @@ def sniff(path: Path, ff: FileFormat) -> Layout:
     header = ff.header if ff.header is not None else fields[0].lower() == ff.columns[0].name
     if header:
         present = {f.lower() for f in fields}
-        missing = [c.name for c in ff.columns if c.kind != "skip" and c.name not in present]
+        missing = [c.name for c in ff.columns if c.kind != "skip" and not c.optional and c.name not in present]
         if missing:
-            raise FormatError(
-                f"{path}: column {missing[0]!r} is missing from the header {fields}; "
-                f"expected columns {', '.join(ff.names)}"
-            )
+            expected = ", ".join(f"{c.name} (optional)" if c.optional else c.name for c in ff.columns)
+            raise FormatError(f"{path}: column {missing[0]!r} is missing from the header {fields}; "
+                              f"expected columns {expected}")
         return Layout(delim, True, [f.lower() for f in fields])
     if len(fields) != len(ff.columns):
         raise FormatError(

@@ -16,13 +16,15 @@ class Column:
     kind: id (a non-negative integer without leading zeros; behind a letter prefix or with a ".0" only where
     the format says its ids look so),
     action (mapped by the format's action codes), time (parsed by the format's time rule),
-    category_path ("parent-leaf"), or skip. target: the canonical column it fills.
+    category_path ("parent-leaf"), or skip. target: the canonical column it fills. optional: a file with a
+    header may leave the column out (its values are then null), as a log of one's own may have no brand.
     """
 
     name: str
     kind: str
     target: str | None = None
     nullable: bool = False
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,40 @@ FORMATS: dict[str, LogFormat] = {
         actions={"pv": "click", "fav": "collect", "cart": "cart", "buy": "buy"},
         time_rule="unix_seconds_utc8",
         notes=("unix seconds are turned into local time in China (UTC+8), so calendar days are the dataset's days",),
+    ),
+    "csv": LogFormat(
+        name="csv",
+        description=("a log of your own: CSV with a header naming user_id, item_id, category_id, action (click, "
+                     "collect, cart, buy), time (YYYY-MM-DD HH:MM:SS), and optionally brand_id, shop_id; "
+                     "columns in any order, others ignored"),
+        events=FileFormat(
+            columns=(
+                Column("user_id", _ID, "user_id"),
+                Column("item_id", _ID, "item_id"),
+                Column("category_id", _ID, "category_id"),
+                Column("brand_id", _ID, "brand_id", nullable=True, optional=True),
+                Column("shop_id", _ID, "shop_id", nullable=True, optional=True),
+                Column("action", "action", "action"),
+                Column("time", "time", "ts"),
+            ),
+            delimiters=(",", "\t", ";"),
+            header=True,
+        ),
+        actions={"click": "click", "collect": "collect", "cart": "cart", "buy": "buy"},
+        time_rule="%Y-%m-%d %H:%M:%S",
+        items=FileFormat(
+            columns=(
+                Column("item_id", _ID, "item_id"),
+                Column("category_id", _ID, "category_id"),
+                Column("brand_id", _ID, "brand_id", nullable=True, optional=True),
+                Column("shop_id", _ID, "shop_id", nullable=True, optional=True),
+            ),
+            delimiters=(",", "\t", ";"),
+            header=True,
+        ),
+        notes=("times are local times as written, to the second",
+               ("the item table, when given, decides the attributes of the items it lists; the log's own columns "
+                "fill in the items it does not")),
     ),
     "tmall-repeat": LogFormat(
         name="tmall-repeat",

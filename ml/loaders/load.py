@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ml.loaders.csv_reader import REJECTS_SCHEMA, FileReport, FormatError, read_file, sniff
+from ml.loaders.csv_reader import REJECTS_SCHEMA, FileReport, FormatError, first_line, parse_ids, read_file, sniff
 from ml.loaders.formats import FORMATS, FileFormat, LogFormat
 from ml.outputs import replacing
 from ml.synth.generate import EVENTS_SCHEMA
@@ -150,18 +150,25 @@ def _check_first_line(path: Path, fmt: LogFormat) -> None:
     try:
         sniff(path, fmt.events)
     except FormatError as e:
-        fits = [name for name, other in FORMATS.items() if name != fmt.name and _fits(path, other.events)]
+        fits = [name for name, other in FORMATS.items() if name != fmt.name and _fits(path, other)]
         if not fits:
             raise
         raise FormatError(f"{e}; its first line fits --format {' or '.join(fits)}") from None
 
 
-def _fits(path: Path, ff: FileFormat) -> bool:
+def _fits(path: Path, fmt: LogFormat) -> bool:
+    """Whether the first line reads as the format's: its header, or a data line whose ids look like the format's
+    ids (a header of another format has as many fields as a headerless one, and is no data line of it)."""
     try:
-        sniff(path, ff)
+        layout = sniff(path, fmt.events)
     except FormatError:
         return False
-    return True
+    if layout.header:
+        return True
+    fields = [f.strip().strip('"') for f in first_line(path).split(layout.delimiter)]
+    ids = [(c, v) for c, v in zip(fmt.events.columns, fields, strict=True) if c.kind == "id" and not c.nullable]
+    _, empty, bad = parse_ids(pa.array([v for _, v in ids], pa.string()), fmt.id_prefix, fmt.id_float_look)
+    return not (empty.any() or bad.any())
 
 
 def _load_into(tmp: Path, fmt: LogFormat, paths: list[Path], items_paths: list[Path] | None, year: int | None,
