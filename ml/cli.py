@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 import traceback
@@ -33,6 +34,16 @@ log = logging.getLogger("crowd")
 RESULTS_LOGGER = "ml.results"
 # the commands whose tasks log into Airflow's task logs, where those lines are the record
 TASK_LOG_COMMANDS = ("run-dags", "airflow")
+
+
+def _task_name(value: str) -> str:
+    """A new task's name: a plain name, the file's stem, its DAGs' prefix and its MLflow experiment's part."""
+    from ml.task import NAME_PATTERN
+
+    if not re.match(NAME_PATTERN, value):
+        raise argparse.ArgumentTypeError(f"{value!r} is no task name: lower-case letters, digits, '_' and '-', "
+                                         "starting with a letter or digit")
+    return value
 
 
 def _date(value: str) -> dt.date:
@@ -591,6 +602,10 @@ def _cmd_paths(args: argparse.Namespace) -> int:
 def _cmd_tasks(args: argparse.Namespace) -> int:
     from ml.task import TaskError, available_tasks
 
+    if args.new:
+        return _new_task(args)
+    if args.dataset or args.out or args.description:
+        raise TaskError("--dataset, --description and --out go with --new NAME (the task file to write)")
     invalid = 0
     for name in available_tasks():
         try:
@@ -602,6 +617,33 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
         print(f"{name:<24} {t.target:<9} dataset {t.dataset:<20} every {t.windows.step_days} day(s), label "
               f"{t.windows.label_days} day(s), backtest {t.backtest}  {t.description}")
     return 2 if invalid else 0
+
+
+def _new_task(args: argparse.Namespace) -> int:
+    """A task file for a loaded log, from a template task, with the dates fitted to the log (ml.task_new)."""
+    from ml.crowds import log_days
+    from ml.task import TASKS_DIR, TaskError
+    from ml.task_new import new_task_text, write_new
+
+    if not args.dataset:
+        raise TaskError("crowd tasks --new needs --dataset: the name the log was loaded under (crowd load --name)")
+    dataset_dir = Paths.default().dataset(args.dataset)
+    first_day, last_day = log_days(dataset_dir)
+    text, task, notes = new_task_text(args.like, args.new, args.dataset, first_day, last_day,
+                                      (dataset_dir / "item_subset.parquet").exists(), args.description)
+    path = (args.out or TASKS_DIR) / f"{args.new}.yaml"  # the file's stem is the task's name
+    write_new(path, text)
+    dates = task.sample_dates
+    print(f"wrote {path}: {task.target} of the log {args.dataset} ({first_day} .. {last_day}), every "
+          f"{task.windows.step_days} day(s); samples {dates[0]} .. {dates[-1]} ({len(dates)} dates), validation "
+          f"{', '.join(map(str, task.validation))}, backtest {task.backtest}; crowds as of "
+          f"{last_day + dt.timedelta(days=1)}")
+    for note in notes:
+        print(f"note: {note}")
+    task_arg = args.new if path.parent == TASKS_DIR and path.stem == args.new else str(path)
+    print(f"next: crowd warehouse --task {task_arg} && crowd train --task {task_arg} && crowd score --task {task_arg}"
+          + (f", or make run TASK={args.new}" if task_arg == args.new else ""))
+    return 0
 
 
 class _Help(argparse.RawDescriptionHelpFormatter):
@@ -643,7 +685,9 @@ EXAMPLES = {
                 "crowd airflow --db postgres --port 8081"],
     "paths": ["crowd paths --task taobao-2017-category",
               'crowd paths --task taobao-2017-category --dbt-env   # eval "$(...)": dbt by hand on its warehouse'],
-    "tasks": ["crowd tasks"],
+    "tasks": ["crowd tasks",
+              "crowd tasks --new mine --dataset mylog                       # brand, weekly: like tmall-2013",
+              "crowd tasks --new mine-daily --dataset mylog --like taobao-2017-category"],
 }
 
 
@@ -817,7 +861,17 @@ def build_parser() -> argparse.ArgumentParser:
                          "and its vars ($CROWD_DBT_VARS)")
     pa.set_defaults(func=_cmd_paths)
 
-    ta = _command(sub, "tasks", help="list the tasks under tasks/")
+    ta = _command(sub, "tasks", help="list the tasks under tasks/, or write a new one for a loaded log (--new)")
+    ta.add_argument("--new", metavar="NAME", type=_task_name,
+                    help="write tasks/NAME.yaml for the log --dataset: the settings of the task --like, the dates "
+                         "fitted to the log (the latest it labels)")
+    ta.add_argument("--dataset", metavar="NAME", help="with --new: the dataset (crowd load --name) the task reads")
+    ta.add_argument("--like", metavar="TASK", default=DEFAULT_TASK,
+                    help="with --new: the task whose target, cadence, windows, models and settings it takes")
+    ta.add_argument("--description", help="with --new: what the task predicts, in one line (default: said from "
+                                          "the template's target and windows)")
+    ta.add_argument("--out", type=Path, metavar="FOLDER",
+                    help="with --new: write NAME.yaml into this folder instead of tasks/ (the DAGs read tasks/ only)")
     ta.set_defaults(func=_cmd_tasks)
     return parser
 

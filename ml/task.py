@@ -381,7 +381,7 @@ class Task(_Settings):
             if leaf not in node and not (parents and parents[0] == "models"):
                 raise TaskError(f"{source}: {key}: no such setting")
             node[leaf] = value
-        return _validate(data, source)
+        return validate_task(data, source)
 
 
 # The short names a DAG Param or a CLI `--set` may use for one run, and the field each changes.
@@ -452,7 +452,8 @@ def _describe(error: ValidationError, source: str) -> str:
     return f"{source}: {'; '.join(said)}{more}"
 
 
-def _validate(data: Mapping[str, Any], source: str) -> Task:
+def validate_task(data: Mapping[str, Any], source: str) -> Task:
+    """A task's settings validated, or a TaskError naming `source` and the fields in one line."""
     try:
         return Task.model_validate(data)
     except ValidationError as e:
@@ -491,7 +492,7 @@ def load_task(name_or_path: str | Path = DEFAULT_TASK, overrides: Mapping[str, A
         raise TaskError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
     if "name" in data and data["name"] != path.stem:
         raise TaskError(f"{path}: name: {data['name']!r} differs from the file's name {path.stem!r}")
-    task = _validate({"name": path.stem, **data}, str(path))
+    task = validate_task({"name": path.stem, **data}, str(path))
     return task.override(overrides, source=f"{path} (overrides)")
 
 

@@ -160,3 +160,63 @@ def test_no_module_below_the_edge_builds_default_settings():
             if pattern.search(line):
                 offenders.append(f"{rel}:{n}: {line.strip()}")
     assert offenders == []
+
+
+def test_dates_fitted_to_a_log_end_the_backtest_on_its_last_day_and_keep_the_roles_apart():
+    from ml.task_new import fit_dates
+
+    weekly = load_task("tmall-2013")
+    d = fit_dates(weekly, dt.date(2013, 4, 1), dt.date(2013, 9, 30))
+    assert (d.first, d.last, d.validation, d.backtest) == (dt.date(2013, 7, 2), dt.date(2013, 9, 10),
+                                                            dt.date(2013, 9, 17), dt.date(2013, 9, 24))
+    assert d.first - dt.timedelta(days=90) >= dt.date(2013, 4, 1)  # every history window inside the log
+    # a nine-day log cannot give a daily task its 7 days of history: the dates start on its second day at most
+    daily = load_task("taobao-2017-category")
+    d = fit_dates(daily, dt.date(2017, 11, 25), dt.date(2017, 12, 3))
+    assert (d.first, d.last, d.validation, d.backtest) == (dt.date(2017, 11, 29), dt.date(2017, 12, 1),
+                                                            dt.date(2017, 12, 2), dt.date(2017, 12, 3))
+    assert d.full_history_from == dt.date(2017, 12, 2)
+    # a label window longer than the cadence pushes each role a whole number of periods on
+    longer = weekly.override({"windows.label_days": 10, "validation": [dt.date(2013, 9, 19)],
+                              "backtest": dt.date(2013, 9, 29)})
+    d = fit_dates(longer, dt.date(2013, 1, 1), dt.date(2013, 9, 30))
+    assert d.backtest == dt.date(2013, 9, 21) and d.validation == dt.date(2013, 9, 7) and d.last == dt.date(2013, 8, 24)
+    with pytest.raises(TaskError, match=r"the log's 20 days \(2013-09-11 \.\. 2013-09-30\) are too few"):
+        fit_dates(weekly, dt.date(2013, 9, 11), dt.date(2013, 9, 30))
+
+
+def test_crowd_tasks_new_writes_a_task_that_fits_the_log_and_never_writes_over_one(tiny_dataset, tmp_path, capsys):
+    from ml.crowds import log_days
+    from ml.orchestration import check_label_window, short_history
+
+    args = ["tasks", "--new", "mine", "--dataset", tiny_dataset.name, "--out", str(tmp_path)]
+    assert main(args) == 0
+    said = capsys.readouterr().out
+    made = load_task(tmp_path / "mine.yaml")
+    first_day, last_day = log_days(tiny_dataset)
+    assert made.name == "mine" and made.dataset == tiny_dataset.name and made.target == "brand"
+    assert made.backtest + dt.timedelta(days=made.windows.label_days - 1) == last_day
+    for ds in made.labelled_dates:
+        check_label_window(made, ds, last_day)
+    assert short_history(made, made.labelled_dates, first_day) is None
+    assert len(made.sample_dates) == len(load_task("tmall-2013").sample_dates)
+    assert f"wrote {tmp_path / 'mine.yaml'}: brand of the log {tiny_dataset.name}" in said
+    assert "crowd warehouse --task " in said and "note:" not in said
+    assert yaml.safe_load((tmp_path / "mine.yaml").read_text())["models"] == yaml.safe_load(
+        (TASKS_DIR / "tmall-2013.yaml").read_text())["models"]
+    before = (tmp_path / "mine.yaml").read_text()
+    assert main(args) == 2
+    assert "exists: choose another name (nothing was written)" in capsys.readouterr().err
+    assert (tmp_path / "mine.yaml").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.yaml"]  # no partial file left
+    # the item task's subset is the dataset's own: a log without one ranks every item, and says so
+    assert main([*args[:2], "items", *args[3:], "--like", "tianchi-mobile-2014"]) == 0
+    assert "note: warehouse.item_subset left out" in capsys.readouterr().out
+    assert load_task(tmp_path / "items.yaml").warehouse.item_subset is None
+    # a tag task's tags are categories of its own log
+    assert main([*args[:2], "tags", *args[3:], "--like", "tmall-2013-tags"]) == 2
+    assert "write the tags of yours" in capsys.readouterr().err
+    assert main(["tasks", "--new", "mine2", "--out", str(tmp_path)]) == 2
+    assert "needs --dataset" in capsys.readouterr().err
+    assert main(["tasks", "--dataset", tiny_dataset.name]) == 2
+    assert "go with --new NAME" in capsys.readouterr().err
