@@ -629,8 +629,8 @@ def _new_task(args: argparse.Namespace) -> int:
         raise TaskError("crowd tasks --new needs --dataset: the name the log was loaded under (crowd load --name)")
     dataset_dir = Paths.default().dataset(args.dataset)
     first_day, last_day = log_days(dataset_dir)
-    text, task, notes = new_task_text(args.like, args.new, args.dataset, first_day, last_day,
-                                      (dataset_dir / "item_subset.parquet").exists(), args.description)
+    text, task, notes = new_task_text(args.like, args.new, args.dataset, dataset_dir, first_day, last_day,
+                                      args.description)
     path = (args.out or TASKS_DIR) / f"{args.new}.yaml"  # the file's stem is the task's name
     write_new(path, text)
     dates = task.sample_dates

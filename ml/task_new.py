@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import yaml
 
 from ml.task import TASKS_DIR, Task, TaskError, load_task, task_file, validate_task
@@ -55,8 +56,13 @@ def fit_dates(like: Task, first_day: dt.date, last_day: dt.date) -> FittedDates:
     return FittedDates(last - periods * step, last, validation, backtest, full)
 
 
-def new_task_text(like_name: str, name: str, dataset: str, first_day: dt.date, last_day: dt.date,
-                  has_item_subset: bool, description: str | None = None) -> tuple[str, Task, list[str]]:
+def _has_brands(dataset_dir: Path) -> bool:
+    items = pq.read_table(dataset_dir / "items.parquet", columns=["brand_id"]).column("brand_id")
+    return items.null_count < len(items)
+
+
+def new_task_text(like_name: str, name: str, dataset: str, dataset_dir: Path, first_day: dt.date,
+                  last_day: dt.date, description: str | None = None) -> tuple[str, Task, list[str]]:
     """The new task file's text, the task it validates to, and what was changed from the template besides the
     dates (each a line the command prints)."""
     like_path = task_file(like_name)
@@ -64,6 +70,10 @@ def new_task_text(like_name: str, name: str, dataset: str, first_day: dt.date, l
     if like.target == "tag":
         raise TaskError(f"{like.name} is a tag task: its tags name the categories of its own log; copy "
                         f"{like_path} and write the tags of yours")
+    if like.target == "brand" and not _has_brands(dataset_dir):
+        raise TaskError(f"the dataset {dataset} has no brand on any item, and {like.name} ranks brands: take a "
+                        "template whose target is the category (--like taobao-2017-category) or the item")
+    has_item_subset = (dataset_dir / "item_subset.parquet").exists()
     dates = fit_dates(like, first_day, last_day)
     raw = yaml.safe_load(like_path.read_text())
     notes = []

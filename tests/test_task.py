@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from ml.cli import main
+from ml.config import Paths
 from ml.task import (
     ALL_MODELS,
     DEEP_MODELS,
@@ -213,6 +214,18 @@ def test_crowd_tasks_new_writes_a_task_that_fits_the_log_and_never_writes_over_o
     assert main([*args[:2], "items", *args[3:], "--like", "tianchi-mobile-2014"]) == 0
     assert "note: warehouse.item_subset left out" in capsys.readouterr().out
     assert load_task(tmp_path / "items.yaml").warehouse.item_subset is None
+    # a log without brands cannot feed a brand task: said before anything is written
+    from ml.loaders.load import load
+
+    (tmp_path / "log.csv").write_text("user_id,item_id,category_id,action,time\n"
+                                      + "".join(f"{u},{u % 7},{u % 3},click,2024-03-{d:02d} 10:00:00\n"
+                                                for u in range(1, 30) for d in range(1, 29)))
+    load("csv", [tmp_path / "log.csv"], Paths.default().dataset("nobrands"))
+    assert main(["tasks", "--new", "nb", "--dataset", "nobrands", "--out", str(tmp_path)]) == 2
+    assert "has no brand on any item" in capsys.readouterr().err and not (tmp_path / "nb.yaml").exists()
+    assert main(["tasks", "--new", "nb", "--dataset", "nobrands", "--out", str(tmp_path),
+                 "--like", "taobao-2017-category"]) == 0
+    assert load_task(tmp_path / "nb.yaml").target == "category"
     # a tag task's tags are categories of its own log
     assert main([*args[:2], "tags", *args[3:], "--like", "tmall-2013-tags"]) == 2
     assert "write the tags of yours" in capsys.readouterr().err
