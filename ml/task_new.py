@@ -99,8 +99,9 @@ def new_task_text(like_name: str, name: str, dataset: str, dataset_dir: Path, fi
     data.update(raw)
     task = validate_task({"name": name, **data}, f"the task {name} made from {like_path}")
     if dates.first < dates.full_history_from:
-        notes.append(f"the log is shorter than the history window ({like.windows.history_days} days) and a "
-                     f"period: the sample dates before {dates.full_history_from} see fewer days of history")
+        notes.append(f"the log is too short for every sample date to see its whole history window "
+                     f"({like.windows.history_days} days): the dates before {dates.full_history_from} see fewer "
+                     "days (the warehouse warns of them too)")
     shown = f"tasks/{like_path.name}" if like_path.parent == TASKS_DIR else str(like_path)
     header = (f"# Made by `crowd tasks --new {name} --dataset {dataset} --like {like.name}` on {dt.date.today()}:\n"
               f"# the settings of {shown} (annotated there), the dates fitted to the log {dataset} "
