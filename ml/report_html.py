@@ -162,7 +162,8 @@ def _crowds_html(crowds: tuple[pd.DataFrame, pd.DataFrame] | None, task: Task, c
 def render(task: Task, table: pd.DataFrame, curves: pd.DataFrame,
            crowds: tuple[pd.DataFrame, pd.DataFrame] | None, run: str = "") -> str:
     """The report's HTML text."""
-    title = f"Purchase Crowd: {task.name}" + (f", run {run}" if run else "")
+    title = f"Purchase Crowd: {task.name}"  # the run's id (manual__2026-11-29T07:18:54.497450+00:00) is said below
+    by = html.escape(f" by the training DAG's run {run}" if run else "")
     warnings = "".join(f'<div class="warning">{html.escape(w)}</div>' for w in verdicts(table))
     made = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     note = table.attrs.get("champion_note")
@@ -175,7 +176,7 @@ def render(task: Task, table: pd.DataFrame, curves: pd.DataFrame,
 <title>{html.escape(title)}</title><style>{STYLE}</style></head>
 <body>
 <h1>{html.escape(title)}</h1>
-<p>{html.escape(task.about())} Target: {html.escape(task.target)}. Made {made} from the MLflow store.</p>
+<p>{html.escape(task.about())} Target: {html.escape(task.target)}. Made {made} from the MLflow store{by}.</p>
 <p class="settings">{html.escape(table.attrs.get("settings", ""))}</p>
 {warnings}
 <h2 id="comparison">Models on the backtest {html.escape(str(task.backtest))}</h2>

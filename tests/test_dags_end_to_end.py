@@ -4,6 +4,7 @@ training DAG, with a real metadata DB, DuckDB file and MLflow store. A period's 
 from __future__ import annotations
 
 import datetime as dt
+import html
 import os
 import re
 from pathlib import Path
@@ -253,6 +254,8 @@ def test_run_dags_drives_the_periods_and_training_dags_and_ends_with_the_compari
     report = task_paths.reports / "runs" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', run_id)}.html"
     text = report.read_text()
     assert "<td>dnn" in text and "10 to 10 (median 10)" in text and 'id="chart-gain"' in text
+    assert f"<h1>Purchase Crowd: {task.name}</h1>" in text  # the run's id said in the text, not the title
+    assert html.escape(f"by the training DAG's run {run_id}.") in text
     log = (task_paths.shared.airflow_home / "local_run.log").read_text()
     assert "samples.samples_evaluation" in log and "samples.samples_evaluation" not in out  # dbt's console
     # the results the commands print as their own lines are the task log's record (ml.cli.TASK_LOG_COMMANDS)
