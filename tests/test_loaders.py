@@ -392,15 +392,18 @@ def test_a_log_of_ones_own_loads_from_csv_by_its_header_names_with_rejects_kept(
                    "2024-03-01 10:05:00,cart,1,10,100,a\n"
                    "2024-03-02 09:00:00,buy,2,11,101,b\n"
                    "2024-03-02 09:00:00,refund,2,11,101,b\n"
-                   "2024-03-02T09:00:00,buy,2,11,101,b\n")
+                   "2024-03-02T09:00:00+08:00,buy,2,11,101,b\n"
+                   "2024-03-03T08:30:15.250,click,3,11,101,c\n")
     items = tmp_path / "items.csv"
     items.write_text("item_id,category_id,brand_id\n10,100,7\n11,101,\n12,102,8\n")
     assert main(["load", "--format", "csv", str(log), "--items", str(items), "--name", "mine",
                  "--out", str(tmp_path / "mine")]) == 0
-    assert "read 5 = accepted 3 + rejected 2" in capsys.readouterr().out
+    assert "read 6 = accepted 4 + rejected 2" in capsys.readouterr().out
     ev = _events(tmp_path / "mine").sort_values("ts")
-    assert list(ev.action) == ["click", "cart", "buy"] and list(ev.user_id) == [1, 1, 2]
-    assert ev.ts.iloc[2] == pd.Timestamp("2024-03-02 09:00:00")
+    assert list(ev.action) == ["click", "cart", "buy", "click"] and list(ev.user_id) == [1, 1, 2, 3]
+    # ISO 8601's T reads as the space does; a fraction of a second is dropped; a zone is a reject (whose local
+    # time would it be?)
+    assert ev.ts.iloc[2] == pd.Timestamp("2024-03-02 09:00:00") and ev.ts.iloc[3] == pd.Timestamp("2024-03-03 08:30:15")
     reasons = pq.read_table(tmp_path / "mine" / "rejects.parquet").to_pandas()
     assert sorted(reasons.line) == [5, 6]
     assert reasons.reason.str.contains("action").any() and reasons.reason.str.contains("time").any()

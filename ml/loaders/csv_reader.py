@@ -188,10 +188,18 @@ def _negative(s: pa.Array) -> np.ndarray:
     return pc.fill_null(pc.match_substring_regex(s, r"^-\d"), False).to_numpy(zero_copy_only=False)
 
 
+# how a reject names the time rules that are no strptime pattern
+TIME_RULES_SAID = {"iso_local": "YYYY-MM-DD HH:MM:SS or YYYY-MM-DDTHH:MM:SS, local time without a zone",
+                   "unix_seconds_utc8": "unix seconds", "mmdd": "mmdd"}
+
+
 def parse_time(s: pa.Array, rule: str, year: int | None) -> tuple[pa.Array, np.ndarray, np.ndarray]:
     """Timestamps (us, naive), the mask of values that could not be read, and of those that name no real
     calendar day (strptime rolls 30 Feb over to 2 Mar: a value is kept only when its month and day are the
     ones written)."""
+    if rule == "iso_local":  # 2024-03-02 09:00:00 or 2024-03-02T09:00:00[.123]: local time, no zone
+        plain = pc.replace_substring_regex(s, r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(\.\d{1,9})?$", r"\1 \2")
+        return parse_time(plain, "%Y-%m-%d %H:%M:%S", year)
     if rule == "unix_seconds_utc8":
         good = pc.fill_null(pc.match_substring_regex(s, r"^\d{1,11}$"), False)
         sec = pc.cast(pc.if_else(good, s, None), pa.int64())
@@ -426,9 +434,10 @@ def read_file(
                     ts, bad, no_day = parse_time(s, fmt.time_rule, year)
                     empty = _empty(s)
                     reasons.add(empty, col.name, "missing time", s)
-                    reasons.add(bad, col.name, f"unparseable time (expected {fmt.time_rule})", s)
+                    expected = TIME_RULES_SAID.get(fmt.time_rule, fmt.time_rule)
+                    reasons.add(bad, col.name, f"unparseable time (expected {expected})", s)
                     reasons.add(no_day, col.name, "no such calendar day", s)
-                    _check_shape(path, first, col, bad, empty, s, f"times as {fmt.time_rule}")
+                    _check_shape(path, first, col, bad, empty, s, f"times as {expected}")
                     tsn = pc.fill_null(ts.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
                     out_of = (tsn < np.datetime64(lo, "us").astype(np.int64)) | \
                              (tsn >= np.datetime64(hi, "us").astype(np.int64))

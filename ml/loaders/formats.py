@@ -44,7 +44,7 @@ class LogFormat:
     description: str
     events: FileFormat
     actions: dict[str, str]
-    time_rule: str                      # strptime pattern, or "unix_seconds_utc8", or "mmdd"
+    time_rule: str                      # strptime pattern, or "iso_local", "unix_seconds_utc8", "mmdd"
     items: FileFormat | None = None     # the separate item table, when the format has one
     needs_year: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
@@ -137,7 +137,8 @@ FORMATS: dict[str, LogFormat] = {
     "csv": LogFormat(
         name="csv",
         description=("a log of your own: CSV with a header naming user_id, item_id, category_id, action (click, "
-                     "collect, cart, buy), time (YYYY-MM-DD HH:MM:SS), and optionally brand_id, shop_id; "
+                     "collect, cart, buy), time (YYYY-MM-DD HH:MM:SS or ISO 8601's T, local time), and optionally "
+                     "brand_id, shop_id; "
                      "columns in any order, others ignored"),
         events=FileFormat(
             columns=(
@@ -153,7 +154,7 @@ FORMATS: dict[str, LogFormat] = {
             header=True,
         ),
         actions={"click": "click", "collect": "collect", "cart": "cart", "buy": "buy"},
-        time_rule="%Y-%m-%d %H:%M:%S",
+        time_rule="iso_local",
         items=FileFormat(
             columns=(
                 Column("item_id", _ID, "item_id"),
@@ -164,7 +165,8 @@ FORMATS: dict[str, LogFormat] = {
             delimiters=(",", "\t", ";"),
             header=True,
         ),
-        notes=("times are local times as written, to the second",
+        notes=(("times are local times as written, to the second (a fraction of a second is dropped; a time "
+                "with a zone, Z or +08:00, is a reject: say the log's local time)"),
                ("the item table, when given, decides the attributes of the items it lists; the log's own columns "
                 "fill in the items it does not")),
     ),
