@@ -89,9 +89,18 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from ml.synth.params import PRESETS
 
     task = _task(args)
+    out = args.out or Paths.default().dataset(args.name or task.dataset)
+    old = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").exists() else {}
+    if args.skip_if_present and old and old.get("source") != "synthetic":
+        # a task made for a loaded log has no preset: make run uses its log (it asked for a preset first)
+        print(f"{out} already holds a loaded {old.get('source', '')} log ({old.get('events', 0):,} events): "
+              "nothing to do")
+        return 0
     preset_name = args.preset or (task.generate.preset if task.generate else None)
     if preset_name is None:
-        raise ValueError(f"task {task.name} names no generator preset (generate.preset): pass --preset")
+        raise ValueError(f"task {task.name} names no generator preset (generate.preset) and its dataset "
+                         f"{args.name or task.dataset} is {'a generated one' if old else 'not there'}: load the log "
+                         f"(crowd load --name {args.name or task.dataset}) or pass --preset")
     preset = PRESETS[preset_name]
     sizes = preset.sizes
     changes = {k: getattr(args, k) for k in ("users", "items", "brands", "start", "end")
@@ -116,14 +125,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                                 ceiling_dates=(task.backtest,), ceiling_rollouts=args.ceiling_rollouts,
                                 workers=args.workers, oracle_tags=oracle_tags,
                                 **({"seed": seed} if seed is not None else {})), sizes=sizes)
-    out = args.out or Paths.default().dataset(args.name or task.dataset)
-    if args.skip_if_present and (out / "manifest.json").exists():
-        old = json.loads((out / "manifest.json").read_text())
+    if args.skip_if_present and old:
         wanted = {k: str(v) if isinstance(v, dt.date) else v for k, v in asdict(sizes).items()}
-        if old.get("source") != "synthetic":
-            print(f"{out} already holds a loaded {old.get('source', '')} log ({old.get('events', 0):,} events): "
-                  "nothing to do")
-            return 0
         if old.get("seed") == cfg.seed and old.get("sizes") == wanted and old.get("oracle") == oracle_manifest(cfg):
             print(f"{out} already holds this dataset ({old['events']:,} events): nothing to do")
             return 0

@@ -226,6 +226,12 @@ def test_crowd_tasks_new_writes_a_task_that_fits_the_log_and_never_writes_over_o
     assert main(["tasks", "--new", "nb", "--dataset", "nobrands", "--out", str(tmp_path),
                  "--like", "taobao-2017-category"]) == 0
     assert load_task(tmp_path / "nb.yaml").target == "category"
+    capsys.readouterr()
+    # make run's first step on such a task uses the loaded log (it asked for a generator preset the task has not)
+    assert main(["generate", "--task", str(tmp_path / "nb.yaml"), "--skip-if-present"]) == 0
+    assert "already holds a loaded csv log" in capsys.readouterr().out
+    assert main(["generate", "--task", str(tmp_path / "nb.yaml"), "--set", "dataset=absent", "--skip-if-present"]) == 2
+    assert "load the log (crowd load --name absent) or pass --preset" in capsys.readouterr().err
     # a tag task's tags are categories of its own log
     assert main([*args[:2], "tags", *args[3:], "--like", "tmall-2013-tags"]) == 2
     assert "write the tags of yours" in capsys.readouterr().err
