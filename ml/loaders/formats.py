@@ -138,8 +138,7 @@ FORMATS: dict[str, LogFormat] = {
         name="csv",
         description=("a log of your own: CSV with a header naming user_id, item_id, category_id, action (click, "
                      "collect, cart, buy), time (YYYY-MM-DD HH:MM:SS or ISO 8601's T, local time), and optionally "
-                     "brand_id, shop_id; "
-                     "columns in any order, others ignored"),
+                     "brand_id, shop_id; columns in any order, others ignored"),
         events=FileFormat(
             columns=(
                 Column("user_id", _ID, "user_id"),

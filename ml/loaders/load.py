@@ -166,8 +166,8 @@ def _fits(path: Path, fmt: LogFormat) -> bool:
     if layout.header:
         return True
     fields = [f.strip().strip('"') for f in first_line(path).split(layout.delimiter)]
-    ids = [(c, v) for c, v in zip(fmt.events.columns, fields, strict=True) if c.kind == "id" and not c.nullable]
-    _, empty, bad = parse_ids(pa.array([v for _, v in ids], pa.string()), fmt.id_prefix, fmt.id_float_look)
+    ids = [v for c, v in zip(fmt.events.columns, fields, strict=True) if c.kind == "id" and not c.nullable]
+    _, empty, bad = parse_ids(pa.array(ids, pa.string()), fmt.id_prefix, fmt.id_float_look)
     return not (empty.any() or bad.any())
 
 
