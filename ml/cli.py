@@ -835,7 +835,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = _command(sub, "report", parents=[tasked], help="the task's model comparison (latest run of each model, "
                         "and the oracle)")
-    rp.add_argument("--readme", type=Path, help="also write it into this README between its comparison markers")
+    rp.add_argument("--readme", type=Path, metavar="FILE",
+                    help="also write it into this Markdown file between the task's comparison markers (README.md "
+                         "for tmall-2013, docs/tasks.md for tianchi-mobile-2014)")
     rp.add_argument("--html", type=Path, nargs="?", const=True, metavar="FILE",
                     help="also write a self-contained HTML report (table, ROC, recall@N, gain and lift, "
                          "calibration, crowd sizes) to FILE (default: the task's reports/report.html)")
