@@ -829,8 +829,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--no-build", action="store_true",
                     help="score the forward export as it is, even one made from other inputs; build nothing (by "
                     "default one made from the same dataset and settings is reused, any other is built again)")
-    sc.add_argument("--out", type=Path, help="output parquet (default: the task's crowds/ds=DATE/crowds.parquet "
-                    "and the warehouse table crowds.forward_crowds)")
+    sc.add_argument("--out", type=Path, help="output parquet, or CSV for a name ending .csv (default: the task's "
+                    "crowds/ds=DATE/crowds.parquet and the warehouse table crowds.forward_crowds)")
     sc.set_defaults(func=_cmd_score)
 
     rp = _command(sub, "report", parents=[tasked], help="the task's model comparison (latest run of each model, "

@@ -190,8 +190,9 @@ def latest_published(paths: TaskPaths) -> Path | None:
 
 
 def expected_buyers_path(crowds: Path) -> Path:
-    """Beside the crowds, named after them (a sibling of a user's --out never takes a name they did not give)."""
-    return crowds.with_name(f"{crowds.stem}_expected_buyers.parquet")
+    """Beside the crowds, named after them (a sibling of a user's --out never takes a name they did not give), in
+    their format: a crowd written as CSV for a merchant's tools has its expected buyers as CSV too."""
+    return crowds.with_name(f"{crowds.stem}_expected_buyers{'.csv' if crowds.suffix == '.csv' else '.parquet'}")
 
 
 def submission_path(crowds: Path) -> Path:

@@ -15,6 +15,8 @@ import threading
 from pathlib import Path
 
 import mlflow
+import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -30,6 +32,8 @@ import os, sys
 from ml.task import load_task, TaskPaths
 from ml.tracking import PROCESS_TAG, configure, process_token
 import mlflow
+import numpy as np
+import pandas as pd
 configure(TaskPaths.of(load_task("tmall-2013")))
 with mlflow.start_run(run_name="killed", tags={PROCESS_TAG: process_token()}) as run:
     print(run.info.run_id, flush=True)
@@ -232,8 +236,17 @@ def test_the_champion_is_downloaded_once_into_the_task_and_nothing_is_left_in_th
     config = folder / "bundle" / "config.json"
     assert json.loads(config.read_text())["run_id"] == folder.name
     downloaded = config.stat().st_mtime_ns
-    assert main(["score", "--no-build", "--out", str(tmp_path / "again.parquet")]) == 0
+    assert main(["score", "--no-build", "--out", str(tmp_path / "again.csv")]) == 0
     assert config.stat().st_mtime_ns == downloaded  # read from the task's folder, not downloaded again
+    # a name ending .csv is a CSV for a merchant's tools, its expected buyers beside it as CSV too: the same rows
+    first = pd.read_parquet(tmp_path / "crowd.parquet")
+    again = pd.read_csv(tmp_path / "again.csv", parse_dates=["feature_date", "window_start", "window_end"])
+    assert list(again.columns) == list(first.columns) and len(again) == len(first) > 0
+    pd.testing.assert_frame_equal(again[["target_id", "rank", "user_id"]], first[["target_id", "rank", "user_id"]],
+                                  check_dtype=False)
+    assert np.allclose(again["score"], first["score"])
+    assert len(pd.read_csv(tmp_path / "again_expected_buyers.csv")) == len(
+        pd.read_parquet(tmp_path / "crowd_expected_buyers.parquet"))
     assert list(temp.iterdir()) == []
 
 
