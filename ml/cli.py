@@ -583,10 +583,21 @@ def _cmd_airflow(args: argparse.Namespace) -> int:
 def _cmd_paths(args: argparse.Namespace) -> int:
     task = _task(args)
     paths = TaskPaths.of(task)
+    if args.mlflow_env:
+        from ml.tracking import tracking_uri
+
+        # the mlflow command finds nothing of the project's without them (the local store is a SQLite file
+        # under the data directory), and `mlflow models serve` needs the registered model's name
+        uri = tracking_uri(paths.shared)
+        env = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri, "MLFLOW_EXPERIMENT_NAME": paths.experiment,
+               "CROWD_REGISTERED_MODEL": paths.registered_model}
+        return _print_exports(f"the task {task.name}'s MLflow store, experiment and registered model: eval \"$(crowd "
+                              f"paths --task {task.name} --mlflow-env)\", then for example mlflow models serve -m "
+                              "\"models:/$CROWD_REGISTERED_MODEL@champion\" --env-manager local -h 127.0.0.1 -p 5055",
+                              env)
     if not args.dbt_env:
         print(json.dumps(paths.describe(), indent=2))
         return 0
-    import shlex
 
     from ml.warehouse.build import dbt_environment
     from ml.warehouse.subset import item_subset_path
@@ -596,8 +607,16 @@ def _cmd_paths(args: argparse.Namespace) -> int:
     engine = task.warehouse.engine
     env = dbt_environment(paths.dataset_dir, paths.warehouse_of(engine), item_subset_path(task, paths), engine)
     env["CROWD_DBT_VARS"] = json.dumps(task.dbt_vars(), separators=(",", ":"))
-    print(f"# the task {task.name}'s dataset, warehouse and dbt vars: eval \"$(crowd paths --task {task.name} "
-          "--dbt-env)\", then in dbt_project/: dbt build --profiles-dir . --vars \"$CROWD_DBT_VARS\"")
+    return _print_exports(f"the task {task.name}'s dataset, warehouse and dbt vars: eval \"$(crowd paths --task "
+                          f"{task.name} --dbt-env)\", then in dbt_project/: dbt build --profiles-dir . --vars "
+                          "\"$CROWD_DBT_VARS\"", env)
+
+
+def _print_exports(comment: str, env: dict[str, str]) -> int:
+    """Shell lines to eval: a comment saying what for, then one quoted export per variable."""
+    import shlex
+
+    print(f"# {comment}")
     print("\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items()))
     return 0
 
@@ -687,7 +706,8 @@ EXAMPLES = {
     "airflow": ["crowd airflow                                    # http://127.0.0.1:8080, SQLite metadata",
                 "crowd airflow --db postgres --port 8081"],
     "paths": ["crowd paths --task taobao-2017-category",
-              'crowd paths --task taobao-2017-category --dbt-env   # eval "$(...)": dbt by hand on its warehouse'],
+              'crowd paths --task taobao-2017-category --dbt-env   # eval "$(...)": dbt by hand on its warehouse',
+              'crowd paths --mlflow-env                            # eval "$(...)": the mlflow command on its store'],
     "tasks": ["crowd tasks",
               "crowd tasks --new mine --dataset mylog                       # brand, weekly: like tmall-2013",
               "crowd tasks --new mine-daily --dataset mylog --like taobao-2017-category"],
@@ -861,9 +881,14 @@ def build_parser() -> argparse.ArgumentParser:
     af.set_defaults(func=_cmd_airflow)
 
     pa = _command(sub, "paths", parents=[tasked], help="print where a task keeps its outputs")
-    pa.add_argument("--dbt-env", action="store_true",
-                    help="print instead the shell exports that point dbt by hand at the task's dataset and warehouse, "
-                         "and its vars ($CROWD_DBT_VARS)")
+    exports = pa.add_mutually_exclusive_group()
+    exports.add_argument("--dbt-env", action="store_true",
+                         help="print instead the shell exports that point dbt by hand at the task's dataset and "
+                              "warehouse, and its vars ($CROWD_DBT_VARS)")
+    exports.add_argument("--mlflow-env", action="store_true",
+                         help="print instead the shell exports that point the mlflow command (models serve, ui) at "
+                              "the project's store, the task's experiment and its registered model "
+                              "($CROWD_REGISTERED_MODEL)")
     pa.set_defaults(func=_cmd_paths)
 
     ta = _command(sub, "tasks", help="list the tasks under tasks/, or write a new one for a loaded log (--new)")

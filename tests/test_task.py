@@ -146,6 +146,30 @@ def test_paths_prints_the_tasks_namespace(capsys):
     assert printed["registered_model"] == "purchase-crowd.taobao-2017-category.taobao-userbehavior"
 
 
+def test_paths_mlflow_env_points_the_mlflow_command_at_the_projects_store_and_registered_model(capsys):
+    """`mlflow models serve` and `mlflow ui` find nothing of the project's by themselves (its store is a SQLite
+    file under the data directory); `eval "$(crowd paths --mlflow-env)"` points them there."""
+    import os
+    import subprocess
+    import sys
+
+    from ml.tracking import tracking_uri
+
+    script = ('eval "$(crowd paths --task taobao-2017-category --mlflow-env)" && python -c "import mlflow, os; '
+              'print(mlflow.get_tracking_uri()); print(mlflow.get_registry_uri()); '
+              'print(os.environ[\'MLFLOW_EXPERIMENT_NAME\']); print(os.environ[\'CROWD_REGISTERED_MODEL\'])"')
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    paths = TaskPaths.of(load_task("taobao-2017-category"))
+    uri = tracking_uri(paths.shared)
+    assert uri.startswith("sqlite:///") and done.stdout.split() == [uri, uri, paths.experiment, paths.registered_model]
+    with pytest.raises(SystemExit):  # one kind of exports at a time
+        main(["paths", "--dbt-env", "--mlflow-env"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 def test_no_module_below_the_edge_builds_default_settings():
     """Defaults live in ml/task.py; the task is read at the edges (the CLI, the DAG builders and their local
     runner) and passed down. Below them nothing loads the default task or constructs settings objects."""
