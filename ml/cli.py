@@ -662,7 +662,7 @@ def _new_task(args: argparse.Namespace) -> int:
           f"{last_day + dt.timedelta(days=1)}")
     for note in notes:
         print(f"note: {note}")
-    task_arg = args.new if path.parent == TASKS_DIR and path.stem == args.new else str(path)
+    task_arg = args.new if path.parent == TASKS_DIR else str(path)  # the DAGs' and make run's name for it
     print(f"next: crowd warehouse --task {task_arg} && crowd train --task {task_arg} && crowd score --task {task_arg}"
           + (f", or make run TASK={args.new}" if task_arg == args.new else ""))
     return 0

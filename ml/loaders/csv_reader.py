@@ -121,9 +121,9 @@ def sniff(path: Path, ff: FileFormat) -> Layout:
     """Delimiter and header from the first line, checked against the declared columns."""
     if not path.exists():
         raise FormatError(f"{path}: no such file")
-    if path.stat().st_size == 0 or not first_line(path).strip():
-        raise FormatError(f"{path}: the file is empty; expected columns {', '.join(ff.names)}")
     line = first_line(path)
+    if not line.strip():
+        raise FormatError(f"{path}: the file is empty; expected columns {', '.join(ff.names)}")
     delim = next((d for d in ff.delimiters if d in line), None)
     if delim is None:
         if len(ff.columns) > 1:

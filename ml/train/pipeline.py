@@ -600,16 +600,15 @@ def _log_model(outcome: Outcome, data: Prepared, example_rows: int = 3):  # noqa
 
     bundle = Bundle.load(outcome.bundle)
     rows = np.arange(min(example_rows, len(data.splits["evaluation"])))
-    frame = data.frame("evaluation").iloc[rows]
     if outcome.model in GBDT_MODELS:
         keys = ["target_id", "target_category_id", "is_candidate"]
-        example = _as_double(frame[[*keys, *bundle.config["dense"]]])
+        example = _as_double(data.frame("evaluation").iloc[rows][[*keys, *bundle.config["dense"]]])
         output, requirements = bundle.score_frame(example), ["lightgbm==4.7.0", "mlflow==3.17.2"]
     else:
         _, net = bundle.network("cpu")  # the one score_batch serves with: what its batch holds (reads)
         batch = data.splits["evaluation"].batch(rows, **net.reads)
         example = {k: v.numpy() for k, v in batch.items() if k not in ("labels", "weight")}
-        example["is_candidate"] = frame["is_candidate"].to_numpy(dtype=bool)
+        example["is_candidate"] = np.asarray(data.splits["evaluation"].is_candidate[rows], dtype=bool)
         output, requirements = bundle.score_batch(example), ["torch==2.13.0", "mlflow==3.17.2"]
     return mlflow.pyfunc.log_model(name="model", python_model=str(Path(__file__).with_name("serving.py")),
                                    artifacts={"bundle": str(outcome.bundle)},
