@@ -772,12 +772,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "sizes and seed")
     g.set_defaults(func=_cmd_generate)
 
-    ld = _command(sub, "load", help="convert a real log (tmall, tianchi-mobile, taobao-userbehavior, "
-                        "tmall-repeat) into canonical parquet, with rejects")
+    ld = _command(sub, "load", help=f"convert a log ({', '.join(FORMATS)}) into canonical parquet, with rejects")
     ld.add_argument("--format", required=True, choices=sorted(FORMATS), help="the log's format (one of %(choices)s)")
     ld.add_argument("paths", nargs="+", type=Path,
                     help="log files (parts of one log); .gz, .bz2 and one-file .zip are read as they are")
-    ld.add_argument("--items", nargs="*", type=Path, help="item table files (tmall, tianchi-mobile)")
+    ld.add_argument("--items", nargs="*", type=Path, help="item table files (the formats that have one: "
+                    f"{', '.join(name for name, fmt in FORMATS.items() if fmt.items is not None)})")
     ld.add_argument("--year", type=int, help="year of mmdd dates (tmall-repeat)")
     ld.add_argument("--start", type=_date, help="reject events before this date")
     ld.add_argument("--end", type=_date, help="reject events on or after this date")

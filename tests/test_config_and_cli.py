@@ -52,6 +52,20 @@ def test_every_command_shows_its_defaults_and_examples_that_parse():
             parser.parse_args(args[1:])
 
 
+def test_load_help_names_every_format_and_those_with_an_item_table():
+    """The load command's line and its --items help were typed by hand and fell behind the formats (csv)."""
+    from ml.loaders.formats import FORMATS
+
+    parser = build_parser()
+    load = parser._subparsers._group_actions[0].choices["load"]
+    (items,) = (a for a in load._actions if a.dest == "items")
+    listed = " ".join(parser.format_help().split())
+    with_items = " ".join(items.help.split()).split("one: ")[1].rstrip(")").split(", ")
+    assert set(with_items) == {name for name, fmt in FORMATS.items() if fmt.items is not None}
+    for name in FORMATS:
+        assert name in listed, name
+
+
 def test_generate_help_says_what_every_preset_is():
     from ml.synth.params import PRESETS
 
