@@ -141,9 +141,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 def _cmd_load(args: argparse.Namespace) -> int:
     from ml.loaders.load import load
+    from ml.loaders.mapping import CsvMapping, parse_pairs
 
     out = args.out or Paths.default().dataset(args.name or args.format)
-    m = load(args.format, args.paths, out, items_paths=args.items, year=args.year, start=args.start, end=args.end)
+    mapping = CsvMapping(parse_pairs(args.column, "--column"), parse_pairs(args.action, "--action"), args.time_format)
+    m = load(args.format, args.paths, out, items_paths=args.items, year=args.year, start=args.start, end=args.end,
+             mapping=mapping)
     for f in m["files"]:
         print(f"{f['path']}: {f['lines']:,} lines: read {f['read']:,} = accepted {f['accepted']:,} + "
               f"rejected {f['rejected']:,}")
@@ -685,7 +688,10 @@ EXAMPLES = {
                  "crowd generate --preset tiny --name tiny --no-oracle"],
     "load": ["crowd load --format taobao-userbehavior UserBehavior.csv",
              "crowd load --format tianchi-mobile user.csv --items item.csv --name tianchi-mobile",
-             "crowd load --format csv mylog.csv --items myitems.csv --name mylog   # a log of your own"],
+             "crowd load --format csv mylog.csv --items myitems.csv --name mylog   # a log of your own",
+             ("crowd load --format csv events.csv --name retail --column user_id=visitorid,item_id=itemid "
+              "--column action=event,time=timestamp --action view=click,addtocart=cart,transaction=buy "
+              "--time-format unix_millis")],
     "warehouse": ["crowd warehouse --task tmall-2013                # every labelled date, then the exports",
                   "crowd warehouse --ds 2013-09-23 --select +samples_evaluation",
                   "crowd warehouse --engine spark --no-export",
@@ -781,6 +787,17 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--year", type=int, help="year of mmdd dates (tmall-repeat)")
     ld.add_argument("--start", type=_date, help="reject events before this date")
     ld.add_argument("--end", type=_date, help="reject events on or after this date")
+    ld.add_argument("--column", action="append", metavar="NAME=HEADER",
+                    help="csv: the header holding one of its columns (repeatable, or comma-separated: "
+                         "user_id=visitorid,item_id=itemid; the item table's header too); default: the column's name")
+    ld.add_argument("--action", action="append", metavar="VALUE=ACTION",
+                    help="csv: what one of the log's action values is, one of click, collect, cart, buy "
+                         "(repeatable, or comma-separated: view=click,addtocart=cart,transaction=buy; values not "
+                         "named are rejects); default: the values click, collect, cart, buy")
+    ld.add_argument("--time-format", metavar="FORMAT",
+                    help="csv: iso (YYYY-MM-DD HH:MM:SS, or its T form), unix_seconds or unix_millis (read as UTC), "
+                         "or a strptime pattern of %%Y %%m %%d %%H %%M %%S such as '%%d/%%m/%%Y %%H:%%M' "
+                         "(default: iso)")
     ld.add_argument("--name", help="dataset name under DATA/raw/ (default: the format)")
     ld.add_argument("--out", type=Path, help="output directory (default DATA/raw/NAME)")
     ld.set_defaults(func=_cmd_load)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +15,7 @@ from ml.cli import main
 from ml.loaders.csv_reader import FileReport, FormatError, read_file
 from ml.loaders.formats import FORMATS
 from ml.loaders.load import load
+from ml.loaders.mapping import CsvMapping, parse_pairs
 
 REAL = Path(__file__).parent / "fixtures" / "real"
 TIANCHI_LOG = REAL / "tianchi_mobile_user_sample.csv"
@@ -431,6 +433,71 @@ def test_a_csv_log_without_a_required_column_names_it_and_what_is_optional(tmp_p
     assert not (tmp_path / "out").exists()
 
 
+def test_a_csv_log_under_its_own_names_loads_with_a_mapping_its_manifest_records(tmp_path, capsys):
+    """A log in the wild (RetailRocket's events.csv) names its columns, actions and times its own way; the mapping
+    reads it as it is, its item table by the same headers, values it does not name kept as rejects."""
+    log = tmp_path / "events.csv"
+    log.write_text("timestamp,visitorid,event,itemid,categoryid,transactionid\n"
+                   "1433221332117,7,view,10,100,\n"
+                   "1433224214164,8,transaction,11,100,4000\n"
+                   "1433221999827,7,addtocart,11,100,\n"
+                   "1433221999827,9,remove,12,101,\n"
+                   "14332219998271234,9,view,12,101,\n")
+    items = tmp_path / "items.csv"
+    items.write_text("itemid,categoryid,brand_id\n10,100,5\n11,100,\n12,101,6\n")
+    args = ["load", "--format", "csv", str(log), "--items", str(items), "--out", str(tmp_path / "rr"),
+            "--column", "user_id=visitorid,item_id=itemid,category_id=categoryid", "--column", "action=event",
+            "--column", "time=timestamp", "--action", "view=click,addtocart=cart,transaction=buy",
+            "--time-format", "unix_millis"]
+    assert main(args) == 0
+    assert "read 5 = accepted 3 + rejected 2" in capsys.readouterr().out
+    ev = _events(tmp_path / "rr").sort_values("ts")
+    assert list(ev.action) == ["click", "cart", "buy"] and list(ev.user_id) == [7, 7, 8]
+    # unix milliseconds in UTC, to the second as every format's times
+    assert ev.ts.iloc[0] == pd.Timestamp("2015-06-02 05:02:12")
+    reasons = pq.read_table(tmp_path / "rr" / "rejects.parquet").to_pandas().set_index("line").reason
+    assert "event: unknown action" in reasons[5] and "timestamp: unparseable time (expected unix milli" in reasons[6]
+    it = pq.read_table(tmp_path / "rr" / "items.parquet").to_pandas().set_index("item_id")
+    assert it.loc[12, "brand_id"] == 6
+    manifest = json.loads((tmp_path / "rr" / "manifest.json").read_text())
+    assert manifest["mapping"]["actions"]["transaction"] == "buy"
+    assert manifest["mapping"]["time_format"] == "unix_millis"
+    # a day-first pattern: the month and day as written, or a reject
+    dmy = tmp_path / "dmy.csv"
+    dmy.write_text("user_id,item_id,category_id,action,time\n1,10,100,click,02/03/2024 09:00\n"
+                   "1,10,100,buy,31/02/2024 09:00\n")
+    m = load("csv", [dmy], tmp_path / "dmy", mapping=CsvMapping(time_format="%d/%m/%Y %H:%M"))
+    assert m["accepted"] == 1 and m["files"][0]["reasons"] == {"time: no such calendar day": 1}
+    assert _events(tmp_path / "dmy").ts.iloc[0] == pd.Timestamp("2024-03-02 09:00")
+
+
+@pytest.mark.parametrize(("mapping", "said"), [
+    (CsvMapping(columns={"user": "visitorid"}), "'user' is not a column of --format csv"),
+    (CsvMapping(columns={"user_id": "a", "item_id": "A"}), "two columns are read from one header"),
+    (CsvMapping(columns={"item_id": "user_id"}), "'user_id' is the name of the column user_id too"),
+    (CsvMapping(actions={"view": "see"}), "'see' is none of click, collect, cart, buy"),
+    (CsvMapping(time_format="%s"), "%s is not read"),
+    (CsvMapping(time_format="%d.%m %H"), "needs %Y, %m and %d"),
+    (CsvMapping(time_format="epoch"), "expected one of iso, unix_seconds, unix_millis or a strptime pattern"),
+])
+def test_a_mapping_that_cannot_be_read_fails_before_anything_is_written(tmp_path, mapping, said):
+    log = tmp_path / "log.csv"
+    log.write_text("user_id,item_id,category_id,action,time\n1,10,100,click,2024-03-01 10:00:00\n")
+    with pytest.raises(ValueError, match=re.escape(said)):
+        load("csv", [log], tmp_path / "out", mapping=mapping)
+    with pytest.raises(ValueError, match="are for --format csv"):
+        load("taobao-userbehavior", [log], tmp_path / "out", mapping=CsvMapping(actions={"pv": "click"}))
+    assert not (tmp_path / "out").exists()
+
+
+def test_mapping_pairs_are_read_from_repeated_and_comma_separated_options():
+    assert parse_pairs(["a=b,c = d", "e=f"], "--column") == {"a": "b", "c": "d", "e": "f"}
+    with pytest.raises(ValueError, match="'a' is given twice"):
+        parse_pairs(["a=b", "a=c"], "--column")
+    with pytest.raises(ValueError, match="expected NAME=VALUE"):
+        parse_pairs(["a"], "--action")
+
+
 def test_the_generators_log_written_as_csv_loads_back_to_the_same_events_and_items(tiny_dataset, tmp_path):
     """The canonical tables round-trip through --format csv: what a user exporting their own log this way gets
     is what the generator hands the warehouse."""
@@ -444,6 +511,7 @@ def test_the_generators_log_written_as_csv_loads_back_to_the_same_events_and_ite
                                                                                      index=False)
     m = load("csv", [tmp_path / "log.csv"], tmp_path / "out", items_paths=[tmp_path / "items.csv"])
     assert m["rejected"] == 0 and m["events"] == len(events)
+    assert "mapping" not in m  # a log loaded as before keeps its manifest, so the warehouse keeps its build
     keys = ["user_id", "item_id", "action", "ts"]
     back = _events(tmp_path / "out")[keys].sort_values(keys, ignore_index=True)
     pd.testing.assert_frame_equal(back, events[keys].sort_values(keys, ignore_index=True), check_dtype=False)

@@ -190,7 +190,10 @@ def _negative(s: pa.Array) -> np.ndarray:
 
 # how a reject names the time rules that are no strptime pattern
 TIME_RULES_SAID = {"iso_local": "YYYY-MM-DD HH:MM:SS or YYYY-MM-DDTHH:MM:SS, local time without a zone",
-                   "unix_seconds_utc8": "unix seconds", "mmdd": "mmdd"}
+                   "unix_seconds_utc8": "unix seconds", "unix_seconds": "unix seconds",
+                   "unix_millis": "unix milliseconds", "mmdd": "mmdd"}
+# unix times: the digits a value may have (to the year 5138), and the seconds each unit is
+_UNIX_RULES = {"unix_seconds_utc8": (11, 1, _UTC8), "unix_seconds": (11, 1, 0), "unix_millis": (14, 1000, 0)}
 
 
 def parse_time(s: pa.Array, rule: str, year: int | None) -> tuple[pa.Array, np.ndarray, np.ndarray]:
@@ -200,10 +203,13 @@ def parse_time(s: pa.Array, rule: str, year: int | None) -> tuple[pa.Array, np.n
     if rule == "iso_local":  # 2024-03-02 09:00:00 or 2024-03-02T09:00:00[.123]: local time, no zone
         plain = pc.replace_substring_regex(s, r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(\.\d{1,9})?$", r"\1 \2")
         return parse_time(plain, "%Y-%m-%d %H:%M:%S", year)
-    if rule == "unix_seconds_utc8":
-        good = pc.fill_null(pc.match_substring_regex(s, r"^\d{1,11}$"), False)
-        sec = pc.cast(pc.if_else(good, s, None), pa.int64())
-        ts = pc.cast(pc.multiply(pc.add(sec, _UTC8), 1_000_000), pa.timestamp("us"))
+    if rule in _UNIX_RULES:  # UTC, or China's local time for Taobao's log (its calendar days are the dataset's)
+        digits, per_second, offset = _UNIX_RULES[rule]
+        good = pc.fill_null(pc.match_substring_regex(s, rf"^\d{{1,{digits}}}$"), False)
+        units = pc.cast(pc.if_else(good, s, None), pa.int64())
+        seconds = pc.divide(units, per_second)  # to the second, as every format's times (integers: truncated)
+        micros = pc.multiply(pc.add(seconds, offset), 1_000_000)
+        ts = pc.cast(micros, pa.timestamp("us"))
         return ts, pc.is_null(ts).to_numpy(zero_copy_only=False), np.zeros(len(s), bool)
     if rule == "mmdd":
         if year is None:
@@ -220,7 +226,7 @@ def parse_time(s: pa.Array, rule: str, year: int | None) -> tuple[pa.Array, np.n
     return pc.if_else(pa.array(same), ts, None), ~read, read & ~same
 
 
-_FIELD_WIDTHS = {"Y": 4, "m": 2, "d": 2, "H": 2, "M": 2, "S": 2}
+FIELD_WIDTHS = {"Y": 4, "m": 2, "d": 2, "H": 2, "M": 2, "S": 2}
 
 
 def _month_and_day_as_written(s: pa.Array, ts: pa.Array, rule: str, read: np.ndarray) -> np.ndarray:
@@ -231,9 +237,9 @@ def _month_and_day_as_written(s: pa.Array, ts: pa.Array, rule: str, read: np.nda
     while i < len(rule):
         if rule[i] == "%" and i + 1 < len(rule):
             code = rule[i + 1]
-            if code not in _FIELD_WIDTHS:
+            if code not in FIELD_WIDTHS:
                 raise ValueError(f"time rule {rule!r}: %{code} has no fixed width")
-            offsets[code], width, i = width, width + _FIELD_WIDTHS[code], i + 2
+            offsets[code], width, i = width, width + FIELD_WIDTHS[code], i + 2
         else:
             width, i = width + 1, i + 1
     fixed = read & pc.fill_null(pc.equal(pc.utf8_length(s), width), False).to_numpy(zero_copy_only=False)

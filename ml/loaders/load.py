@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from ml.loaders.csv_reader import REJECTS_SCHEMA, FileReport, FormatError, first_line, parse_ids, read_file, sniff
 from ml.loaders.formats import FORMATS, FileFormat, LogFormat
+from ml.loaders.mapping import CsvMapping, mapped_format
 from ml.outputs import replacing
 from ml.synth.generate import EVENTS_SCHEMA
 
@@ -111,14 +112,18 @@ def load(
     year: int | None = None,
     start: dt.date | None = None,
     end: dt.date | None = None,
+    mapping: CsvMapping | None = None,
 ) -> dict:
     """Read the files of one format into a canonical dataset directory. Returns the manifest.
+
+    `mapping` names a csv log's own headers, action values and time format (ml.loaders.mapping).
 
     `out` is replaced only when it is a dataset folder the project made (ml.outputs), and only once the new
     one is complete and holds events: a bad range or a log with nothing accepted keeps the old dataset."""
     if format_name not in FORMATS:
         raise FormatError(f"unknown format {format_name!r}: expected one of {sorted(FORMATS)}")
-    fmt: LogFormat = FORMATS[format_name]
+    mapping = mapping or CsvMapping()
+    fmt: LogFormat = mapped_format(FORMATS[format_name], mapping)
     if fmt.needs_year and year is None:
         raise ValueError(f"{format_name} stores dates as mmdd without a year: give --year")
     if items_paths and fmt.items is None:
@@ -136,7 +141,7 @@ def load(
         _check_first_line(Path(path), fmt)
     t0 = time.perf_counter()
     with replacing(out, inputs=[*paths, *(items_paths or [])]) as tmp:
-        manifest = _load_into(tmp, fmt, paths, items_paths, year, start, end, t0)
+        manifest = _load_into(tmp, fmt, paths, items_paths, year, start, end, t0, mapping)
         if manifest["events"] == 0:
             raise ValueError(f"no event of {len(paths)} file(s) was accepted (read {manifest['read']:,}, rejected "
                              f"{manifest['rejected']:,}): nothing written, {out} is as it was")
@@ -172,7 +177,7 @@ def _fits(path: Path, fmt: LogFormat) -> bool:
 
 
 def _load_into(tmp: Path, fmt: LogFormat, paths: list[Path], items_paths: list[Path] | None, year: int | None,
-               start: dt.date | None, end: dt.date | None, t0: float) -> dict:
+               start: dt.date | None, end: dt.date | None, t0: float, mapping: CsvMapping) -> dict:
     (tmp / "events").mkdir(parents=True)
     reports: list[FileReport] = []
     log_votes: list[pa.Table] = []
@@ -274,5 +279,7 @@ def _load_into(tmp: Path, fmt: LogFormat, paths: list[Path], items_paths: list[P
         "last_ts": str(ts_max) if ts_max else None,
         "seconds": round(time.perf_counter() - t0, 3),
     }
+    if mapping:  # only then: a log loaded again as it was keeps its manifest, and the warehouse its build
+        manifest["mapping"] = mapping.as_json()
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
