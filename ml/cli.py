@@ -161,6 +161,9 @@ def _cmd_load(args: argparse.Namespace) -> int:
         # what a task file's dates and windows have to fit
         actions = ", ".join(f"{a} {n:,}" for a, n in m["actions"].items())
         print(f"events from {m['first_ts']} to {m['last_ts']}: {actions}")
+    if m["event_items_without_metadata"]:
+        _warn(f"items of the log with no category: {m['event_items_without_metadata']:,} (the item table does not "
+              "list them): the warehouse rejects their events, each with its reason (ods_event_rejects)")
     if m["item_subset"]:
         print(f"item subset: {m['item_subset']:,} items, {m['item_subset_in_log']:,} of them in the log, "
               f"with {m['events_on_item_subset']:,} of its {m['events']:,} events")

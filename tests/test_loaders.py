@@ -416,8 +416,8 @@ def test_a_log_of_ones_own_loads_from_csv_by_its_header_names_with_rejects_kept(
 
 def test_a_csv_log_without_a_required_column_names_it_and_what_is_optional(tmp_path):
     log = tmp_path / "mylog.csv"
-    log.write_text("user_id,item_id,action,time\n1,10,click,2024-03-01 10:00:00\n")
-    with pytest.raises(FormatError, match=r"column 'category_id' is missing from the header") as err:
+    log.write_text("user_id,item_id,category_id,time\n1,10,100,2024-03-01 10:00:00\n")
+    with pytest.raises(FormatError, match=r"column 'action' is missing from the header") as err:
         load("csv", [log], tmp_path / "out")
     assert "brand_id (optional)" in str(err.value)
     # four names are no data line of the four-column Tmall log (it said "its first line fits --format tmall")
@@ -469,6 +469,21 @@ def test_a_csv_log_under_its_own_names_loads_with_a_mapping_its_manifest_records
     m = load("csv", [dmy], tmp_path / "dmy", mapping=CsvMapping(time_format="%d/%m/%Y %H:%M"))
     assert m["accepted"] == 1 and m["files"][0]["reasons"] == {"time: no such calendar day": 1}
     assert _events(tmp_path / "dmy").ts.iloc[0] == pd.Timestamp("2024-03-02 09:00")
+
+
+def test_a_csv_log_may_leave_the_categories_to_its_item_table_and_not_to_nobody(tmp_path, capsys):
+    log = tmp_path / "events.csv"
+    log.write_text("user_id,item_id,action,time\n7,10,click,2024-03-01 10:00:00\n8,13,buy,2024-03-01 11:00:00\n")
+    with pytest.raises(FormatError, match="no 'category_id' column and no item table"):
+        load("csv", [log], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    items = tmp_path / "items.csv"
+    items.write_text("item_id,category_id\n10,100\n11,100\n")
+    assert main(["load", "--format", "csv", str(log), "--items", str(items), "--out", str(tmp_path / "out")]) == 0
+    # item 13 has no category: the warehouse will reject its event, and the load says so
+    assert "items of the log with no category: 1" in capsys.readouterr().out
+    it = pq.read_table(tmp_path / "out" / "items.parquet").to_pandas().set_index("item_id")
+    assert it.loc[10, "category_id"] == 100 and 13 not in it.index
 
 
 @pytest.mark.parametrize(("mapping", "said"), [

@@ -136,14 +136,15 @@ FORMATS: dict[str, LogFormat] = {
     ),
     "csv": LogFormat(
         name="csv",
-        description=("a log of your own: CSV with a header naming user_id, item_id, category_id, action (click, "
-                     "collect, cart, buy), time (YYYY-MM-DD HH:MM:SS or ISO 8601's T, local time), and optionally "
-                     "brand_id, shop_id; columns in any order, others ignored"),
+        description=("a log of your own: CSV with a header naming user_id, item_id, category_id (or an item table "
+                     "that gives it), action (click, collect, cart, buy), time (YYYY-MM-DD HH:MM:SS or ISO 8601's T, "
+                     "local time), and optionally brand_id, shop_id; columns in any order, others ignored"),
         events=FileFormat(
             columns=(
                 Column("user_id", _ID, "user_id"),
                 Column("item_id", _ID, "item_id"),
-                Column("category_id", _ID, "category_id"),
+                # optional when the item table gives the categories (a log whose items are described apart)
+                Column("category_id", _ID, "category_id", optional=True),
                 Column("brand_id", _ID, "brand_id", nullable=True, optional=True),
                 Column("shop_id", _ID, "shop_id", nullable=True, optional=True),
                 Column("action", "action", "action"),

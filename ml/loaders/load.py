@@ -139,6 +139,7 @@ def load(
             raise ValueError(f"{path}: not a file (give the log's files, not a folder)")
     for path in paths:
         _check_first_line(Path(path), fmt)
+        _check_categories(Path(path), fmt, items_paths)
     t0 = time.perf_counter()
     with replacing(out, inputs=[*paths, *(items_paths or [])]) as tmp:
         manifest = _load_into(tmp, fmt, paths, items_paths, year, start, end, t0, mapping)
@@ -159,6 +160,17 @@ def _check_first_line(path: Path, fmt: LogFormat) -> None:
         if not fits:
             raise
         raise FormatError(f"{e}; its first line fits --format {' or '.join(fits)}") from None
+
+
+def _check_categories(path: Path, fmt: LogFormat, items_paths: list[Path] | None) -> None:
+    """A log may leave its items' categories to the item table (csv), not to nobody: every target and feature
+    of the warehouse hangs off an item's category."""
+    column = next((c for c in fmt.events.columns if c.target == "category_id"), None)
+    if column is None or not column.optional or items_paths:
+        return
+    if column.name not in sniff(path, fmt.events).names:
+        raise FormatError(f"{path}: the header has no {column.name!r} column and no item table (--items) gives the "
+                          "items' categories; add one or the other")
 
 
 def _fits(path: Path, fmt: LogFormat) -> bool:
@@ -243,8 +255,10 @@ def _load_into(tmp: Path, fmt: LogFormat, paths: list[Path], items_paths: list[P
         n_events, ts_min, ts_max = con.execute(f"select count(*), min(ts), max(ts) from {events}").fetchall()[0]
         # identical rows are kept (they can be real repeats, e.g. within Tianchi's hour), only counted
         dups = n_events - con.execute(f"select count(*) from (select distinct * from {events})").fetchall()[0][0]
+        # items with no category (in no item table, or the log's rows give none): the warehouse rejects their events
         missing = con.execute(
-            f"select count(distinct item_id) from {events} where item_id not in (select item_id from items)"
+            f"select count(distinct item_id) from {events} "
+            "where item_id not in (select item_id from items where category_id is not null)"
         ).fetchall()[0][0]
         actions = dict(con.execute(f"select action, count(*) from {events} group by 1").fetchall())
         # a subset that is not this log's (another sample's item file) leaves the item task no target: say so
