@@ -364,6 +364,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         held_forward,
         log_days,
         score_forward,
+        served_on_other_data,
     )
     from ml.orchestration import short_history
 
@@ -374,9 +375,11 @@ def _cmd_score(args: argparse.Namespace) -> int:
     if not args.no_build:
         if not args.model:  # a champion for this data and these settings, before minutes of dbt for none
             from ml.train.bundle import champion_version
+            from ml.warehouse.build import project_digest
             from ml.warehouse.export import build_id
 
-            champion_version(paths, task.comparison_fingerprint(build_id(paths.dataset_dir)))
+            champion_version(paths, task.comparison_fingerprint(build_id(paths.dataset_dir)),
+                             task.serving_fingerprint(project_digest()))
         key = forward_key(task, paths, as_of)
         held = held_forward(paths, as_of, key)
         rows = held or build_forward(task, paths, as_of, key=key)
@@ -391,6 +394,10 @@ def _cmd_score(args: argparse.Namespace) -> int:
           + ("" if result.model_build == result.data_build else " (NOT the build the model was trained on)"))
     print(f"buyers to expect: {result.expected_in_crowds:,.1f} in the crowds, {result.expected_in_population:,.1f} in "
           f"the whole scored population (per target: {expected_buyers_path(result.path)})")
+    if result.champion and result.model_build != result.data_build:
+        said = served_on_other_data(task.name, result.model, result.model_version, result.model_build,
+                                    result.feature_date, result.data_build)
+        print(f"warning: {said}")
     if result.submission:
         print(f"submission (the top pairs, as many as the F1 was best at on validation): {result.submission}")
     if result.verdict:

@@ -206,14 +206,17 @@ def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | Non
     from ml.models.zoo import NEEDS_SERIES
     from ml.tracking import comparison_key
     from ml.train.bundle import load_bundle
+    from ml.warehouse.export import serving_key
 
     if out is not None:  # the user's path: only an earlier output of this command is replaced, checked first
         check_table_replaceable(out, CROWD_COLUMNS)
         check_table_replaceable(expected_buyers_path(out), EXPECTED_COLUMNS)
         if task.target == "item":
             check_table_replaceable(submission_path(out), SUBMISSION_COLUMNS)
-    # the champion of the forward export's build: new data, or changed dbt models, has none until trained on
-    bundle = load_bundle(model, paths, comparison_key(task, paths.exports, as_of))
+    # the champion of the forward export's build, else the latest of the same features on other data (a log
+    # loaded again with more days); changed dbt models or settings have none until trained on
+    bundle = load_bundle(model, paths, comparison_key(task, paths.exports, as_of),
+                         serving_key(task, paths.exports, as_of))
     if bundle.config.get("task", task.name) != task.name:
         raise ValueError(f"model {bundle.name} was trained for task {bundle.config['task']}, not {task.name}")
     rows = read_schema(paths.exports, as_of).get("rows", {})
@@ -233,10 +236,13 @@ def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | Non
     for raw in tqdm(chunks, desc="crowds", unit="chunk", leave=False, disable=None):
         if build is None:
             build = raw.build
-            if model_build != build:
+            if model_build != build and model:
                 log.warning("%s was trained on warehouse build %s, the features of %s are of build %s (other data "
                             "or dbt models): scoring with it because it was named", bundle.name,
                             model_build or "unknown", as_of, build or "unknown")
+            elif model_build != build:  # in the training DAG's task log; `crowd score` prints it as its own line
+                results_log.warning("%s", served_on_other_data(task.name, bundle.name, bundle.config.get("version"),
+                                                               model_build, as_of, build))
         scores = bundle.score(raw)
         chunk = top_users(raw.samples, scores, limit)
         best = chunk if best is None else top_users(pd.concat([best, chunk]), np.r_[best["score"], chunk["score"]],
@@ -284,6 +290,15 @@ def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | Non
                         float(expected["expected_buyers_population"].sum()),
                         model_version=version, run_id=run_id, data_build=build, model_build=model_build,
                         verdict=verdict, champion=not model)
+
+
+def served_on_other_data(task: str, model: str, version: str | None, model_build: str, as_of: dt.date,
+                         build: str) -> str:
+    """What a champion served on data it was not trained on says: which data, and how that ends."""
+    return (f"the champion {model} (version {version or '?'}) was trained on warehouse build "
+            f"{model_build or 'unknown'}, the features of {as_of} are of build {build or 'unknown'} (the same "
+            "features and settings on other data): it serves until a model is trained on this data (`crowd train "
+            f"--task {task}`), which then competes on it alone")
 
 
 def _registered_version(paths: TaskPaths, run_id: str) -> str | None:

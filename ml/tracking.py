@@ -7,7 +7,10 @@ changed task has no champion until a model is trained on it. The alias `champion
 new run of the same key beats it on the validation dates (`selection_*` metrics; the backtest's `eval_*`
 metrics never choose), and `crowd score` serves the champion of the task's own key. Runs of other settings are
 measured on other rows and never compete. The plain `champion` alias follows the latest promotion, for the
-MLflow UI.
+MLflow UI. Every training also points `champion-features-SKEY` (Task.serving_fingerprint: the same features
+and the same way of choosing, on any data) at its comparison's champion: while the current data's comparison
+has no champion, `crowd score` serves that one, saying which data it was trained on, so a log that grows keeps
+getting its crowds.
 
 A training's run is open while it trains and carries the process that runs it (`crowd.process`: host, pid and
 the process's start time); a process killed mid-way leaves its run RUNNING, and the next training of the
@@ -101,6 +104,11 @@ def abandoned_runs_failed(experiment_id: str) -> list[str]:
 def champion_alias(key: str) -> str:
     """The alias of the champion among runs of one comparison fingerprint."""
     return f"{CHAMPION}-{key}"
+
+
+def serving_alias(serving_key: str) -> str:
+    """The alias of the latest champion among runs whose features mean the same (Task.serving_fingerprint)."""
+    return f"{CHAMPION}-features-{serving_key}"
 
 
 def selection_metric(name: str) -> str:
@@ -231,13 +239,18 @@ def register_version(name: str, info, tags: dict, description: str = "",  # noqa
     return str(version.version)
 
 
-def promote_if_better(paths: TaskPaths, version: str, metric: str, value: float, key: str) -> bool:
+def promote_if_better(paths: TaskPaths, version: str, metric: str, value: float, key: str,
+                      features_key: str | None = None) -> bool:
     """Move the champion alias of key to this version only if it beats the current champion of key on
-    `metric` (read and moved under champion_lock); the plain alias follows."""
+    `metric` (read and moved under champion_lock); the plain alias follows. The alias of the serving
+    fingerprint `features_key` names key's champion after every training, promoted or kept: the champion of the
+    comparison trained last (a store whose champion was promoted before the alias existed gets it too)."""
     client = MlflowClient()
     name = paths.registered_model
     with champion_lock(paths):
         current, best = champion_metric(client, name, metric, key)
+        if features_key:
+            client.set_registered_model_alias(name, serving_alias(features_key), version if value > best else current)
         if value > best:
             client.set_registered_model_alias(name, champion_alias(key), version)
             client.set_registered_model_alias(name, CHAMPION, version)

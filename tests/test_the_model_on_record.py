@@ -146,9 +146,13 @@ def test_a_killed_trainings_folder_is_swept_by_the_next_one(task_paths):
     mine.rmdir()
 
 
-def test_new_data_has_no_champion_until_a_model_is_trained_on_it(concurrent, task, task_paths, tmp_path, capsys):
-    """The champion is keyed to the warehouse build: scoring features of another build (a new load, changed
-    dbt models) with it is refused; a model named with --model scores them, and the output says so."""
+def test_new_data_is_served_by_the_champion_of_the_same_features_and_other_dbt_models_are_refused(
+        concurrent, task, task_paths, tmp_path, capsys):
+    """The champion is keyed to the warehouse build, and a build of new data (a log loaded again with more days)
+    has none until a model is trained on it; meanwhile the latest champion of the same features and settings
+    serves its crowds, saying so (they were held back until a training: the DAG's scheduled crowds of a growing
+    log never came). Features of other dbt models are refused; a model named with --model scores them, and the
+    output says so."""
     out = tmp_path / "crowd.parquet"
     assert main(["score", "--out", str(out)]) == 0  # the champion, on the data it was trained on
     printed = capsys.readouterr().out
@@ -162,9 +166,17 @@ def test_new_data_has_no_champion_until_a_model_is_trained_on_it(concurrent, tas
     original = schema_path.read_text()
     try:
         schema_path.write_text(json.dumps({**schema, "build": "newdata00000"}))
+        assert main(["score", "--no-build", "--out", str(out)]) == 0
+        printed = capsys.readouterr().out
+        assert "build newdata00000" in printed and "(NOT the build the model was trained on)" in printed
+        assert (f"was trained on warehouse build {schema['build']}, the features of {as_of} are of build "
+                "newdata00000" in printed and "it serves until a model is trained on this data" in printed)
+        assert set(pd.read_parquet(out)["data_build"]) == {"newdata00000"}
+        schema_path.write_text(json.dumps({**schema, "build": "newdata00000", "dbt_project": "otherdbt0000"}))
         assert main(["score", "--no-build", "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert "no champion model for the current data" in err and "latest champion (version" in err
+        assert "trained on other dbt models or settings" in err
         assert main(["score", "--no-build", "--model", "lgbm_all_mixed", "--out", str(out)]) == 0
         assert "NOT the build the model was trained on" in capsys.readouterr().out
     finally:

@@ -30,9 +30,11 @@ from ml.tracking import (
     configure,
     promote_if_better,
     selection_metric,
+    serving_alias,
 )
 from ml.train.pipeline import train_and_evaluate
 from ml.train.trainer import TrainConfig
+from ml.warehouse.export import serving_key
 
 FAST = TrainConfig(epochs=2, batch_size=512, progress=False, tensorboard=False)
 
@@ -43,12 +45,17 @@ def outcomes(tiny_exports, tiny_dataset, task, task_paths):
             for m in ("lgbm_all_mixed", "lgbm_per_target", "din", "ple")}
 
 
-def test_every_run_is_recorded_with_metrics_plots_table_and_model(outcomes, task_paths):
+def test_every_run_is_recorded_with_metrics_plots_table_and_model(outcomes, task, task_paths):
     configure(task_paths)
     client = MlflowClient()
     registered = client.get_registered_model(task_paths.registered_model)  # what its versions are, which serves
     assert registered.description.startswith("Which users buy each brand") and "champion-<comparison>" in \
-        registered.description
+        registered.description and "champion-features-<key>" in registered.description
+    # the champion of the comparison trained last also serves new data of the same features
+    champion = client.get_model_version_by_alias(registered.name,
+                                                 champion_alias(comparison_key(task, task_paths.exports)))
+    features = serving_alias(serving_key(task, task_paths.exports))
+    assert client.get_model_version_by_alias(registered.name, features).version == champion.version
     experiment = client.get_experiment_by_name(task_paths.experiment)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     # the list of experiments says what each is (its description was blank)
@@ -523,6 +530,34 @@ def test_runs_of_other_settings_never_compete_for_the_champion(other_store):
     alias = client.get_model_version_by_alias
     assert alias(paths.registered_model, champion_alias("settings-a")).version == versions[0]
     assert alias(paths.registered_model, champion_alias("settings-b")).version == versions[1]
+
+
+def test_the_features_alias_names_the_champion_of_the_comparison_trained_last(other_store):
+    """Two builds of one log (comparisons old and new) with the same features: each training points the
+    features alias at its own comparison's champion, promoted or kept, so new data is served by the champion
+    of the data trained on last, and a kept champion (or one promoted before the alias existed) is named too."""
+    paths = other_store
+    client = MlflowClient()
+    client.create_registered_model(paths.registered_model)
+    metric = selection_metric("gauc")
+
+    def register(value: float) -> str:
+        with mlflow.start_run() as run:
+            mlflow.log_metric(metric, value)
+        return client.create_model_version(paths.registered_model, run.info.artifact_uri, run.info.run_id).version
+
+    def features() -> str:
+        return client.get_model_version_by_alias(paths.registered_model, serving_alias("f")).version
+
+    old = register(0.90)
+    assert promote_if_better(paths, old, metric, 0.90, "old")  # before the alias: none
+    kept = register(0.80)
+    assert not promote_if_better(paths, kept, metric, 0.80, "old", "f")
+    assert features() == old  # the kept champion, not the version just trained
+    new = register(0.60)
+    assert promote_if_better(paths, new, metric, 0.60, "new", "f")
+    assert features() == new  # the new data's first champion, however low: it competes on the new data alone
+    assert client.get_model_version_by_alias(paths.registered_model, champion_alias("old")).version == old
 
 
 def test_every_run_records_the_metrics_it_was_chosen_on(outcomes, task):

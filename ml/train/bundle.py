@@ -183,9 +183,10 @@ class Bundle:
                           group_targets=meta["group_targets"], prior=meta["prior"], group_priors=meta["group_priors"])
 
 
-def load_bundle(name: str | None, paths: TaskPaths, key: str) -> Bundle:
+def load_bundle(name: str | None, paths: TaskPaths, key: str, features_key: str | None = None) -> Bundle:
     """A local bundle of the task (its models/NAME), or the registered champion of the task's comparison
-    fingerprint `key` when no name is given; the bundle's config then also carries `version` and `run_id`."""
+    fingerprint `key` when no name is given (or, given `features_key`, the latest champion of the same features
+    on other data: champion_version); the bundle's config then also carries `version` and `run_id`."""
     if name:
         folder = paths.models / checked_name(name, "model")
         if not (folder / "config.json").exists():  # say which there are, not only that this one is not
@@ -196,29 +197,35 @@ def load_bundle(name: str | None, paths: TaskPaths, key: str) -> Bundle:
             raise ValueError(f"task {paths.task} on {paths.dataset} has no trained model {name} (trained: "
                              f"{trained}): train it with `crowd train --task {paths.task} --model {name}`")
         return Bundle.load(folder)
-    version = champion_version(paths, key)
+    version = champion_version(paths, key, features_key)
     bundle = Bundle.load(registered_bundle(paths, version.run_id))
     bundle.config.update(version=str(version.version), run_id=version.run_id)
     return bundle
 
 
-def champion_version(paths: TaskPaths, key: str):  # noqa: ANN201 (mlflow's ModelVersion, imported lazily)
-    """The registered version serving comparison fingerprint `key`, or a one-line error saying there is none
-    (and which champion there is, of other data or settings). Cheap: `crowd score` asks before it builds the
-    forward date's features, which on a large log took minutes only to end in this error."""
+def champion_version(paths: TaskPaths, key: str, features_key: str | None = None):  # noqa: ANN201 (a ModelVersion)
+    """The registered version serving comparison fingerprint `key`; while that comparison has none, given
+    `features_key` (Task.serving_fingerprint), the latest champion of the same features and choice trained on
+    other data (a log loaded again with more days, other validation dates): the crowds of a growing log are not
+    held back until a training. Otherwise a one-line error saying there is none (and which champion there is, of
+    other dbt models or settings). Cheap: `crowd score` asks before it builds the forward date's features, which
+    on a large log took minutes only to end in this error."""
     import mlflow
 
-    from ml.tracking import CHAMPION, champion_alias, configure, version_by_alias
+    from ml.tracking import CHAMPION, champion_alias, configure, serving_alias, version_by_alias
 
     configure(paths)
     client = mlflow.tracking.MlflowClient()
     version = version_by_alias(client, paths.registered_model, champion_alias(key))
+    if version is None and features_key:
+        version = version_by_alias(client, paths.registered_model, serving_alias(features_key))
     if version is None:
         # the latest champion, of other data or settings: say so, it is what a user expects to be served
         latest = version_by_alias(client, paths.registered_model, CHAMPION)
         before = ("" if latest is None else
                   f"; the latest champion (version {latest.version}, {latest.tags.get('model', '?')}) was "
-                  "trained on other data, dbt models or settings and is not served on these")
+                  f"trained on other {'' if features_key else 'data, '}dbt models or settings and is not served on "
+                  "these")
         raise ValueError(f"task {paths.task} on {paths.dataset} has no champion model for the current data and "
                          f"settings (comparison fingerprint {key}){before}: train one with "
                          f"`crowd train --task {paths.task}`")

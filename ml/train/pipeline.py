@@ -49,6 +49,7 @@ from ml.train.memory import freed_when_done
 from ml.train.prepared import Prepared, evaluation_code_version, fingerprint, prepare
 from ml.train.scoring import predict
 from ml.train.trainer import TrainConfig, Trainer, TrainResult, seed_everything
+from ml.warehouse.export import serving_key
 
 log = logging.getLogger(__name__)
 # a model's result and its verdict: a task's log keeps them; the CLI prints its own summary line instead
@@ -263,9 +264,11 @@ def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, 
     rows = data.rows
     log.info("%s/%s: %s rows (negatives of training kept at rate %.2f)", task.name, model, rows, negative_rate)
     key = task.comparison_fingerprint(data.build)
+    features_key = serving_key(task, paths.exports)
     extra = {"task": task.name, "dataset": task.dataset, "target": task.target, "negative_rate": negative_rate,
              "dense": data.dense, "series_shape": task.series_shape(), "warehouse_fingerprint": fp,
-             "build": data.build, "comparison": key, "train_dates": [str(d) for d in train_dates],
+             "build": data.build, "comparison": key, "serving": features_key,
+             "train_dates": [str(d) for d in train_dates],
              "valid_dates": [str(d) for d in valid_dates], "evaluation_date": str(backtest),
              **({"run_id": run_key} if track else {})}
     if track:
@@ -425,7 +428,7 @@ def _train_and_evaluate(model: str, task: Task, paths: TaskPaths, run_key: str, 
                 "model_kind": "lightgbm" if model in GBDT_MODELS else "pytorch", COMPARISON_TAG: key,
                 BUILD_TAG: data.build}
         _record(outcome, params | task_params, metrics, tags, plot_paths, paths, task.evaluate.select_by, key,
-                data, _registry_description(task, paths))
+                features_key, data, _registry_description(task, paths))
     from ml.outputs import publish
 
     # the run's own bundle, logged as it is, becomes the model's local bundle (the latest trained wins)
@@ -548,12 +551,14 @@ def _registry_description(task: Task, paths: TaskPaths) -> str:
     versions = (f"One version per trained model of task {task.name} on dataset {paths.dataset}, tagged with what "
                 "it is and the comparison fingerprint of its settings. The alias champion-<comparison> serves the "
                 "crowds of those settings and moves only to a version with a better validation "
-                f"{task.evaluate.select_by}; `champion` follows the latest promotion.")
+                f"{task.evaluate.select_by}; `champion` follows the latest promotion; champion-features-<key> names "
+                "the champion of the settings trained last, which serves new data of the same features until a "
+                "model is trained on it.")
     return " ".join(filter(None, (task.about(), versions)))
 
 
 def _record(outcome: Outcome, params: dict, metrics: dict, tags: dict, plots: list[Path], paths: TaskPaths,
-            select_by: str, key: str, data: Prepared, registry_description: str) -> None:
+            select_by: str, key: str, features_key: str | None, data: Prepared, registry_description: str) -> None:
     """Into the open run: its metrics and artifacts, its model registered with `tags` (what it is and what it
     was trained on), and the champion of its comparison fingerprint `key` moved if it wins."""
     import mlflow
@@ -587,7 +592,8 @@ def _record(outcome: Outcome, params: dict, metrics: dict, tags: dict, plots: li
     version = register_version(paths.registered_model, info,
                                {**tags, selection_metric(select_by): outcome.selection[select_by]},
                                description=described, model_description=registry_description)
-    outcome.champion = promote_if_better(paths, version, selection_metric(select_by), outcome.selection[select_by], key)
+    outcome.champion = promote_if_better(paths, version, selection_metric(select_by), outcome.selection[select_by], key,
+                                         features_key)
     mlflow.set_tag("registered_version", version)
     mlflow.set_tag("champion_at_training", str(outcome.champion).lower())
 

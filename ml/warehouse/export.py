@@ -14,11 +14,15 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 
 from ml.config import content_digest
 from ml.warehouse.engine import open_warehouse
+
+if TYPE_CHECKING:
+    from ml.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +129,14 @@ def exports_build(root: Path, ds: dt.date) -> str:
     return str(read_schema(root, ds).get("build", ""))
 
 
+def serving_key(task: Task, root: Path, ds: dt.date | None = None) -> str | None:
+    """The task's serving fingerprint (Task.serving_fingerprint) for the dbt project that built its export of ds
+    (the backtest's by default): what the features mean, whatever data they were computed from. None for an
+    export from before the project was recorded: its champion serves its own data only."""
+    project = read_schema(root, ds or task.backtest).get("dbt_project")
+    return task.serving_fingerprint(str(project)) if project else None
+
+
 def export_dates(warehouse: Path, out_root: Path, dates: list[dt.date] | None = None,
                  fingerprint: str = "", dataset_dir: Path | None = None, engine: str = "duckdb",
                  forward_key: str | None = None) -> list[Export]:
@@ -132,7 +144,9 @@ def export_dates(warehouse: Path, out_root: Path, dates: list[dt.date] | None = 
     schema.json (with the settings' fingerprint and the build id of dataset_dir's data, and forward_key when
     given: what the forward date's export was made from, ml.crowds.build_forward). `warehouse` is where
     `engine` built it (ml.warehouse.engine): the same files come out whichever engine it was."""
-    build = build_id(dataset_dir)
+    from ml.warehouse.build import project_digest
+
+    build, project = build_id(dataset_dir), project_digest()
     out_root = Path(out_root)
     dates = dates if dates is not None else built_dates(warehouse, engine)
     done = []
@@ -144,7 +158,8 @@ def export_dates(warehouse: Path, out_root: Path, dates: list[dt.date] | None = 
         empty = [ds for ds in dates if not any(counts[ds][p] for p in POPULATIONS)]
         if empty:
             raise ValueError(no_population_message(con, empty))
-        done.extend(_export_one(con, ds, counts[ds], out_root, fingerprint, build, forward_key) for ds in dates)
+        done.extend(_export_one(con, ds, counts[ds], out_root, fingerprint, build, project, forward_key)
+                    for ds in dates)
     return done
 
 
@@ -154,7 +169,7 @@ def sql_path(path: Path) -> str:
 
 
 def _export_one(con: duckdb.DuckDBPyConnection, ds: dt.date, counts: dict[str, int], out_root: Path,
-                fingerprint: str, build: str, forward_key: str | None = None) -> Export:
+                fingerprint: str, build: str, project: str, forward_key: str | None = None) -> Export:
     """ds's export; counts: each table's rows of ds, of which a population is not empty (export_dates)."""
     final = export_dir(out_root, ds)
     partial = out_root / f".{final.name}.partial"
@@ -180,6 +195,7 @@ def _export_one(con: duckdb.DuckDBPyConnection, ds: dt.date, counts: dict[str, i
         "rows": rows,
         "fingerprint": fingerprint,
         "build": build,
+        "dbt_project": project,
         "keys": [c for c in columns if c in KEY_COLUMNS],
         "labels": list(LABEL_COLUMNS),
         "dense": [c for c in columns if c not in KEY_COLUMNS and c not in LABEL_COLUMNS],
