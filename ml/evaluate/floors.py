@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-ACTIONS = ("click", "collect", "cart", "buy")
+from ml.config import ACTIONS
+
 HALF_LIFE_DAYS = 7.0
 
 

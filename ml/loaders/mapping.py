@@ -13,10 +13,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 
+from ml.config import ACTIONS
 from ml.loaders.csv_reader import FIELD_WIDTHS
 from ml.loaders.formats import FORMATS, FileFormat, LogFormat
 
-ACTIONS = ("click", "collect", "cart", "buy")
 # the rules a log of one's own may name, and the strptime patterns (of fixed-width fields) it may give instead
 TIME_FORMATS = {"iso": "iso_local", "unix_seconds": "unix_seconds", "unix_millis": "unix_millis"}
 
