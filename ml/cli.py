@@ -144,7 +144,8 @@ def _cmd_load(args: argparse.Namespace) -> int:
     from ml.loaders.mapping import CsvMapping, parse_pairs
 
     out = args.out or Paths.default().dataset(args.name or args.format)
-    mapping = CsvMapping(parse_pairs(args.column, "--column"), parse_pairs(args.action, "--action"), args.time_format)
+    mapping = CsvMapping(parse_pairs(args.column, "--column"), parse_pairs(args.action, "--action"), args.time_format,
+                         args.utc_offset)
     m = load(args.format, args.paths, out, items_paths=args.items, year=args.year, start=args.start, end=args.end,
              mapping=mapping)
     for f in m["files"]:
@@ -808,6 +809,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="csv: iso (YYYY-MM-DD HH:MM:SS, or its T form), unix_seconds or unix_millis (read as UTC), "
                          "or a strptime pattern of %%Y %%m %%d %%H %%M %%S such as '%%d/%%m/%%Y %%H:%%M' "
                          "(default: iso)")
+    ld.add_argument("--utc-offset", metavar="OFFSET",
+                    help="csv: the log's local time for unix times, as +HH:MM or hours east of UTC (+08:00, -5): "
+                         "calendar days are its days (default: UTC)")
     ld.add_argument("--name", help="dataset name under DATA/raw/ (default: the format)")
     ld.add_argument("--out", type=Path, help="output directory (default DATA/raw/NAME)")
     ld.set_defaults(func=_cmd_load)

@@ -462,6 +462,13 @@ def test_a_csv_log_under_its_own_names_loads_with_a_mapping_its_manifest_records
     manifest = json.loads((tmp_path / "rr" / "manifest.json").read_text())
     assert manifest["mapping"]["actions"]["transaction"] == "buy"
     assert manifest["mapping"]["time_format"] == "unix_millis"
+    # the log's local days: unix times of a shop in China, or India's half hour
+    for offset, local in (("+08:00", "2015-06-02 13:02:12"), ("5.5", "2015-06-02 10:32:12")):
+        load("csv", [log], tmp_path / "local", items_paths=[items], mapping=CsvMapping(
+            {"user_id": "visitorid", "item_id": "itemid", "category_id": "categoryid", "action": "event",
+             "time": "timestamp"}, {"view": "click", "addtocart": "cart", "transaction": "buy"}, "unix_millis",
+            offset))
+        assert _events(tmp_path / "local").sort_values("ts").ts.iloc[0] == pd.Timestamp(local)
     # a day-first pattern: the month and day as written, or a reject
     dmy = tmp_path / "dmy.csv"
     dmy.write_text("user_id,item_id,category_id,action,time\n1,10,100,click,02/03/2024 09:00\n"
@@ -494,13 +501,16 @@ def test_a_csv_log_may_leave_the_categories_to_its_item_table_and_not_to_nobody(
     (CsvMapping(time_format="%s"), "%s is not read"),
     (CsvMapping(time_format="%d.%m %H"), "needs %Y, %m and %d"),
     (CsvMapping(time_format="epoch"), "expected one of iso, unix_seconds, unix_millis or a strptime pattern"),
+    (CsvMapping(utc_offset="+08:00"), "only unix times"),
+    (CsvMapping(time_format="unix_seconds", utc_offset="+15:00"), "within -14..14"),
+    (CsvMapping(time_format="unix_seconds", utc_offset="UTC+8"), "expected +HH:MM or hours east of UTC"),
 ])
 def test_a_mapping_that_cannot_be_read_fails_before_anything_is_written(tmp_path, mapping, said):
     log = tmp_path / "log.csv"
     log.write_text("user_id,item_id,category_id,action,time\n1,10,100,click,2024-03-01 10:00:00\n")
     with pytest.raises(ValueError, match=re.escape(said)):
         load("csv", [log], tmp_path / "out", mapping=mapping)
-    with pytest.raises(ValueError, match="are for --format csv"):
+    with pytest.raises(ValueError, match="are for --format csv; taobao-userbehavior's are fixed"):
         load("taobao-userbehavior", [log], tmp_path / "out", mapping=CsvMapping(actions={"pv": "click"}))
     assert not (tmp_path / "out").exists()
 

@@ -39,7 +39,6 @@ REJECTS_SCHEMA = pa.schema(
 )
 _BLOCK_BYTES = 8 << 20
 _FORMAT_CHECK_MIN_VALUES = 5
-_UTC8 = 8 * 3600
 
 
 class FormatError(ValueError):
@@ -190,25 +189,26 @@ def _negative(s: pa.Array) -> np.ndarray:
 
 # how a reject names the time rules that are no strptime pattern
 TIME_RULES_SAID = {"iso_local": "YYYY-MM-DD HH:MM:SS or YYYY-MM-DDTHH:MM:SS, local time without a zone",
-                   "unix_seconds_utc8": "unix seconds", "unix_seconds": "unix seconds",
-                   "unix_millis": "unix milliseconds", "mmdd": "mmdd"}
-# unix times: the digits a value may have (to the year 5138), and the seconds each unit is
-_UNIX_RULES = {"unix_seconds_utc8": (11, 1, _UTC8), "unix_seconds": (11, 1, 0), "unix_millis": (14, 1000, 0)}
+                   "unix_seconds": "unix seconds", "unix_millis": "unix milliseconds", "mmdd": "mmdd"}
+# unix times: the digits a value may have (to the year 5138), and the units in a second
+_UNIX_RULES = {"unix_seconds": (11, 1), "unix_millis": (14, 1000)}
 
 
-def parse_time(s: pa.Array, rule: str, year: int | None) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+def parse_time(s: pa.Array, rule: str, year: int | None, utc_offset_s: int = 0
+               ) -> tuple[pa.Array, np.ndarray, np.ndarray]:
     """Timestamps (us, naive), the mask of values that could not be read, and of those that name no real
     calendar day (strptime rolls 30 Feb over to 2 Mar: a value is kept only when its month and day are the
-    ones written)."""
+    ones written). Unix times are turned into the log's local time, `utc_offset_s` east of UTC, so that
+    calendar days are the log's days (Taobao's, in China, are UTC+8)."""
     if rule == "iso_local":  # 2024-03-02 09:00:00 or 2024-03-02T09:00:00[.123]: local time, no zone
         plain = pc.replace_substring_regex(s, r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(\.\d{1,9})?$", r"\1 \2")
         return parse_time(plain, "%Y-%m-%d %H:%M:%S", year)
-    if rule in _UNIX_RULES:  # UTC, or China's local time for Taobao's log (its calendar days are the dataset's)
-        digits, per_second, offset = _UNIX_RULES[rule]
+    if rule in _UNIX_RULES:
+        digits, per_second = _UNIX_RULES[rule]
         good = pc.fill_null(pc.match_substring_regex(s, rf"^\d{{1,{digits}}}$"), False)
         units = pc.cast(pc.if_else(good, s, None), pa.int64())
         seconds = pc.divide(units, per_second)  # to the second, as every format's times (integers: truncated)
-        micros = pc.multiply(pc.add(seconds, offset), 1_000_000)
+        micros = pc.multiply(pc.add(seconds, utc_offset_s), 1_000_000)
         ts = pc.cast(micros, pa.timestamp("us"))
         return ts, pc.is_null(ts).to_numpy(zero_copy_only=False), np.zeros(len(s), bool)
     if rule == "mmdd":
@@ -437,7 +437,7 @@ def read_file(
                     _check_shape(path, first, col, unknown, _empty(s), s, f"action codes {list(fmt.actions)}")
                     out[col.target] = pa.array(list(fmt.actions.values()), pa.string()).take(idx)
                 elif col.kind == "time":
-                    ts, bad, no_day = parse_time(s, fmt.time_rule, year)
+                    ts, bad, no_day = parse_time(s, fmt.time_rule, year, fmt.utc_offset_s)
                     empty = _empty(s)
                     reasons.add(empty, col.name, "missing time", s)
                     expected = TIME_RULES_SAID.get(fmt.time_rule, fmt.time_rule)

@@ -44,9 +44,10 @@ class LogFormat:
     description: str
     events: FileFormat
     actions: dict[str, str]
-    time_rule: str                      # strptime pattern, or "iso_local", "unix_seconds_utc8", "mmdd"
+    time_rule: str                      # strptime pattern, or "iso_local", "unix_seconds", "unix_millis", "mmdd"
     items: FileFormat | None = None     # the separate item table, when the format has one
     needs_year: bool = False
+    utc_offset_s: int = 0               # unix times are read as the local time this far east of UTC
     notes: tuple[str, ...] = field(default_factory=tuple)
     # the item file lists the items a task ranks, not every item of the log (Tianchi's item set P): its ids are
     # also written as the dataset's item_subset.parquet (a task with target item and item_subset: dataset)
@@ -131,7 +132,8 @@ FORMATS: dict[str, LogFormat] = {
             header=None,
         ),
         actions={"pv": "click", "fav": "collect", "cart": "cart", "buy": "buy"},
-        time_rule="unix_seconds_utc8",
+        time_rule="unix_seconds",
+        utc_offset_s=8 * 3600,
         notes=("unix seconds are turned into local time in China (UTC+8), so calendar days are the dataset's days",),
     ),
     "csv": LogFormat(

@@ -24,17 +24,20 @@ TIME_FORMATS = {"iso": "iso_local", "unix_seconds": "unix_seconds", "unix_millis
 @dataclass(frozen=True)
 class CsvMapping:
     """columns: the csv format's column -> the file's header name; actions: the log's value -> one of ACTIONS
-    (empty: the format's own values); time_format: a key of TIME_FORMATS or a strptime pattern (None: iso)."""
+    (empty: the format's own values); time_format: a key of TIME_FORMATS or a strptime pattern (None: iso);
+    utc_offset: where unix times are local, as +HH:MM or hours east of UTC (None: UTC)."""
 
     columns: dict[str, str] = field(default_factory=dict)
     actions: dict[str, str] = field(default_factory=dict)
     time_format: str | None = None
+    utc_offset: str | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.columns or self.actions or self.time_format)
+        return bool(self.columns or self.actions or self.time_format or self.utc_offset)
 
     def as_json(self) -> dict:
-        return {"columns": self.columns, "actions": self.actions, "time_format": self.time_format}
+        return {"columns": self.columns, "actions": self.actions, "time_format": self.time_format,
+                "utc_offset": self.utc_offset}
 
 
 def parse_pairs(values: list[str] | None, option: str) -> dict[str, str]:
@@ -58,7 +61,8 @@ def mapped_format(fmt: LogFormat, mapping: CsvMapping) -> LogFormat:
     if not mapping:
         return fmt
     if fmt is not FORMATS["csv"]:
-        raise ValueError(f"--column, --action and --time-format are for --format csv; {fmt.name}'s names are fixed")
+        raise ValueError(f"--column, --action, --time-format and --utc-offset are for --format csv; {fmt.name}'s "
+                         "are fixed")
     known = [c.name for c in fmt.events.columns]
     for name in mapping.columns:
         if name not in known:
@@ -75,13 +79,31 @@ def mapped_format(fmt: LogFormat, mapping: CsvMapping) -> LogFormat:
     for value, action in mapping.actions.items():
         if action not in ACTIONS:
             raise ValueError(f"--action {value}={action}: {action!r} is none of {', '.join(ACTIONS)}")
+    rule = time_rule(mapping.time_format) if mapping.time_format else fmt.time_rule
+    if mapping.utc_offset is not None and not rule.startswith("unix_"):
+        raise ValueError(f"--utc-offset {mapping.utc_offset}: only unix times (--time-format unix_seconds or "
+                         "unix_millis) have a zone to turn into local time; other times are read as written")
     return replace(
         fmt,
         events=_renamed(fmt.events, headers),
         items=_renamed(fmt.items, headers) if fmt.items is not None else None,
         actions=dict(mapping.actions) or fmt.actions,
-        time_rule=time_rule(mapping.time_format) if mapping.time_format else fmt.time_rule,
+        time_rule=rule,
+        utc_offset_s=offset_seconds(mapping.utc_offset) if mapping.utc_offset is not None else fmt.utc_offset_s,
     )
+
+
+def offset_seconds(offset: str) -> int:
+    """+08:00, -05:00, +05:30 or a number of hours (8, -5, 5.5) as seconds east of UTC, within a day."""
+    hhmm = re.fullmatch(r"([+-])(\d{2}):(\d{2})", offset.strip())
+    try:
+        hours = (int(hhmm[2]) + int(hhmm[3]) / 60) * (-1 if hhmm[1] == "-" else 1) if hhmm else float(offset)
+    except ValueError:
+        hours = None
+    if hours is None or not -14 <= hours <= 14:
+        raise ValueError(f"--utc-offset {offset!r}: expected +HH:MM or hours east of UTC, within -14..14 (+08:00, "
+                         "-5, 5.5)")
+    return round(hours * 3600)
 
 
 def _renamed(ff: FileFormat, headers: dict[str, str]) -> FileFormat:
