@@ -806,9 +806,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "(repeatable, or comma-separated: view=click,addtocart=cart,transaction=buy; values not "
                          "named are rejects); default: the values click, collect, cart, buy")
     ld.add_argument("--time-format", metavar="FORMAT",
-                    help="csv: iso (YYYY-MM-DD HH:MM:SS, or its T form), unix_seconds or unix_millis (read as UTC), "
-                         "or a strptime pattern of %%Y %%m %%d %%H %%M %%S such as '%%d/%%m/%%Y %%H:%%M' "
-                         "(default: iso)")
+                    help="csv: iso (YYYY-MM-DD HH:MM:SS, or its T form), unix_seconds or unix_millis (UTC, or "
+                         "--utc-offset), or a strptime pattern of %%Y %%m %%d %%H %%M %%S such as "
+                         "'%%d/%%m/%%Y %%H:%%M' (default: iso)")
     ld.add_argument("--utc-offset", metavar="OFFSET",
                     help="csv: the log's local time for unix times, as +HH:MM or hours east of UTC (+08:00, -5): "
                          "calendar days are its days (default: UTC)")
