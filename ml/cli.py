@@ -147,14 +147,24 @@ def _cmd_load(args: argparse.Namespace) -> int:
     mapping = CsvMapping(parse_pairs(args.column, "--column"), parse_pairs(args.action, "--action"), args.time_format,
                          args.utc_offset)
     m = load(args.format, args.paths, out, items_paths=args.items, year=args.year, start=args.start, end=args.end,
-             mapping=mapping)
-    for f in m["files"]:
+             mapping=mapping, append=args.append)
+    given = len(args.paths) + len(args.items or [])
+    for f in m["files"][-given:]:  # this call's files (an append's dataset holds the earlier ones too)
         print(f"{f['path']}: {f['lines']:,} lines: read {f['read']:,} = accepted {f['accepted']:,} + "
               f"rejected {f['rejected']:,}")
         for reason, n in sorted(f["reasons"].items(), key=lambda kv: -kv[1]):
             print(f"    {n:>10,}  {reason}")
+    if args.append:
+        added = m["appended"][-1]
+        print(f"appended {added['events']:,} events to the {len(m['files']) - given} file(s) loaded before "
+              f"(their last event at {added['previous_last_ts']})")
+        if added["events_up_to_previous_end"]:
+            _warn(f"{added['events_up_to_previous_end']:,} of the appended events are at or before "
+                  f"{added['previous_last_ts']}, which the dataset held already: late events, or days given "
+                  "twice (their events then count twice)")
     print(
-        f"total: read {m['read']:,} = accepted {m['accepted']:,} + rejected {m['rejected']:,} "
+        f"{'dataset total' if args.append else 'total'}: read {m['read']:,} = accepted {m['accepted']:,} + "
+        f"rejected {m['rejected']:,} "
         f"({'reconciled' if m['reconciled'] else 'NOT RECONCILED'}); {m['events']:,} events, {m['items']:,} items, "
         f"{m['exact_duplicates']:,} identical rows kept; written to {out}"
     )
@@ -812,6 +822,9 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--utc-offset", metavar="OFFSET",
                     help="csv: the log's local time for unix times, as +HH:MM or hours east of UTC (+08:00, -5): "
                          "calendar days are its days (default: UTC)")
+    ld.add_argument("--append", action="store_true",
+                    help="add the files to the dataset loaded before under this name (the log's new days): the "
+                         "earlier files are not read again; the same format and options, and no file given twice")
     ld.add_argument("--name", help="dataset name under DATA/raw/ (default: the format)")
     ld.add_argument("--out", type=Path, help="output directory (default DATA/raw/NAME)")
     ld.set_defaults(func=_cmd_load)

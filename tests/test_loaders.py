@@ -523,6 +523,54 @@ def test_mapping_pairs_are_read_from_repeated_and_comma_separated_options():
         parse_pairs(["a"], "--action")
 
 
+def test_appending_a_logs_new_days_makes_the_dataset_one_load_of_every_file_makes(tiny_dataset, tmp_path, capsys):
+    """`crowd load --append` adds a log's new days without reading the old ones again: events, rejects, items
+    and counts as one load of all the files; a file given twice, another format or mapping, or a generated
+    dataset are refused, and the dataset stays as it was."""
+    events = pq.read_table(tiny_dataset / "events").to_pandas().sort_values("ts").head(20_000)
+    items = pq.read_table(tiny_dataset / "items.parquet").to_pandas()
+    log = events.assign(category_id=events.item_id.map(items.set_index("item_id").category_id),
+                        time=events.ts.dt.strftime("%Y-%m-%d %H:%M:%S"))[["user_id", "item_id", "category_id",
+                                                                          "action", "time"]]
+    cut = log.time.str[:10] >= log.time.iloc[len(log) // 2][:10]
+    first, late = tmp_path / "days-1.csv", tmp_path / "days-2.csv"
+    log[~cut].to_csv(first, index=False)
+    with late.open("w") as f:  # with a bad row, kept as a reject with the earlier file's
+        f.write(log[cut].to_csv(index=False) + "1,2,3,refund,2013-09-30 10:00:00\n")
+    args = ["load", "--format", "csv", "--out", str(tmp_path / "inc")]
+    assert main([*args, str(first)]) == 0
+    capsys.readouterr()
+    assert main([*args, str(late), "--append"]) == 0
+    said = capsys.readouterr().out
+    assert f"appended {cut.sum():,} events to the 1 file(s) loaded before" in said and "days-1" not in said
+    whole = load("csv", [first, late], tmp_path / "whole")
+    appended = json.loads((tmp_path / "inc" / "manifest.json").read_text())
+    for key in ("read", "accepted", "rejected", "events", "actions", "exact_duplicates", "items", "first_ts",
+                "last_ts", "reconciled"):
+        assert appended[key] == whole[key], key
+    assert appended["appended"][0]["events"] == cut.sum() and appended["appended"][0]["events_up_to_previous_end"] == 0
+    keys = ["user_id", "item_id", "action", "ts"]
+    for table in ("events", "items.parquet", "rejects.parquet"):
+        a, b = (pq.read_table(tmp_path / d / table).to_pandas() for d in ("inc", "whole"))
+        a, b = (t.drop(columns=["source_file"], errors="ignore") for t in (a, b))
+        order = keys if table == "events" else list(a.columns)
+        pd.testing.assert_frame_equal(a.sort_values(order, ignore_index=True), b.sort_values(order, ignore_index=True))
+    before = (tmp_path / "inc" / "manifest.json").read_text()
+    with pytest.raises(ValueError, match="is loaded already"):
+        load("csv", [late], tmp_path / "inc", append=True)
+    more = tmp_path / "days-3.csv"
+    more.write_text("user_id,item_id,category_id,action,time\n1,2,3,click,2013-10-01 10:00:00\n")
+    with pytest.raises(ValueError, match="was loaded with another --column"):
+        load("csv", [more], tmp_path / "inc", append=True, mapping=CsvMapping(actions={"click": "click"}))
+    headerless = tmp_path / "days-3.txt"
+    headerless.write_text("1,2,3,pv,1380600000\n")
+    with pytest.raises(ValueError, match="was loaded from --format csv, not taobao-userbehavior"):
+        load("taobao-userbehavior", [headerless], tmp_path / "inc", append=True)
+    with pytest.raises(ValueError, match="holds no loaded log"):
+        load("csv", [more], tiny_dataset, append=True)
+    assert (tmp_path / "inc" / "manifest.json").read_text() == before
+
+
 def test_the_generators_log_written_as_csv_loads_back_to_the_same_events_and_items(tiny_dataset, tmp_path):
     """The canonical tables round-trip through --format csv: what a user exporting their own log this way gets
     is what the generator hands the warehouse."""

@@ -53,6 +53,7 @@ class FileReport:
     rejected: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     lines: int = 0  # physical data lines of the file (header excluded): each is one record read
+    bytes: int = 0  # the file's size as given (compressed or not): `crowd load --append` knows a file again by it
 
     def check(self) -> None:
         if self.read != self.accepted + self.rejected or self.read != self.lines:

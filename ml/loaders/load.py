@@ -14,9 +14,12 @@ the disagreements are counted).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
+import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -30,7 +33,7 @@ import pyarrow.parquet as pq
 from ml.loaders.csv_reader import REJECTS_SCHEMA, FileReport, FormatError, first_line, parse_ids, read_file, sniff
 from ml.loaders.formats import FORMATS, FileFormat, LogFormat
 from ml.loaders.mapping import CsvMapping, mapped_format
-from ml.outputs import replacing
+from ml.outputs import file_lock, replacing
 from ml.synth.generate import EVENTS_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -113,10 +116,12 @@ def load(
     start: dt.date | None = None,
     end: dt.date | None = None,
     mapping: CsvMapping | None = None,
+    append: bool = False,
 ) -> dict:
     """Read the files of one format into a canonical dataset directory. Returns the manifest.
 
-    `mapping` names a csv log's own headers, action values and time format (ml.loaders.mapping).
+    `mapping` names a csv log's own headers, action values and time format (ml.loaders.mapping). `append` adds
+    the files to the dataset already at `out` (the new days of a log, without reading the old ones again).
 
     `out` is replaced only when it is a dataset folder the project made (ml.outputs), and only once the new
     one is complete and holds events: a bad range or a log with nothing accepted keeps the old dataset."""
@@ -139,13 +144,45 @@ def load(
             raise ValueError(f"{path}: not a file (give the log's files, not a folder)")
     for path in paths:
         _check_first_line(Path(path), fmt)
-        _check_categories(Path(path), fmt, items_paths)
+        _check_categories(Path(path), fmt, items_paths, append)
     t0 = time.perf_counter()
-    with replacing(out, inputs=[*paths, *(items_paths or [])]) as tmp:
-        manifest = _load_into(tmp, fmt, paths, items_paths, year, start, end, t0, mapping)
-        if manifest["events"] == 0:
-            raise ValueError(f"no event of {len(paths)} file(s) was accepted (read {manifest['read']:,}, rejected "
-                             f"{manifest['rejected']:,}): nothing written, {out} is as it was")
+    # one append to a dataset at a time: two at once would each publish the old dataset plus their own files
+    locked = file_lock(Path(out).parent / f".{Path(out).name}.lock") if append else contextlib.nullcontext()
+    with locked, replacing(out, inputs=[*paths, *(items_paths or [])]) as tmp:
+        previous = _appendable(Path(out), fmt, mapping, year, paths) if append else None
+        manifest = _load_into(tmp, fmt, paths, items_paths, year, start, end, t0, mapping,
+                              Path(out) if append else None, previous)
+        new_events = manifest["events"] - (previous or {}).get("events", 0)
+        if new_events == 0:
+            raise ValueError(f"no event of {len(paths)} file(s) was accepted (read "
+                             f"{manifest['read'] - (previous or {}).get('read', 0):,}, rejected "
+                             f"{manifest['rejected'] - (previous or {}).get('rejected', 0):,}): nothing written, "
+                             f"{out} is as it was")
+    return manifest
+
+
+def _appendable(out: Path, fmt: LogFormat, mapping: CsvMapping, year: int | None, paths: list[Path]) -> dict:
+    """The manifest of the loaded dataset at `out` that `paths` may be appended to: one loaded from the same
+    format, mapping and year, none of whose files is among them (the same name and size: a day's file given
+    twice would count its events twice)."""
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    if "files" not in manifest:
+        raise ValueError(f"--append: {out} holds no loaded log (a generated one, or none): load the first files "
+                         "without --append")
+    if manifest.get("source") != fmt.name:
+        raise ValueError(f"--append: {out} was loaded from --format {manifest.get('source')}, not {fmt.name}")
+    if manifest.get("mapping") != (mapping.as_json() if mapping else None):
+        raise ValueError(f"--append: {out} was loaded with another --column/--action/--time-format/--utc-offset "
+                         f"({manifest.get('mapping')}): append with the same, or load every file again")
+    if fmt.needs_year and manifest.get("year") != year:
+        raise ValueError(f"--append: {out} was loaded with --year {manifest.get('year')}, not {year}")
+    loaded = {(Path(f["path"]).name, f.get("bytes")) for f in manifest["files"]}
+    for path in paths:
+        name, size = Path(path).name, Path(path).stat().st_size
+        if (name, size) in loaded or (name, None) in loaded:
+            raise ValueError(f"--append: {path} is loaded already (a file of that name and size is in {out}): "
+                             "give only the new files")
     return manifest
 
 
@@ -162,11 +199,11 @@ def _check_first_line(path: Path, fmt: LogFormat) -> None:
         raise FormatError(f"{e}; its first line fits --format {' or '.join(fits)}") from None
 
 
-def _check_categories(path: Path, fmt: LogFormat, items_paths: list[Path] | None) -> None:
-    """A log may leave its items' categories to the item table (csv), not to nobody: every target and feature
-    of the warehouse hangs off an item's category."""
+def _check_categories(path: Path, fmt: LogFormat, items_paths: list[Path] | None, append: bool) -> None:
+    """A log may leave its items' categories to the item table (csv), or to the dataset it is appended to, not to
+    nobody: every target and feature of the warehouse hangs off an item's category."""
     column = next((c for c in fmt.events.columns if c.target == "category_id"), None)
-    if column is None or not column.optional or items_paths:
+    if column is None or not column.optional or items_paths or append:
         return
     if column.name not in sniff(path, fmt.events).names:
         raise FormatError(f"{path}: the header has no {column.name!r} column and no item table (--items) gives the "
@@ -189,17 +226,26 @@ def _fits(path: Path, fmt: LogFormat) -> bool:
 
 
 def _load_into(tmp: Path, fmt: LogFormat, paths: list[Path], items_paths: list[Path] | None, year: int | None,
-               start: dt.date | None, end: dt.date | None, t0: float, mapping: CsvMapping) -> dict:
+               start: dt.date | None, end: dt.date | None, t0: float, mapping: CsvMapping,
+               prev_dir: Path | None = None, previous: dict | None = None) -> dict:
+    """Read the files into tmp; given the dataset being appended to (`prev_dir`, its manifest `previous`), its
+    events, rejects, items and file reports come first, linked or copied, never read from the log again."""
     (tmp / "events").mkdir(parents=True)
-    reports: list[FileReport] = []
+    reports: list[FileReport] = [FileReport(**f) for f in (previous or {}).get("files", [])]
     log_votes: list[pa.Table] = []
     file_votes: list[pa.Table] = []
+    old_parts = sorted((prev_dir / "events").glob("part-*.parquet")) if prev_dir is not None else []
+    for part in old_parts:
+        _link_or_copy(part, tmp / "events" / part.name)
 
     with pq.ParquetWriter(tmp / "rejects.parquet", REJECTS_SCHEMA, compression="zstd") as rejects_out:
+        if prev_dir is not None and (prev_dir / "rejects.parquet").is_file():
+            for batch in pq.ParquetFile(prev_dir / "rejects.parquet").iter_batches():
+                rejects_out.write_batch(batch)
 
         def read_all(files: list[Path], ff: FileFormat, on_batch: Callable[[pa.Table, Path], None]) -> None:
             for path in files:
-                report = FileReport(str(path))
+                report = FileReport(str(path), bytes=Path(path).stat().st_size)
                 for batch in read_file(path, fmt, ff, year=year, ts_range=(start, end), report=report):
                     if batch.rejects.num_rows:
                         rejects_out.write_table(batch.rejects)
@@ -214,7 +260,8 @@ def _load_into(tmp: Path, fmt: LogFormat, paths: list[Path], items_paths: list[P
         def on_events(table: pa.Table, path: Path) -> None:
             if path not in writers:
                 writers[path] = pq.ParquetWriter(
-                    tmp / "events" / f"part-{len(writers):05d}.parquet", EVENTS_SCHEMA, compression="zstd"
+                    tmp / "events" / f"part-{len(old_parts) + len(writers):05d}.parquet", EVENTS_SCHEMA,
+                    compression="zstd"
                 )
             writers[path].write_table(pa.table({n: table.column(n) for n in EVENTS_SCHEMA.names},
                                                schema=EVENTS_SCHEMA))
@@ -234,23 +281,35 @@ def _load_into(tmp: Path, fmt: LogFormat, paths: list[Path], items_paths: list[P
     )
     log_items, log_conflicts = _resolve_items(con, pa.concat_tables([empty_votes, *log_votes]), "log_votes")
     file_items, file_conflicts = _resolve_items(con, pa.concat_tables([empty_votes, *file_votes]), "file_votes")
+    old_items = _with_item_columns(pq.read_table(prev_dir / "items.parquet") if prev_dir is not None
+                                   else pa.table({"item_id": pa.array([], pa.int64())}))
     con.register("log_items", log_items)
     con.register("file_items", file_items)
-    # the declared item table wins; the log fills in items it does not list
+    con.register("old_items", old_items)
+    # the declared item table wins; then what the dataset appended to says of an item; the log fills in the rest
     items = con.sql(
         "select * from file_items union all "
-        "select * from log_items where item_id not in (select item_id from file_items) order by item_id"
+        "select * from old_items where item_id not in (select item_id from file_items) union all "
+        "select * from log_items where item_id not in (select item_id from file_items) "
+        "and item_id not in (select item_id from old_items) order by item_id"
     ).to_arrow_table()
     items = _with_item_columns(items)
     pq.write_table(items, tmp / "items.parquet")
+    # the ranked items: the item file's (Tianchi's set P), and those of the files appended to
+    subsets = [file_items.select(["item_id"])] if items_paths and fmt.items_are_subset else []
+    if prev_dir is not None and (prev_dir / "item_subset.parquet").is_file():
+        subsets.append(pq.read_table(prev_dir / "item_subset.parquet").select(["item_id"]))
     subset = 0
-    if items_paths and fmt.items_are_subset:
-        pq.write_table(file_items.select(["item_id"]), tmp / "item_subset.parquet")
-        subset = file_items.num_rows
+    if subsets:
+        con.register("subset_parts", pa.concat_tables(subsets))
+        subset_items = con.sql("select distinct item_id from subset_parts order by item_id").to_arrow_table()
+        pq.write_table(subset_items, tmp / "item_subset.parquet")
+        subset = subset_items.num_rows
+        con.register("subset_items", subset_items)
     con.register("items", items)
 
     events = "loaded_events"
-    if writers:
+    if writers or old_parts:
         con.register(events, con.read_parquet(str(tmp / "events" / "*.parquet")))
         n_events, ts_min, ts_max = con.execute(f"select count(*), min(ts), max(ts) from {events}").fetchall()[0]
         # identical rows are kept (they can be real repeats, e.g. within Tianchi's hour), only counted
@@ -264,7 +323,8 @@ def _load_into(tmp: Path, fmt: LogFormat, paths: list[Path], items_paths: list[P
         # a subset that is not this log's (another sample's item file) leaves the item task no target: say so
         # at load, not at the warehouse's first empty date
         subset_in_log, events_on_subset = con.execute(
-            f"select count(distinct item_id), count(*) from {events} where item_id in (select item_id from file_items)"
+            f"select count(distinct item_id), count(*) from {events} "
+            "where item_id in (select item_id from subset_items)"
         ).fetchall()[0] if subset else (0, 0)
     else:
         n_events, ts_min, ts_max, dups, missing, actions = 0, None, None, 0, 0, {}
@@ -287,7 +347,7 @@ def _load_into(tmp: Path, fmt: LogFormat, paths: list[Path], items_paths: list[P
         "item_subset": subset,
         "item_subset_in_log": int(subset_in_log),
         "events_on_item_subset": int(events_on_subset),
-        "item_conflicts": log_conflicts + file_conflicts,
+        "item_conflicts": log_conflicts + file_conflicts + (previous or {}).get("item_conflicts", 0),
         "event_items_without_metadata": int(missing),
         "first_ts": str(ts_min) if ts_min else None,
         "last_ts": str(ts_max) if ts_max else None,
@@ -295,5 +355,27 @@ def _load_into(tmp: Path, fmt: LogFormat, paths: list[Path], items_paths: list[P
     }
     if mapping:  # only then: a log loaded again as it was keeps its manifest, and the warehouse its build
         manifest["mapping"] = mapping.as_json()
+    if previous is not None:
+        # the first load's settings stay the dataset's; each append says what it added, and how much of it falls
+        # on or before the last time the dataset held (late events, or a day given twice under another name)
+        manifest.update(year=previous.get("year"), range=previous.get("range"))
+        new_parts = [str(tmp / "events" / f"part-{len(old_parts) + i:05d}.parquet") for i in range(len(writers))]
+        before_end = con.execute("select count(*) from read_parquet($parts) where ts <= $end",
+                                 {"parts": new_parts, "end": previous["last_ts"]}).fetchall()[0][0] \
+            if new_parts and previous.get("last_ts") else 0
+        manifest["appended"] = [*previous.get("appended", []), {
+            "files": [str(p) for p in [*paths, *(items_paths or [])]],
+            "range": [str(start) if start else None, str(end) if end else None],
+            "events": int(n_events) - int(previous.get("events", 0)),
+            "events_up_to_previous_end": int(before_end),
+            "previous_last_ts": previous.get("last_ts")}]
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link when both are on one file system (an append costs no copy of the log), a copy otherwise."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
