@@ -710,6 +710,7 @@ EXAMPLES = {
     "load": ["crowd load --format taobao-userbehavior UserBehavior.csv",
              "crowd load --format tianchi-mobile user.csv --items item.csv --name tianchi-mobile",
              "crowd load --format csv mylog.csv --items myitems.csv --name mylog   # a log of your own",
+             "crowd load --format csv day-2024-03-08.csv --name mylog --append     # ... and its new days",
              ("crowd load --format csv events.csv --name retail --column user_id=visitorid,item_id=itemid "
               "--column action=event,time=timestamp --action view=click,addtocart=cart,transaction=buy "
               "--time-format unix_millis")],
