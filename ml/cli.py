@@ -648,8 +648,12 @@ def _print_exports(comment: str, env: dict[str, str]) -> int:
 def _cmd_tasks(args: argparse.Namespace) -> int:
     from ml.task import TaskError, available_tasks
 
+    if args.new and args.fit_dates:
+        raise TaskError("--new writes a task and --fit-dates fits one's dates: one at a time")
     if args.new:
         return _new_task(args)
+    if args.fit_dates:
+        return _fit_dates(args.fit_dates)
     if args.dataset or args.out or args.description:
         raise TaskError("--dataset, --description and --out go with --new NAME (the task file to write)")
     invalid = 0
@@ -663,6 +667,36 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
         print(f"{name:<24} {t.target:<9} dataset {t.dataset:<20} every {t.windows.step_days} day(s), label "
               f"{t.windows.label_days} day(s), backtest {t.backtest}  {t.description}")
     return 2 if invalid else 0
+
+
+def _fit_dates(name: str) -> int:
+    """An existing task's dates moved forward on its cadence to the latest its log labels (after `crowd load
+    --append`, say): every date by the same whole number of periods, so the roles keep their spacing and the
+    periods DAG its days. Printed, not written, since the task file is the user's: as the file's lines and as
+    --set overrides for one run."""
+    from ml.crowds import log_days
+
+    task = load_task(name)
+    first_day, last_day = log_days(TaskPaths.of(task).dataset_dir)
+    step, label = task.windows.step_days, task.windows.label_days
+    periods = ((last_day - task.backtest).days - (label - 1)) // step  # the backtest's label window inside the log
+    print(f"{task.name}: the log {task.dataset} runs {first_day} .. {last_day}; samples {task.samples.first} .. "
+          f"{task.samples.last}, validation {', '.join(map(str, task.validation))}, backtest {task.backtest}")
+    if periods == 0:
+        print(f"{task.name}: these are the latest dates the log labels on the task's cadence (every {step} day(s))")
+        return 0
+    shift = dt.timedelta(days=periods * step)
+    moved = task.override({"samples.first": str(task.samples.first + shift),
+                           "samples.last": str(task.samples.last + shift),
+                           "validation": [str(d + shift) for d in task.validation],
+                           "backtest": str(task.backtest + shift)})
+    valid = ", ".join(map(str, moved.validation))
+    print(f"moved {periods:+d} period(s) of {step} day(s), to the latest the log labels: in the task file")
+    print(f"  samples: {{first: {moved.samples.first}, last: {moved.samples.last}}}\n  validation: [{valid}]\n"
+          f"  backtest: {moved.backtest}")
+    print(f"or for one run: --set samples.first={moved.samples.first} --set samples.last={moved.samples.last} "
+          f"--set validation=[{valid.replace(' ', '')}] --set backtest={moved.backtest}")
+    return 0
 
 
 def _new_task(args: argparse.Namespace) -> int:
@@ -738,7 +772,8 @@ EXAMPLES = {
               'crowd paths --mlflow-env                            # eval "$(...)": the mlflow command on its store'],
     "tasks": ["crowd tasks",
               "crowd tasks --new mine --dataset mylog                       # brand, weekly: like tmall-2013",
-              "crowd tasks --new mine-daily --dataset mylog --like taobao-2017-category"],
+              "crowd tasks --new mine-daily --dataset mylog --like taobao-2017-category",
+              "crowd tasks --fit-dates mine                                 # after crowd load --append"],
 }
 
 
@@ -936,10 +971,14 @@ def build_parser() -> argparse.ArgumentParser:
                               "($CROWD_REGISTERED_MODEL)")
     pa.set_defaults(func=_cmd_paths)
 
-    ta = _command(sub, "tasks", help="list the tasks under tasks/, or write a new one for a loaded log (--new)")
+    ta = _command(sub, "tasks", help="list the tasks under tasks/, write a new one for a loaded log (--new), or fit "
+                                     "one's dates to its log as it is now (--fit-dates)")
     ta.add_argument("--new", metavar="NAME", type=_task_name,
                     help="write tasks/NAME.yaml for the log --dataset: the settings of the task --like, the dates "
                          "fitted to the log (the latest it labels)")
+    ta.add_argument("--fit-dates", metavar="TASK",
+                    help="print the dates of TASK (a name or a file) fitted to its log as it is now, the latest it "
+                         "labels (after crowd load --append): the lines for the task file, and --set overrides")
     ta.add_argument("--dataset", metavar="NAME", help="with --new: the dataset (crowd load --name) the task reads")
     ta.add_argument("--like", metavar="TASK", default=DEFAULT_TASK,
                     help="with --new: the task whose target, cadence, windows, models and settings it takes")

@@ -263,3 +263,36 @@ def test_crowd_tasks_new_writes_a_task_that_fits_the_log_and_never_writes_over_o
     assert "needs --dataset" in capsys.readouterr().err
     assert main(["tasks", "--dataset", tiny_dataset.name]) == 2
     assert "go with --new NAME" in capsys.readouterr().err
+
+
+def test_crowd_tasks_fit_dates_moves_a_tasks_dates_on_its_cadence_to_the_latest_its_log_labels(
+        tiny_dataset, tmp_path, capsys):
+    """After a log grows (crowd load --append), a task's dates move forward by whole periods, so the roles keep
+    their spacing and the weekly DAG its weekday; printed as the file's lines and as --set overrides (the task
+    file is the user's and is not written)."""
+    import shlex
+
+    from ml.crowds import log_days
+
+    task = load_task("tmall-2013")
+    earlier = yaml.safe_load((TASKS_DIR / "tmall-2013.yaml").read_text())
+    back = dt.timedelta(days=14)
+    earlier.update(dataset=tiny_dataset.name, samples={"first": task.samples.first - back,
+                                                       "last": task.samples.last - back},
+                   validation=[d - back for d in task.validation], backtest=task.backtest - back)
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(earlier))
+    before = path.read_text()
+    assert main(["tasks", "--fit-dates", str(path)]) == 0
+    said = capsys.readouterr().out
+    assert "moved +2 period(s) of 7 day(s)" in said and path.read_text() == before
+    overrides = shlex.split(said.splitlines()[-1].removeprefix("or for one run: "))[1::2]
+    moved = load_task(path, parse_assignments(overrides))  # as `crowd ... --set` reads them
+    assert (moved.samples.first, moved.backtest) == (task.samples.first, task.backtest)
+    assert moved.validation == task.validation and moved.samples.first.weekday() == task.samples.first.weekday()
+    _, last_day = log_days(tiny_dataset)
+    assert moved.backtest + dt.timedelta(days=moved.windows.label_days - 1) <= last_day < (
+        moved.backtest + dt.timedelta(days=moved.windows.label_days - 1 + 7))
+    assert f"  backtest: {task.backtest}" in said
+    assert main(["tasks", "--fit-dates", "tmall-2013"]) == 0  # the shipped task's dates are the tiny log's latest
+    assert "these are the latest dates the log labels" in capsys.readouterr().out
