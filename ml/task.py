@@ -357,10 +357,11 @@ class Task(_Settings):
 
     def serving_fingerprint(self, dbt_project: str) -> str:
         """Which champion may serve crowds when the comparison of the current data has none yet: one whose
-        features mean the same (these exports' settings, built by the same dbt models, `dbt_project`) and
-        which was chosen the same way (target, evaluation), trained on any build of the dataset's data and any
-        validation and backtest dates. A log that grows (a new load with more days) keeps getting crowds from
-        the latest such champion until a model is trained on it, which then competes on the new data alone."""
+        features mean the same (these exports' settings, dates included, built by the same dbt models,
+        `dbt_project`) and which was chosen the same way (target, evaluation), trained on any build of the
+        dataset's data. A log that grows (a new load with more days) keeps getting crowds from the latest such
+        champion until a model is trained on it, which then competes on the new data alone. Moved dates are
+        other settings (the top categories of the LSTM's series are counted before the first sample date)."""
         return _digest({"warehouse": self.warehouse_fingerprint(), "dbt_project": dbt_project,
                         "target": self.target, "evaluate": self.evaluate.model_dump(mode="json")})
 

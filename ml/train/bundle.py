@@ -206,8 +206,8 @@ def load_bundle(name: str | None, paths: TaskPaths, key: str, features_key: str 
 def champion_version(paths: TaskPaths, key: str, features_key: str | None = None):  # noqa: ANN201 (a ModelVersion)
     """The registered version serving comparison fingerprint `key`; while that comparison has none, given
     `features_key` (Task.serving_fingerprint), the latest champion of the same features and choice trained on
-    other data (a log loaded again with more days, other validation dates): the crowds of a growing log are not
-    held back until a training. Otherwise a one-line error saying there is none (and which champion there is, of
+    other data (a log loaded again with more days): the crowds of a growing log are not held back until a
+    training. Otherwise a one-line error saying there is none (and which champion there is, of
     other dbt models or settings). Cheap: `crowd score` asks before it builds the forward date's features, which
     on a large log took minutes only to end in this error."""
     import mlflow
