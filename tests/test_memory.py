@@ -44,6 +44,9 @@ def test_a_block_inside_a_freeze_it_did_not_make_leaves_that_freeze_alone():
             new_ref = weakref.ref(new)
             del new
         assert new_ref() is None
-        assert gc.get_freeze_count() == frozen
+        # neither unfrozen (0) nor frozen again with the block's survivors (more): the same objects, less any a
+        # thread of an earlier test let go meanwhile (a frozen object still dies by its reference count; 1,576,232
+        # then 1,576,230 failed the equality once, 2026-11-29)
+        assert frozen - 100 <= gc.get_freeze_count() <= frozen
     finally:
         gc.unfreeze()
