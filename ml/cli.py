@@ -1017,15 +1017,36 @@ def main(argv: list[str] | None = None) -> int:
         # matplotlib says "generated new fontManager" at INFO the first time a machine draws (crowd train's plots)
         logging.getLogger("matplotlib").setLevel(logging.WARNING)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, not at the interpreter's exit, where a reader that left is a traceback
+        return code
     except KeyboardInterrupt:
         print(f"crowd {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001  (one clear line and a non-zero exit; --debug shows where)
+        if isinstance(e, BrokenPipeError) and _stdout_gone():
+            return 141  # as a command in a pipe whose reader left (crowd warehouse | head) ends: quietly, SIGPIPE's
         if args.debug:
             traceback.print_exc()
         print(f"crowd {args.command}: {_one_line(e)}", file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 1
+
+
+def _stdout_gone() -> bool:
+    """Whether what reads the command's output has gone (a pipe closed by `head`); then the rest of the output
+    goes nowhere, so that neither this exit nor the interpreter's last flush says "Broken pipe"."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # not a file (a test's capture): not a pipe that closed
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    if not any(events & select.POLLERR for _, events in poller.poll(0)):  # a pipe without its reader
+        return False
+    os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    return True
 
 
 def _one_line(e: Exception) -> str:

@@ -67,6 +67,22 @@ def test_load_help_names_every_format_and_those_with_an_item_table():
         assert name in listed, name
 
 
+def test_a_command_whose_reader_has_left_the_pipe_ends_quietly(tmp_path):
+    """`crowd tasks | head -1`: the reader gone, the command ends as one in a pipe does (141, SIGPIPE's code) and
+    says nothing; it said "crowd tasks: failed: Broken pipe" and exited 1."""
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader has left before the first line
+    try:
+        done = subprocess.run([sys.executable, "-m", "ml.cli", "tasks"], stdout=write, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "CROWD_DATA_DIR": str(tmp_path)})
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (141, "")
+
+
 def test_generate_help_says_what_every_preset_is():
     from ml.synth.params import PRESETS
 
