@@ -117,6 +117,7 @@ mlflow: setup ## the MLflow UI on http://127.0.0.1:5000
 bench: setup ## every benchmark under bench/ (prints measured figures)
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps torch-rechub==0.9.0
 	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/load.py
 	$(BIN)/python bench/warehouse.py
 	$(BIN)/crowd generate --task tmall-2013 --skip-if-present --quiet
 	$(BIN)/crowd warehouse --task tmall-2013 --skip-tests
