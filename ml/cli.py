@@ -315,13 +315,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ml.tracking import comparison_key
     from ml.train.bundle import load_bundle
     from ml.train.pipeline import oracle_scores
+    from ml.warehouse.export import serving_key
 
     if args.per_target and args.per_target.suffix != ".csv":
         raise ValueError(f"--per-target {args.per_target}: expected a CSV path (ending .csv)")
     task = _task(args)
     paths = TaskPaths.of(task)
-    bundle = load_bundle(args.model, paths, comparison_key(task, paths.exports))
+    # the champion that serves the crowds: of this data, or while it has none, of the same features on earlier data
+    bundle = load_bundle(args.model, paths, comparison_key(task, paths.exports), serving_key(task, paths.exports))
     raw = bundle.read_population(paths.exports, task.backtest)
+    if not args.model and bundle.config.get("build") not in (None, raw.build):
+        print(f"note: the champion {bundle.name} (version {bundle.config.get('version')}) was trained on warehouse "
+              f"build {bundle.config.get('build')}; the backtest's exports are of build {raw.build}: what it serves "
+              "on the new data, measured on it")
     ev = raw.samples
     y, t, u = ev["label_buy"].to_numpy(), ev["target_id"].to_numpy(), ev["user_id"].to_numpy()
     buyers = read_buyers(paths.exports, task.backtest)

@@ -181,6 +181,15 @@ def test_new_data_is_served_by_the_champion_of_the_same_features_and_other_dbt_m
         assert "NOT the build the model was trained on" in capsys.readouterr().out
     finally:
         schema_path.write_text(original)
+    # the backtest of new data measures the champion that serves it, and says so
+    backtest_schema = export_dir(task_paths.exports, task.backtest) / "schema.json"
+    original = backtest_schema.read_text()
+    try:
+        backtest_schema.write_text(json.dumps({**json.loads(original), "build": "newdata00000"}))
+        assert main(["evaluate"]) == 0
+        assert "trained on warehouse build" in capsys.readouterr().out
+    finally:
+        backtest_schema.write_text(original)
 
 
 def test_a_named_model_that_is_not_there_says_which_are(tmp_path):
