@@ -177,8 +177,8 @@ def _appendable(out: Path, fmt: LogFormat, mapping: CsvMapping, year: int | None
                          f"({manifest.get('mapping')}): append with the same, or load every file again")
     if fmt.needs_year and manifest.get("year") != year:
         raise ValueError(f"--append: {out} was loaded with --year {manifest.get('year')}, not {year}")
-    loaded = {(Path(f["path"]).name, f.get("bytes")) for f in manifest["files"]}
-    for path in paths:
+    loaded = {(Path(f["path"]).name, f.get("bytes") or None) for f in manifest["files"]}  # None: loaded before
+    for path in paths:                                                                 # sizes were recorded
         name, size = Path(path).name, Path(path).stat().st_size
         if (name, size) in loaded or (name, None) in loaded:
             raise ValueError(f"--append: {path} is loaded already (a file of that name and size is in {out}): "
