@@ -177,8 +177,9 @@ def _appendable(out: Path, fmt: LogFormat, mapping: CsvMapping, year: int | None
                          f"({manifest.get('mapping')}): append with the same, or load every file again")
     if fmt.needs_year and manifest.get("year") != year:
         raise ValueError(f"--append: {out} was loaded with --year {manifest.get('year')}, not {year}")
-    loaded = {(Path(f["path"]).name, f.get("bytes") or None) for f in manifest["files"]}  # None: loaded before
-    for path in paths:                                                                 # sizes were recorded
+    # a file loaded before sizes were recorded (bytes absent, or 0 once an append carried it) by its name alone
+    loaded = {(Path(f["path"]).name, f.get("bytes") or None) for f in manifest["files"]}
+    for path in paths:
         name, size = Path(path).name, Path(path).stat().st_size
         if (name, size) in loaded or (name, None) in loaded:
             raise ValueError(f"--append: {path} is loaded already (a file of that name and size is in {out}): "
