@@ -700,6 +700,9 @@ def _fit_dates(name: str) -> int:
     print(f"moved {periods:+d} period(s) of {step} day(s), to the latest the log labels: in the task file")
     print(f"  samples: {{first: {moved.samples.first}, last: {moved.samples.last}}}\n  validation: [{valid}]\n"
           f"  backtest: {moved.backtest}")
+    overrides = {"samples.first": str(moved.samples.first), "samples.last": str(moved.samples.last),
+                 "validation": [str(d) for d in moved.validation], "backtest": str(moved.backtest)}
+    print(f"or for one DAG run, its overrides Param: {json.dumps(overrides)}")
     print(f"or for one run: --set samples.first={moved.samples.first} --set samples.last={moved.samples.last} "
           f"--set validation=[{valid.replace(' ', '')}] --set backtest={moved.backtest}")
     return 0

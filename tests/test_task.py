@@ -294,5 +294,10 @@ def test_crowd_tasks_fit_dates_moves_a_tasks_dates_on_its_cadence_to_the_latest_
     assert moved.backtest + dt.timedelta(days=moved.windows.label_days - 1) <= last_day < (
         moved.backtest + dt.timedelta(days=moved.windows.label_days - 1 + 7))
     assert f"  backtest: {task.backtest}" in said
+    # and as the DAGs' overrides Param, which the periods and training DAGs apply as load_task does here
+    import json
+
+    param = json.loads(said.split("its overrides Param: ")[1].splitlines()[0])
+    assert load_task(path, param) == moved
     assert main(["tasks", "--fit-dates", "tmall-2013"]) == 0  # the shipped task's dates are the tiny log's latest
     assert "these are the latest dates the log labels" in capsys.readouterr().out
