@@ -310,17 +310,15 @@ def _load_into(tmp: Path, fmt: LogFormat, paths: list[Path], items_paths: list[P
     con.register("items", items)
 
     events = "loaded_events"
+    new_parts = [str(tmp / "events" / f"part-{len(old_parts) + i:05d}.parquet") for i in range(len(writers))]
     if writers or old_parts:
         con.register(events, con.read_parquet(str(tmp / "events" / "*.parquet")))
-        n_events, ts_min, ts_max = con.execute(f"select count(*), min(ts), max(ts) from {events}").fetchall()[0]
-        # identical rows are kept (they can be real repeats, e.g. within Tianchi's hour), only counted
-        dups = n_events - con.execute(f"select count(*) from (select distinct * from {events})").fetchall()[0][0]
+        n_events, ts_min, ts_max, dups, actions = _event_counts(con, new_parts, old_parts, previous)
         # items with no category (in no item table, or the log's rows give none): the warehouse rejects their events
         missing = con.execute(
             f"select count(distinct item_id) from {events} "
             "where item_id not in (select item_id from items where category_id is not null)"
         ).fetchall()[0][0]
-        actions = dict(con.execute(f"select action, count(*) from {events} group by 1").fetchall())
         # a subset that is not this log's (another sample's item file) leaves the item task no target: say so
         # at load, not at the warehouse's first empty date
         subset_in_log, events_on_subset = con.execute(
@@ -360,7 +358,6 @@ def _load_into(tmp: Path, fmt: LogFormat, paths: list[Path], items_paths: list[P
         # the first load's settings stay the dataset's; each append says what it added, and how much of it falls
         # on or before the last time the dataset held (late events, or a day given twice under another name)
         manifest.update(year=previous.get("year"), range=previous.get("range"))
-        new_parts = [str(tmp / "events" / f"part-{len(old_parts) + i:05d}.parquet") for i in range(len(writers))]
         before_end = con.execute("select count(*) from read_parquet($parts) where ts <= $end",
                                  {"parts": new_parts, "end": previous["last_ts"]}).fetchall()[0][0] \
             if new_parts and previous.get("last_ts") else 0
@@ -372,6 +369,36 @@ def _load_into(tmp: Path, fmt: LogFormat, paths: list[Path], items_paths: list[P
             "previous_last_ts": previous.get("last_ts")}]
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
+
+
+def _event_counts(con: duckdb.DuckDBPyConnection, new_parts: list[str], old_parts: list[Path],
+                  previous: dict | None) -> tuple[int, dt.datetime | None, dt.datetime | None, int, dict[str, int]]:
+    """Events, first and last time, identical rows (kept: they can be real repeats, as in Tianchi's hour, only
+    counted) and events per action of the whole dataset. Appended to one (`previous`, its manifest), they are its
+    counts and the new parts', so that an append costs its own rows: the identical rows are the old ones, the new
+    ones' among themselves, and the new rows equal to an old one, found only where the two overlap in time (the
+    old parts' row groups outside it are skipped by their statistics)."""
+    if not new_parts:
+        n, first, last, distinct, actions = 0, None, None, 0, {}
+    else:
+        con.read_parquet(new_parts).create_view("new_events")
+        n, first, last = con.execute("select count(*), min(ts), max(ts) from new_events").fetchall()[0]
+        distinct = con.execute("select count(*) from (select distinct * from new_events)").fetchall()[0][0]
+        actions = dict(con.execute("select action, count(*) from new_events group by 1").fetchall())
+    if previous is None:
+        return n, first, last, n - distinct, actions
+    shared = 0
+    if n and previous.get("last_ts"):
+        con.read_parquet([str(p) for p in old_parts]).create_view("old_events")
+        shared = con.execute("select count(*) from ((select * from new_events where ts <= $last) intersect "
+                             "(select * from old_events where ts >= $first))",
+                             {"last": previous["last_ts"], "first": first}).fetchall()[0][0]
+    prev_first, prev_last = (dt.datetime.fromisoformat(previous[k]) if previous.get(k) else None
+                             for k in ("first_ts", "last_ts"))
+    times = [t for t in (prev_first, prev_last, first, last) if t is not None]
+    merged = {a: previous["actions"].get(a, 0) + actions.get(a, 0) for a in sorted({*previous["actions"], *actions})}
+    return (previous["events"] + n, min(times, default=None), max(times, default=None),
+            previous["exact_duplicates"] + n - distinct + shared, merged)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
