@@ -559,6 +559,14 @@ def test_appending_a_logs_new_days_makes_the_dataset_one_load_of_every_file_make
         a, b = (t.drop(columns=["source_file"], errors="ignore") for t in (a, b))
         order = keys if table == "events" else list(a.columns)
         pd.testing.assert_frame_equal(a.sort_values(order, ignore_index=True), b.sort_values(order, ignore_index=True))
+    # a dataset whose manifest predates these counts has them counted again, over every part
+    load("csv", [first], tmp_path / "legacy")
+    legacy = json.loads((tmp_path / "legacy" / "manifest.json").read_text())
+    del legacy["exact_duplicates"], legacy["actions"]
+    (tmp_path / "legacy" / "manifest.json").write_text(json.dumps(legacy))
+    again = load("csv", [late], tmp_path / "legacy", append=True)
+    assert [again[k] for k in ("events", "exact_duplicates", "actions")] == [whole[k] for k in (
+        "events", "exact_duplicates", "actions")]
     before = (tmp_path / "inc" / "manifest.json").read_text()
     with pytest.raises(ValueError, match="is loaded already"):
         load("csv", [late], tmp_path / "inc", append=True)

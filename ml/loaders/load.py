@@ -377,7 +377,10 @@ def _event_counts(con: duckdb.DuckDBPyConnection, new_parts: list[str], old_part
     counted) and events per action of the whole dataset. Appended to one (`previous`, its manifest), they are its
     counts and the new parts', so that an append costs its own rows: the identical rows are the old ones, the new
     ones' among themselves, and the new rows equal to an old one, found only where the two overlap in time (the
-    old parts' row groups outside it are skipped by their statistics)."""
+    old parts' row groups outside it are skipped by their statistics). A manifest from before it held these counts
+    has them counted again, over every part."""
+    if previous is not None and not {"events", "exact_duplicates", "actions"} <= previous.keys():
+        return _event_counts(con, [*map(str, old_parts), *new_parts], [], None)
     if not new_parts:
         n, first, last, distinct, actions = 0, None, None, 0, {}
     else:
