@@ -33,7 +33,9 @@ results_log = logging.getLogger("ml.results.crowds")  # `crowd score` says so in
 # default task's 117 features are 0.5 GB as float32)
 SCORE_CHUNK_ROWS = 262_144
 CROWD_COLUMNS = ("task", "target", "target_id", "rank", "user_id", "score", "model", "model_version", "run_id",
-                 "feature_date", "window_start", "window_end", "data_build")
+                 "feature_date", "window_start", "window_end", "data_build", "model_build")
+# what crowds files had before: a `crowd score --out` of one of those is an earlier output, replaced as such
+EARLIER_CROWD_COLUMNS = (CROWD_COLUMNS[:-1], CROWD_COLUMNS[:-2])
 
 
 @dataclass(frozen=True)
@@ -209,7 +211,7 @@ def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | Non
     from ml.warehouse.export import serving_key
 
     if out is not None:  # the user's path: only an earlier output of this command is replaced, checked first
-        check_table_replaceable(out, CROWD_COLUMNS)
+        check_table_replaceable(out, CROWD_COLUMNS, EARLIER_CROWD_COLUMNS)
         check_table_replaceable(expected_buyers_path(out), EXPECTED_COLUMNS)
         if task.target == "item":
             check_table_replaceable(submission_path(out), SUBMISSION_COLUMNS)
@@ -270,7 +272,8 @@ def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | Non
     run_id = str(bundle.config.get("run_id", ""))
     version = str(bundle.config.get("version") or (model and run_id and _registered_version(paths, run_id)) or "local")
     crowd = crowd.assign(model=bundle.name, model_version=version, run_id=run_id, feature_date=as_of,
-                         window_start=as_of, window_end=end, data_build=build)[list(CROWD_COLUMNS)]
+                         window_start=as_of, window_end=end, data_build=build,
+                         model_build=model_build)[list(CROWD_COLUMNS)]
     target = out or paths.crowds / f"ds={as_of.isoformat()}" / "crowds.parquet"
     write_atomically(crowd, target)
     expected = expected_buyers(population, crowd)
@@ -362,8 +365,9 @@ def _publish_table(crowd: pd.DataFrame, warehouse: Path, task: str, as_of: dt.da
         con.register("crowd_frame", crowd)
         con.execute("create schema if not exists crowds")
         con.execute("create table if not exists crowds.forward_crowds as select * from crowd_frame where false")
-        # a table made before the crowds said which build they come from
+        # a table made before the crowds said which build they come from, and which the model was trained on
         con.execute("alter table crowds.forward_crowds add column if not exists data_build varchar")
+        con.execute("alter table crowds.forward_crowds add column if not exists model_build varchar")
         con.execute("begin transaction")
         con.execute("delete from crowds.forward_crowds where task = ? and feature_date = ?", [task, as_of])
         con.execute("insert into crowds.forward_crowds by name select * from crowd_frame")

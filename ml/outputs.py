@@ -146,12 +146,13 @@ def write_text_atomically(path: Path, text: str, signature: str) -> Path:
     return path
 
 
-def check_table_replaceable(path: Path, columns: Sequence[str]) -> None:
+def check_table_replaceable(path: Path, columns: Sequence[str], earlier: Sequence[Sequence[str]] = ()) -> None:
     """A table file at a path the user named (`crowd score --out`, `crowd evaluate --per-target`) is replaced
-    only when it is an earlier output of the same kind: a parquet or CSV file with exactly these columns. Both
-    overwrote any file of that name (a user's notes.csv became a table of metrics)."""
+    only when it is an earlier output of the same kind: a parquet or CSV file with exactly these columns, or the
+    columns an earlier version wrote (`earlier`). Both overwrote any file of that name (a user's notes.csv became
+    a table of metrics)."""
     path = Path(path)
-    if path.exists() and not (path.is_file() and _table_columns(path) == list(columns)):
+    if path.exists() and not (path.is_file() and _table_columns(path) in [list(c) for c in (columns, *earlier)]):
         raise OutputError(f"refusing to replace {path}: it exists and is not a table Purchase Crowd wrote (with "
                           "these columns); choose another output path, or move it away yourself")
 

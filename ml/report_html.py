@@ -131,7 +131,8 @@ def _crowds_html(crowds: tuple[pd.DataFrame, pd.DataFrame] | None, task: Task, c
     first = frame.iloc[0]
     facts = {
         "model": f"{first['model']} (version {first['model_version']}, run {first['run_id'] or '-'})",
-        "features as of": str(first["feature_date"])[:10],
+        "features as of": str(first["feature_date"])[:10] + (f" (warehouse build {first['data_build']})"
+                                                             if first.get("data_build") else ""),
         "window predicted": f"{str(first['window_start'])[:10]} to {str(first['window_end'])[:10]} (exclusive)",
         f"{task.targets_word} with a crowd": f"{len(sizes):,}",
         "users per crowd": f"{sizes.min():,} to {sizes.max():,} (median {sizes.median():,.0f})",
@@ -150,12 +151,19 @@ def _crowds_html(crowds: tuple[pd.DataFrame, pd.DataFrame] | None, task: Task, c
                "<table><thead><tr>"
                f"<th>{task.target}</th><th>crowd</th><th>population</th><th>expected in crowd</th>"
                f"<th>expected in population</th></tr></thead><tbody>{rows}</tbody></table>")
-    listed = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts.items())
     stale = ""
-    if champion and first["run_id"] != champion["run_id"]:  # published before the champion of the table was chosen
+    trained_on = first.get("model_build") or ""
+    if trained_on and first.get("data_build") and trained_on != first["data_build"]:
+        facts["model"] += f", trained on build {trained_on}"
+        stale = (f'<div class="warning">These crowds were scored by {html.escape(str(first["model"]))}, trained on '
+                 f"warehouse build {html.escape(trained_on)}, on features of build {html.escape(first['data_build'])}"
+                 " (other data): the champion of earlier data serves until a model is trained on this data, or a "
+                 "model was named with <code>crowd score --model</code>.</div>")
+    elif champion and first["run_id"] != champion["run_id"]:  # published before the champion of the table was chosen
         stale = (f'<div class="warning">These crowds were scored by {html.escape(str(first["model"]))}, not by the '
                  f"current champion {html.escape(champion['model'])} (version {html.escape(champion['version'])}): "
                  f"<code>crowd score --task {html.escape(task.name)}</code> publishes the champion's.</div>")
+    listed = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts.items())
     return f'{stale}<table class="facts" id="crowd-facts"><tbody>{listed}</tbody></table>{top}'
 
 

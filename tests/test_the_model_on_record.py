@@ -171,7 +171,8 @@ def test_new_data_is_served_by_the_champion_of_the_same_features_and_other_dbt_m
         assert "build newdata00000" in printed and "(NOT the build the model was trained on)" in printed
         assert (f"was trained on warehouse build {schema['build']}, the features of {as_of} are of build "
                 "newdata00000" in printed and "it serves until a model is trained on this data" in printed)
-        assert set(pd.read_parquet(out)["data_build"]) == {"newdata00000"}
+        served = pd.read_parquet(out)
+        assert set(served["data_build"]) == {"newdata00000"} and set(served["model_build"]) == {schema["build"]}
         schema_path.write_text(json.dumps({**schema, "build": "newdata00000", "dbt_project": "otherdbt0000"}))
         assert main(["score", "--no-build", "--out", str(out)]) == 2
         err = capsys.readouterr().err

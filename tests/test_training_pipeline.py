@@ -279,6 +279,11 @@ def test_score_publishes_forward_crowds_after_the_end_of_the_log(outcomes, task,
         f"name = '{task_paths.registered_model}' and run_id = '{outcomes['din'].run_id}'")
     assert set(crowd["model_version"]) == {str(registered.version)}
     assert set(crowd["run_id"]) == {outcomes["din"].run_id}
+    assert set(crowd["model_build"]) == set(crowd["data_build"])  # trained on the data it scored
+    # a crowds file of the columns an earlier version wrote is an earlier output, replaced as such
+    crowd.drop(columns=["model_build"]).to_parquet(out)
+    assert main(["score", "--model", "din", "--no-build", "--size", "25", "--out", str(out)]) == 0
+    assert list(pd.read_parquet(out).columns) == list(CROWD_COLUMNS)
     # and its training's warning, if it had one, as its own (not "the champion ...")
     from ml.tracking import run_verdict
 
@@ -750,6 +755,12 @@ def test_the_html_report_says_when_the_crowds_were_scored_by_another_model_than_
     assert "scored by din, not by the current champion dnn (version 3)" in stale
     assert "not by the current champion" not in _crowds_html((crowds, pd.DataFrame()), task,
                                                              {"model": "din", "version": "2", "run_id": "r2"})
+    # crowds of new data scored by the champion of earlier data say so, with both builds (the crowds carry them)
+    grown = crowds.assign(data_build="newdata00000", model_build="olddata00000")
+    said = _crowds_html((grown, pd.DataFrame()), task, {"model": "din", "version": "2", "run_id": "r2"})
+    assert "trained on warehouse build olddata00000, on features of build newdata00000" in said
+    assert "trained on build olddata00000" in said and "(warehouse build newdata00000)" in said
+    assert "other data" not in _crowds_html((grown.assign(model_build="newdata00000"), pd.DataFrame()), task, None)
 
 
 @pytest.mark.parametrize("column", ["recall_at_100", "recall_at_5"])  # any cut-off of the task's, paired
