@@ -717,7 +717,7 @@ def _standalone(paths: Paths, host: str, port: int, stop_timeout: float, ready_t
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if procs:
-            _stop_group(list(procs.values()), stop_timeout)
+            _stop_group(procs, stop_timeout)
 
 
 def _require_free_port(host: str, port: int) -> None:
@@ -744,20 +744,23 @@ def _healthy(host: str, port: int) -> bool:
                for c in ("metadatabase", "scheduler", "triggerer", "dag_processor"))
 
 
-def _stop_group(procs: list[subprocess.Popen], timeout: float) -> None:
-    """SIGTERM to the whole group (led by procs[0]), SIGKILL to what is left after timeout; returns once the
-    group is gone. Every component is reaped as it exits: a zombie would keep the group alive."""
-    pgid = procs[0].pid
+def _stop_group(procs: dict[str, subprocess.Popen], timeout: float) -> None:
+    """SIGTERM to the whole group (led by the first component), SIGKILL to what is left after timeout; returns
+    once the group is gone. Every component is reaped as it exits: a zombie would keep the group alive. What
+    outlives SIGTERM is named (the components still running, or their children)."""
+    pgid = next(iter(procs.values())).pid
     for sig in (signal.SIGTERM, signal.SIGKILL):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, sig)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for proc in procs:
+            for proc in procs.values():
                 proc.poll()
             try:
                 os.killpg(pgid, 0)
             except ProcessLookupError:
                 return
             time.sleep(0.2)
-        log.warning("Airflow's process group %d outlived %s; killing it", pgid, sig.name)
+        running = [name for name, proc in procs.items() if proc.poll() is None] or ["their children"]
+        log.warning("Airflow's process group %d outlived %s after %.0f s (%s); killing it", pgid, sig.name, timeout,
+                    ", ".join(running))
