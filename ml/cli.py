@@ -395,8 +395,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
             from ml.warehouse.build import project_digest
             from ml.warehouse.export import build_id
 
-            champion_version(paths, task.comparison_fingerprint(build_id(paths.dataset_dir)),
-                             task.serving_fingerprint(project_digest()))
+            project = project_digest()
+            champion_version(paths, task.comparison_fingerprint(build_id(paths.dataset_dir, project)),
+                             task.serving_fingerprint(project))
         key = forward_key(task, paths, as_of)
         held = held_forward(paths, as_of, key)
         rows = held or build_forward(task, paths, as_of, key=key)
@@ -677,34 +678,28 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
 
 def _fit_dates(name: str) -> int:
     """An existing task's dates moved forward on its cadence to the latest its log labels (after `crowd load
-    --append`, say): every date by the same whole number of periods, so the roles keep their spacing and the
-    periods DAG its days. Printed, not written, since the task file is the user's: as the file's lines and as
-    --set overrides for one run."""
+    --append`, say; ml.task_new.moved_dates). Printed, not written, since the task file is the user's: as the
+    file's lines, the DAGs' overrides Param and --set overrides for one run."""
     from ml.crowds import log_days
+    from ml.task_new import moved_dates
 
     task = load_task(name)
     first_day, last_day = log_days(TaskPaths.of(task).dataset_dir)
-    step, label = task.windows.step_days, task.windows.label_days
-    periods = ((last_day - task.backtest).days - (label - 1)) // step  # the backtest's label window inside the log
+    step = task.windows.step_days
+    periods, overrides = moved_dates(task, last_day)
     print(f"{task.name}: the log {task.dataset} runs {first_day} .. {last_day}; samples {task.samples.first} .. "
           f"{task.samples.last}, validation {', '.join(map(str, task.validation))}, backtest {task.backtest}")
     if periods == 0:
         print(f"{task.name}: these are the latest dates the log labels on the task's cadence (every {step} day(s))")
         return 0
-    shift = dt.timedelta(days=periods * step)
-    moved = task.override({"samples.first": str(task.samples.first + shift),
-                           "samples.last": str(task.samples.last + shift),
-                           "validation": [str(d + shift) for d in task.validation],
-                           "backtest": str(task.backtest + shift)})
+    moved = task.override(overrides)  # validated: a moved date that breaks a rule fails here, in one line
     valid = ", ".join(map(str, moved.validation))
     print(f"moved {periods:+d} period(s) of {step} day(s), to the latest the log labels: in the task file")
     print(f"  samples: {{first: {moved.samples.first}, last: {moved.samples.last}}}\n  validation: [{valid}]\n"
           f"  backtest: {moved.backtest}")
-    overrides = {"samples.first": str(moved.samples.first), "samples.last": str(moved.samples.last),
-                 "validation": [str(d) for d in moved.validation], "backtest": str(moved.backtest)}
     print(f"or for one DAG run, its overrides Param: {json.dumps(overrides)}")
-    print(f"or for one run: --set samples.first={moved.samples.first} --set samples.last={moved.samples.last} "
-          f"--set validation=[{valid.replace(' ', '')}] --set backtest={moved.backtest}")
+    print("or for one run: " + " ".join(f"--set {k}=" + (f"[{','.join(v)}]" if isinstance(v, list) else v)
+                                        for k, v in overrides.items()))
     return 0
 
 

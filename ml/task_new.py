@@ -56,6 +56,17 @@ def fit_dates(like: Task, first_day: dt.date, last_day: dt.date) -> FittedDates:
     return FittedDates(last - periods * step, last, validation, backtest, full)
 
 
+def moved_dates(task: Task, last_day: dt.date) -> tuple[int, dict[str, str | list[str]]]:
+    """An existing task's dates moved to the latest its log (ending on last_day) labels: by the same whole number
+    of periods of its cadence for every date, so the roles keep their spacing and a weekly DAG its weekday. The
+    periods (0: they are the latest already) and the overrides that move them (Task.override, the DAGs' Param)."""
+    step = task.windows.step_days
+    periods = ((last_day - task.backtest).days - (task.windows.label_days - 1)) // step  # the label window fits
+    shift = dt.timedelta(days=periods * step)
+    return periods, {"samples.first": str(task.samples.first + shift), "samples.last": str(task.samples.last + shift),
+                     "validation": [str(d + shift) for d in task.validation], "backtest": str(task.backtest + shift)}
+
+
 def _has_brands(dataset_dir: Path) -> bool:
     items = pq.read_table(dataset_dir / "items.parquet", columns=["brand_id"]).column("brand_id")
     return items.null_count < len(items)

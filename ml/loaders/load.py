@@ -30,7 +30,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ml.loaders.csv_reader import REJECTS_SCHEMA, FileReport, FormatError, first_line, parse_ids, read_file, sniff
+from ml.loaders.csv_reader import (
+    REJECTS_SCHEMA,
+    FileReport,
+    FormatError,
+    Layout,
+    first_line,
+    parse_ids,
+    read_file,
+    sniff,
+)
 from ml.loaders.formats import FORMATS, FileFormat, LogFormat
 from ml.loaders.mapping import CsvMapping, mapped_format
 from ml.outputs import file_lock, replacing
@@ -143,8 +152,8 @@ def load(
         if not Path(path).is_file():
             raise ValueError(f"{path}: not a file (give the log's files, not a folder)")
     for path in paths:
-        _check_first_line(Path(path), fmt)
-        _check_categories(Path(path), fmt, items_paths, append)
+        layout = _check_first_line(Path(path), fmt)
+        _check_categories(Path(path), layout, fmt, items_paths, append)
     t0 = time.perf_counter()
     # one append to a dataset at a time: two at once would each publish the old dataset plus their own files
     locked = file_lock(Path(out).parent / f".{Path(out).name}.lock") if append else contextlib.nullcontext()
@@ -152,11 +161,11 @@ def load(
         previous = _appendable(Path(out), fmt, mapping, year, paths) if append else None
         manifest = _load_into(tmp, fmt, paths, items_paths, year, start, end, t0, mapping,
                               Path(out) if append else None, previous)
-        new_events = manifest["events"] - (previous or {}).get("events", 0)
-        if new_events == 0:
+        before = previous or {}
+        if manifest["events"] == before.get("events", 0):
             raise ValueError(f"no event of {len(paths)} file(s) was accepted (read "
-                             f"{manifest['read'] - (previous or {}).get('read', 0):,}, rejected "
-                             f"{manifest['rejected'] - (previous or {}).get('rejected', 0):,}): nothing written, "
+                             f"{manifest['read'] - before.get('read', 0):,}, rejected "
+                             f"{manifest['rejected'] - before.get('rejected', 0):,}): nothing written, "
                              f"{out} is as it was")
     return manifest
 
@@ -187,12 +196,12 @@ def _appendable(out: Path, fmt: LogFormat, mapping: CsvMapping, year: int | None
     return manifest
 
 
-def _check_first_line(path: Path, fmt: LogFormat) -> None:
+def _check_first_line(path: Path, fmt: LogFormat) -> Layout:
     """A log file whose first line does not fit its format's columns fails before anything is read, naming the
     formats it does fit: the public logs look alike (Tmall's 2013 recommendation log and its 2015 repeat-buyer
     log are both "Tmall"), and a wrong --format is the likeliest cause."""
     try:
-        sniff(path, fmt.events)
+        return sniff(path, fmt.events)
     except FormatError as e:
         fits = [name for name, other in FORMATS.items() if name != fmt.name and _fits(path, other)]
         if not fits:
@@ -200,13 +209,14 @@ def _check_first_line(path: Path, fmt: LogFormat) -> None:
         raise FormatError(f"{e}; its first line fits --format {' or '.join(fits)}") from None
 
 
-def _check_categories(path: Path, fmt: LogFormat, items_paths: list[Path] | None, append: bool) -> None:
+def _check_categories(path: Path, layout: Layout, fmt: LogFormat, items_paths: list[Path] | None,
+                      append: bool) -> None:
     """A log may leave its items' categories to the item table (csv), or to the dataset it is appended to, not to
     nobody: every target and feature of the warehouse hangs off an item's category."""
     column = next((c for c in fmt.events.columns if c.target == "category_id"), None)
     if column is None or not column.optional or items_paths or append:
         return
-    if column.name not in sniff(path, fmt.events).names:
+    if column.name not in layout.names:
         raise FormatError(f"{path}: the header has no {column.name!r} column and no item table (--items) gives the "
                           "items' categories; add one or the other")
 

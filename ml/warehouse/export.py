@@ -113,15 +113,16 @@ def read_schema(root: Path, ds: dt.date) -> dict:
     return json.loads((export_dir(root, ds) / "schema.json").read_text())
 
 
-def build_id(dataset_dir: Path | None) -> str:
+def build_id(dataset_dir: Path | None, project: str | None = None) -> str:
     """Which data and which models built the warehouse: the dataset's manifest (a new load or generation is
-    new data) and the dbt project's sources. Exports record it, and training refuses dates of different
-    builds (a kill between re-exports used to leave some dates of the old data, trained on without a word)."""
+    new data) and the dbt project's sources (`project`: their digest, when the caller has it already). Exports
+    record it, and training refuses dates of different builds (a kill between re-exports used to leave some
+    dates of the old data, trained on without a word)."""
     from ml.warehouse.build import project_digest
 
     manifest = Path(dataset_dir) / "manifest.json" if dataset_dir is not None else None
     data = manifest.read_bytes() if manifest is not None and manifest.exists() else b""
-    return content_digest(data + project_digest().encode(), 12)
+    return content_digest(data + (project or project_digest()).encode(), 12)
 
 
 def exports_build(root: Path, ds: dt.date) -> str:
@@ -146,7 +147,8 @@ def export_dates(warehouse: Path, out_root: Path, dates: list[dt.date] | None = 
     `engine` built it (ml.warehouse.engine): the same files come out whichever engine it was."""
     from ml.warehouse.build import project_digest
 
-    build, project = build_id(dataset_dir), project_digest()
+    project = project_digest()  # read once: the build id and the exports' dbt_project are of the same sources
+    build = build_id(dataset_dir, project)
     out_root = Path(out_root)
     dates = dates if dates is not None else built_dates(warehouse, engine)
     done = []
