@@ -423,6 +423,52 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_outcomes(args: argparse.Namespace) -> int:
+    from ml.crowd_outcomes import measure_published
+    from ml.crowds import last_log_day
+
+    task = _task(args)
+    paths = TaskPaths.of(task)
+    done, pending = measure_published(task, paths, args.ds, quiet=not args.verbose, track=not args.no_track)
+    if not done and not pending:
+        raise ValueError(f"{task.name} has published no crowds under {paths.crowds}: publish them first (crowd score)")
+    for o in done:
+        print(f"{task.name} {o.feature_date} .. {o.window_end - dt.timedelta(days=1)}: " + _outcome_line(o, task))
+        if o.submission:
+            s = o.submission
+            print(f"{task.name} {o.feature_date} submission: {s['bought']:,.0f} of its {s['pairs']:,.0f} pairs bought, "
+                  f"of the {s['buyer_pairs']:,.0f} buyer pairs of the item subset: F1 {s['f1']:.4f} (precision "
+                  f"{s['precision']:.4f}, recall {s['recall']:.4f})")
+        if o.population_differs:
+            print(f"warning: {task.name} {o.feature_date}: {o.population_differs}")
+    for p in pending:
+        print(f"{task.name} {p.feature_date} .. {p.window_end - dt.timedelta(days=1)}: pending, the log ends on "
+              f"{last_log_day(paths.dataset_dir)}")
+    if done:
+        where = done[-1].path if len(done) == 1 else paths.crowds / "ds=*" / done[-1].path.name
+        print(f"per target: {where}; every date: the warehouse table crowds.crowd_outcomes"
+              + ("; the pooled figures are metrics of each model's MLflow run, stepped by the date (outcome_*)"
+                 if any(o.logged for o in done) else ""))
+    return 0
+
+
+def _outcome_line(o, task: Task) -> str:  # noqa: ANN001
+    """One published date's outcome in one line: the buyers against those expected, then the ratios with their
+    intervals over targets."""
+    s, f = o.sums, o.pooled
+
+    def figure(name: str, digits: int, suffix: str = "") -> str:
+        i = o.intervals.get(name)
+        return f"{f[name]:.{digits}f}{suffix}" + (f" ({i.low:.{digits}f}–{i.high:.{digits}f})" if i else "")
+
+    lift = (f", lift {figure('lift', 2, 'x')} over the scored population's rate ({s['buyers_in_population']:,.0f} "
+            f"buyers in {s['population']:,.0f} pairs)") if math.isfinite(f["lift"]) else ""
+    return (f"{s['buyers_in_crowd']:,.0f} of the crowds' {s['crowd_size']:,.0f} users bought (expected "
+            f"{s['expected_buyers_in_crowd']:,.1f}, ratio {figure('buyers_over_expected', 2)}); precision "
+            f"{figure('precision', 4)}, recall {figure('recall', 4)} of the {s['buyers']:,.0f} buyers of its "
+            f"{o.targets:,} {task.target} targets{lift}; {o.model} version {o.model_version}")
+
+
 def _cmd_erase(args: argparse.Namespace) -> int:
     from ml.crowds import write_atomically
     from ml.evaluate.erasure import erasure_report
@@ -765,6 +811,8 @@ EXAMPLES = {
     "ablate": ["crowd ablate --model din --groups sequence target_history"],
     "score": ["crowd score                                      # the champion's crowds for tomorrow",
               "crowd score --model lgbm_all_mixed --size 500 --as-of 2013-09-30"],
+    "outcomes": ["crowd outcomes                                   # every published date the log now covers",
+                 "crowd outcomes --ds 2013-09-16 --no-track       # after crowd score --as-of 2013-09-16: a past date"],
     "report": ["crowd report --readme README.md",
                "crowd report --html                             # reports/report.html, to open in a browser"],
     "run-dags": ["crowd run-dags --task taobao-2017-category",
@@ -936,6 +984,15 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--out", type=Path, help="output parquet, or CSV for a name ending .csv (default: the task's "
                     "crowds/ds=DATE/crowds.parquet and the warehouse table crowds.forward_crowds)")
     sc.set_defaults(func=_cmd_score)
+
+    oc = _command(sub, "outcomes", parents=[tasked], help="how published crowds did, once the log holds the days "
+                        "they predicted: their buyers against those expected, precision, recall and lift over the "
+                        "scored population, logged to the model's MLflow run")
+    oc.add_argument("--ds", type=_date, nargs="+", metavar="DATE",
+                    help="the crowds' feature dates (default: every date the task published; those whose window "
+                         "the log does not hold yet are listed as pending)")
+    oc.add_argument("--no-track", action="store_true", help="do not log the outcomes to the models' MLflow runs")
+    oc.set_defaults(func=_cmd_outcomes)
 
     rp = _command(sub, "report", parents=[tasked], help="the task's model comparison (latest run of each model, "
                         "and the oracle)")

@@ -14,6 +14,9 @@ from pathlib import Path
 
 DATA_DIR_ENV = "CROWD_DATA_DIR"
 ACTIONS: tuple[str, ...] = ("click", "collect", "cart", "buy")
+# the dbt vars that name a build's dates only: no part of what the settings, the upstream layers or the
+# exports are a function of (the run's dates, the forward crowds' date, a published date's outcome)
+DBT_DATE_VARS: tuple[str, ...] = ("ds", "forward_date", "outcome_date")
 
 
 def parse_date(value: str | dt.date, name: str = "date") -> dt.date:

@@ -459,6 +459,25 @@ def build_periods_dag(task: Task):  # noqa: ANN201
                 return {"skipped": str(e)}
             return {"path": str(r.path), "rows": r.rows, "model": r.model}
 
+        @af_task(pool=DUCKDB_POOL)
+        @fails_for_good
+        def crowd_outcomes(planned: dict) -> dict:
+            """How the crowds published earlier did, each whose window the log now holds and that was not
+            measured since it was published (ml.crowd_outcomes): to the crowds' folder, the warehouse table
+            crowds.crowd_outcomes and the scoring model's MLflow run."""
+            from ml.crowd_outcomes import measure_published
+
+            run_task = load_task(task.name, planned["overrides"])
+            done, pending = measure_published(run_task, TaskPaths.of(run_task), only_new=True)
+            for o in done:
+                log.info("%s %s: %d of the crowds' %d users bought (expected %.1f), lift %.2f", run_task.name,
+                         o.feature_date, o.sums["buyers_in_crowd"], o.sums["crowd_size"],
+                         o.sums["expected_buyers_in_crowd"], o.pooled["lift"])
+                if o.population_differs:
+                    log.warning("%s %s: %s", run_task.name, o.feature_date, o.population_differs)
+            return {"measured": {str(o.feature_date): o.finite_figures() for o in done},
+                    "pending": [str(p.feature_date) for p in pending]}
+
         p = plan()
         exported = export(p)
         if task.warehouse.airflow_tasks == "per_model":
@@ -467,7 +486,9 @@ def build_periods_dag(task: Task):  # noqa: ANN201
         else:
             dbt_build(p) >> exported
         branch = next_step(exported)
-        branch >> [publish_backtest_ready(p), forward_crowds(p)]
+        published = forward_crowds(p)
+        branch >> [publish_backtest_ready(p), published]
+        published >> crowd_outcomes(p)  # after the crowds: both write the warehouse's crowds schema
     return dag
 
 

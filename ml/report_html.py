@@ -13,6 +13,7 @@ import base64
 import datetime as dt
 import html
 import logging
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -77,6 +78,49 @@ def latest_crowds(paths: TaskPaths) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     expected_file = expected_buyers_path(published)
     expected = pd.read_parquet(expected_file) if expected_file.exists() else pd.DataFrame()
     return crowds, expected
+
+
+def measured_crowds(paths: TaskPaths) -> list[pd.DataFrame]:
+    """The per-target outcomes of every published date measured so far (crowd outcomes), oldest first."""
+    from ml.crowd_outcomes import outcomes_path
+
+    files = sorted(outcomes_path(p) for p in paths.crowds.glob("ds=*/crowds.parquet"))
+    return [pd.read_parquet(f) for f in files if f.exists()]
+
+
+def _outcomes_html(measured: list[pd.DataFrame], task: Task) -> str:
+    """One row per measured date: the crowds' buyers against those expected, precision, recall and lift with
+    their intervals over targets (ml.crowd_outcomes.pooled)."""
+    from ml.crowd_outcomes import pooled
+
+    if not measured:
+        return (f"<p>No published crowds measured yet: <code>crowd outcomes --task {html.escape(task.name)}</code> "
+                "measures each once the log holds the days it predicted (the periods DAG does at each run).</p>")
+
+    def figure(value: float, interval, digits: int, suffix: str = "") -> str:  # noqa: ANN001
+        if not math.isfinite(value):
+            return "–"
+        shown = f"{value:.{digits}f}{suffix}"
+        return shown + (f"<br><small>{interval.low:.{digits}f}–{interval.high:.{digits}f}</small>" if interval else "")
+
+    body = []
+    for table in measured:
+        sums, f, ci = pooled(table)
+        first = table.iloc[0]
+        window = f"{first['window_start']} .. {pd.Timestamp(first['window_end']).date() - dt.timedelta(days=1)}"
+        cells = [html.escape(window), html.escape(f"{first['model']} v{first['model_version']}"),
+                 f"{len(table):,}", f"{sums['crowd_size']:,.0f}",
+                 f"{sums['buyers_in_crowd']:,.0f} ({sums['expected_buyers_in_crowd']:,.1f})",
+                 figure(f["precision"], ci.get("precision"), 4), figure(f["recall"], ci.get("recall"), 4),
+                 figure(f["lift"], ci.get("lift"), 2, "x")]
+        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("window", "model", task.targets_word, "users", "bought (expected)",
+                                             "precision", "recall", "lift"))
+    return (f'<div class="scroll"><table id="outcomes"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}'
+            "</tbody></table></div><p class=\"legend\">Each published date whose window the log holds: its crowds' "
+            "users who bought in the window, against the buyers their scores expected; precision; recall among every "
+            "buyer of the targets; lift, the crowds' precision over the scored population's own rate. Pooled over "
+            "the targets, with 95 % intervals over resampled targets.</p>")
 
 
 def _table_html(table: pd.DataFrame) -> str:
@@ -168,7 +212,8 @@ def _crowds_html(crowds: tuple[pd.DataFrame, pd.DataFrame] | None, task: Task, c
 
 
 def render(task: Task, table: pd.DataFrame, curves: pd.DataFrame,
-           crowds: tuple[pd.DataFrame, pd.DataFrame] | None, run: str = "") -> str:
+           crowds: tuple[pd.DataFrame, pd.DataFrame] | None, run: str = "",
+           measured: list[pd.DataFrame] | None = None) -> str:
     """The report's HTML text."""
     title = f"Purchase Crowd: {task.name}"  # the run's id (manual__2026-11-29T07:18:54.497450+00:00) is said below
     by = html.escape(f" by the training DAG's run {run}" if run else "")
@@ -196,6 +241,8 @@ def render(task: Task, table: pd.DataFrame, curves: pd.DataFrame,
 {_charts_html(curves, task.ranked_by)}
 <h2 id="crowds">Crowds</h2>
 {_crowds_html(crowds, task, table.attrs.get("champion"))}
+<h2 id="outcomes">How published crowds did</h2>
+{_outcomes_html(measured or [], task)}
 </body></html>
 """
 
@@ -208,6 +255,6 @@ def write_report(task: Task, paths: TaskPaths, out: Path | None = None, run: str
     from ml.report import latest_runs
 
     table = latest_runs(paths, task) if table is None else table
-    text = render(task, table, load_curves(table), latest_crowds(paths), run)
+    text = render(task, table, load_curves(table), latest_crowds(paths), run, measured_crowds(paths))
     target = out or paths.reports / "report.html"
     return write_text_atomically(target, text, GENERATOR)

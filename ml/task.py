@@ -24,7 +24,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ml.config import Paths, data_dir, json_digest, repo_root
+from ml.config import DBT_DATE_VARS, Paths, data_dir, json_digest, repo_root
 
 TASKS_DIR = repo_root() / "tasks"
 DEFAULT_TASK = "tmall-2013"
@@ -302,16 +302,20 @@ class Task(_Settings):
         text = self.description.strip()
         return text + ("." if text and not text.endswith((".", "!", "?")) else "")
 
-    def dbt_vars(self, ds: list[dt.date] | None = None, forward: dt.date | None = None) -> dict:
+    def dbt_vars(self, ds: list[dt.date] | None = None, forward: dt.date | None = None,
+                 outcome: dt.date | None = None) -> dict:
         """The dbt vars of a build: the task is the source of truth; dbt_project.yml's defaults mirror the
-        default task. `ds` defaults to every labelled date; `forward` adds an unlabelled scoring date."""
+        default task. `ds` defaults to every labelled date; `forward` adds an unlabelled scoring date, `outcome`
+        a published crowds' date whose label window the log now holds (ml.outcomes)."""
         dates = list(ds) if ds else self.labelled_dates
-        if forward is not None and forward not in dates:
-            dates.append(forward)
+        for extra in (forward, outcome):
+            if extra is not None and extra not in dates:
+                dates.append(extra)
         w, h = self.windows, self.warehouse
         return {
             "ds": [d.isoformat() for d in sorted(dates)],
             "forward_date": forward.isoformat() if forward else None,
+            "outcome_date": outcome.isoformat() if outcome else None,
             "first_sample_date": self.samples.first.isoformat(),
             "last_sample_date": self.samples.last.isoformat(),
             "sample_step_days": w.step_days,
@@ -339,7 +343,7 @@ class Task(_Settings):
         population's settings and the item subset choose which pairs are scored, not what a feature means: a
         model may score another population (the same task on another subset) without a rebuild."""
         v = self.dbt_vars()
-        keep = {k: v[k] for k in v if k not in ("ds", "forward_date", "crowd_population", "crowd_active_days")}
+        keep = {k: v[k] for k in v if k not in (*DBT_DATE_VARS, "crowd_population", "crowd_active_days")}
         return _digest({"dataset": self.dataset, **keep})
 
     def comparison_fingerprint(self, build: str) -> str:

@@ -125,7 +125,11 @@ def test_the_periods_dag_plans_then_builds_the_date_in_one_dbt_build_then_export
     dag = dagbag.get_dag("tmall-2013.periods")
     build = dag.get_task("dbt_build")
     assert build.pool == "crowd_duckdb" and build.retries >= 1 and build.upstream_task_ids == {"plan"}
-    assert {"plan", "dbt_build", "export", "next_step", "publish_backtest_ready", "forward_crowds"} == set(dag.task_ids)
+    assert {"plan", "dbt_build", "export", "next_step", "publish_backtest_ready", "forward_crowds",
+            "crowd_outcomes"} == set(dag.task_ids)
+    # a forward run measures the crowds published before it whose window the log now holds, after its own
+    assert dag.get_task("crowd_outcomes").upstream_task_ids == {"plan", "forward_crowds"}
+    assert dag.get_task("crowd_outcomes").pool == "crowd_duckdb"
     assert "dbt_build" in dag.get_task("export").upstream_task_ids
     assert dag.get_task("publish_backtest_ready").outlets  # the training DAG's trigger
 

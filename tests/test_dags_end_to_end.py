@@ -72,6 +72,7 @@ def test_the_backtest_period_builds_and_exports_its_date_and_announces_it(backte
     assert not {t for t, s in states.items() if s not in ("success", "skipped")}
     assert states["warehouse.samples.run"] == states["warehouse.samples.test"] == "success"
     assert states["publish_backtest_ready"] == "success" and states["forward_crowds"] == "skipped"
+    assert states["crowd_outcomes"] == "skipped"  # a labelled period publishes and measures no crowds
     with duckdb.connect(str(task_paths.warehouse)) as con:
         dates = {r[0] for r in con.execute("select distinct ds from samples.samples_evaluation").fetchall()}
     assert ds in dates and dates <= {ds, *task.validation}  # the validation dates have their evaluation set too

@@ -63,15 +63,18 @@ def test_the_readme_and_the_cli_page_name_every_crowd_command() -> None:
 
 
 def test_the_dbt_exposures_name_every_table_the_exports_read_and_the_crowds_read_the_forward_ones() -> None:
-    """The lineage graph of dbt docs ends at the exposures: a table exported for the trainers or the crowds
-    that no exposure names would look unused there."""
+    """The lineage graph of dbt docs ends at the exposures: a table exported for the trainers or the crowds, or
+    read by the crowds' outcomes, that no exposure names would look unused there."""
     import yaml
 
+    from ml.crowd_outcomes import OUTCOME_TABLES
     from ml.warehouse.export import EXPORTS, FORWARD_EXPORTS
 
     exposures = {e["name"]: {re.fullmatch(r"ref\('(\w+)'\)", d).group(1) for d in e["depends_on"]}
                  for e in yaml.safe_load((ROOT / "dbt_project" / "models" / "exposures.yml").read_text())["exposures"]}
     exported = {name: table.split(".")[1] for name, (table, _) in EXPORTS.items()}
+    outcomes = exposures.pop("crowd_outcomes")
+    assert outcomes == {t.split(".")[1] for t in OUTCOME_TABLES}
     assert set().union(*exposures.values()) == set(exported.values())
     assert exposures["forward_crowds"] == {exported[name] for name in FORWARD_EXPORTS}
     assert exposures["model_training"] == {t for name, t in exported.items() if name != "forward"}

@@ -12,6 +12,7 @@ from ml.evaluate.intervals import (
     paired_auc_interval,
     paired_target_interval,
     target_intervals,
+    target_sum_intervals,
     weighted_auc,
 )
 
@@ -147,3 +148,22 @@ def test_the_shared_user_draw_gives_the_same_intervals_whatever_was_resampled_be
     fresh = np.random.default_rng(9).poisson(1.0, size=(30, n_users))
     assert np.array_equal(intervals.user_weights(n_users, 30, 9), fresh)
     assert len(intervals._USER_WEIGHTS) <= intervals._KEEP_DRAWS
+
+
+def test_a_ratio_of_sums_interval_covers_the_pooled_ratio_and_weighs_targets_by_their_size():
+    """Published crowds' precision is their buyers over their users pooled over targets: a big crowd counts
+    for more than a small one, unlike a mean of per-target ratios, and the interval resamples whole targets."""
+    rng = np.random.default_rng(3)
+    size = rng.integers(10, 1000, size=200).astype(float)
+    hits = rng.binomial(size.astype(int), np.where(size > 500, 0.2, 0.05)).astype(float)  # big crowds do better
+    table = pd.DataFrame({"size": size, "hits": hits})
+    ratio = {"precision": lambda s: s["hits"] / s["size"]}
+    pooled = hits.sum() / size.sum()
+    interval = target_sum_intervals(table, ratio, ["size", "hits"])["precision"]
+    assert interval.low < pooled < interval.high and interval.high - interval.low < 0.05
+    mean_of_ratios = (hits / size).mean()
+    assert not interval.low < mean_of_ratios < interval.high  # not the unweighted mean over targets
+    constant = pd.DataFrame({"size": size, "hits": 0.1 * size})  # every target the same ratio: nothing to resample
+    flat = target_sum_intervals(constant, ratio, ["size", "hits"])["precision"]
+    assert flat.low == pytest.approx(0.1) and flat.high == pytest.approx(0.1)
+

@@ -194,6 +194,25 @@ def test_the_tianchi_task_trains_reports_f1_at_k_and_publishes_tomorrows_crowds(
     assert list(submission.columns) == ["user_id", "item_id"] and len(submission) == min(k, len(forward))
     submitted = set(zip(submission.user_id, submission.item_id, strict=True))
     assert submitted <= set(zip(forward.user_id, forward.target_id, strict=True))
+    # crowds and a submission published as of the last day, which the log holds: measured as the competition
+    # measured one, against every buyer pair of the subset that day (here from the raw events)
+    day = dt.date(2014, 12, 18)
+    assert main(["score", "--task", TIANCHI, "--as-of", str(day)]) == 0
+    capsys.readouterr()
+    assert main(["outcomes", "--task", TIANCHI, "--ds", str(day), "--no-track"]) == 0
+    said = capsys.readouterr().out
+    events = _events(tianchi_built.dataset_dir)
+    bought = events[(events.action == "buy") & (events.ts.dt.date == day) & events.item_id.isin(subset)]
+    buyer_pairs = set(zip(bought.user_id, bought.item_id, strict=True))
+    submission = pd.read_csv(tianchi_built.crowds / f"ds={day}" / "submission.csv")
+    hits = len(set(zip(submission.user_id, submission.item_id, strict=True)) & buyer_pairs)
+    precision, recall = hits / len(submission), hits / len(buyer_pairs)
+    f1 = 2 * precision * recall / (precision + recall) if hits else 0.0
+    assert len(buyer_pairs) > 5 and (f"submission: {hits:,} of its {len(submission):,} pairs bought, of the "
+                                     f"{len(buyer_pairs):,} buyer pairs of the item subset: F1 {f1:.4f}") in said
+    crowd = pd.read_parquet(tianchi_built.crowds / f"ds={day}" / "crowds.parquet")
+    in_crowds = len(set(zip(crowd.user_id, crowd.target_id, strict=True)) & buyer_pairs)
+    assert f"{in_crowds:,} of the crowds' {len(crowd):,} users bought" in said
     # the HTML report of the pair task: its F1 column and every chart, the users ranking their items
     assert main(["report", "--task", TIANCHI, "--html"]) == 0
     page = (tianchi_built.reports / "report.html").read_text()

@@ -72,7 +72,7 @@ def both_warehouses(spark_dates: list, tiny_dataset: Path, tiny_build, task: Tas
     (data / "spark-build.log").write_text(done.stdout + done.stderr)
     assert done.returncode == 0, _jvm_and_dbt_errors(done.stdout + done.stderr)
     ran = len(tests) + len(manifest["unit_tests"])
-    assert f"dbt build on spark: 31 models, {ran} tests passed" in done.stdout, done.stdout[-2000:]
+    assert f"dbt build on spark: 33 models, {ran} tests passed" in done.stdout, done.stdout[-2000:]
     return {"duckdb": duck, "spark": base / "spark", "root": data, "jvm_tmp": jvm_tmp}
 
 
@@ -195,7 +195,7 @@ def test_the_jvms_warnings_go_to_the_warehouses_spark_log_not_the_console(both_w
     spark.log in the warehouse folder, and the console keeps dbt's lines and the JVM's errors."""
     console = (both_warehouses["root"] / "spark-build.log").read_text()
     assert not [line for line in console.splitlines() if " WARN " in line or line.startswith("[Stage ")], console[:3000]
-    assert console.count("31 models") == 1 and "dbt build on spark: 31 models" in console  # the result once
+    assert console.count("33 models") == 1 and "dbt build on spark: 33 models" in console  # the result once
     assert "Using an existing Spark session" in (both_warehouses["spark"] / "spark.log").read_text()
 
 

@@ -324,6 +324,88 @@ def test_score_publishes_forward_crowds_after_the_end_of_the_log(outcomes, task,
     assert sizes.max() == asked and (sizes <= asked).all()
 
 
+def test_published_crowds_are_measured_once_the_log_holds_their_window(outcomes, task, task_paths, tmp_path, capsys):
+    """`crowd outcomes`: crowds published as of a date whose window the log holds (a past date, --as-of) are
+    measured against what the log then shows, here recomputed from the raw events: each brand's buyers in the
+    window, those in the crowd and those in the scored population (every user active in the crowds.active_days
+    before the date), the ratios; written beside the crowds, to the warehouse table and to the model's run."""
+    import duckdb
+
+    from ml.crowd_outcomes import OUTCOME_COLUMNS, measure_published, metric_step
+
+    day = task.backtest + dt.timedelta(days=1)  # no labelled date: its own population, scored only for this
+    end = day + dt.timedelta(days=task.windows.label_days)
+    last = last_log_day(task_paths.dataset_dir)
+    assert end - dt.timedelta(days=1) <= last and task.crowds.population == "evaluated"
+    assert main(["score", "--as-of", str(day)]) == 0
+    folder = task_paths.crowds / f"ds={day}"
+    crowd = pd.read_parquet(folder / "crowds.parquet")
+    capsys.readouterr()
+    assert main(["outcomes", "--ds", str(day)]) == 0
+    said = capsys.readouterr().out
+    table = pd.read_parquet(folder / "crowds_outcomes.parquet")
+    assert list(table.columns) == list(OUTCOME_COLUMNS) and set(table["target_id"]) == set(crowd["target_id"])
+    events, items = str(task_paths.dataset_dir / "events" / "*.parquet"), str(task_paths.dataset_dir / "items.parquet")
+    with duckdb.connect() as con:
+        buyers = con.execute("select distinct e.user_id, i.brand_id as target_id from read_parquet(?) as e "
+                             "join read_parquet(?) as i using (item_id) where e.action = 'buy' and e.ts >= ? "
+                             "and e.ts < ?", [events, items, day, end]).df()
+        active = con.execute("select distinct user_id from read_parquet(?) where ts >= ? and ts < ?",
+                             [events, day - dt.timedelta(days=task.crowds.active_days), day]).df()["user_id"]
+    buyers = buyers[buyers["target_id"].isin(crowd["target_id"])]
+    hits = crowd.merge(buyers, on=["target_id", "user_id"])
+    per = table.set_index("target_id")
+
+    def by_target(frame: pd.DataFrame) -> dict:
+        return frame.groupby("target_id").size().reindex(per.index, fill_value=0).to_dict()
+
+    assert per["buyers"].to_dict() == by_target(buyers) and buyers["user_id"].nunique() > 10
+    assert per["buyers_in_crowd"].to_dict() == by_target(hits) and len(hits) > 5
+    assert per["buyers_in_population"].to_dict() == by_target(buyers[buyers["user_id"].isin(active)])
+    assert (per["population"] == len(set(active))).all()  # every active user, for each top brand
+    # the population found again is the one scored (the log's days before the date are the same)
+    expected = pd.read_parquet(folder / "crowds_expected_buyers.parquet").set_index("target_id")
+    assert (per["population_scored"] == expected["population"]).all()
+    assert (per["population"] == expected["population"]).all()
+    assert np.allclose(per["expected_buyers_in_crowd"], crowd.groupby("target_id")["score"].sum())
+    precision = len(hits) / len(crowd)
+    lift = precision / (per["buyers_in_population"].sum() / per["population"].sum())
+    assert f"{len(hits)} of the crowds' {len(crowd):,} users bought" in said and f"precision {precision:.4f} (" in said
+    assert f"lift {lift:.2f}x (" in said and lift > 1 and "warning" not in said
+    # the pooled figures as metrics of the run that scored the crowds, stepped by the date
+    configure(task_paths)
+    history = MlflowClient().get_metric_history(crowd["run_id"].iloc[0], "outcome_lift")
+    assert [(m.step, round(m.value, 9)) for m in history] == [(metric_step(day), round(lift, 9))]
+    # the warehouse table: measuring again replaces the date's rows
+    assert main(["outcomes", "--ds", str(day), "--no-track"]) == 0
+    with duckdb.connect(str(task_paths.warehouse)) as con:
+        n = con.execute("select count(*) from crowds.crowd_outcomes where feature_date = ?", [day]).fetchone()[0]
+    assert n == len(per)
+    assert measure_published(task, task_paths, [day], only_new=True) == ([], [])  # measured since published
+    # a population that is not the one scored (the log's days before the date changed, or the settings) is said
+    expected.assign(population=expected["population"] + 1).reset_index().to_parquet(
+        folder / "crowds_expected_buyers.parquet")
+    capsys.readouterr()
+    assert main(["outcomes", "--ds", str(day), "--no-track"]) == 0
+    warned = (f"warning: tmall-2013 {day}: the population found again differs from the one the crowds were scored "
+              f"on for {len(per)} of {len(per)} targets")
+    assert warned in capsys.readouterr().out
+    # crowds whose window the log does not hold yet wait; a date never published is named as such
+    assert main(["score", "--no-build", "--size", "5"]) == 0
+    capsys.readouterr()
+    assert main(["outcomes", "--no-track"]) == 0
+    assert f"tmall-2013 {last + dt.timedelta(days=1)} .. " in (said := capsys.readouterr().out) and \
+        f"pending, the log ends on {last}" in said
+    assert main(["outcomes", "--ds", "2013-06-01"]) == 2
+    assert "no crowds published for 2013-06-01" in capsys.readouterr().err
+    # the HTML report has a row for the measured date
+    from ml.report_html import write_report
+
+    page = write_report(task, task_paths, tmp_path / "report.html").read_text()
+    row = page[page.index('<table id="outcomes">'):]
+    assert f"<td>{day} .. {end - dt.timedelta(days=1)}</td>" in row and f"<td>{lift:.2f}x<br><small>" in row
+
+
 def test_the_forward_population_scored_in_small_chunks_gives_the_same_crowds(outcomes, tmp_path, monkeypatch):
     """Scoring streams the population chunk by chunk (bounded memory); the crowds, their order and the buyers
     to expect do not depend on where the chunks fall."""

@@ -311,7 +311,8 @@ def test_a_dates_build_leaves_out_the_upstream_layers_it_holds_and_builds_the_sa
 def test_no_node_depends_on_the_run_dates_or_where_the_warehouse_lies(tmp_path):
     """What lets a parse of the project serve every date of the same settings, in any copy of the warehouse
     (parse_key): the project parsed for a training date, a validation date, the backtest, all of them (with
-    the upstream key a date's build passes) or the forward crowds' date (as `crowd score` builds it), each with
+    the upstream key a date's build passes), the forward crowds' date (as `crowd score` builds it) or a published
+    date's outcome (as `crowd outcomes` builds it), each with
     the DuckDB file in another folder, is the same manifest, every node's refs included."""
     from dbt.cli.main import dbtRunner
 
@@ -335,7 +336,8 @@ def test_no_node_depends_on_the_run_dates_or_where_the_warehouse_lies(tmp_path):
         first["nodes"]["model.purchase_crowd.samples_evaluation"]["depends_on"]["nodes"]
     forward = TASK.backtest + dt.timedelta(days=TASK.windows.label_days + 1)
     for dates, more in (([TASK.validation[0]], {}), ([TASK.backtest], {}), (None, {"upstream_key": "0123abcd"}),
-                        ([forward], {"forward_date": forward.isoformat()})):
+                        ([forward], {"forward_date": forward.isoformat()}),
+                        ([TASK.backtest], {"outcome_date": TASK.backtest.isoformat()})):
         again = parsed(dates, **more)
         assert again["nodes"].keys() == first["nodes"].keys(), dates
         assert [uid for uid in first["nodes"] if again["nodes"][uid] != first["nodes"][uid]] == [], dates
@@ -349,6 +351,8 @@ def test_a_parse_is_kept_for_the_settings_and_the_environment_but_not_the_dates(
     assert parse_key(DBT_PROJECT_DIR, {**_vars([PIT_DS]), "upstream_key": "0123abcd"}, env) == key  # the end hook's
     # the forward crowds' date: samples_forward reads the same models with one and without
     assert parse_key(DBT_PROJECT_DIR, _vars([PIT_DS], forward_date="2013-10-01"), env) == key
+    # and a published date's outcome (samples_outcomes, samples_outcome_targets the same way)
+    assert parse_key(DBT_PROJECT_DIR, _vars([PIT_DS], outcome_date="2013-09-24"), env) == key
     assert parse_key(DBT_PROJECT_DIR, _vars([PIT_DS], negatives_per_target=3), env) != key
     assert parse_key(DBT_PROJECT_DIR, _vars([PIT_DS]), {**env, "CROWD_DATASET_DIR": str(tmp_path / "b")}) != key
     # a copy of the warehouse elsewhere keeps it; a file of another name (the database's) does not

@@ -102,6 +102,13 @@
         {%- endfor -%}
     {%- endif -%}
     {%- if forward and forward not in run_dates -%}{%- do run_dates.append(forward) -%}{%- endif -%}
+    {#- a published crowds' feature date whose label window the log now holds (samples_outcomes); labelled -#}
+    {%- set outcome = var('outcome_date', none) -%}
+    {%- set outcome = crowd_parse_date('outcome_date', outcome).isoformat() if (outcome is not none and (outcome | string | trim) != '') else none -%}
+    {%- if outcome and outcome == forward -%}
+        {{ crowd_fail('outcome_date', "is the forward date " ~ forward ~ ", whose label window is not in the log") }}
+    {%- endif -%}
+    {%- if outcome and outcome not in run_dates -%}{%- do run_dates.append(outcome) -%}{%- endif -%}
     {%- set population = var('crowd_population') -%}
     {%- if population not in ['touched', 'evaluated'] -%}
         {{ crowd_fail('crowd_population', "expected 'touched' or 'evaluated', got '" ~ population ~ "'") }}
@@ -118,7 +125,7 @@
         'windows': windows | map('int') | list | sort, 'target': target,
         'first_sample_date': first.isoformat(), 'evaluation_date': evaluation.isoformat(),
         'validation_dates': validation,
-        'run_dates': run_dates | sort, 'forward_date': forward,
+        'run_dates': run_dates | sort, 'forward_date': forward, 'outcome_date': outcome,
         'labelled_dates': run_dates | reject('equalto', forward) | sort,
         'series_period_days': [30, history] | min,
         'crowd_population': population, 'crowd_active_days': crowd_positive_int('crowd_active_days'),

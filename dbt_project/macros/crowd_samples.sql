@@ -136,3 +136,52 @@
     where buyer_rank <= {{ c['n_evaluated_targets'] }}
     {% endif %}
 {% endmacro %}
+
+{#-
+  The forward population as of `day` (a date string), as common table expressions ending in forward_pairs
+  (ds, user_id, target_id, is_candidate, inclusion_prob): users active in the crowd_active_days before day;
+  crowd_population 'touched' pairs each with the targets (of dim_target_subset) they were active on in the
+  last candidate_days, 'evaluated' with every top target as of day. `enabled` false: the same query over no
+  user (a constant false filter), so a model refs the same models with and without its date. samples_forward
+  scores it; samples_outcomes finds again which buyers the published crowds' population held.
+-#}
+{% macro crowd_forward_pairs_ctes(day, enabled) %}
+    {%- set c = crowd_config() -%}
+    {%- set as_of = "cast('" ~ day ~ "' as date)" -%}
+    {%- set dates = crowd_run_dates_sql([day]) %}
+forward_active_users as (
+    select distinct user_id
+    from {{ ref('dw_user_target_daily') }}
+    where {{ 'true' if enabled else 'false' }}
+        and day >= cast({{ dbt.dateadd('day', -c['crowd_active_days'], as_of) }} as date)
+        and day < {{ as_of }}
+),
+
+forward_touched as (
+    select distinct h.ds, h.user_id, h.target_id
+    from ({{ crowd_history_rows('h.target_id is not null', dates) }}) as h
+    inner join forward_active_users as a on h.user_id = a.user_id
+    inner join {{ ref('dim_target_subset') }} as s on h.target_id = s.target_id
+    where h.age <= {{ c['candidate_days'] }}
+),
+
+{%- if c['crowd_population'] == 'touched' %}
+
+forward_pairs as (
+    select ds, user_id, target_id, true as is_candidate, cast(1.0 as double) as inclusion_prob from forward_touched
+)
+{%- else %}
+
+forward_top_targets as (
+    {{ crowd_top_targets(day) }}
+),
+
+forward_pairs as (
+    select {{ as_of }} as ds, a.user_id, t.target_id, (p.user_id is not null) as is_candidate,
+        cast(1.0 as double) as inclusion_prob
+    from forward_active_users as a
+    cross join forward_top_targets as t
+    left join forward_touched as p on p.user_id = a.user_id and p.target_id = t.target_id
+)
+{%- endif %}
+{% endmacro %}

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ml.config import json_digest, repo_root
+from ml.config import DBT_DATE_VARS, json_digest, repo_root
 
 log = logging.getLogger(__name__)
 # a build's summary: in an Airflow task's log and `crowd -v`; the commands print their own (ml.cli.RESULTS_LOGGER)
@@ -177,7 +177,8 @@ def run_dbt(
 # other date of the same settings, the forward crowds' date among them: before samples_forward read the same
 # models with and without a forward date, each forward build (`crowd score`, the training DAG's forward
 # features) parsed the whole project again, 3-5 s of CPU.
-PARSE_FREE_VARS = ("ds", "forward_date", "upstream_key")
+# The outcome date (samples_outcomes) is one of them for the same reason.
+PARSE_FREE_VARS = (*DBT_DATE_VARS, "upstream_key")
 PARSED_KEPT = 8  # parsed projects kept per warehouse (one per combination of settings, dataset and engine)
 
 
@@ -313,7 +314,7 @@ def upstream_key(dataset_dir: Path, dbt_vars: dict, item_subset: Path | None = N
     files = sorted([*Path(dataset_dir).glob("events/*.parquet"), Path(dataset_dir) / "items.parquet",
                     *([Path(item_subset)] if item_subset is not None else [])])
     stats = [(str(f.resolve()), st.st_size, st.st_mtime_ns) for f in files if f.exists() for st in [f.stat()]]
-    settings = {k: v for k, v in dbt_vars.items() if k not in ("ds", "forward_date")}
+    settings = {k: v for k, v in dbt_vars.items() if k not in DBT_DATE_VARS}
     return _digest([stats, settings, project_digest(project_dir), version("dbt-core"), version("duckdb")])
 
 
