@@ -138,7 +138,7 @@ def test_spark_builds_every_ads_and_samples_table_equal_to_duckdb(both_warehouse
             open_warehouse("spark", both_warehouses["spark"]) as s:
         tables = d.execute("select table_schema || '.' || table_name from information_schema.tables "
                            "where table_schema in ('ads', 'samples') order by 1").fetchall()
-        assert len(tables) == 13
+        assert len(tables) == 15
         non_empty = 0
         for (name,) in tables:
             in_dates = f"select * from {name} where ds in ({', '.join('?' * len(spark_dates))})"
