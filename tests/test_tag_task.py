@@ -55,7 +55,7 @@ def test_tag_labels_follow_each_rule_and_every_active_user_is_a_sample(tags_buil
 
 @pytest.mark.slow
 def test_tag_models_train_and_the_erasure_check_shows_what_they_learned_beyond_the_rule(tags_built, tag_task,
-                                                                                        capsys):
+                                                                                        tiny_dataset, capsys):
     assert main(["train", "--task", TAGS_TASK, *OVERRIDE, "--model", "lgbm_all_mixed", "lstm", "--epochs", "1"]) == 0
     capsys.readouterr()
     assert main(["erase", "--task", TAGS_TASK, *OVERRIDE]) == 0
@@ -84,6 +84,20 @@ def test_tag_models_train_and_the_erasure_check_shows_what_they_learned_beyond_t
     assert main(["score", "--task", TAGS_TASK, *OVERRIDE]) == 0
     crowd = pd.read_parquet(next(tags_built.crowds.glob("ds=*/crowds.parquet")))
     assert set(crowd.target) == {"tag"} and set(crowd.target_id) == {1, 2}
+    # crowds of a past date whose window the log holds, measured by each tag's rule (a state counts past buys)
+    day = pd.Timestamp(tag_task.backtest) + pd.Timedelta(days=1)
+    assert main(["score", "--task", TAGS_TASK, *OVERRIDE, "--as-of", f"{day:%Y-%m-%d}"]) == 0
+    assert main(["outcomes", "--task", TAGS_TASK, *OVERRIDE, "--ds", f"{day:%Y-%m-%d}", "--no-track"]) == 0
+    measured = pd.read_parquet(tags_built.crowds / f"ds={day:%Y-%m-%d}" / "crowds_outcomes.parquet")
+    items = pd.read_parquet(tiny_dataset / "items.parquet")
+    events = pd.read_parquet(tiny_dataset / "events").drop_duplicates().merge(items, on="item_id")
+    buys = events[events.action == "buy"]
+    for tag_id, tag in enumerate(TINY_TAGS, start=1):
+        horizon = tag.get("horizon_days", 7)
+        window = buys[(buys.ts >= day + pd.Timedelta(days=7 - horizon)) & (buys.ts < day + pd.Timedelta(days=7))
+                      & buys.category_id.isin(tag["categories"])]
+        takers = (window.groupby("user_id").size() >= tag["min_buys"]).sum()
+        assert measured.set_index("target_id").loc[tag_id, "buyers"] == takers > 0, tag["name"]
 
 
 def test_a_tag_task_is_checked_at_the_edge():
