@@ -27,6 +27,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from ml.crowds import expected_buyers_path, last_log_day, submission_path, write_atomically
 from ml.evaluate.intervals import Interval, target_sum_intervals
@@ -113,7 +114,7 @@ def measure_published(task: Task, paths: TaskPaths, dates: list[dt.date] | None 
                             ": publish them first (crowd score)"))
     last = last_log_day(paths.dataset_dir) if known else None
     done, pending = [], []
-    for day in dates or known:
+    for day in tqdm(dates or known, desc="outcomes", unit="date", leave=False, disable=None):
         crowds = paths.crowds / f"ds={day.isoformat()}" / "crowds.parquet"
         measured = outcomes_path(crowds)
         if only_new and measured.exists() and measured.stat().st_mtime_ns >= crowds.stat().st_mtime_ns:
@@ -123,12 +124,23 @@ def measure_published(task: Task, paths: TaskPaths, dates: list[dt.date] | None 
             log.warning("%s: the crowds of %s hold no user: nothing to measure", task.name, day)
             continue
         end = pd.Timestamp(crowd["window_end"].iloc[0]).date()
+        _check_same_question(task, crowd, day, end)
         if end - dt.timedelta(days=1) > last:
             pending.append(Pending(day, end))
             continue
         buyers, targets = window_buyers(task, paths, day, quiet=quiet)
         done.append(record(task, paths, crowds, crowd, buyers, targets, track=track))
     return done, pending
+
+
+def _check_same_question(task: Task, crowd: pd.DataFrame, day: dt.date, end: dt.date) -> None:
+    """The buyers are found by the task's label rule: crowds of another target or window answer another question
+    (a task file changed since they were published), and measuring them so would count the wrong buys."""
+    target, days = str(crowd["target"].iloc[0]), (end - day).days
+    if target != task.target or days != task.windows.label_days:
+        raise ValueError(f"the crowds of {day} predict buyers of a {target} over {days} days; task {task.name} asks "
+                         f"of a {task.target} over {task.windows.label_days}: measure them with the settings they "
+                         f"were scored with (--set target={target} --set label_days={days})")
 
 
 def window_buyers(task: Task, paths: TaskPaths, day: dt.date,

@@ -391,13 +391,16 @@ def test_published_crowds_are_measured_once_the_log_holds_their_window(outcomes,
               f"on for {len(per)} of {len(per)} targets")
     assert warned in capsys.readouterr().out
     # crowds whose window the log does not hold yet wait; a date never published is named as such
-    assert main(["score", "--no-build", "--size", "5"]) == 0
+    assert main(["score", "--size", "5"]) == 0  # the forward export an earlier test built, or built now
     capsys.readouterr()
     assert main(["outcomes", "--no-track"]) == 0
     assert f"tmall-2013 {last + dt.timedelta(days=1)} .. " in (said := capsys.readouterr().out) and \
         f"pending, the log ends on {last}" in said
     assert main(["outcomes", "--ds", "2013-06-01"]) == 2
     assert "no crowds published for 2013-06-01" in capsys.readouterr().err
+    # crowds of another window answer another question than the task's label rule: refused, saying which
+    assert main(["outcomes", "--ds", str(day), "--set", "label_days=3"]) == 2
+    assert "predict buyers of a brand over 7 days; task tmall-2013 asks of a brand over 3" in capsys.readouterr().err
     # the HTML report has a row for the measured date
     from ml.report_html import write_report
 

@@ -73,7 +73,8 @@ def test_build_runs_every_layer_and_its_tests(built):
     assert set(built.values()) <= {"success", "pass"}
     # the exposures (what reads the samples layer outside dbt) are nodes dbt build passes over
     assert {uid: s for uid, s in report.statuses.items() if uid.startswith("exposure.")} == {
-        "exposure.purchase_crowd.model_training": "no-op", "exposure.purchase_crowd.forward_crowds": "no-op"}
+        "exposure.purchase_crowd.model_training": "no-op", "exposure.purchase_crowd.forward_crowds": "no-op",
+        "exposure.purchase_crowd.crowd_outcomes": "no-op"}
     assert any(uid.startswith("unit_test.") for uid in report.statuses)
     dates = _query(warehouse, "select distinct ds from samples.samples order by ds")["ds"].dt.date.tolist()
     assert dates == TASK.labelled_dates
