@@ -105,7 +105,8 @@ def published_dates(paths: TaskPaths) -> list[dt.date]:
 def measure_published(task: Task, paths: TaskPaths, dates: list[dt.date] | None = None, quiet: bool = True,
                       track: bool = True, only_new: bool = False) -> tuple[list[CrowdOutcome], list[Pending]]:
     """The outcome of every published date (or `dates`) whose window the log holds; the others as pending.
-    `only_new`: leave out a date measured since its crowds were written (the periods DAG, at every run)."""
+    `only_new`: leave out a date measured since its crowds were written, and one of another target or window,
+    warning of it (the periods DAG, at every run: a task file changed since would otherwise fail every run)."""
     known = published_dates(paths)
     missing = [d for d in dates or [] if d not in known]
     if missing:
@@ -124,7 +125,13 @@ def measure_published(task: Task, paths: TaskPaths, dates: list[dt.date] | None 
             log.warning("%s: the crowds of %s hold no user: nothing to measure", task.name, day)
             continue
         end = pd.Timestamp(crowd["window_end"].iloc[0]).date()
-        _check_same_question(task, crowd, day, end)
+        try:
+            _check_same_question(task, crowd, day, end)
+        except ValueError as e:
+            if not only_new:
+                raise
+            log.warning("%s: %s; left out", task.name, e)
+            continue
         if end - dt.timedelta(days=1) > last:
             pending.append(Pending(day, end))
             continue
