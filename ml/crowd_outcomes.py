@@ -1,19 +1,20 @@
 """How published crowds did: once the log holds the days a crowd predicted, who of it bought.
 
-A backtest measures a model on a labelled date before anything is published; this measures what was published,
-with the model and the population it was scored on, against what then happened. For each crowds file of the
-task (crowds/ds=DATE/crowds.parquet) whose window [window_start, window_end) the log now holds, the dbt model
-samples_outcomes finds every buyer of the crowds' targets in the window by the label rule, and whether the
-forward population of that date held the pair. Per target: the crowd's buyers against the buyers its scores
-expected (crowds_expected_buyers.parquet, written with the crowds), precision, recall among every buyer of the
-target, and lift: the crowd's precision over the scored population's own rate, what a merchant gains over
-picking as many of the population at random. The pooled figures are ratios of sums over the targets, each with
-a 95 % interval over targets resampled (as the backtest's per-target metrics). Written beside the crowds
-(crowds_outcomes.parquet), to the warehouse table crowds.crowd_outcomes and, as metrics stepped by the feature
-date, to the MLflow run of the model that scored them, so its runs show how its crowds did over time.
+A backtest measures a model on a labelled date before anything is published; this measures what was published, with
+the model and the population it was scored on, against what then happened. For each crowds file of the task
+(crowds/ds=DATE/crowds.parquet) whose window [window_start, window_end) the log now holds, the dbt model
+samples_outcomes finds every buyer of the targets that may be ranked in the window by the label rule, and whether
+the forward population of that date held the pair (samples_outcome_targets: per target, that population's size). Per
+target: the crowd's buyers against the buyers its scores expected (crowds_expected_buyers.parquet, written with the
+crowds), precision, recall among every buyer of the target, and lift: the crowd's precision over the scored
+population's own rate, what a merchant gains over picking as many of the population at random. The pooled figures
+are ratios of sums over the targets, each with a 95 % interval over targets resampled (as the backtest's per-target
+metrics). Written beside the crowds (crowds_outcomes.parquet), to the warehouse table crowds.crowd_outcomes and, as
+metrics stepped by the feature date, to the MLflow run of the model that scored them, so its runs show how its
+crowds did over time.
 
 The population is found again from the log's events before the date: a log that grew by later days (crowd load
---append, a longer generation) holds them as they were when the crowds were scored.
+--append) holds them as they were when the crowds were scored; where they changed, population_differs says so.
 """
 
 from __future__ import annotations
@@ -153,8 +154,8 @@ def _check_same_question(task: Task, crowd: pd.DataFrame, day: dt.date, end: dt.
 def window_buyers(task: Task, paths: TaskPaths, day: dt.date,
                   quiet: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """samples_outcomes and samples_outcome_targets of `day`, built (ODS, DIM and DW only when not built from this
-    dataset already) and read: every buyer of the population's targets in the window (target_id, user_id,
-    in_population), and per target the population, its buyers and those in the population."""
+    dataset already) and read: every buyer of a target that may be ranked in the window (target_id, user_id,
+    in_population), and per target of the population its size, its buyers and those in the population."""
     from ml.warehouse.build import build_dates
     from ml.warehouse.engine import open_warehouse
     from ml.warehouse.subset import item_subset_path
@@ -226,8 +227,6 @@ def record(task: Task, paths: TaskPaths, crowds: Path, crowd: pd.DataFrame, buye
     _publish_table(table, paths.warehouse, task.name, day)
     sums, figures, intervals = pooled(table)
     differs = population_differs(table)
-    if differs:
-        log.debug("%s %s: %s", task.name, day, differs)
     pairs = submission_path(crowds)
     submitted = submission_outcome(pd.read_csv(pairs), buyers) if task.target == "item" and pairs.exists() else None
     measured = {**{f"outcome_{k}": v for k, v in figures.items()},

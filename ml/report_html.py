@@ -1,6 +1,7 @@
 """One self-contained HTML page per task run, for the people who use the crowds rather than build them: the
 comparison table with its intervals, the backtest's curves of every model against the heuristic floors and
-the ceiling (ROC, recall@N, cumulative gain, lift, calibration), and the published crowds' sizes.
+the ceiling (ROC, recall@N, cumulative gain, lift, calibration), the published crowds' sizes, and how the crowds
+published earlier did once the log held their window (ml.crowd_outcomes).
 
 Everything is inside the file (charts are SVG in data URIs, no script, no remote font or stylesheet), so it
 can be mailed, attached to a ticket or opened from a bucket. The numbers are the ones in the MLflow store:

@@ -306,7 +306,7 @@ class Task(_Settings):
                  outcome: dt.date | None = None) -> dict:
         """The dbt vars of a build: the task is the source of truth; dbt_project.yml's defaults mirror the
         default task. `ds` defaults to every labelled date; `forward` adds an unlabelled scoring date, `outcome`
-        a published crowds' date whose label window the log now holds (ml.outcomes)."""
+        a published crowds' date whose label window the log now holds (ml.crowd_outcomes)."""
         dates = list(ds) if ds else self.labelled_dates
         for extra in (forward, outcome):
             if extra is not None and extra not in dates:
