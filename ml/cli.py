@@ -424,11 +424,14 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_outcomes(args: argparse.Namespace) -> int:
-    from ml.crowd_outcomes import measure_published
-    from ml.crowds import last_log_day
+    from ml.crowd_outcomes import OUTCOME_COLUMNS, measure_published
+    from ml.crowds import last_log_day, write_atomically
+    from ml.outputs import check_table_replaceable
 
     task = _task(args)
     paths = TaskPaths.of(task)
+    if args.out is not None:  # the user's path: only an earlier output of this command is replaced, checked first
+        check_table_replaceable(args.out, OUTCOME_COLUMNS)
     done, pending = measure_published(task, paths, args.ds, quiet=not args.verbose, track=not args.no_track)
     if not done and not pending:
         raise ValueError(f"{task.name} has published no crowds under {paths.crowds}: publish them first (crowd score)")
@@ -444,8 +447,12 @@ def _cmd_outcomes(args: argparse.Namespace) -> int:
     for p in pending:
         print(f"{task.name} {p.feature_date} .. {p.window_end - dt.timedelta(days=1)}: pending, the log ends on "
               f"{last_log_day(paths.dataset_dir)}")
+    if done and args.out is not None:
+        import pandas as pd
+
+        write_atomically(pd.concat([pd.read_parquet(o.path) for o in done], ignore_index=True), args.out)
     if done:
-        where = done[-1].path if len(done) == 1 else paths.crowds / "ds=*" / done[-1].path.name
+        where = args.out or (done[-1].path if len(done) == 1 else paths.crowds / "ds=*" / done[-1].path.name)
         print(f"per target: {where}; every date: the warehouse table crowds.crowd_outcomes"
               + ("; the pooled figures are metrics of each model's MLflow run, stepped by the date (outcome_*)"
                  if any(o.logged for o in done) else ""))
@@ -812,7 +819,8 @@ EXAMPLES = {
     "score": ["crowd score                                      # the champion's crowds for tomorrow",
               "crowd score --model lgbm_all_mixed --size 500 --as-of 2013-09-30"],
     "outcomes": ["crowd outcomes                                   # every published date the log now covers",
-                 "crowd outcomes --ds 2013-09-16 --no-track       # after crowd score --as-of 2013-09-16: a past date"],
+                 "crowd outcomes --ds 2013-09-16 --no-track       # after crowd score --as-of 2013-09-16: a past date",
+                 "crowd outcomes --out outcomes.csv               # per target, for a merchant's tools"],
     "report": ["crowd report --readme README.md",
                "crowd report --html                             # reports/report.html, to open in a browser"],
     "run-dags": ["crowd run-dags --task taobao-2017-category",
@@ -992,6 +1000,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the crowds' feature dates (default: every date the task published; those whose window "
                          "the log does not hold yet are listed as pending)")
     oc.add_argument("--no-track", action="store_true", help="do not log the outcomes to the models' MLflow runs")
+    oc.add_argument("--out", type=Path, help="also write the per-target outcomes of the dates measured to this file, "
+                    "parquet or CSV for a name ending .csv (each date's are beside its crowds as "
+                    "crowds_outcomes.parquet)")
     oc.set_defaults(func=_cmd_outcomes)
 
     rp = _command(sub, "report", parents=[tasked], help="the task's model comparison (latest run of each model, "

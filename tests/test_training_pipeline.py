@@ -377,8 +377,14 @@ def test_published_crowds_are_measured_once_the_log_holds_their_window(outcomes,
     configure(task_paths)
     history = MlflowClient().get_metric_history(crowd["run_id"].iloc[0], "outcome_lift")
     assert [(m.step, round(m.value, 9)) for m in history] == [(metric_step(day), round(lift, 9))]
-    # the warehouse table: measuring again replaces the date's rows
-    assert main(["outcomes", "--ds", str(day), "--no-track"]) == 0
+    # the warehouse table: measuring again replaces the date's rows; --out writes the per-target table where
+    # asked, but never over a file that is not one
+    (tmp_path / "notes.csv").write_text("my,notes\n")
+    assert main(["outcomes", "--ds", str(day), "--no-track", "--out", str(tmp_path / "notes.csv")]) == 2
+    assert (tmp_path / "notes.csv").read_text() == "my,notes\n" and "refusing to replace" in capsys.readouterr().err
+    assert main(["outcomes", "--ds", str(day), "--no-track", "--out", str(tmp_path / "outcomes.csv")]) == 0
+    assert pd.read_csv(tmp_path / "outcomes.csv").set_index("target_id")["buyers_in_crowd"].to_dict() == \
+        per["buyers_in_crowd"].to_dict()
     with duckdb.connect(str(task_paths.warehouse)) as con:
         n = con.execute("select count(*) from crowds.crowd_outcomes where feature_date = ?", [day]).fetchone()[0]
     assert n == len(per)
