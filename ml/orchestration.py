@@ -6,8 +6,9 @@
                  Features use the events before ds, so the run can build as soon as ds begins. `plan` decides
                  what ds is: a labelled date of the task (samples; the backtest date also builds the evaluation
                  set and announces it with an asset event that carries the run's overrides), a forward date
-                 after the backtest (features only, then crowds by the champion), or neither (skipped, saying
-                 why). Then the date's one `dbt build` (dbt_build; or, with warehouse.airflow_tasks per_model,
+                 after the backtest (features only, then crowds by the champion, then how the crowds published
+                 before did whose window the log now holds: crowd_outcomes), or neither (skipped, saying why).
+                 Then the date's one `dbt build` (dbt_build; or, with warehouse.airflow_tasks per_model,
                  Cosmos's watcher tasks around the same build) in a pool of one slot because DuckDB takes one
                  writer, and the date's parquet export.
 <task>.training  scheduled on that asset (so a backfill over the task's dates ends by training), or
