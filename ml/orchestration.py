@@ -197,7 +197,8 @@ def task_doc(task: Task) -> str:
             f"{', '.join(map(str, task.validation))}, backtest {task.backtest}. **A backfill of "
             f"`{periods_dag_id(task.name)}` from {task.samples.first} to {task.backtest}** builds them all and ends "
             f"by training (`{training_dag_id(task.name)}`); a date after the backtest builds features and crowds "
-            f"by the champion.\n\n"
+            f"by the champion, then measures the crowds published before whose window the log now holds "
+            f"(`crowd outcomes`).\n\n"
             f"Models: {', '.join(task.model_names())}. Crowds: at most {task.crowds.size} users per {task.target} "
             f"and {task.crowds.share:.0%} of the scored ones ({task.crowds.population} population)."
             f"\n\n---\n\n{__doc__}")
