@@ -271,3 +271,32 @@ def test_run_dags_drives_the_periods_and_training_dags_and_ends_with_the_compari
     # a run that would build nothing fails before it starts, saying why
     assert main(["run-dags", "--ds", str(task.samples.first + dt.timedelta(days=2)), "--no-training"]) == 2
     assert "nothing to build" in capsys.readouterr().err
+
+
+def test_a_forward_period_publishes_its_crowds_then_measures_those_whose_window_the_log_holds(dags, task, task_paths):
+    """After the run-dags test's champion: crowds published as of the backtest date (whose week the log holds),
+    then the period after it, a forward period, publishes its own crowds (whose week it does not) and its
+    crowd_outcomes task measures the earlier ones: beside them, in the warehouse table and on the model's run."""
+    from mlflow.tracking import MlflowClient
+
+    from ml.cli import main
+    from ml.crowd_outcomes import metric_step
+    from ml.tracking import configure
+
+    assert main(["score", "--as-of", str(task.backtest), "--set", "crowd_size=10"]) == 0
+    forward = task.backtest + dt.timedelta(days=task.windows.step_days)
+    run = dags.get_dag(PERIODS).test(logical_date=_at(forward), run_after=_at(forward))
+    states = _states(run)
+    assert str(run.state) == "success" and states["publish_backtest_ready"] == "skipped", states
+    assert states["forward_crowds"] == states["crowd_outcomes"] == "success"
+    assert (task_paths.crowds / f"ds={forward}" / "crowds.parquet").exists()
+    assert not (task_paths.crowds / f"ds={forward}" / "crowds_outcomes.parquet").exists()  # its week is ahead
+    measured = pd.read_parquet(task_paths.crowds / f"ds={task.backtest}" / "crowds_outcomes.parquet")
+    assert (measured["crowd_size"] == 10).all() and measured["buyers"].sum() > 0
+    with duckdb.connect(str(task_paths.warehouse)) as con:
+        n = con.execute("select count(*) from crowds.crowd_outcomes where feature_date = ?",
+                        [task.backtest]).fetchone()[0]
+    assert n == len(measured)
+    configure(task_paths)
+    history = MlflowClient().get_metric_history(measured["run_id"].iloc[0], "outcome_buyers_in_crowd")
+    assert (metric_step(task.backtest), measured["buyers_in_crowd"].sum()) in [(m.step, m.value) for m in history]
