@@ -425,7 +425,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 def _cmd_outcomes(args: argparse.Namespace) -> int:
     from ml.crowd_outcomes import OUTCOME_COLUMNS, measure_published
-    from ml.crowds import last_log_day, write_atomically
+    from ml.crowds import write_atomically
     from ml.outputs import check_table_replaceable
 
     task = _task(args)
@@ -446,11 +446,11 @@ def _cmd_outcomes(args: argparse.Namespace) -> int:
             print(f"warning: {task.name} {o.feature_date}: {o.population_differs}")
     for p in pending:
         print(f"{task.name} {p.feature_date} .. {p.window_end - dt.timedelta(days=1)}: pending, the log ends on "
-              f"{last_log_day(paths.dataset_dir)}")
+              f"{p.log_end}")
     if done and args.out is not None:
         import pandas as pd
 
-        write_atomically(pd.concat([pd.read_parquet(o.path) for o in done], ignore_index=True), args.out)
+        write_atomically(pd.concat([o.table for o in done], ignore_index=True), args.out)
     if done:
         where = args.out or (done[-1].path if len(done) == 1 else paths.crowds / "ds=*" / done[-1].path.name)
         print(f"per target: {where}; every date: the warehouse table crowds.crowd_outcomes"

@@ -25,12 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ml.crowds import expected_buyers_path, last_log_day, submission_path, write_atomically
+from ml.crowds import expected_buyers_path, last_log_day, publish_rows, submission_path, write_atomically
 from ml.evaluate.intervals import Interval, target_sum_intervals
 from ml.task import Task, TaskPaths
 
@@ -68,6 +67,7 @@ class CrowdOutcome:
     feature_date: dt.date
     window_end: dt.date  # exclusive
     path: Path  # crowds_outcomes.parquet, one row per target
+    table: pd.DataFrame  # what it holds
     model: str
     model_version: str
     run_id: str
@@ -91,6 +91,7 @@ class Pending:
 
     feature_date: dt.date
     window_end: dt.date  # exclusive
+    log_end: dt.date  # the log's last day
 
 
 def outcomes_path(crowds: Path) -> Path:
@@ -134,7 +135,7 @@ def measure_published(task: Task, paths: TaskPaths, dates: list[dt.date] | None 
             log.warning("%s: %s; left out", task.name, e)
             continue
         if end - dt.timedelta(days=1) > last:
-            pending.append(Pending(day, end))
+            pending.append(Pending(day, end, last))
             continue
         buyers, targets = window_buyers(task, paths, day, quiet=quiet)
         done.append(record(task, paths, crowds, crowd, buyers, targets, track=track))
@@ -224,7 +225,7 @@ def record(task: Task, paths: TaskPaths, crowds: Path, crowd: pd.DataFrame, buye
     table = table.assign(**meta)[list(OUTCOME_COLUMNS)]
     path = outcomes_path(crowds)
     write_atomically(table, path)
-    _publish_table(table, paths.warehouse, task.name, day)
+    publish_rows(table, paths.warehouse, "crowd_outcomes", task.name, day)
     sums, figures, intervals = pooled(table)
     differs = population_differs(table)
     pairs = submission_path(crowds)
@@ -235,7 +236,7 @@ def record(task: Task, paths: TaskPaths, crowds: Path, crowd: pd.DataFrame, buye
                 **{f"outcome_submission_{k}": v for k, v in (submitted or {}).items()}}
     logged = track and bool(meta["run_id"]) and meta["model_version"] != "local" and \
         _log_to_run(paths, meta["run_id"], day, measured)
-    return CrowdOutcome(day, meta["window_end"], path, meta["model"], meta["model_version"], meta["run_id"],
+    return CrowdOutcome(day, meta["window_end"], path, table, meta["model"], meta["model_version"], meta["run_id"],
                         len(table), sums, figures, intervals, logged, differs, submitted)
 
 
@@ -263,19 +264,6 @@ def population_differs(table: pd.DataFrame) -> str | None:
             f"{len(known):,} targets ({int(known['population'].sum()):,} pairs against "
             f"{int(known['population_scored'].sum()):,}): the log's days before the date, or the task's crowds "
             "settings, changed since; the lift is measured against today's population")
-
-
-def _publish_table(table: pd.DataFrame, warehouse: Path, task: str, day: dt.date) -> None:
-    """crowds.crowd_outcomes beside crowds.forward_crowds; measuring a date again replaces its rows."""
-    warehouse.parent.mkdir(parents=True, exist_ok=True)
-    with duckdb.connect(str(warehouse)) as con:
-        con.register("outcome_frame", table)
-        con.execute("create schema if not exists crowds")
-        con.execute("create table if not exists crowds.crowd_outcomes as select * from outcome_frame where false")
-        con.execute("begin transaction")
-        con.execute("delete from crowds.crowd_outcomes where task = ? and feature_date = ?", [task, day])
-        con.execute("insert into crowds.crowd_outcomes by name select * from outcome_frame")
-        con.execute("commit")
 
 
 def metric_step(day: dt.date) -> int:

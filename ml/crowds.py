@@ -280,7 +280,8 @@ def score_forward(task: Task, paths: TaskPaths, as_of: dt.date, model: str | Non
     write_atomically(expected, expected_buyers_path(target))
     submission = _write_submission(pairs, bundle, target) if task.target == "item" else None
     if out is None:
-        _publish_table(crowd, paths.warehouse, task.name, as_of)
+        # a table made before the crowds said which build they come from, and which the model was trained on
+        publish_rows(crowd, paths.warehouse, "forward_crowds", task.name, as_of, added=("data_build", "model_build"))
     log.debug("%s: crowds of %d %s targets (top %d) for %s..%s by %s v%s -> %s", task.name,
               crowd["target_id"].nunique(), task.target, size, as_of, end, bundle.name,
               crowd["model_version"].iloc[0] if len(crowd) else "-", target)
@@ -359,16 +360,19 @@ def write_atomically(frame: pd.DataFrame, path: Path) -> None:
     os.replace(partial, path)
 
 
-def _publish_table(crowd: pd.DataFrame, warehouse: Path, task: str, as_of: dt.date) -> None:
-    """crowds.forward_crowds in the task's warehouse; a rerun of a date replaces that date, in one transaction."""
+def publish_rows(frame: pd.DataFrame, warehouse: Path, table: str, task: str, day: dt.date,
+                 added: tuple[str, ...] = ()) -> None:
+    """The task's rows of a feature date in the warehouse table crowds.TABLE (forward_crowds, crowd_outcomes): a
+    rerun of a date replaces that date's, in one transaction. `added`: text columns a table made by an earlier
+    version lacks, added to it. `table` is one of the project's names, never a user's."""
+    warehouse.parent.mkdir(parents=True, exist_ok=True)
     with duckdb.connect(str(warehouse)) as con:
-        con.register("crowd_frame", crowd)
+        con.register("rows_frame", frame)
         con.execute("create schema if not exists crowds")
-        con.execute("create table if not exists crowds.forward_crowds as select * from crowd_frame where false")
-        # a table made before the crowds said which build they come from, and which the model was trained on
-        con.execute("alter table crowds.forward_crowds add column if not exists data_build varchar")
-        con.execute("alter table crowds.forward_crowds add column if not exists model_build varchar")
+        con.execute(f"create table if not exists crowds.{table} as select * from rows_frame where false")
+        for column in added:
+            con.execute(f"alter table crowds.{table} add column if not exists {column} varchar")
         con.execute("begin transaction")
-        con.execute("delete from crowds.forward_crowds where task = ? and feature_date = ?", [task, as_of])
-        con.execute("insert into crowds.forward_crowds by name select * from crowd_frame")
+        con.execute(f"delete from crowds.{table} where task = ? and feature_date = ?", [task, day])
+        con.execute(f"insert into crowds.{table} by name select * from rows_frame")
         con.execute("commit")
