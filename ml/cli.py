@@ -191,6 +191,13 @@ def _cmd_warehouse(args: argparse.Namespace) -> int:
 
     task = _task(args, engine=args.engine)
     paths = TaskPaths.of(task)
+    if args.as_of is not None and args.as_of == args.outcome:
+        raise ValueError(f"--as-of and --outcome are both {args.as_of}: a forward date has no label window in the "
+                         "log yet, an outcome date has")
+    if args.as_of is not None:  # refused as `crowd score --as-of` refuses it: past the log, or at its start
+        from ml.crowds import forward_date
+
+        forward_date(task, paths, args.as_of)
     if not args.select:  # a labelled date past the log fails now, not after the build
         from ml.crowds import log_days
         from ml.orchestration import check_label_window, short_history
@@ -205,11 +212,12 @@ def _cmd_warehouse(args: argparse.Namespace) -> int:
                   "read only those")
         # every date built here gets labels, a labelled date of the task or not (2014-12-25 on a log ending
         # 12-18 built, then blamed a sparse log for its empty samples)
-        for ds in sorted(set(args.ds or task.labelled_dates)):
+        for ds in sorted(set(args.ds or task.labelled_dates) | ({args.outcome} if args.outcome else set())):
             check_label_window(task, ds, last_day)
     engine = task.warehouse.engine
     location = paths.warehouse_of(engine)
-    common = {"dataset_dir": paths.dataset_dir, "warehouse": location, "dbt_vars": task.dbt_vars(ds=args.ds),
+    common = {"dataset_dir": paths.dataset_dir, "warehouse": location,
+              "dbt_vars": task.dbt_vars(ds=args.ds, forward=args.as_of, outcome=args.outcome),
               "item_subset": item_subset_path(task, paths), "engine": engine}
     if args.skip_tests or args.select:  # exactly what was asked: dbt run, or the nodes selected
         report = run_dbt("run" if args.skip_tests else "build", select=args.select or (), quiet=args.quiet, **common)
@@ -808,6 +816,7 @@ EXAMPLES = {
     "warehouse": ["crowd warehouse --task tmall-2013                # every labelled date, then the exports",
                   "crowd warehouse --ds 2013-09-23 --select +samples_evaluation",
                   "crowd warehouse --engine spark --no-export",
+                  "crowd warehouse --ds 2013-09-16 --outcome 2013-09-16 --as-of 2013-09-30   # + the crowds' tables",
                   "crowd warehouse --task tianchi-mobile-2014 --document   # new feature columns get descriptions"],
     "export": ["crowd export --ds 2013-09-16 2013-09-23"],
     "train": ["crowd train --model lgbm_all_mixed din --epochs 2",
@@ -928,6 +937,11 @@ def build_parser() -> argparse.ArgumentParser:
     w = _command(sub, "warehouse", parents=[tasked], help="build the task's dbt warehouse (ODS, DIM, DW, ADS, "
                        "samples) and export each date as parquet for the trainers")
     w.add_argument("--ds", type=_date, nargs="+", help="dates to build (default: every labelled date of the task)")
+    w.add_argument("--as-of", type=_date, metavar="DATE", help="also build the forward population as of DATE "
+                   "(samples_forward, with its features: what `crowd score --as-of DATE` scores; not exported here)")
+    w.add_argument("--outcome", type=_date, metavar="DATE", help="also build how crowds published as of DATE did "
+                   "(samples_outcomes, samples_outcome_targets: what `crowd outcomes` reads); its label window must "
+                   "be in the log")
     w.add_argument("--select", nargs="+", help="dbt node selection (default: everything)")
     w.add_argument("--skip-tests", action="store_true", help="dbt run instead of dbt build")
     w.add_argument("--no-export", action="store_true", help="build only; do not write exports/ds=...")

