@@ -475,6 +475,25 @@ def test_a_warehouse_of_another_model_version_fails_saying_what_to_do(tiny_datas
                 select=["ads_user_features"], quiet=True)
 
 
+def test_a_build_after_an_outcome_date_was_measured_leaves_its_rows_and_passes(built, tiny_dataset, tmp_path):
+    """`crowd outcomes` at a date keeps its rows in samples_outcomes; a later build without an outcome date checks
+    no outcome (outcomes_reconcile reads as of the backtest then, over no row): measuring the backtest date's
+    crowds made every later build of the warehouse fail on the rows it had left."""
+    warehouse = tmp_path / "wh" / built[0].name
+    shutil.copytree(built[0].parent, warehouse.parent)
+    select = ["samples_outcomes+"]
+    measured = build_dates(dataset_dir=tiny_dataset, warehouse=warehouse, select=select, quiet=True,
+                           dbt_vars=_vars([TASK.backtest], outcome_date=TASK.backtest.isoformat()))
+    assert measured.statuses["test.purchase_crowd.outcomes_reconcile"] == "pass"
+    count = f"select count(*) as n from samples.samples_outcomes where ds = cast('{TASK.backtest}' as date)"
+    buyers = int(_query(warehouse, count)["n"].iloc[0])
+    assert buyers > 0
+    later = build_dates(dataset_dir=tiny_dataset, warehouse=warehouse, select=select, quiet=True,
+                        dbt_vars=_vars([TASK.sample_dates[1]]))
+    assert later.statuses["test.purchase_crowd.outcomes_reconcile"] == "pass"
+    assert int(_query(warehouse, count)["n"].iloc[0]) == buyers
+
+
 def test_a_failed_build_of_a_date_leaves_no_rows_of_it_and_no_stray_event_covers_a_window(tiny_dataset, tmp_path):
     """A date whose label window runs past the log fails its build, and its rows are purged from every
     per-date table (they used to stay, all labels zero, and poison every build after): the good date built

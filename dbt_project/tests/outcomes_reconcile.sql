@@ -3,9 +3,11 @@
 -- At the run's outcome date, samples_outcomes holds exactly the buyers the label rule gives, recomputed here
 -- from the detail events (a buy of a rankable target in [ds, ds + label_days); for a tag, at least min_buys buy
 -- events in its categories over the horizon_days ending with the window), and samples_outcome_targets counts
--- its rows. Without an outcome date: over no row (as of the backtest date), as the models run.
+-- its rows. Without an outcome date: over no row (as of the backtest date), as the models run; the rows an
+-- earlier run measured at that date are not this run's (every later build failed on them).
 {%- set day = o or c['evaluation_date'] %}
 {%- set as_of = "cast('" ~ day ~ "' as date)" %}
+{%- set measured = 'true' if o else 'false' %}
 
 with recomputed as (
     {%- if c['tag_level'] %}
@@ -13,7 +15,7 @@ with recomputed as (
     from {{ ref('dw_events') }} as e
     inner join {{ ref('dim_tags') }} as t on e.category_id = t.category_id
     inner join {{ ref('dim_target_subset') }} as s on t.tag_id = s.target_id
-    where {{ 'true' if o else 'false' }}
+    where {{ measured }}
         and e.action = 'buy'
         and e.ts >= {{ dbt.dateadd('day', c['label_days'] ~ ' - t.horizon_days', as_of) }}
         and e.ts < {{ dbt.dateadd('day', c['label_days'], as_of) }}
@@ -24,7 +26,7 @@ with recomputed as (
     select distinct {{ as_of }} as ds, e.user_id, e.target_id
     from {{ ref('dw_events') }} as e
     inner join {{ ref('dim_target_subset') }} as s on e.target_id = s.target_id
-    where {{ 'true' if o else 'false' }}
+    where {{ measured }}
         and e.action = 'buy'
         and e.ts >= {{ as_of }}
         and e.ts < {{ dbt.dateadd('day', c['label_days'], as_of) }}
@@ -32,13 +34,13 @@ with recomputed as (
 ),
 
 stored as (
-    select ds, user_id, target_id from {{ ref('samples_outcomes') }} where ds = {{ as_of }}
+    select ds, user_id, target_id from {{ ref('samples_outcomes') }} where {{ measured }} and ds = {{ as_of }}
 ),
 
 counted as (
     select target_id, count(*) as buyers, sum(case when in_population then 1 else 0 end) as buyers_in_population
     from {{ ref('samples_outcomes') }}
-    where ds = {{ as_of }}
+    where {{ measured }} and ds = {{ as_of }}
     group by target_id
 )
 
@@ -55,6 +57,6 @@ union all
 select 'target counts differ' as problem, t.ds, cast(null as {{ dbt.type_bigint() }}) as user_id, t.target_id
 from {{ ref('samples_outcome_targets') }} as t
 left join counted as n on n.target_id = t.target_id
-where t.ds = {{ as_of }}
+where {{ measured }} and t.ds = {{ as_of }}
     and (t.buyers <> coalesce(n.buyers, 0) or t.buyers_in_population <> coalesce(n.buyers_in_population, 0)
          or t.buyers_in_population > t.population)
