@@ -306,8 +306,10 @@ def test_score_publishes_forward_crowds_after_the_end_of_the_log(outcomes, task,
     assert (published.groupby("target_id").size() == 5).all() and published["model_version"].iloc[0] != "local"
     import duckdb
 
+    # (the date's rows: a DAG test on the same worker publishes crowds of other dates into this warehouse)
     with duckdb.connect(str(task_paths.warehouse)) as con:
-        n = con.execute("select count(*) from crowds.forward_crowds where task = 'tmall-2013'").fetchone()[0]
+        n = con.execute("select count(*) from crowds.forward_crowds where task = 'tmall-2013' and feature_date = ?",
+                        [last_day + dt.timedelta(days=1)]).fetchone()[0]
     assert n == len(published)
     assert main(["score", "--no-build", "--set", "crowd_size=0"]) == 2
     assert "crowds.size" in capsys.readouterr().err
