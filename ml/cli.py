@@ -225,6 +225,8 @@ def _cmd_warehouse(args: argparse.Namespace) -> int:
         report = build_dates(quiet=args.quiet, **common)
     print(f"dbt {report.command} on {engine}: {report.n_models} models, {report.n_tests} tests passed in "
           f"{report.seconds:.1f}s into {location}")
+    if args.as_of or args.outcome:
+        _print_crowd_tables(task, engine, location, args.as_of, args.outcome)
     if args.document:
         from ml.warehouse.build import DBT_PROJECT_DIR
         from ml.warehouse.docs import document_warehouse
@@ -237,6 +239,24 @@ def _cmd_warehouse(args: argparse.Namespace) -> int:
                               fingerprint=task.warehouse_fingerprint(), dataset_dir=paths.dataset_dir, engine=engine):
             print(f"exported {e.path}: " + ", ".join(f"{k} {v:,}" for k, v in e.rows.items()))
     return 0
+
+
+def _print_crowd_tables(task: Task, engine: str, location: Path, as_of: dt.date | None,
+                        outcome: dt.date | None) -> None:
+    """What a build with a forward or an outcome date holds for it: those dates are not exported, so the build's
+    line alone said nothing of their rows (an empty forward population read as a success)."""
+    from ml.crowd_outcomes import OUTCOME_TABLES
+    from ml.warehouse.engine import open_warehouse
+
+    with open_warehouse(engine, location) as con:
+        if as_of:
+            n = con.execute("select count(*) from samples.samples_forward where ds = ?", [as_of]).fetchone()[0]
+            print(f"forward population as of {as_of}: {n:,} (user, {task.target}) pairs in samples.samples_forward")
+        if outcome:
+            buyers, targets = (con.execute(f"select count(*) from {table} where ds = ?", [outcome]).fetchone()[0]
+                               for table in OUTCOME_TABLES)
+            print(f"outcome date {outcome}: {buyers:,} buyer pairs in its label window, {targets:,} targets in its "
+                  f"population ({', '.join(OUTCOME_TABLES)})")
 
 
 def _warn(message: str | None) -> None:

@@ -149,7 +149,8 @@ def _assert_equal(name: str, duck: pa.Table, spark: pa.Table) -> None:
 
 
 def test_spark_builds_every_ads_and_samples_table_equal_to_duckdb(both_warehouses: dict[str, Path],
-                                                                  spark_dates: list, forward_day: dt.date) -> None:
+                                                                  spark_dates: list, forward_day: dt.date,
+                                                                  task: Task) -> None:
     dates = [*spark_dates, forward_day]
     with open_warehouse("duckdb", both_warehouses["duckdb"]) as d, \
             open_warehouse("spark", both_warehouses["spark"]) as s:
@@ -172,6 +173,14 @@ def test_spark_builds_every_ads_and_samples_table_equal_to_duckdb(both_warehouse
             set(non_empty), non_empty
         forward = d.sql("select distinct ds from samples.samples_forward").fetchall()
         assert forward == [(forward_day,)]
+        # and `crowd warehouse` said what it built of them (those dates are not exported)
+        n = {t: d.sql(f"select count(*) from {t}").fetchall()[0][0]
+             for t in ("samples.samples_forward", "samples.samples_outcomes", "samples.samples_outcome_targets")}
+        console = (both_warehouses["root"] / "spark-build.log").read_text()
+        assert f"forward population as of {forward_day}: {n['samples.samples_forward']:,} (user, brand) pairs" \
+            in console
+        assert (f"outcome date {task.backtest}: {n['samples.samples_outcomes']:,} buyer pairs in its label window, "
+                f"{n['samples.samples_outcome_targets']:,} targets in its population") in console
 
 
 def test_spark_builds_every_ods_dim_and_dw_table_equal_to_duckdb(both_warehouses: dict[str, Path]) -> None:
