@@ -76,9 +76,10 @@ RUN_EPOCHS ?= 1
 RUN_NEGATIVE_RATE ?= 0.1
 endif
 RUN_SETTINGS := $(if $(RUN_EPOCHS),--set epochs=$(RUN_EPOCHS)) $(if $(RUN_NEGATIVE_RATE),--set negative_rate=$(RUN_NEGATIVE_RATE))
-# PRESET generates the task's dataset at another preset's sizes (`make run PRESET=tiny`: the whole path on a small log)
+# PRESET generates the task's dataset at another preset's sizes, in the task's own days and world (`make run
+# PRESET=tiny`: the whole path of any task on a small log)
 run: setup ## a task end to end through its real DAGs (TASK=..., PRESET=..., RUN_EPOCHS=...)
-	$(BIN)/crowd generate --task $(TASK) --skip-if-present $(if $(PRESET),--preset $(PRESET))
+	$(BIN)/crowd generate --task $(TASK) --skip-if-present $(if $(PRESET),--sizes-of $(PRESET))
 	$(BIN)/crowd run-dags --task $(TASK) $(RUN_SETTINGS)
 
 # the test files spread over the cores (pytest-xdist; a file's tests stay together, on one worker, with its

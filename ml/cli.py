@@ -26,6 +26,8 @@ from ml.task import ENGINES, Task, TaskPaths, load_task, parse_assignments
 if TYPE_CHECKING:  # pandas is imported by the commands that use it: `crowd --help` stays fast
     import pandas as pd
 
+    from ml.synth.params import Sizes
+
 log = logging.getLogger("crowd")
 # The parent of the library's result loggers (ml.results.train: a training's metrics and verdict; .warehouse: a
 # dbt build's counts; .synth: a generated log's size; .load: a loaded file's counts; .crowds: forward features
@@ -82,6 +84,22 @@ def _task(args: argparse.Namespace, **more: object):  # noqa: ANN202
     return load_task(args.task, _overrides(args, **more))
 
 
+def _check_log_holds_the_task(task: Task, preset_name: str, sizes: Sizes) -> None:
+    """The task's own dataset must hold its labelled dates, each with its label window: said before a log that
+    cannot serve the task is written over the one it has (the next step, the warehouse, would refuse it)."""
+    first, last = task.labelled_dates[0], task.backtest + dt.timedelta(days=task.windows.label_days - 1)
+    if sizes.start < first and last < sizes.end:
+        return
+    own = task.generate.preset if task.generate else None
+    hint = (f"--sizes-of {preset_name} keeps the task's own preset ({own}) and takes only the sizes"
+            if own and own != preset_name
+            else f"--start {first - dt.timedelta(days=1)} or earlier and --end {last + dt.timedelta(days=1)} or later "
+                 "hold them")
+    raise ValueError(f"preset {preset_name}'s log would run {sizes.start} .. {sizes.end - dt.timedelta(days=1)}, "
+                     f"but task {task.name} labels {first} .. {task.backtest} (label windows to {last}), so "
+                     f"{task.dataset} could not serve it: {hint}")
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     from dataclasses import asdict, replace
 
@@ -103,9 +121,16 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                          f"(crowd load --name {args.name or task.dataset}) or pass --preset")
     preset = PRESETS[preset_name]
     sizes = preset.sizes
+    if args.sizes_of:
+        # `make run PRESET=tiny` on any task: a smaller log of the task's own days and world. It passed the
+        # preset itself, so the item and category tasks got the brand task's 2013 log under their name
+        other = PRESETS[args.sizes_of].sizes
+        sizes = replace(sizes, users=other.users, items=other.items, brands=other.brands)
     changes = {k: getattr(args, k) for k in ("users", "items", "brands", "start", "end")
                if getattr(args, k) is not None}
     sizes = replace(sizes, **changes)
+    if args.out is None and (args.name or task.dataset) == task.dataset:
+        _check_log_holds_the_task(task, preset_name, sizes)
     seed = args.seed if args.seed is not None else (task.generate.seed if task.generate else None)
     label = task.windows.label_days
     oracle_dates: tuple[dt.date, ...] = ()
@@ -825,6 +850,7 @@ class _Help(argparse.RawDescriptionHelpFormatter):
 # what each command is most often run as: shown under its --help
 EXAMPLES = {
     "generate": ["crowd generate --task tmall-2013                 # the task's preset and seed",
+                 "crowd generate --task tianchi-mobile-2014 --sizes-of tiny   # a small log of the task's days",
                  "crowd generate --preset tiny --name tiny --no-oracle"],
     "load": ["crowd load --format taobao-userbehavior UserBehavior.csv",
              "crowd load --format tianchi-mobile user.csv --items item.csv --name tianchi-mobile",
@@ -898,9 +924,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = _command(sub, "generate", parents=[tasked], help="write a synthetic log (with its oracle) as canonical parquet")
     g.add_argument("--preset", choices=sorted(PRESETS),
-                   help="sizes: tiny (tests), default (tmall-2013), taobao (taobao-2017-category), tianchi "
-                        "(tianchi-mobile-2014), tianchi-tiny (its tests), large (benchmarks, ~100M events); "
+                   help="a log's sizes, days and world: tiny (tests), default (tmall-2013), taobao "
+                        "(taobao-2017-category), tianchi (tianchi-mobile-2014), tianchi-tiny (its tests), large "
+                        "(benchmarks, ~100M events); "
                         "default: the task's generate.preset")
+    g.add_argument("--sizes-of", choices=sorted(PRESETS), metavar="PRESET",
+                   help="the users, items and brands of another preset, in the days and world of --preset (a "
+                        "small log of any task: --sizes-of tiny; what `make run PRESET=` does)")
     g.add_argument("--users", type=int, help="users in the log (default: the preset's)")
     g.add_argument("--items", type=int, help="items in the log (default: the preset's)")
     g.add_argument("--brands", type=int, help="brands the items belong to (default: the preset's)")

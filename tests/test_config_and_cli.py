@@ -102,6 +102,29 @@ def test_generate_command_writes_a_dataset_and_skips_it_when_present(tmp_path, c
     assert "nothing to do" in capsys.readouterr().out
 
 
+
+def test_another_presets_sizes_keep_the_tasks_days_and_world_and_its_own_dates_are_refused(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """`make run TASK=tianchi-mobile-2014 PRESET=tiny` passed --preset tiny: it wrote the brand task's 2013 log as
+    the item task's dataset, and the warehouse refused it next. The preset's sizes now come in the task's own days
+    and world; the preset itself, whose days the task does not label, is refused before anything is written."""
+    monkeypatch.setenv("CROWD_DATA_DIR", str(tmp_path))
+    dataset = Paths.default().dataset("tianchi-mobile")
+    tianchi = ["generate", "--task", "tianchi-mobile-2014", "--no-oracle", "--quiet"]
+    assert main([*tianchi, "--preset", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "preset tiny's log would run 2013-04-01 .. 2013-09-30, but task tianchi-mobile-2014 labels 2014-12-11" in err
+    assert "--sizes-of tiny keeps the task's own preset (tianchi)" in err and not dataset.exists()
+    assert main([*tianchi, "--sizes-of", "tiny", "--users", "40"]) == 0
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    assert manifest["sizes"] == {"users": 40, "items": 1_500, "brands": 60, "start": "2014-11-18", "end": "2014-12-19"}
+    assert manifest["hourly"] and (dataset / "item_subset.parquet").exists()  # the Tianchi look-alike's world
+    # a log too short for the task's own dates is refused too, and the one there is kept
+    assert main(["generate", "--task", "tianchi-mobile-2014", "--end", "2014-12-18"]) == 2
+    assert "--start 2014-12-10 or earlier and --end 2014-12-19 or later hold them" in capsys.readouterr().err
+    assert json.loads((dataset / "manifest.json").read_text()) == manifest
+
+
 def test_a_command_says_its_result_once_and_the_library_log_line_only_with_verbose(tmp_path):
     """`crowd generate` printed the dataset's size twice: its own line and the generator's log line (the
     ml.results loggers, which Airflow's task logs keep); -v shows both."""
