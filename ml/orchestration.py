@@ -184,6 +184,42 @@ def check_label_window(task: Task, ds: dt.date, last_day: dt.date) -> None:
                          f"must be {latest} or earlier, or the log longer")
 
 
+def check_tags_in_log(task: Task, dataset_dir: Path) -> None:
+    """A tag is a rule over its log's own leaf categories: a tag none of whose categories the item table holds
+    has no buyer and no candidate, so its dates built empty and the export failed blaming a sparse log (the
+    default world's tags on a log generated at the tiny preset's sizes, whose categories are others)."""
+    if not task.tags:
+        return
+    import duckdb
+
+    items = Path(dataset_dir) / "items.parquet"
+    if not items.exists():
+        return  # the warehouse's own reader says what is missing
+    with duckdb.connect() as con:
+        known = {c for (c,) in con.execute("select distinct category_id from read_parquet(?)",
+                                           [str(items)]).fetchall()}
+    absent = [t for t in task.tags if not known.intersection(t.categories)]
+    if not absent:
+        return
+    named = "; ".join(f"{t.name}: {', '.join(map(str, t.categories))}" for t in absent)
+    why = "set the tags to categories of this log"
+    manifest = Path(dataset_dir) / "manifest.json"
+    if task.generate and manifest.exists():
+        import json
+
+        from ml.synth.params import PRESETS
+
+        sizes = json.loads(manifest.read_text()).get("sizes", {})
+        own = PRESETS[task.generate.preset].sizes
+        if sizes and (sizes.get("users"), sizes.get("items"), sizes.get("brands")) != (own.users, own.items,
+                                                                                        own.brands):
+            why = (f"the tags are categories of the {task.generate.preset} preset's world, and a log generated at "
+                   f"other sizes has other categories: generate it at the preset's (crowd generate --task "
+                   f"{task.name}), or {why}")
+    raise ValueError(f"task {task.name}: no category of {'these tags' if len(absent) > 1 else 'the tag'} is in "
+                     f"the log's item table {items} ({len(known):,} categories): {named}; {why}")
+
+
 def task_doc(task: Task) -> str:
     """The DAGs' page in the Airflow UI: this task's own settings and the dates a backfill takes, above the
     DAGs' general description. It showed that general text alone, so a user about to backfill looked up the
@@ -386,6 +422,7 @@ def build_periods_dag(task: Task):  # noqa: ANN201
             if mode.startswith("skip"):
                 log.warning("%s %s", ds, mode)
                 return False
+            check_tags_in_log(run_task, paths.dataset_dir)
             if mode == "labelled" and (short := short_history(run_task, [ds], first_day)):
                 log.warning("%s", short)
             engine = run_task.warehouse.engine

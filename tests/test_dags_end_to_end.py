@@ -118,6 +118,12 @@ def test_a_value_error_fails_its_task_at_once_and_run_dags_says_which_and_why(da
     assert str(run.state) == "failed" and str(plan.state) == "failed" and plan.try_number == 1
     assert time.perf_counter() - start < 20  # the first retry would have waited 20 s
 
+    # a tag none of whose categories the log has: refused by plan too, before any build (a scheduler's runs)
+    run = dags.get_dag(PERIODS).test(logical_date=_at(task.samples.first), run_conf={
+        "overrides": {"target": "tag", "tags": [{"name": "elsewhere", "categories": [999_999_999]}]}})
+    states = _states(run)
+    assert states["plan"] == "failed" and states["dbt_build"] != "success"
+
     log = tmp_path / "run.log"
     log.write_text("before\nTraceback (most recent call last):\n  File \"x.py\", line 1\nKeyError: 'old'\n")
     start_of_run = log.stat().st_size

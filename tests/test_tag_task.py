@@ -111,6 +111,28 @@ def test_a_tag_task_is_checked_at_the_edge():
         load_task(TAGS_TASK, {"tags": [{"name": "x", "categories": [1], "horizon_days": 3}]})
 
 
+
+def test_a_tag_of_no_category_in_the_log_is_refused_before_any_build(tiny_dataset, capsys):
+    """The task's own tags (categories of the default world) on the tiny world's log: its dates built empty and
+    the export blamed a sparse log (`make run TASK=tmall-2013-tags PRESET=tiny`). Refused at the edge now, in
+    one line naming each tag none of whose categories the log has, and why this log has others."""
+    on_tiny = ["--task", TAGS_TASK, "--set", "dataset=synthetic"]
+    warehouse = TaskPaths.of(load_task(TAGS_TASK, {"dataset": "synthetic"})).warehouse
+    before = warehouse.stat().st_mtime_ns if warehouse.exists() else None  # the module's build, when it ran first
+    for command in ("warehouse", "run-dags"):
+        assert main([command, *on_tiny]) == 2
+        err = capsys.readouterr().err
+        assert "no category of these tags is in the log's item table" in err, command
+        assert "parent-72-interest: 634, 214, 300, 672, 138; parent-41-regular: 255" in err
+        assert "generate it at the preset's (crowd generate --task tmall-2013-tags)" in err
+        assert (warehouse.stat().st_mtime_ns if warehouse.exists() else None) == before
+    # one tag of the log's categories, one of none: the line names that one alone
+    one = [TINY_TAGS[0], {"name": "elsewhere", "categories": [634, 214]}]
+    assert main(["warehouse", *on_tiny, "--set", f"tags={one}"]) == 2
+    err = capsys.readouterr().err
+    assert "no category of the tag is in" in err and "elsewhere: 634, 214;" in err and "a-interest" not in err
+
+
 def test_the_generator_knows_the_truth_of_interest_tags(tmp_path):
     """With a task's interest tags, the oracle also writes P(a buy in the tag's categories in the label
     window) per user: calibrated against the realised buys, and far better than chance at ranking them."""
