@@ -223,13 +223,12 @@ def _cmd_warehouse(args: argparse.Namespace) -> int:
         from ml.crowds import forward_date
 
         forward_date(task, paths, args.as_of)
-    if not args.select:  # a labelled date past the log fails now, not after the build
+    if not args.select:  # a date the log does not hold (before it or past it) fails now, not after the build
         from ml.crowds import log_days
-        from ml.orchestration import check_label_window, check_tags_in_log, short_history
+        from ml.orchestration import check_date_in_log, check_tags_in_log, short_history
 
         first_day, last_day = log_days(paths.dataset_dir)
         check_tags_in_log(task, paths.dataset_dir)
-        _warn(short_history(task, args.ds or task.labelled_dates, first_day))
         other = sorted(set(args.ds or ()) - set(task.labelled_dates))
         if other:
             _warn(f"{', '.join(map(str, other))}: not a labelled date of task {task.name} (samples every "
@@ -239,7 +238,8 @@ def _cmd_warehouse(args: argparse.Namespace) -> int:
         # every date built here gets labels, a labelled date of the task or not (2014-12-25 on a log ending
         # 12-18 built, then blamed a sparse log for its empty samples)
         for ds in sorted(set(args.ds or task.labelled_dates) | ({args.outcome} if args.outcome else set())):
-            check_label_window(task, ds, last_day)
+            check_date_in_log(task, ds, first_day, last_day)
+        _warn(short_history(task, args.ds or task.labelled_dates, first_day))  # once every date is in the log
     engine = task.warehouse.engine
     location = paths.warehouse_of(engine)
     common = {"dataset_dir": paths.dataset_dir, "warehouse": location,

@@ -291,15 +291,15 @@ def run_pipeline(task: Task, overrides: dict | None = None, dates: list[dt.date]
     nothing (a date that is neither labelled nor forward, or a log that ends too early) fails before it starts."""
     from tqdm.auto import tqdm
 
-    from ml.crowds import last_log_day
+    from ml.crowds import log_days
     from ml.orchestration import check_tags_in_log, period_start, periods_dag_id, plan_period, training_dag_id
 
     paths = TaskPaths.of(task)
     shared = paths.shared
     dates = list(task.labelled_dates if dates is None else dates)
-    last_day = last_log_day(paths.dataset_dir)
+    first_day, last_day = log_days(paths.dataset_dir)
     for ds in dates:
-        mode = plan_period(task, ds, last_day)
+        mode = plan_period(task, ds, first_day, last_day)
         if mode.startswith("skip"):
             raise ValueError(f"--ds {ds}: nothing to build ({mode.removeprefix('skip: ')})")
     check_tags_in_log(task, paths.dataset_dir)

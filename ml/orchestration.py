@@ -156,11 +156,11 @@ def effective_task(name: str, params: dict | None, spec: dict[str, tuple[str, st
     return base.override(changes, source=f"tasks/{name}.yaml (this run's Params)"), changes
 
 
-def plan_period(task: Task, ds: dt.date, last_day: dt.date) -> str:
-    """What a period run does at ds: 'labelled', 'forward', or a reason to skip; a labelled date whose label
-    window the log does not reach fails (check_label_window)."""
+def plan_period(task: Task, ds: dt.date, first_day: dt.date, last_day: dt.date) -> str:
+    """What a period run does at ds: 'labelled', 'forward', or a reason to skip; a labelled date the log does not
+    hold, with events before it and its label window after, fails (check_date_in_log)."""
     if ds in task.labelled_dates:
-        check_label_window(task, ds, last_day)
+        check_date_in_log(task, ds, first_day, last_day)
         return "labelled"
     if ds > task.backtest:
         if ds > last_day + dt.timedelta(days=1):
@@ -171,11 +171,18 @@ def plan_period(task: Task, ds: dt.date, last_day: dt.date) -> str:
             f"its backtest")
 
 
-def check_label_window(task: Task, ds: dt.date, last_day: dt.date) -> None:
+def check_date_in_log(task: Task, ds: dt.date, first_day: dt.date, last_day: dt.date) -> None:
     """A labelled date's label window must lie inside the log: past its last day, the buyers of the missing days
     would be labelled non-buyers. Said before any build, naming the dates that fit; dbt's test
     label_windows_are_covered_by_the_log still checks each day's events (a gap, a stray late event) after it,
-    but said only "Got 5 results", and a DAG retried the build twice before failing."""
+    but said only "Got 5 results", and a DAG retried the build twice before failing. Nor may the date come on or
+    before the log's first day, with no event before it to build features from: the 2013 task on a 2017 log
+    built all thirteen dates (a warning said their features saw "-1608--1524 of its 90 days"), then the export
+    failed for want of samples."""
+    if ds <= first_day:
+        raise ValueError(f"{ds}: the log starts on {first_day}, so no event comes before it to build its features "
+                         f"from: the task's labelled dates (from {task.labelled_dates[0]}) must come after "
+                         f"{first_day}, or the log earlier")
     end = ds + dt.timedelta(days=task.windows.label_days - 1)
     if end > last_day:
         latest = last_day - dt.timedelta(days=task.windows.label_days - 1)
@@ -245,7 +252,8 @@ def short_history(task: Task, dates: Iterable[dt.date], first_day: dt.date) -> s
     days than later dates' (a model trained on them meets longer histories at the backtest and in the crowds).
     Not an error: a short log (Taobao's nine days) leaves no other choice, and the task file says so."""
     days = task.windows.history_days
-    short = sorted(ds for ds in set(dates) if ds - dt.timedelta(days=days) < first_day)
+    # a date on or before the first day sees no day of the log: an error (check_date_in_log), not this warning
+    short = sorted(ds for ds in set(dates) if first_day < ds and ds - dt.timedelta(days=days) < first_day)
     if not short:
         return None
     seen = [(ds - first_day).days for ds in short]
@@ -418,7 +426,7 @@ def build_periods_dag(task: Task):  # noqa: ANN201
             paths = TaskPaths.of(run_task)
             ds = logical_date.date()
             first_day, last_day = log_days(paths.dataset_dir)
-            mode = plan_period(run_task, ds, last_day)
+            mode = plan_period(run_task, ds, first_day, last_day)
             if mode.startswith("skip"):
                 log.warning("%s %s", ds, mode)
                 return False

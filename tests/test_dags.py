@@ -199,16 +199,19 @@ def test_plan_period_says_what_a_date_is_or_why_it_is_skipped():
     from ml.orchestration import plan_period
 
     task = load_task("taobao-2017-category")
-    last = dt.date(2017, 12, 3)
-    assert plan_period(task, dt.date(2017, 11, 28), last) == "labelled"
-    assert plan_period(task, dt.date(2017, 12, 4), last) == "forward"
-    assert "neither a labelled date" in plan_period(task, dt.date(2017, 11, 27), last)
-    assert "the log ends on 2017-12-03" in plan_period(task, dt.date(2017, 12, 9), last)
+    first, last = dt.date(2017, 11, 25), dt.date(2017, 12, 3)
+    assert plan_period(task, dt.date(2017, 11, 28), first, last) == "labelled"
+    assert plan_period(task, dt.date(2017, 12, 4), first, last) == "forward"
+    assert "neither a labelled date" in plan_period(task, dt.date(2017, 11, 27), first, last)
+    assert "the log ends on 2017-12-03" in plan_period(task, dt.date(2017, 12, 9), first, last)
     # a labelled date whose label window the log does not reach fails, before a dbt build whose test said only
     # "Got 5 results" (and was retried twice)
     with pytest.raises(ValueError, match=rf"{task.backtest}: its label window runs to {task.backtest}, past the "
                                          rf"log's last day {task.backtest - dt.timedelta(days=1)}"):
-        plan_period(task, task.backtest, task.backtest - dt.timedelta(days=1))
+        plan_period(task, task.backtest, first, task.backtest - dt.timedelta(days=1))
+    # nor one on or before the log's first day: no event before it (the 2013 task on a 2017 log built every date)
+    with pytest.raises(ValueError, match=r"2017-11-28: the log starts on 2017-11-28, so no event comes before it"):
+        plan_period(task, dt.date(2017, 11, 28), dt.date(2017, 11, 28), last)
 
 
 def test_dates_whose_history_window_starts_before_the_log_are_named_with_the_days_they_see():
@@ -226,6 +229,8 @@ def test_dates_whose_history_window_starts_before_the_log_are_named_with_the_day
     assert short_history(task, [task.backtest], first) is None
     assert "of 2017-11-26 starts" in short_history(task, [dt.date(2017, 11, 26)], first)
     assert "see 1 of its 7 days" in short_history(task, [dt.date(2017, 11, 26)], first)
+    # a date that sees no day of the log is refused elsewhere (check_date_in_log), not counted here
+    assert short_history(task, [dt.date(2017, 11, 25), dt.date(2017, 11, 20)], first) is None
 
 
 def test_a_changed_param_or_override_reaches_the_runs_task(tmp_path):

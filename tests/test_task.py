@@ -212,7 +212,7 @@ def test_dates_fitted_to_a_log_end_the_backtest_on_its_last_day_and_keep_the_rol
 
 def test_crowd_tasks_new_writes_a_task_that_fits_the_log_and_never_writes_over_one(tiny_dataset, tmp_path, capsys):
     from ml.crowds import log_days
-    from ml.orchestration import check_label_window, short_history
+    from ml.orchestration import check_date_in_log, short_history
 
     args = ["tasks", "--new", "mine", "--dataset", tiny_dataset.name, "--out", str(tmp_path)]
     assert main(args) == 0
@@ -222,7 +222,7 @@ def test_crowd_tasks_new_writes_a_task_that_fits_the_log_and_never_writes_over_o
     assert made.name == "mine" and made.dataset == tiny_dataset.name and made.target == "brand"
     assert made.backtest + dt.timedelta(days=made.windows.label_days - 1) == last_day
     for ds in made.labelled_dates:
-        check_label_window(made, ds, last_day)
+        check_date_in_log(made, ds, first_day, last_day)
     assert short_history(made, made.labelled_dates, first_day) is None
     assert len(made.sample_dates) == len(load_task("tmall-2013").sample_dates)
     assert f"wrote {tmp_path / 'mine.yaml'}: brand of the log {tiny_dataset.name}" in said
@@ -301,3 +301,22 @@ def test_crowd_tasks_fit_dates_moves_a_tasks_dates_on_its_cadence_to_the_latest_
     assert load_task(path, param) == moved
     assert main(["tasks", "--fit-dates", "tmall-2013"]) == 0  # the shipped task's dates are the tiny log's latest
     assert "these are the latest dates the log labels" in capsys.readouterr().out
+
+
+def test_a_labelled_date_at_or_before_the_logs_first_day_is_refused_before_any_build(tiny_dataset, capsys):
+    """The 2013 task on a 2017 log built its thirteen dates (its warning said their features saw "-1608--1524 of
+    its 90 days"), then the export failed for want of samples. A date with no event before it fails first now,
+    in `crowd warehouse` and in run-dags, as a date past the log's end does; the warning counts no such date."""
+    from ml.crowds import log_days
+
+    first = log_days(tiny_dataset)[0]
+    warehouse = TaskPaths.of(load_task()).warehouse
+    before = warehouse.stat().st_mtime_ns if warehouse.exists() else None
+    assert main(["warehouse", "--ds", str(first)]) == 2
+    said = capsys.readouterr().err
+    assert f"{first}: the log starts on {first}, so no event comes before it to build its features from" in said
+    assert "their features see" not in said  # the history warning comes only once every date is in the log
+    assert (warehouse.stat().st_mtime_ns if warehouse.exists() else None) == before
+    early = ["--set", f"samples.first={first}"]  # the task's first sample date on the log's first day
+    assert main(["run-dags", *early]) == 2
+    assert f"error: {first}: the log starts on {first}" in capsys.readouterr().err
