@@ -229,6 +229,7 @@ def _cmd_warehouse(args: argparse.Namespace) -> int:
 
         first_day, last_day = log_days(paths.dataset_dir)
         check_tags_in_log(task, paths.dataset_dir)
+        _warn(short_history(task, args.ds or task.labelled_dates, first_day))
         other = sorted(set(args.ds or ()) - set(task.labelled_dates))
         if other:
             _warn(f"{', '.join(map(str, other))}: not a labelled date of task {task.name} (samples every "
@@ -239,16 +240,16 @@ def _cmd_warehouse(args: argparse.Namespace) -> int:
         # 12-18 built, then blamed a sparse log for its empty samples)
         for ds in sorted(set(args.ds or task.labelled_dates) | ({args.outcome} if args.outcome else set())):
             check_date_in_log(task, ds, first_day, last_day)
-        _warn(short_history(task, args.ds or task.labelled_dates, first_day))  # once every date is in the log
     engine = task.warehouse.engine
     location = paths.warehouse_of(engine)
     common = {"dataset_dir": paths.dataset_dir, "warehouse": location,
               "dbt_vars": task.dbt_vars(ds=args.ds, forward=args.as_of, outcome=args.outcome),
               "item_subset": item_subset_path(task, paths), "engine": engine}
     if args.skip_tests or args.select:  # exactly what was asked: dbt run, or the nodes selected
-        report = run_dbt("run" if args.skip_tests else "build", select=args.select or (), quiet=args.quiet, **common)
+        report = run_dbt("run" if args.skip_tests else "build", select=args.select or (), quiet=args.quiet,
+                         full_refresh=args.full_refresh, **common)
     else:  # ODS, DIM and DW only when not already built from this dataset and these settings
-        report = build_dates(quiet=args.quiet, **common)
+        report = build_dates(quiet=args.quiet, full_refresh=args.full_refresh, **common)
     print(f"dbt {report.command} on {engine}: {report.n_models} models, {report.n_tests} tests passed in "
           f"{report.seconds:.1f}s into {location}")
     if args.as_of or args.outcome:
@@ -995,6 +996,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "be in the log")
     w.add_argument("--select", nargs="+", help="dbt node selection (default: everything)")
     w.add_argument("--skip-tests", action="store_true", help="dbt run instead of dbt build")
+    w.add_argument("--full-refresh", action="store_true",
+                   help="make the per-date tables (ADS, samples) again with this build's dates alone: what a change "
+                        "of target or warehouse.feature_windows needs, which changes their columns (the dates built "
+                        "before leave them; their exports stay)")
     w.add_argument("--no-export", action="store_true", help="build only; do not write exports/ds=...")
     w.add_argument("--quiet", action="store_true",
                    help="leave out dbt's console (a line per node; its log under the warehouse's dbt/logs keeps it)")

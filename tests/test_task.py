@@ -315,7 +315,7 @@ def test_a_labelled_date_at_or_before_the_logs_first_day_is_refused_before_any_b
     assert main(["warehouse", "--ds", str(first)]) == 2
     said = capsys.readouterr().err
     assert f"{first}: the log starts on {first}, so no event comes before it to build its features from" in said
-    assert "their features see" not in said  # the history warning comes only once every date is in the log
+    assert "their features see" not in said  # the history warning counts no date before the log's first day
     assert (warehouse.stat().st_mtime_ns if warehouse.exists() else None) == before
     early = ["--set", f"samples.first={first}"]  # the task's first sample date on the log's first day
     assert main(["run-dags", *early]) == 2

@@ -468,16 +468,34 @@ def test_dbt_var_defaults_mirror_the_default_task():
     assert project["vars"] == expected
 
 
-def test_a_warehouse_of_another_model_version_fails_saying_what_to_do(tiny_dataset, tmp_path):
-    """An incremental table whose columns differ from the models' (a warehouse built by an older version)."""
-    warehouse = tmp_path / "old.duckdb"
-    run_dbt("run", dataset_dir=tiny_dataset, warehouse=warehouse, dbt_vars=_vars([PIT_DS]),
-            select=["+ads_user_features"], quiet=True)
-    with duckdb.connect(str(warehouse)) as con:
-        con.execute("alter table ads.ads_user_features drop column u_click_1d")
-    with pytest.raises(WarehouseError, match="built by another version of the dbt models: delete it"):
-        run_dbt("run", dataset_dir=tiny_dataset, warehouse=warehouse, dbt_vars=_vars([PIT_DS]),
-                select=["ads_user_features"], quiet=True)
+def test_settings_that_change_the_columns_fail_in_one_line_and_a_full_refresh_builds_them(built, tiny_dataset,
+                                                                                         tmp_path, monkeypatch,
+                                                                                         capsys):
+    """Feature windows for one run (`--set warehouse.feature_windows=[1,7]`) change the per-date tables'
+    columns, as a target does or another version of the models: dbt's "out of sync" failure was a page of column
+    objects, and blamed the models' version. One line now names the tables and columns, and `--full-refresh`
+    makes the per-date tables again with this build's dates alone."""
+    from ml.cli import main
+
+    data = tmp_path / "data"
+    (data / "raw").mkdir(parents=True)
+    (data / "raw" / TASK.dataset).symlink_to(tiny_dataset, target_is_directory=True)
+    shutil.copytree(built[0].parent, data / "tasks" / TASK.name / TASK.dataset / "warehouse")
+    monkeypatch.setenv("CROWD_DATA_DIR", str(data))
+    windows = ["warehouse", "--ds", str(PIT_DS), "--set", "warehouse.feature_windows=[1,7]", "--no-export", "--quiet"]
+    assert main(windows) == 1
+    said = capsys.readouterr().err
+    assert ("ads_category_features, ads_target_features, ads_user_category_features, ads_user_features, "
+            "ads_user_target_features in the warehouse have other columns") in said
+    assert "(114 gone: " in said and "DuckDBColumn" not in said and len(said.splitlines()) == 1
+    assert "`crowd warehouse --full-refresh` makes the per-date tables (ADS, samples) again" in said
+    assert main([*windows, "--full-refresh"]) == 0
+    warehouse = data / "tasks" / TASK.name / TASK.dataset / "warehouse" / built[0].name
+    columns = set(_query(warehouse, "describe ads.ads_user_features")["column_name"])
+    assert {"u_click_1d", "u_click_7d"} <= columns and not {"u_click_3d", "u_click_30d"} & columns
+    for table in PER_DS_TABLES:  # the other dates' rows have left (the evaluation tables hold none of a sample date)
+        assert set(_query(warehouse, f"select distinct ds from {table}")["ds"].dt.date) <= {PIT_DS}, table
+    assert set(_query(warehouse, "select distinct ds from samples.samples")["ds"].dt.date) == {PIT_DS}
 
 
 def test_a_build_after_an_outcome_date_was_measured_leaves_its_rows_and_passes(built, tiny_dataset, tmp_path):

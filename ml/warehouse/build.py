@@ -79,12 +79,14 @@ def run_dbt(
     item_subset: Path | None = None,
     engine: str = "duckdb",
     once_per_parse_unit_tests: bool = False,
+    full_refresh: bool = False,
 ) -> DbtReport:
     """Run `dbt <command>` (build, run, test, ...) over one dataset into one warehouse: `warehouse` is the
     DuckDB file, or for engine spark the Spark warehouse directory (ml.warehouse.engine.warehouse_location);
     item_subset: the checked file of item ids a task with target item ranks
     (ml.warehouse.subset.prepare_item_subset). once_per_parse_unit_tests: leave out the unit tests when every one
-    of them has passed with this parse of the project (parse_key) already (build_dates)."""
+    of them has passed with this parse of the project (parse_key) already (build_dates). full_refresh: dbt's, the
+    incremental (per-date) tables made again with this run's dates alone, for settings that change their columns."""
     from dbt.cli.main import dbtRunner
 
     warehouse = Path(warehouse).resolve()
@@ -108,6 +110,8 @@ def run_dbt(
         args += ["--select", *select]
     if quiet:
         args.append("--quiet")
+    if full_refresh:
+        args.append("--full-refresh")
     # dbt colours its console whatever it writes to: escape codes in a file or pipe (a DBT_USE_COLORS of the user's,
     # or of `crowd run-dags`, decides instead)
     if not sys.stdout.isatty() and "DBT_USE_COLORS" not in os.environ:
@@ -154,9 +158,11 @@ def run_dbt(
         busy = warehouse_in_use(warehouse, said) if engine == "duckdb" else None
         if busy is not None:  # DuckDB's lock error, whose "IO Error" read like a broken disk
             reason = busy
-        if "out of sync" in said:  # an incremental table built by another version of the models
-            reason += (f" (the warehouse {warehouse} was built by another version of the dbt models: "
-                       "delete it, it is this project's own output, and build again)")
+        if "out of sync" in said:  # dbt's page of column objects, for settings or models that changed the columns
+            reason = columns_changed(failures, warehouse)
+            others = [f for f in failures if "out of sync" not in f]
+            if others:  # what failed besides, mostly for want of those tables
+                reason += f"; besides, {len(others)} other node(s) failed (the first: {others[0][:300]})"
         if engine == "spark" and "Connection refused" in said:  # py4j lost the JVM it talks to
             from ml.warehouse.engine import SPARK_LOG
 
@@ -362,9 +368,38 @@ def date_selection(*, dataset_dir: Path, warehouse: Path, dbt_vars: dict, select
     return DateSelection(list(select), {**dbt_vars, "upstream_key": key}, held)
 
 
+def columns_changed(failures: Sequence[str], warehouse: Path) -> str:
+    """dbt's "out of sync" failure of an incremental table, in one line: which tables, which columns came and went,
+    and the two ways out. It was dbt's page of column objects (DuckDBColumn(column='u_click_day1', dtype=...)
+    thirty times over) and a guess that the models' version had changed, where a task's target or feature windows
+    (`--set warehouse.feature_windows=[1,2]` for one run) change the per-date tables' columns as well."""
+    import re
+
+    tables, came, went = [], [], []
+    for failure in sorted(failures):  # the tables in their names' order, not the order their threads failed in
+        if "out of sync" not in failure:
+            continue
+        tables.append(failure.split(" ", 1)[0].rsplit(".", 1)[-1])
+        new, _, rest = failure.partition("Source columns not in target:")[2].partition("Target columns not in source:")
+        came += [c for c in re.findall(r"column='([^']+)'", new) if c not in came]
+        went += [c for c in re.findall(r"column='([^']+)'", rest.partition("New column types:")[0]) if c not in went]
+
+    def some(names: list[str]) -> str:
+        return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+    change = "; ".join(part for part in (f"{len(came)} new: {some(came)}" if came else "",
+                                         f"{len(went)} gone: {some(went)}" if went else "") if part)
+    return (f"{', '.join(tables)} in the warehouse {'have' if len(tables) > 1 else 'has'} other columns than this "
+            f"build gives {'them' if len(tables) > 1 else 'it'}{f' ({change})' if change else ''}: its dates were "
+            "built with another target or warehouse.feature_windows, or by another version of the models. `crowd "
+            "warehouse --full-refresh` makes the per-date tables (ADS, samples) again from these settings with this "
+            "build's dates alone (the dates built before leave them; their exports stay), or delete "
+            f"{warehouse}, this project's own output, and build again")
+
+
 def build_dates(*, dataset_dir: Path, warehouse: Path, dbt_vars: dict, select: Sequence[str] = (),
                 project_dir: Path = DBT_PROJECT_DIR, quiet: bool = False, item_subset: Path | None = None,
-                engine: str = "duckdb") -> DbtReport:
+                engine: str = "duckdb", full_refresh: bool = False) -> DbtReport:
     """`dbt build` of the run's dates (every layer, or `select`), leaving out ODS, DIM and DW and their own tests
     when a DuckDB warehouse holds them built from the same inputs (upstream_key, date_selection): a week's
     build then reads the daily tables, not the whole log again. The date's layers are selected (not the others
@@ -376,7 +411,7 @@ def build_dates(*, dataset_dir: Path, warehouse: Path, dbt_vars: dict, select: S
     select, dbt_vars = chosen.select, chosen.dbt_vars
     return run_dbt("build", dataset_dir=dataset_dir, warehouse=warehouse, dbt_vars=dbt_vars, select=select,
                    project_dir=project_dir, quiet=quiet, item_subset=item_subset, engine=engine,
-                   once_per_parse_unit_tests=True)
+                   once_per_parse_unit_tests=True, full_refresh=full_refresh)
 
 
 def _close_duckdb_instance() -> None:
