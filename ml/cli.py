@@ -225,10 +225,10 @@ def _cmd_warehouse(args: argparse.Namespace) -> int:
         forward_date(task, paths, args.as_of)
     if not args.select:  # a date the log does not hold (before it or past it) fails now, not after the build
         from ml.crowds import log_days
-        from ml.orchestration import check_date_in_log, check_tags_in_log, short_history
+        from ml.orchestration import check_date_in_log, check_targets_in_log, short_history
 
         first_day, last_day = log_days(paths.dataset_dir)
-        check_tags_in_log(task, paths.dataset_dir)
+        check_targets_in_log(task, paths.dataset_dir)
         _warn(short_history(task, args.ds or task.labelled_dates, first_day))
         other = sorted(set(args.ds or ()) - set(task.labelled_dates))
         if other:

@@ -292,7 +292,7 @@ def run_pipeline(task: Task, overrides: dict | None = None, dates: list[dt.date]
     from tqdm.auto import tqdm
 
     from ml.crowds import log_days
-    from ml.orchestration import check_tags_in_log, period_start, periods_dag_id, plan_period, training_dag_id
+    from ml.orchestration import check_targets_in_log, period_start, periods_dag_id, plan_period, training_dag_id
 
     paths = TaskPaths.of(task)
     shared = paths.shared
@@ -302,7 +302,7 @@ def run_pipeline(task: Task, overrides: dict | None = None, dates: list[dt.date]
         mode = plan_period(task, ds, first_day, last_day)
         if mode.startswith("skip"):
             raise ValueError(f"--ds {ds}: nothing to build ({mode.removeprefix('skip: ')})")
-    check_tags_in_log(task, paths.dataset_dir)
+    check_targets_in_log(task, paths.dataset_dir)
     os.environ.update(airflow_environment(shared))
     # every task's output goes to the run's log file, where dbt's colour codes were escape sequences on each line
     # (`crowd airflow` keeps them: its UI renders them); DBT_USE_COLORS=true brings them back

@@ -16,9 +16,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import yaml
 
+from ml.orchestration import has_brands
 from ml.task import TASKS_DIR, Task, TaskError, load_task, task_file, validate_task
 
 DAY = dt.timedelta(days=1)
@@ -67,11 +67,6 @@ def moved_dates(task: Task, last_day: dt.date) -> tuple[int, dict[str, str | lis
                      "validation": [str(d + shift) for d in task.validation], "backtest": str(task.backtest + shift)}
 
 
-def _has_brands(dataset_dir: Path) -> bool:
-    items = pq.read_table(dataset_dir / "items.parquet", columns=["brand_id"]).column("brand_id")
-    return items.null_count < len(items)
-
-
 def new_task_text(like_name: str, name: str, dataset: str, dataset_dir: Path, first_day: dt.date,
                   last_day: dt.date, description: str | None = None) -> tuple[str, Task, list[str]]:
     """The new task file's text, the task it validates to, and what was changed from the template besides the
@@ -81,7 +76,7 @@ def new_task_text(like_name: str, name: str, dataset: str, dataset_dir: Path, fi
     if like.target == "tag":
         raise TaskError(f"{like.name} is a tag task: its tags name the categories of its own log; copy "
                         f"{like_path} and write the tags of yours")
-    if like.target == "brand" and not _has_brands(dataset_dir):
+    if like.target == "brand" and not has_brands(dataset_dir):
         raise TaskError(f"the dataset {dataset} has no brand on any item, and {like.name} ranks brands: take a "
                         "template whose target is the category (--like taobao-2017-category) or the item")
     has_item_subset = (dataset_dir / "item_subset.parquet").exists()

@@ -247,6 +247,10 @@ def test_crowd_tasks_new_writes_a_task_that_fits_the_log_and_never_writes_over_o
     load("csv", [tmp_path / "log.csv"], Paths.default().dataset("nobrands"))
     assert main(["tasks", "--new", "nb", "--dataset", "nobrands", "--out", str(tmp_path)]) == 2
     assert "has no brand on any item" in capsys.readouterr().err and not (tmp_path / "nb.yaml").exists()
+    # nor can a brand task's build: refused before it starts (its dbt tests had reported a leak of the labels)
+    assert main(["warehouse", "--set", "dataset=nobrands"]) == 2
+    said = capsys.readouterr()
+    assert "task tmall-2013 ranks brands, and the log's item table" in said.err and "dbt" not in said.out
     assert main(["tasks", "--new", "nb", "--dataset", "nobrands", "--out", str(tmp_path),
                  "--like", "taobao-2017-category"]) == 0
     assert load_task(tmp_path / "nb.yaml").target == "category"
