@@ -32,6 +32,11 @@ class WarehouseError(RuntimeError):
     """dbt could not build the warehouse: a bad var, a failing model, or a failing data test."""
 
 
+class ColumnsChanged(WarehouseError, ValueError):
+    """The per-date tables hold columns of other settings (columns_changed): a ValueError too, this project's word
+    for input that fails the same way every time, so a DAG's task fails at once instead of building again twice."""
+
+
 @dataclass
 class DbtReport:
     command: str
@@ -158,8 +163,9 @@ def run_dbt(
         busy = warehouse_in_use(warehouse, said) if engine == "duckdb" else None
         if busy is not None:  # DuckDB's lock error, whose "IO Error" read like a broken disk
             reason = busy
+        error = WarehouseError
         if "out of sync" in said:  # dbt's page of column objects, for settings or models that changed the columns
-            reason = columns_changed(failures, warehouse)
+            error, reason = ColumnsChanged, columns_changed(failures, warehouse)
             others = [f for f in failures if "out of sync" not in f]
             if others:  # what failed besides, mostly for want of those tables
                 reason += f"; besides, {len(others)} other node(s) failed (the first: {others[0][:300]})"
@@ -169,7 +175,7 @@ def run_dbt(
             reason += (" (Spark's driver JVM ended during the build: its own messages, an OutOfMemoryError or a "
                        "fatal error with its hs_err_pid file, are in the output above, its warnings in "
                        f"{Path(warehouse) / SPARK_LOG}; CROWD_SPARK_MEMORY sets its heap)")
-        raise WarehouseError(f"dbt {command} failed: {reason}")
+        raise error(f"dbt {command} failed: {reason}")
     reused = " (the project as parsed for these settings before)" if report.reused_parse else ""
     results_log.info("dbt %s: %d models, %d tests in %.1fs%s", command, report.n_models, report.n_tests,
                      report.seconds, reused)
