@@ -66,9 +66,14 @@ def log_days(dataset_dir: Path) -> tuple[dt.date, dt.date]:
                        if any((p.parent / "events").glob("*.parquet")))
         raise ValueError(f"{dataset_dir} holds no events: run `crowd generate` or `crowd load` first"
                          + (f" (datasets there: {', '.join(there)})" if there else ""))
-    with duckdb.connect() as con:
-        first, last = con.execute("select min(ts), max(ts) from read_parquet(?)",
-                                  [str(events / "*.parquet")]).fetchone()
+    try:
+        with duckdb.connect() as con:
+            first, last = con.execute("select min(ts), max(ts) from read_parquet(?)",
+                                      [str(events / "*.parquet")]).fetchone()
+    except duckdb.Error as e:  # a file cut short or not parquet: DuckDB's words, without the query it quoted
+        said = str(e).split("\n")[0].removeprefix("Invalid Input Error: ")
+        raise ValueError(f"{events}: the log cannot be read ({said}): write the dataset again (crowd load or "
+                         "crowd generate)") from e
     if last is None:
         raise ValueError(f"{dataset_dir} holds no events")
     return first.date(), last.date()

@@ -603,3 +603,15 @@ def test_the_generators_log_written_as_csv_loads_back_to_the_same_events_and_ite
     loaded = pq.read_table(tmp_path / "out" / "items.parquet").to_pandas().set_index("item_id").sort_index()
     for col in ("category_id", "brand_id", "shop_id"):
         assert loaded[col].astype("Int64").equals(by_item.sort_index()[col].astype("Int64")), col
+
+
+def test_a_damaged_log_file_is_named_in_one_line(tmp_path, monkeypatch, capsys):
+    """A parquet file cut short (a copy interrupted) failed as DuckDB's InvalidInputException, the query it ran
+    quoted, and "run with --debug for the traceback", as a bug would: it is the input, said as one."""
+    (tmp_path / "raw" / "synthetic" / "events").mkdir(parents=True)
+    (tmp_path / "raw" / "synthetic" / "events" / "part-00000.parquet").write_bytes(b"PAR1" + b"\0" * 400)
+    monkeypatch.setenv("CROWD_DATA_DIR", str(tmp_path))
+    assert main(["warehouse", "--quiet"]) == 2
+    said = capsys.readouterr().err
+    assert "events: the log cannot be read (" in said and "part-00000.parquet" in said
+    assert "select" not in said and "--debug" not in said
