@@ -57,6 +57,19 @@ class CrowdsResult:
     champion: bool = True  # served as the champion (no --model)
 
 
+def query_dataset(sql: str, files: Path, what: str) -> list[tuple]:
+    """A query over a dataset's own parquet files (sql reads them as its one parameter). A file cut short or not
+    parquet is input to write again, said in one line with DuckDB's reason: it was an InvalidInputException with
+    the query quoted and --debug offered, as a bug is."""
+    try:
+        with duckdb.connect() as con:
+            return con.execute(sql, [str(files)]).fetchall()
+    except duckdb.Error as e:
+        said = str(e).split("\n")[0].removeprefix("Invalid Input Error: ")
+        raise ValueError(f"{what} cannot be read ({said}): write the dataset again (crowd load or crowd "
+                         "generate)") from e
+
+
 def log_days(dataset_dir: Path) -> tuple[dt.date, dt.date]:
     """The first and last days with an event in the dataset (read from the parquet statistics, no full scan)."""
     events = Path(dataset_dir) / "events"
@@ -66,14 +79,8 @@ def log_days(dataset_dir: Path) -> tuple[dt.date, dt.date]:
                        if any((p.parent / "events").glob("*.parquet")))
         raise ValueError(f"{dataset_dir} holds no events: run `crowd generate` or `crowd load` first"
                          + (f" (datasets there: {', '.join(there)})" if there else ""))
-    try:
-        with duckdb.connect() as con:
-            first, last = con.execute("select min(ts), max(ts) from read_parquet(?)",
-                                      [str(events / "*.parquet")]).fetchone()
-    except duckdb.Error as e:  # a file cut short or not parquet: DuckDB's words, without the query it quoted
-        said = str(e).split("\n")[0].removeprefix("Invalid Input Error: ")
-        raise ValueError(f"{events}: the log cannot be read ({said}): write the dataset again (crowd load or "
-                         "crowd generate)") from e
+    ((first, last),) = query_dataset("select min(ts), max(ts) from read_parquet(?)", events / "*.parquet",
+                                     f"{events}: the log")
     if last is None:
         raise ValueError(f"{dataset_dir} holds no events")
     return first.date(), last.date()

@@ -193,11 +193,10 @@ def check_date_in_log(task: Task, ds: dt.date, first_day: dt.date, last_day: dt.
 
 def has_brands(dataset_dir: Path) -> bool:
     """Whether any item of the log's item table has a brand (the Taobao and Tianchi logs have none)."""
-    import duckdb
+    from ml.crowds import query_dataset
 
-    with duckdb.connect() as con:
-        return con.execute("select count(brand_id) > 0 from read_parquet(?)",
-                           [str(Path(dataset_dir) / "items.parquet")]).fetchall()[0][0]
+    items = Path(dataset_dir) / "items.parquet"
+    return query_dataset("select count(brand_id) > 0 from read_parquet(?)", items, f"{items}: the item table")[0][0]
 
 
 def check_targets_in_log(task: Task, dataset_dir: Path) -> None:
@@ -215,11 +214,10 @@ def check_targets_in_log(task: Task, dataset_dir: Path) -> None:
                          "or load a log with brands")
     if not task.tags:
         return
-    import duckdb
+    from ml.crowds import query_dataset
 
-    with duckdb.connect() as con:
-        known = {c for (c,) in con.execute("select distinct category_id from read_parquet(?)",
-                                           [str(items)]).fetchall()}
+    known = {c for (c,) in query_dataset("select distinct category_id from read_parquet(?)", items,
+                                         f"{items}: the item table")}
     absent = [t for t in task.tags if not known.intersection(t.categories)]
     if not absent:
         return

@@ -605,7 +605,7 @@ def test_the_generators_log_written_as_csv_loads_back_to_the_same_events_and_ite
         assert loaded[col].astype("Int64").equals(by_item.sort_index()[col].astype("Int64")), col
 
 
-def test_a_damaged_log_file_is_named_in_one_line(tmp_path, monkeypatch, capsys):
+def test_a_damaged_log_file_is_named_in_one_line(tiny_dataset, tmp_path, monkeypatch, capsys):
     """A parquet file cut short (a copy interrupted) failed as DuckDB's InvalidInputException, the query it ran
     quoted, and "run with --debug for the traceback", as a bug would: it is the input, said as one."""
     (tmp_path / "raw" / "synthetic" / "events").mkdir(parents=True)
@@ -615,3 +615,12 @@ def test_a_damaged_log_file_is_named_in_one_line(tmp_path, monkeypatch, capsys):
     said = capsys.readouterr().err
     assert "events: the log cannot be read (" in said and "part-00000.parquet" in said
     assert "select" not in said and "--debug" not in said
+    # the item table too, read before any build for the task's targets (a brand task: are there brands?)
+    import shutil
+
+    shutil.rmtree(tmp_path / "raw" / "synthetic")
+    shutil.copytree(tiny_dataset, tmp_path / "raw" / "synthetic")
+    (tmp_path / "raw" / "synthetic" / "items.parquet").write_bytes(b"PAR1" + b"\0" * 400)
+    assert main(["warehouse", "--quiet"]) == 2
+    said = capsys.readouterr().err
+    assert "items.parquet: the item table cannot be read (" in said and "--debug" not in said
