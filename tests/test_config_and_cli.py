@@ -102,7 +102,6 @@ def test_generate_command_writes_a_dataset_and_skips_it_when_present(tmp_path, c
     assert "nothing to do" in capsys.readouterr().out
 
 
-
 def test_another_presets_sizes_keep_the_tasks_days_and_world_and_its_own_dates_are_refused(tmp_path, monkeypatch,
                                                                                           capsys):
     """`make run TASK=tianchi-mobile-2014 PRESET=tiny` passed --preset tiny: it wrote the brand task's 2013 log as

@@ -111,7 +111,6 @@ def test_a_tag_task_is_checked_at_the_edge():
         load_task(TAGS_TASK, {"tags": [{"name": "x", "categories": [1], "horizon_days": 3}]})
 
 
-
 def test_a_tag_of_no_category_in_the_log_is_refused_before_any_build(tiny_dataset, capsys):
     """The task's own tags (categories of the default world) on the tiny world's log: its dates built empty and
     the export blamed a sparse log (`make run TASK=tmall-2013-tags PRESET=tiny`). Refused at the edge now, in
