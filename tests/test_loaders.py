@@ -624,3 +624,5 @@ def test_a_damaged_log_file_is_named_in_one_line(tiny_dataset, tmp_path, monkeyp
     assert main(["warehouse", "--quiet"]) == 2
     said = capsys.readouterr().err
     assert "items.parquet: the item table cannot be read (" in said and "--debug" not in said
+    assert main(["warehouse", "--quiet", "--set", "target=category"]) == 2  # a task that needs no brand too
+    assert "items.parquet: the item table cannot be read (" in capsys.readouterr().err
