@@ -191,12 +191,15 @@ def check_date_in_log(task: Task, ds: dt.date, first_day: dt.date, last_day: dt.
                          f"must be {latest} or earlier, or the log longer")
 
 
-def has_brands(dataset_dir: Path) -> bool:
-    """Whether any item of the log's item table has a brand (the Taobao and Tianchi logs have none)."""
+def item_table_facts(dataset_dir: Path) -> tuple[bool, set[int]]:
+    """Whether any item of the log has a brand (the Taobao and Tianchi logs have none), and its leaf categories:
+    the item table read once for the checks of a task's targets."""
     from ml.crowds import query_dataset
 
     items = Path(dataset_dir) / "items.parquet"
-    return query_dataset("select count(brand_id) > 0 from read_parquet(?)", items, f"{items}: the item table")[0][0]
+    ((brands, categories),) = query_dataset("select count(brand_id) > 0, list(distinct category_id) "
+                                            "from read_parquet(?)", items, f"{items}: the item table")
+    return brands, set(categories or ())  # an empty table: no list
 
 
 def check_targets_in_log(task: Task, dataset_dir: Path) -> None:
@@ -209,16 +212,11 @@ def check_targets_in_log(task: Task, dataset_dir: Path) -> None:
     if not items.exists():
         return  # the warehouse's own reader says what is missing
     # read for every task: an item table cut short is said here in one line, not in dbt's words mid-build
-    if not has_brands(dataset_dir) and task.target == "brand":
+    brands, known = item_table_facts(dataset_dir)
+    if task.target == "brand" and not brands:
         raise ValueError(f"task {task.name} ranks brands, and the log's item table {items} has no brand on any "
                          "item: rank categories or items (target: category, or --set target=category for one run), "
                          "or load a log with brands")
-    if not task.tags:
-        return
-    from ml.crowds import query_dataset
-
-    known = {c for (c,) in query_dataset("select distinct category_id from read_parquet(?)", items,
-                                         f"{items}: the item table")}
     absent = [t for t in task.tags if not known.intersection(t.categories)]
     if not absent:
         return

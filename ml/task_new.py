@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from ml.orchestration import has_brands
+from ml.orchestration import item_table_facts
 from ml.task import TASKS_DIR, Task, TaskError, load_task, task_file, validate_task
 
 DAY = dt.timedelta(days=1)
@@ -76,7 +76,7 @@ def new_task_text(like_name: str, name: str, dataset: str, dataset_dir: Path, fi
     if like.target == "tag":
         raise TaskError(f"{like.name} is a tag task: its tags name the categories of its own log; copy "
                         f"{like_path} and write the tags of yours")
-    if like.target == "brand" and not has_brands(dataset_dir):
+    if like.target == "brand" and not item_table_facts(dataset_dir)[0]:
         raise TaskError(f"the dataset {dataset} has no brand on any item, and {like.name} ranks brands: take a "
                         "template whose target is the category (--like taobao-2017-category) or the item")
     has_item_subset = (dataset_dir / "item_subset.parquet").exists()
